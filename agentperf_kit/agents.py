@@ -1,0 +1,461 @@
+"""Closed-loop agent behaviour, shared by live and simulated runs.
+
+This module owns *what the agents do* and *which requests count*; it owns no clock and no I/O. A driver
+(the live replay in :mod:`agentperf_kit.replay`, the virtual-time driver in :mod:`agentperf_kit.sim`)
+owns the clock and the target, and talks to an :class:`AgentFleet` in three calls:
+
+1. ``fleet.start(t0)`` -> the first :class:`RequestPlan` of every agent, staggered over the ramp.
+2. When a plan's ``t_scheduled_s`` comes: ``fleet.may_send(now)``; if True send it and call
+   ``fleet.on_send(plan, t_send)``. If False the steady window is over: the agent stops.
+3. When the response ends (success or failure): ``next_plan = fleet.complete(plan, outcome)``; the fleet
+   writes the raw row to its sink and returns the agent's next plan (scheduled at the end of this
+   response plus the turn's tool delay), or None when the agent stops.
+
+After the window closes a driver lets in-flight requests drain for ``rules.drain_timeout_s`` and then
+reports the rest with ``fleet.cancel(plan, now)`` (error ``cancelled_at_end``, outside the window).
+
+Agent behaviour (METHODOLOGY.md section 2): N agents, each sequential. Agent ``a`` takes trajectories
+``perm[(a + k*N) mod T]`` for k = 0, 1, ... (``perm`` a seeded permutation of the set), so the assignment
+does not depend on timings. Every phase instance gets a fresh 32-digit random marker (and a run-unique
+``phase_id``) that the target puts at the very start of the prompt. Agents start staggered: agent a's
+first request is scheduled at ``t0 + ramp_s * rank / N`` (a seeded rank), and with ``random_start_turn``
+at a seeded random turn of its first trajectory (a fresh phase instance whose prefix the server has not
+seen), so a level reaches steady state quickly.
+
+Steady window: it opens ``warmup_s`` after the last agent has sent its first request (all N active) and
+closes at the first moment at least ``duration_s`` has passed *and* the window holds at least
+``min_trajectories`` completed trajectories and at least ``min_trajectories_per_agent`` per agent; it is
+closed regardless after ``max_duration_s`` (then ``window_capped``). A request is *in the window* when it
+was sent at or after the window start and before its end, and was not cancelled at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .schema import RAW_COLUMNS
+from .trajectories.model import Trajectory, Turn
+
+__all__ = [
+    "AA_RULES",
+    "AgentFleet",
+    "RequestOutcome",
+    "RequestPlan",
+    "RunRules",
+    "add_run_columns",
+]
+
+_NAN = math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class RunRules:
+    """Timing and validity rules of one measured level (all times in seconds).
+
+    Defaults are AA-AgentPerf's published rules (>= 10 min steady, >= 30 trajectories, >= 3 per agent);
+    shorter settings are allowed and reported as not meeting them.
+
+    Attributes:
+        warmup_s: wait after all agents are active before the steady window opens.
+        duration_s: minimum length of the steady window.
+        min_trajectories: trajectories that must complete inside the window.
+        min_trajectories_per_agent: trajectories each agent must complete inside the window.
+        max_duration_s: the window closes after this long even if the counts are not met.
+        ramp_s: agents' first requests are spread over this long; None = ``min(0.25 * N, 30)``.
+        random_start_turn: start each agent at a random turn of its first trajectory.
+        drain_timeout_s: after the window closes, in-flight requests get this long to finish.
+        on_error: ``"continue"`` (next turn) or ``"abandon"`` (next trajectory) after a failed request.
+    """
+
+    warmup_s: float = 60.0
+    duration_s: float = 600.0
+    min_trajectories: int = 30
+    min_trajectories_per_agent: int = 3
+    max_duration_s: float = 4 * 3600.0
+    ramp_s: float | None = None
+    random_start_turn: bool = True
+    drain_timeout_s: float = 120.0
+    on_error: str = "continue"
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("continue", "abandon"):
+            raise ValueError(f"on_error must be 'continue' or 'abandon', got {self.on_error!r}")
+        for name in ("warmup_s", "duration_s", "max_duration_s", "drain_timeout_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0 seconds, got {getattr(self, name)!r}")
+        if self.max_duration_s < self.duration_s:
+            raise ValueError(
+                f"max_duration_s ({self.max_duration_s}) must be >= duration_s ({self.duration_s})"
+            )
+
+    def ramp_for(self, n_agents: int) -> float:
+        """The ramp length in seconds for ``n_agents``."""
+        return min(0.25 * n_agents, 30.0) if self.ramp_s is None else float(self.ramp_s)
+
+    def short_of_aa(self) -> list[str]:
+        """Reasons these *settings* cannot meet AA's rules (empty when they can)."""
+        reasons = []
+        if self.duration_s < AA_RULES.duration_s:
+            reasons.append(f"steady window {self.duration_s:g} s < AA's {AA_RULES.duration_s:g} s")
+        if self.min_trajectories < AA_RULES.min_trajectories:
+            reasons.append(
+                f"min_trajectories {self.min_trajectories} < AA's {AA_RULES.min_trajectories}"
+            )
+        if self.min_trajectories_per_agent < AA_RULES.min_trajectories_per_agent:
+            reasons.append(
+                f"min_trajectories_per_agent {self.min_trajectories_per_agent} < AA's "
+                f"{AA_RULES.min_trajectories_per_agent}"
+            )
+        return reasons
+
+
+AA_RULES = RunRules()
+
+
+@dataclass(slots=True)
+class RequestPlan:
+    """A request an agent wants to send. Targets read ``turn`` (token counts, messages) and ``marker``.
+
+    ``fresh_phase`` is True on the first request of a phase instance (the target has not seen its
+    ``phase_id`` before); ``turn.prefix_tokens`` may still be > 0 when the agent started mid-trajectory,
+    in which case no prefix is cached anywhere.
+    """
+
+    agent: int
+    traj_index: int
+    trajectory_id: str
+    turn_index: int
+    turn: Turn
+    phase_id: int
+    marker: str
+    fresh_phase: bool
+    t_scheduled_s: float
+    t_send_s: float = _NAN
+
+
+@dataclass(slots=True)
+class RequestOutcome:
+    """What a target measured for one request (raw; metrics are derived later).
+
+    Times are seconds on the run's clock (NaN when it did not happen). Counts are None when unknown.
+    ``target_prompt_tokens`` is the prompt size the target actually asked for (marker included); None
+    means ``turn.input_tokens``.
+    """
+
+    t_send_s: float
+    t_end_s: float
+    t_first_s: float = _NAN
+    t_first_answer_s: float = _NAN
+    t_last_s: float = _NAN
+    ok: bool = True
+    prompt_tokens: int | None = None
+    cached_prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    first_chunk_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    n_chunks: int = 0
+    finish_reason: str | None = None
+    has_tool_calls: bool = False
+    http_status: int | None = None
+    error: str = ""
+    error_detail: str = ""
+    target_prompt_tokens: int | None = None
+
+
+RowSink = Callable[[tuple], None]
+
+
+@dataclass(slots=True)
+class _Agent:
+    index: int
+    k: int = 0  # trajectories taken so far
+    traj_index: int = -1
+    turn_index: int = 0
+    phase: int = -1
+    phase_id: int = -1
+    marker: str = ""
+    active: bool = False
+    completed_in_window: int = 0
+
+
+@dataclass
+class AgentFleet:
+    """N closed-loop agents over a trajectory set (see the module docstring for the protocol).
+
+    Args:
+        trajectories: the set; agents cycle through a seeded permutation of it.
+        n_agents: N, agents alive at once (>= 1).
+        rules: timing and validity rules.
+        seed: seeds the permutation, the start turns, the ramp order and the phase markers.
+        sink: called with each raw row (a tuple in ``schema.RAW_COLUMNS`` order) as requests end.
+        run_id: written into every row.
+        level: index of the level within a sweep, written into every row.
+    """
+
+    trajectories: Sequence[Trajectory]
+    n_agents: int
+    rules: RunRules
+    seed: int
+    sink: RowSink
+    run_id: str = "run"
+    level: int = 0
+    window_start_s: float = _NAN
+    window_end_s: float = _NAN
+    window_capped: bool = False
+    t_all_active_s: float = _NAN
+    completed_in_window: int = 0
+    requests_sent: int = 0
+    requests_done: int = 0
+    _agents: list[_Agent] = field(default_factory=list, repr=False)
+    _n_active: int = 0
+    _next_phase_id: int = 0
+    _t_counts_met: float = _NAN
+    _closed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_agents < 1:
+            raise ValueError(f"n_agents must be >= 1, got {self.n_agents}")
+        usable = [t for t in self.trajectories if t.turns]
+        if not usable:
+            raise ValueError("the trajectory set has no trajectory with at least one turn")
+        self.trajectories = usable
+        self._rng = random.Random(self.seed)
+        self._perm = list(range(len(usable)))
+        self._rng.shuffle(self._perm)
+        self._agents = [_Agent(i) for i in range(self.n_agents)]
+
+    # -- protocol ---------------------------------------------------------------------------------------
+
+    def start(self, t0: float) -> list[RequestPlan]:
+        """First plan of every agent, staggered over the ramp starting at ``t0`` (seconds)."""
+        ramp = self.rules.ramp_for(self.n_agents)
+        ranks = list(range(self.n_agents))
+        self._rng.shuffle(ranks)
+        plans = []
+        for agent, rank in zip(self._agents, ranks):
+            self._take_trajectory(agent)
+            if self.rules.random_start_turn:
+                agent.turn_index = self._rng.randrange(len(self.trajectories[agent.traj_index].turns))
+            plans.append(self._plan(agent, t0 + ramp * rank / self.n_agents, force_fresh=True))
+        return plans
+
+    def may_send(self, now: float) -> bool:
+        """Whether a request scheduled now may still be sent (False once the steady window is over)."""
+        if self._closed:
+            return False
+        start = self.window_start_s
+        if start != start:  # NaN: not all agents active yet
+            return True
+        elapsed = now - start
+        if elapsed >= self.rules.max_duration_s:
+            self._close(start + self.rules.max_duration_s, capped=not self._counts_met())
+            return False
+        if elapsed >= self.rules.duration_s and self._counts_met():
+            self._close(max(start + self.rules.duration_s, self._t_counts_met))
+            return False
+        return True
+
+    def on_send(self, plan: RequestPlan, t_send: float) -> None:
+        """Record that ``plan`` went out at ``t_send`` (seconds)."""
+        plan.t_send_s = t_send
+        self.requests_sent += 1
+        agent = self._agents[plan.agent]
+        if not agent.active:
+            agent.active = True
+            self._n_active += 1
+            if self._n_active == self.n_agents:
+                self.t_all_active_s = t_send
+                self.window_start_s = t_send + self.rules.warmup_s
+
+    def complete(self, plan: RequestPlan, outcome: RequestOutcome) -> RequestPlan | None:
+        """Record the outcome of ``plan`` and return the agent's next plan (None: the agent stops)."""
+        self.requests_done += 1
+        self.sink(self._row(plan, outcome))
+        agent = self._agents[plan.agent]
+        traj = self.trajectories[agent.traj_index]
+        agent.turn_index += 1
+        ended = agent.turn_index >= len(traj.turns)
+        if ended:
+            t_end = outcome.t_end_s
+            if not self._closed and t_end >= self.window_start_s:  # False while start is NaN
+                agent.completed_in_window += 1
+                self.completed_in_window += 1
+                if self._t_counts_met != self._t_counts_met and self._counts_met_now():
+                    self._t_counts_met = t_end
+        if self._closed:
+            return None
+        t_next = outcome.t_end_s + plan.turn.tool_delay_s
+        if ended or (not outcome.ok and self.rules.on_error == "abandon"):
+            self._take_trajectory(agent)
+            return self._plan(agent, t_next, force_fresh=True)
+        return self._plan(agent, t_next)
+
+    def cancel(self, plan: RequestPlan, now: float, *, detail: str = "") -> None:
+        """Record a request still in flight at the end of the drain as ``cancelled_at_end``."""
+        self.requests_done += 1
+        self.sink(
+            self._row(
+                plan,
+                RequestOutcome(
+                    t_send_s=plan.t_send_s,
+                    t_end_s=now,
+                    ok=False,
+                    error="cancelled_at_end",
+                    error_detail=detail or "still running when the drain timeout expired",
+                ),
+            )
+        )
+
+    # -- state ------------------------------------------------------------------------------------------
+
+    @property
+    def window_closed(self) -> bool:
+        """True once the steady window has closed (no agent sends again)."""
+        return self._closed
+
+    def window_summary(self) -> dict[str, Any]:
+        """Window bounds, trajectory counts and the AA-validity verdict with its reasons."""
+        reasons = self.rules.short_of_aa()
+        if self.window_start_s != self.window_start_s:
+            reasons.append("the steady window never opened (not all agents became active)")
+        per_agent = [a.completed_in_window for a in self._agents]
+        if self.window_capped:
+            reasons.append(
+                f"window capped at max_duration_s={self.rules.max_duration_s:g} s before the trajectory "
+                f"counts were met ({self.completed_in_window} trajectories, min per agent "
+                f"{min(per_agent)})"
+            )
+        else:
+            if self.completed_in_window < AA_RULES.min_trajectories:
+                reasons.append(
+                    f"{self.completed_in_window} trajectories completed in the window < "
+                    f"{AA_RULES.min_trajectories}"
+                )
+            if min(per_agent) < AA_RULES.min_trajectories_per_agent:
+                reasons.append(
+                    f"an agent completed only {min(per_agent)} trajectories in the window < "
+                    f"{AA_RULES.min_trajectories_per_agent}"
+                )
+        length = self.window_end_s - self.window_start_s
+        if length == length and length < AA_RULES.duration_s:
+            reasons.append(f"steady window lasted {length:.1f} s < {AA_RULES.duration_s:g} s")
+        return {
+            "window_start_s": self.window_start_s,
+            "window_end_s": self.window_end_s,
+            "window_s": length,
+            "window_capped": self.window_capped,
+            "t_all_active_s": self.t_all_active_s,
+            "trajectories_completed_in_window": self.completed_in_window,
+            "min_trajectories_per_agent_in_window": min(per_agent),
+            "requests_sent": self.requests_sent,
+            "meets_aa_rules": not reasons,
+            "aa_rules_reasons": reasons,
+        }
+
+    # -- internals --------------------------------------------------------------------------------------
+
+    def _counts_met_now(self) -> bool:
+        if self.completed_in_window < self.rules.min_trajectories:
+            return False
+        need = self.rules.min_trajectories_per_agent
+        return all(a.completed_in_window >= need for a in self._agents)
+
+    def _counts_met(self) -> bool:
+        return self._t_counts_met == self._t_counts_met or (
+            self.rules.min_trajectories <= 0 and self.rules.min_trajectories_per_agent <= 0
+        )
+
+    def _close(self, t_end: float, *, capped: bool = False) -> None:
+        self._closed = True
+        self.window_end_s = t_end
+        self.window_capped = capped
+
+    def _take_trajectory(self, agent: _Agent) -> None:
+        n = len(self.trajectories)
+        agent.traj_index = self._perm[(agent.index + agent.k * self.n_agents) % n]
+        agent.k += 1
+        agent.turn_index = 0
+        agent.phase = -1
+
+    def _plan(self, agent: _Agent, t_scheduled: float, *, force_fresh: bool = False) -> RequestPlan:
+        traj = self.trajectories[agent.traj_index]
+        turn = traj.turns[agent.turn_index]
+        fresh = force_fresh or turn.phase != agent.phase
+        if fresh:
+            agent.phase = turn.phase
+            agent.phase_id = self._next_phase_id
+            self._next_phase_id += 1
+            agent.marker = f"{self._rng.getrandbits(107) % 10**32:032d}"
+        return RequestPlan(
+            agent=agent.index,
+            traj_index=agent.traj_index,
+            trajectory_id=traj.trajectory_id,
+            turn_index=agent.turn_index,
+            turn=turn,
+            phase_id=agent.phase_id,
+            marker=agent.marker,
+            fresh_phase=fresh,
+            t_scheduled_s=t_scheduled,
+        )
+
+    def _row(self, plan: RequestPlan, o: RequestOutcome) -> tuple:
+        turn = plan.turn
+        return (
+            self.run_id,
+            self.level,
+            self.n_agents,
+            plan.agent,
+            plan.trajectory_id,
+            turn.phase,
+            plan.phase_id,
+            plan.turn_index,
+            plan.t_scheduled_s,
+            o.t_send_s,
+            o.t_first_s,
+            o.t_first_answer_s,
+            o.t_last_s,
+            o.t_end_s,
+            o.prompt_tokens,
+            o.cached_prompt_tokens,
+            o.output_tokens,
+            o.first_chunk_tokens,
+            o.reasoning_tokens,
+            turn.input_tokens if o.target_prompt_tokens is None else o.target_prompt_tokens,
+            turn.output_tokens,
+            o.n_chunks,
+            o.finish_reason,
+            o.has_tool_calls,
+            turn.tool_delay_s,
+            o.ok,
+            o.http_status,
+            o.error,
+            o.error_detail,
+        )
+
+
+assert len(RAW_COLUMNS) == 29, "AgentFleet._row must follow schema.RAW_COLUMNS"
+
+
+def add_run_columns(df: pd.DataFrame, window_start_s: float, window_end_s: float) -> pd.DataFrame:
+    """Add the run-level derived columns ``in_window`` and ``tool_wait_s`` to a raw request frame.
+
+    ``in_window``: sent in [window_start_s, window_end_s) and not ``cancelled_at_end``.
+    ``tool_wait_s``: the same agent's next ``t_send_s`` minus this row's ``t_end_s`` (NaN for an agent's
+    last request). Rows of several levels are handled per (run_id, level, agent).
+    """
+    out = df.copy()
+    t_send = out["t_send_s"].to_numpy(dtype=float)
+    cancelled = (out["error"] == "cancelled_at_end").to_numpy(dtype=bool)
+    out["in_window"] = (t_send >= window_start_s) & (t_send < window_end_s) & ~cancelled
+    order = out.sort_values(["run_id", "level", "agent", "t_send_s"], kind="stable").index
+    nxt = out.loc[order].groupby(["run_id", "level", "agent"], sort=False)["t_send_s"].shift(-1)
+    out["tool_wait_s"] = (nxt - out.loc[order, "t_end_s"]).reindex(out.index).astype(float)
+    out.loc[np.isnan(t_send), "in_window"] = False
+    return out

@@ -1,0 +1,137 @@
+"""Incremental, crash-safe storage of raw request rows.
+
+Rows are appended to ``DIR/requests.arrow`` as an Arrow IPC *stream* (record batches one after another),
+flushed every ``flush_rows`` rows or ``flush_s`` seconds. A stream can be read back up to its last complete
+batch even after the writer was killed (SIGKILL included), which Parquet cannot offer; at the end of a
+run :func:`agentperf_kit.results.finalize_run` (or the sweep) writes the tidy ``requests.parquet``.
+
+Cost per row is one tuple append; conversion happens per batch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from .schema import RAW_COLUMNS, REQUEST_COLUMNS
+
+__all__ = ["RAW_ARROW_SCHEMA", "RAW_PARTS_NAME", "RunWriter", "read_raw_rows"]
+
+RAW_PARTS_NAME = "requests.arrow"
+
+_ARROW_TYPES = {
+    "string": pa.string(),
+    "int64": pa.int64(),
+    "Int64": pa.int64(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+}
+RAW_ARROW_SCHEMA = pa.schema(
+    [pa.field(name, _ARROW_TYPES[REQUEST_COLUMNS[name].dtype]) for name in RAW_COLUMNS]
+)
+
+
+class RunWriter:
+    """Append raw rows (tuples in ``schema.RAW_COLUMNS`` order) to ``directory/requests.arrow``.
+
+    Use as a context manager or call :meth:`close`. Calling the instance appends one row, so it can be
+    passed directly as an :class:`~agentperf_kit.agents.AgentFleet` sink. With ``append=True`` an existing
+    stream is kept and new rows are written to a new numbered stream file next to it
+    (``requests.1.arrow``...), all of which :func:`read_raw_rows` reads.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        flush_rows: int = 4096,
+        flush_s: float = 2.0,
+        append: bool = False,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / RAW_PARTS_NAME
+        if append:
+            i = 1
+            while path.exists():
+                path = self.directory / f"requests.{i}.arrow"
+                i += 1
+        self.path = path
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._writer = ipc.new_stream(self._file, RAW_ARROW_SCHEMA)
+        self._rows: list[tuple] = []
+        self._flush_rows = flush_rows
+        self._flush_s = flush_s
+        self._last_flush = time.monotonic()
+        self.rows_written = 0
+
+    def __call__(self, row: tuple) -> None:
+        rows = self._rows
+        rows.append(row)
+        if len(rows) >= self._flush_rows or (
+            len(rows) % 64 == 0 and time.monotonic() - self._last_flush >= self._flush_s
+        ):
+            self.flush()
+
+    append = __call__
+
+    def flush(self) -> None:
+        """Write buffered rows as one record batch and push them to the OS."""
+        if self._rows:
+            columns = list(zip(*self._rows))
+            batch = pa.RecordBatch.from_arrays(
+                [pa.array(col, type=f.type) for col, f in zip(columns, RAW_ARROW_SCHEMA)],
+                schema=RAW_ARROW_SCHEMA,
+            )
+            self._writer.write_batch(batch)
+            self.rows_written += len(self._rows)
+            self._rows = []
+        self._file.flush()
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        """Flush and close the stream (idempotent)."""
+        if self._file.closed:
+            return
+        self.flush()
+        self._writer.close()
+        self._file.close()
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_stream(path: Path) -> list[pa.RecordBatch]:
+    batches = []
+    with open(path, "rb") as f:
+        try:
+            reader = ipc.open_stream(f)
+        except (pa.ArrowInvalid, OSError):
+            return batches  # killed before the schema was written
+        while True:
+            try:
+                batches.append(reader.read_next_batch())
+            except StopIteration:
+                break
+            except (pa.ArrowInvalid, OSError):
+                break  # a batch cut short by a kill: keep what came before it
+    return batches
+
+
+def read_raw_rows(directory: str | os.PathLike) -> pd.DataFrame:
+    """Read every complete raw row under ``directory`` (all ``requests*.arrow`` streams), with the
+    dtypes of :data:`agentperf_kit.schema.REQUEST_COLUMNS`. Works on the files of a killed run."""
+    directory = Path(directory)
+    paths = sorted(directory.glob("requests*.arrow"), key=lambda p: (len(p.name), p.name))
+    batches = [b for p in paths for b in _read_stream(p)]
+    table = pa.Table.from_batches(batches, schema=RAW_ARROW_SCHEMA)
+    df = table.to_pandas()
+    return df.astype({name: REQUEST_COLUMNS[name].dtype for name in RAW_COLUMNS})

@@ -1,0 +1,139 @@
+"""One measured run (one level) on disk: ``requests.parquet`` + ``manifest.json``.
+
+A run directory holds, while the run goes, ``requests.arrow`` (raw rows, see :mod:`.recorder`) and a
+``manifest.json`` written at the start (configuration, seeds, clock origin, target); at the end
+:func:`finalize_run` derives the metric columns and writes the tidy ``requests.parquet`` and the final
+manifest (with the window and validity). :func:`load_run` reads a finished run, or the raw rows of an
+interrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ._version import __version__
+from .agents import add_run_columns
+from .recorder import read_raw_rows
+from .schema import REQUEST_COLUMNS, SCHEMA_VERSION, check_schema_version, strict_json_dumps
+
+__all__ = [
+    "RunResult",
+    "finalize_frame",
+    "finalize_run",
+    "load_run",
+    "toolkit_provenance",
+    "write_manifest",
+]
+
+MANIFEST_NAME = "manifest.json"
+REQUESTS_NAME = "requests.parquet"
+
+
+@dataclass
+class RunResult:
+    """What a run (live or simulated) returns: the tidy per-request table and its manifest.
+
+    Attributes:
+        requests: one row per request, columns of :data:`agentperf_kit.schema.REQUEST_COLUMNS`.
+        manifest: configuration, provenance, window and validity (JSON-safe dict).
+        directory: where it was saved, or None for an in-memory run.
+    """
+
+    requests: pd.DataFrame
+    manifest: dict[str, Any]
+    directory: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def window(self) -> dict[str, Any]:
+        """The manifest's ``window`` section (bounds, counts, ``meets_aa_rules`` and reasons)."""
+        return self.manifest.get("window", {})
+
+
+def toolkit_provenance() -> dict[str, Any]:
+    """Toolkit version and, when run from a git checkout, its commit."""
+    commit = None
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if out.returncode == 0:
+            commit = out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"toolkit_version": __version__, "toolkit_commit": commit}
+
+
+def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest.json`` atomically (strict JSON; ``schema_version`` added if missing)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = {"schema_version": SCHEMA_VERSION, **manifest}
+    path = directory / MANIFEST_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(strict_json_dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def finalize_frame(raw: pd.DataFrame, window_start_s: float, window_end_s: float) -> pd.DataFrame:
+    """Raw rows -> tidy table: derived metrics, ``in_window`` and ``tool_wait_s``, schema column order."""
+    from .metrics import derive_request_metrics
+
+    df = derive_request_metrics(raw)
+    df = add_run_columns(df, window_start_s, window_end_s)
+    cols = [c for c in REQUEST_COLUMNS if c in df.columns]
+    extra = [c for c in df.columns if c not in REQUEST_COLUMNS]
+    return df[cols + extra].reset_index(drop=True)
+
+
+def finalize_run(
+    directory: str | os.PathLike,
+    manifest: dict[str, Any],
+    *,
+    raw: pd.DataFrame | None = None,
+) -> RunResult:
+    """Finish a run directory: tidy ``requests.parquet`` + final ``manifest.json``.
+
+    ``manifest["window"]`` must hold ``window_start_s`` and ``window_end_s`` (as
+    :meth:`AgentFleet.window_summary` returns them). ``raw`` defaults to the rows in the directory.
+    """
+    directory = Path(directory)
+    if raw is None:
+        raw = read_raw_rows(directory)
+    window = manifest.get("window", {})
+    df = finalize_frame(raw, window.get("window_start_s", float("nan")), window.get("window_end_s", float("nan")))
+    df.to_parquet(directory / REQUESTS_NAME, index=False)
+    write_manifest(directory, manifest)
+    return RunResult(df, json.loads(strict_json_dumps(manifest)), directory)
+
+
+def load_run(directory: str | os.PathLike) -> RunResult:
+    """Load a run directory. A finished run gives its ``requests.parquet``; an interrupted one (no
+    parquet yet) gives the raw rows it left, finalized with the window recorded so far (if any)."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_NAME
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{directory}: no {MANIFEST_NAME}; is this an agentperf run directory?")
+    manifest = json.loads(manifest_path.read_text())
+    check_schema_version(manifest.get("schema_version"), what=str(manifest_path))
+    parquet = directory / REQUESTS_NAME
+    if parquet.exists():
+        return RunResult(pd.read_parquet(parquet), manifest, directory)
+    window = manifest.get("window") or {}
+    start = window.get("window_start_s")
+    end = window.get("window_end_s")
+    df = finalize_frame(
+        read_raw_rows(directory),
+        float("nan") if start is None else start,
+        float("nan") if end is None else end,
+    )
+    return RunResult(df, manifest, directory, extra={"interrupted": True})
