@@ -105,9 +105,7 @@ class RunRules:
         if self.duration_s < AA_RULES.duration_s:
             reasons.append(f"steady window {self.duration_s:g} s < AA's {AA_RULES.duration_s:g} s")
         if self.min_trajectories < AA_RULES.min_trajectories:
-            reasons.append(
-                f"min_trajectories {self.min_trajectories} < AA's {AA_RULES.min_trajectories}"
-            )
+            reasons.append(f"min_trajectories {self.min_trajectories} < AA's {AA_RULES.min_trajectories}")
         if self.min_trajectories_per_agent < AA_RULES.min_trajectories_per_agent:
             reasons.append(
                 f"min_trajectories_per_agent {self.min_trajectories_per_agent} < AA's "
@@ -332,19 +330,25 @@ class AgentFleet:
                 f"counts were met ({self.completed_in_window} trajectories, min per agent "
                 f"{min(per_agent)})"
             )
-        else:
-            if self.completed_in_window < AA_RULES.min_trajectories:
-                reasons.append(
-                    f"{self.completed_in_window} trajectories completed in the window < "
-                    f"{AA_RULES.min_trajectories}"
-                )
-            if min(per_agent) < AA_RULES.min_trajectories_per_agent:
-                reasons.append(
-                    f"an agent completed only {min(per_agent)} trajectories in the window < "
-                    f"{AA_RULES.min_trajectories_per_agent}"
-                )
+        elif (
+            self.rules.min_trajectories >= AA_RULES.min_trajectories
+            and self.completed_in_window < AA_RULES.min_trajectories
+        ):
+            reasons.append(
+                f"{self.completed_in_window} trajectories completed in the window < "
+                f"{AA_RULES.min_trajectories}"
+            )
+        if (
+            not self.window_capped
+            and self.rules.min_trajectories_per_agent >= AA_RULES.min_trajectories_per_agent
+            and min(per_agent) < AA_RULES.min_trajectories_per_agent
+        ):
+            reasons.append(
+                f"an agent completed only {min(per_agent)} trajectories in the window < "
+                f"{AA_RULES.min_trajectories_per_agent}"
+            )
         length = self.window_end_s - self.window_start_s
-        if length == length and length < AA_RULES.duration_s:
+        if length == length and length < AA_RULES.duration_s <= self.rules.duration_s:
             reasons.append(f"steady window lasted {length:.1f} s < {AA_RULES.duration_s:g} s")
         return {
             "window_start_s": self.window_start_s,

@@ -110,7 +110,9 @@ def finalize_run(
     if raw is None:
         raw = read_raw_rows(directory)
     window = manifest.get("window", {})
-    df = finalize_frame(raw, window.get("window_start_s", float("nan")), window.get("window_end_s", float("nan")))
+    df = finalize_frame(
+        raw, window.get("window_start_s", float("nan")), window.get("window_end_s", float("nan"))
+    )
     df.to_parquet(directory / REQUESTS_NAME, index=False)
     write_manifest(directory, manifest)
     return RunResult(df, json.loads(strict_json_dumps(manifest)), directory)

@@ -12,6 +12,7 @@ versions they do not know (see ``docs/schema.md``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -59,7 +60,9 @@ _COLUMNS: tuple[Column, ...] = (
     Column("turn", "int64", "", "turn index within the trajectory"),
     # --- raw timestamps (seconds since the run's clock origin; NaN if it did not happen)
     Column("t_scheduled_s", "float64", "s", "when the agent wanted to send (previous end + tool delay)"),
-    Column("t_send_s", "float64", "s", "when the request actually went out; t_send - t_scheduled = client lag"),
+    Column(
+        "t_send_s", "float64", "s", "when the request actually went out; t_send - t_scheduled = client lag"
+    ),
     Column("t_first_s", "float64", "s", "first visible delta (content, reasoning or tool call)"),
     Column("t_first_answer_s", "float64", "s", "first non-reasoning visible delta (content or tool call)"),
     Column("t_last_s", "float64", "s", "last visible delta"),
@@ -92,7 +95,9 @@ _COLUMNS: tuple[Column, ...] = (
         "(output_tokens - 1) / (t_last - t_first); 0 if not finished; NaN if < 2 tokens",
         derived=True,
     ),
-    Column("tool_wait_s", "float64", "s", "actual wait: next request's t_send - this t_end (same agent)", True),
+    Column(
+        "tool_wait_s", "float64", "s", "actual wait: next request's t_send - this t_end (same agent)", True
+    ),
     Column("in_window", "bool", "", "request belongs to the level's steady window", derived=True),
 )
 
@@ -121,10 +126,8 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [json_safe(v) for v in obj]
     if hasattr(obj, "item") and not isinstance(obj, str | bytes):  # numpy scalar
-        try:
+        with contextlib.suppress(ValueError, TypeError):
             obj = obj.item()
-        except (ValueError, TypeError):
-            pass
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     try:
