@@ -1,0 +1,248 @@
+"""SLO tiers and verdicts.
+
+A level **passes a tier** when, over the requests of its steady window, the ``speed_percentile`` (25) of
+output speed >= ``min_output_speed_tps`` and the ``ttft_percentile`` (95) of TTFT <= ``max_ttft_s``
+(METHODOLOGY.md section 4). Failed requests stay in: TTFT +inf, speed 0 (see :mod:`.metrics`).
+
+Verdicts at a confidence level (default 0.95): each statistic's distribution-free interval
+(:func:`.percentiles.percentile_ci`) is compared with its threshold: entirely on the good side ->
+``pass``, entirely on the bad side -> ``fail``, straddling -> ``inconclusive``. A tier fails if either
+statistic fails, passes if both pass, else is inconclusive. With ``confidence=None`` verdicts are point
+verdicts (the observed percentile against the threshold). The **binding constraint** is the statistic
+that fails (the worse one, by relative margin, if both do) or, when the tier passes, the one closer to its
+limit by relative margin.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .percentiles import percentile_ci_sorted, percentile_sorted, sorted_sample
+
+__all__ = [
+    "DEFAULT_TIER_PRESET",
+    "TIER_PRESETS",
+    "Tier",
+    "TierPreset",
+    "evaluate_level",
+    "get_tier_preset",
+    "level_verdicts",
+    "max_agents",
+    "per_agent_attainment",
+    "tier_preset_names",
+]
+
+DEFAULT_TIER_PRESET = "aa-dsv4pro"
+VERDICTS = ("pass", "fail", "inconclusive")
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """One SLO tier: a speed floor at a percentile and a TTFT ceiling at a percentile."""
+
+    name: str
+    label: str
+    min_output_speed_tps: float
+    max_ttft_s: float
+    speed_percentile: float = 25.0
+    ttft_percentile: float = 95.0
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"tier name must be identifier-safe (like 'slo1'), got {self.name!r}")
+        if not self.min_output_speed_tps >= 0 or not self.max_ttft_s > 0:
+            raise ValueError(
+                f"tier {self.name}: need min_output_speed_tps >= 0 and max_ttft_s > 0, got "
+                f"{self.min_output_speed_tps} and {self.max_ttft_s}"
+            )
+        for pname in ("speed_percentile", "ttft_percentile"):
+            if not 0 <= getattr(self, pname) <= 100:
+                raise ValueError(f"tier {self.name}: {pname} must be in [0, 100]")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The tier as a JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class TierPreset:
+    """A named set of tiers with its source."""
+
+    name: str
+    label: str
+    tiers: tuple[Tier, ...]
+    source: str = ""
+
+
+def _load_presets() -> dict[str, TierPreset]:
+    raw = json.loads(resources.files("agentperf_kit").joinpath("data/tier_presets.json").read_text())
+    return {
+        name: TierPreset(name, spec["label"], tuple(Tier(**t) for t in spec["tiers"]), spec.get("source", ""))
+        for name, spec in raw.items()
+    }
+
+
+TIER_PRESETS: dict[str, TierPreset] = _load_presets()
+
+
+def tier_preset_names() -> list[str]:
+    """Names of the built-in tier presets."""
+    return sorted(TIER_PRESETS)
+
+
+def get_tier_preset(name: str) -> TierPreset:
+    """The built-in preset ``name``; the error lists the known names."""
+    try:
+        return TIER_PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown tier preset {name!r}; known presets: {', '.join(tier_preset_names())}") from None
+
+
+def _verdict(observed: float, lo: float, hi: float, threshold: float, higher_is_better: bool,
+             confidence: float | None) -> str:
+    if math.isnan(observed):
+        return "inconclusive"
+    if confidence is None:
+        ok = observed >= threshold if higher_is_better else observed <= threshold
+        return "pass" if ok else "fail"
+    if higher_is_better:
+        if lo >= threshold:
+            return "pass"
+        if hi < threshold:
+            return "fail"
+    else:
+        if hi <= threshold:
+            return "pass"
+        if lo > threshold:
+            return "fail"
+    return "inconclusive"
+
+
+def _window(df: pd.DataFrame, in_window_only: bool) -> pd.DataFrame:
+    if in_window_only and "in_window" in df:
+        return df[df["in_window"].astype(bool)]
+    return df
+
+
+def evaluate_level(
+    df: pd.DataFrame,
+    tiers: TierPreset | list[Tier] | tuple[Tier, ...],
+    *,
+    confidence: float | None = 0.95,
+    in_window_only: bool = True,
+) -> pd.DataFrame:
+    """Tidy verdict table for one level: one row per (tier, statistic) plus the tier verdict.
+
+    Columns: ``tier, label, statistic, percentile, observed, ci_low, ci_high, threshold, n, verdict,
+    tier_verdict, binding``.
+    """
+    tiers = tiers.tiers if isinstance(tiers, TierPreset) else tuple(tiers)
+    w = _window(df, in_window_only)
+    speed_sorted = sorted_sample(w["output_speed_tps"].to_numpy(dtype=float))
+    ttft_sorted = sorted_sample(w["ttft_s"].to_numpy(dtype=float))
+    rows = []
+    for tier in tiers:
+        parts = []
+        for stat, s, q, thr, hib in (
+            ("output_speed_tps", speed_sorted, tier.speed_percentile, tier.min_output_speed_tps, True),
+            ("ttft_s", ttft_sorted, tier.ttft_percentile, tier.max_ttft_s, False),
+        ):
+            obs = percentile_sorted(s, q)
+            lo, hi = percentile_ci_sorted(s, q, confidence) if confidence and len(s) else (obs, obs)
+            verdict = _verdict(obs, lo, hi, thr, hib, confidence)
+            # relative margin: > 0 on the good side
+            margin = (obs - thr) / thr if hib else (thr - obs) / thr
+            if math.isnan(margin):
+                margin = -math.inf
+            parts.append(dict(tier=tier.name, label=tier.label, statistic=stat, percentile=q, observed=obs,
+                              ci_low=lo, ci_high=hi, threshold=thr, n=len(s), verdict=verdict, _margin=margin))
+        verdicts = {p["verdict"] for p in parts}
+        tier_verdict = "fail" if "fail" in verdicts else "pass" if verdicts == {"pass"} else "inconclusive"
+        binding = min(parts, key=lambda p: p["_margin"])["statistic"]
+        binding = "speed" if binding == "output_speed_tps" else "ttft"
+        for p in parts:
+            p.pop("_margin")
+            p.update(tier_verdict=tier_verdict, binding=binding)
+            rows.append(p)
+    return pd.DataFrame(rows)
+
+
+def level_verdicts(
+    df: pd.DataFrame,
+    tiers: TierPreset | list[Tier] | tuple[Tier, ...],
+    *,
+    confidence: float | None = 0.95,
+    in_window_only: bool = True,
+) -> dict[str, str]:
+    """Tier name -> ``pass``/``fail``/``inconclusive`` for one level."""
+    ev = evaluate_level(df, tiers, confidence=confidence, in_window_only=in_window_only)
+    return dict(zip(ev["tier"], ev["tier_verdict"]))
+
+
+def max_agents(levels: pd.DataFrame, tiers: TierPreset | list[Tier] | tuple[Tier, ...]) -> pd.DataFrame:
+    """Per tier, the highest N that passes, from measured levels.
+
+    ``levels`` needs ``concurrency`` and ``verdict_<tier>`` columns (and optionally ``binding_<tier>``).
+    Rules: the result is the highest passing N below the lowest failing N (inconclusive levels count as
+    neither); 0 if N = 1 fails or nothing passes below the first failure; ``max_agents_is_lower_bound``
+    when no level fails (the highest measured level still passes); ``non_monotonic`` when some level
+    above the lowest failing N passes (listed in ``non_monotonic_levels``).
+    """
+    tiers = tiers.tiers if isinstance(tiers, TierPreset) else tuple(tiers)
+    rows = []
+    lv = levels.sort_values("concurrency")
+    for tier in tiers:
+        col = f"verdict_{tier.name}"
+        n = lv["concurrency"].to_numpy()
+        v = lv[col].to_numpy()
+        fails = n[v == "fail"]
+        lowest_fail = int(fails.min()) if len(fails) else None
+        passing = n[v == "pass"]
+        below = passing[passing < lowest_fail] if lowest_fail is not None else passing
+        best = int(below.max()) if len(below) else 0
+        above = sorted(int(x) for x in passing[passing > lowest_fail]) if lowest_fail is not None else []
+        binding = None
+        bcol = f"binding_{tier.name}"
+        if bcol in lv:
+            at = lv[lv["concurrency"] == (lowest_fail if lowest_fail is not None else best)]
+            binding = at[bcol].iloc[-1] if len(at) else None
+        rows.append(
+            dict(
+                name=tier.name,
+                label=tier.label,
+                min_output_speed_tps=tier.min_output_speed_tps,
+                speed_percentile=tier.speed_percentile,
+                max_ttft_s=tier.max_ttft_s,
+                ttft_percentile=tier.ttft_percentile,
+                max_agents=best,
+                max_agents_is_lower_bound=lowest_fail is None and len(passing) > 0,
+                lowest_failing_agents=lowest_fail,
+                binding_constraint=binding,
+                non_monotonic=bool(above),
+                non_monotonic_levels=above,
+            )
+        )
+    return pd.DataFrame(rows)
+
+
+def per_agent_attainment(df: pd.DataFrame, tier: Tier, *, in_window_only: bool = True) -> pd.DataFrame:
+    """Per agent: share of its requests meeting the tier's per-request thresholds.
+
+    A request meets the tier when its TTFT <= max_ttft_s and (its speed >= min_output_speed_tps or it has
+    no speed because it produced < 2 tokens). Columns: ``agent, n, attainment``.
+    """
+    w = _window(df, in_window_only)
+    speed = w["output_speed_tps"].to_numpy(dtype=float)
+    meets = (w["ttft_s"].to_numpy(dtype=float) <= tier.max_ttft_s) & (
+        np.isnan(speed) | (speed >= tier.min_output_speed_tps)
+    )
+    out = pd.DataFrame({"agent": w["agent"].to_numpy(), "meets": meets})
+    g = out.groupby("agent")["meets"]
+    return pd.DataFrame({"n": g.size(), "attainment": g.mean()}).reset_index()
