@@ -1,0 +1,281 @@
+"""Event-driven model of an LLM serving engine (continuous batching, chunked prefill, prefix cache).
+
+**Scheduler** (mirrors vLLM V1 / SGLang): each engine step processes every running decode sequence (one
+token each) plus chunked prefill up to ``max_num_batched_tokens`` (decode first, then prefill, FCFS);
+at most ``max_num_seqs`` sequences run. A request is admitted (FCFS, head of line) when its KV
+reservation fits: the engine reserves prompt + forced output tokens at admission, evicting idle prefix-cache
+entries in LRU order to make room; if it still does not fit, it and everything behind it wait (this is the
+queueing that makes TTFT explode when the KV cache fills). Preemption by recompute is not modelled: the
+reservation makes it unnecessary (documented limit).
+
+**Prefix cache** at phase granularity: when a request finishes, its phase keeps an idle cache entry of
+prompt + output tokens, of which only the prompt is reusable by the phase's next turn (the server cached
+its own generated text, which differs from the recorded output the next turn carries). An entry is
+evictable (LRU) while the agent's tool runs. A hit covers min(reusable, prompt prefix of the next turn),
+rounded down to 16-token blocks, and skips that prefill.
+
+**Step time** (roofline, whole system): ``overhead + max(FLOPs / (peak * eff_c), bytes / (BW * eff_b))``
+with FLOPs = 2 * active params * tokens + attention pairs * FLOPs per pair, bytes = dense weights + the
+routed experts the batch touches (E * (1 - (1 - k/E)^tokens) per MoE layer) + KV read (every cached token
+of every sequence in the batch, and the prefix of each prefill chunk).
+
+**Events, not steps**: between events (an arrival, a finish, a prefill chunk) the decode batch is constant
+and each step adds B context tokens, so step time grows linearly with the step index and the time of the
+next event is closed form (``_advance_decode``). Steps that carry prefill are simulated one by one.
+For the real-time face, the time of each token can be derived from the same segments; the current HTTP
+face is not built yet.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .presets import Deployment, Efficiency
+
+__all__ = ["BLOCK_TOKENS", "Engine", "SimRequest"]
+
+BLOCK_TOKENS = 16
+
+
+@dataclass(slots=True, eq=False)
+class SimRequest:
+    """One request inside the engine (token counts in tokens, times in virtual seconds)."""
+
+    key: Any
+    phase_id: int
+    prompt: int
+    prefix: int  # prompt tokens that repeat the phase's previous prompt (0 for a fresh phase)
+    output: int
+    t_arrival: float
+    hit: int = 0
+    prefilled: int = 0
+    reserve: int = 0
+    t_first: float = math.nan
+    ctx0_minus_g: int = 0
+    finish_step: int = 0
+
+
+class Engine:
+    """The simulated serving engine. ``on_finish(req, t_end)`` is called when a request's last token
+    is produced; ``on_reject(req, t, detail)`` when a request can never fit the KV cache."""
+
+    def __init__(
+        self,
+        dep: Deployment,
+        eff: Efficiency,
+        on_finish: Callable[[SimRequest, float], None],
+        on_reject: Callable[[SimRequest, float, str], None],
+    ) -> None:
+        self.dep = dep
+        self.eff = eff
+        self.on_finish = on_finish
+        self.on_reject = on_reject
+        self.now = 0.0
+        self.waiting: deque[SimRequest] = deque()
+        self.prefilling: list[SimRequest] = []
+        self._decode: list[tuple[int, int, SimRequest]] = []
+        self._n = 0  # tie-breaker
+        self.g = 0  # global decode step index
+        self.b = 0  # decoding sequences
+        self.s = 0  # sum over decoders of (ctx0 - g0): context sum at step g is s + b * g
+        self.cache: OrderedDict[int, tuple[int, int]] = OrderedDict()  # phase -> (mem, reusable)
+        self.idle_tokens = 0
+        self.running_tokens = 0
+        self.busy_s = 0.0
+        self.steps = 0
+        self.cached_tokens_total = 0
+        self.prompt_tokens_total = 0
+        self._finished = False
+        # constants of the step-time model
+        self._fe = dep.flops_per_s * eff.compute
+        self._be = dep.bandwidth_bytes_per_s * eff.bandwidth
+        self._cap = dep.kv_capacity_tokens
+
+    # -- public -----------------------------------------------------------------------------------------
+
+    def submit(self, req: SimRequest) -> None:
+        """Queue a request that arrived at ``req.t_arrival`` (>= the engine clock)."""
+        if req.prompt + req.output > self._cap:
+            self.on_reject(
+                req,
+                req.t_arrival,
+                f"prompt {req.prompt} + output {req.output} tokens exceed the KV capacity of {self._cap} tokens",
+            )
+            return
+        self.waiting.append(req)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.prefilling or self.b)
+
+    def advance(self, limit: float) -> None:
+        """Run engine steps until the clock reaches ``limit``, the engine runs out of work, or a request
+        finishes (its callback may schedule an earlier event, so control returns to the driver)."""
+        self._finished = False
+        while self.now < limit and self.has_work and not self._finished:
+            if self.waiting:
+                self._admit()
+            if self.prefilling:
+                self._mixed_step()
+            elif self.b:
+                self._advance_decode(limit)
+            else:  # waiting requests that cannot be admitted and nothing running: cannot happen
+                raise RuntimeError("engine stalled: queued requests but nothing running")
+
+    def cancel_all(self) -> list[SimRequest]:
+        """Remove and return every request still queued or running (end of a run)."""
+        out = list(self.waiting) + self.prefilling + [r for _, _, r in self._decode]
+        self.waiting.clear()
+        self.prefilling = []
+        self._decode = []
+        self.b = self.s = 0
+        return out
+
+    def step_time(self, tokens: int, decode_ctx: float, prefill_pairs: float, prefill_kv: float) -> float:
+        """Seconds for one step with ``tokens`` processed, decode context sum ``decode_ctx`` (tokens),
+        prefill attention pairs and prefill KV tokens read."""
+        d = self.dep
+        flops = 2.0 * d.active_params * tokens + d.attn_flops_decode_per_pair * decode_ctx
+        flops += d.attn_flops_prefill_per_pair * prefill_pairs
+        nbytes = d.dense_weight_bytes + d.kv_bytes_per_token * (decode_ctx + prefill_kv)
+        if d.routed_experts:
+            touched = d.routed_experts * (1.0 - (1.0 - d.experts_per_token / d.routed_experts) ** tokens)
+            nbytes += d.expert_weight_bytes_per_layer * d.moe_layers * touched
+        return d.step_overhead_s + max(flops / self._fe, nbytes / self._be)
+
+    # -- internals --------------------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        cap = self._cap
+        max_seqs = self.dep.max_num_seqs
+        while self.waiting and self.waiting[0].t_arrival <= self.now:
+            if self.b + len(self.prefilling) >= max_seqs:
+                return
+            req = self.waiting[0]
+            entry = self.cache.pop(req.phase_id, None)
+            if entry is not None:
+                self.idle_tokens -= entry[0]
+            reserve = req.prompt + req.output
+            need = self.running_tokens + self.idle_tokens + reserve - cap
+            while need > 0 and self.cache:
+                _, (mem, _) = self.cache.popitem(last=False)
+                self.idle_tokens -= mem
+                need -= mem
+            if need > 0:
+                if entry is not None:  # put the phase's entry back (most recently used)
+                    self.cache[req.phase_id] = entry
+                    self.idle_tokens += entry[0]
+                return
+            self.waiting.popleft()
+            hit = 0
+            if entry is not None and req.prefix > 0:
+                hit = min(entry[1], req.prefix) // BLOCK_TOKENS * BLOCK_TOKENS
+            req.hit = hit
+            req.prefilled = hit
+            req.reserve = reserve
+            self.running_tokens += reserve
+            self.cached_tokens_total += hit
+            self.prompt_tokens_total += req.prompt
+            self.prefilling.append(req)
+
+    def _mixed_step(self) -> None:
+        budget = self.dep.max_num_batched_tokens - self.b
+        tokens = self.b
+        pairs = 0.0
+        kv_read = 0.0
+        done: list[SimRequest] = []
+        for req in self.prefilling:
+            if budget <= 0:
+                break
+            chunk = min(budget, req.prompt - req.prefilled)
+            p = req.prefilled
+            pairs += chunk * p + chunk * chunk / 2.0
+            kv_read += p + chunk
+            req.prefilled += chunk
+            budget -= chunk
+            tokens += chunk
+            if req.prefilled >= req.prompt:
+                done.append(req)
+        dt = self.step_time(max(tokens, 1), self.s + self.b * self.g, pairs, kv_read)
+        self.now += dt
+        self.busy_s += dt
+        self.steps += 1
+        if self.b:
+            self.g += 1
+            self._finish_due()
+        if done:
+            self.prefilling = [r for r in self.prefilling if r.prefilled < r.prompt]
+            for req in done:
+                req.t_first = self.now
+                if req.output <= 1:
+                    self._release(req)
+                    self.on_finish(req, self.now)
+                    self._finished = True
+                    continue
+                req.finish_step = self.g + req.output - 1
+                req.ctx0_minus_g = req.prompt + 1 - self.g
+                self.s += req.ctx0_minus_g
+                self.b += 1
+                self._n += 1
+                heapq.heappush(self._decode, (req.finish_step, self._n, req))
+
+    def _decode_line(self) -> tuple[float, float]:
+        """Step time at the current step index (a) and its growth per step (slope), pure decode."""
+        b = self.b
+        ctx = self.s + b * self.g
+        a = self.step_time(b, ctx, 0.0, 0.0)
+        d = self.dep
+        a_mem = d.kv_bytes_per_token * ctx / self._be
+        a_cmp = (2.0 * d.active_params * b + d.attn_flops_decode_per_pair * ctx) / self._fe
+        # which roofline term binds decides the slope (context grows by b tokens per step)
+        flops_bound = a_cmp > (a - d.step_overhead_s) - 1e-15 and a_cmp >= a_mem
+        slope = (d.attn_flops_decode_per_pair * b / self._fe) if flops_bound else (d.kv_bytes_per_token * b / self._be)
+        return a, slope
+
+    def _advance_decode(self, limit: float) -> None:
+        a, slope = self._decode_line()
+        m = self._decode[0][0] - self.g  # steps to the next finish (>= 1)
+        total = m * a + slope * m * (m - 1) / 2.0
+        # queued requests that are not admissible wait for a finish (which frees KV or a slot)
+        if self.now + total <= limit:
+            steps = m
+        else:
+            # smallest j with j*a + slope*j*(j-1)/2 >= limit - now  (j >= 1)
+            rem = limit - self.now
+            if slope > 0:
+                aa, bb = slope / 2.0, a - slope / 2.0
+                j = math.ceil((-bb + math.sqrt(bb * bb + 4 * aa * rem)) / (2 * aa))
+            else:
+                j = math.ceil(rem / a)
+            steps = max(1, min(m, j))
+            total = steps * a + slope * steps * (steps - 1) / 2.0
+        self.now += total
+        self.busy_s += total
+        self.steps += steps
+        self.g += steps
+        self._finish_due()
+
+    def _finish_due(self) -> None:
+        heap = self._decode
+        g = self.g
+        while heap and heap[0][0] <= g:
+            _, _, req = heapq.heappop(heap)
+            self.b -= 1
+            self.s -= req.ctx0_minus_g
+            self._release(req)
+            self.on_finish(req, self.now)
+            self._finished = True
+
+    def _release(self, req: SimRequest) -> None:
+        self.running_tokens -= req.reserve
+        mem = req.prompt + req.output
+        old = self.cache.pop(req.phase_id, None)
+        if old is not None:
+            self.idle_tokens -= old[0]
+        self.cache[req.phase_id] = (mem, req.prompt)
+        self.idle_tokens += mem

@@ -1,0 +1,127 @@
+"""Accelerator, model and deployment presets, read from the TOML data files in ``presets/``.
+
+Each preset file states its sources and assumptions. ``get_deployment(name)`` resolves a deployment
+(accelerator x count x model x engine limits) into a :class:`Deployment` with the derived figures the
+engine needs (aggregate peaks and bandwidth, weight bytes, KV capacity in tokens).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+__all__ = ["DEFAULT_DEPLOYMENT", "Deployment", "Efficiency", "get_deployment", "list_deployments"]
+
+DEFAULT_DEPLOYMENT = "h200x8-dsv4pro"
+
+
+@lru_cache(maxsize=None)
+def _load(kind: str) -> dict[str, Any]:
+    text = resources.files("agentperf_kit.sim").joinpath(f"presets/{kind}.toml").read_text()
+    return tomllib.loads(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Efficiency:
+    """Roofline utilizations: share of peak FLOP/s and of HBM bandwidth a step achieves."""
+
+    name: str
+    compute: float
+    bandwidth: float
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """A resolved deployment; all figures are for the whole system (every accelerator) unless named."""
+
+    name: str
+    label: str
+    accelerator: str
+    accelerator_count: int
+    model: str
+    model_label: str
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    flops_per_s: float  # aggregate peak at the model's compute precision
+    bandwidth_bytes_per_s: float  # aggregate HBM bandwidth
+    memory_bytes: float  # aggregate HBM
+    weight_bytes: float  # all weights
+    dense_weight_bytes: float  # read every step
+    expert_weight_bytes_per_layer: float  # one routed expert in one layer
+    moe_layers: int
+    routed_experts: int
+    experts_per_token: int
+    active_params: float
+    kv_bytes_per_token: float
+    kv_capacity_tokens: int
+    attn_flops_decode_per_pair: float
+    attn_flops_prefill_per_pair: float
+    step_overhead_s: float
+    tdp_w_per_accelerator: float
+    idle_w_per_accelerator: float
+    projection: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def list_deployments() -> list[str]:
+    """Names of the deployment presets."""
+    return sorted(k for k in _load("deployments") if k != "efficiency")
+
+
+def efficiency(name: str) -> Efficiency:
+    """The efficiency set ``low``, ``mid`` or ``high``."""
+    sets = _load("deployments")["efficiency"]
+    if name not in sets:
+        raise KeyError(f"unknown efficiency set {name!r}; known: {', '.join(sets)}")
+    return Efficiency(name, float(sets[name]["compute"]), float(sets[name]["bandwidth"]))
+
+
+def get_deployment(name: str = DEFAULT_DEPLOYMENT) -> Deployment:
+    """Resolve deployment preset ``name`` (error lists the known names)."""
+    deps = _load("deployments")
+    if name not in deps or name == "efficiency":
+        raise KeyError(f"unknown deployment preset {name!r}; known: {', '.join(list_deployments())}")
+    d = deps[name]
+    acc = _load("accelerators")[d["accelerator"]]
+    m = _load("models")[d["model"]]
+    n = int(d["count"])
+    wbpp = float(m["weight_bytes_per_param"])
+    # compute precision: FP8 where the model's weights are <= 1 byte; FP4 peak is not used (activations FP8)
+    peak = acc["fp8_tflops"] if wbpp <= 1.0 else acc["bf16_tflops"]
+    weight_bytes = m["total_params_b"] * 1e9 * wbpp
+    memory = acc["hbm_gb"] * 1e9 * n
+    kv_bytes = float(m["kv_bytes_per_token"])
+    kv_cap = int(max(0.0, memory * d["memory_utilization"] - weight_bytes) / kv_bytes)
+    return Deployment(
+        name=name,
+        label=d["label"],
+        accelerator=d["accelerator"],
+        accelerator_count=n,
+        model=d["model"],
+        model_label=m["label"],
+        max_num_seqs=int(d["max_num_seqs"]),
+        max_num_batched_tokens=int(d["max_num_batched_tokens"]),
+        flops_per_s=peak * 1e12 * n,
+        bandwidth_bytes_per_s=acc["hbm_tbps"] * 1e12 * n,
+        memory_bytes=memory,
+        weight_bytes=weight_bytes,
+        dense_weight_bytes=m["dense_params_b"] * 1e9 * wbpp,
+        expert_weight_bytes_per_layer=m["expert_params_b_per_layer"] * 1e9 * wbpp,
+        moe_layers=int(m["moe_layers"]),
+        routed_experts=int(m["routed_experts"]),
+        experts_per_token=int(m["experts_per_token"]),
+        active_params=m["active_params_b"] * 1e9,
+        kv_bytes_per_token=kv_bytes,
+        kv_capacity_tokens=kv_cap,
+        attn_flops_decode_per_pair=float(m["attn_flops_decode_per_pair"]),
+        attn_flops_prefill_per_pair=float(m["attn_flops_prefill_per_pair"]),
+        step_overhead_s=d["step_overhead_ms"] / 1e3 + d["per_layer_overhead_us"] * m["layers"] / 1e6,
+        tdp_w_per_accelerator=float(acc["tdp_w"]),
+        idle_w_per_accelerator=float(acc["idle_w"]),
+        projection=bool(acc.get("projection", False)),
+    )
