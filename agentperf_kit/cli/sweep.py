@@ -1,0 +1,77 @@
+"""``agentperf sweep``: the main job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="find the max concurrent agents per SLO tier (default: the simulated h200x8-dsv4pro)",
+        description="Exponential ramp + bisection over the agent count; every tier evaluated on the same levels.",
+    )
+    p.add_argument("--target", help="sim, sim:PRESET or a URL (default: sim)")
+    p.add_argument("--model", help="model name (live targets)")
+    p.add_argument("--trajectories", help="trajectory file (default: the built-in synthetic set)")
+    p.add_argument("--tiers", help="tier preset (default: aa-dsv4pro)")
+    p.add_argument("--accelerators", type=int, help="accelerator count (sim: from the preset)")
+    p.add_argument("--accelerator-type", help="e.g. H200 (for provisioned power)")
+    p.add_argument("--power-w", type=float, help="whole-system power in W")
+    p.add_argument("--power-scope", choices=["measured", "declared", "modelled", "provisioned"])
+    p.add_argument("--level-duration", type=float, help="minimum steady window per level, s (default 600)")
+    p.add_argument("--max-agents", type=int, help="highest N to try (default 4096)")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--efficiency", choices=["low", "mid", "high"], help="sim efficiency set (default mid)")
+    p.add_argument("--out", help="output directory (default: a new directory under runs/)")
+    p.add_argument("--config", help="TOML file with a [sweep] table; flags override it")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--json", action="store_true", help="print summary.json to stdout")
+    p.set_defaults(func=_sweep)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from ..sweep import SweepConfig, SweepConfigError, format_summary, plan_levels, run_sweep
+
+    overrides = dict(
+        target=args.target, model=args.model, trajectories=args.trajectories, tiers=args.tiers,
+        accelerators=args.accelerators, accelerator_type=args.accelerator_type, power_w=args.power_w,
+        power_scope=args.power_scope, level_duration_s=args.level_duration, max_agents=args.max_agents,
+        seed=args.seed, efficiency=args.efficiency, out=args.out,
+    )
+    try:
+        if args.config:
+            cfg = SweepConfig.from_toml(args.config, **overrides)
+        else:
+            cfg = SweepConfig(**{k: v for k, v in overrides.items() if v is not None})
+    except (SweepConfigError, KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"target {cfg.target}; tiers {cfg.tiers}; ramp levels {plan_levels(cfg.max_agents)} until every "
+              f"tier fails, then bisection to {cfg.resolution} agent(s)")
+        print(f"per level: warm-up {cfg.warmup_s:g} s after all agents are active, steady window >= "
+              f"{cfg.level_duration_s:g} s and >= {cfg.min_trajectories} trajectories, "
+              f">= {cfg.min_trajectories_per_agent} per agent")
+        if not cfg.is_sim:
+            n_levels = len(plan_levels(cfg.max_agents)) + 2 * max(1, cfg.max_agents.bit_length())
+            est = n_levels * (cfg.warmup_s + cfg.level_duration_s + 30)
+            print(f"estimated wall time (live, real time): at least {est / 3600:.1f} h for ~{n_levels} levels")
+        else:
+            print("simulated target: runs in virtual time (seconds of wall time)")
+        return 0
+    try:
+        result = run_sweep(cfg, progress=not args.json)
+    except (SweepConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        from ..schema import strict_json_dumps
+
+        print(strict_json_dumps(result.summary, indent=2))
+    else:
+        print()
+        print(format_summary(result.summary))
+        print(f"\nresults: {result.directory}/ (summary.json, levels.csv, requests.parquet)")
+    return 0

@@ -1,0 +1,449 @@
+"""The sweep: find, for every SLO tier at once, the highest number of concurrent agents that passes.
+
+Search (METHODOLOGY.md section 4): exponential ramp N = 1, 2, 4, ... until every tier has a failing level
+(or ``max_agents`` is reached), then, per tier, bisection between its highest passing N below its lowest
+failing N and that failing N, to ``resolution`` agents. Levels are measured once and shared: every tier is
+evaluated on the same levels. Odd cases (see :func:`agentperf_kit.slo.max_agents`): N = 1 failing gives 0;
+a tier still passing at ``max_agents`` is a lower bound; non-monotonic verdicts take the highest pass below
+the lowest fail and are reported.
+
+A level whose verdict is ``inconclusive`` at the set confidence (too few requests for the percentile's
+confidence interval to clear the threshold) is re-run with a window twice as long, up to
+``max_extensions`` times; if still inconclusive, the point verdict is used and a note says so.
+
+Each level is a fresh run (new phase markers) with a seed derived from (seed, N, extension), so results do
+not depend on the order levels are measured in. Everything is written as the sweep goes
+(``DIR/levels/n00016_e0/``...); re-running with the same ``out`` resumes from the measured levels and refuses
+when the configuration differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ._version import __version__
+from .agents import RunRules
+from .metrics import level_stats
+from .normalize import PowerSpec, agents_per_accelerator, agents_per_mw, provisioned_power_w
+from .results import RunResult, load_run, toolkit_provenance
+from .schema import SCHEMA_VERSION, check_schema_version, json_safe, strict_json_dumps
+from .slo import TierPreset, evaluate_level, get_tier_preset, max_agents
+
+__all__ = ["SweepConfig", "SweepConfigError", "SweepResult", "load_sweep", "plan_levels", "run_sweep"]
+
+
+class SweepConfigError(ValueError):
+    """A sweep configuration is invalid, or does not match the one of the directory being resumed."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything that defines a sweep (times in seconds, power in W). See ``docs/sweep.md``."""
+
+    target: str = "sim"
+    model: str | None = None
+    trajectories: str | None = None
+    tiers: str = "aa-dsv4pro"
+    accelerators: int | None = None
+    accelerator_type: str | None = None
+    power_w: float | None = None
+    power_scope: str | None = None
+    level_duration_s: float = 600.0
+    warmup_s: float = 60.0
+    min_trajectories: int = 30
+    min_trajectories_per_agent: int = 3
+    max_level_duration_s: float = 4 * 3600.0
+    max_agents: int = 4096
+    resolution: int = 1
+    seed: int = 0
+    confidence: float = 0.95
+    max_extensions: int = 2
+    efficiency: str = "mid"
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_agents < 1:
+            raise SweepConfigError(f"max_agents must be >= 1, got {self.max_agents}")
+        if self.resolution < 1:
+            raise SweepConfigError(f"resolution must be >= 1 agent, got {self.resolution}")
+        if self.power_w is not None and self.power_scope is None:
+            raise SweepConfigError("--power-w needs --power-scope (measured, declared or provisioned)")
+        if self.power_scope is not None:
+            PowerSpec(self.power_w, self.power_scope)  # validates the scope
+            if self.power_scope == "provisioned" and self.power_w is None and not self.accelerator_type:
+                if not self.is_sim:
+                    raise SweepConfigError("--power-scope provisioned needs --accelerator-type")
+        if not self.is_sim and not self.model:
+            raise SweepConfigError(f"a live target ({self.target}) needs --model")
+        if not self.is_sim and not self.accelerators:
+            raise SweepConfigError(f"a live target ({self.target}) needs --accelerators N")
+        get_tier_preset(self.tiers)
+
+    @property
+    def is_sim(self) -> bool:
+        return self.target == "sim" or self.target.startswith("sim:")
+
+    @property
+    def deployment(self) -> str:
+        from .sim.presets import DEFAULT_DEPLOYMENT
+
+        return self.target.split(":", 1)[1] if ":" in self.target and self.is_sim else DEFAULT_DEPLOYMENT
+
+    def rules(self, extension: int = 0) -> RunRules:
+        """Run rules of a level (the window doubles with each extension)."""
+        dur = self.level_duration_s * 2**extension
+        return RunRules(
+            warmup_s=self.warmup_s,
+            duration_s=dur,
+            min_trajectories=self.min_trajectories,
+            min_trajectories_per_agent=self.min_trajectories_per_agent,
+            max_duration_s=max(dur, self.max_level_duration_s),
+        )
+
+    def measurement_dict(self) -> dict[str, Any]:
+        """The fields that change what is measured (``out`` excluded): hashed for resume checks."""
+        d = dataclasses.asdict(self)
+        d.pop("out")
+        return d
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.measurement_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> SweepConfig:
+        """Load a ``[sweep]`` table (or top-level keys) from a TOML file; ``overrides`` win."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SweepConfigError(f"{path}: cannot read the sweep config: {exc}") from exc
+        data = data.get("sweep", data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SweepConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+
+@dataclass
+class SweepResult:
+    """A finished (or loaded) sweep: ``levels`` (levels.csv), ``summary`` (summary.json), ``tiers``,
+    and all requests of all levels."""
+
+    levels: pd.DataFrame
+    summary: dict[str, Any]
+    requests: pd.DataFrame
+    directory: Path | None = None
+    tiers: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def plan_levels(max_agents_: int) -> list[int]:
+    """The exponential ramp 1, 2, 4, ... capped at ``max_agents_`` (the plan before any verdict)."""
+    out, n = [], 1
+    while n < max_agents_:
+        out.append(n)
+        n *= 2
+    out.append(max_agents_)
+    return out
+
+
+def _level_seed(seed: int, n: int, ext: int) -> int:
+    return int(hashlib.sha256(f"{seed}:{n}:{ext}".encode()).hexdigest()[:12], 16)
+
+
+class _Sweeper:
+    def __init__(self, cfg: SweepConfig, out: Path, progress: bool) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.progress = progress
+        self.preset: TierPreset = get_tier_preset(cfg.tiers)
+        self.rows: dict[int, dict[str, Any]] = {}  # N -> level row
+        self.results: dict[int, RunResult] = {}
+        self.notes: list[str] = []
+        self.n_measured_now = 0
+        self._trajs = None
+        self._dep = None
+
+    # -- targets ---------------------------------------------------------------------------------------
+
+    def trajectories(self):
+        if self._trajs is None:
+            from .trajectories import default_trajectories, load_trajectories
+
+            self._trajs = load_trajectories(self.cfg.trajectories) if self.cfg.trajectories else default_trajectories()
+        return self._trajs
+
+    def accelerators(self) -> tuple[int, str | None]:
+        if self.cfg.is_sim:
+            from .sim.presets import get_deployment
+
+            dep = get_deployment(self.cfg.deployment)
+            return self.cfg.accelerators or dep.accelerator_count, self.cfg.accelerator_type or dep.accelerator
+        return int(self.cfg.accelerators), self.cfg.accelerator_type
+
+    def _measure(self, n: int, ext: int, level_index: int) -> RunResult:
+        d = self.out / "levels" / f"n{n:05d}_e{ext}"
+        if (d / "requests.parquet").exists():
+            return load_run(d)
+        if d.exists():
+            shutil.rmtree(d)  # an interrupted level: measure it again from scratch
+        seed = _level_seed(self.cfg.seed, n, ext)
+        rules = self.cfg.rules(ext)
+        self.n_measured_now += 1
+        if self.cfg.is_sim:
+            from .sim.virtual import run_sim_level
+
+            return run_sim_level(
+                self.trajectories(), n, rules, deployment=self.cfg.deployment, seed=seed, out_dir=d,
+                level=level_index, run_id=f"{self.out.name}-n{n}-e{ext}", efficiency=self.cfg.efficiency,
+            )
+        raise SweepConfigError(
+            f"live target {self.cfg.target}: the live replay client (agentperf run against a URL) is not "
+            "part of this build yet; sweep the simulated system (--target sim) for now"
+        )
+
+    # -- levels -----------------------------------------------------------------------------------------
+
+    def level(self, n: int) -> dict[str, Any]:
+        if n in self.rows:
+            return self.rows[n]
+        acc, _ = self.accelerators()
+        ext = 0
+        while True:
+            res = self._measure(n, ext, len(self.rows))
+            ev = evaluate_level(res.requests, self.preset, confidence=self.cfg.confidence)
+            verdicts = dict(zip(ev["tier"], ev["tier_verdict"]))
+            if "inconclusive" not in verdicts.values() or ext >= self.cfg.max_extensions:
+                break
+            ext += 1
+        point = None
+        if "inconclusive" in verdicts.values():
+            point = evaluate_level(res.requests, self.preset, confidence=None)
+            pv = dict(zip(point["tier"], point["tier_verdict"]))
+            for t, v in verdicts.items():
+                if v == "inconclusive":
+                    self.notes.append(
+                        f"N={n}: tier {t} stayed inconclusive at confidence {self.cfg.confidence} after "
+                        f"{ext} extension(s); the point verdict ({pv[t]}) is used"
+                    )
+                    verdicts[t] = pv[t]
+        window = res.manifest.get("window", {})
+        stats = level_stats(
+            res.requests,
+            window_start_s=window.get("window_start_s"),
+            window_end_s=window.get("window_end_s"),
+            accelerators=acc,
+        )
+        row: dict[str, Any] = {"level": -1, "concurrency": n, "extensions": ext, **stats}
+        row["meets_aa_rules"] = bool(res.manifest.get("meets_aa_rules", window.get("meets_aa_rules", False)))
+        row["client_ok"] = bool(res.manifest.get("client_ok", True))
+        row["power_w"] = res.manifest.get("power_w")
+        row["power_scope"] = res.manifest.get("power_scope")
+        for t in self.preset.tiers:
+            row[f"verdict_{t.name}"] = verdicts[t.name]
+            row[f"binding_{t.name}"] = ev.loc[ev["tier"] == t.name, "binding"].iloc[0]
+        self.rows[n] = row
+        self.results[n] = res
+        self._write_partial()
+        if self.progress:
+            v = " ".join(f"{t.name}={verdicts[t.name]}" for t in self.preset.tiers)
+            print(
+                f"  N={n:<5d} P25 speed {row['p25_output_speed_tps']:8.1f} tok/s  P95 TTFT "
+                f"{row['p95_ttft_s']:7.2f} s  requests {row['n_requests']:>7,}  {v}",
+                flush=True,
+            )
+        return row
+
+    def levels_frame(self) -> pd.DataFrame:
+        df = pd.DataFrame([self.rows[n] for n in sorted(self.rows)])
+        df["level"] = range(len(df))
+        return df
+
+    def _write_partial(self) -> None:
+        self.levels_frame().to_csv(self.out / "levels.csv", index=False)
+
+    # -- search -----------------------------------------------------------------------------------------
+
+    def _verdict(self, n: int, tier: str) -> str:
+        return self.rows[n][f"verdict_{tier}"]
+
+    def run(self) -> None:
+        tiers = [t.name for t in self.preset.tiers]
+        cap = self.cfg.max_agents
+        for n in plan_levels(cap):
+            self.level(n)
+            if all(any(self._verdict(m, t) == "fail" for m in self.rows) for t in tiers):
+                break
+        changed = True
+        while changed:
+            changed = False
+            for t in tiers:
+                fails = [m for m in self.rows if self._verdict(m, t) == "fail"]
+                if not fails:
+                    continue
+                hi = min(fails)
+                passes = [m for m in self.rows if m < hi and self._verdict(m, t) == "pass"]
+                lo = max(passes) if passes else 0
+                if hi - lo > self.cfg.resolution and lo >= 1:
+                    self.level((lo + hi) // 2)
+                    changed = True
+
+
+def _tier_table(levels: pd.DataFrame, preset: TierPreset, acc: int | None, power: PowerSpec | None,
+                power_at) -> pd.DataFrame:
+    tab = max_agents(levels, preset)
+    per_acc, per_mw, pw = [], [], []
+    for _, r in tab.iterrows():
+        n = int(r["max_agents"])
+        w = power.watts if power is not None and power.watts is not None else power_at(n)
+        pw.append(w)
+        per_acc.append(agents_per_accelerator(n, acc))
+        per_mw.append(agents_per_mw(n, w) if n > 0 else (0.0 if w else None))
+    tab["agents_per_accelerator"] = per_acc
+    tab["agents_per_mw"] = per_mw
+    tab["power_w"] = pw
+    return tab
+
+
+def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
+    """Run (or resume) a sweep; writes ``requests.parquet``, ``levels.csv`` and ``summary.json``."""
+    wall0 = time.perf_counter()
+    out = Path(config.out) if config.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "sweep.json"
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("config_hash") != config.config_hash():
+            diff = {k: (old.get("config", {}).get(k), v) for k, v in config.measurement_dict().items()
+                    if old.get("config", {}).get(k) != v}
+            raise SweepConfigError(
+                f"{out} holds a sweep with a different configuration; refusing to resume. Differences "
+                f"(was, now): {diff}. Use another --out, or the same settings."
+            )
+        resumed = True
+    else:
+        resumed = False
+        manifest_path.write_text(strict_json_dumps({
+            "schema_version": SCHEMA_VERSION, "kind": "agentperf-sweep", **toolkit_provenance(),
+            "config": config.measurement_dict(), "config_hash": config.config_hash(),
+        }, indent=2))
+    sw = _Sweeper(config, out, progress)
+    acc, acc_type = sw.accelerators()
+    if progress:
+        print(f"sweep {config.target} -> {out}{' (resuming)' if resumed else ''}", flush=True)
+    sw.run()
+    levels = sw.levels_frame()
+    preset = sw.preset
+
+    power: PowerSpec | None = None
+    if config.power_scope == "provisioned" and config.power_w is None:
+        power = PowerSpec(provisioned_power_w(acc_type or "", acc), "provisioned", "InferenceX all-in kW per GPU")
+    elif config.power_scope is not None:
+        power = PowerSpec(config.power_w, config.power_scope, "user")
+
+    def power_at(n: int) -> float | None:  # modelled/measured power of the level at n
+        row = sw.rows.get(n)
+        return row.get("power_w") if row else None
+
+    tiers = _tier_table(levels, preset, acc, power, power_at)
+    scope = power.scope if power is not None else (levels["power_scope"].dropna().iloc[0]
+                                                   if levels["power_scope"].notna().any() else None)
+    notes = list(sw.notes)
+    if not levels["meets_aa_rules"].all():
+        notes.append("some levels do not meet AA's validity rules (see meets_aa_rules per level)")
+    if config.is_sim:
+        notes.append("simulated system: figures are a model's prediction (efficiency set "
+                     f"{config.efficiency!r}), not a measurement")
+    for _, r in tiers.iterrows():
+        if r["max_agents_is_lower_bound"]:
+            notes.append(f"tier {r['name']}: still passing at the highest level measured ({config.max_agents}); "
+                         "max agents is a lower bound")
+        if r["non_monotonic"]:
+            notes.append(f"tier {r['name']}: non-monotonic verdicts, passes above the first failure at "
+                         f"{r['non_monotonic_levels']}")
+    requests = pd.concat([sw.results[n].requests for n in sorted(sw.results)], ignore_index=True)
+    requests.to_parquet(out / "requests.parquet", index=False)
+    levels.to_csv(out / "levels.csv", index=False)
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "toolkit_version": __version__,
+        "target": config.target,
+        "model": config.model or (sw.results[min(sw.results)].manifest.get("config", {}).get("model")),
+        "tier_preset": config.tiers,
+        "accelerators": acc,
+        "accelerator_type": acc_type,
+        "power_w": power.watts if power is not None else None,
+        "power_scope": scope,
+        "meets_aa_rules": bool(levels["meets_aa_rules"].all()),
+        "client_ok": bool(levels["client_ok"].all()),
+        "notes": notes,
+        "config": config.measurement_dict(),
+        "levels": levels.to_dict(orient="records"),
+        "tiers": tiers.to_dict(orient="records"),
+        "n_levels": len(levels),
+        "simulated_requests": int(len(requests)) if config.is_sim else None,
+        "levels_measured_this_run": sw.n_measured_now,
+        "wall_s": time.perf_counter() - wall0,
+    }
+    (out / "summary.json").write_text(strict_json_dumps(summary, indent=2) + "\n")
+    summary = json.loads(strict_json_dumps(summary))
+    return SweepResult(levels, summary, requests, out, tiers)
+
+
+def load_sweep(directory: str | Path) -> SweepResult:
+    """Load a finished sweep directory."""
+    directory = Path(directory)
+    path = directory / "summary.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{directory}: no summary.json; is this a finished sweep directory?")
+    summary = json.loads(path.read_text())
+    check_schema_version(summary.get("schema_version"), what=str(path))
+    levels = pd.read_csv(directory / "levels.csv")
+    requests = pd.read_parquet(directory / "requests.parquet")
+    return SweepResult(levels, summary, requests, directory, pd.DataFrame(summary["tiers"]))
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The per-tier result table (what ``agentperf sweep`` prints)."""
+    lines = [
+        f"target {summary['target']}  model {summary.get('model')}  tiers {summary['tier_preset']}  "
+        f"accelerators {summary['accelerators']} x {summary.get('accelerator_type')}  "
+        f"power {_fmt(summary.get('power_w'), '{:,.0f} W')} ({summary.get('power_scope')})",
+        "",
+        f"{'tier':<6}{'SLO':<20}{'max agents':>12}{'binding':>9}{'agents/accel':>14}{'agents/MW':>12}",
+    ]
+    for t in summary["tiers"]:
+        n = f"{'>=' if t['max_agents_is_lower_bound'] else ''}{t['max_agents']}"
+        lines.append(
+            f"{t['name']:<6}{t['label']:<20}{n:>12}{str(t.get('binding_constraint') or '-'):>9}"
+            f"{_fmt(t['agents_per_accelerator'], '{:.2f}'):>14}{_fmt(t['agents_per_mw'], '{:,.0f}'):>12}"
+        )
+    lines.append("")
+    lines.append(f"levels measured: {summary['n_levels']}  (N = "
+                 f"{', '.join(str(lv['concurrency']) for lv in summary['levels'])})")
+    if summary.get("simulated_requests") is not None:
+        lines.append(f"simulated requests: {summary['simulated_requests']:,}  wall time {summary['wall_s']:.1f} s")
+    lines.append(f"meets AA validity rules: {'yes' if summary['meets_aa_rules'] else 'no'}")
+    lines += [f"note: {n}" for n in summary.get("notes", [])]
+    return "\n".join(lines)
+
+
+def _fmt(v: Any, fmt: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return fmt.format(v)
+
+
+_ = json_safe  # re-exported helper for callers building their own summaries
