@@ -73,6 +73,10 @@ class SweepConfig:
     out: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("level_duration_s", "warmup_s", "max_level_duration_s", "confidence"):
+            object.__setattr__(self, name, float(getattr(self, name)))  # 60 and 60.0 hash alike
+        if self.power_w is not None:
+            object.__setattr__(self, "power_w", float(self.power_w))
         if self.max_agents < 1:
             raise SweepConfigError(f"max_agents must be >= 1, got {self.max_agents}")
         if self.resolution < 1:

@@ -1,0 +1,108 @@
+"""The simulated inference system in virtual time: step times by hand, conservation, monotonicity, the
+KV-cache cliff, prefix-cache behaviour and determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from agentperf_kit.agents import RunRules
+from agentperf_kit.metrics import level_stats
+from agentperf_kit.sim.engine import Engine
+from agentperf_kit.sim.presets import efficiency, get_deployment, list_deployments
+from agentperf_kit.sim.virtual import run_sim_level
+from agentperf_kit.trajectories import synthesize
+
+SHORT = RunRules(warmup_s=10, duration_s=120, min_trajectories=0, min_trajectories_per_agent=0, drain_timeout_s=300)
+TRAJS = synthesize(count=40, seed=11)
+
+
+def _run(n, dep="h200x8-dsv4pro", seed=1, rules=SHORT, trajs=TRAJS):
+    return run_sim_level(trajs, n, rules, deployment=dep, seed=seed)
+
+
+def _stats(res):
+    w = res.window
+    return level_stats(res.requests, window_start_s=w["window_start_s"], window_end_s=w["window_end_s"])
+
+
+def test_presets_resolve_and_unknown_names_are_listed():
+    names = list_deployments()
+    assert {"h200x8-dsv4pro", "gb300nvl72-dsv4pro"} <= set(names)
+    for name in names:
+        dep = get_deployment(name)
+        assert dep.kv_capacity_tokens > 0, name
+    with pytest.raises(KeyError, match="known: "):
+        get_deployment("tpu-pod")
+
+
+def test_decode_step_time_by_hand():
+    dep = get_deployment("h200x8-dsv4pro")
+    eff = efficiency("mid")
+    eng = Engine(dep, eff, lambda *a: None, lambda *a: None)
+    # one decode token over a 10,000-token context: bandwidth-bound on weights + experts + KV
+    touched = 384 * (1 - (1 - 6 / 384) ** 1)
+    nbytes = dep.dense_weight_bytes + dep.expert_weight_bytes_per_layer * 58 * touched + 5500 * 10_000
+    flops = 2 * dep.active_params + dep.attn_flops_decode_per_pair * 10_000
+    expected = dep.step_overhead_s + max(nbytes / (dep.bandwidth_bytes_per_s * eff.bandwidth),
+                                         flops / (dep.flops_per_s * eff.compute))
+    assert eng.step_time(1, 10_000, 0, 0) == pytest.approx(expected)
+    # a large batch touches (almost) every expert: step time grows sub-linearly in the batch
+    assert eng.step_time(64, 64 * 10_000, 0, 0) < 64 * eng.step_time(1, 10_000, 0, 0) / 4
+
+
+def test_conservation_every_request_sent_has_one_row():
+    res = _run(8)
+    df = res.requests
+    assert res.manifest["sim"]["requests"] == len(df)
+    assert df.ok.all() or set(df.error[~df.ok]) <= {"cancelled_at_end", "http_error"}
+    assert (df.output_tokens[df.ok] == df.target_output_tokens[df.ok]).all()
+    assert (df.t_first_s[df.ok] >= df.t_send_s[df.ok]).all()
+    assert (df.t_end_s[df.ok] >= df.t_first_s[df.ok]).all()
+
+
+def test_more_agents_mean_slower_output_and_longer_ttft():
+    s = [_stats(_run(n)) for n in (2, 16, 96)]
+    speeds = [x["p25_output_speed_tps"] for x in s]
+    ttfts = [x["p95_ttft_s"] for x in s]
+    assert speeds[0] > speeds[1] > speeds[2]
+    assert ttfts[0] < ttfts[2]
+
+
+def test_prefix_cache_hits_within_phases_only():
+    res = _run(4)
+    df = res.requests[res.requests.ok]
+    first_of_phase = df.groupby("phase_id").turn.transform("min") == df.turn
+    assert (df.cached_prompt_tokens[first_of_phase] == 0).all()
+    later = df[~first_of_phase]
+    assert (later.cached_prompt_tokens > 0).mean() > 0.95
+    assert (later.cached_prompt_tokens <= later.prompt_tokens).all()
+
+
+def test_ttft_cliff_when_the_kv_cache_fills():
+    dep = get_deployment("h200x8-dsv4pro")
+    roomy = dataclasses.replace(dep, kv_capacity_tokens=20_000_000)
+    tight = dataclasses.replace(dep, kv_capacity_tokens=1_200_000)
+    a = _stats(_run(48, dep=roomy))
+    b = _stats(_run(48, dep=tight))
+    assert b["prefix_cache_hit_rate"] < a["prefix_cache_hit_rate"]
+    assert b["p95_ttft_s"] > 5 * a["p95_ttft_s"]
+
+
+def test_deterministic_for_a_seed():
+    a, b, c = _run(6, seed=3), _run(6, seed=3), _run(6, seed=4)
+    cols = ["agent", "turn", "t_send_s", "t_first_s", "t_end_s", "cached_prompt_tokens"]
+    assert a.requests[cols].equals(b.requests[cols])
+    assert not a.requests[cols].equals(c.requests[cols])
+
+
+def test_manifest_records_deployment_power_and_window(tmp_path):
+    res = run_sim_level(TRAJS, 4, SHORT, seed=1, out_dir=tmp_path)
+    m = res.manifest
+    assert m["power_scope"] == "modelled" and m["power_w"] > 0
+    assert m["accelerators"] == 8 and m["target"]["deployment"]["name"] == "h200x8-dsv4pro"
+    assert not m["window"]["meets_aa_rules"]
+    assert (tmp_path / "requests.parquet").exists() and (tmp_path / "manifest.json").exists()
+    assert math.isfinite(m["window"]["window_s"])

@@ -1,0 +1,91 @@
+"""The sweep end to end against the simulated system (virtual time), resume, refusal, CLI."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from agentperf_kit.cli import main
+from agentperf_kit.sweep import SweepConfig, SweepConfigError, load_sweep, plan_levels, run_sweep
+
+FAST = dict(level_duration_s=60, warmup_s=10, min_trajectories=5, min_trajectories_per_agent=1, max_agents=256)
+
+
+def test_plan_is_an_exponential_ramp_capped():
+    assert plan_levels(100) == [1, 2, 4, 8, 16, 32, 64, 100]
+    assert plan_levels(1) == [1]
+
+
+def test_sweep_end_to_end(tmp_path):
+    res = run_sweep(SweepConfig(out=str(tmp_path / "s"), **FAST), progress=False)
+    tiers = res.summary["tiers"]
+    maxes = [t["max_agents"] for t in tiers]
+    # stricter tiers never allow more agents
+    assert maxes == sorted(maxes, reverse=True) and maxes[0] > maxes[-1]
+    for t in tiers:
+        n = t["max_agents"]
+        assert t["agents_per_accelerator"] == pytest.approx(n / res.summary["accelerators"])
+        if n:
+            assert t["agents_per_mw"] == pytest.approx(n / (t["power_w"] / 1e6))
+        # the boundary is bracketed to one agent: n passes, n + 1 was measured and fails
+        lv = res.levels.set_index("concurrency")
+        if n and not t["max_agents_is_lower_bound"]:
+            assert lv.loc[n, f"verdict_{t['name']}"] == "pass"
+            assert lv.loc[n + 1, f"verdict_{t['name']}"] == "fail"
+    # files on disk agree with the returned result
+    loaded = load_sweep(tmp_path / "s")
+    assert loaded.summary["tiers"] == json.loads(json.dumps(res.summary["tiers"]))
+    assert set(loaded.requests.level) == set(range(len(res.levels)))
+    text = (tmp_path / "s" / "summary.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    assert not res.summary["meets_aa_rules"]
+
+
+def test_resume_refuses_a_different_configuration(tmp_path):
+    run_sweep(SweepConfig(out=str(tmp_path / "s"), **{**FAST, "max_agents": 8}), progress=False)
+    with pytest.raises(SweepConfigError, match="different configuration"):
+        run_sweep(SweepConfig(out=str(tmp_path / "s"), **{**FAST, "max_agents": 8, "seed": 5}), progress=False)
+
+
+def test_killed_sweep_resumes_to_the_same_result(tmp_path):
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "agentperf_kit.cli", "sweep", "--out", str(out), "--level-duration", "60",
+            "--max-agents", "256", "--config", str(tmp_path / "c.toml")]
+    (tmp_path / "c.toml").write_text("[sweep]\nwarmup_s = 10\nmin_trajectories = 5\nmin_trajectories_per_agent = 1\n")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list((out / "levels").glob("*/requests.parquet"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    measured_before = len(list((out / "levels").glob("*/requests.parquet")))
+    assert measured_before >= 3 and not (out / "summary.json").exists()
+    resumed = run_sweep(SweepConfig(out=str(out), **FAST), progress=False)
+    runs_after = len(list((out / "levels").glob("*/requests.parquet")))  # levels + their extensions
+    assert resumed.summary["levels_measured_this_run"] == runs_after - measured_before
+    fresh = run_sweep(SweepConfig(out=str(tmp_path / "fresh"), **FAST), progress=False)
+    key = ["name", "max_agents", "max_agents_is_lower_bound", "binding_constraint"]
+    assert pd.DataFrame(resumed.summary["tiers"])[key].equals(pd.DataFrame(fresh.summary["tiers"])[key])
+
+
+def test_cli_json_and_dry_run(tmp_path, capsys):
+    assert main(["sweep", "--dry-run"]) == 0
+    assert "ramp levels [1, 2, 4" in capsys.readouterr().out
+    assert main(["sweep", "--out", str(tmp_path / "j"), "--level-duration", "30", "--max-agents", "4", "--json",
+                 "--tiers", "aa-gpt-oss-120b"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["tier_preset"] == "aa-gpt-oss-120b" and len(summary["tiers"]) == 4
+    assert summary["power_scope"] == "modelled"
+
+
+def test_cli_bad_input_is_named(capsys):
+    assert main(["sweep", "--tiers", "nope", "--dry-run"]) == 2
+    assert "known presets" in capsys.readouterr().err
+    assert main(["sweep", "--target", "http://127.0.0.1:9/v1", "--dry-run"]) == 2
+    assert "--model" in capsys.readouterr().err
