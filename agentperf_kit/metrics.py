@@ -175,7 +175,9 @@ def level_stats(
         "output_tokens_per_s": out_tokens / length if length > 0 else float("nan"),
         "input_tokens_per_s_per_accelerator": in_tokens / length / per if length > 0 else float("nan"),
         "output_tokens_per_s_per_accelerator": out_tokens / length / per if length > 0 else float("nan"),
-        "prefix_cache_hit_rate": float(cached[both].sum() / prompt[both].sum()) if both.any() else float("nan"),
+        "prefix_cache_hit_rate": float(cached[both].sum() / prompt[both].sum())
+        if both.any()
+        else float("nan"),
         "p95_client_lag_s": percentile_sorted(lag, 95),
     }
     return stats

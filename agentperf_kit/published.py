@@ -26,11 +26,15 @@ def implied_watts_per_gpu(df: pd.DataFrame | None = None) -> pd.Series:
     """Watts per GPU implied by agents/GPU and agents/MW, indexed by accelerator (NaN where unknown)."""
     df = load_published_results() if df is None else df
     return pd.Series(
-        (df["agents_per_gpu"] / df["agents_per_mw"] * 1e6).to_numpy(), index=df["accelerator"], name="watts_per_gpu"
+        (df["agents_per_gpu"] / df["agents_per_mw"] * 1e6).to_numpy(),
+        index=df["accelerator"],
+        name="watts_per_gpu",
     )
 
 
-def published_ratios(df: pd.DataFrame | None = None, *, high: str = "GB300", low: str = "H200") -> dict[str, float]:
+def published_ratios(
+    df: pd.DataFrame | None = None, *, high: str = "GB300", low: str = "H200"
+) -> dict[str, float]:
     """Ratios of ``high`` to ``low`` per MW and per GPU."""
     df = (load_published_results() if df is None else df).set_index("accelerator")
     return {

@@ -113,8 +113,10 @@ def finalize_run(
     df = finalize_frame(
         raw, window.get("window_start_s", float("nan")), window.get("window_end_s", float("nan"))
     )
-    df.to_parquet(directory / REQUESTS_NAME, index=False)
     write_manifest(directory, manifest)
+    tmp = directory / (REQUESTS_NAME + ".tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, directory / REQUESTS_NAME)  # atomic: a parquet that exists is complete
     return RunResult(df, json.loads(strict_json_dumps(manifest)), directory)
 
 

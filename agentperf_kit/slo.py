@@ -102,11 +102,14 @@ def get_tier_preset(name: str) -> TierPreset:
     try:
         return TIER_PRESETS[name]
     except KeyError:
-        raise KeyError(f"unknown tier preset {name!r}; known presets: {', '.join(tier_preset_names())}") from None
+        raise KeyError(
+            f"unknown tier preset {name!r}; known presets: {', '.join(tier_preset_names())}"
+        ) from None
 
 
-def _verdict(observed: float, lo: float, hi: float, threshold: float, higher_is_better: bool,
-             confidence: float | None) -> str:
+def _verdict(
+    observed: float, lo: float, hi: float, threshold: float, higher_is_better: bool, confidence: float | None
+) -> str:
     if math.isnan(observed):
         return "inconclusive"
     if confidence is None:
@@ -161,8 +164,21 @@ def evaluate_level(
             margin = (obs - thr) / thr if hib else (thr - obs) / thr
             if math.isnan(margin):
                 margin = -math.inf
-            parts.append(dict(tier=tier.name, label=tier.label, statistic=stat, percentile=q, observed=obs,
-                              ci_low=lo, ci_high=hi, threshold=thr, n=len(s), verdict=verdict, _margin=margin))
+            parts.append(
+                dict(
+                    tier=tier.name,
+                    label=tier.label,
+                    statistic=stat,
+                    percentile=q,
+                    observed=obs,
+                    ci_low=lo,
+                    ci_high=hi,
+                    threshold=thr,
+                    n=len(s),
+                    verdict=verdict,
+                    _margin=margin,
+                )
+            )
         verdicts = {p["verdict"] for p in parts}
         tier_verdict = "fail" if "fail" in verdicts else "pass" if verdicts == {"pass"} else "inconclusive"
         binding = min(parts, key=lambda p: p["_margin"])["statistic"]

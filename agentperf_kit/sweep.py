@@ -85,9 +85,9 @@ class SweepConfig:
             raise SweepConfigError("--power-w needs --power-scope (measured, declared or provisioned)")
         if self.power_scope is not None:
             PowerSpec(self.power_w, self.power_scope)  # validates the scope
-            if self.power_scope == "provisioned" and self.power_w is None and not self.accelerator_type:
-                if not self.is_sim:
-                    raise SweepConfigError("--power-scope provisioned needs --accelerator-type")
+            needs_type = self.power_scope == "provisioned" and self.power_w is None
+            if needs_type and not self.accelerator_type and not self.is_sim:
+                raise SweepConfigError("--power-scope provisioned needs --accelerator-type")
         if not self.is_sim and not self.model:
             raise SweepConfigError(f"a live target ({self.target}) needs --model")
         if not self.is_sim and not self.accelerators:
@@ -136,7 +136,9 @@ class SweepConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise SweepConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise SweepConfigError(
+                f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
 
@@ -186,7 +188,9 @@ class _Sweeper:
         if self._trajs is None:
             from .trajectories import default_trajectories, load_trajectories
 
-            self._trajs = load_trajectories(self.cfg.trajectories) if self.cfg.trajectories else default_trajectories()
+            self._trajs = (
+                load_trajectories(self.cfg.trajectories) if self.cfg.trajectories else default_trajectories()
+            )
         return self._trajs
 
     def accelerators(self) -> tuple[int, str | None]:
@@ -194,7 +198,10 @@ class _Sweeper:
             from .sim.presets import get_deployment
 
             dep = get_deployment(self.cfg.deployment)
-            return self.cfg.accelerators or dep.accelerator_count, self.cfg.accelerator_type or dep.accelerator
+            return (
+                self.cfg.accelerators or dep.accelerator_count,
+                self.cfg.accelerator_type or dep.accelerator,
+            )
         return int(self.cfg.accelerators), self.cfg.accelerator_type
 
     def _measure(self, n: int, ext: int, level_index: int) -> RunResult:
@@ -210,8 +217,15 @@ class _Sweeper:
             from .sim.virtual import run_sim_level
 
             return run_sim_level(
-                self.trajectories(), n, rules, deployment=self.cfg.deployment, seed=seed, out_dir=d,
-                level=level_index, run_id=f"{self.out.name}-n{n}-e{ext}", efficiency=self.cfg.efficiency,
+                self.trajectories(),
+                n,
+                rules,
+                deployment=self.cfg.deployment,
+                seed=seed,
+                out_dir=d,
+                level=level_index,
+                run_id=f"{self.out.name}-n{n}-e{ext}",
+                efficiency=self.cfg.efficiency,
             )
         raise SweepConfigError(
             f"live target {self.cfg.target}: the live replay client (agentperf run against a URL) is not "
@@ -305,8 +319,9 @@ class _Sweeper:
                     changed = True
 
 
-def _tier_table(levels: pd.DataFrame, preset: TierPreset, acc: int | None, power: PowerSpec | None,
-                power_at) -> pd.DataFrame:
+def _tier_table(
+    levels: pd.DataFrame, preset: TierPreset, acc: int | None, power: PowerSpec | None, power_at
+) -> pd.DataFrame:
     tab = max_agents(levels, preset)
     per_acc, per_mw, pw = [], [], []
     for _, r in tab.iterrows():
@@ -330,8 +345,11 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
         if old.get("config_hash") != config.config_hash():
-            diff = {k: (old.get("config", {}).get(k), v) for k, v in config.measurement_dict().items()
-                    if old.get("config", {}).get(k) != v}
+            diff = {
+                k: (old.get("config", {}).get(k), v)
+                for k, v in config.measurement_dict().items()
+                if old.get("config", {}).get(k) != v
+            }
             raise SweepConfigError(
                 f"{out} holds a sweep with a different configuration; refusing to resume. Differences "
                 f"(was, now): {diff}. Use another --out, or the same settings."
@@ -339,10 +357,18 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
         resumed = True
     else:
         resumed = False
-        manifest_path.write_text(strict_json_dumps({
-            "schema_version": SCHEMA_VERSION, "kind": "agentperf-sweep", **toolkit_provenance(),
-            "config": config.measurement_dict(), "config_hash": config.config_hash(),
-        }, indent=2))
+        manifest_path.write_text(
+            strict_json_dumps(
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "kind": "agentperf-sweep",
+                    **toolkit_provenance(),
+                    "config": config.measurement_dict(),
+                    "config_hash": config.config_hash(),
+                },
+                indent=2,
+            )
+        )
     sw = _Sweeper(config, out, progress)
     acc, acc_type = sw.accelerators()
     if progress:
@@ -353,7 +379,9 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
 
     power: PowerSpec | None = None
     if config.power_scope == "provisioned" and config.power_w is None:
-        power = PowerSpec(provisioned_power_w(acc_type or "", acc), "provisioned", "InferenceX all-in kW per GPU")
+        power = PowerSpec(
+            provisioned_power_w(acc_type or "", acc), "provisioned", "InferenceX all-in kW per GPU"
+        )
     elif config.power_scope is not None:
         power = PowerSpec(config.power_w, config.power_scope, "user")
 
@@ -362,23 +390,33 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
         return row.get("power_w") if row else None
 
     tiers = _tier_table(levels, preset, acc, power, power_at)
-    scope = power.scope if power is not None else (levels["power_scope"].dropna().iloc[0]
-                                                   if levels["power_scope"].notna().any() else None)
+    scope = (
+        power.scope
+        if power is not None
+        else (levels["power_scope"].dropna().iloc[0] if levels["power_scope"].notna().any() else None)
+    )
     notes = list(sw.notes)
     if not levels["meets_aa_rules"].all():
         notes.append("some levels do not meet AA's validity rules (see meets_aa_rules per level)")
     if config.is_sim:
-        notes.append("simulated system: figures are a model's prediction (efficiency set "
-                     f"{config.efficiency!r}), not a measurement")
+        notes.append(
+            "simulated system: figures are a model's prediction (efficiency set "
+            f"{config.efficiency!r}), not a measurement"
+        )
     for _, r in tiers.iterrows():
         if r["max_agents_is_lower_bound"]:
-            notes.append(f"tier {r['name']}: still passing at the highest level measured ({config.max_agents}); "
-                         "max agents is a lower bound")
+            notes.append(
+                f"tier {r['name']}: still passing at the highest level measured ({config.max_agents}); "
+                "max agents is a lower bound"
+            )
         if r["non_monotonic"]:
-            notes.append(f"tier {r['name']}: non-monotonic verdicts, passes above the first failure at "
-                         f"{r['non_monotonic_levels']}")
+            notes.append(
+                f"tier {r['name']}: non-monotonic verdicts, passes above the first failure at "
+                f"{r['non_monotonic_levels']}"
+            )
     requests = pd.concat([sw.results[n].requests for n in sorted(sw.results)], ignore_index=True)
-    requests.to_parquet(out / "requests.parquet", index=False)
+    requests.to_parquet(out / "requests.parquet.tmp", index=False)
+    (out / "requests.parquet.tmp").replace(out / "requests.parquet")
     levels.to_csv(out / "levels.csv", index=False)
     summary = {
         "schema_version": SCHEMA_VERSION,
@@ -397,7 +435,7 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
         "levels": levels.to_dict(orient="records"),
         "tiers": tiers.to_dict(orient="records"),
         "n_levels": len(levels),
-        "simulated_requests": int(len(requests)) if config.is_sim else None,
+        "simulated_requests": len(requests) if config.is_sim else None,
         "levels_measured_this_run": sw.n_measured_now,
         "wall_s": time.perf_counter() - wall0,
     }
@@ -431,14 +469,18 @@ def format_summary(summary: dict[str, Any]) -> str:
     for t in summary["tiers"]:
         n = f"{'>=' if t['max_agents_is_lower_bound'] else ''}{t['max_agents']}"
         lines.append(
-            f"{t['name']:<6}{t['label']:<20}{n:>12}{str(t.get('binding_constraint') or '-'):>9}"
+            f"{t['name']:<6}{t['label']:<20}{n:>12}{t.get('binding_constraint') or '-'!s:>9}"
             f"{_fmt(t['agents_per_accelerator'], '{:.2f}'):>14}{_fmt(t['agents_per_mw'], '{:,.0f}'):>12}"
         )
     lines.append("")
-    lines.append(f"levels measured: {summary['n_levels']}  (N = "
-                 f"{', '.join(str(lv['concurrency']) for lv in summary['levels'])})")
+    lines.append(
+        f"levels measured: {summary['n_levels']}  (N = "
+        f"{', '.join(str(lv['concurrency']) for lv in summary['levels'])})"
+    )
     if summary.get("simulated_requests") is not None:
-        lines.append(f"simulated requests: {summary['simulated_requests']:,}  wall time {summary['wall_s']:.1f} s")
+        lines.append(
+            f"simulated requests: {summary['simulated_requests']:,}  wall time {summary['wall_s']:.1f} s"
+        )
     lines.append(f"meets AA validity rules: {'yes' if summary['meets_aa_rules'] else 'no'}")
     lines += [f"note: {n}" for n in summary.get("notes", [])]
     return "\n".join(lines)

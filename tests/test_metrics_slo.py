@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,27 +13,44 @@ from agentperf_kit.metrics import derive_request_metrics, level_stats, output_le
 from agentperf_kit.normalize import PowerSpec, agents_per_accelerator, agents_per_mw, provisioned_power_w
 from agentperf_kit.percentiles import percentile, percentile_ci
 from agentperf_kit.published import implied_watts_per_gpu, load_published_results, published_ratios
-from agentperf_kit.slo import Tier, evaluate_level, get_tier_preset, level_verdicts, max_agents, per_agent_attainment
+from agentperf_kit.slo import (
+    Tier,
+    evaluate_level,
+    get_tier_preset,
+    level_verdicts,
+    max_agents,
+    per_agent_attainment,
+)
 
 NAN = math.nan
 
 
 def _rows(*rows):
-    cols = ["t_send_s", "t_first_s", "t_first_answer_s", "t_last_s", "t_end_s", "output_tokens", "ok",
-            "target_output_tokens"]
+    cols = [
+        "t_send_s",
+        "t_first_s",
+        "t_first_answer_s",
+        "t_last_s",
+        "t_end_s",
+        "output_tokens",
+        "ok",
+        "target_output_tokens",
+    ]
     df = pd.DataFrame(rows, columns=cols)
     df["output_tokens"] = df["output_tokens"].astype("Int64")
     return df
 
 
 def test_metrics_by_hand():
-    df = derive_request_metrics(_rows(
-        (10.0, 10.5, 11.0, 12.5, 12.6, 101, True, 101),   # normal: speed 100/2.0 = 50
-        (0.0, 1.0, NAN, 1.0, 1.1, 1, True, 1),            # one token: no speed, TTFT counted
-        (0.0, 2.0, 2.0, 2.0, 2.0, 30, True, 30),          # all tokens in one chunk
-        (0.0, NAN, NAN, NAN, 5.0, None, False, 30),       # failed before any token
-        (0.0, 0.4, NAN, 3.0, 3.0, 40, False, 80),         # cut mid-stream
-    ))
+    df = derive_request_metrics(
+        _rows(
+            (10.0, 10.5, 11.0, 12.5, 12.6, 101, True, 101),  # normal: speed 100/2.0 = 50
+            (0.0, 1.0, NAN, 1.0, 1.1, 1, True, 1),  # one token: no speed, TTFT counted
+            (0.0, 2.0, 2.0, 2.0, 2.0, 30, True, 30),  # all tokens in one chunk
+            (0.0, NAN, NAN, NAN, 5.0, None, False, 30),  # failed before any token
+            (0.0, 0.4, NAN, 3.0, 3.0, 40, False, 80),  # cut mid-stream
+        )
+    )
     assert df.ttft_s.tolist()[:3] == [0.5, 1.0, 2.0]
     assert df.ttft_s[3] == math.inf
     assert df.output_speed_tps[0] == pytest.approx(50.0)
@@ -65,17 +83,25 @@ def test_percentile_keeps_inf_where_numpy_gives_nan():
 def test_order_statistic_ci_covers_at_least_the_stated_share():
     rng = np.random.default_rng(1)
     true_q25 = -0.6744897501960817
-    hits = sum(lo <= true_q25 <= hi for lo, hi in (percentile_ci(rng.normal(size=80), 25) for _ in range(800)))
+    hits = sum(
+        lo <= true_q25 <= hi for lo, hi in (percentile_ci(rng.normal(size=80), 25) for _ in range(800))
+    )
     assert hits / 800 >= 0.93
-    lo, hi = percentile_ci([1, 2, 3], 95)
+    _, hi = percentile_ci([1, 2, 3], 95)
     assert hi == math.inf  # three samples cannot bound a P95 from above
     assert percentile_ci([1.0, 2.0, np.inf, np.inf], 50)[1] == math.inf
 
 
 def _level(speeds, ttfts, agents=None):
     n = len(speeds)
-    return pd.DataFrame({"output_speed_tps": speeds, "ttft_s": ttfts, "in_window": [True] * n,
-                         "agent": agents if agents is not None else list(range(n))})
+    return pd.DataFrame(
+        {
+            "output_speed_tps": speeds,
+            "ttft_s": ttfts,
+            "in_window": [True] * n,
+            "agent": agents if agents is not None else list(range(n)),
+        }
+    )
 
 
 def test_tier_verdicts_pass_fail_and_inconclusive():
@@ -139,12 +165,20 @@ def test_per_agent_attainment():
 
 
 def test_level_stats_in_flight_and_rates():
-    df = pd.DataFrame({
-        "t_scheduled_s": [0.0, 0.0], "t_send_s": [0.0, 5.0], "t_end_s": [10.0, 10.0], "ok": [True, True],
-        "output_speed_tps": [10.0, 20.0], "ttft_s": [1.0, 2.0], "in_window": [True, True],
-        "prompt_tokens": pd.array([100, 100], dtype="Int64"), "cached_prompt_tokens": pd.array([50, 90], dtype="Int64"),
-        "output_tokens": pd.array([10, 30], dtype="Int64"),
-    })
+    df = pd.DataFrame(
+        {
+            "t_scheduled_s": [0.0, 0.0],
+            "t_send_s": [0.0, 5.0],
+            "t_end_s": [10.0, 10.0],
+            "ok": [True, True],
+            "output_speed_tps": [10.0, 20.0],
+            "ttft_s": [1.0, 2.0],
+            "in_window": [True, True],
+            "prompt_tokens": pd.array([100, 100], dtype="Int64"),
+            "cached_prompt_tokens": pd.array([50, 90], dtype="Int64"),
+            "output_tokens": pd.array([10, 30], dtype="Int64"),
+        }
+    )
     s = level_stats(df, window_start_s=0.0, window_end_s=10.0, accelerators=2)
     assert s["mean_in_flight"] == pytest.approx(1.5) and s["max_in_flight"] == 2
     assert s["output_tokens_per_s"] == pytest.approx(4.0)
@@ -169,5 +203,5 @@ def test_published_figures_imply_watts_and_ratios():
     assert w["GB300"] == pytest.approx(937, abs=1) and w["H200"] == pytest.approx(540, abs=1)
     r = published_ratios(df)
     assert r["per_mw"] == pytest.approx(23.7, abs=0.05) and r["per_gpu"] == pytest.approx(41.1, abs=0.05)
-    assert open("sample_data/published_aa_agentperf.csv").read() == open(
-        "agentperf_kit/data/published_aa_agentperf.csv").read()
+    sample = Path("sample_data/published_aa_agentperf.csv").read_text()
+    assert sample == Path("agentperf_kit/data/published_aa_agentperf.csv").read_text()

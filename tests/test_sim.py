@@ -15,7 +15,9 @@ from agentperf_kit.sim.presets import efficiency, get_deployment, list_deploymen
 from agentperf_kit.sim.virtual import run_sim_level
 from agentperf_kit.trajectories import synthesize
 
-SHORT = RunRules(warmup_s=10, duration_s=120, min_trajectories=0, min_trajectories_per_agent=0, drain_timeout_s=300)
+SHORT = RunRules(
+    warmup_s=10, duration_s=120, min_trajectories=0, min_trajectories_per_agent=0, drain_timeout_s=300
+)
 TRAJS = synthesize(count=40, seed=11)
 
 
@@ -46,8 +48,9 @@ def test_decode_step_time_by_hand():
     touched = 384 * (1 - (1 - 6 / 384) ** 1)
     nbytes = dep.dense_weight_bytes + dep.expert_weight_bytes_per_layer * 58 * touched + 5500 * 10_000
     flops = 2 * dep.active_params + dep.attn_flops_decode_per_pair * 10_000
-    expected = dep.step_overhead_s + max(nbytes / (dep.bandwidth_bytes_per_s * eff.bandwidth),
-                                         flops / (dep.flops_per_s * eff.compute))
+    expected = dep.step_overhead_s + max(
+        nbytes / (dep.bandwidth_bytes_per_s * eff.bandwidth), flops / (dep.flops_per_s * eff.compute)
+    )
     assert eng.step_time(1, 10_000, 0, 0) == pytest.approx(expected)
     # a large batch touches (almost) every expert: step time grows sub-linearly in the batch
     assert eng.step_time(64, 64 * 10_000, 0, 0) < 64 * eng.step_time(1, 10_000, 0, 0) / 4

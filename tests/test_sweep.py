@@ -14,7 +14,9 @@ import pytest
 from agentperf_kit.cli import main
 from agentperf_kit.sweep import SweepConfig, SweepConfigError, load_sweep, plan_levels, run_sweep
 
-FAST = dict(level_duration_s=60, warmup_s=10, min_trajectories=5, min_trajectories_per_agent=1, max_agents=256)
+FAST = dict(
+    level_duration_s=60, warmup_s=10, min_trajectories=5, min_trajectories_per_agent=1, max_agents=256
+)
 
 
 def test_plan_is_an_exponential_ramp_capped():
@@ -50,14 +52,30 @@ def test_sweep_end_to_end(tmp_path):
 def test_resume_refuses_a_different_configuration(tmp_path):
     run_sweep(SweepConfig(out=str(tmp_path / "s"), **{**FAST, "max_agents": 8}), progress=False)
     with pytest.raises(SweepConfigError, match="different configuration"):
-        run_sweep(SweepConfig(out=str(tmp_path / "s"), **{**FAST, "max_agents": 8, "seed": 5}), progress=False)
+        run_sweep(
+            SweepConfig(out=str(tmp_path / "s"), **{**FAST, "max_agents": 8, "seed": 5}), progress=False
+        )
 
 
 def test_killed_sweep_resumes_to_the_same_result(tmp_path):
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "agentperf_kit.cli", "sweep", "--out", str(out), "--level-duration", "60",
-            "--max-agents", "256", "--config", str(tmp_path / "c.toml")]
-    (tmp_path / "c.toml").write_text("[sweep]\nwarmup_s = 10\nmin_trajectories = 5\nmin_trajectories_per_agent = 1\n")
+    args = [
+        sys.executable,
+        "-m",
+        "agentperf_kit.cli",
+        "sweep",
+        "--out",
+        str(out),
+        "--level-duration",
+        "60",
+        "--max-agents",
+        "256",
+        "--config",
+        str(tmp_path / "c.toml"),
+    ]
+    (tmp_path / "c.toml").write_text(
+        "[sweep]\nwarmup_s = 10\nmin_trajectories = 5\nmin_trajectories_per_agent = 1\n"
+    )
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list((out / "levels").glob("*/requests.parquet"))) < 3:
@@ -77,8 +95,23 @@ def test_killed_sweep_resumes_to_the_same_result(tmp_path):
 def test_cli_json_and_dry_run(tmp_path, capsys):
     assert main(["sweep", "--dry-run"]) == 0
     assert "ramp levels [1, 2, 4" in capsys.readouterr().out
-    assert main(["sweep", "--out", str(tmp_path / "j"), "--level-duration", "30", "--max-agents", "4", "--json",
-                 "--tiers", "aa-gpt-oss-120b"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--out",
+                str(tmp_path / "j"),
+                "--level-duration",
+                "30",
+                "--max-agents",
+                "4",
+                "--json",
+                "--tiers",
+                "aa-gpt-oss-120b",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["tier_preset"] == "aa-gpt-oss-120b" and len(summary["tiers"]) == 4
     assert summary["power_scope"] == "modelled"

@@ -33,9 +33,10 @@ def test_round_trip(tmp_path, suffix):
 def test_default_set_is_the_seeded_generator_output_and_equals_sample_data():
     regenerated = synthesize(count=DEFAULT_COUNT, seed=DEFAULT_SEED)
     assert [t.turns for t in default_trajectories()] == [t.turns for t in regenerated]
-    with gzip.open("sample_data/default_trajectories.jsonl.gz", "rt") as a, gzip.open(
-        "agentperf_kit/data/default_trajectories.jsonl.gz", "rt"
-    ) as b:
+    with (
+        gzip.open("sample_data/default_trajectories.jsonl.gz", "rt") as a,
+        gzip.open("agentperf_kit/data/default_trajectories.jsonl.gz", "rt") as b,
+    ):
         assert a.read() == b.read()
 
 
@@ -62,30 +63,43 @@ def test_generator_structure_context_grows_within_a_phase():
 
 def test_default_set_matches_the_published_shape():
     s = trajectory_stats(default_trajectories())
-    assert 5_000 <= s["input_tokens"]["min"] and s["input_tokens"]["max"] <= 131_072
+    assert s["input_tokens"]["min"] >= 5_000 and s["input_tokens"]["max"] <= 131_072
     assert 22_000 <= s["input_tokens"]["mean"] <= 32_000
     assert 120 <= s["output_tokens"]["p50"] <= 180
     assert 1_600 <= s["output_tokens"]["p95"] <= 2_400
-    assert 0.1 <= s["tool_delay_s"]["min"] and s["tool_delay_s"]["max"] <= 5.0
+    assert s["tool_delay_s"]["min"] >= 0.1 and s["tool_delay_s"]["max"] <= 5.0
     assert 0.85 <= s["tool_delay_s"]["p50"] <= 1.15
     assert s["turns_per_trajectory"]["max"] <= 200 and s["turns_per_trajectory"]["p50"] >= 20
     assert s["cached_fraction"] >= 0.80
 
 
 def test_teaching_knob_tool_delay():
-    slow = trajectory_stats(synthesize(SynthConfig(tool_delay_median_s=4.0, tool_delay_range_s=(0.1, 10)), count=20))
+    slow = trajectory_stats(
+        synthesize(SynthConfig(tool_delay_median_s=4.0, tool_delay_range_s=(0.1, 10)), count=20)
+    )
     assert slow["tool_delay_s"]["p50"] > 3.0
 
 
 def _write(tmp_path, lines):
     path = tmp_path / "bad.jsonl"
     header = {"kind": "agentperf-trajectories", "schema_version": 1, "source": "test"}
-    path.write_text("\n".join(json.dumps(x) if not isinstance(x, str) else x for x in [header, *lines]) + "\n")
+    path.write_text(
+        "\n".join(json.dumps(x) if not isinstance(x, str) else x for x in [header, *lines]) + "\n"
+    )
     return path
 
 
-GOOD = {"trajectory_id": "a", "turn": 0, "phase": 0, "prefix_tokens": 0, "new_tokens": 100, "output_tokens": 10,
-        "reasoning_tokens": None, "tool_calls": True, "tool_delay_s": 1.0}
+GOOD = {
+    "trajectory_id": "a",
+    "turn": 0,
+    "phase": 0,
+    "prefix_tokens": 0,
+    "new_tokens": 100,
+    "output_tokens": 10,
+    "reasoning_tokens": None,
+    "tool_calls": True,
+    "tool_delay_s": 1.0,
+}
 
 
 @pytest.mark.parametrize(
@@ -122,7 +136,7 @@ def test_not_json_and_missing_header(tmp_path):
         load_trajectories(_write(tmp_path, ["{oops"]))
     path = tmp_path / "noheader.jsonl"
     path.write_text(json.dumps(GOOD) + "\n")
-    with pytest.raises(TrajectoryFormatError, match="line 1.*header"):
+    with pytest.raises(TrajectoryFormatError, match=r"line 1.*header"):
         load_trajectories(path)
 
 

@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep",
         help="find the max concurrent agents per SLO tier (default: the simulated h200x8-dsv4pro)",
-        description="Exponential ramp + bisection over the agent count; every tier evaluated on the same levels.",
+        description="Exponential ramp + bisection over the agent count; all tiers judged on the same levels.",
     )
     p.add_argument("--target", help="sim, sim:PRESET or a URL (default: sim)")
     p.add_argument("--model", help="model name (live targets)")
@@ -35,10 +35,19 @@ def _sweep(args: argparse.Namespace) -> int:
     from ..sweep import SweepConfig, SweepConfigError, format_summary, plan_levels, run_sweep
 
     overrides = dict(
-        target=args.target, model=args.model, trajectories=args.trajectories, tiers=args.tiers,
-        accelerators=args.accelerators, accelerator_type=args.accelerator_type, power_w=args.power_w,
-        power_scope=args.power_scope, level_duration_s=args.level_duration, max_agents=args.max_agents,
-        seed=args.seed, efficiency=args.efficiency, out=args.out,
+        target=args.target,
+        model=args.model,
+        trajectories=args.trajectories,
+        tiers=args.tiers,
+        accelerators=args.accelerators,
+        accelerator_type=args.accelerator_type,
+        power_w=args.power_w,
+        power_scope=args.power_scope,
+        level_duration_s=args.level_duration,
+        max_agents=args.max_agents,
+        seed=args.seed,
+        efficiency=args.efficiency,
+        out=args.out,
     )
     try:
         if args.config:
@@ -49,15 +58,21 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
-        print(f"target {cfg.target}; tiers {cfg.tiers}; ramp levels {plan_levels(cfg.max_agents)} until every "
-              f"tier fails, then bisection to {cfg.resolution} agent(s)")
-        print(f"per level: warm-up {cfg.warmup_s:g} s after all agents are active, steady window >= "
-              f"{cfg.level_duration_s:g} s and >= {cfg.min_trajectories} trajectories, "
-              f">= {cfg.min_trajectories_per_agent} per agent")
+        print(
+            f"target {cfg.target}; tiers {cfg.tiers}; ramp levels {plan_levels(cfg.max_agents)} until every "
+            f"tier fails, then bisection to {cfg.resolution} agent(s)"
+        )
+        print(
+            f"per level: warm-up {cfg.warmup_s:g} s after all agents are active, steady window >= "
+            f"{cfg.level_duration_s:g} s and >= {cfg.min_trajectories} trajectories, "
+            f">= {cfg.min_trajectories_per_agent} per agent"
+        )
         if not cfg.is_sim:
             n_levels = len(plan_levels(cfg.max_agents)) + 2 * max(1, cfg.max_agents.bit_length())
             est = n_levels * (cfg.warmup_s + cfg.level_duration_s + 30)
-            print(f"estimated wall time (live, real time): at least {est / 3600:.1f} h for ~{n_levels} levels")
+            print(
+                f"estimated wall time (live, real time): at least {est / 3600:.1f} h for ~{n_levels} levels"
+            )
         else:
             print("simulated target: runs in virtual time (seconds of wall time)")
         return 0

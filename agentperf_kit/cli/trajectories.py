@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     tsub = p.add_subparsers(dest="trajectories_command", metavar="SUBCOMMAND", required=True)
 
     s = tsub.add_parser("synth", help="generate a seeded synthetic set")
-    s.add_argument("--count", type=int, default=None, help="number of trajectories (default: the default set's)")
+    s.add_argument(
+        "--count", type=int, default=None, help="number of trajectories (default: the default set's)"
+    )
     s.add_argument("--seed", type=int, default=None, help="random seed (default: the default set's)")
     s.add_argument("--tool-delay-median", type=float, default=None, help="median tool delay in seconds")
     s.add_argument("--out", required=True, help="output file (.jsonl, .jsonl.gz or .parquet)")
@@ -38,15 +40,24 @@ def _synth(args: argparse.Namespace) -> int:
             tool_delay_median_s=args.tool_delay_median,
             tool_delay_range_s=(min(lo, args.tool_delay_median), max(hi, args.tool_delay_median)),
         )
-    trajs = synthesize(cfg, count=args.count or DEFAULT_COUNT, seed=DEFAULT_SEED if args.seed is None else args.seed)
-    path = save_trajectories(trajs, args.out, meta={"generator": "synth", "seed": args.seed, "count": len(trajs)})
+    trajs = synthesize(
+        cfg, count=args.count or DEFAULT_COUNT, seed=DEFAULT_SEED if args.seed is None else args.seed
+    )
+    path = save_trajectories(
+        trajs, args.out, meta={"generator": "synth", "seed": args.seed, "count": len(trajs)}
+    )
     print(f"wrote {len(trajs)} trajectories ({sum(len(t.turns) for t in trajs):,} turns) to {path}")
     return 0
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from ..trajectories import TrajectoryFormatError, default_trajectories, format_stats, load_trajectories
-    from ..trajectories import trajectory_stats
+    from ..trajectories import (
+        TrajectoryFormatError,
+        default_trajectories,
+        format_stats,
+        load_trajectories,
+        trajectory_stats,
+    )
 
     try:
         trajs = load_trajectories(args.file) if args.file else default_trajectories()

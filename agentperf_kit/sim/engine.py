@@ -104,7 +104,8 @@ class Engine:
             self.on_reject(
                 req,
                 req.t_arrival,
-                f"prompt {req.prompt} + output {req.output} tokens exceed the KV capacity of {self._cap} tokens",
+                f"prompt {req.prompt} + output {req.output} tokens exceed the KV capacity "
+                f"({self._cap} tokens)",
             )
             return
         self.waiting.append(req)
@@ -234,7 +235,11 @@ class Engine:
         a_cmp = (2.0 * d.active_params * b + d.attn_flops_decode_per_pair * ctx) / self._fe
         # which roofline term binds decides the slope (context grows by b tokens per step)
         flops_bound = a_cmp > (a - d.step_overhead_s) - 1e-15 and a_cmp >= a_mem
-        slope = (d.attn_flops_decode_per_pair * b / self._fe) if flops_bound else (d.kv_bytes_per_token * b / self._be)
+        slope = (
+            (d.attn_flops_decode_per_pair * b / self._fe)
+            if flops_bound
+            else (d.kv_bytes_per_token * b / self._be)
+        )
         return a, slope
 
     def _advance_decode(self, limit: float) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -18,7 +18,7 @@ __all__ = ["DEFAULT_DEPLOYMENT", "Deployment", "Efficiency", "get_deployment", "
 DEFAULT_DEPLOYMENT = "h200x8-dsv4pro"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(kind: str) -> dict[str, Any]:
     text = resources.files("agentperf_kit.sim").joinpath(f"presets/{kind}.toml").read_text()
     return tomllib.loads(text)

@@ -28,7 +28,7 @@ from ..trajectories.model import Trajectory
 from .engine import Engine, SimRequest
 from .presets import DEFAULT_DEPLOYMENT, Deployment, efficiency, get_deployment
 
-__all__ = ["MARKER_TOKENS", "ACTIVITY_FACTOR", "run_sim_level"]
+__all__ = ["ACTIVITY_FACTOR", "MARKER_TOKENS", "run_sim_level"]
 
 MARKER_TOKENS = 16
 ACTIVITY_FACTOR = 0.7  # share of (TDP - idle) drawn while busy; an assumption of the power model
@@ -185,7 +185,9 @@ def run_sim_level(
             in_flight[id(key)] = plan
             prefix = 0 if plan.fresh_phase else turn.prefix_tokens + MARKER_TOKENS
             engine.submit(
-                SimRequest(key, plan.phase_id, turn.input_tokens + MARKER_TOKENS, prefix, turn.output_tokens, t)
+                SimRequest(
+                    key, plan.phase_id, turn.input_tokens + MARKER_TOKENS, prefix, turn.output_tokens, t
+                )
             )
         if not math.isnan(t_closed) and not engine.has_work and not sends:
             break

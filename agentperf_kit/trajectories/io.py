@@ -54,7 +54,12 @@ def save_trajectories(
     path = Path(path)
     trajectories = list(trajectories)
     source = trajectories[0].source if trajectories else "unknown"
-    header = {"kind": _KIND, "schema_version": TRAJECTORY_SCHEMA_VERSION, "source": source, "meta": meta or {}}
+    header = {
+        "kind": _KIND,
+        "schema_version": TRAJECTORY_SCHEMA_VERSION,
+        "source": source,
+        "meta": meta or {},
+    }
     rows = list(_turn_records(trajectories))
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
@@ -125,8 +130,11 @@ def load_trajectories(path: str | os.PathLike) -> list[Trajectory]:
             raise TrajectoryFormatError(f"cannot read the file: {exc}", path=str(path)) from exc
         header = _parse_line(first, path, 1)
         _check_header(header, path)
-        return _build(((i, _parse_line(line, path, i)) for i, line in enumerate(f, start=2) if line.strip()),
-                      path, header.get("source", "unknown"))
+        return _build(
+            ((i, _parse_line(line, path, i)) for i, line in enumerate(f, start=2) if line.strip()),
+            path,
+            header.get("source", "unknown"),
+        )
 
 
 def _load_parquet(path: Path) -> list[Trajectory]:
@@ -170,7 +178,7 @@ def _parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
 def _check_header(header: dict[str, Any], path: Path) -> None:
     if header.get("kind") != _KIND:
         raise TrajectoryFormatError(
-            f"the first line must be the header {{\"kind\": \"{_KIND}\", \"schema_version\": "
+            f'the first line must be the header {{"kind": "{_KIND}", "schema_version": '
             f"{TRAJECTORY_SCHEMA_VERSION}, ...}}, got kind={header.get('kind')!r}; convert other formats "
             "with `agentperf trajectories import`",
             path=str(path),
@@ -210,7 +218,9 @@ def _build(records: Iterable[tuple[int, dict[str, Any]]], path: Path, source: st
         if rec["output_tokens"] < 1:
             raise _fail(path, line, "output_tokens", rec["output_tokens"], "must be >= 1 (a forced length)")
         rt = rec.get("reasoning_tokens")
-        if rt is not None and (not isinstance(rt, int) or isinstance(rt, bool) or not 0 <= rt <= rec["output_tokens"]):
+        if rt is not None and (
+            not isinstance(rt, int) or isinstance(rt, bool) or not 0 <= rt <= rec["output_tokens"]
+        ):
             raise _fail(path, line, "reasoning_tokens", rt, "must be null or an integer in 0..output_tokens")
         delay = rec.get("tool_delay_s", 0.0)
         if not isinstance(delay, int | float) or isinstance(delay, bool) or not 0 <= delay < float("inf"):
@@ -224,26 +234,46 @@ def _build(records: Iterable[tuple[int, dict[str, Any]]], path: Path, source: st
                 raise _fail(path, line, name, v, "must be a list of JSON objects (OpenAI format) or absent")
         if current is None or current.trajectory_id != tid:
             if tid in seen:
-                raise _fail(path, line, "trajectory_id", tid, "must be unique: the turns of a trajectory "
-                            "must be contiguous lines")
+                raise _fail(
+                    path,
+                    line,
+                    "trajectory_id",
+                    tid,
+                    "must be unique: the turns of a trajectory must be contiguous lines",
+                )
             seen.add(tid)
             meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
             current = Trajectory(tid, [], source=source, meta=meta)
             out.append(current)
         turns = current.turns
         if rec["turn"] != len(turns):
-            raise _fail(path, line, "turn", rec["turn"], f"must be {len(turns)} (turns numbered 0, 1, ... in order)")
+            raise _fail(
+                path, line, "turn", rec["turn"], f"must be {len(turns)} (turns numbered 0, 1, ... in order)"
+            )
         phase, prefix = rec["phase"], rec["prefix_tokens"]
         prev = turns[-1] if turns else None
         if prev is not None and phase < prev.phase:
-            raise _fail(path, line, "phase", phase, f"must not decrease (previous turn is in phase {prev.phase})")
+            raise _fail(
+                path, line, "phase", phase, f"must not decrease (previous turn is in phase {prev.phase})"
+            )
         if prev is None or phase != prev.phase:
             if prefix != 0:
-                raise _fail(path, line, "prefix_tokens", prefix, "must be 0 on the first turn of a phase "
-                            "(nothing before it can be reused)")
+                raise _fail(
+                    path,
+                    line,
+                    "prefix_tokens",
+                    prefix,
+                    "must be 0 on the first turn of a phase (nothing before it can be reused)",
+                )
         elif prefix > prev.input_tokens:
-            raise _fail(path, line, "prefix_tokens", prefix, f"must be <= the previous turn's prompt "
-                        f"({prev.input_tokens} tokens): only the previous prompt is a reusable prefix")
+            raise _fail(
+                path,
+                line,
+                "prefix_tokens",
+                prefix,
+                f"must be <= the previous turn's prompt "
+                f"({prev.input_tokens} tokens): only the previous prompt is a reusable prefix",
+            )
         turns.append(
             Turn(
                 phase=phase,

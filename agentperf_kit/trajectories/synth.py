@@ -70,7 +70,9 @@ def _lognormal(rng: random.Random, median: float, sigma: float) -> float:
     return median * math.exp(sigma * rng.gauss(0.0, 1.0))
 
 
-def synthesize(config: SynthConfig | None = None, *, count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED) -> list[Trajectory]:
+def synthesize(
+    config: SynthConfig | None = None, *, count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED
+) -> list[Trajectory]:
     """Generate ``count`` trajectories, deterministically for a given ``seed`` and ``config``."""
     cfg = config or SynthConfig()
     if count < 1:
@@ -90,9 +92,14 @@ def _one(rng: random.Random, cfg: SynthConfig, out_sigma: float, tid: str) -> Tr
     prev_output = 0
     carry = 0  # context carried into a new phase (compaction summary)
     for k in range(n_turns):
-        output = min(cfg.max_output_tokens, max(1, round(_lognormal(rng, cfg.output_median_tokens, out_sigma))))
+        output = min(
+            cfg.max_output_tokens, max(1, round(_lognormal(rng, cfg.output_median_tokens, out_sigma)))
+        )
         if prev_prompt == 0:
-            base = max(cfg.min_prompt_tokens, round(_lognormal(rng, cfg.system_prompt_median_tokens, cfg.system_prompt_sigma)))
+            base = max(
+                cfg.min_prompt_tokens,
+                round(_lognormal(rng, cfg.system_prompt_median_tokens, cfg.system_prompt_sigma)),
+            )
             prefix, new = 0, base + carry
         else:
             tool_result = max(1, round(_lognormal(rng, cfg.tool_result_median_tokens, cfg.tool_result_sigma)))
@@ -103,7 +110,10 @@ def _one(rng: random.Random, cfg: SynthConfig, out_sigma: float, tid: str) -> Tr
             phase += 1
             compacted = prompt > cfg.compaction_at_tokens
             carry = round(_lognormal(rng, cfg.compacted_summary_tokens, 0.3)) if compacted else 0
-            base = max(cfg.min_prompt_tokens, round(_lognormal(rng, cfg.system_prompt_median_tokens, cfg.system_prompt_sigma)))
+            base = max(
+                cfg.min_prompt_tokens,
+                round(_lognormal(rng, cfg.system_prompt_median_tokens, cfg.system_prompt_sigma)),
+            )
             prefix, new = 0, base + carry
             prompt = new
         output = min(output, cfg.max_context_tokens - prompt)
