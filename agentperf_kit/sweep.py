@@ -462,15 +462,18 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"target {summary['target']}  model {summary.get('model')}  tiers {summary['tier_preset']}  "
         f"accelerators {summary['accelerators']} x {summary.get('accelerator_type')}  "
-        f"power {_fmt(summary.get('power_w'), '{:,.0f} W')} ({summary.get('power_scope')})",
+        f"power {_fmt(summary.get('power_w'), '{:,.0f} W') if summary.get('power_w') else 'per level'} "
+        f"({summary.get('power_scope') or 'unknown'})",
         "",
-        f"{'tier':<6}{'SLO':<20}{'max agents':>12}{'binding':>9}{'agents/accel':>14}{'agents/MW':>12}",
+        f"{'tier':<6}{'SLO':<20}{'max agents':>12}{'binding':>9}{'agents/accel':>14}{'power W':>10}"
+        f"{'agents/MW':>12}",
     ]
     for t in summary["tiers"]:
         n = f"{'>=' if t['max_agents_is_lower_bound'] else ''}{t['max_agents']}"
         lines.append(
             f"{t['name']:<6}{t['label']:<20}{n:>12}{t.get('binding_constraint') or '-'!s:>9}"
-            f"{_fmt(t['agents_per_accelerator'], '{:.2f}'):>14}{_fmt(t['agents_per_mw'], '{:,.0f}'):>12}"
+            f"{_fmt(t['agents_per_accelerator'], '{:.2f}'):>14}{_fmt(t.get('power_w'), '{:,.0f}'):>10}"
+            f"{_fmt(t['agents_per_mw'], '{:,.0f}'):>12}"
         )
     lines.append("")
     lines.append(
