@@ -1,0 +1,248 @@
+"""Live replay: N closed-loop agents against an OpenAI-compatible endpoint, in real time.
+
+The agents' behaviour (phases, markers, trajectory order, tool delays, steady window, validity) is the
+shared :class:`agentperf_kit.agents.AgentFleet`; this module owns the real clock (``perf_counter_ns``
+since the run's origin) and the HTTP target. One ``aiohttp.ClientSession`` per run, its connector sized
+for N (aiohttp's default of 100 connections would make requests wait for a free connection while their
+clock runs). Rows go to disk as requests end (``requests.arrow``); at the end ``requests.parquet`` and
+``manifest.json`` are written.
+
+**Client self-check**: a monitor task measures event-loop lag (how late a 10 ms sleep wakes up); the run
+also records each request's scheduled-to-sent delay. If the P95 of either exceeds ``lag_budget_s``
+(default 5 ms) the run is marked ``client_ok: false`` with the reason: the client may have distorted TTFT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from .agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
+from .client.http import Endpoint, scrub, send_request
+from .percentiles import percentile
+from .recorder import RunWriter
+from .results import RunResult, finalize_run, toolkit_provenance, write_manifest
+from .schema import json_safe
+from .trajectories.model import Trajectory
+
+__all__ = ["Endpoint", "run_live", "run_live_sync"]
+
+
+async def _loop_lag_monitor(samples: list[float], stop: asyncio.Event, interval: float = 0.01) -> None:
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        t = loop.time()
+        await asyncio.sleep(interval)
+        samples.append(max(0.0, loop.time() - t - interval))
+
+
+async def _server_info(session: aiohttp.ClientSession, endpoint: Endpoint, secrets: tuple[str, ...]) -> dict:
+    info: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(10):
+            async with session.get(f"{endpoint.base_url}/models") as resp:
+                info["models_status"] = resp.status
+                info["server_header"] = resp.headers.get("Server")
+                if resp.status == 200:
+                    data = await resp.json(content_type=None)
+                    info["models"] = [m.get("id") for m in data.get("data", []) if isinstance(m, dict)]
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        info["models_error"] = scrub(f"{type(exc).__name__}: {exc}", secrets)[:200]
+    return info
+
+
+async def run_live(
+    endpoint: Endpoint,
+    trajectories: Sequence[Trajectory],
+    n_agents: int,
+    rules: RunRules,
+    *,
+    seed: int = 0,
+    out_dir: str | os.PathLike | None = None,
+    level: int = 0,
+    run_id: str | None = None,
+    progress: bool = True,
+    api_key: str | None = None,
+    lag_budget_s: float = 0.005,
+    connection_limit: int | None = None,
+) -> RunResult:
+    """Run one level live; returns (and with ``out_dir`` writes) the per-request table and manifest.
+
+    ``api_key`` (or the variable named by ``endpoint.api_key_env``) is sent as a bearer token and never
+    written. ``connection_limit`` overrides the connector size (default: N + 8), e.g. to show what a
+    capped pool does to the self-check.
+    """
+    key = api_key or (os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None)
+    secrets = (key,) if key else ()
+    run_id = run_id or f"live-{uuid.uuid4().hex[:8]}"
+    out_dir = out_dir or os.path.join("runs", run_id)
+    writer = RunWriter(out_dir)
+    fleet = AgentFleet(trajectories, n_agents, rules, seed=seed, sink=writer, run_id=run_id, level=level)
+    config = {
+        "target": endpoint.public_dict(),
+        "concurrency": n_agents,
+        "rules": {k: getattr(rules, k) for k in rules.__dataclass_fields__},
+        "seed": seed,
+        "trajectories": len(fleet.trajectories),
+        "lag_budget_s": lag_budget_s,
+    }
+    manifest: dict[str, Any] = {
+        "kind": "agentperf-run",
+        "run_id": run_id,
+        "level": level,
+        **toolkit_provenance(),
+        "config": config,
+        "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16],
+        "target": {"kind": "live", **endpoint.public_dict()},
+    }
+    limit = connection_limit or n_agents + 8
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, force_close=False)
+    headers = dict(endpoint.headers)
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    lag: list[float] = []
+    conn_waits: list[float] = []
+    trace = aiohttp.TraceConfig()
+    queued: dict[int, float] = {}
+
+    async def _q_start(session, ctx, params) -> None:
+        queued[id(ctx)] = time.perf_counter()
+
+    async def _q_end(session, ctx, params) -> None:
+        t = queued.pop(id(ctx), None)
+        if t is not None:
+            conn_waits.append(time.perf_counter() - t)
+
+    trace.on_connection_queued_start.append(_q_start)
+    trace.on_connection_queued_end.append(_q_end)
+    stop = asyncio.Event()
+    in_flight: dict[int, RequestPlan] = {}
+    origin_ns = time.perf_counter_ns()
+    manifest["clock"] = {"kind": "perf_counter_ns", "origin_ns": origin_ns, "origin_unix_s": time.time()}
+    write_manifest(out_dir, manifest)
+
+    def now() -> float:
+        return (time.perf_counter_ns() - origin_ns) / 1e9
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc=f"N={n_agents} requests", unit="req", leave=False)
+    ttfts: list[float] = []
+    errors = 0
+
+    async with aiohttp.ClientSession(connector=connector, headers=headers, trace_configs=[trace]) as session:
+        manifest["server"] = await _server_info(session, endpoint, secrets)
+        monitor = asyncio.create_task(_loop_lag_monitor(lag, stop))
+
+        async def agent(plan: RequestPlan | None) -> None:
+            nonlocal errors
+            while plan is not None:
+                delay = plan.t_scheduled_s - now()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if not fleet.may_send(now()):
+                    return
+                body = endpoint.body(plan)
+                in_flight[id(plan)] = plan
+                fleet.on_send(plan, now())
+                outcome: RequestOutcome = await send_request(session, endpoint, plan, body, origin_ns, secrets=secrets)
+                del in_flight[id(plan)]
+                if bar is not None:
+                    bar.update(1)
+                    if not outcome.ok:
+                        errors += 1
+                    elif outcome.t_first_s == outcome.t_first_s:
+                        ttfts.append(outcome.t_first_s - outcome.t_send_s)
+                    if bar.n % 50 == 0:
+                        bar.set_postfix(errors=errors, in_flight=len(in_flight), p95_ttft=f"{percentile(ttfts[-500:], 95):.2f}s")
+                plan = fleet.complete(plan, outcome)
+
+        tasks = [asyncio.create_task(agent(p)) for p in fleet.start(0.0)]
+        all_done = asyncio.gather(*tasks)
+        while not all_done.done():
+            await asyncio.wait({all_done}, timeout=0.2)
+            if not fleet.may_send(now()):
+                break
+        if not all_done.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(all_done), timeout=rules.drain_timeout_s)
+            except TimeoutError:
+                pass
+        t_cancel = now()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for plan in list(in_flight.values()):
+            fleet.cancel(plan, t_cancel)
+        stop.set()
+        await monitor
+    if bar is not None:
+        bar.close()
+    writer.close()
+
+    window = fleet.window_summary()
+    lag_p95 = percentile(lag, 95) if lag else float("nan")
+    reasons = []
+    if lag_p95 > lag_budget_s:
+        reasons.append(f"event-loop lag P95 {lag_p95 * 1e3:.1f} ms > budget {lag_budget_s * 1e3:.1f} ms")
+    manifest.update({"window": window, "meets_aa_rules": window["meets_aa_rules"]})
+    result = finalize_run(out_dir, manifest)
+    df = result.requests
+    send_lag = (df["t_send_s"] - df["t_scheduled_s"]).to_numpy(dtype=float)
+    send_p95 = percentile(send_lag, 95)
+    if send_p95 > lag_budget_s:
+        reasons.append(f"scheduled-to-sent delay P95 {send_p95 * 1e3:.1f} ms > budget {lag_budget_s * 1e3:.1f} ms")
+    if conn_waits and max(conn_waits) > lag_budget_s:
+        reasons.append(
+            f"{len(conn_waits)} requests waited for a free connection (max {max(conn_waits) * 1e3:.1f} ms; pool "
+            f"size {limit})"
+        )
+    in_win = df[df["in_window"]]
+    prompt = in_win["prompt_tokens"].astype("Float64")
+    dev = ((prompt - in_win["target_prompt_tokens"]) / in_win["target_prompt_tokens"]).dropna()
+    manifest.update({
+        "client_ok": not reasons,
+        "client_check": {
+            "loop_lag_p95_s": lag_p95, "send_delay_p95_s": send_p95, "budget_s": lag_budget_s,
+            "connection_limit": limit, "connection_waits": len(conn_waits), "reasons": reasons,
+        },
+        "prompt_size_deviation": {
+            "n": len(dev), "mean": float(dev.mean()) if len(dev) else None,
+            "max_abs": float(dev.abs().max()) if len(dev) else None,
+            "note": "(usage.prompt_tokens - target) / target over in-window requests",
+        },
+    })
+    write_manifest(out_dir, manifest)
+    if reasons and progress:
+        print("WARNING: client self-check failed, TTFT may be distorted: " + "; ".join(reasons))
+    return RunResult(df, json_safe(manifest), result.directory)
+
+
+def run_live_sync(*args: Any, **kwargs: Any) -> RunResult:
+    """:func:`run_live` from synchronous code, including a Jupyter cell (where a loop already runs: the
+    run then happens in a worker thread with its own loop). Uses uvloop when available."""
+    def runner() -> RunResult:
+        try:
+            import uvloop
+
+            return uvloop.run(run_live(*args, **kwargs))
+        except ImportError:
+            return asyncio.run(run_live(*args, **kwargs))
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return runner()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(runner).result()

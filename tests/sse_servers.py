@@ -1,0 +1,178 @@
+"""Loopback aiohttp servers that stream OpenAI-style SSE with set timings, dialects and faults.
+
+``SSEServer(dialect=..., ttft_s=..., itl_s=..., fault=...)`` serves ``/v1/models``,
+``/v1/chat/completions`` and ``/v1/completions``; it streams ``max_tokens`` tokens, ``tokens_per_chunk``
+per chunk, after ``ttft_s``, one chunk every ``itl_s``. It records every request body it saw.
+
+Dialects (from each server's documented behaviour, see ../shared/real-servers/README.md):
+- ``vllm``: role-only first chunk with ``content: ""``; one chunk per token, finish_reason on the last
+  token's chunk; usage in a separate ``choices: []`` chunk.
+- ``llamacpp``: role-only first chunk with ``content: null``; finish_reason on an extra empty chunk; usage
+  inside the finish chunk; ``\\r\\n`` line ends; a ``data: null`` event first.
+- ``sglang``: several tokens per chunk; usage in a ``choices: []`` chunk; ``: keep-alive`` comments.
+- ``reasoning``: vLLM-style with the first half of the tokens as ``reasoning_content`` (and ``reasoning``).
+- ``toolcall``: the answer is tool-call deltas only.
+
+Faults: ``http500``, ``http429``, ``cut`` (connection closed mid-stream), ``stall`` (stops sending),
+``malformed`` (a non-JSON data line), ``stream_error`` (an error object in the stream), ``empty`` (no
+visible token), ``no_done`` (ends after the last token without finish_reason or [DONE]).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiohttp import web
+
+
+class SSEServer:
+    def __init__(self, dialect: str = "vllm", ttft_s: float = 0.05, itl_s: float = 0.005, fault: str | None = None,
+                 tokens_per_chunk: int = 1, cached_tokens: bool = True) -> None:
+        self.dialect = dialect
+        self.ttft_s = ttft_s
+        self.itl_s = itl_s
+        self.fault = fault
+        self.tokens_per_chunk = 3 if dialect == "sglang" and tokens_per_chunk == 1 else tokens_per_chunk
+        self.cached_tokens = cached_tokens
+        self.bodies: list[dict] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._prompts: list = []
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> SSEServer:
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._stream)
+        app.router.add_post("/v1/completions", self._stream)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, backlog=4096)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self.runner:
+            await self.runner.cleanup()
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "test-model", "object": "model"}]})
+
+    def _prompt_tokens(self, body: dict) -> tuple[int, int]:
+        prompt = body.get("prompt")
+        if prompt is None:
+            text = "\n".join(m.get("content") or "" for m in body["messages"])
+            toks = text.split()
+        else:
+            toks = prompt
+        cached = 0
+        for prev in self._prompts:  # longest common prefix with any earlier prompt
+            n = 0
+            for a, b in zip(prev, toks):
+                if a != b:
+                    break
+                n += 1
+            cached = max(cached, n)
+        self._prompts.append(toks)
+        return len(toks), cached
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.bodies.append(body)
+        if self.fault == "http500":
+            return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
+        if self.fault == "http429":
+            return web.json_response({"error": {"message": "slow down"}}, status=429, headers={"Retry-After": "7"})
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._sse(request, body)
+        finally:
+            self.in_flight -= 1
+
+    async def _sse(self, request: web.Request, body: dict) -> web.StreamResponse:
+        chat = "messages" in body
+        n = int(body["max_tokens"])
+        prompt_tokens, cached = self._prompt_tokens(body)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        eol = b"\r\n" if self.dialect == "llamacpp" else b"\n"
+
+        async def send(obj) -> None:
+            data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+            await resp.write(b"data: " + data + eol + eol)
+
+        def chunk(delta=None, text=None, finish=None, usage=None, choices=True):
+            c = {"id": "x", "object": "chat.completion.chunk" if chat else "text_completion", "model": "test-model"}
+            if choices:
+                choice = {"index": 0, "finish_reason": finish}
+                if chat:
+                    choice["delta"] = delta if delta is not None else {}
+                else:
+                    choice["text"] = text if text is not None else ""
+                c["choices"] = [choice]
+            else:
+                c["choices"] = []
+            if usage is not None:
+                c["usage"] = usage
+            return c
+
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
+        if self.dialect == "reasoning":
+            usage["completion_tokens_details"] = {"reasoning_tokens": n // 2}
+        if self.dialect == "llamacpp":
+            await send(b"null")
+        if chat:
+            await send(chunk(delta={"role": "assistant", "content": None if self.dialect == "llamacpp" else ""}))
+        await asyncio.sleep(self.ttft_s)
+        if self.fault == "empty":
+            await send(chunk(delta={"content": ""}, text="", finish="length"))
+            await send(chunk(usage={**usage, "completion_tokens": 0}, choices=False))
+            await send(b"[DONE]")
+            return resp
+        sent = 0
+        while sent < n:
+            k = min(self.tokens_per_chunk, n - sent)
+            sent += k
+            last = sent == n
+            if self.fault == "cut" and sent > n // 2:
+                request.transport.close()
+                return resp
+            if self.fault == "stall" and sent > n // 2:
+                await asyncio.sleep(3600)
+            if self.fault == "malformed" and sent > n // 2:
+                await resp.write(b"data: {not json" + eol + eol)
+                return resp
+            if self.fault == "stream_error" and sent > n // 2:
+                await send({"error": {"message": "engine died", "code": 500}})
+                return resp
+            piece = " tok" * k
+            finish = "length" if last and self.dialect not in ("llamacpp",) and self.fault != "no_done" else None
+            if self.dialect == "reasoning" and sent <= n // 2:
+                delta = {"reasoning_content": piece, "reasoning": piece}
+            elif self.dialect == "toolcall":
+                delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+            else:
+                delta = {"content": piece}
+            await send(chunk(delta=delta, text=piece, finish=finish))
+            if self.dialect == "sglang":
+                await resp.write(b": keep-alive" + eol + eol)
+            if not last:
+                await asyncio.sleep(self.itl_s)
+        if self.fault == "no_done":
+            return resp
+        if self.dialect == "llamacpp":
+            await send(chunk(delta={}, text="", finish="length", usage=usage))
+        else:
+            await send(chunk(usage=usage, choices=False))
+        await send(b"[DONE]")
+        return resp

@@ -1,0 +1,193 @@
+"""Live replay against loopback SSE servers: timings, dialects, faults, prefixes, load, self-check."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import pytest
+
+from agentperf_kit.agents import RunRules
+from agentperf_kit.client.sse import DONE, parse_event
+from agentperf_kit.replay import Endpoint, run_live
+from agentperf_kit.trajectories.model import Trajectory, Turn
+from tests.sse_servers import SSEServer
+
+RULES = RunRules(warmup_s=0.2, duration_s=1.0, min_trajectories=0, min_trajectories_per_agent=0,
+                 ramp_s=0.1, drain_timeout_s=3, random_start_turn=False)
+
+
+def _trajs(n=4, turns=4, out=20, delay=0.05, phases=2):
+    res = []
+    for i in range(n):
+        ts, prev = [], 0
+        for k in range(turns):
+            p = k * phases // turns
+            if k and p != ts[-1].phase:
+                prev = 0
+            ts.append(Turn(p, prev, 50 + 5 * k, out, tool_delay_s=delay, reasoning_tokens=out // 2))
+            prev += 50 + 5 * k
+        res.append(Trajectory(f"t{i}", ts))
+    return res
+
+
+def _run(server_kw, n=2, api="chat", rules=RULES, trajs=None, **kw):
+    async def go(tmp):
+        server = await SSEServer(**server_kw).start()
+        try:
+            ep = Endpoint(server.base_url, "test-model", api=api, stall_timeout_s=0.5, request_timeout_s=5)
+            res = await run_live(ep, trajs or _trajs(), n, rules, out_dir=tmp, progress=False, **kw)
+        finally:
+            await server.stop()
+        return res, server
+
+    import tempfile
+
+    return asyncio.run(go(tempfile.mkdtemp()))
+
+
+@pytest.mark.parametrize(
+    ("dialect", "api"),
+    [("vllm", "chat"), ("vllm", "completions"), ("llamacpp", "chat"), ("llamacpp", "completions"),
+     ("sglang", "chat"), ("reasoning", "chat"), ("toolcall", "chat")],
+)
+def test_dialects_measure_ttft_speed_and_usage(dialect, api):
+    res, server = _run({"dialect": dialect, "ttft_s": 0.08, "itl_s": 0.01}, api=api)
+    df = res.requests
+    assert len(df) == len(server.bodies)  # every request the server saw has exactly one row
+    assert df.ok.all(), df.error_detail.tolist()
+    assert (df.output_tokens == df.target_output_tokens).all()
+    assert df.ttft_s.median() == pytest.approx(0.08, abs=0.03)
+    per_chunk = server.tokens_per_chunk
+    assert df.output_speed_tps.median() == pytest.approx(per_chunk / 0.01, rel=0.35)
+    if dialect == "reasoning":
+        assert (df.ttfo_s > df.ttft_s + 0.05).all()
+        assert (df.reasoning_tokens == df.output_tokens // 2).all()
+    if dialect == "toolcall":
+        assert df.has_tool_calls.all()
+    body = server.bodies[0]
+    assert body["stream"] and body["stream_options"] == {"include_usage": True}
+    assert body["ignore_eos"] and body["min_tokens"] == body["max_tokens"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [("http500", "http_error"), ("http429", "rate_limited"), ("cut", "stream_cut"), ("stall", "stall_timeout"),
+     ("malformed", "malformed_json"), ("stream_error", "stream_error"), ("empty", "empty_response"),
+     ("no_done", "stream_cut")],
+)
+def test_each_fault_is_a_row_with_its_class(fault, error):
+    res, server = _run({"fault": fault, "ttft_s": 0.01, "itl_s": 0.002})
+    df = res.requests
+    assert len(df) == len(server.bodies) > 0
+    done = df[df.error != "cancelled_at_end"]
+    assert set(done.error) == {error}
+    assert not done.ok.any()
+    if fault == "http429":
+        assert done.error_detail.str.contains("Retry-After=7").all()
+    if fault in ("http500", "http429", "empty"):
+        assert (done.ttft_s == math.inf).all()
+    assert (done.output_speed_tps.fillna(0) == 0).all()
+
+
+def test_connect_error_is_a_row():
+    async def go(tmp):
+        ep = Endpoint("http://127.0.0.1:9/v1", "m", request_timeout_s=2)
+        return await run_live(ep, _trajs(1, 2), 1, RULES, out_dir=tmp, progress=False)
+
+    import tempfile
+
+    res = asyncio.run(go(tempfile.mkdtemp()))
+    assert set(res.requests.error) == {"connect_error"}
+
+
+def test_prompts_have_exact_prefixes_within_a_phase_and_none_across():
+    res, server = _run({"ttft_s": 0.005, "itl_s": 0.001}, api="completions", n=2)
+    df = res.requests.sort_values(["agent", "t_send_s"])
+    fresh = df.groupby("phase_id").turn.transform("min") == df.turn
+    assert (df.prompt_tokens == df.target_prompt_tokens).all()  # token-id prompts are exact
+    later = df[~fresh]
+    # the whole previous prompt of the phase is a prefix (the server reports it as cached)
+    prev_prompt = df.groupby("phase_id").prompt_tokens.shift(1)[~fresh]
+    assert (later.cached_prompt_tokens >= prev_prompt).all()
+    assert (df[fresh].cached_prompt_tokens < 16).all()
+    assert res.manifest["prompt_size_deviation"]["max_abs"] == 0
+
+
+def test_tool_delays_are_respected():
+    res, _ = _run({"ttft_s": 0.01, "itl_s": 0.001}, trajs=_trajs(2, 4, delay=0.3))
+    waits = res.requests.tool_wait_s.dropna()
+    assert waits.min() >= 0.3 - 1e-3 and waits.median() == pytest.approx(0.3, abs=0.05)
+
+
+def test_in_flight_reaches_n_beyond_aiohttp_default_pool():
+    n = 150
+    rules = RunRules(warmup_s=0.5, duration_s=1.0, min_trajectories=0, min_trajectories_per_agent=0, ramp_s=0.2,
+                     drain_timeout_s=5, random_start_turn=False)
+    res, server = _run({"ttft_s": 0.8, "itl_s": 0.01}, n=n, rules=rules, trajs=_trajs(20, 3, out=10, delay=0.01))
+    assert server.max_in_flight >= 0.95 * n
+    assert res.manifest["client_check"]["connection_waits"] == 0
+
+
+def test_self_check_flags_a_capped_connection_pool():
+    res, _ = _run({"ttft_s": 0.2, "itl_s": 0.001}, n=16, connection_limit=2)
+    assert res.manifest["client_ok"] is False
+    assert any("free connection" in r for r in res.manifest["client_check"]["reasons"])
+
+
+def test_self_check_flags_a_blocked_event_loop():
+    async def hog(stop_at):
+        while time.monotonic() < stop_at:
+            time.sleep(0.03)  # blocks the loop
+            await asyncio.sleep(0.001)
+
+    async def go(tmp):
+        server = await SSEServer(ttft_s=0.02, itl_s=0.002).start()
+        hog_task = asyncio.create_task(hog(time.monotonic() + 2))
+        try:
+            ep = Endpoint(server.base_url, "test-model")
+            return await run_live(ep, _trajs(), 2, RULES, out_dir=tmp, progress=False)
+        finally:
+            hog_task.cancel()
+            await server.stop()
+
+    import tempfile
+
+    res = asyncio.run(go(tempfile.mkdtemp()))
+    assert res.manifest["client_ok"] is False
+    assert any("event-loop lag" in r for r in res.manifest["client_check"]["reasons"])
+
+
+def test_clean_run_passes_the_self_check():
+    res, _ = _run({"ttft_s": 0.02, "itl_s": 0.005})
+    assert res.manifest["client_ok"] is True, res.manifest["client_check"]
+
+
+def test_api_key_never_reaches_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("AGENTPERF_TEST_KEY", "sk-supersecret123456")
+
+    async def go():
+        server = await SSEServer(fault="http500").start()
+        try:
+            ep = Endpoint(server.base_url, "m", api_key_env="AGENTPERF_TEST_KEY")
+            return await run_live(ep, _trajs(1, 2), 1, RULES, out_dir=tmp_path, progress=False)
+        finally:
+            await server.stop()
+
+    asyncio.run(go())
+    for f in tmp_path.iterdir():
+        assert b"supersecret" not in f.read_bytes(), f
+
+
+def test_sse_parser_tolerates_real_server_shapes():
+    assert parse_event(b"[DONE]") is DONE
+    assert not parse_event(b"null").visible
+    assert not parse_event(b'{"choices":[{"delta":{"role":"assistant","content":null}}]}').visible
+    assert not parse_event(b'{"choices":[{"delta":{"content":""}}]}').visible
+    info = parse_event(b'{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":3}}')
+    assert info.usage["completion_tokens"] == 3 and not info.visible
+    info = parse_event(b'{"choices":[{"text":"","finish_reason":"length"}],"usage":{"completion_tokens":3}}')
+    assert info.finish_reason == "length" and info.usage and not info.visible
+    r = parse_event(b'{"choices":[{"delta":{"reasoning_content":"hm"}}]}')
+    assert r.visible and r.reasoning and not r.answer
