@@ -73,9 +73,7 @@ class RunWriter:
     def __call__(self, row: tuple) -> None:
         rows = self._rows
         rows.append(row)
-        if len(rows) >= self._flush_rows or (
-            len(rows) % 64 == 0 and time.monotonic() - self._last_flush >= self._flush_s
-        ):
+        if len(rows) >= self._flush_rows or time.monotonic() - self._last_flush >= self._flush_s:
             self.flush()
 
     append = __call__

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
@@ -85,7 +86,7 @@ async def run_live(
     secrets = (key,) if key else ()
     run_id = run_id or f"live-{uuid.uuid4().hex[:8]}"
     out_dir = out_dir or os.path.join("runs", run_id)
-    writer = RunWriter(out_dir)
+    writer = RunWriter(out_dir, flush_rows=256, flush_s=0.5)  # live: rows reach disk within 0.5 s
     fleet = AgentFleet(trajectories, n_agents, rules, seed=seed, sink=writer, run_id=run_id, level=level)
     config = {
         "target": endpoint.public_dict(),
@@ -101,7 +102,9 @@ async def run_live(
         "level": level,
         **toolkit_provenance(),
         "config": config,
-        "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16],
+        "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[
+            :16
+        ],
         "target": {"kind": "live", **endpoint.public_dict()},
     }
     limit = connection_limit or n_agents + 8
@@ -156,7 +159,9 @@ async def run_live(
                 body = endpoint.body(plan)
                 in_flight[id(plan)] = plan
                 fleet.on_send(plan, now())
-                outcome: RequestOutcome = await send_request(session, endpoint, plan, body, origin_ns, secrets=secrets)
+                outcome: RequestOutcome = await send_request(
+                    session, endpoint, plan, body, origin_ns, secrets=secrets
+                )
                 del in_flight[id(plan)]
                 if bar is not None:
                     bar.update(1)
@@ -165,7 +170,11 @@ async def run_live(
                     elif outcome.t_first_s == outcome.t_first_s:
                         ttfts.append(outcome.t_first_s - outcome.t_send_s)
                     if bar.n % 50 == 0:
-                        bar.set_postfix(errors=errors, in_flight=len(in_flight), p95_ttft=f"{percentile(ttfts[-500:], 95):.2f}s")
+                        bar.set_postfix(
+                            errors=errors,
+                            in_flight=len(in_flight),
+                            p95_ttft=f"{percentile(ttfts[-500:], 95):.2f}s",
+                        )
                 plan = fleet.complete(plan, outcome)
 
         tasks = [asyncio.create_task(agent(p)) for p in fleet.start(0.0)]
@@ -175,10 +184,8 @@ async def run_live(
             if not fleet.may_send(now()):
                 break
         if not all_done.done():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(all_done), timeout=rules.drain_timeout_s)
-            except TimeoutError:
-                pass
         t_cancel = now()
         for task in tasks:
             task.cancel()
@@ -202,27 +209,36 @@ async def run_live(
     send_lag = (df["t_send_s"] - df["t_scheduled_s"]).to_numpy(dtype=float)
     send_p95 = percentile(send_lag, 95)
     if send_p95 > lag_budget_s:
-        reasons.append(f"scheduled-to-sent delay P95 {send_p95 * 1e3:.1f} ms > budget {lag_budget_s * 1e3:.1f} ms")
+        reasons.append(
+            f"scheduled-to-sent delay P95 {send_p95 * 1e3:.1f} ms > budget {lag_budget_s * 1e3:.1f} ms"
+        )
     if conn_waits and max(conn_waits) > lag_budget_s:
         reasons.append(
-            f"{len(conn_waits)} requests waited for a free connection (max {max(conn_waits) * 1e3:.1f} ms; pool "
-            f"size {limit})"
+            f"{len(conn_waits)} requests waited for a free connection "
+            f"(max {max(conn_waits) * 1e3:.1f} ms; pool size {limit})"
         )
     in_win = df[df["in_window"]]
     prompt = in_win["prompt_tokens"].astype("Float64")
     dev = ((prompt - in_win["target_prompt_tokens"]) / in_win["target_prompt_tokens"]).dropna()
-    manifest.update({
-        "client_ok": not reasons,
-        "client_check": {
-            "loop_lag_p95_s": lag_p95, "send_delay_p95_s": send_p95, "budget_s": lag_budget_s,
-            "connection_limit": limit, "connection_waits": len(conn_waits), "reasons": reasons,
-        },
-        "prompt_size_deviation": {
-            "n": len(dev), "mean": float(dev.mean()) if len(dev) else None,
-            "max_abs": float(dev.abs().max()) if len(dev) else None,
-            "note": "(usage.prompt_tokens - target) / target over in-window requests",
-        },
-    })
+    manifest.update(
+        {
+            "client_ok": not reasons,
+            "client_check": {
+                "loop_lag_p95_s": lag_p95,
+                "send_delay_p95_s": send_p95,
+                "budget_s": lag_budget_s,
+                "connection_limit": limit,
+                "connection_waits": len(conn_waits),
+                "reasons": reasons,
+            },
+            "prompt_size_deviation": {
+                "n": len(dev),
+                "mean": float(dev.mean()) if len(dev) else None,
+                "max_abs": float(dev.abs().max()) if len(dev) else None,
+                "note": "(usage.prompt_tokens - target) / target over in-window requests",
+            },
+        }
+    )
     write_manifest(out_dir, manifest)
     if reasons and progress:
         print("WARNING: client self-check failed, TTFT may be distorted: " + "; ".join(reasons))
@@ -232,6 +248,7 @@ async def run_live(
 def run_live_sync(*args: Any, **kwargs: Any) -> RunResult:
     """:func:`run_live` from synchronous code, including a Jupyter cell (where a loop already runs: the
     run then happens in a worker thread with its own loop). Uses uvloop when available."""
+
     def runner() -> RunResult:
         try:
             import uvloop

@@ -27,8 +27,15 @@ from aiohttp import web
 
 
 class SSEServer:
-    def __init__(self, dialect: str = "vllm", ttft_s: float = 0.05, itl_s: float = 0.005, fault: str | None = None,
-                 tokens_per_chunk: int = 1, cached_tokens: bool = True) -> None:
+    def __init__(
+        self,
+        dialect: str = "vllm",
+        ttft_s: float = 0.05,
+        itl_s: float = 0.005,
+        fault: str | None = None,
+        tokens_per_chunk: int = 1,
+        cached_tokens: bool = True,
+    ) -> None:
         self.dialect = dialect
         self.ttft_s = ttft_s
         self.itl_s = itl_s
@@ -51,7 +58,7 @@ class SSEServer:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._stream)
         app.router.add_post("/v1/completions", self._stream)
-        self.runner = web.AppRunner(app, access_log=None)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0, backlog=4096)
         await site.start()
@@ -89,7 +96,9 @@ class SSEServer:
         if self.fault == "http500":
             return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
         if self.fault == "http429":
-            return web.json_response({"error": {"message": "slow down"}}, status=429, headers={"Retry-After": "7"})
+            return web.json_response(
+                {"error": {"message": "slow down"}}, status=429, headers={"Retry-After": "7"}
+            )
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -110,7 +119,11 @@ class SSEServer:
             await resp.write(b"data: " + data + eol + eol)
 
         def chunk(delta=None, text=None, finish=None, usage=None, choices=True):
-            c = {"id": "x", "object": "chat.completion.chunk" if chat else "text_completion", "model": "test-model"}
+            c = {
+                "id": "x",
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "model": "test-model",
+            }
             if choices:
                 choice = {"index": 0, "finish_reason": finish}
                 if chat:
@@ -132,7 +145,9 @@ class SSEServer:
         if self.dialect == "llamacpp":
             await send(b"null")
         if chat:
-            await send(chunk(delta={"role": "assistant", "content": None if self.dialect == "llamacpp" else ""}))
+            await send(
+                chunk(delta={"role": "assistant", "content": None if self.dialect == "llamacpp" else ""})
+            )
         await asyncio.sleep(self.ttft_s)
         if self.fault == "empty":
             await send(chunk(delta={"content": ""}, text="", finish="length"))
@@ -156,7 +171,9 @@ class SSEServer:
                 await send({"error": {"message": "engine died", "code": 500}})
                 return resp
             piece = " tok" * k
-            finish = "length" if last and self.dialect not in ("llamacpp",) and self.fault != "no_done" else None
+            finish = (
+                "length" if last and self.dialect not in ("llamacpp",) and self.fault != "no_done" else None
+            )
             if self.dialect == "reasoning" and sent <= n // 2:
                 delta = {"reasoning_content": piece, "reasoning": piece}
             elif self.dialect == "toolcall":

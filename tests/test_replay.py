@@ -14,8 +14,15 @@ from agentperf_kit.replay import Endpoint, run_live
 from agentperf_kit.trajectories.model import Trajectory, Turn
 from tests.sse_servers import SSEServer
 
-RULES = RunRules(warmup_s=0.2, duration_s=1.0, min_trajectories=0, min_trajectories_per_agent=0,
-                 ramp_s=0.1, drain_timeout_s=3, random_start_turn=False)
+RULES = RunRules(
+    warmup_s=0.2,
+    duration_s=1.0,
+    min_trajectories=0,
+    min_trajectories_per_agent=0,
+    ramp_s=0.1,
+    drain_timeout_s=3,
+    random_start_turn=False,
+)
 
 
 def _trajs(n=4, turns=4, out=20, delay=0.05, phases=2):
@@ -49,8 +56,15 @@ def _run(server_kw, n=2, api="chat", rules=RULES, trajs=None, **kw):
 
 @pytest.mark.parametrize(
     ("dialect", "api"),
-    [("vllm", "chat"), ("vllm", "completions"), ("llamacpp", "chat"), ("llamacpp", "completions"),
-     ("sglang", "chat"), ("reasoning", "chat"), ("toolcall", "chat")],
+    [
+        ("vllm", "chat"),
+        ("vllm", "completions"),
+        ("llamacpp", "chat"),
+        ("llamacpp", "completions"),
+        ("sglang", "chat"),
+        ("reasoning", "chat"),
+        ("toolcall", "chat"),
+    ],
 )
 def test_dialects_measure_ttft_speed_and_usage(dialect, api):
     res, server = _run({"dialect": dialect, "ttft_s": 0.08, "itl_s": 0.01}, api=api)
@@ -73,9 +87,16 @@ def test_dialects_measure_ttft_speed_and_usage(dialect, api):
 
 @pytest.mark.parametrize(
     ("fault", "error"),
-    [("http500", "http_error"), ("http429", "rate_limited"), ("cut", "stream_cut"), ("stall", "stall_timeout"),
-     ("malformed", "malformed_json"), ("stream_error", "stream_error"), ("empty", "empty_response"),
-     ("no_done", "stream_cut")],
+    [
+        ("http500", "http_error"),
+        ("http429", "rate_limited"),
+        ("cut", "stream_cut"),
+        ("stall", "stall_timeout"),
+        ("malformed", "malformed_json"),
+        ("stream_error", "stream_error"),
+        ("empty", "empty_response"),
+        ("no_done", "stream_cut"),
+    ],
 )
 def test_each_fault_is_a_row_with_its_class(fault, error):
     res, server = _run({"fault": fault, "ttft_s": 0.01, "itl_s": 0.002})
@@ -103,7 +124,7 @@ def test_connect_error_is_a_row():
 
 
 def test_prompts_have_exact_prefixes_within_a_phase_and_none_across():
-    res, server = _run({"ttft_s": 0.005, "itl_s": 0.001}, api="completions", n=2)
+    res, _server = _run({"ttft_s": 0.005, "itl_s": 0.001}, api="completions", n=2)
     df = res.requests.sort_values(["agent", "t_send_s"])
     fresh = df.groupby("phase_id").turn.transform("min") == df.turn
     assert (df.prompt_tokens == df.target_prompt_tokens).all()  # token-id prompts are exact
@@ -123,9 +144,18 @@ def test_tool_delays_are_respected():
 
 def test_in_flight_reaches_n_beyond_aiohttp_default_pool():
     n = 150
-    rules = RunRules(warmup_s=0.5, duration_s=1.0, min_trajectories=0, min_trajectories_per_agent=0, ramp_s=0.2,
-                     drain_timeout_s=5, random_start_turn=False)
-    res, server = _run({"ttft_s": 0.8, "itl_s": 0.01}, n=n, rules=rules, trajs=_trajs(20, 3, out=10, delay=0.01))
+    rules = RunRules(
+        warmup_s=0.5,
+        duration_s=1.0,
+        min_trajectories=0,
+        min_trajectories_per_agent=0,
+        ramp_s=0.2,
+        drain_timeout_s=5,
+        random_start_turn=False,
+    )
+    res, server = _run(
+        {"ttft_s": 0.8, "itl_s": 0.01}, n=n, rules=rules, trajs=_trajs(20, 3, out=10, delay=0.01)
+    )
     assert server.max_in_flight >= 0.95 * n
     assert res.manifest["client_check"]["connection_waits"] == 0
 

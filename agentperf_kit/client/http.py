@@ -86,20 +86,32 @@ class Endpoint:
 
     def public_dict(self) -> dict[str, Any]:
         """The endpoint for the manifest: no key, header values that look secret masked."""
-        headers = {k: ("***" if k.lower() in ("authorization", "api-key", "x-api-key") else v)
-                   for k, v in self.headers.items()}
+        headers = {
+            k: ("***" if k.lower() in ("authorization", "api-key", "x-api-key") else v)
+            for k, v in self.headers.items()
+        }
         return {
-            "base_url": self.base_url, "model": self.model, "api": self.api, "api_key_env": self.api_key_env,
-            "force_output_fields": self.force_output_fields, "headers": headers,
-            "extra_body_keys": sorted(self.extra_body), "request_timeout_s": self.request_timeout_s,
-            "stall_timeout_s": self.stall_timeout_s, "tokens_per_word": self.tokens_per_word,
+            "base_url": self.base_url,
+            "model": self.model,
+            "api": self.api,
+            "api_key_env": self.api_key_env,
+            "force_output_fields": self.force_output_fields,
+            "headers": headers,
+            "extra_body_keys": sorted(self.extra_body),
+            "request_timeout_s": self.request_timeout_s,
+            "stall_timeout_s": self.stall_timeout_s,
+            "tokens_per_word": self.tokens_per_word,
         }
 
     def body(self, plan: RequestPlan) -> dict[str, Any]:
         """The JSON body of the request for ``plan`` (streaming, usage requested, output forced)."""
         n = plan.turn.output_tokens
-        body: dict[str, Any] = {"model": self.model, "stream": True, "max_tokens": n,
-                                "stream_options": {"include_usage": True}}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "stream": True,
+            "max_tokens": n,
+            "stream_options": {"include_usage": True},
+        }
         if self.api == "chat":
             body["messages"] = chat_messages(plan, tokens_per_word=self.tokens_per_word)
             body["max_completion_tokens"] = n
@@ -135,7 +147,7 @@ async def send_request(
         out.target_prompt_tokens = len(body["prompt"])
     elif plan.turn.messages is None:
         out.target_prompt_tokens = plan.turn.input_tokens + MARKER_TOKENS
-    t_first = t_first_answer = t_last = 0
+    t_first = t_first_answer = t_last = t_finish = 0
     n_chunks = 0
     finished = done = False
     usage: dict[str, Any] | None = None
@@ -186,6 +198,8 @@ async def send_request(
                         if info.tool_call:
                             out.has_tool_calls = True
                     if info.finish_reason:
+                        if not finished:
+                            t_finish = now
                         finished = True
                         out.finish_reason = info.finish_reason
                     if info.usage is not None:
@@ -220,6 +234,11 @@ async def send_request(
             out.reasoning_tokens = _int(cdetails.get("reasoning_tokens"))
     if out.output_tokens is None and out.ok and n_chunks:
         out.output_tokens = n_chunks  # fallback: visible deltas (a lower bound with multi-token chunks)
+    if out.ok and finished and not n_chunks and (out.output_tokens or 0) > 0 and t_finish:
+        # tokens whose text is empty (e.g. llama.cpp holds back a token that ends mid-UTF-8 character):
+        # the server produced them, so the finish chunk marks the first and last token
+        out.t_first_s = out.t_last_s = out.t_first_answer_s = (t_finish - origin_ns) / 1e9
+        n_chunks = 1
     if out.ok:
         if not (done or finished):
             out.ok, out.error = False, "stream_cut"

@@ -10,6 +10,7 @@ from .io import (
 from .model import Trajectory, TrajectoryFormatError, Turn
 from .stats import format_stats, trajectory_stats
 from .synth import DEFAULT_COUNT, DEFAULT_SEED, SynthConfig, synthesize
+from .transform import fit_context
 
 __all__ = [
     "DEFAULT_COUNT",
@@ -21,6 +22,7 @@ __all__ = [
     "TrajectoryFormatError",
     "Turn",
     "default_trajectories",
+    "fit_context",
     "format_stats",
     "load_trajectories",
     "save_trajectories",

@@ -1,0 +1,105 @@
+"""``agentperf run``: one level (N agents) against a URL or the simulated system."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run one level of N agents against a URL or the simulated system")
+    p.add_argument("--target", default="sim", help="URL like http://127.0.0.1:8000/v1, or sim / sim:PRESET")
+    p.add_argument("--model", help="model name (required for a URL)")
+    p.add_argument("--concurrency", "-n", type=int, required=True, help="N agents alive at once")
+    p.add_argument("--duration", type=float, default=600.0, help="minimum steady window, s (default 600)")
+    p.add_argument("--warmup", type=float, default=60.0, help="warm-up after all agents are active, s")
+    p.add_argument(
+        "--min-trajectories", type=int, default=30, help="trajectories the window must hold (AA: 30)"
+    )
+    p.add_argument("--min-trajectories-per-agent", type=int, default=3, help="per agent (AA: 3)")
+    p.add_argument("--max-duration", type=float, default=4 * 3600.0, help="cap on the steady window, s")
+    p.add_argument("--drain-timeout", type=float, default=120.0, help="drain after the window, s")
+    p.add_argument("--trajectories", help="trajectory file (default: the built-in synthetic set)")
+    p.add_argument("--max-context", type=int, help="scale the trajectories to fit this context (tokens)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--api-key-env", help="environment variable holding the API key (never written)")
+    p.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
+    p.add_argument("--no-force-output", action="store_true", help="do not send ignore_eos/min_tokens")
+    p.add_argument("--request-timeout", type=float, default=600.0)
+    p.add_argument("--stall-timeout", type=float, default=120.0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..agents import RunRules
+    from ..metrics import level_stats
+    from ..trajectories import TrajectoryFormatError, default_trajectories, load_trajectories
+
+    try:
+        trajs = load_trajectories(args.trajectories) if args.trajectories else default_trajectories()
+        if args.max_context:
+            from ..trajectories import fit_context
+
+            trajs = fit_context(trajs, args.max_context)
+        rules = RunRules(
+            warmup_s=args.warmup,
+            duration_s=args.duration,
+            min_trajectories=args.min_trajectories,
+            min_trajectories_per_agent=args.min_trajectories_per_agent,
+            max_duration_s=max(args.max_duration, args.duration),
+            drain_timeout_s=args.drain_timeout,
+        )
+    except (TrajectoryFormatError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.target == "sim" or args.target.startswith("sim:"):
+        from ..sim.presets import DEFAULT_DEPLOYMENT
+        from ..sim.virtual import run_sim_level
+
+        dep = args.target.split(":", 1)[1] if ":" in args.target else DEFAULT_DEPLOYMENT
+        try:
+            res = run_sim_level(
+                trajs, args.concurrency, rules, deployment=dep, seed=args.seed, out_dir=args.out
+            )
+        except KeyError as exc:
+            print(f"error: {exc.args[0]}", file=sys.stderr)
+            return 2
+    else:
+        if not args.model:
+            print("error: a URL target needs --model", file=sys.stderr)
+            return 2
+        from ..replay import Endpoint, run_live_sync
+
+        ep = Endpoint(
+            args.target,
+            args.model,
+            api=args.endpoint,
+            api_key_env=args.api_key_env,
+            force_output_fields=not args.no_force_output,
+            request_timeout_s=args.request_timeout,
+            stall_timeout_s=args.stall_timeout,
+        )
+        res = run_live_sync(
+            ep, trajs, args.concurrency, rules, seed=args.seed, out_dir=args.out, progress=not args.quiet
+        )
+    w = res.window
+    s = level_stats(res.requests, window_start_s=w.get("window_start_s"), window_end_s=w.get("window_end_s"))
+    print(f"target {args.target}  N={args.concurrency}  window {w.get('window_s') or 0:.1f} s")
+    print(
+        f"requests in window {s['n_requests']:,} (ok {s['n_ok']:,}, failed {s['n_failed']:,}, "
+        f"error rate {s['error_rate']:.1%})"
+    )
+    print(
+        f"P25 output speed {s['p25_output_speed_tps']:.1f} tok/s  P95 TTFT {s['p95_ttft_s']:.3f} s  "
+        f"mean in flight {s['mean_in_flight']:.1f} (max {s['max_in_flight']:.0f})"
+    )
+    print(
+        f"meets AA rules: {'yes' if w.get('meets_aa_rules') else 'no'}"
+        + ("" if w.get("meets_aa_rules") else f" ({'; '.join(w.get('aa_rules_reasons', [])[:3])})")
+    )
+    if res.manifest.get("client_ok") is False:
+        print("client self-check FAILED: " + "; ".join(res.manifest["client_check"]["reasons"]))
+    print(f"results: {args.out}/ (requests.parquet, manifest.json)")
+    return 0

@@ -1,0 +1,112 @@
+"""``agentperf run`` end to end: simulated target, and a live run killed with SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from agentperf_kit.cli import main
+from agentperf_kit.results import load_run
+from agentperf_kit.trajectories import default_trajectories, fit_context, trajectory_stats
+from tests.sse_servers import SSEServer
+
+
+def test_run_sim_writes_the_same_files_as_a_live_run(tmp_path, capsys):
+    out = tmp_path / "sim"
+    rc = main(
+        [
+            "run",
+            "--target",
+            "sim",
+            "-n",
+            "4",
+            "--duration",
+            "60",
+            "--min-trajectories",
+            "0",
+            "--min-trajectories-per-agent",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "P25 output speed" in text and "meets AA rules: no" in text
+    res = load_run(out)
+    assert res.requests.in_window.any() and res.manifest["power_scope"] == "modelled"
+
+
+def test_fit_context_keeps_structure():
+    small = fit_context(default_trajectories()[:30], 4096)
+    s = trajectory_stats(small)
+    assert s["max_request_tokens"] <= 4096 - 64
+    assert s["cached_fraction"] > 0.85
+    for tr in small:
+        for prev, t in zip(tr.turns, tr.turns[1:]):
+            if t.phase == prev.phase:
+                assert t.prefix_tokens == prev.input_tokens
+
+
+@pytest.fixture
+def server_thread():
+    loop = asyncio.new_event_loop()
+    server = SSEServer(ttft_s=0.05, itl_s=0.002)
+    ready = threading.Event()
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        ready.set()
+        loop.run_forever()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    ready.wait(10)
+    yield server
+    loop.call_soon_threadsafe(loop.stop)
+
+
+def test_sigkilled_live_run_leaves_readable_rows(tmp_path, server_thread):
+    out = tmp_path / "live"
+    cmd = [
+        sys.executable,
+        "-m",
+        "agentperf_kit.cli",
+        "run",
+        "--target",
+        server_thread.base_url,
+        "--model",
+        "m",
+        "--endpoint",
+        "completions",
+        "-n",
+        "4",
+        "--duration",
+        "600",
+        "--warmup",
+        "1",
+        "--max-context",
+        "2000",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(server_thread.bodies) < 12:
+        time.sleep(0.1)
+    time.sleep(1.0)  # let the writer flush
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    res = load_run(out)
+    assert res.extra.get("interrupted")
+    assert len(res.requests) >= 6
+    assert res.requests.ok.all()
+    assert len(res.requests) <= len(server_thread.bodies)
