@@ -64,16 +64,20 @@ class SweepConfig:
     min_trajectories: int = 30
     min_trajectories_per_agent: int = 3
     max_level_duration_s: float = 4 * 3600.0
+    drain_timeout_s: float = 120.0
     max_agents: int = 4096
     resolution: int = 1
     seed: int = 0
     confidence: float = 0.95
     max_extensions: int = 2
     efficiency: str = "mid"
+    endpoint: str = "chat"
+    api_key_env: str | None = None
+    max_context: int | None = None
     out: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("level_duration_s", "warmup_s", "max_level_duration_s", "confidence"):
+        for name in ("level_duration_s", "warmup_s", "max_level_duration_s", "confidence", "drain_timeout_s"):
             object.__setattr__(self, name, float(getattr(self, name)))  # 60 and 60.0 hash alike
         if self.power_w is not None:
             object.__setattr__(self, "power_w", float(self.power_w))
@@ -113,6 +117,7 @@ class SweepConfig:
             min_trajectories=self.min_trajectories,
             min_trajectories_per_agent=self.min_trajectories_per_agent,
             max_duration_s=max(dur, self.max_level_duration_s),
+            drain_timeout_s=self.drain_timeout_s,
         )
 
     def measurement_dict(self) -> dict[str, Any]:
@@ -227,9 +232,21 @@ class _Sweeper:
                 run_id=f"{self.out.name}-n{n}-e{ext}",
                 efficiency=self.cfg.efficiency,
             )
-        raise SweepConfigError(
-            f"live target {self.cfg.target}: the live replay client (agentperf run against a URL) is not "
-            "part of this build yet; sweep the simulated system (--target sim) for now"
+        from .replay import Endpoint, run_live_sync
+
+        endpoint = Endpoint(
+            self.cfg.target, str(self.cfg.model), api=self.cfg.endpoint, api_key_env=self.cfg.api_key_env
+        )
+        return run_live_sync(
+            endpoint,
+            self.trajectories(),
+            n,
+            rules,
+            seed=seed % 2**32,
+            out_dir=d,
+            level=level_index,
+            run_id=f"{self.out.name}-n{n}-e{ext}",
+            progress=self.progress,
         )
 
     # -- levels -----------------------------------------------------------------------------------------

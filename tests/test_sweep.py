@@ -122,3 +122,56 @@ def test_cli_bad_input_is_named(capsys):
     assert "known presets" in capsys.readouterr().err
     assert main(["sweep", "--target", "http://127.0.0.1:9/v1", "--dry-run"]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_sweep_against_a_live_endpoint(tmp_path):
+    import asyncio
+    import threading
+
+    from agentperf_kit.trajectories import SynthConfig, fit_context, save_trajectories, synthesize
+    from tests.sse_servers import SSEServer
+
+    trajs = fit_context(
+        synthesize(SynthConfig(tool_delay_median_s=0.01, tool_delay_range_s=(0.005, 0.02)), count=8, seed=2),
+        1500,
+    )
+    path = save_trajectories(trajs, tmp_path / "t.jsonl")
+    loop = asyncio.new_event_loop()
+    server = SSEServer(ttft_s=0.02, itl_s=0.001)
+    ready = threading.Event()
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        ready.set()
+        loop.run_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    ready.wait(10)
+    try:
+        cfg = SweepConfig(
+            target=server.base_url,
+            model="m",
+            accelerators=1,
+            trajectories=str(path),
+            level_duration_s=1.5,
+            warmup_s=0.2,
+            min_trajectories=0,
+            min_trajectories_per_agent=0,
+            max_agents=2,
+            drain_timeout_s=2,
+            confidence=0.5,
+            power_w=700,
+            power_scope="declared",
+            out=str(tmp_path / "live"),
+            endpoint="completions",
+        )
+        res = run_sweep(cfg, progress=False)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+    assert list(res.levels.concurrency) == [1, 2]
+    assert len(res.requests) == len(server.bodies)
+    slo1 = res.summary["tiers"][0]
+    assert slo1["max_agents"] == 2 and slo1["max_agents_is_lower_bound"]
+    assert slo1["agents_per_mw"] == pytest.approx(2 / 700e-6)
+    assert res.summary["power_scope"] == "declared"

@@ -1,0 +1,109 @@
+"""Reports from sweep directories: the per-tier table, a side-by-side comparison, a standalone HTML page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from .slo import get_tier_preset
+from .sweep import format_summary, load_sweep
+
+__all__ = ["compare_runs", "write_html_report"]
+
+_LEVEL_COLS = [
+    "concurrency",
+    "n_requests",
+    "error_rate",
+    "p25_output_speed_tps",
+    "p25_output_speed_tps_ci_low",
+    "p25_output_speed_tps_ci_high",
+    "p95_ttft_s",
+    "p95_ttft_s_ci_low",
+    "p95_ttft_s_ci_high",
+    "mean_in_flight",
+    "prefix_cache_hit_rate",
+    "meets_aa_rules",
+    "client_ok",
+]
+
+
+def compare_runs(directories: Sequence[str | Path]) -> pd.DataFrame:
+    """One tidy row per (sweep directory, tier): what each sweep found, side by side."""
+    rows = []
+    for d in directories:
+        s = load_sweep(d).summary
+        for t in s["tiers"]:
+            rows.append(
+                {
+                    "run": str(d),
+                    "target": s["target"],
+                    "model": s.get("model"),
+                    "tier_preset": s["tier_preset"],
+                    "tier": t["name"],
+                    "label": t["label"],
+                    "max_agents": t["max_agents"],
+                    "max_agents_is_lower_bound": t["max_agents_is_lower_bound"],
+                    "binding_constraint": t.get("binding_constraint"),
+                    "accelerators": s["accelerators"],
+                    "accelerator_type": s.get("accelerator_type"),
+                    "agents_per_accelerator": t["agents_per_accelerator"],
+                    "power_w": t.get("power_w"),
+                    "power_scope": s.get("power_scope"),
+                    "agents_per_mw": t["agents_per_mw"],
+                    "meets_aa_rules": s["meets_aa_rules"],
+                    "client_ok": s["client_ok"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _figure_png(levels: pd.DataFrame, tier_preset: str) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from .plots import plot_levels
+    except ImportError:
+        return None
+    fig = plot_levels(levels, get_tier_preset(tier_preset))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def write_html_report(directory: str | Path, path: str | Path | None = None) -> Path:
+    """Write a standalone HTML report of a sweep (tables, and the levels plot when seaborn is installed)."""
+    res = load_sweep(directory)
+    path = Path(path) if path else Path(directory) / "report.html"
+    s = res.summary
+    tiers = pd.DataFrame(s["tiers"])
+    levels = res.levels[
+        [c for c in _LEVEL_COLS if c in res.levels] + [c for c in res.levels if c.startswith("verdict_")]
+    ]
+    png = _figure_png(res.levels, s["tier_preset"])
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>agentperf sweep report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}</style>",
+        f"<h1>Sweep of {html.escape(str(s['target']))}</h1>",
+        f"<pre>{html.escape(format_summary(s))}</pre>",
+        "<h2>Tiers</h2>",
+        tiers.to_html(index=False, na_rep="-"),
+        "<h2>Levels</h2>",
+        levels.to_html(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"),
+    ]
+    if png:
+        parts += [
+            "<h2>P25 output speed and P95 TTFT against N</h2>",
+            f"<img alt='levels' src='data:image/png;base64,{png}'>",
+        ]
+    path.write_text("\n".join(parts))
+    return path
