@@ -1,5 +1,15 @@
-"""Trajectories: the model, the on-disk format, the synthetic generator and statistics."""
+"""Trajectories: the model, the on-disk format, the generator, statistics, context fitting, importers.
 
+Everything public is re-exported here; ``docs/trajectories.md`` documents the format and each part.
+"""
+
+from .importers import (
+    IMPORTERS,
+    import_aa_local,
+    import_mini_swe_agent,
+    import_mooncake,
+    import_trajectories,
+)
 from .io import (
     DEFAULT_TRAJECTORIES_PATH,
     TRAJECTORY_SCHEMA_VERSION,
@@ -10,12 +20,14 @@ from .io import (
 from .model import Trajectory, TrajectoryFormatError, Turn
 from .stats import format_stats, trajectory_stats
 from .synth import DEFAULT_COUNT, DEFAULT_SEED, SynthConfig, synthesize
-from .transform import fit_context
+from .transform import FIT_MODES, fit_context
 
 __all__ = [
     "DEFAULT_COUNT",
     "DEFAULT_SEED",
     "DEFAULT_TRAJECTORIES_PATH",
+    "FIT_MODES",
+    "IMPORTERS",
     "TRAJECTORY_SCHEMA_VERSION",
     "SynthConfig",
     "Trajectory",
@@ -24,6 +36,10 @@ __all__ = [
     "default_trajectories",
     "fit_context",
     "format_stats",
+    "import_aa_local",
+    "import_mini_swe_agent",
+    "import_mooncake",
+    "import_trajectories",
     "load_trajectories",
     "save_trajectories",
     "synthesize",

@@ -63,23 +63,47 @@ def save_trajectories(
     rows = list(_turn_records(trajectories))
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
-        import pandas as pd
-
-        df = pd.DataFrame(rows)
-        for col in ("messages", "tools", "meta"):
-            if col in df:
-                df[col] = df[col].map(lambda v: None if v is None else json.dumps(v))
-        table = __import__("pyarrow").Table.from_pandas(df, preserve_index=False)
-        table = table.replace_schema_metadata({b"agentperf": json.dumps(header).encode()})
-        __import__("pyarrow.parquet").parquet.write_table(table, path)
+        _write_parquet(rows, header, path)
         return path
     if path.suffix == ".gz":
-        # fixed mtime so the same set always gives the same bytes
-        with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+        # no file name and a fixed mtime in the gzip header: the same set always gives the same bytes
+        with open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
             gz.write(_jsonl_bytes(header, rows))
     else:
         path.write_bytes(_jsonl_bytes(header, rows))
     return path
+
+
+# explicit Arrow types: nullable integers stay integers (pandas would turn them into floats)
+_PARQUET_TYPES = {
+    "trajectory_id": "string",
+    "turn": "int64",
+    "phase": "int64",
+    "prefix_tokens": "int64",
+    "new_tokens": "int64",
+    "output_tokens": "int64",
+    "reasoning_tokens": "int64",
+    "tool_calls": "bool_",
+    "tool_delay_s": "float64",
+    "messages": "string",
+    "tools": "string",
+    "meta": "string",
+}
+_JSON_COLUMNS = ("messages", "tools", "meta")
+
+
+def _write_parquet(rows: list[dict[str, Any]], header: dict[str, Any], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {}
+    for name, type_name in _PARQUET_TYPES.items():
+        values = [r.get(name) for r in rows]
+        if name in _JSON_COLUMNS:
+            values = [None if v is None else json.dumps(v) for v in values]
+        columns[name] = pa.array(values, type=getattr(pa, type_name)())
+    table = pa.table(columns).replace_schema_metadata({b"agentperf": json.dumps(header).encode()})
+    pq.write_table(table, path)
 
 
 def _jsonl_bytes(header: dict, rows: list[dict]) -> bytes:
