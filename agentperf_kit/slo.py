@@ -37,6 +37,7 @@ __all__ = [
     "max_agents",
     "per_agent_attainment",
     "tier_preset_names",
+    "tiers_from_spec",
 ]
 
 DEFAULT_TIER_PRESET = "aa-dsv4pro"
@@ -97,8 +98,33 @@ def tier_preset_names() -> list[str]:
     return sorted(TIER_PRESETS)
 
 
+def tiers_from_spec(spec: str) -> TierPreset:
+    """User-defined tiers from a spec string: comma-separated ``NAME=SPEED/TTFT[/SPEED_PCT/TTFT_PCT]``,
+    e.g. ``"fast=100/2,slow=20/10/25/95"`` (speed floor in tokens/s, TTFT ceiling in s, percentiles)."""
+    tiers = []
+    for part in spec.split(","):
+        name, _, rest = part.strip().partition("=")
+        nums = rest.split("/")
+        if not name or len(nums) not in (2, 4):
+            raise ValueError(
+                f"bad tier spec {part.strip()!r}: expected NAME=SPEED/TTFT or "
+                "NAME=SPEED/TTFT/SPEED_PCT/TTFT_PCT, e.g. slo1=20/10"
+            )
+        try:
+            vals = [float(v) for v in nums]
+        except ValueError:
+            raise ValueError(f"bad tier spec {part.strip()!r}: numbers expected after '='") from None
+        extra = {"speed_percentile": vals[2], "ttft_percentile": vals[3]} if len(vals) == 4 else {}
+        label = f"{vals[0]:g} tok/s & {vals[1]:g} s"
+        tiers.append(Tier(name, label, vals[0], vals[1], **extra))
+    return TierPreset(spec, "user-defined tiers", tuple(tiers), "user")
+
+
 def get_tier_preset(name: str) -> TierPreset:
-    """The built-in preset ``name``; the error lists the known names."""
+    """The built-in preset ``name``, or user-defined tiers when ``name`` is a spec (see
+    :func:`tiers_from_spec`); the error lists the known names."""
+    if "=" in name:
+        return tiers_from_spec(name)
     try:
         return TIER_PRESETS[name]
     except KeyError:

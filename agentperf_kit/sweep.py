@@ -282,6 +282,9 @@ class _Sweeper:
             accelerators=acc,
         )
         row: dict[str, Any] = {"level": -1, "concurrency": n, "extensions": ext, **stats}
+        for col in ("p95_ttft_s", "p95_ttft_s_ci_high", "p25_output_speed_tps_ci_high"):
+            # +inf is written as null in JSON; this flag keeps the difference from "missing"
+            row[f"{col}_is_inf"] = bool(row.get(col) == float("inf"))
         row["meets_aa_rules"] = bool(res.manifest.get("meets_aa_rules", window.get("meets_aa_rules", False)))
         row["client_ok"] = bool(res.manifest.get("client_ok", True))
         row["power_w"] = res.manifest.get("power_w")

@@ -205,3 +205,15 @@ def test_published_figures_imply_watts_and_ratios():
     assert r["per_mw"] == pytest.approx(23.7, abs=0.05) and r["per_gpu"] == pytest.approx(41.1, abs=0.05)
     sample = Path("sample_data/published_aa_agentperf.csv").read_text()
     assert sample == Path("agentperf_kit/data/published_aa_agentperf.csv").read_text()
+
+
+def test_user_defined_tiers_from_a_spec():
+    from agentperf_kit.slo import tiers_from_spec
+
+    p = get_tier_preset("fast=100/2,slow=20/10/50/99")
+    assert [t.name for t in p.tiers] == ["fast", "slow"]
+    assert p.tiers[1].speed_percentile == 50 and p.tiers[1].ttft_percentile == 99
+    with pytest.raises(ValueError, match="NAME=SPEED/TTFT"):
+        tiers_from_spec("fast=100")
+    with pytest.raises(ValueError, match="numbers expected"):
+        tiers_from_spec("fast=a/b")

@@ -175,3 +175,15 @@ def test_sweep_against_a_live_endpoint(tmp_path):
     assert slo1["max_agents"] == 2 and slo1["max_agents_is_lower_bound"]
     assert slo1["agents_per_mw"] == pytest.approx(2 / 700e-6)
     assert res.summary["power_scope"] == "declared"
+
+
+def test_user_defined_tiers_and_inf_flags(tmp_path):
+    res = run_sweep(
+        SweepConfig(
+            out=str(tmp_path / "u"), tiers="easy=1/60,impossible=100000/0.001", **{**FAST, "max_agents": 4}
+        ),
+        progress=False,
+    )
+    by = {t["name"]: t for t in res.summary["tiers"]}
+    assert by["easy"]["max_agents_is_lower_bound"] and by["impossible"]["max_agents"] == 0
+    assert "p95_ttft_s_is_inf" in res.levels

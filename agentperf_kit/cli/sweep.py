@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", help="sim, sim:PRESET or a URL (default: sim)")
     p.add_argument("--model", help="model name (live targets)")
     p.add_argument("--trajectories", help="trajectory file (default: the built-in synthetic set)")
-    p.add_argument("--tiers", help="tier preset (default: aa-dsv4pro)")
+    p.add_argument("--tiers", help="tier preset (default aa-dsv4pro) or a spec like 'fast=100/2,slow=20/10'")
     p.add_argument("--accelerators", type=int, help="accelerator count (sim: from the preset)")
     p.add_argument("--accelerator-type", help="e.g. H200 (for provisioned power)")
     p.add_argument("--power-w", type=float, help="whole-system power in W")
