@@ -62,21 +62,35 @@ def compare_runs(directories: Sequence[str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _figure_png(levels: pd.DataFrame, tier_preset: str) -> str | None:
+def _figures(directory: Path, levels: pd.DataFrame, tier_preset: str) -> list[tuple[str, str]]:
+    """(title, base64 PNG) of the report's plots: ``plots.report_figures(dir)`` when the plots module has
+    it, else the levels plot; none when matplotlib/seaborn are not installed (tables only)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
-        from .plots import plot_levels
-    except ImportError:
-        return None
-    fig = plot_levels(levels, get_tier_preset(tier_preset))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt
 
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+        from . import plots
+    except ImportError:
+        return []
+    if hasattr(plots, "report_figures"):
+        figs = list(plots.report_figures(directory))
+    else:
+        figs = [
+            (
+                "P25 output speed and P95 TTFT against N",
+                plots.plot_levels(levels, get_tier_preset(tier_preset)),
+            )
+        ]
+    out = []
+    for title, fig in figs:
+        fig = getattr(fig, "figure", fig)  # a seaborn grid holds its figure
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
+        out.append((title, base64.b64encode(buf.getvalue()).decode()))
+    return out
 
 
 def write_html_report(directory: str | Path, path: str | Path | None = None) -> Path:
@@ -88,7 +102,7 @@ def write_html_report(directory: str | Path, path: str | Path | None = None) -> 
     levels = res.levels[
         [c for c in _LEVEL_COLS if c in res.levels] + [c for c in res.levels if c.startswith("verdict_")]
     ]
-    png = _figure_png(res.levels, s["tier_preset"])
+    figures = _figures(Path(directory), res.levels, s["tier_preset"])
     parts = [
         "<!doctype html><meta charset='utf-8'><title>agentperf sweep report</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -100,10 +114,10 @@ def write_html_report(directory: str | Path, path: str | Path | None = None) -> 
         "<h2>Levels</h2>",
         levels.to_html(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"),
     ]
-    if png:
+    for title, png in figures:
         parts += [
-            "<h2>P25 output speed and P95 TTFT against N</h2>",
-            f"<img alt='levels' src='data:image/png;base64,{png}'>",
+            f"<h2>{html.escape(title)}</h2>",
+            f"<img alt='{html.escape(title, quote=True)}' src='data:image/png;base64,{png}'>",
         ]
     path.write_text("\n".join(parts))
     return path

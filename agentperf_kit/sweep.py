@@ -19,13 +19,12 @@ when the configuration differs.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 import shutil
 import time
-import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,119 +32,23 @@ from typing import Any
 import pandas as pd
 
 from ._version import __version__
-from .agents import RunRules
 from .metrics import level_stats
 from .normalize import PowerSpec, agents_per_accelerator, agents_per_mw, provisioned_power_w
 from .results import RunResult, load_run, toolkit_provenance
 from .schema import SCHEMA_VERSION, check_schema_version, json_safe, strict_json_dumps
 from .slo import TierPreset, evaluate_level, get_tier_preset, max_agents
+from .sweep_config import SweepConfig, SweepConfigError
 
-__all__ = ["SweepConfig", "SweepConfigError", "SweepResult", "load_sweep", "plan_levels", "run_sweep"]
-
-
-class SweepConfigError(ValueError):
-    """A sweep configuration is invalid, or does not match the one of the directory being resumed."""
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """Everything that defines a sweep (times in seconds, power in W). See ``docs/sweep.md``."""
-
-    target: str = "sim"
-    model: str | None = None
-    trajectories: str | None = None
-    tiers: str = "aa-dsv4pro"
-    accelerators: int | None = None
-    accelerator_type: str | None = None
-    power_w: float | None = None
-    power_scope: str | None = None
-    level_duration_s: float = 600.0
-    warmup_s: float = 60.0
-    min_trajectories: int = 30
-    min_trajectories_per_agent: int = 3
-    max_level_duration_s: float = 4 * 3600.0
-    drain_timeout_s: float = 120.0
-    max_agents: int = 4096
-    resolution: int = 1
-    seed: int = 0
-    confidence: float = 0.95
-    max_extensions: int = 2
-    efficiency: str = "mid"
-    endpoint: str = "chat"
-    api_key_env: str | None = None
-    max_context: int | None = None
-    out: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("level_duration_s", "warmup_s", "max_level_duration_s", "confidence", "drain_timeout_s"):
-            object.__setattr__(self, name, float(getattr(self, name)))  # 60 and 60.0 hash alike
-        if self.power_w is not None:
-            object.__setattr__(self, "power_w", float(self.power_w))
-        if self.max_agents < 1:
-            raise SweepConfigError(f"max_agents must be >= 1, got {self.max_agents}")
-        if self.resolution < 1:
-            raise SweepConfigError(f"resolution must be >= 1 agent, got {self.resolution}")
-        if self.power_w is not None and self.power_scope is None:
-            raise SweepConfigError("--power-w needs --power-scope (measured, declared or provisioned)")
-        if self.power_scope is not None:
-            PowerSpec(self.power_w, self.power_scope)  # validates the scope
-            needs_type = self.power_scope == "provisioned" and self.power_w is None
-            if needs_type and not self.accelerator_type and not self.is_sim:
-                raise SweepConfigError("--power-scope provisioned needs --accelerator-type")
-        if not self.is_sim and not self.model:
-            raise SweepConfigError(f"a live target ({self.target}) needs --model")
-        if not self.is_sim and not self.accelerators:
-            raise SweepConfigError(f"a live target ({self.target}) needs --accelerators N")
-        get_tier_preset(self.tiers)
-
-    @property
-    def is_sim(self) -> bool:
-        return self.target == "sim" or self.target.startswith("sim:")
-
-    @property
-    def deployment(self) -> str:
-        from .sim.presets import DEFAULT_DEPLOYMENT
-
-        return self.target.split(":", 1)[1] if ":" in self.target and self.is_sim else DEFAULT_DEPLOYMENT
-
-    def rules(self, extension: int = 0) -> RunRules:
-        """Run rules of a level (the window doubles with each extension)."""
-        dur = self.level_duration_s * 2**extension
-        return RunRules(
-            warmup_s=self.warmup_s,
-            duration_s=dur,
-            min_trajectories=self.min_trajectories,
-            min_trajectories_per_agent=self.min_trajectories_per_agent,
-            max_duration_s=max(dur, self.max_level_duration_s),
-            drain_timeout_s=self.drain_timeout_s,
-        )
-
-    def measurement_dict(self) -> dict[str, Any]:
-        """The fields that change what is measured (``out`` excluded): hashed for resume checks."""
-        d = dataclasses.asdict(self)
-        d.pop("out")
-        return d
-
-    def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.measurement_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-    @classmethod
-    def from_toml(cls, path: str | Path, **overrides: Any) -> SweepConfig:
-        """Load a ``[sweep]`` table (or top-level keys) from a TOML file; ``overrides`` win."""
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SweepConfigError(f"{path}: cannot read the sweep config: {exc}") from exc
-        data = data.get("sweep", data)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SweepConfigError(
-                f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+__all__ = [
+    "SweepConfig",
+    "SweepConfigError",
+    "SweepResult",
+    "format_summary",
+    "load_sweep",
+    "plan_levels",
+    "run_sweep",
+    "search_levels",
+]
 
 
 @dataclass
@@ -168,6 +71,68 @@ def plan_levels(max_agents_: int) -> list[int]:
         n *= 2
     out.append(max_agents_)
     return out
+
+
+def search_levels(
+    measure: Callable[[int], Mapping[str, str]],
+    tiers: Sequence[str],
+    max_agents_: int,
+    *,
+    resolution: int = 1,
+) -> dict[int, dict[str, str]]:
+    """The search policy: which agent counts N to measure, given each level's tier verdicts.
+
+    ``measure(n)`` returns ``{tier: "pass" | "fail" | "inconclusive"}`` for a level of ``n`` agents; it is
+    called at most once per N. Returns every measured N with its verdicts.
+
+    1. Ramp N = 1, 2, 4, ... (capped at ``max_agents_``) until every tier has a failing level.
+    2. For each tier, bracket [lo, hi] with hi = its lowest failing N and lo = its highest passing N below
+       hi; measure a point inside until ``hi - lo <= resolution``. The point is the midpoint, or the
+       unmeasured N nearest to it when the midpoint was measured and was inconclusive for this tier
+       (inconclusive counts as neither pass nor fail). A tier with no pass below its lowest failure
+       (N = 1 fails) needs no bisection: its result is 0.
+
+    Every tier is judged on the same levels: a level measured for one tier's bisection moves the others'
+    brackets too. The result per tier is :func:`agentperf_kit.slo.max_agents` of these verdicts.
+    """
+    if max_agents_ < 1:
+        raise ValueError(f"max_agents must be >= 1, got {max_agents_}")
+    if resolution < 1:
+        raise ValueError(f"resolution must be >= 1 agent, got {resolution}")
+    verdicts: dict[int, dict[str, str]] = {}
+
+    def at(n: int) -> None:
+        if n not in verdicts:
+            verdicts[n] = dict(measure(n))
+
+    for n in plan_levels(max_agents_):
+        at(n)
+        if all(any(v[t] == "fail" for v in verdicts.values()) for t in tiers):
+            break
+    while (n := _next_bisection_point(verdicts, tiers, resolution)) is not None:
+        at(n)
+    return verdicts
+
+
+def _next_bisection_point(
+    verdicts: Mapping[int, Mapping[str, str]], tiers: Sequence[str], resolution: int
+) -> int | None:
+    for t in tiers:
+        fails = [n for n, v in verdicts.items() if v[t] == "fail"]
+        if not fails:
+            continue  # still passing at the top of the ramp: a lower bound
+        hi = min(fails)
+        passes = [n for n, v in verdicts.items() if n < hi and v[t] == "pass"]
+        if not passes:
+            continue  # nothing passes below the first failure: 0 agents
+        lo = max(passes)
+        if hi - lo <= resolution:
+            continue
+        mid = (lo + hi) // 2
+        free = [n for n in range(lo + 1, hi) if n not in verdicts]
+        if free:
+            return min(free, key=lambda n: (abs(n - mid), n))
+    return None
 
 
 def _level_seed(seed: int, n: int, ext: int) -> int:
@@ -193,9 +158,14 @@ class _Sweeper:
         if self._trajs is None:
             from .trajectories import default_trajectories, load_trajectories
 
-            self._trajs = (
+            trajs = (
                 load_trajectories(self.cfg.trajectories) if self.cfg.trajectories else default_trajectories()
             )
+            if self.cfg.max_context:
+                from .trajectories import fit_context
+
+                trajs = fit_context(trajs, self.cfg.max_context)
+            self._trajs = trajs
         return self._trajs
 
     def accelerators(self) -> tuple[int, str | None]:
@@ -314,29 +284,14 @@ class _Sweeper:
 
     # -- search -----------------------------------------------------------------------------------------
 
-    def _verdict(self, n: int, tier: str) -> str:
-        return self.rows[n][f"verdict_{tier}"]
-
     def run(self) -> None:
         tiers = [t.name for t in self.preset.tiers]
-        cap = self.cfg.max_agents
-        for n in plan_levels(cap):
-            self.level(n)
-            if all(any(self._verdict(m, t) == "fail" for m in self.rows) for t in tiers):
-                break
-        changed = True
-        while changed:
-            changed = False
-            for t in tiers:
-                fails = [m for m in self.rows if self._verdict(m, t) == "fail"]
-                if not fails:
-                    continue
-                hi = min(fails)
-                passes = [m for m in self.rows if m < hi and self._verdict(m, t) == "pass"]
-                lo = max(passes) if passes else 0
-                if hi - lo > self.cfg.resolution and lo >= 1:
-                    self.level((lo + hi) // 2)
-                    changed = True
+
+        def measure(n: int) -> dict[str, str]:
+            row = self.level(n)
+            return {t: row[f"verdict_{t}"] for t in tiers}
+
+        search_levels(measure, tiers, self.cfg.max_agents, resolution=self.cfg.resolution)
 
 
 def _tier_table(
@@ -362,6 +317,7 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
     out = Path(config.out) if config.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "sweep.json"
+    traj_digest = _file_digest(config.trajectories)
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
         if old.get("config_hash") != config.config_hash():
@@ -374,6 +330,17 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
                 f"{out} holds a sweep with a different configuration; refusing to resume. Differences "
                 f"(was, now): {diff}. Use another --out, or the same settings."
             )
+        if old.get("toolkit_version") != __version__:
+            raise SweepConfigError(
+                f"{out} was measured with agentperf-kit {old.get('toolkit_version')}, this is {__version__}; "
+                "refusing to mix levels from two versions. Use another --out."
+            )
+        if old.get("trajectories_sha256") != traj_digest:
+            raise SweepConfigError(
+                f"{out}: the trajectory file {config.trajectories} changed since this sweep started "
+                f"(sha256 {old.get('trajectories_sha256')} -> {traj_digest}); refusing to resume. Use "
+                "another --out, or restore the file."
+            )
         resumed = True
     else:
         resumed = False
@@ -385,6 +352,7 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
                     **toolkit_provenance(),
                     "config": config.measurement_dict(),
                     "config_hash": config.config_hash(),
+                    "trajectories_sha256": traj_digest,
                 },
                 indent=2,
             )
@@ -434,7 +402,12 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
                 f"tier {r['name']}: non-monotonic verdicts, passes above the first failure at "
                 f"{r['non_monotonic_levels']}"
             )
-    requests = pd.concat([sw.results[n].requests for n in sorted(sw.results)], ignore_index=True)
+    # each level's own run records the order it was measured in; the sweep's `level` is the index by N
+    # (as in levels.csv), so a resumed sweep and an uninterrupted one write the same table
+    requests = pd.concat(
+        [sw.results[n].requests.assign(level=i) for i, n in enumerate(sorted(sw.results))],
+        ignore_index=True,
+    )
     requests.to_parquet(out / "requests.parquet.tmp", index=False)
     (out / "requests.parquet.tmp").replace(out / "requests.parquet")
     levels.to_csv(out / "levels.csv", index=False)
@@ -462,6 +435,20 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
     (out / "summary.json").write_text(strict_json_dumps(summary, indent=2) + "\n")
     summary = json.loads(strict_json_dumps(summary))
     return SweepResult(levels, summary, requests, out, tiers)
+
+
+def _file_digest(path: str | None) -> str | None:
+    """sha256 of a trajectory file (None for the built-in set, which the toolkit version pins)."""
+    if not path:
+        return None
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise SweepConfigError(f"--trajectories {path}: cannot read: {exc}") from exc
+    return h.hexdigest()
 
 
 def load_sweep(directory: str | Path) -> SweepResult:

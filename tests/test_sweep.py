@@ -24,6 +24,7 @@ def test_plan_is_an_exponential_ramp_capped():
     assert plan_levels(1) == [1]
 
 
+@pytest.mark.slow
 def test_sweep_end_to_end(tmp_path):
     res = run_sweep(SweepConfig(out=str(tmp_path / "s"), **FAST), progress=False)
     tiers = res.summary["tiers"]
@@ -57,6 +58,7 @@ def test_resume_refuses_a_different_configuration(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_to_the_same_result(tmp_path):
     out = tmp_path / "killed"
     args = [
@@ -90,6 +92,11 @@ def test_killed_sweep_resumes_to_the_same_result(tmp_path):
     fresh = run_sweep(SweepConfig(out=str(tmp_path / "fresh"), **FAST), progress=False)
     key = ["name", "max_agents", "max_agents_is_lower_bound", "binding_constraint"]
     assert pd.DataFrame(resumed.summary["tiers"])[key].equals(pd.DataFrame(fresh.summary["tiers"])[key])
+    # not just the answer: every level and every request is the same (run ids name the directory)
+    pd.testing.assert_frame_equal(resumed.levels, fresh.levels)
+    pd.testing.assert_frame_equal(
+        resumed.requests.drop(columns="run_id"), fresh.requests.drop(columns="run_id")
+    )
 
 
 def test_cli_json_and_dry_run(tmp_path, capsys):

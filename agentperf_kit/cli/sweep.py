@@ -50,6 +50,9 @@ def _sweep(args: argparse.Namespace) -> int:
         max_agents=args.max_agents,
         seed=args.seed,
         efficiency=args.efficiency,
+        endpoint=args.endpoint,
+        api_key_env=args.api_key_env,
+        max_context=args.max_context,
         out=args.out,
     )
     try:
@@ -71,14 +74,12 @@ def _sweep(args: argparse.Namespace) -> int:
             f">= {cfg.min_trajectories_per_agent} per agent"
         )
         if not cfg.is_sim:
-            n_levels = len(plan_levels(cfg.max_agents)) + 2 * max(1, cfg.max_agents.bit_length())
-            est = n_levels * (cfg.warmup_s + cfg.level_duration_s + 30)
-            print(
-                f"estimated wall time (live, real time): at least {est / 3600:.1f} h for ~{n_levels} levels"
-            )
+            print(_live_estimate(cfg))
         else:
             print("simulated target: runs in virtual time (seconds of wall time)")
         return 0
+    if not cfg.is_sim:
+        print(_live_estimate(cfg), file=sys.stderr if args.json else sys.stdout, flush=True)
     try:
         result = run_sweep(cfg, progress=not args.json)
     except (SweepConfigError, FileNotFoundError) as exc:
@@ -93,3 +94,20 @@ def _sweep(args: argparse.Namespace) -> int:
         print(format_summary(result.summary))
         print(f"\nresults: {result.directory}/ (summary.json, levels.csv, requests.parquet)")
     return 0
+
+
+def _live_estimate(cfg) -> str:
+    """Wall time a live sweep will take: ramp levels at least, ramp + bisection of every tier at most."""
+    from ..slo import get_tier_preset
+    from ..sweep import plan_levels
+
+    ramp = len(plan_levels(cfg.max_agents))
+    n_tiers = len(get_tier_preset(cfg.tiers).tiers)
+    most = ramp + n_tiers * max(0, (cfg.max_agents - 1).bit_length() - 1)
+    per_level = cfg.warmup_s + cfg.level_duration_s
+    return (
+        f"estimated wall time (live, real time): each level >= {per_level:g} s (warm-up + window, "
+        f"longer until the trajectory counts are met, + drain <= {cfg.drain_timeout_s:g} s); "
+        f"{ramp} ramp levels at most, up to {most} levels in all: "
+        f"{ramp * per_level / 3600:.1f} h to {most * (per_level + cfg.drain_timeout_s) / 3600:.1f} h"
+    )

@@ -1,0 +1,127 @@
+"""The configuration of a sweep: :class:`SweepConfig` (flags or a TOML ``[sweep]`` table) and its hash.
+
+Everything that changes what a sweep measures is a field here; :meth:`SweepConfig.config_hash` hashes those
+fields (not ``out``) so that resuming a sweep directory with different settings is refused. Times are in
+seconds, power in W. See ``docs/sweep.md`` for the meaning of each field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .agents import RunRules
+from .normalize import PowerSpec
+from .slo import get_tier_preset
+
+__all__ = ["SweepConfig", "SweepConfigError"]
+
+
+class SweepConfigError(ValueError):
+    """A sweep configuration is invalid, or does not match the one of the directory being resumed."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything that defines a sweep (times in seconds, power in W). See ``docs/sweep.md``."""
+
+    target: str = "sim"
+    model: str | None = None
+    trajectories: str | None = None
+    tiers: str = "aa-dsv4pro"
+    accelerators: int | None = None
+    accelerator_type: str | None = None
+    power_w: float | None = None
+    power_scope: str | None = None
+    level_duration_s: float = 600.0
+    warmup_s: float = 60.0
+    min_trajectories: int = 30
+    min_trajectories_per_agent: int = 3
+    max_level_duration_s: float = 4 * 3600.0
+    drain_timeout_s: float = 120.0
+    max_agents: int = 4096
+    resolution: int = 1
+    seed: int = 0
+    confidence: float = 0.95
+    max_extensions: int = 2
+    efficiency: str = "mid"
+    endpoint: str = "chat"
+    api_key_env: str | None = None
+    max_context: int | None = None
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("level_duration_s", "warmup_s", "max_level_duration_s", "confidence", "drain_timeout_s"):
+            object.__setattr__(self, name, float(getattr(self, name)))  # 60 and 60.0 hash alike
+        if self.power_w is not None:
+            object.__setattr__(self, "power_w", float(self.power_w))
+        if self.max_agents < 1:
+            raise SweepConfigError(f"max_agents must be >= 1, got {self.max_agents}")
+        if self.resolution < 1:
+            raise SweepConfigError(f"resolution must be >= 1 agent, got {self.resolution}")
+        if self.power_w is not None and self.power_scope is None:
+            raise SweepConfigError("--power-w needs --power-scope (measured, declared or provisioned)")
+        if self.power_scope is not None:
+            PowerSpec(self.power_w, self.power_scope)  # validates the scope
+            needs_type = self.power_scope == "provisioned" and self.power_w is None
+            if needs_type and not self.accelerator_type and not self.is_sim:
+                raise SweepConfigError("--power-scope provisioned needs --accelerator-type")
+        if not self.is_sim and not self.model:
+            raise SweepConfigError(f"a live target ({self.target}) needs --model")
+        if not self.is_sim and not self.accelerators:
+            raise SweepConfigError(f"a live target ({self.target}) needs --accelerators N")
+        get_tier_preset(self.tiers)
+
+    @property
+    def is_sim(self) -> bool:
+        return self.target == "sim" or self.target.startswith("sim:")
+
+    @property
+    def deployment(self) -> str:
+        from .sim.presets import DEFAULT_DEPLOYMENT
+
+        return self.target.split(":", 1)[1] if ":" in self.target and self.is_sim else DEFAULT_DEPLOYMENT
+
+    def rules(self, extension: int = 0) -> RunRules:
+        """Run rules of a level (the window doubles with each extension)."""
+        dur = self.level_duration_s * 2**extension
+        return RunRules(
+            warmup_s=self.warmup_s,
+            duration_s=dur,
+            min_trajectories=self.min_trajectories,
+            min_trajectories_per_agent=self.min_trajectories_per_agent,
+            max_duration_s=max(dur, self.max_level_duration_s),
+            drain_timeout_s=self.drain_timeout_s,
+        )
+
+    def measurement_dict(self) -> dict[str, Any]:
+        """The fields that change what is measured (``out`` excluded): hashed for resume checks."""
+        d = dataclasses.asdict(self)
+        d.pop("out")
+        return d
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.measurement_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> SweepConfig:
+        """Load a ``[sweep]`` table (or top-level keys) from a TOML file; ``overrides`` win."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SweepConfigError(f"{path}: cannot read the sweep config: {exc}") from exc
+        data = data.get("sweep", data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SweepConfigError(
+                f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
