@@ -1,12 +1,10 @@
 """The sweep in real time against the simulated HTTP server (``agentperf serve-sim``), short levels.
 
-Skipped, saying why, until ``agentperf serve-sim`` exists (issue 4's HTTP face of the simulator). It is
-assumed to take ``--port`` and to serve an OpenAI-compatible ``/v1`` on 127.0.0.1.
+The server runs at --time-scale 10, so measured latencies are a tenth of the simulated ones.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import subprocess
 import sys
@@ -16,11 +14,6 @@ import urllib.request
 import pytest
 
 from agentperf_kit.sweep import SweepConfig, run_sweep
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("agentperf_kit.cli.serve_sim") is None,
-    reason="agentperf serve-sim (the simulator's real-time HTTP server) is not built yet",
-)
 
 
 def _free_port() -> int:
@@ -33,7 +26,7 @@ def _free_port() -> int:
 def test_sweep_against_the_real_time_simulated_server(tmp_path):
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agentperf_kit.cli", "serve-sim", "--port", str(port)],
+        [sys.executable, "-m", "agentperf_kit.cli", "serve-sim", "--port", str(port), "--time-scale", "10"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -60,6 +53,7 @@ def test_sweep_against_the_real_time_simulated_server(tmp_path):
             max_agents=2,
             drain_timeout_s=5,
             confidence=0.5,
+            max_extensions=0,
             tiers="easy=1/60",
             out=str(tmp_path / "live"),
         )

@@ -137,6 +137,34 @@ class Engine:
         self.b = self.s = 0
         return out
 
+    def abort(self, req: SimRequest) -> bool:
+        """Remove one queued or running request (a client that disconnected); its KV is freed and, if it
+        had finished prefill, its prompt stays reusable in the phase's cache entry. Returns whether it
+        was still in the engine."""
+        if req in self.waiting:
+            self.waiting.remove(req)
+            return True
+        if req in self.prefilling:
+            self.prefilling.remove(req)
+            self.running_tokens -= req.reserve
+            return True
+        for i, (_, _, r) in enumerate(self._decode):
+            if r is req:
+                self._decode[i] = self._decode[-1]
+                self._decode.pop()
+                heapq.heapify(self._decode)
+                self.b -= 1
+                self.s -= req.ctx0_minus_g
+                self._release(req)
+                return True
+        return False
+
+    def tokens_done(self, req: SimRequest) -> int:
+        """Output tokens produced so far by a running request (0 before its first token)."""
+        if req.t_first != req.t_first:  # NaN: prefill not finished
+            return 0
+        return min(req.output, 1 + self.g - (req.finish_step - req.output + 1))
+
     def step_time(self, tokens: int, decode_ctx: float, prefill_pairs: float, prefill_kv: float) -> float:
         """Seconds for one step with ``tokens`` processed, decode context sum ``decode_ctx`` (tokens),
         prefill attention pairs and prefill KV tokens read."""

@@ -57,6 +57,7 @@ class Deployment:
     active_params: float
     kv_bytes_per_token: float
     kv_capacity_tokens: int
+    max_context_tokens: int  # the model's context limit (prompt + output)
     attn_flops_decode_per_pair: float
     attn_flops_prefill_per_pair: float
     step_overhead_s: float
@@ -118,6 +119,7 @@ def get_deployment(name: str = DEFAULT_DEPLOYMENT) -> Deployment:
         active_params=m["active_params_b"] * 1e9,
         kv_bytes_per_token=kv_bytes,
         kv_capacity_tokens=kv_cap,
+        max_context_tokens=int(m["max_context_tokens"]),
         attn_flops_decode_per_pair=float(m["attn_flops_decode_per_pair"]),
         attn_flops_prefill_per_pair=float(m["attn_flops_prefill_per_pair"]),
         step_overhead_s=d["step_overhead_ms"] / 1e3 + d["per_layer_overhead_us"] * m["layers"] / 1e6,

@@ -1,0 +1,313 @@
+"""The simulated system's real-time HTTP face: our own client, the official openai SDK, vLLM-style errors,
+prefix reuse across turns, token timing against the engine, disconnects and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+
+import aiohttp
+import pytest
+
+from agentperf_kit.agents import RunRules
+from agentperf_kit.client.sse import DONE, parse_event
+from agentperf_kit.replay import Endpoint, run_live
+from agentperf_kit.sim.engine import Engine
+from agentperf_kit.sim.presets import efficiency, get_deployment
+from agentperf_kit.sim.server import SimServer
+from agentperf_kit.sim.tokens import BLOCK_TOKENS, PrefixIndex, block_chain, chat_tokens, text_tokens
+from agentperf_kit.trajectories.model import Trajectory, Turn
+
+RULES = RunRules(
+    warmup_s=0.2,
+    duration_s=1.5,
+    min_trajectories=0,
+    min_trajectories_per_agent=0,
+    ramp_s=0.1,
+    drain_timeout_s=5,
+    random_start_turn=False,
+)
+
+
+def _trajs(n=3, turns=4, out=12, delay=0.05):
+    res = []
+    for i in range(n):
+        ts, prev = [], 0
+        for k in range(turns):
+            new = 40 if k else 300
+            ts.append(Turn(0, prev, new, out, tool_delay_s=delay, reasoning_tokens=None))
+            prev += new
+        res.append(Trajectory(f"t{i}", ts))
+    return res
+
+
+def _serve(coro_fn, **server_kw):
+    async def go():
+        server = await SimServer(**server_kw).start()
+        try:
+            return await coro_fn(server)
+        finally:
+            await server.stop()
+
+    return asyncio.run(go())
+
+
+async def _post(url, body, *, stream=False):
+    async with aiohttp.ClientSession() as s, s.post(url, json=body) as r:
+        if stream:
+            return r.status, await r.read()
+        return r.status, await r.json()
+
+
+# -- tokens and prefixes -------------------------------------------------------------------------------
+
+
+def test_text_tokens_approximation():
+    assert text_tokens("the cat sat") == ["the", "cat", "sat"]
+    assert text_tokens("internationalization") == ["internat", "ionaliza", "tion"]
+    assert text_tokens("x=12345;") == ["x", "=", "123", "45", ";"]
+    toks = chat_tokens([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
+    assert toks == ["<|system|>", "be", "brief", "<|user|>", "hi"]
+
+
+def test_prefix_index_follows_phases():
+    idx = PrefixIndex()
+    a1 = list(range(100))
+    b1 = [7, *list(range(99))]
+    pa, n = idx.match(block_chain(a1))
+    assert n == 0
+    pb, n = idx.match(block_chain(b1))
+    assert n == 0 and pb != pa
+    a2 = a1 + list(range(500, 560))
+    p, n = idx.match(block_chain(a2))
+    assert p == pa and n == 100 // BLOCK_TOKENS * BLOCK_TOKENS
+    # the phase's previous prompt is now a2; a prompt repeating only a1 is not a continuation of it
+    p, n = idx.match(block_chain(a1 + [1] * 40))
+    assert p != pa and n == 0
+    small = PrefixIndex(max_phases=2)
+    for k in range(5):
+        small.match(block_chain([k] * 40))
+    assert len(small) == 2
+
+
+# -- our own client ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_live_replay_against_the_simulated_server(tmp_path, api):
+    async def go(server):
+        ep = Endpoint(server.base_url, server.model, api=api, request_timeout_s=10, stall_timeout_s=5)
+        return await run_live(ep, _trajs(), 3, RULES, out_dir=tmp_path, progress=False)
+
+    res = _serve(go, time_scale=5.0)
+    df = res.requests
+    assert len(df) >= 9 and df["ok"].all()
+    assert (df["output_tokens"] == 12).all()
+    # prompts are counted exactly (token ids) or by the documented approximation (filler words = 1 token)
+    dev = (df["prompt_tokens"] - df["target_prompt_tokens"]).abs()
+    assert dev.max() <= (0 if api == "completions" else 8)
+    # later turns of a phase reuse the previous prompt from the prefix cache; first turns do not
+    later = df[df["turn"] > 0]
+    first = df[df["turn"] == 0]
+    assert (later["cached_prompt_tokens"] >= later["target_prompt_tokens"] - 40 - 16 - 8).all()
+    assert (later["cached_prompt_tokens"] <= later["prompt_tokens"]).all()
+    assert (first["cached_prompt_tokens"] == 0).all()
+
+
+def test_token_times_follow_the_engine():
+    """One request on an idle server: TTFT is the simulated prefill step, token gaps the decode steps."""
+    scale = 4.0
+    prompt = list(range(100, 100 + 6000))
+    out = 30
+    dep = get_deployment("h200x8-dsv4pro")
+    eng = Engine(dep, efficiency("mid"), lambda *a: None, lambda *a: None)
+    expect_ttft = eng.step_time(6000, 0.0, 6000 * 6000 / 2.0, 6000)
+    expect_decode = (out - 1) * eng.step_time(1, 6001, 0.0, 0.0)
+
+    async def go(server):
+        url = server.base_url + "/completions"
+        body = {"prompt": prompt, "max_tokens": out, "stream": True}
+        times = []
+        t0 = time.perf_counter()
+        async with aiohttp.ClientSession() as s, s.post(url, json=body) as r:
+            async for line in r.content:
+                if line.startswith(b"data: {"):
+                    times.append(time.perf_counter() - t0)
+        return times
+
+    times = _serve(go, time_scale=scale)
+    ttft, total = times[0] * scale, times[-1] * scale
+    assert expect_ttft * 0.9 - 0.01 <= ttft <= expect_ttft * 1.3 + 0.04
+    assert (total - ttft) == pytest.approx(expect_decode, rel=0.3, abs=0.04)
+
+
+def test_reasoning_share_streams_reasoning_content():
+    async def go(server):
+        status, raw = await _post(
+            server.base_url + "/chat/completions",
+            {
+                "messages": [{"role": "user", "content": "go"}],
+                "max_tokens": 10,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+            stream=True,
+        )
+        return status, raw
+
+    status, raw = _serve(go, time_scale=20.0, reasoning_share=0.4)
+    assert status == 200
+    infos = [parse_event(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    assert infos[-1] is DONE
+    events = [i for i in infos[:-1] if i is not None]
+    reasoning = sum(1 for e in events if e.reasoning)
+    answers = sum(1 for e in events if e.answer)
+    assert reasoning >= 1 and answers >= 1
+    text = b"".join(raw.split(b"\n"))
+    assert b'"reasoning_content"' in text
+    usage = [e.usage for e in events if e.usage]
+    assert usage[-1]["completion_tokens"] == 10
+
+
+# -- errors, disconnects, metrics -------------------------------------------------------------------------
+
+
+def test_bad_requests_answered_like_vllm():
+    async def go(server):
+        chat = server.base_url + "/chat/completions"
+        comp = server.base_url + "/completions"
+        out = {}
+        hdr = {"Content-Type": "application/json"}
+        async with aiohttp.ClientSession() as s, s.post(chat, data=b"{not json", headers=hdr) as r:
+            out["json"] = (r.status, await r.json())
+        out["messages"] = await _post(chat, {"max_tokens": 3})
+        out["max_tokens"] = await _post(
+            chat, {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}
+        )
+        out["too_long"] = await _post(comp, {"prompt": list(range(4000)), "max_tokens": 200})
+        out["model"] = await _post(comp, {"model": "nope", "prompt": "hi", "max_tokens": 2})
+        out["prompt"] = await _post(comp, {"prompt": {"a": 1}, "max_tokens": 2})
+        out["ok"] = await _post(comp, {"prompt": "hi there", "max_tokens": 2})
+        return out
+
+    res = _serve(go, time_scale=20.0, max_model_len=4096)
+    for key in ("json", "messages", "max_tokens", "too_long", "prompt"):
+        status, body = res[key]
+        assert status == 400, key
+        assert body["error"]["code"] == 400 and body["error"]["type"] == "BadRequestError"
+        assert body["error"]["message"]
+    assert "maximum context length is 4096" in res["too_long"][1]["error"]["message"]
+    assert res["model"][0] == 404 and res["model"][1]["error"]["type"] == "NotFoundError"
+    status, body = res["ok"]
+    assert status == 200 and body["usage"]["completion_tokens"] == 2
+    assert body["usage"]["prompt_tokens"] == 2 and body["choices"][0]["finish_reason"] == "length"
+
+
+def test_disconnect_aborts_and_metrics_report_it():
+    async def go(server):
+        url = server.base_url + "/completions"
+        async with aiohttp.ClientSession() as s:
+            async with s.post(url, json={"prompt": list(range(64)), "max_tokens": 5000, "stream": True}) as r:
+                async for line in r.content:
+                    if line.startswith(b"data: {"):
+                        break  # hang up after the first token
+            await asyncio.sleep(0.3)
+            # the same conversation continues: the prompt of the aborted request was cached
+            status, body = await _post(url, {"prompt": list(range(64)) + [5] * 20, "max_tokens": 3})
+            async with s.get(server.base_url.removesuffix("/v1") + "/metrics") as r:
+                text = await r.text()
+        return status, body, text
+
+    status, body, text = _serve(go, time_scale=1.0)
+    metrics = {
+        line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert metrics["agentperf_sim:requests_aborted_total"] == 1
+    assert metrics["vllm:num_requests_running"] == 0 and metrics["vllm:num_requests_waiting"] == 0
+    assert metrics["vllm:kv_cache_usage_perc"] == 0
+    assert status == 200 and body["usage"]["prompt_tokens_details"]["cached_tokens"] == 64
+    assert metrics["vllm:prefix_cache_hits_total"] == 64
+    assert metrics["vllm:prompt_tokens_total"] == 64 + 84
+    assert "# TYPE vllm:num_requests_running gauge" in text
+
+
+def test_kv_pressure_shows_as_waiting_requests():
+    """A deployment whose KV cache holds two requests queues the third (visible in /metrics)."""
+    import dataclasses
+
+    dep = dataclasses.replace(get_deployment("h200x8-dsv4pro"), kv_capacity_tokens=2500)
+
+    async def go(server):
+        url = server.base_url + "/completions"
+        tasks = [asyncio.create_task(_post(url, {"prompt": [i] * 1000, "max_tokens": 200})) for i in range(3)]
+        await asyncio.sleep(0.05)
+        async with aiohttp.ClientSession() as s, s.get(server.base_url[:-3] + "/metrics") as r:
+            text = await r.text()
+        done = await asyncio.gather(*tasks)
+        return text, done
+
+    text, done = _serve(go, deployment=dep, time_scale=1.0)
+    assert "vllm:num_requests_waiting{" in text
+    waiting = next(ln for ln in text.splitlines() if ln.startswith("vllm:num_requests_waiting"))
+    assert float(waiting.rsplit(" ", 1)[1]) == 1.0
+    assert all(status == 200 for status, _ in done)
+
+
+# -- the official openai SDK ---------------------------------------------------------------------------
+
+
+def test_openai_sdk_against_the_simulated_server():
+    openai = pytest.importorskip("openai")
+
+    async def go(server):
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-unused", max_retries=0)
+        models = await client.models.list()
+        chunks = []
+        stream = await client.chat.completions.create(
+            model=server.model,
+            messages=[{"role": "user", "content": "write a test"}],
+            max_tokens=8,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True, "min_tokens": 8},
+        )
+        async for chunk in stream:
+            chunks.append(chunk)
+        comp = await client.completions.create(model=server.model, prompt="hello world", max_tokens=4)
+        chat = await client.chat.completions.create(
+            model=server.model, messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+        errors = []
+        for kwargs, exc in (
+            ({"model": "other"}, openai.NotFoundError),
+            ({"model": server.model, "max_tokens": -1}, openai.BadRequestError),
+        ):
+            try:
+                await client.completions.create(prompt="x", **{"max_tokens": 2, **kwargs})
+            except exc as e:
+                errors.append(e.status_code)
+        await client.close()
+        return models, chunks, comp, chat, errors
+
+    models, chunks, comp, chat, errors = _serve(go, time_scale=20.0)
+    assert [m.id for m in models.data] == ["deepseek-v4-pro"]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(text.split()) == 8
+    assert chunks[-1].usage.completion_tokens == 8 and chunks[-1].choices == []
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == 0
+    assert comp.usage.completion_tokens == 4 and comp.usage.prompt_tokens == 2
+    assert (
+        chat.choices[0].finish_reason == "length" and chat.usage.total_tokens == chat.usage.prompt_tokens + 3
+    )
+    assert errors == [404, 400]
+
+
+def test_time_scale_must_be_positive():
+    with pytest.raises(ValueError, match="time_scale"):
+        SimServer(time_scale=0)
+    assert math.isfinite(SimServer().max_model_len)
+    assert json.dumps(SimServer().max_model_len)
