@@ -13,7 +13,7 @@ from importlib import resources
 
 import pandas as pd
 
-__all__ = ["implied_watts_per_gpu", "load_published_results", "published_ratios"]
+__all__ = ["implied_watts_per_gpu", "load_published_results", "load_sim_prediction_band", "published_ratios"]
 
 
 def load_published_results() -> pd.DataFrame:
@@ -41,3 +41,11 @@ def published_ratios(
         "per_mw": float(df.loc[high, "agents_per_mw"] / df.loc[low, "agents_per_mw"]),
         "per_gpu": float(df.loc[high, "agents_per_gpu"] / df.loc[low, "agents_per_gpu"]),
     }
+
+
+def load_sim_prediction_band() -> pd.DataFrame:
+    """The simulator's predicted agents per GPU for AA's published systems, per tier, at the low and high
+    efficiency sets (``agents_per_gpu_low`` / ``_high``), beside the published figures: the committed output
+    of ``python benchmarks/predict_aa.py`` (a prediction, never used to tune the simulator)."""
+    with resources.files("agentperf_kit").joinpath("data/aa_prediction_band.csv").open() as f:
+        return pd.read_csv(f)

@@ -27,20 +27,32 @@ def main() -> None:
     args = ap.parse_args()
     trajs = default_trajectories()
     # a window of exactly --virtual-s after a 60 s warm-up; no trajectory-count extension
-    rules = RunRules(warmup_s=60, duration_s=args.virtual_s - 60, max_duration_s=args.virtual_s - 60,
-                     min_trajectories=0, min_trajectories_per_agent=0, drain_timeout_s=0)
+    rules = RunRules(
+        warmup_s=60,
+        duration_s=args.virtual_s - 60,
+        max_duration_s=args.virtual_s - 60,
+        min_trajectories=0,
+        min_trajectories_per_agent=0,
+        drain_timeout_s=0,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = run_sim_level(trajs, args.agents, rules, deployment=args.deployment, seed=1, out_dir=args.out or tmp)
+        res = run_sim_level(
+            trajs, args.agents, rules, deployment=args.deployment, seed=1, out_dir=args.out or tmp
+        )
         wall = time.perf_counter() - t0
     sim = res.manifest["sim"]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"agents {args.agents}  deployment {args.deployment}")
-    print(f"virtual time {sim['virtual_s']:.0f} s  wall {wall:.2f} s (engine loop {sim['wall_s']:.2f} s, "
-          f"rest is writing/finalizing)")
+    print(
+        f"virtual time {sim['virtual_s']:.0f} s  wall {wall:.2f} s (engine loop {sim['wall_s']:.2f} s, "
+        f"rest is writing/finalizing)"
+    )
     print(f"simulated/wall time ratio {sim['virtual_s'] / wall:.0f}x")
-    print(f"requests {sim['requests']:,}  -> {sim['requests'] / wall:,.0f} requests/s  "
-          f"(engine steps {sim['engine_steps']:,})")
+    print(
+        f"requests {sim['requests']:,}  -> {sim['requests'] / wall:,.0f} requests/s  "
+        f"(engine steps {sim['engine_steps']:,})"
+    )
     print(f"peak RSS {rss_mb:.0f} MB")
 
 

@@ -46,11 +46,14 @@ def test_decode_step_time_by_hand():
     eng = Engine(dep, eff, lambda *a: None, lambda *a: None)
     # one decode token over a 10,000-token context: bandwidth-bound on weights + experts + KV
     touched = 384 * (1 - (1 - 6 / 384) ** 1)
-    nbytes = dep.dense_weight_bytes + dep.expert_weight_bytes_per_layer * 58 * touched + 5500 * 10_000
-    flops = 2 * dep.active_params + dep.attn_flops_decode_per_pair * 10_000
-    expected = dep.step_overhead_s + max(
-        nbytes / (dep.bandwidth_bytes_per_s * eff.bandwidth), flops / (dep.flops_per_s * eff.compute)
-    )
+    # data-parallel attention: each of the 8 GPUs reads its own copy of the dense weights
+    assert dep.dense_weight_replicas == 8
+    dense = 8 * dep.dense_weight_bytes
+    nbytes = dense + dep.expert_weight_bytes_per_layer * 58 * touched + 5500 * 10_000
+    # linear layers at the FP8 peak, attention at the BF16 peak (989 TFLOP/s per H200)
+    t_cmp = 2 * dep.active_params / (8 * 1979e12 * eff.compute)
+    t_cmp += dep.attn_flops_decode_per_pair * 10_000 / (8 * 989e12 * eff.compute)
+    expected = dep.step_overhead_s + max(nbytes / (8 * 4.8e12 * eff.bandwidth), t_cmp)
     assert eng.step_time(1, 10_000, 0, 0) == pytest.approx(expected)
     # a large batch touches (almost) every expert: step time grows sub-linearly in the batch
     assert eng.step_time(64, 64 * 10_000, 0, 0) < 64 * eng.step_time(1, 10_000, 0, 0) / 4

@@ -14,8 +14,11 @@ its own generated text, which differs from the recorded output the next turn car
 evictable (LRU) while the agent's tool runs. A hit covers min(reusable, prompt prefix of the next turn),
 rounded down to 16-token blocks, and skips that prefill.
 
-**Step time** (roofline, whole system): ``overhead + max(FLOPs / (peak * eff_c), bytes / (BW * eff_b))``
-with FLOPs = 2 * active params * tokens + attention pairs * FLOPs per pair, bytes = dense weights + the
+**Step time** (roofline, whole system): ``overhead + max(linear FLOPs / (peak * eff_c) + attention FLOPs /
+(attention peak * eff_c), bytes / (BW * eff_b))`` with linear FLOPs = 2 * active params * tokens, attention
+FLOPs = attention pairs * FLOPs per pair (at the attention precision's peak, BF16 unless the model says
+otherwise), bytes = dense weights (times the number of copies read: one per GPU under data-parallel
+attention) + the
 routed experts the batch touches (E * (1 - (1 - k/E)^tokens) per MoE layer) + KV read (every cached token
 of every sequence in the batch, and the prefix of each prefill chunk).
 
@@ -93,6 +96,8 @@ class Engine:
         self._finished = False
         # constants of the step-time model
         self._fe = dep.flops_per_s * eff.compute
+        self._fa = dep.attn_flops_per_s * eff.compute
+        self._dense = dep.dense_weight_bytes * dep.dense_weight_replicas
         self._be = dep.bandwidth_bytes_per_s * eff.bandwidth
         self._cap = dep.kv_capacity_tokens
 
@@ -169,13 +174,15 @@ class Engine:
         """Seconds for one step with ``tokens`` processed, decode context sum ``decode_ctx`` (tokens),
         prefill attention pairs and prefill KV tokens read."""
         d = self.dep
-        flops = 2.0 * d.active_params * tokens + d.attn_flops_decode_per_pair * decode_ctx
-        flops += d.attn_flops_prefill_per_pair * prefill_pairs
-        nbytes = d.dense_weight_bytes + d.kv_bytes_per_token * (decode_ctx + prefill_kv)
+        t_cmp = 2.0 * d.active_params * tokens / self._fe
+        t_cmp += (
+            d.attn_flops_decode_per_pair * decode_ctx + d.attn_flops_prefill_per_pair * prefill_pairs
+        ) / self._fa
+        nbytes = self._dense + d.kv_bytes_per_token * (decode_ctx + prefill_kv)
         if d.routed_experts:
             touched = d.routed_experts * (1.0 - (1.0 - d.experts_per_token / d.routed_experts) ** tokens)
             nbytes += d.expert_weight_bytes_per_layer * d.moe_layers * touched
-        return d.step_overhead_s + max(flops / self._fe, nbytes / self._be)
+        return d.step_overhead_s + max(t_cmp, nbytes / self._be)
 
     # -- internals --------------------------------------------------------------------------------------
 
@@ -260,11 +267,11 @@ class Engine:
         a = self.step_time(b, ctx, 0.0, 0.0)
         d = self.dep
         a_mem = d.kv_bytes_per_token * ctx / self._be
-        a_cmp = (2.0 * d.active_params * b + d.attn_flops_decode_per_pair * ctx) / self._fe
+        a_cmp = 2.0 * d.active_params * b / self._fe + d.attn_flops_decode_per_pair * ctx / self._fa
         # which roofline term binds decides the slope (context grows by b tokens per step)
         flops_bound = a_cmp > (a - d.step_overhead_s) - 1e-15 and a_cmp >= a_mem
         slope = (
-            (d.attn_flops_decode_per_pair * b / self._fe)
+            (d.attn_flops_decode_per_pair * b / self._fa)
             if flops_bound
             else (d.kv_bytes_per_token * b / self._be)
         )

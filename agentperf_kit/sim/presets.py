@@ -46,10 +46,12 @@ class Deployment:
     max_num_seqs: int
     max_num_batched_tokens: int
     flops_per_s: float  # aggregate peak at the model's compute precision
+    attn_flops_per_s: float  # aggregate peak at the attention precision
     bandwidth_bytes_per_s: float  # aggregate HBM bandwidth
     memory_bytes: float  # aggregate HBM
     weight_bytes: float  # all weights
-    dense_weight_bytes: float  # read every step
+    dense_weight_bytes: float  # one copy of the non-expert weights, read every step
+    dense_weight_replicas: int  # copies read per step: the GPU count under data-parallel attention, else 1
     expert_weight_bytes_per_layer: float  # one routed expert in one layer
     moe_layers: int
     routed_experts: int
@@ -97,7 +99,12 @@ def get_deployment(name: str = DEFAULT_DEPLOYMENT) -> Deployment:
     weight_bytes = m["total_params_b"] * 1e9 * wbpp
     memory = acc["hbm_gb"] * 1e9 * n
     kv_bytes = float(m["kv_bytes_per_token"])
-    kv_cap = int(max(0.0, memory * d["memory_utilization"] - weight_bytes) / kv_bytes)
+    dense_bytes = m["dense_params_b"] * 1e9 * wbpp
+    replicas = n if d.get("attention", "tp") == "dp" else 1
+    kv_cap = int(
+        max(0.0, memory * d["memory_utilization"] - weight_bytes - dense_bytes * (replicas - 1)) / kv_bytes
+    )
+    attn_peak = acc[f"{m.get('attention_precision', 'bf16')}_tflops"]
     return Deployment(
         name=name,
         label=d["label"],
@@ -108,10 +115,12 @@ def get_deployment(name: str = DEFAULT_DEPLOYMENT) -> Deployment:
         max_num_seqs=int(d["max_num_seqs"]),
         max_num_batched_tokens=int(d["max_num_batched_tokens"]),
         flops_per_s=peak * 1e12 * n,
+        attn_flops_per_s=attn_peak * 1e12 * n,
         bandwidth_bytes_per_s=acc["hbm_tbps"] * 1e12 * n,
         memory_bytes=memory,
         weight_bytes=weight_bytes,
-        dense_weight_bytes=m["dense_params_b"] * 1e9 * wbpp,
+        dense_weight_bytes=dense_bytes,
+        dense_weight_replicas=replicas,
         expert_weight_bytes_per_layer=m["expert_params_b_per_layer"] * 1e9 * wbpp,
         moe_layers=int(m["moe_layers"]),
         routed_experts=int(m["routed_experts"]),

@@ -1,0 +1,90 @@
+"""What the calibrated simulator predicts for AA-AgentPerf's published results, as a band (no tuning).
+
+    python benchmarks/predict_aa.py [--systems H200,B300,MI355X,GB300] [--out benchmarks/results]
+
+For each published system that has a simulated preset, runs the full default sweep (AA rules, the
+``aa-dsv4pro`` tiers, default synthetic trajectories) at the ``low`` and ``high`` efficiency sets (the
+calibration band from ``benchmarks/calibrate.py``) and prints, per tier, the published agents per GPU
+beside the simulated band. Writes ``aa_prediction_band.csv`` under ``--out`` and into
+``agentperf_kit/data/`` (read by notebook 05 through ``load_sim_prediction_band``). The efficiency
+factors were fitted to throughput points only; AA's results are never used to tune them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import tempfile
+import time
+
+import pandas as pd
+
+from agentperf_kit.published import load_published_results
+from agentperf_kit.sweep import SweepConfig, run_sweep
+
+PRESETS = {
+    "H200": "h200x8-dsv4pro",
+    "B300": "b300x8-dsv4pro",
+    "MI355X": "mi355x8-dsv4pro",
+    "GB300": "gb300nvl72-dsv4pro",
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--systems", default="H200,B300,MI355X,GB300", help="accelerators to predict")
+    ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
+    args = ap.parse_args()
+    published = load_published_results()
+    rows = []
+    for acc in args.systems.split(","):
+        preset = PRESETS[acc]
+        for eff in ("low", "high"):
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory() as tmp:
+                res = run_sweep(SweepConfig(target=f"sim:{preset}", efficiency=eff, out=tmp), progress=False)
+            wall = time.perf_counter() - t0
+            for t in res.summary["tiers"]:
+                rows.append(
+                    {
+                        "accelerator": acc,
+                        "deployment": preset,
+                        "efficiency": eff,
+                        "tier": t["name"],
+                        "sim_max_agents": t["max_agents"],
+                        "sim_agents_per_gpu": t["agents_per_accelerator"],
+                        "sim_agents_per_mw_modelled": t["agents_per_mw"],
+                        "sweep_wall_s": round(wall, 1),
+                    }
+                )
+            print(f"{preset} {eff}: {wall:.1f} s", flush=True)
+    sim = pd.DataFrame(rows)
+    band = sim.pivot_table(
+        index=["accelerator", "deployment", "tier"],
+        columns="efficiency",
+        values=["sim_agents_per_gpu", "sim_agents_per_mw_modelled"],
+        aggfunc="first",
+    )
+    band.columns = [f"{v.removeprefix('sim_')}_{e}" for v, e in band.columns]
+    band = band.reset_index()
+    pub = published[["accelerator", "tier", "agents_per_gpu", "agents_per_mw"]].rename(
+        columns={"agents_per_gpu": "published_agents_per_gpu", "agents_per_mw": "published_agents_per_mw"}
+    )
+    table = band.merge(pub, on=["accelerator", "tier"], how="left")
+    table["published_within_band"] = (table["published_agents_per_gpu"] >= table["agents_per_gpu_low"]) & (
+        table["published_agents_per_gpu"] <= table["agents_per_gpu_high"]
+    )
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "aa_prediction_band.csv", index=False)
+    # the copy that notebooks read through agentperf_kit.published.load_sim_prediction_band()
+    table.to_csv(
+        pathlib.Path(__file__).parent.parent / "agentperf_kit/data/aa_prediction_band.csv", index=False
+    )
+    with pd.option_context("display.width", 250):
+        print(table.round(2).to_string(index=False))
+    print(f"wrote {out}/aa_prediction_band.csv")
+
+
+if __name__ == "__main__":
+    main()
