@@ -5,8 +5,14 @@ token each) plus chunked prefill up to ``max_num_batched_tokens`` (decode first,
 at most ``max_num_seqs`` sequences run. A request is admitted (FCFS, head of line) when its KV
 reservation fits: the engine reserves prompt + forced output tokens at admission, evicting idle prefix-cache
 entries in LRU order to make room; if it still does not fit, it and everything behind it wait (this is the
-queueing that makes TTFT explode when the KV cache fills). Preemption by recompute is not modelled: the
-reservation makes it unnecessary (documented limit).
+queueing that makes TTFT explode when the KV cache fills). With the default ``reserve`` policy preemption never happens: the
+reservation makes it unnecessary. With ``kv_policy = "preempt"`` (vLLM's behaviour)
+admission reserves only the prompt (leaving a 1 % watermark free); decoding sequences grow the KV by one
+token per step, idle prefix-cache entries are evicted (LRU) as needed, and when the running requests alone
+outgrow the cache the newest is preempted by recompute: it frees its KV (kept as an idle cache entry while
+it survives), goes back to the head of the queue, and is re-prefilled later with its prompt plus the tokens
+generated so far (hitting whatever of that entry is still cached) before generating the rest; its client
+sees a stall, not a restart.
 
 **Prefix cache** at phase granularity: when a request finishes, its phase keeps an idle cache entry of
 prompt + output tokens, of which only the prompt is reusable by the phase's next turn (the server cached
@@ -55,12 +61,19 @@ class SimRequest:
     prefix: int  # prompt tokens that repeat the phase's previous prompt (0 for a fresh phase)
     output: int
     t_arrival: float
-    hit: int = 0
+    hit: int = 0  # prefix-cache hit of the first attempt (what the server reports as cached)
     prefilled: int = 0
     reserve: int = 0
     t_first: float = math.nan
     ctx0_minus_g: int = 0
     finish_step: int = 0
+    # the current attempt: after a preemption by recompute the request is re-prefilled with its prompt
+    # plus the tokens generated so far (gen0) and generates the rest
+    pe: int = -1  # effective prompt
+    oe: int = -1  # effective output
+    gen0: int = 0
+    preemptions: int = 0
+    seq: int = 0  # admission order (newest is preempted first)
 
 
 class Engine:
@@ -73,8 +86,16 @@ class Engine:
         eff: Efficiency,
         on_finish: Callable[[SimRequest, float], None],
         on_reject: Callable[[SimRequest, float, str], None],
+        kv_policy: str | None = None,
     ) -> None:
         self.dep = dep
+        self.kv_policy = kv_policy or dep.kv_policy
+        if self.kv_policy not in ("reserve", "preempt"):
+            raise ValueError(f"kv_policy must be 'reserve' or 'preempt', got {self.kv_policy!r}")
+        self.preempt = self.kv_policy == "preempt"
+        self.prefill_alloc = 0  # KV of the prompts being prefilled (preempt policy)
+        self.prefill_computed = 0  # prompt tokens actually prefilled (recomputation included)
+        self.preemptions = 0
         self.eff = eff
         self.on_finish = on_finish
         self.on_reject = on_reject
@@ -100,11 +121,14 @@ class Engine:
         self._dense = dep.dense_weight_bytes * dep.dense_weight_replicas
         self._be = dep.bandwidth_bytes_per_s * eff.bandwidth
         self._cap = dep.kv_capacity_tokens
+        # preempt policy: admission leaves 1 % of the cache free (vLLM's watermark), against thrashing
+        self._watermark = int(0.01 * self._cap) if self.preempt else 0
 
     # -- public -----------------------------------------------------------------------------------------
 
     def submit(self, req: SimRequest) -> None:
         """Queue a request that arrived at ``req.t_arrival`` (>= the engine clock)."""
+        req.pe, req.oe = req.prompt, req.output
         if req.prompt + req.output > self._cap:
             self.on_reject(
                 req,
@@ -152,6 +176,7 @@ class Engine:
         if req in self.prefilling:
             self.prefilling.remove(req)
             self.running_tokens -= req.reserve
+            self.prefill_alloc -= req.pe
             return True
         for i, (_, _, r) in enumerate(self._decode):
             if r is req:
@@ -164,11 +189,18 @@ class Engine:
                 return True
         return False
 
+    def kv_running(self) -> int:
+        """KV tokens held by running requests: their reservations (``reserve`` policy) or their prompts
+        plus the tokens generated so far (``preempt`` policy)."""
+        if self.preempt:
+            return self.prefill_alloc + self.s + self.b * self.g
+        return self.running_tokens
+
     def tokens_done(self, req: SimRequest) -> int:
         """Output tokens produced so far by a running request (0 before its first token)."""
         if req.t_first != req.t_first:  # NaN: prefill not finished
             return 0
-        return min(req.output, 1 + self.g - (req.finish_step - req.output + 1))
+        return min(req.output, req.gen0 + 1 + self.g - (req.finish_step - req.oe + 1))
 
     def step_time(self, tokens: int, decode_ctx: float, prefill_pairs: float, prefill_kv: float) -> float:
         """Seconds for one step with ``tokens`` processed, decode context sum ``decode_ctx`` (tokens),
@@ -196,8 +228,8 @@ class Engine:
             entry = self.cache.pop(req.phase_id, None)
             if entry is not None:
                 self.idle_tokens -= entry[0]
-            reserve = req.prompt + req.output
-            need = self.running_tokens + self.idle_tokens + reserve - cap
+            reserve = req.pe if self.preempt else req.pe + req.oe
+            need = self.kv_running() + self.idle_tokens + reserve + self._watermark - cap
             while need > 0 and self.cache:
                 _, (mem, _) = self.cache.popitem(last=False)
                 self.idle_tokens -= mem
@@ -211,12 +243,16 @@ class Engine:
             hit = 0
             if entry is not None and req.prefix > 0:
                 hit = min(entry[1], req.prefix) // BLOCK_TOKENS * BLOCK_TOKENS
-            req.hit = hit
+            if req.preemptions == 0:
+                req.hit = hit
+                self.cached_tokens_total += hit
+                self.prompt_tokens_total += req.prompt
             req.prefilled = hit
             req.reserve = reserve
+            self._n += 1
+            req.seq = self._n
             self.running_tokens += reserve
-            self.cached_tokens_total += hit
-            self.prompt_tokens_total += req.prompt
+            self.prefill_alloc += req.pe
             self.prefilling.append(req)
 
     def _mixed_step(self) -> None:
@@ -228,14 +264,15 @@ class Engine:
         for req in self.prefilling:
             if budget <= 0:
                 break
-            chunk = min(budget, req.prompt - req.prefilled)
+            chunk = min(budget, req.pe - req.prefilled)
             p = req.prefilled
             pairs += chunk * p + chunk * chunk / 2.0
             kv_read += p + chunk
             req.prefilled += chunk
+            self.prefill_computed += chunk
             budget -= chunk
             tokens += chunk
-            if req.prefilled >= req.prompt:
+            if req.prefilled >= req.pe:
                 done.append(req)
         dt = self.step_time(max(tokens, 1), self.s + self.b * self.g, pairs, kv_read)
         self.now += dt
@@ -244,17 +281,21 @@ class Engine:
         if self.b:
             self.g += 1
             self._finish_due()
+            if self.preempt:
+                self._fit_kv()
         if done:
-            self.prefilling = [r for r in self.prefilling if r.prefilled < r.prompt]
+            self.prefilling = [r for r in self.prefilling if r.prefilled < r.pe]
             for req in done:
-                req.t_first = self.now
-                if req.output <= 1:
+                self.prefill_alloc -= req.pe
+                if req.t_first != req.t_first:  # NaN: the first token of the first attempt
+                    req.t_first = self.now
+                if req.oe <= 1:
                     self._release(req)
                     self.on_finish(req, self.now)
                     self._finished = True
                     continue
-                req.finish_step = self.g + req.output - 1
-                req.ctx0_minus_g = req.prompt + 1 - self.g
+                req.finish_step = self.g + req.oe - 1
+                req.ctx0_minus_g = req.pe + 1 - self.g
                 self.s += req.ctx0_minus_g
                 self.b += 1
                 self._n += 1
@@ -280,6 +321,15 @@ class Engine:
     def _advance_decode(self, limit: float) -> None:
         a, slope = self._decode_line()
         m = self._decode[0][0] - self.g  # steps to the next finish (>= 1)
+        if self.preempt:
+            # steps until the decoders' growth (b tokens per step) exceeds the KV cache (idle entries
+            # are evicted lazily, at the end of the segment, before anything else reads the cache)
+            room = self._cap - self.kv_running()
+            fit = room // self.b
+            if fit < 1:
+                self._fit_kv()
+                return
+            m = min(m, fit)
         total = m * a + slope * m * (m - 1) / 2.0
         # queued requests that are not admissible wait for a finish (which frees KV or a slot)
         if self.now + total <= limit:
@@ -299,6 +349,8 @@ class Engine:
         self.steps += steps
         self.g += steps
         self._finish_due()
+        if self.preempt:
+            self._fit_kv()
 
     def _finish_due(self) -> None:
         heap = self._decode
@@ -310,6 +362,49 @@ class Engine:
             self._release(req)
             self.on_finish(req, self.now)
             self._finished = True
+
+    def _fit_kv(self) -> None:
+        """``preempt`` policy: evict idle prefix-cache entries (LRU), then preempt the newest running
+        requests by recompute, until running + idle KV fits the cache (and the decoders can grow)."""
+        cap = self._cap
+        while self.kv_running() + self.idle_tokens > cap and self.cache:
+            _, (mem, _) = self.cache.popitem(last=False)
+            self.idle_tokens -= mem
+        # keep room for one more decode step, so the next segment can advance
+        while self.b + len(self.prefilling) > 1 and self.kv_running() + self.b > cap:
+            self._preempt_newest()
+
+    def _preempt_newest(self) -> None:
+        newest_pre = max(self.prefilling, key=lambda r: r.seq, default=None)
+        newest_dec = max((r for _, _, r in self._decode), key=lambda r: r.seq, default=None)
+        if newest_pre is not None and (newest_dec is None or newest_pre.seq > newest_dec.seq):
+            req = newest_pre
+            self.prefilling.remove(req)
+            self.prefill_alloc -= req.pe
+            kept = req.prefilled  # its prefilled blocks stay cached (idle) until evicted
+        else:
+            req = newest_dec
+            gen = self.tokens_done(req)
+            self._decode = [e for e in self._decode if e[2] is not req]
+            heapq.heapify(self._decode)
+            self.b -= 1
+            self.s -= req.ctx0_minus_g
+            req.gen0 = gen
+            req.pe = req.prompt + gen
+            req.oe = req.output - gen
+            kept = req.pe
+        self.running_tokens -= req.reserve
+        req.preemptions += 1
+        self.preemptions += 1
+        req.prefix = kept
+        req.prefilled = 0
+        old = self.cache.pop(req.phase_id, None)
+        if old is not None:
+            self.idle_tokens -= old[0]
+        if kept:
+            self.cache[req.phase_id] = (kept, kept)
+            self.idle_tokens += kept
+        self.waiting.appendleft(req)
 
     def _release(self, req: SimRequest) -> None:
         self.running_tokens -= req.reserve

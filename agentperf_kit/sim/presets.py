@@ -66,6 +66,7 @@ class Deployment:
     tdp_w_per_accelerator: float
     idle_w_per_accelerator: float
     projection: bool
+    kv_policy: str = "preempt"  # "preempt" (vLLM: recompute) or "reserve" (whole output at admission)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,4 +136,5 @@ def get_deployment(name: str = DEFAULT_DEPLOYMENT) -> Deployment:
         tdp_w_per_accelerator=float(acc["tdp_w"]),
         idle_w_per_accelerator=float(acc["idle_w"]),
         projection=bool(acc.get("projection", False)),
+        kv_policy=str(d.get("kv_policy", "preempt")),
     )
