@@ -2,17 +2,20 @@
 
 **Scheduler** (mirrors vLLM V1 / SGLang): each engine step processes every running decode sequence (one
 token each) plus chunked prefill up to ``max_num_batched_tokens`` (decode first, then prefill, FCFS);
-at most ``max_num_seqs`` sequences run. A request is admitted (FCFS, head of line) when its KV
-reservation fits: the engine reserves prompt + forced output tokens at admission, evicting idle prefix-cache
-entries in LRU order to make room; if it still does not fit, it and everything behind it wait (this is the
-queueing that makes TTFT explode when the KV cache fills). With the default ``reserve`` policy preemption never happens: the
-reservation makes it unnecessary. With ``kv_policy = "preempt"`` (vLLM's behaviour)
-admission reserves only the prompt (leaving a 1 % watermark free); decoding sequences grow the KV by one
-token per step, idle prefix-cache entries are evicted (LRU) as needed, and when the running requests alone
-outgrow the cache the newest is preempted by recompute: it frees its KV (kept as an idle cache entry while
-it survives), goes back to the head of the queue, and is re-prefilled later with its prompt plus the tokens
-generated so far (hitting whatever of that entry is still cached) before generating the rest; its client
-sees a stall, not a restart.
+at most ``max_num_seqs`` sequences run. Admission is FCFS, head of line, under one of two KV policies
+(``kv_policy``, from the deployment):
+
+- ``preempt`` (the default; vLLM's behaviour): a request is admitted when its prompt fits with a 1 %
+  watermark left free, after evicting idle prefix-cache entries in LRU order. Decoding sequences grow the
+  KV by one token per step; idle entries are evicted as needed, and when the running requests alone outgrow
+  the cache the newest is preempted by recompute: it frees its KV (kept as an idle cache entry while it
+  survives), goes back to the head of the queue, and is re-prefilled later with its prompt plus the tokens
+  generated so far (hitting whatever of that entry is still cached) before generating the rest; its client
+  sees a stall, not a restart.
+- ``reserve``: admission reserves prompt + forced output, so nothing is ever preempted.
+
+In both, a request that does not fit waits, and everything behind it: the queueing that makes TTFT explode
+when the KV cache fills.
 
 **Prefix cache** at phase granularity: when a request finishes, its phase keeps an idle cache entry of
 prompt + output tokens, of which only the prompt is reusable by the phase's next turn (the server cached

@@ -426,7 +426,7 @@ class SimServer:
                 "vllm:kv_cache_usage_perc",
                 "gauge",
                 "KV cache share held by running requests (0-1).",
-                eng.running_tokens / max(1, eng._cap),
+                eng.kv_running() / max(1, eng._cap),
             ),
             (
                 "vllm:prefix_cache_queries_total",
@@ -440,6 +440,7 @@ class SimServer:
                 "Prompt tokens served from the prefix cache.",
                 eng.cached_tokens_total,
             ),
+            ("vllm:num_preemptions_total", "counter", "Preemptions by recompute.", eng.preemptions),
             ("vllm:prompt_tokens_total", "counter", "Prompt tokens admitted.", eng.prompt_tokens_total),
             (
                 "vllm:generation_tokens_total",
