@@ -250,7 +250,9 @@ class SLOExplorer(_Explorer):
         )
         tmax = _nice_max(max(top_ttft, 2 * start.max_ttft_s, *(t.max_ttft_s for t in preset)))
         common = dict(
-            continuous_update=False, style={"description_width": "140px"}, layout=w.Layout(width="460px")
+            continuous_update=False,
+            style={"description_width": "140px"},
+            layout=w.Layout(width="560px"),
         )
         self.speed_floor = w.FloatSlider(
             value=start.min_output_speed_tps,
