@@ -9,8 +9,10 @@ Verdicts at a confidence level (default 0.95): each statistic's distribution-fre
 ``pass``, entirely on the bad side -> ``fail``, straddling -> ``inconclusive``. A tier fails if either
 statistic fails, passes if both pass, else is inconclusive. With ``confidence=None`` verdicts are point
 verdicts (the observed percentile against the threshold). The **binding constraint** is the statistic
-that fails (the worse one, by relative margin, if both do) or, when the tier passes, the one closer to its
-limit by relative margin.
+that fails (the worse one, by margin, if both do) or, when the tier passes, the one closer to its limit by
+margin, where margin = log(observed / floor) for speed and log(ceiling / observed) for TTFT (a log ratio,
+so that a floor and a ceiling compare fairly: a speed at twice its floor and a TTFT at half its ceiling are
+equally close).
 """
 
 from __future__ import annotations
@@ -186,10 +188,9 @@ def evaluate_level(
             obs = percentile_sorted(s, q)
             lo, hi = percentile_ci_sorted(s, q, confidence) if confidence and len(s) else (obs, obs)
             verdict = _verdict(obs, lo, hi, thr, hib, confidence)
-            # relative margin: > 0 on the good side
-            margin = (obs - thr) / thr if hib else (thr - obs) / thr
-            if math.isnan(margin):
-                margin = -math.inf
+            # margin as a log ratio, > 0 on the good side: symmetric for a floor and a ceiling (a speed
+            # twice its floor and a TTFT half its ceiling are equally far from their limits)
+            margin = _log_margin(obs, thr, hib)
             parts.append(
                 dict(
                     tier=tier.name,
@@ -288,3 +289,12 @@ def per_agent_attainment(df: pd.DataFrame, tier: Tier, *, in_window_only: bool =
     out = pd.DataFrame({"agent": w["agent"].to_numpy(), "meets": meets})
     g = out.groupby("agent")["meets"]
     return pd.DataFrame({"n": g.size(), "attainment": g.mean()}).reset_index()
+
+
+def _log_margin(obs: float, thr: float, higher_is_better: bool) -> float:
+    """log(obs / thr) for a floor, log(thr / obs) for a ceiling; -inf for a missing or impossible value."""
+    if obs != obs or thr <= 0:
+        return -math.inf
+    if higher_is_better:
+        return -math.inf if obs <= 0 else math.inf if math.isinf(obs) else math.log(obs / thr)
+    return -math.inf if math.isinf(obs) else math.inf if obs <= 0 else math.log(thr / obs)

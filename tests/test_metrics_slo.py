@@ -117,6 +117,16 @@ def test_tier_verdicts_pass_fail_and_inconclusive():
     assert level_verdicts(few, [tier], confidence=None) == {"slo1": "pass"}
 
 
+def test_binding_constraint_compares_log_margins():
+    """Speed 116 vs floor 20 (5.8x) is closer to its limit than TTFT 0.29 s vs ceiling 10 s (34x)."""
+    tier = Tier("slo1", "20 & 10", 20, 10)
+    ev = evaluate_level(_level([116.0] * 50, [0.29] * 50), [tier], confidence=None)
+    assert ev.binding.iloc[0] == "speed"
+    # a TTFT at a third of its ceiling is closer than a speed at 5.8x its floor
+    ev = evaluate_level(_level([116.0] * 50, [3.4] * 50), [tier], confidence=None)
+    assert ev.binding.iloc[0] == "ttft"
+
+
 def test_failed_requests_are_misses():
     tier = Tier("slo1", "x", 20, 10)
     df = _level([50.0] * 90 + [0.0] * 10, [1.0] * 90 + [math.inf] * 10)
