@@ -167,3 +167,68 @@ def test_reserve_policy_never_preempts_under_pressure():
     eng, done, samples = _burst("reserve", n=30)
     assert eng.preemptions == 0 and len(done) == 30
     assert max(samples) <= 20_000
+
+
+# -- prefill/decode disaggregation ---------------------------------------------------------------------
+
+
+def test_disaggregated_single_request_by_hand():
+    """TTFT = prefill in the prefill pool + KV transfer; then output - 1 decode steps in the decode pool."""
+    from agentperf_kit.sim.disagg import make_engine
+    from agentperf_kit.sim.engine import SimRequest
+
+    dep = get_deployment("h200x16-dsv4pro-pd")
+    eff = efficiency("mid")
+    out = {}
+    eng = make_engine(dep, eff, lambda r, t: out.__setitem__("r", (r, t)), lambda *a: None)
+    eng.submit(SimRequest("a", 0, 12_000, 0, 50, 0.0))
+    while eng.has_work:
+        eng.advance(math.inf)
+    req, t_end = out["r"]
+    pre = Engine(dep.prefill_pool, eff, lambda *a: None, lambda *a: None)
+    prefill = pre.step_time(12_000, 0, 12_000**2 / 2, 12_000)  # one 12K chunk (budget 16,384)
+    transfer = 12_000 * dep.kv_bytes_per_token / dep.kv_transfer_bytes_per_s
+    assert req.t_first == pytest.approx(prefill + transfer)
+    dec = Engine(dep.decode_pool, eff, lambda *a: None, lambda *a: None)
+    first_step = dec.step_time(1, 0, 0, 0)  # the admission step (KV already there)
+    decode = sum(dec.step_time(1, 12_001 + k, 0, 0) for k in range(49))
+    assert t_end - req.t_first == pytest.approx(first_step + decode, rel=1e-6)
+
+
+def test_disaggregated_run_conserves_requests_and_caches_prefixes_in_the_prefill_pool():
+    res = _run(24, dep="h200x16-dsv4pro-pd")
+    df = res.requests
+    ok = df[df.ok]
+    assert res.manifest["sim"]["requests"] == len(df) and len(ok) > 50
+    assert (ok.output_tokens == ok.target_output_tokens).all()
+    later = ok[ok.groupby("phase_id").turn.transform("min") != ok.turn]
+    assert (later.cached_prompt_tokens > 0).mean() > 0.9
+    # a P/D system at this load answers with a TTFT at least the transfer time of its prompt
+    dep = get_deployment("h200x16-dsv4pro-pd")
+    transfer = ok.prompt_tokens * dep.kv_bytes_per_token / dep.kv_transfer_bytes_per_s
+    assert (ok.ttft_s >= transfer - 1e-9).all()
+
+
+def test_disaggregated_pools_advance_in_lockstep():
+    """A request arriving while the decode pool runs a long decode is prefilled at once (no run-ahead)."""
+    from agentperf_kit.sim.disagg import make_engine
+    from agentperf_kit.sim.engine import SimRequest
+
+    dep = get_deployment("h200x16-dsv4pro-pd")
+    done = {}
+    eng = make_engine(dep, efficiency("mid"), lambda r, t: done.__setitem__(r.key, r), lambda *a: None)
+    eng.submit(SimRequest("long", 0, 1000, 0, 5000, 0.0))
+    eng.advance(5.0)  # the long request is decoding
+    assert "long" not in done
+    eng.submit(SimRequest("late", 1, 1000, 0, 10, eng.now))
+    t_sub = eng.now
+    while "late" not in done:
+        eng.advance(math.inf)
+    assert done["late"].t_first - t_sub < 0.5  # prefill + transfer + one step, not the long decode
+
+
+def test_serve_sim_refuses_disaggregated_presets():
+    from agentperf_kit.sim.server import SimServer
+
+    with pytest.raises(ValueError, match="disaggregated"):
+        SimServer("h200x16-dsv4pro-pd")

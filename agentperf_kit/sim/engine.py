@@ -77,6 +77,7 @@ class SimRequest:
     gen0: int = 0
     preemptions: int = 0
     seq: int = 0  # admission order (newest is preempted first)
+    kv_ready: bool = False  # its KV arrives from a prefill pool (disaggregation): nothing to prefill
 
 
 class Engine:
@@ -244,9 +245,11 @@ class Engine:
                 return
             self.waiting.popleft()
             hit = 0
-            if entry is not None and req.prefix > 0:
+            if req.kv_ready:
+                hit = req.pe
+            elif entry is not None and req.prefix > 0:
                 hit = min(entry[1], req.prefix) // BLOCK_TOKENS * BLOCK_TOKENS
-            if req.preemptions == 0:
+            if req.preemptions == 0 and not req.kv_ready:
                 req.hit = hit
                 self.cached_tokens_total += hit
                 self.prompt_tokens_total += req.prompt
@@ -270,7 +273,7 @@ class Engine:
             chunk = min(budget, req.pe - req.prefilled)
             p = req.prefilled
             pairs += chunk * p + chunk * chunk / 2.0
-            kv_read += p + chunk
+            kv_read += p + chunk if chunk else 0  # KV handed over (P/D) is not read
             req.prefilled += chunk
             self.prefill_computed += chunk
             budget -= chunk
@@ -398,6 +401,7 @@ class Engine:
             kept = req.pe
         self.running_tokens -= req.reserve
         req.preemptions += 1
+        req.kv_ready = False  # recomputed here, as a decode pool does after a preemption
         self.preemptions += 1
         req.prefix = kept
         req.prefilled = 0
@@ -411,6 +415,8 @@ class Engine:
 
     def _release(self, req: SimRequest) -> None:
         self.running_tokens -= req.reserve
+        if req.kv_ready:  # a decode pool keeps nothing: the next turn is prefilled elsewhere
+            return
         mem = req.prompt + req.output
         old = self.cache.pop(req.phase_id, None)
         if old is not None:

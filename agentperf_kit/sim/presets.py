@@ -8,7 +8,7 @@ engine needs (aggregate peaks and bandwidth, weight bytes, KV capacity in tokens
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -67,6 +67,14 @@ class Deployment:
     idle_w_per_accelerator: float
     projection: bool
     kv_policy: str = "preempt"  # "preempt" (vLLM: recompute) or "reserve" (whole output at admission)
+    # prefill/decode disaggregation: the two pools (each a Deployment) and the KV transfer bandwidth
+    prefill_pool: Deployment | None = None
+    decode_pool: Deployment | None = None
+    kv_transfer_bytes_per_s: float = 0.0
+
+    @property
+    def disaggregated(self) -> bool:
+        return self.prefill_pool is not None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,14 +94,33 @@ def efficiency(name: str) -> Efficiency:
 
 
 def get_deployment(name: str = DEFAULT_DEPLOYMENT) -> Deployment:
-    """Resolve deployment preset ``name`` (error lists the known names)."""
+    """Resolve deployment preset ``name`` (error lists the known names).
+
+    A disaggregated preset (``prefill_count`` set) resolves into the whole system plus its two pools:
+    ``prefill_count`` GPUs for prefill and the rest for decode, each pool with the engine limits of the
+    preset (or of its ``[NAME.prefill]`` / ``[NAME.decode]`` tables), and the KV transfer bandwidth
+    ``kv_transfer_gbps_per_gpu`` (GB/s per GPU of the smaller pool)."""
     deps = _load("deployments")
     if name not in deps or name == "efficiency":
         raise KeyError(f"unknown deployment preset {name!r}; known: {', '.join(list_deployments())}")
     d = deps[name]
+    whole = _resolve(name, d, int(d["count"]))
+    if "prefill_count" not in d:
+        return whole
+    n_pre = int(d["prefill_count"])
+    n_dec = int(d["count"]) - n_pre
+    if n_pre < 1 or n_dec < 1:
+        raise ValueError(f"deployment {name!r}: prefill_count must leave at least one GPU to each pool")
+    base = {k: v for k, v in d.items() if k not in ("prefill", "decode")}
+    pre = _resolve(f"{name}/prefill", {**base, **d.get("prefill", {})}, n_pre)
+    dec = _resolve(f"{name}/decode", {**base, **d.get("decode", {})}, n_dec)
+    bw = float(d["kv_transfer_gbps_per_gpu"]) * 1e9 * min(n_pre, n_dec)
+    return replace(whole, prefill_pool=pre, decode_pool=dec, kv_transfer_bytes_per_s=bw)
+
+
+def _resolve(name: str, d: dict[str, Any], n: int) -> Deployment:
     acc = _load("accelerators")[d["accelerator"]]
     m = _load("models")[d["model"]]
-    n = int(d["count"])
     wbpp = float(m["weight_bytes_per_param"])
     # compute precision: FP8 where the model's weights are <= 1 byte; FP4 peak is not used (activations FP8)
     peak = acc["fp8_tflops"] if wbpp <= 1.0 else acc["bf16_tflops"]

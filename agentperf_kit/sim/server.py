@@ -94,6 +94,11 @@ class SimServer:
         if not 0.0 <= reasoning_share <= 1.0:
             raise ValueError(f"reasoning_share must be within [0, 1], got {reasoning_share}")
         self.dep = get_deployment(deployment) if isinstance(deployment, str) else deployment
+        if self.dep.disaggregated:
+            raise ValueError(
+                f"{self.dep.name} is a prefill/decode disaggregated preset; serve-sim serves single-pool "
+                "presets only (use it in virtual time: agentperf sweep --target sim:NAME)"
+            )
         self.eff = efficiency(efficiency_set)
         self.time_scale = float(time_scale)
         self.model = served_model_name or self.dep.model

@@ -25,7 +25,8 @@ from ..agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
 from ..recorder import RunWriter
 from ..results import RunResult, finalize_frame, finalize_run, toolkit_provenance, write_manifest
 from ..trajectories.model import Trajectory
-from .engine import Engine, SimRequest
+from .disagg import make_engine
+from .engine import SimRequest
 from .presets import DEFAULT_DEPLOYMENT, Deployment, efficiency, get_deployment
 
 __all__ = ["ACTIVITY_FACTOR", "MARKER_TOKENS", "run_sim_level"]
@@ -147,7 +148,7 @@ def run_sim_level(
         if nxt is not None:
             schedule(nxt)
 
-    engine = Engine(dep, eff, finish, reject)
+    engine = make_engine(dep, eff, finish, reject)
     for plan in fleet.start(0.0):
         schedule(plan)
     next_tick = _TICK_S
