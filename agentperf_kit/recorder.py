@@ -6,6 +6,9 @@ batch even after the writer was killed (SIGKILL included), which Parquet cannot 
 run :func:`agentperf_kit.results.finalize_run` (or the sweep) writes the tidy ``requests.parquet``.
 
 Cost per row is one tuple append; conversion happens per batch.
+
+Opt-in per-chunk times (``run_live(record_chunks=True)``) go the same way to ``DIR/chunks.arrow``
+(:class:`ChunkWriter`); :func:`agentperf_kit.results.finalize_chunks` turns them into ``chunks.parquet``.
 """
 
 from __future__ import annotations
@@ -20,9 +23,19 @@ import pyarrow.ipc as ipc
 
 from .schema import RAW_COLUMNS, REQUEST_COLUMNS
 
-__all__ = ["RAW_ARROW_SCHEMA", "RAW_PARTS_NAME", "RunWriter", "read_raw_rows"]
+__all__ = [
+    "CHUNKS_ARROW_SCHEMA",
+    "CHUNKS_PARTS_NAME",
+    "RAW_ARROW_SCHEMA",
+    "RAW_PARTS_NAME",
+    "ChunkWriter",
+    "RunWriter",
+    "read_chunk_rows",
+    "read_raw_rows",
+]
 
 RAW_PARTS_NAME = "requests.arrow"
+CHUNKS_PARTS_NAME = "chunks.arrow"
 
 _ARROW_TYPES = {
     "string": pa.string(),
@@ -133,3 +146,101 @@ def read_raw_rows(directory: str | os.PathLike) -> pd.DataFrame:
     table = pa.Table.from_batches(batches, schema=RAW_ARROW_SCHEMA)
     df = table.to_pandas()
     return df.astype({name: REQUEST_COLUMNS[name].dtype for name in RAW_COLUMNS})
+
+
+# one row per visible chunk; (run_id, agent, phase_id, turn) joins requests.parquet
+CHUNKS_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string()),
+        pa.field("level", pa.int64()),
+        pa.field("agent", pa.int64()),
+        pa.field("phase_id", pa.int64()),
+        pa.field("turn", pa.int64()),
+        pa.field("chunk", pa.int64()),
+        pa.field("t_s", pa.float64()),
+        pa.field("tokens", pa.int64()),
+    ]
+)
+
+
+class ChunkWriter:
+    """Append every visible chunk of every request to ``directory/chunks.arrow`` (Arrow IPC stream).
+
+    :meth:`add` takes one request's chunk log (``(t_ns, tokens)`` pairs on the ``perf_counter_ns`` clock,
+    as :func:`agentperf_kit.client.http.send_request` fills it) and its keys; times are stored as seconds
+    since ``origin_ns`` (the run's clock origin). Flushed like :class:`RunWriter`.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        origin_ns: int,
+        *,
+        run_id: str,
+        level: int = 0,
+        flush_rows: int = 65536,
+        flush_s: float = 2.0,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / CHUNKS_PARTS_NAME
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        self._writer = ipc.new_stream(self._file, CHUNKS_ARROW_SCHEMA)
+        self.origin_ns = origin_ns
+        self.run_id, self.level = run_id, level
+        self._cols: tuple[list, ...] = ([], [], [], [], [], [])  # agent, phase_id, turn, chunk, t_ns, tokens
+        self._flush_rows, self._flush_s = flush_rows, flush_s
+        self._last_flush = time.monotonic()
+        self.rows_written = 0
+
+    def add(self, agent: int, phase_id: int, turn: int, log: list[tuple[int, int]]) -> None:
+        if not log:
+            return
+        n = len(log)
+        a, p, t, c, ts, tok = self._cols
+        a.extend([agent] * n)
+        p.extend([phase_id] * n)
+        t.extend([turn] * n)
+        c.extend(range(n))
+        for t_ns, k in log:
+            ts.append(t_ns)
+            tok.append(k)
+        if len(a) >= self._flush_rows or time.monotonic() - self._last_flush >= self._flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        a, p, t, c, ts, tok = self._cols
+        if a:
+            n = len(a)
+            t_s = (pa.array(ts, pa.int64()).to_numpy() - self.origin_ns) / 1e9
+            arrays = [
+                pa.array([self.run_id] * n, pa.string()),
+                pa.array([self.level] * n, pa.int64()),
+                pa.array(a, pa.int64()),
+                pa.array(p, pa.int64()),
+                pa.array(t, pa.int64()),
+                pa.array(c, pa.int64()),
+                pa.array(t_s, pa.float64()),
+                pa.array(tok, pa.int64()),
+            ]
+            self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=CHUNKS_ARROW_SCHEMA))
+            self.rows_written += n
+            self._cols = ([], [], [], [], [], [])
+        self._file.flush()
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        """Flush and close the stream (idempotent)."""
+        if self._file.closed:
+            return
+        self.flush()
+        self._writer.close()
+        self._file.close()
+
+
+def read_chunk_rows(directory: str | os.PathLike) -> pd.DataFrame:
+    """Every complete chunk row of ``directory/chunks*.arrow`` (works on the files of a killed run)."""
+    directory = Path(directory)
+    paths = sorted(directory.glob("chunks*.arrow"), key=lambda p: (len(p.name), p.name))
+    batches = [b for p in paths for b in _read_stream(p)]
+    return pa.Table.from_batches(batches, schema=CHUNKS_ARROW_SCHEMA).to_pandas()

@@ -28,11 +28,12 @@ from typing import Any
 import aiohttp
 
 from .agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
-from .client.http import Endpoint, scrub, send_request
+from .client.http import Endpoint, scrub, send_request, sent_time_trace
 from .percentiles import percentile
-from .recorder import RunWriter
-from .results import RunResult, finalize_run, toolkit_provenance, write_manifest
+from .recorder import ChunkWriter, RunWriter
+from .results import RunResult, finalize_chunks, finalize_run, toolkit_provenance, write_manifest
 from .schema import json_safe
+from .telemetry import TelemetryConfig, TelemetrySampler
 from .trajectories.model import Trajectory
 
 __all__ = ["Endpoint", "run_live", "run_live_sync"]
@@ -75,12 +76,24 @@ async def run_live(
     api_key: str | None = None,
     lag_budget_s: float = 0.005,
     connection_limit: int | None = None,
+    telemetry: TelemetryConfig | None = None,
+    record_chunks: bool = False,
+    fast_parse: bool = True,
 ) -> RunResult:
     """Run one level live; returns (and with ``out_dir`` writes) the per-request table and manifest.
 
     ``api_key`` (or the variable named by ``endpoint.api_key_env``) is sent as a bearer token and never
     written. ``connection_limit`` overrides the connector size (default: N + 8), e.g. to show what a
     capped pool does to the self-check.
+
+    ``record_chunks`` also writes every visible chunk's time and token count to ``chunks.parquet``
+    (docs/schema.md; streamed to ``chunks.arrow`` during the run). ``fast_parse=False`` JSON-decodes every
+    chunk instead of the byte-level fast path (same results, more CPU; see docs/replay.md).
+
+    ``telemetry`` (a :class:`~agentperf_kit.telemetry.TelemetryConfig`) samples the server's ``/metrics``
+    and/or accelerator power on the run's clock: ``telemetry.parquet``, a ``telemetry`` section in the
+    manifest and, with a power source, ``power_w`` (mean over the steady window) with
+    ``power_scope = "measured"`` (docs/telemetry.md).
     """
     key = api_key or (os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None)
     secrets = (key,) if key else ()
@@ -88,6 +101,7 @@ async def run_live(
     out_dir = out_dir or os.path.join("runs", run_id)
     writer = RunWriter(out_dir, flush_rows=256, flush_s=0.5)  # live: rows reach disk within 0.5 s
     fleet = AgentFleet(trajectories, n_agents, rules, seed=seed, sink=writer, run_id=run_id, level=level)
+    chunk_logs: dict[int, list] = {}
     config = {
         "target": endpoint.public_dict(),
         "concurrency": n_agents,
@@ -96,6 +110,8 @@ async def run_live(
         "trajectories": len(fleet.trajectories),
         "lag_budget_s": lag_budget_s,
     }
+    if telemetry is not None:
+        config["telemetry"] = telemetry.public_dict()
     manifest: dict[str, Any] = {
         "kind": "agentperf-run",
         "run_id": run_id,
@@ -130,6 +146,7 @@ async def run_live(
     stop = asyncio.Event()
     in_flight: dict[int, RequestPlan] = {}
     origin_ns = time.perf_counter_ns()
+    chunks = ChunkWriter(out_dir, origin_ns, run_id=run_id, level=level) if record_chunks else None
     manifest["clock"] = {"kind": "perf_counter_ns", "origin_ns": origin_ns, "origin_unix_s": time.time()}
     write_manifest(out_dir, manifest)
 
@@ -144,9 +161,21 @@ async def run_live(
     ttfts: list[float] = []
     errors = 0
 
-    async with aiohttp.ClientSession(connector=connector, headers=headers, trace_configs=[trace]) as session:
+    traces = [trace, sent_time_trace()]  # t_send_s = when the request went out
+    async with aiohttp.ClientSession(connector=connector, headers=headers, trace_configs=traces) as session:
         manifest["server"] = await _server_info(session, endpoint, secrets)
         monitor = asyncio.create_task(_loop_lag_monitor(lag, stop))
+        sampler = None
+        if telemetry is not None and telemetry.active:
+            sampler = TelemetrySampler(
+                telemetry,
+                now=now,
+                base_url=endpoint.base_url,
+                out_dir=out_dir,
+                headers=headers,
+                secrets=secrets,
+            )
+            await sampler.start()
 
         async def agent(plan: RequestPlan | None) -> None:
             nonlocal errors
@@ -159,10 +188,15 @@ async def run_live(
                 body = endpoint.body(plan)
                 in_flight[id(plan)] = plan
                 fleet.on_send(plan, now())
+                log = None
+                if chunks is not None:
+                    log = chunk_logs[id(plan)] = []
                 outcome: RequestOutcome = await send_request(
-                    session, endpoint, plan, body, origin_ns, secrets=secrets
+                    session, endpoint, plan, body, origin_ns, secrets=secrets, fast=fast_parse, chunk_log=log
                 )
                 del in_flight[id(plan)]
+                if chunks is not None:
+                    chunks.add(plan.agent, plan.phase_id, plan.turn_index, chunk_logs.pop(id(plan)))
                 if bar is not None:
                     bar.update(1)
                     if not outcome.ok:
@@ -192,11 +226,19 @@ async def run_live(
         await asyncio.gather(*tasks, return_exceptions=True)
         for plan in list(in_flight.values()):
             fleet.cancel(plan, t_cancel)
+            if chunks is not None:  # what the cancelled request had received
+                chunks.add(plan.agent, plan.phase_id, plan.turn_index, chunk_logs.pop(id(plan), []))
         stop.set()
         await monitor
+        if sampler is not None:
+            await sampler.stop()
     if bar is not None:
         bar.close()
     writer.close()
+    if chunks is not None:
+        chunks.close()
+        finalize_chunks(out_dir)
+        manifest["chunks"] = {"file": "chunks.parquet", "rows": chunks.rows_written}
 
     window = fleet.window_summary()
     lag_p95 = percentile(lag, 95) if lag else float("nan")
@@ -204,6 +246,8 @@ async def run_live(
     if lag_p95 > lag_budget_s:
         reasons.append(f"event-loop lag P95 {lag_p95 * 1e3:.1f} ms > budget {lag_budget_s * 1e3:.1f} ms")
     manifest.update({"window": window, "meets_aa_rules": window["meets_aa_rules"]})
+    if sampler is not None:
+        manifest.update(_telemetry_manifest(sampler, window))
     result = finalize_run(out_dir, manifest)
     df = result.requests
     send_lag = (df["t_send_s"] - df["t_scheduled_s"]).to_numpy(dtype=float)
@@ -229,6 +273,7 @@ async def run_live(
                 "budget_s": lag_budget_s,
                 "connection_limit": limit,
                 "connection_waits": len(conn_waits),
+                "stream_parser": "fast" if fast_parse else "json",
                 "reasons": reasons,
             },
             "prompt_size_deviation": {
@@ -243,6 +288,22 @@ async def run_live(
     if reasons and progress:
         print("WARNING: client self-check failed, TTFT may be distorted: " + "; ".join(reasons))
     return RunResult(df, json_safe(manifest), result.directory)
+
+
+def _telemetry_manifest(sampler: TelemetrySampler, window: dict) -> dict[str, Any]:
+    """The manifest's ``telemetry`` section, and measured ``power_w`` when a power source worked."""
+    summary = sampler.finalize(window.get("window_start_s"), window.get("window_end_s"))
+    out: dict[str, Any] = {"telemetry": summary}
+    power = summary.get("power") or {}
+    if power.get("mean_power_w"):
+        out.update(
+            {
+                "power_w": power["mean_power_w"],
+                "power_scope": "measured",
+                "power_detail": {**power, "note": "mean accelerator power over the steady window"},
+            }
+        )
+    return out
 
 
 def run_live_sync(*args: Any, **kwargs: Any) -> RunResult:

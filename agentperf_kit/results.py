@@ -4,7 +4,8 @@ A run directory holds, while the run goes, ``requests.arrow`` (raw rows, see :mo
 ``manifest.json`` written at the start (configuration, seeds, clock origin, target); at the end
 :func:`finalize_run` derives the metric columns and writes the tidy ``requests.parquet`` and the final
 manifest (with the window and validity). :func:`load_run` reads a finished run, or the raw rows of an
-interrupted one.
+interrupted one. With ``record_chunks``, :func:`finalize_chunks` writes ``chunks.parquet`` from the
+``chunks.arrow`` stream and :func:`load_chunks` reads either.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ import pandas as pd
 
 from ._version import __version__
 from .agents import add_run_columns
-from .recorder import read_raw_rows
+from .recorder import read_chunk_rows, read_raw_rows
 from .schema import REQUEST_COLUMNS, SCHEMA_VERSION, check_schema_version, strict_json_dumps
 
 __all__ = [
     "RunResult",
+    "finalize_chunks",
     "finalize_frame",
     "finalize_run",
+    "load_chunks",
     "load_run",
     "toolkit_provenance",
     "write_manifest",
@@ -34,6 +37,7 @@ __all__ = [
 
 MANIFEST_NAME = "manifest.json"
 REQUESTS_NAME = "requests.parquet"
+CHUNKS_NAME = "chunks.parquet"
 
 
 @dataclass
@@ -141,3 +145,28 @@ def load_run(directory: str | os.PathLike) -> RunResult:
         float("nan") if end is None else end,
     )
     return RunResult(df, manifest, directory, extra={"interrupted": True})
+
+
+def finalize_chunks(directory: str | os.PathLike) -> Path | None:
+    """``chunks.arrow`` -> ``chunks.parquet`` (atomic), sorted by request and chunk; None if no stream."""
+    directory = Path(directory)
+    if not any(directory.glob("chunks*.arrow")):
+        return None
+    df = read_chunk_rows(directory).sort_values(["agent", "phase_id", "turn", "chunk"], kind="stable")
+    tmp = directory / (CHUNKS_NAME + ".tmp")
+    df.reset_index(drop=True).to_parquet(tmp, index=False)
+    os.replace(tmp, directory / CHUNKS_NAME)
+    return directory / CHUNKS_NAME
+
+
+def load_chunks(directory: str | os.PathLike) -> pd.DataFrame:
+    """The per-chunk table of a run recorded with ``record_chunks`` (``chunks.parquet``, or the rows an
+    interrupted run left in ``chunks.arrow``). Join it to ``requests.parquet`` on
+    ``run_id, agent, phase_id, turn``."""
+    directory = Path(directory)
+    parquet = directory / CHUNKS_NAME
+    if parquet.exists():
+        return pd.read_parquet(parquet)
+    if not any(directory.glob("chunks*.arrow")):
+        raise FileNotFoundError(f"{directory}: no {CHUNKS_NAME}; record it with run_live(record_chunks=True)")
+    return read_chunk_rows(directory)

@@ -217,6 +217,7 @@ class _Sweeper:
             level=level_index,
             run_id=f"{self.out.name}-n{n}-e{ext}",
             progress=self.progress,
+            telemetry=self.cfg.telemetry(),
         )
 
     # -- levels -----------------------------------------------------------------------------------------
@@ -259,6 +260,12 @@ class _Sweeper:
         row["client_ok"] = bool(res.manifest.get("client_ok", True))
         row["power_w"] = res.manifest.get("power_w")
         row["power_scope"] = res.manifest.get("power_scope")
+        tel = res.manifest.get("telemetry")
+        if tel is not None:  # live levels with telemetry (docs/telemetry.md)
+            row.update(_telemetry_columns(tel))
+            if self.cfg.measures_power and row["power_scope"] != "measured":
+                why = "; ".join(tel.get("notes") or []) or "no power read in the steady window"
+                self.notes.append(f"N={n}: power not measured ({why})")
         for t in self.preset.tiers:
             row[f"verdict_{t.name}"] = verdicts[t.name]
             row[f"binding_{t.name}"] = ev.loc[ev["tier"] == t.name, "binding"].iloc[0]
@@ -294,20 +301,52 @@ class _Sweeper:
         search_levels(measure, tiers, self.cfg.max_agents, resolution=self.cfg.resolution)
 
 
+def _telemetry_columns(tel: Mapping[str, Any]) -> dict[str, Any]:
+    """levels.csv columns from a level's telemetry summary (server queue/KV means, measured energy)."""
+    m = tel.get("metrics") or {}
+    p = tel.get("power") or {}
+    return {
+        "server_mean_running": m.get("mean_running"),
+        "server_mean_waiting": m.get("mean_waiting"),
+        "server_mean_kv_usage": m.get("mean_kv_usage"),
+        "server_prefix_hit_rate": m.get("prefix_hit_rate"),
+        "metrics_gaps": m.get("gaps_in_window"),
+        "energy_j": p.get("energy_j"),
+        "power_method": p.get("power_method"),
+    }
+
+
 def _tier_table(
-    levels: pd.DataFrame, preset: TierPreset, acc: int | None, power: PowerSpec | None, power_at
+    levels: pd.DataFrame,
+    preset: TierPreset,
+    acc: int | None,
+    power: PowerSpec | None,
+    power_at,
+    measured_at=None,
+    scope_at=None,
 ) -> pd.DataFrame:
+    """Per tier: agents per accelerator and per MW. Power: the measured power of the level at max agents
+    when a power source measured it (``measured_at``), else the user's (declared/provisioned), else the
+    level's own (modelled for the simulator); ``power_scope`` per tier says which."""
     tab = max_agents(levels, preset)
-    per_acc, per_mw, pw = [], [], []
+    per_acc, per_mw, pw, scopes = [], [], [], []
     for _, r in tab.iterrows():
         n = int(r["max_agents"])
-        w = power.watts if power is not None and power.watts is not None else power_at(n)
+        w = measured_at(n) if measured_at is not None else None
+        scope = "measured" if w is not None else None
+        if w is None and power is not None and power.watts is not None:
+            w, scope = power.watts, power.scope
+        if w is None:
+            w = power_at(n)
+            scope = power.scope if power is not None else (scope_at(n) if scope_at else None)
         pw.append(w)
+        scopes.append(scope if w is not None else None)
         per_acc.append(agents_per_accelerator(n, acc))
         per_mw.append(agents_per_mw(n, w) if n > 0 else (0.0 if w else None))
     tab["agents_per_accelerator"] = per_acc
     tab["agents_per_mw"] = per_mw
     tab["power_w"] = pw
+    tab["power_scope"] = scopes
     return tab
 
 
@@ -377,13 +416,41 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
         row = sw.rows.get(n)
         return row.get("power_w") if row else None
 
-    tiers = _tier_table(levels, preset, acc, power, power_at)
+    def measured_at(n: int) -> float | None:  # the level's power when a power source measured it
+        row = sw.rows.get(n)
+        return row.get("power_w") if row and row.get("power_scope") == "measured" else None
+
+    def scope_at(n: int) -> str | None:
+        row = sw.rows.get(n)
+        return row.get("power_scope") if row else None
+
+    tiers = _tier_table(
+        levels, preset, acc, power, power_at, measured_at if config.measures_power else None, scope_at
+    )
     scope = (
         power.scope
         if power is not None
         else (levels["power_scope"].dropna().iloc[0] if levels["power_scope"].notna().any() else None)
     )
     notes = list(sw.notes)
+    summary_power_w = power.watts if power is not None else None
+    if config.measures_power:
+        used = set(tiers["power_scope"].dropna())
+        if "measured" in used:
+            summary_power_w = None  # per tier: the measured power of the level at its max agents
+            scope = "measured" if used == {"measured"} else "mixed"
+        fallback = sorted(used - {"measured"})
+        if "measured" not in used:
+            notes.append(
+                f"power source {config.power_source} gave no measurement (see the notes above); agents/MW "
+                + (f"uses the {fallback[0]} power" if fallback else "is null")
+            )
+        else:
+            notes.append(
+                f"power measured by {config.power_source} (GPUs {config.gpu_indices or 'all'}) over each "
+                "level's steady window; agents/MW uses the measured power of the level at each tier's max "
+                "agents" + (f" (tiers without a measurement use the {fallback[0]} power)" if fallback else "")
+            )
     if not levels["meets_aa_rules"].all():
         notes.append("some levels do not meet AA's validity rules (see meets_aa_rules per level)")
     if config.is_sim:
@@ -419,8 +486,9 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
         "tier_preset": config.tiers,
         "accelerators": acc,
         "accelerator_type": acc_type,
-        "power_w": power.watts if power is not None else None,
+        "power_w": summary_power_w,
         "power_scope": scope,
+        "power_source": config.power_source if not config.is_sim else None,
         "meets_aa_rules": bool(levels["meets_aa_rules"].all()),
         "client_ok": bool(levels["client_ok"].all()),
         "notes": notes,

@@ -53,6 +53,11 @@ class SweepConfig:
     endpoint: str = "chat"
     api_key_env: str | None = None
     max_context: int | None = None
+    power_source: str = "none"
+    gpu_indices: str | None = None
+    scrape_metrics: bool = True
+    metrics_url: str | None = None
+    telemetry_interval_s: float = 1.0
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -76,6 +81,46 @@ class SweepConfig:
         if not self.is_sim and not self.accelerators:
             raise SweepConfigError(f"a live target ({self.target}) needs --accelerators N")
         get_tier_preset(self.tiers)
+        self._check_telemetry()
+
+    def _check_telemetry(self) -> None:
+        from .telemetry import parse_gpu_indices, parse_power_source
+
+        gi = self.gpu_indices
+        if gi is not None and not isinstance(gi, str):  # a TOML list
+            gi = ",".join(str(int(i)) for i in gi)
+        try:
+            idx = parse_gpu_indices(gi)
+            parse_power_source(self.power_source or "none", idx)
+        except ValueError as exc:
+            raise SweepConfigError(str(exc)) from None
+        object.__setattr__(self, "gpu_indices", None if idx is None else ",".join(map(str, idx)))
+        object.__setattr__(self, "power_source", (self.power_source or "none").strip())
+        object.__setattr__(self, "telemetry_interval_s", float(self.telemetry_interval_s))
+        if not self.telemetry_interval_s > 0:
+            raise SweepConfigError(f"telemetry_interval_s must be > 0 s, got {self.telemetry_interval_s}")
+        if self.is_sim and self.power_source != "none":
+            raise SweepConfigError(
+                f"--power-source {self.power_source} measures a live target; the simulator's power is "
+                "modelled (drop --power-source, or sweep a URL)"
+            )
+        if self.gpu_indices is not None and self.power_source in ("none",):
+            raise SweepConfigError("--gpu-indices needs --power-source nvml, amdsmi or dcgm:URL")
+
+    def telemetry(self):
+        """The :class:`~agentperf_kit.telemetry.TelemetryConfig` of a live level (None when nothing is
+        sampled)."""
+        from .telemetry import TelemetryConfig, parse_gpu_indices
+
+        if self.is_sim or (not self.scrape_metrics and self.power_source == "none"):
+            return None
+        return TelemetryConfig(
+            interval_s=self.telemetry_interval_s,
+            scrape_metrics=self.scrape_metrics,
+            metrics_url=self.metrics_url,
+            power=self.power_source,
+            gpu_indices=parse_gpu_indices(self.gpu_indices),
+        )
 
     @property
     def is_sim(self) -> bool:
@@ -103,10 +148,18 @@ class SweepConfig:
         """The fields that change what is measured (``out`` excluded): hashed for resume checks."""
         d = dataclasses.asdict(self)
         d.pop("out")
+        for name in _TELEMETRY_DEFAULTS:  # at their defaults: left out, so older sweeps' hashes still match
+            if d[name] == _TELEMETRY_DEFAULTS[name]:
+                d.pop(name)
         return d
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.measurement_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def measures_power(self) -> bool:
+        """A live sweep with a power source (nvml, amdsmi, dcgm)."""
+        return not self.is_sim and self.power_source != "none"
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> SweepConfig:
@@ -125,3 +178,12 @@ class SweepConfig:
             )
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
+
+
+_TELEMETRY_DEFAULTS: dict[str, Any] = {
+    "power_source": "none",
+    "gpu_indices": None,
+    "scrape_metrics": True,
+    "metrics_url": None,
+    "telemetry_interval_s": 1.0,
+}

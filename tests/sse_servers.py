@@ -12,6 +12,14 @@ Dialects (from each server's documented behaviour, see ../shared/real-servers/RE
 - ``sglang``: several tokens per chunk; usage in a ``choices: []`` chunk; ``: keep-alive`` comments.
 - ``reasoning``: vLLM-style with the first half of the tokens as ``reasoning_content`` (and ``reasoning``).
 - ``toolcall``: the answer is tool-call deltas only.
+- ``trtllm``: TensorRT-LLM ``trtllm-serve`` (from its ``serve/postprocess_handlers.py``): compact JSON
+  (pydantic ``model_dump_json``); chat chunks without null fields, the role-only first chunk written as
+  ``data: {...} \\n\\n`` (a space before the blank line); token deltas ``{"content": ..,
+  "reasoning_content": "", "tool_calls": []}`` plus ``avg_decoded_tokens_per_iter`` in the choice;
+  completions chunks with every null field present, ``"usage": null`` included; finish_reason on the last
+  token's chunk; usage (with ``prompt_tokens_details``) in a ``choices: []`` chunk; ``[DONE]``. Its
+  error object is the top-level ``{"object": "error", "message": ..., "type": ..., "code": ...}`` of
+  ``ErrorResponse`` (assumed to be what a failure mid-stream sends; used for the ``stream_error`` fault).
 
 Faults: ``http500``, ``http429``, ``cut`` (connection closed mid-stream), ``stall`` (stops sending),
 ``malformed`` (a non-JSON data line), ``stream_error`` (an error object in the stream), ``empty`` (no
@@ -114,9 +122,16 @@ class SSEServer:
         await resp.prepare(request)
         eol = b"\r\n" if self.dialect == "llamacpp" else b"\n"
 
-        async def send(obj) -> None:
-            data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
-            await resp.write(b"data: " + data + eol + eol)
+        trt = self.dialect == "trtllm"
+
+        async def send(obj, space: bool = False) -> None:
+            if isinstance(obj, bytes):
+                data = obj
+            elif trt:
+                data = json.dumps(obj, separators=(",", ":")).encode()
+            else:
+                data = json.dumps(obj).encode()
+            await resp.write(b"data: " + data + (b" " if space else b"") + eol + eol)
 
         def chunk(delta=None, text=None, finish=None, usage=None, choices=True):
             c = {
@@ -124,17 +139,28 @@ class SSEServer:
                 "object": "chat.completion.chunk" if chat else "text_completion",
                 "model": "test-model",
             }
+            if trt:
+                c["created"] = 1700000000
             if choices:
                 choice = {"index": 0, "finish_reason": finish}
                 if chat:
                     choice["delta"] = delta if delta is not None else {}
                 else:
                     choice["text"] = text if text is not None else ""
+                if trt:
+                    choice["avg_decoded_tokens_per_iter"] = 1.0
+                    if chat:  # exclude_none
+                        if finish is None:
+                            del choice["finish_reason"]
+                    else:  # every field, nulls included
+                        choice.update(token_ids=None, logprobs=None, context_logits=None, stop_reason=None)
                 c["choices"] = [choice]
             else:
                 c["choices"] = []
             if usage is not None:
                 c["usage"] = usage
+            elif trt and not chat:
+                c["usage"] = None
             return c
 
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
@@ -144,7 +170,9 @@ class SSEServer:
             usage["completion_tokens_details"] = {"reasoning_tokens": n // 2}
         if self.dialect == "llamacpp":
             await send(b"null")
-        if chat:
+        if chat and trt:
+            await send(chunk(delta={"role": "assistant"}), space=True)
+        elif chat:
             await send(
                 chunk(delta={"role": "assistant", "content": None if self.dialect == "llamacpp" else ""})
             )
@@ -168,7 +196,18 @@ class SSEServer:
                 await resp.write(b"data: {not json" + eol + eol)
                 return resp
             if self.fault == "stream_error" and sent > n // 2:
-                await send({"error": {"message": "engine died", "code": 500}})
+                if trt:
+                    await send(
+                        {
+                            "object": "error",
+                            "message": "engine died",
+                            "type": "InternalServerError",
+                            "param": None,
+                            "code": 500,
+                        }
+                    )
+                else:
+                    await send({"error": {"message": "engine died", "code": 500}})
                 return resp
             piece = " tok" * k
             finish = (
@@ -178,6 +217,8 @@ class SSEServer:
                 delta = {"reasoning_content": piece, "reasoning": piece}
             elif self.dialect == "toolcall":
                 delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+            elif trt:
+                delta = {"content": piece, "reasoning_content": "", "tool_calls": []}
             else:
                 delta = {"content": piece}
             await send(chunk(delta=delta, text=piece, finish=finish))

@@ -29,6 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--request-timeout", type=float, default=600.0)
     p.add_argument("--stall-timeout", type=float, default=120.0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--record-chunks",
+        action="store_true",
+        help="also write every chunk's time and token count to chunks.parquet (live targets)",
+    )
+    from .sweep import add_telemetry_flags
+
+    add_telemetry_flags(p, defaults=True)
     p.set_defaults(func=_run)
 
 
@@ -81,8 +89,29 @@ def _run(args: argparse.Namespace) -> int:
             request_timeout_s=args.request_timeout,
             stall_timeout_s=args.stall_timeout,
         )
+        from ..telemetry import TelemetryConfig, parse_gpu_indices
+
+        try:
+            telemetry = TelemetryConfig(
+                interval_s=args.telemetry_interval,
+                scrape_metrics=args.scrape_metrics,
+                metrics_url=args.metrics_url,
+                power=args.power_source,
+                gpu_indices=parse_gpu_indices(args.gpu_indices),
+            )
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         res = run_live_sync(
-            ep, trajs, args.concurrency, rules, seed=args.seed, out_dir=args.out, progress=not args.quiet
+            ep,
+            trajs,
+            args.concurrency,
+            rules,
+            seed=args.seed,
+            out_dir=args.out,
+            progress=not args.quiet,
+            telemetry=telemetry if telemetry.active else None,
+            record_chunks=args.record_chunks,
         )
     w = res.window
     s = level_stats(res.requests, window_start_s=w.get("window_start_s"), window_end_s=w.get("window_end_s"))
@@ -99,7 +128,28 @@ def _run(args: argparse.Namespace) -> int:
         f"meets AA rules: {'yes' if w.get('meets_aa_rules') else 'no'}"
         + ("" if w.get("meets_aa_rules") else f" ({'; '.join(w.get('aa_rules_reasons', [])[:3])})")
     )
+    tel = res.manifest.get("telemetry")
+    if tel:
+        m, pw = tel.get("metrics") or {}, tel.get("power") or {}
+        if m:
+            print(
+                f"server ({m.get('engine')}): mean running {_f(m.get('mean_running'))}, waiting "
+                f"{_f(m.get('mean_waiting'))}, KV usage {_f(m.get('mean_kv_usage'), '{:.1%}')}, prefix hits "
+                f"{_f(m.get('prefix_hit_rate'), '{:.1%}')}; /metrics gaps in window {m.get('gaps_in_window')}"
+            )
+        if pw:
+            print(
+                f"power ({pw.get('source')}, {pw.get('power_method') or 'not measured'}): mean "
+                f"{_f(pw.get('mean_power_w'), '{:,.0f}')} W over the window, energy "
+                f"{_f(pw.get('energy_j'), '{:,.0f}')} J, {pw.get('reads_in_window')} reads"
+            )
+        for note in tel.get("notes", []):
+            print(f"telemetry note: {note}")
     if res.manifest.get("client_ok") is False:
         print("client self-check FAILED: " + "; ".join(res.manifest["client_check"]["reasons"]))
     print(f"results: {args.out}/ (requests.parquet, manifest.json)")
     return 0
+
+
+def _f(v, fmt: str = "{:.1f}") -> str:
+    return "-" if v is None else fmt.format(v)

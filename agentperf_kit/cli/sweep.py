@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--endpoint", choices=["chat", "completions"], help="live targets: API (default chat)")
     p.add_argument("--api-key-env", help="live targets: environment variable holding the API key")
     p.add_argument("--max-context", type=int, help="scale the trajectories to fit this context (tokens)")
+    add_telemetry_flags(p)
     p.add_argument("--out", help="output directory (default: a new directory under runs/)")
     p.add_argument("--config", help="TOML file with a [sweep] table; flags override it")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
@@ -53,6 +54,11 @@ def _sweep(args: argparse.Namespace) -> int:
         endpoint=args.endpoint,
         api_key_env=args.api_key_env,
         max_context=args.max_context,
+        power_source=args.power_source,
+        gpu_indices=args.gpu_indices,
+        scrape_metrics=args.scrape_metrics,
+        metrics_url=args.metrics_url,
+        telemetry_interval_s=args.telemetry_interval,
         out=args.out,
     )
     try:
@@ -75,6 +81,15 @@ def _sweep(args: argparse.Namespace) -> int:
         )
         if not cfg.is_sim:
             print(_live_estimate(cfg))
+            print(
+                f"telemetry: /metrics {'scraped' if cfg.scrape_metrics else 'not scraped'}; power "
+                + (
+                    f"measured by {cfg.power_source} (GPUs {cfg.gpu_indices or 'all'}) every "
+                    f"{cfg.telemetry_interval_s:g} s"
+                    if cfg.measures_power
+                    else "not measured (--power-source nvml|amdsmi|dcgm:URL)"
+                )
+            )
         else:
             print("simulated target: runs in virtual time (seconds of wall time)")
         return 0
@@ -94,6 +109,33 @@ def _sweep(args: argparse.Namespace) -> int:
         print(format_summary(result.summary))
         print(f"\nresults: {result.directory}/ (summary.json, levels.csv, requests.parquet)")
     return 0
+
+
+def add_telemetry_flags(p: argparse.ArgumentParser, *, defaults: bool = False) -> None:
+    """Telemetry flags of live runs (``agentperf run`` and ``sweep``; docs/telemetry.md). With
+    ``defaults=False`` unset flags stay None so a config file can set them."""
+    g = p.add_argument_group("telemetry (live targets; docs/telemetry.md)")
+    g.add_argument(
+        "--power-source",
+        default="none" if defaults else None,
+        help="measure accelerator power: nvml | amdsmi | dcgm:URL (a DCGM exporter's /metrics; several "
+        "separated by commas) | none (default none); the steady-window mean becomes power_w with "
+        "power_scope 'measured'",
+    )
+    g.add_argument("--gpu-indices", help="accelerators to sum, e.g. 0,1,2,3 (default: all the source sees)")
+    g.add_argument(
+        "--scrape-metrics",
+        action=argparse.BooleanOptionalAction,
+        default=True if defaults else None,
+        help="sample the server's Prometheus /metrics (queue, KV usage, prefix hits) (default: on)",
+    )
+    g.add_argument("--metrics-url", help="the server's /metrics URL (default: the target without /v1)")
+    g.add_argument(
+        "--telemetry-interval",
+        type=float,
+        default=1.0 if defaults else None,
+        help="seconds between telemetry reads (default 1)",
+    )
 
 
 def _live_estimate(cfg) -> str:
