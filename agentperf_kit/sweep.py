@@ -54,13 +54,22 @@ __all__ = [
 @dataclass
 class SweepResult:
     """A finished (or loaded) sweep: ``levels`` (levels.csv), ``summary`` (summary.json), ``tiers``,
-    and all requests of all levels."""
+    and ``requests``, all requests of all levels: read from ``directory/requests.parquet`` on first use
+    (a large sweep's table can be many GB; nothing else needs it in memory)."""
 
     levels: pd.DataFrame
     summary: dict[str, Any]
-    requests: pd.DataFrame
+    _requests: pd.DataFrame | None = None
     directory: Path | None = None
     tiers: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def requests(self) -> pd.DataFrame:
+        if self._requests is None:
+            if self.directory is None:
+                raise ValueError("this sweep result has no directory to read its requests from")
+            self._requests = pd.read_parquet(Path(self.directory) / "requests.parquet")
+        return self._requests
 
 
 def plan_levels(max_agents_: int) -> list[int]:
@@ -146,7 +155,7 @@ class _Sweeper:
         self.progress = progress
         self.preset: TierPreset = get_tier_preset(cfg.tiers)
         self.rows: dict[int, dict[str, Any]] = {}  # N -> level row
-        self.results: dict[int, RunResult] = {}
+        self.results: dict[int, tuple[Path, dict[str, Any]]] = {}  # N -> (level directory, manifest)
         self.notes: list[str] = []
         self.n_measured_now = 0
         self._trajs = None
@@ -270,7 +279,7 @@ class _Sweeper:
             row[f"verdict_{t.name}"] = verdicts[t.name]
             row[f"binding_{t.name}"] = ev.loc[ev["tier"] == t.name, "binding"].iloc[0]
         self.rows[n] = row
-        self.results[n] = res
+        self.results[n] = (Path(res.directory), res.manifest)  # the rows stay on disk
         self._write_partial()
         if self.progress:
             v = " ".join(f"{t.name}={verdicts[t.name]}" for t in self.preset.tiers)
@@ -471,18 +480,13 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
             )
     # each level's own run records the order it was measured in; the sweep's `level` is the index by N
     # (as in levels.csv), so a resumed sweep and an uninterrupted one write the same table
-    requests = pd.concat(
-        [sw.results[n].requests.assign(level=i) for i, n in enumerate(sorted(sw.results))],
-        ignore_index=True,
-    )
-    requests.to_parquet(out / "requests.parquet.tmp", index=False)
-    (out / "requests.parquet.tmp").replace(out / "requests.parquet")
+    n_requests = _write_sweep_requests(out, [sw.results[n][0] for n in sorted(sw.results)])
     levels.to_csv(out / "levels.csv", index=False)
     summary = {
         "schema_version": SCHEMA_VERSION,
         "toolkit_version": __version__,
         "target": config.target,
-        "model": config.model or (sw.results[min(sw.results)].manifest.get("config", {}).get("model")),
+        "model": config.model or (sw.results[min(sw.results)][1].get("config", {}).get("model")),
         "tier_preset": config.tiers,
         "accelerators": acc,
         "accelerator_type": acc_type,
@@ -496,13 +500,40 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
         "levels": levels.to_dict(orient="records"),
         "tiers": tiers.to_dict(orient="records"),
         "n_levels": len(levels),
-        "simulated_requests": len(requests) if config.is_sim else None,
+        "simulated_requests": n_requests if config.is_sim else None,
         "levels_measured_this_run": sw.n_measured_now,
         "wall_s": time.perf_counter() - wall0,
     }
     (out / "summary.json").write_text(strict_json_dumps(summary, indent=2) + "\n")
     summary = json.loads(strict_json_dumps(summary))
-    return SweepResult(levels, summary, requests, out, tiers)
+    return SweepResult(levels, summary, None, out, tiers)
+
+
+def _write_sweep_requests(out: Path, level_dirs: list[Path]) -> int:
+    """Concatenate the levels' ``requests.parquet`` into ``out/requests.parquet`` one level at a time
+    (memory: one level), with ``level`` set to the level's index by N as in levels.csv; returns the row
+    count. Written to a temporary name and renamed, so a reader never sees a partial file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = out / "requests.parquet.tmp"
+    writer = None
+    rows = 0
+    try:
+        for i, d in enumerate(level_dirs):
+            table = pq.read_table(d / "requests.parquet")
+            col = table.schema.get_field_index("level")
+            level = pa.array([i] * table.num_rows, type=table.schema.field(col).type)
+            table = table.set_column(col, "level", level)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table.cast(writer.schema))
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    tmp.replace(out / "requests.parquet")
+    return rows
 
 
 def _file_digest(path: str | None) -> str | None:
@@ -528,8 +559,9 @@ def load_sweep(directory: str | Path) -> SweepResult:
     summary = json.loads(path.read_text())
     check_schema_version(summary.get("schema_version"), what=str(path))
     levels = pd.read_csv(directory / "levels.csv")
-    requests = pd.read_parquet(directory / "requests.parquet")
-    return SweepResult(levels, summary, requests, directory, pd.DataFrame(summary["tiers"]))
+    if not (directory / "requests.parquet").exists():
+        raise FileNotFoundError(f"{directory}: no requests.parquet; is this a finished sweep directory?")
+    return SweepResult(levels, summary, None, directory, pd.DataFrame(summary["tiers"]))
 
 
 def format_summary(summary: dict[str, Any]) -> str:
