@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -49,7 +50,32 @@ RAW_ARROW_SCHEMA = pa.schema(
 )
 
 
-class RunWriter:
+class _ArrowStreamWriter:
+    """Shared end of life of the append-only Arrow IPC writers: ``flush`` is the subclass's; ``close``
+    flushes and closes the stream (idempotent); usable as a context manager."""
+
+    _file: Any
+    _writer: Any
+
+    def flush(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Flush and close the stream (idempotent)."""
+        if self._file.closed:
+            return
+        self.flush()
+        self._writer.close()
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RunWriter(_ArrowStreamWriter):
     """Append raw rows (tuples in ``schema.RAW_COLUMNS`` order) to ``directory/requests.arrow``.
 
     Use as a context manager or call :meth:`close`. Calling the instance appends one row, so it can be
@@ -105,20 +131,6 @@ class RunWriter:
         self._file.flush()
         self._last_flush = time.monotonic()
 
-    def close(self) -> None:
-        """Flush and close the stream (idempotent)."""
-        if self._file.closed:
-            return
-        self.flush()
-        self._writer.close()
-        self._file.close()
-
-    def __enter__(self) -> RunWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def _read_stream(path: Path) -> list[pa.RecordBatch]:
     batches = []
@@ -163,7 +175,7 @@ CHUNKS_ARROW_SCHEMA = pa.schema(
 )
 
 
-class ChunkWriter:
+class ChunkWriter(_ArrowStreamWriter):
     """Append every visible chunk of every request to ``directory/chunks.arrow`` (Arrow IPC stream).
 
     :meth:`add` takes one request's chunk log (``(t_ns, tokens)`` pairs on the ``perf_counter_ns`` clock,
@@ -228,14 +240,6 @@ class ChunkWriter:
             self._cols = ([], [], [], [], [], [])
         self._file.flush()
         self._last_flush = time.monotonic()
-
-    def close(self) -> None:
-        """Flush and close the stream (idempotent)."""
-        if self._file.closed:
-            return
-        self.flush()
-        self._writer.close()
-        self._file.close()
 
 
 def read_chunk_rows(directory: str | os.PathLike) -> pd.DataFrame:
