@@ -148,10 +148,21 @@ async def _on_headers_sent(session: Any, ctx: Any, params: Any) -> None:
         holder.ns = time.perf_counter_ns()
 
 
+async def _on_chunk_sent(session: Any, ctx: Any, params: Any) -> None:
+    holder = ctx.trace_request_ctx
+    if isinstance(holder, _Sent):
+        holder.ns = time.perf_counter_ns()  # the last body chunk wins: the request is out when it is
+
+
 def sent_time_trace() -> aiohttp.TraceConfig:
-    """A trace config for the session: stamps when each request's headers went out (``t_send_s``)."""
+    """A trace config for the session: stamps when each request went out (``t_send_s``): when its last
+    body chunk was written (the server cannot start before), or its headers for a request without a body.
+    aiohttp writes the body in a task of its own after the headers, so under a burst of requests the two
+    can be far apart; the wait before the body leaves is client lag (``t_send_s - t_scheduled_s``), which
+    the self-check judges, not part of TTFT."""
     trace = aiohttp.TraceConfig()
     trace.on_request_headers_sent.append(_on_headers_sent)
+    trace.on_request_chunk_sent.append(_on_chunk_sent)
     return trace
 
 
