@@ -17,9 +17,9 @@ Error classes (``RequestOutcome.error``), one per fault, never retried:
 
 Timestamps: ``time.perf_counter_ns`` converted to seconds since the run's clock origin, taken once per
 block of bytes read from the socket (every event in a block arrived together). ``t_send_s`` is when the
-request headers were written to the connection (the :func:`sent_time_trace` hook on the session; without
-it, when :func:`send_request` was called), so a wait for a connection or a busy loop before the write is
-client lag (``t_send - t_scheduled``), not TTFT.
+request went out: its last body chunk written to the connection (the :func:`sent_time_trace` hook on the
+session; without it, when :func:`send_request` was called), so a wait for a connection or a busy loop
+before the write is client lag (``t_send - t_scheduled``), not TTFT.
 
 The body is read in blocks (``StreamReader.readany``), split into lines and fed to :class:`StreamState`;
 ``data:`` payloads go through :class:`.sse.FastScanner` (``fast=True``, the default) or
@@ -142,16 +142,11 @@ class _Sent:
         self.ns = 0
 
 
-async def _on_headers_sent(session: Any, ctx: Any, params: Any) -> None:
+async def _stamp_sent(session: Any, ctx: Any, params: Any) -> None:
+    """Headers, then each body chunk: the last stamp wins (the request is out when its body is)."""
     holder = ctx.trace_request_ctx
     if isinstance(holder, _Sent):
         holder.ns = time.perf_counter_ns()
-
-
-async def _on_chunk_sent(session: Any, ctx: Any, params: Any) -> None:
-    holder = ctx.trace_request_ctx
-    if isinstance(holder, _Sent):
-        holder.ns = time.perf_counter_ns()  # the last body chunk wins: the request is out when it is
 
 
 def sent_time_trace() -> aiohttp.TraceConfig:
@@ -161,8 +156,8 @@ def sent_time_trace() -> aiohttp.TraceConfig:
     can be far apart; the wait before the body leaves is client lag (``t_send_s - t_scheduled_s``), which
     the self-check judges, not part of TTFT."""
     trace = aiohttp.TraceConfig()
-    trace.on_request_headers_sent.append(_on_headers_sent)
-    trace.on_request_chunk_sent.append(_on_chunk_sent)
+    trace.on_request_headers_sent.append(_stamp_sent)
+    trace.on_request_chunk_sent.append(_stamp_sent)
     return trace
 
 
