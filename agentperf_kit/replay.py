@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 
 from .agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
-from .client.http import Endpoint, scrub, send_request, sent_time_trace
+from .client.http import Endpoint, open_session, scrub, send_request
 from .percentiles import percentile
 from .recorder import ChunkWriter, RunWriter
 from .results import RunResult, finalize_chunks, finalize_run, toolkit_provenance, write_manifest
@@ -124,25 +124,10 @@ async def run_live(
         "target": {"kind": "live", **endpoint.public_dict()},
     }
     limit = connection_limit or n_agents + 8
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, force_close=False)
     headers = dict(endpoint.headers)
     if key:
         headers["Authorization"] = f"Bearer {key}"
     lag: list[float] = []
-    conn_waits: list[float] = []
-    trace = aiohttp.TraceConfig()
-    queued: dict[int, float] = {}
-
-    async def _q_start(session, ctx, params) -> None:
-        queued[id(ctx)] = time.perf_counter()
-
-    async def _q_end(session, ctx, params) -> None:
-        t = queued.pop(id(ctx), None)
-        if t is not None:
-            conn_waits.append(time.perf_counter() - t)
-
-    trace.on_connection_queued_start.append(_q_start)
-    trace.on_connection_queued_end.append(_q_end)
     stop = asyncio.Event()
     in_flight: dict[int, RequestPlan] = {}
     origin_ns = time.perf_counter_ns()
@@ -161,8 +146,9 @@ async def run_live(
     ttfts: list[float] = []
     errors = 0
 
-    traces = [trace, sent_time_trace()]  # t_send_s = when the request went out
-    async with aiohttp.ClientSession(connector=connector, headers=headers, trace_configs=traces) as session:
+    async with open_session(limit, headers) as session:
+        conn_waits = session.connector.queue_waits_s
+        body_reader = "protocol" if session.connector.sink_capable else "readany"
         manifest["server"] = await _server_info(session, endpoint, secrets)
         monitor = asyncio.create_task(_loop_lag_monitor(lag, stop))
         sampler = None
@@ -273,6 +259,7 @@ async def run_live(
                 "budget_s": lag_budget_s,
                 "connection_limit": limit,
                 "connection_waits": len(conn_waits),
+                "body_reader": body_reader,
                 "stream_parser": "fast" if fast_parse else "json",
                 "reasons": reasons,
             },

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from agentperf_kit.agents import RequestOutcome, RequestPlan
-from agentperf_kit.client.http import Endpoint, StreamState, finish_outcome, send_request
+from agentperf_kit.client.http import Endpoint, StreamState, finish_outcome, open_session, send_request
 from agentperf_kit.client.sse import DONE, FastScanner, MalformedChunk, parse_event
 from agentperf_kit.trajectories.model import Turn
 from tests.sse_servers import SSEServer
@@ -135,27 +135,33 @@ def test_the_fast_path_really_skips_decoding(monkeypatch):
 @pytest.mark.parametrize(("dialect", "api"), DIALECTS)
 @pytest.mark.parametrize("fault", [*FAULTS, "http500", "http429"])
 def test_send_request_fast_and_full_give_the_same_outcome(dialect, api, fault):
-    async def go(fast):
+    """Fast scanner and full JSON, each read by the protocol sink (``open_session``) and by ``readany``
+    (a plain session): all four give the reference outcome (full JSON, ``readany``)."""
+
+    async def go(fast, sink):
         server = await SSEServer(dialect=dialect, fault=fault, ttft_s=0.01, itl_s=0.001).start()
         ep = Endpoint(server.base_url, "test-model", api=api, stall_timeout_s=0.3, request_timeout_s=5)
         log: list = []
         try:
-            async with aiohttp.ClientSession() as s:
+            async with open_session(16) if sink else aiohttp.ClientSession() as s:
+                assert not sink or s.connector.sink_capable
                 return await send_request(s, ep, _plan(), ep.body(_plan()), 0, fast=fast, chunk_log=log), log
         finally:
             await server.stop()
 
-    (a, la), (b, lb) = asyncio.run(go(True)), asyncio.run(go(False))
+    b, lb = asyncio.run(go(False, False))
     times = ("t_send_s", "t_end_s", "t_first_s", "t_first_answer_s", "t_last_s")
-    da, db = asdict(a), asdict(b)
-    for t in times:
-        assert math.isnan(da.pop(t)) == math.isnan(db.pop(t)), t
-    if fault in ("cut", "stall"):  # the detail names the exception / the time, same class either way
-        assert da.pop("error_detail").split(":")[0] == db.pop("error_detail").split(":")[0]
-    assert da == db
-    assert len(la) == len(lb) == a.n_chunks
+    for fast, sink in ((True, True), (False, True), (True, False)):
+        a, la = asyncio.run(go(fast, sink))
+        da, db = asdict(a), asdict(b)
+        for t in times:
+            assert math.isnan(da.pop(t)) == math.isnan(db.pop(t)), (t, fast, sink)
+        if fault in ("cut", "stall"):  # the detail names the exception / the time, same class either way
+            assert da.pop("error_detail").split(":")[0] == db.pop("error_detail").split(":")[0]
+        assert da == db, (fast, sink)
+        assert len(la) == len(lb) == a.n_chunks
     if fault == "stall":
-        assert a.error == "stall_timeout"
+        assert b.error == a.error == "stall_timeout"
 
 
 # ---- pathological lines -------------------------------------------------------------------------------

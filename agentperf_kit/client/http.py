@@ -15,33 +15,56 @@ Error classes (``RequestOutcome.error``), one per fault, never retried:
 | ``empty_response`` | a finished stream with no visible token |
 | ``cancelled_at_end`` | still running when the drain after the steady window expired (set by the driver) |
 
-Timestamps: ``time.perf_counter_ns`` converted to seconds since the run's clock origin, taken once per
-block of bytes read from the socket (every event in a block arrived together). ``t_send_s`` is when the
-request went out: its last body chunk written to the connection (the :func:`sent_time_trace` hook on the
-session; without it, when :func:`send_request` was called), so a wait for a connection or a busy loop
-before the write is client lag (``t_send - t_scheduled``), not TTFT.
+Timestamps: ``time.perf_counter_ns`` converted to seconds since the run's clock origin. ``t_send_s`` is
+when the request went out: the last byte of its body handed to the connection (:class:`SentBody`), so a
+wait for a connection or a busy loop before the write is client lag (``t_send - t_scheduled``), not TTFT.
+The other times are taken once per block of bytes read from the socket (every event in a block arrived
+together).
 
-The body is read in blocks (``StreamReader.readany``), split into lines and fed to :class:`StreamState`;
-``data:`` payloads go through :class:`.sse.FastScanner` (``fast=True``, the default) or
-:func:`.sse.parse_event` for every chunk (``fast=False``); both give the same outcome. The stall timeout is
-one lazy timer per request (re-armed only when it fires), not a timeout per read.
+Reading the body: aiohttp does the HTTP (connections, request, status, headers, chunked encoding). With a
+session from :func:`open_session`, each block of the body is taken from the response's ``StreamReader``
+inside the connection's ``data_received`` (:class:`SinkResponseHandler`), stamped on arrival and fed to
+:class:`StreamState` there: the request's task wakes once at the end of the stream instead of once per
+chunk, and a busy event loop no longer delays the stamps. With any other session the task reads blocks
+with ``StreamReader.readany``. ``data:`` payloads go through :class:`.sse.FastScanner` (``fast=True``, the
+default) or :func:`.sse.parse_event` for every chunk (``fast=False``); all four combinations give the same
+outcome (``tests/test_sse_fastpath.py``). Both time limits share one lazy timer per request (re-armed
+only when it fires), not a timeout per read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import json
 import re
 import time
+import warnings
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.payload import BytesPayload
 
 from ..agents import RequestOutcome, RequestPlan
+from .eager import eager_body_writes
 from .prompts import MARKER_TOKENS, chat_messages, completion_prompt
 from .sse import BODY_MATCH, DONE, FastScanner, MalformedChunk, parse_event, utf8_ok
 
-__all__ = ["Endpoint", "StreamState", "scrub", "send_request", "sent_time_trace"]
+__all__ = [
+    "Endpoint",
+    "RunConnector",
+    "SentBody",
+    "SinkResponseHandler",
+    "StreamState",
+    "encode_body",
+    "open_session",
+    "scrub",
+    "send_request",
+]
 
 _NAN = float("nan")
 _SECRET = re.compile(r"(?i)(bearer\s+|api[_-]?key[\"'=:\s]+|sk-)[A-Za-z0-9._\-]{6,}")
@@ -135,30 +158,155 @@ class Endpoint:
         return body
 
 
-class _Sent:
-    __slots__ = ("ns",)
+class SentBody(BytesPayload):
+    """A request body that notes when it went out: ``sent_ns`` (``perf_counter_ns``) is stamped when its
+    last byte was handed to the connection (after any wait for the socket buffer to drain), 0 before.
+    aiohttp writes the headers together with the body, in a task of its own on Python < 3.12, so under a
+    burst of requests the body can leave long after the request started; that wait is client lag
+    (``t_send_s - t_scheduled_s``), which the self-check judges, not part of TTFT."""
 
-    def __init__(self) -> None:
-        self.ns = 0
+    def __init__(self, data: bytes) -> None:
+        if len(data) >= 1 << 20:  # aiohttp warns about large byte bodies; ours are prompts, by design
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                super().__init__(data, content_type="application/json")
+        else:
+            super().__init__(data, content_type="application/json")
+        self.sent_ns = 0
+
+    async def write(self, writer: Any) -> None:  # aiohttp < 3.12
+        await super().write(writer)
+        self.sent_ns = time.perf_counter_ns()
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        await super().write_with_length(writer, content_length)
+        self.sent_ns = time.perf_counter_ns()
 
 
-async def _stamp_sent(session: Any, ctx: Any, params: Any) -> None:
-    """Headers, then each body chunk: the last stamp wins (the request is out when its body is)."""
-    holder = ctx.trace_request_ctx
-    if isinstance(holder, _Sent):
-        holder.ns = time.perf_counter_ns()
+def encode_body(body: dict[str, Any]) -> bytes:
+    """The JSON of a request body as sent (compact, UTF-8)."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def sent_time_trace() -> aiohttp.TraceConfig:
-    """A trace config for the session: stamps when each request went out (``t_send_s``): when its last
-    body chunk was written (the server cannot start before), or its headers for a request without a body.
-    aiohttp writes the body in a task of its own after the headers, so under a burst of requests the two
-    can be far apart; the wait before the body leaves is client lag (``t_send_s - t_scheduled_s``), which
-    the self-check judges, not part of TTFT."""
-    trace = aiohttp.TraceConfig()
-    trace.on_request_headers_sent.append(_stamp_sent)
-    trace.on_request_chunk_sent.append(_stamp_sent)
-    return trace
+class SinkResponseHandler(ResponseHandler):
+    """aiohttp's connection protocol, plus a way to hand a response body to a :class:`_BodySink` as its
+    bytes arrive, so that reading a stream costs no task wake-up per chunk and every block is stamped
+    when it came off the socket (not when a busy event loop got round to the reading task).
+
+    aiohttp still does all of HTTP: the sink takes the body from the response's ``StreamReader``
+    (``read_nowait``) right after aiohttp has parsed each block. ``early_ns`` is when the first body
+    bytes of the current response arrived, for a body that started before a sink was attached;
+    ``rx_ns`` is the last arrival of any bytes.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.body_sink: _BodySink | None = None
+        self.rx_ns = 0
+        self.early_ns = 0
+        self.early_payload: Any = None
+
+    def data_received(self, data: bytes) -> None:
+        if not data:  # aiohttp resuming its parser from resume_reading(): nothing arrived
+            super().data_received(data)
+            return
+        now = self.rx_ns = time.perf_counter_ns()
+        super().data_received(data)
+        sink = self.body_sink
+        if sink is not None:
+            sink.pump(now)
+        else:
+            payload = self._payload
+            if payload is not self.early_payload and getattr(payload, "total_bytes", 0):
+                self.early_payload, self.early_ns = payload, now
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        sink = self.body_sink
+        if sink is not None:
+            sink.pump(time.perf_counter_ns())
+
+
+class _BodySink:
+    """Feeds one response body to a :class:`StreamState` from inside the protocol's ``data_received``;
+    wakes the request's task once, when the stream is over (``[DONE]``, an error object, end of body, a
+    malformed chunk or a broken connection: ``exc``)."""
+
+    __slots__ = ("content", "exc", "proto", "state", "waiter", "watch")
+
+    def __init__(self, proto: SinkResponseHandler, content: Any, state: StreamState, watch: _Watch) -> None:
+        self.proto, self.content, self.state, self.watch = proto, content, state, watch
+        self.exc: BaseException | None = None
+        self.waiter = watch.loop.create_future()
+
+    def pump(self, now: int) -> None:
+        content = self.content
+        try:
+            data = content.read_nowait()  # raises the stream's exception (connection lost, bad chunk)
+            if data:
+                self.watch.last_ns = now
+                if self.state.feed(data, now):
+                    self._end()
+                    return
+            if content.is_eof():
+                self.state.close(now)
+                self._end()
+        except Exception as exc:  # handed to the request's task, which classifies it
+            self.exc = exc
+            self._end()
+
+    def _end(self) -> None:
+        self.proto.body_sink = None
+        if not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class RunConnector(aiohttp.TCPConnector):
+    """The run's connector: aiohttp's ``TCPConnector`` whose connections use :class:`SinkResponseHandler`
+    (when this aiohttp builds them the expected way: ``sink_capable``) and which records, for every
+    request that found the pool full, how long it waited for a connection (``queue_waits_s``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        factory = getattr(self, "_factory", None)
+        self.sink_capable = isinstance(factory, functools.partial) and factory.func is ResponseHandler
+        if self.sink_capable:
+            self._factory = functools.partial(SinkResponseHandler, *factory.args, **factory.keywords)
+        self.queue_waits_s: list[float] = []
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+        limit = self.limit
+        if not limit or len(getattr(self, "_acquired", ())) < limit:
+            return await super().connect(req, traces, timeout)
+        t0 = time.perf_counter()
+        try:
+            return await super().connect(req, traces, timeout)
+        finally:
+            self.queue_waits_s.append(time.perf_counter() - t0)
+
+
+@contextlib.asynccontextmanager
+async def open_session(
+    limit: int, headers: dict[str, str] | None = None
+) -> AsyncIterator[aiohttp.ClientSession]:
+    """``async with open_session(limit) as session``: a client session for a run.
+
+    A :class:`RunConnector` with ``limit`` connections (size it for the agents: aiohttp's default of 100
+    makes requests queue while their clock runs), no session-wide time limit (aiohttp's default of 300 s
+    would end long requests; ``Endpoint`` sets the request and stall limits), no cookie jar (a benchmark
+    does not carry cookies between requests), and request bodies written inside ``session.post`` on
+    Python 3.11 too (:func:`.eager.eager_body_writes`).
+    """
+    connector = RunConnector(limit=limit, limit_per_host=limit)
+    session = aiohttp.ClientSession(
+        connector=connector,
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+    with eager_body_writes():
+        async with session:
+            yield session
 
 
 def _int(v: Any) -> int | None:
@@ -282,27 +430,39 @@ class StreamState:
         return False
 
 
-class _StallWatch:
-    """One timer per request: fires ``stall_s`` after the last data, re-armed lazily (no per-read cost
-    beyond storing the time). When it fires the reading task is cancelled and ``fired`` is set."""
+class _Watch:
+    """One timer per request for both limits: the whole request (``request_s``) and silence mid-stream
+    (``stall_s``, from :meth:`start_stall` on, measured from ``last_ns``, which the readers set as bytes
+    arrive at no further cost). Re-armed lazily when it fires early. When a limit is reached the task is
+    cancelled and ``fired`` says which (``request_timeout`` or ``stall_timeout``)."""
 
-    __slots__ = ("fired", "handle", "last", "loop", "stall", "task")
+    __slots__ = ("deadline_ns", "fired", "handle", "last_ns", "loop", "stall_ns", "task")
 
-    def __init__(self, stall_s: float) -> None:
+    def __init__(self, request_s: float, stall_s: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
-        self.stall = stall_s
-        self.fired = False
-        self.last = self.loop.time()
-        self.handle = self.loop.call_at(self.last + stall_s, self._check)
+        self.fired: str | None = None
+        self.deadline_ns = time.perf_counter_ns() + int(request_s * 1e9)
+        self.stall_ns = int(stall_s * 1e9)
+        self.last_ns = 0  # 0: not watching for a stall yet
+        self.handle = self.loop.call_later(request_s, self._check)
+
+    def start_stall(self, now_ns: int) -> None:
+        self.last_ns = now_ns
+        if self.stall_ns < self.deadline_ns - now_ns:
+            self.handle.cancel()
+            self.handle = self.loop.call_later(self.stall_ns / 1e9, self._check)
 
     def _check(self) -> None:
-        due = self.last + self.stall
-        if self.loop.time() >= due:
-            self.fired = True
+        now = time.perf_counter_ns()
+        due = self.deadline_ns
+        if self.last_ns:
+            due = min(due, self.last_ns + self.stall_ns)
+        if now >= due:
+            self.fired = "request_timeout" if now >= self.deadline_ns else "stall_timeout"
             self.task.cancel()
         else:
-            self.handle = self.loop.call_at(due, self._check)
+            self.handle = self.loop.call_later((due - now) / 1e9, self._check)
 
     def close(self) -> None:
         self.handle.cancel()
@@ -321,8 +481,11 @@ async def send_request(
 ) -> RequestOutcome:
     """Send one streaming request and measure it. Never raises for a server or network fault.
 
-    ``fast=False`` JSON-decodes every chunk (the reference path); ``chunk_log`` (a list) receives
-    ``(t_ns, tokens)`` per visible chunk, ``t_ns`` on the ``perf_counter_ns`` clock.
+    With a session from :func:`open_session` the body is read by a :class:`_BodySink` inside the
+    connection's protocol (one task wake-up per request, blocks stamped on arrival); with any other
+    session, by ``StreamReader.readany`` in this task; both give the same outcome. ``fast=False``
+    JSON-decodes every chunk (the reference path); ``chunk_log`` (a list) receives ``(t_ns, tokens)`` per
+    visible chunk, ``t_ns`` on the ``perf_counter_ns`` clock.
     """
     clock = time.perf_counter_ns
     t_send = (clock() - origin_ns) / 1e9
@@ -332,54 +495,38 @@ async def send_request(
     elif plan.turn.messages is None:
         out.target_prompt_tokens = plan.turn.input_tokens + MARKER_TOKENS
     st = StreamState(fast, chunk_log)
-    sent = _Sent()
+    data = SentBody(encode_body(body))
+    watch = _Watch(endpoint.request_timeout_s, endpoint.stall_timeout_s)
     try:
-        async with asyncio.timeout(endpoint.request_timeout_s):
-            async with session.post(endpoint.url, json=body, trace_request_ctx=sent) as resp:
-                if sent.ns:
-                    out.t_send_s = (sent.ns - origin_ns) / 1e9
-                out.http_status = resp.status
-                if resp.status != 200:
-                    text = scrub((await resp.text())[:300], secrets)
-                    if resp.status == 429:
-                        out.error = "rate_limited"
-                        out.error_detail = f"429 Retry-After={resp.headers.get('Retry-After')}: {text}"
-                    else:
-                        out.error = "http_error"
-                        out.error_detail = f"{resp.status}: {text}"
-                    out.ok = False
-                    return out
-                content = resp.content
-                watch = _StallWatch(endpoint.stall_timeout_s)
-                loop_time = watch.loop.time
-                try:
-                    while True:
-                        try:
-                            data = await content.readany()
-                        except asyncio.CancelledError:
-                            if not watch.fired:
-                                raise
-                            watch.task.uncancel()
-                            out.ok, out.error = False, "stall_timeout"
-                            out.error_detail = f"no data for {endpoint.stall_timeout_s:g} s"
-                            break
-                        now = clock()
-                        if not data:
-                            st.close(now)
-                            break
-                        watch.last = loop_time()
-                        if st.feed(data, now):
-                            break
-                finally:
-                    watch.close()
-                if st.error is not None:
-                    out.ok, out.error = False, "stream_error"
-                    out.error_detail = scrub(st.error[:300], secrets)
+        async with session.post(endpoint.url, data=data) as resp:
+            if data.sent_ns:
+                out.t_send_s = (data.sent_ns - origin_ns) / 1e9
+            out.http_status = resp.status
+            if resp.status != 200:
+                text = scrub((await resp.text())[:300], secrets)
+                if resp.status == 429:
+                    out.error = "rate_limited"
+                    out.error_detail = f"429 Retry-After={resp.headers.get('Retry-After')}: {text}"
+                else:
+                    out.error = "http_error"
+                    out.error_detail = f"{resp.status}: {text}"
+                out.ok = False
+                return out
+            await _read_body(resp, st, watch)
+            if st.error is not None:
+                out.ok, out.error = False, "stream_error"
+                out.error_detail = scrub(st.error[:300], secrets)
+    except asyncio.CancelledError:
+        if watch.fired is None or watch.task.uncancel() > 0:
+            raise  # not ours (the run is ending), or ours and someone else's at once
+        out.ok, out.error = False, watch.fired
+        out.error_detail = (
+            f"no data for {endpoint.stall_timeout_s:g} s"
+            if watch.fired == "stall_timeout"
+            else f"longer than {endpoint.request_timeout_s:g} s"
+        )
     except MalformedChunk as exc:
         out.ok, out.error, out.error_detail = False, "malformed_json", scrub(str(exc), secrets)
-    except TimeoutError:
-        out.ok, out.error = False, "request_timeout"
-        out.error_detail = f"longer than {endpoint.request_timeout_s:g} s"
     except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
         out.ok = False
         out.error = "connect_error" if not st.n_chunks else "stream_cut"
@@ -387,9 +534,47 @@ async def send_request(
     except aiohttp.ClientError as exc:
         out.ok, out.error = False, "stream_cut"
         out.error_detail = scrub(f"{type(exc).__name__}: {exc}"[:300], secrets)
+    finally:
+        watch.close()
     out.t_end_s = (clock() - origin_ns) / 1e9
     finish_outcome(out, st, origin_ns)
     return out
+
+
+async def _read_body(resp: aiohttp.ClientResponse, st: StreamState, watch: _Watch) -> None:
+    """Read a 200 response's SSE body into ``st``: by a sink in the protocol where the connection has one
+    (and the body is not over yet), else by ``readany`` here. Raises what the stream raised."""
+    clock = time.perf_counter_ns
+    content = resp.content
+    conn = resp.connection
+    proto = conn.protocol if conn is not None else None
+    if isinstance(proto, SinkResponseHandler) and not content.is_eof() and content.exception() is None:
+        now = clock()
+        watch.start_stall(now)
+        sink = _BodySink(proto, content, st, watch)
+        if proto.early_payload is content:  # body bytes came before the sink: stamp them on arrival
+            sink.pump(proto.early_ns)
+            if st.t_last:
+                st.t_last = max(st.t_last, proto.rx_ns)
+        if not sink.waiter.done():
+            proto.body_sink = sink
+            try:
+                await sink.waiter
+            finally:
+                proto.body_sink = None
+        if sink.exc is not None:
+            raise sink.exc
+        return
+    watch.start_stall(clock())
+    while True:
+        data = await content.readany()
+        now = clock()
+        if not data:
+            st.close(now)
+            return
+        watch.last_ns = now
+        if st.feed(data, now):
+            return
 
 
 def finish_outcome(out: RequestOutcome, st: StreamState, origin_ns: int) -> None:

@@ -1,0 +1,184 @@
+"""The run's HTTP session: bodies leave inside ``session.post``, the body is read in the connection's
+protocol, and both give what the plain aiohttp path gives, on real loopback servers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+import time
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from agentperf_kit.agents import RequestPlan
+from agentperf_kit.client.eager import eager_body_writes
+from agentperf_kit.client.http import Endpoint, SinkResponseHandler, open_session, send_request
+from agentperf_kit.trajectories.model import Turn
+from tests.sse_servers import SSEServer
+
+
+def _plan(n_out: int = 8) -> RequestPlan:
+    return RequestPlan(0, 0, "t", 0, Turn(0, 0, 20, n_out), 0, "7" * 32, True, 0.0)
+
+
+async def _burst(session: aiohttp.ClientSession, ep: Endpoint, n: int) -> list[tuple[float, float]]:
+    """n requests started together on warm connections: (start, sent) per request, seconds."""
+    plan = _plan(2)
+    body = ep.body(plan)
+    await asyncio.gather(*(send_request(session, ep, plan, body, 0) for _ in range(n)))  # warm the pool
+    times: list[tuple[float, float]] = []
+
+    async def one() -> None:
+        start = time.perf_counter_ns() / 1e9
+        out = await send_request(session, ep, plan, body, 0)
+        assert out.ok, out.error_detail
+        times.append((start, out.t_send_s))
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return sorted(times)
+
+
+def test_bodies_leave_inside_post_in_a_burst():
+    """Each request of a burst is on the wire before the next one starts (Python >= 3.12 does this by
+    itself; on 3.11 the run's session does it): no request waits for the whole burst to be set up."""
+
+    async def go(run_session: bool):
+        server = await SSEServer(ttft_s=0.01, itl_s=0.001).start()
+        ep = Endpoint(server.base_url, "test-model")
+        try:
+            if run_session:
+                async with open_session(80) as s:
+                    assert s.connector.sink_capable
+                    return await _burst(s, ep, 60)
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=80)) as s:
+                return await _burst(s, ep, 60)
+        finally:
+            await server.stop()
+
+    times = asyncio.run(go(True))
+    before_next = sum(sent < nxt for (_, sent), (nxt, _) in itertools.pairwise(times))
+    assert before_next >= 0.9 * (len(times) - 1), before_next
+    if sys.version_info < (3, 12):  # the negative control: aiohttp on 3.11 sends after the whole burst
+        plain = asyncio.run(go(False))
+        assert max(start for start, _ in plain) < min(sent for _, sent in plain)
+
+
+def test_eager_writes_are_installed_only_inside_and_restore_the_factory():
+    async def go():
+        loop = asyncio.get_running_loop()
+
+        def mine(loop, coro, **kw):
+            return asyncio.Task(coro, loop=loop, **kw)
+
+        loop.set_task_factory(mine)
+        with eager_body_writes() as installed:
+            assert installed == (sys.version_info < (3, 12))
+            inside = loop.get_task_factory()
+            assert (inside is not mine) == installed
+            assert await asyncio.create_task(asyncio.sleep(0, result=7)) == 7  # others go through
+        assert loop.get_task_factory() is mine
+
+    asyncio.run(go())
+
+
+def test_a_large_body_that_waits_for_the_socket_is_sent_whole_and_stamped_when_written():
+    """A body larger than the socket buffers, to a server that reads it late: the write waits (the
+    rest of the eager write continues in a task) and ``t_send_s`` is when its last byte was written."""
+    got: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.3)  # headers read, body left in the socket
+        raw = await request.read()
+        got.append(len(raw))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices":[{"index":0,"text":"x","finish_reason":null}]}\n\n')
+        usage = b'{"prompt_tokens":%d,"completion_tokens":1}' % len(raw)
+        await resp.write(
+            b'data: {"choices":[{"index":0,"text":"","finish_reason":"length"}],"usage":%s}\n\n' % usage
+        )
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    async def go():
+        app = web.Application(client_max_size=64 << 20)
+        app.router.add_post("/v1/completions", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        ep = Endpoint(f"http://127.0.0.1:{port}/v1", "m", api="completions")
+        body = {"model": "m", "stream": True, "max_tokens": 1, "prompt": [7] * 4_000_000}
+        try:
+            async with open_session(4) as s:
+                t0 = time.perf_counter_ns() / 1e9
+                out = await send_request(s, ep, _plan(1), body, 0)
+        finally:
+            await runner.cleanup()
+        return t0, out
+
+    t0, out = asyncio.run(go())
+    assert out.ok, out.error_detail
+    assert got and out.prompt_tokens == got[0] > 8_000_000
+    assert out.t_send_s - t0 >= 0.25  # the last byte left after the server began to read
+    assert out.t_first_s >= out.t_send_s
+
+
+def test_a_body_that_arrives_before_the_reader_is_attached_is_read_whole():
+    """The loop is blocked while the response headers and the first chunks arrive together: the sink
+    takes what aiohttp already buffered (stamped at its arrival), then the rest as it comes."""
+
+    async def go(block_s: float):
+        server = await SSEServer(ttft_s=0.0, itl_s=0.05).start()
+        ep = Endpoint(server.base_url, "test-model", api="completions")
+        try:
+            async with open_session(4) as s:
+                loop = asyncio.get_running_loop()
+                loop.call_later(0.005, time.sleep, block_s)  # blocks the loop just after the send
+                out = await send_request(s, ep, _plan(6), ep.body(_plan(6)), 0)
+                protos = [p for p in s.connector._acquired] if hasattr(s.connector, "_acquired") else []
+        finally:
+            await server.stop()
+        return out, protos
+
+    out, protos = asyncio.run(go(0.12))
+    assert out.ok and out.output_tokens == 6 and out.n_chunks == 6, out
+    assert out.t_last_s - out.t_first_s >= 5 * 0.05 * 0.6  # the later chunks kept their own times
+    assert all(isinstance(p, SinkResponseHandler) for p in protos)
+
+
+def test_run_session_has_no_session_time_limit():
+    """aiohttp's default session timeout ends any request after 300 s; a run's requests are limited by
+    ``Endpoint.request_timeout_s`` and ``stall_timeout_s`` only."""
+
+    async def go():
+        async with open_session(4) as s:
+            return s.timeout
+
+    timeout = asyncio.run(go())
+    assert timeout.total is None and timeout.sock_read is None
+
+
+@pytest.mark.parametrize("fault", ["stall", "cut"])
+def test_request_and_stall_limits_share_one_timer(fault):
+    """The stall limit ends a silent stream; the request limit ends a slow one that never stalls."""
+
+    async def go(stall_s, request_s):
+        server = await SSEServer(ttft_s=0.01, itl_s=0.05, fault=fault if fault == "stall" else None).start()
+        ep = Endpoint(server.base_url, "test-model", stall_timeout_s=stall_s, request_timeout_s=request_s)
+        try:
+            async with open_session(4) as s:
+                return await send_request(s, ep, _plan(40), ep.body(_plan(40)), 0)
+        finally:
+            await server.stop()
+
+    if fault == "stall":
+        out = asyncio.run(go(0.2, 10))
+        assert out.error == "stall_timeout" and out.n_chunks > 0
+    else:
+        out = asyncio.run(go(0.2, 0.6))  # 40 chunks x 50 ms = 2 s: never silent for 0.2 s
+        assert out.error == "request_timeout", out
+        assert 0.5 < out.t_end_s - out.t_send_s < 1.5
