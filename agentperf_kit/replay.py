@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -45,6 +46,40 @@ async def _loop_lag_monitor(samples: list[float], stop: asyncio.Event, interval:
         t = loop.time()
         await asyncio.sleep(interval)
         samples.append(max(0.0, loop.time() - t - interval))
+
+
+# net new container objects before the collector runs during a run (Python's default is 700)
+RUN_GC_THRESHOLD = 200_000
+
+
+@contextlib.asynccontextmanager
+async def _still_heap(pauses: list[float]) -> Any:
+    """For the run: collect once, freeze every object that exists (trajectories, modules, the session)
+    out of the collector's reach, and let the collector run only after ``RUN_GC_THRESHOLD`` net new
+    objects (a leak's safety valve; a steady run frees what it makes, by reference counting). Without
+    this, 4,096 agents saw ~800 collections a minute, none of which found garbage, the longest ~150 ms,
+    each stopping the event loop and delaying every send due meanwhile. Settings are restored at the
+    end; every collection's pause is appended to ``pauses`` (seconds)."""
+    t0 = 0.0
+
+    def timed(phase: str, info: dict) -> None:
+        nonlocal t0
+        if phase == "start":
+            t0 = time.perf_counter()
+        else:
+            pauses.append(time.perf_counter() - t0)
+
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(RUN_GC_THRESHOLD, 1000, 1000)
+    gc.callbacks.append(timed)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(timed)
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 async def _server_info(session: aiohttp.ClientSession, endpoint: Endpoint, secrets: tuple[str, ...]) -> dict:
@@ -146,7 +181,8 @@ async def run_live(
     ttfts: list[float] = []
     errors = 0
 
-    async with open_session(limit, headers) as session:
+    gc_pauses: list[float] = []
+    async with open_session(limit, headers) as session, _still_heap(gc_pauses):
         conn_waits = session.connector.queue_waits_s
         body_reader = "protocol" if session.connector.sink_capable else "readany"
         manifest["server"] = await _server_info(session, endpoint, secrets)
@@ -166,8 +202,7 @@ async def run_live(
         async def agent(plan: RequestPlan | None) -> None:
             nonlocal errors
             while plan is not None:
-                delay = plan.t_scheduled_s - now()
-                if delay > 0:
+                while (delay := plan.t_scheduled_s - now()) > 0:  # timers may wake a little early
                     await asyncio.sleep(delay)
                 if not fleet.may_send(now()):
                     return
@@ -260,6 +295,9 @@ async def run_live(
                 "connection_limit": limit,
                 "connection_waits": len(conn_waits),
                 "body_reader": body_reader,
+                "gc_pauses": len(gc_pauses),
+                "gc_pause_max_s": max(gc_pauses, default=0.0),
+                "gc_pause_total_s": sum(gc_pauses),
                 "stream_parser": "fast" if fast_parse else "json",
                 "reasons": reasons,
             },

@@ -260,6 +260,8 @@ def workload_agents(binary, args, parser):
         s1 = srv.stats()
     df = res.requests
     win = df[df.in_window]
+    send = df.t_send_s - df.t_scheduled_s
+    first = df.groupby("agent").t_scheduled_s.transform("min") == df.t_scheduled_s
     toks = s1["tokens"] - s0["tokens"]
     srv_cpu = (s1["cpu_user_s"] + s1["cpu_sys_s"]) - (s0["cpu_user_s"] + s0["cpu_sys_s"])
     cc = res.manifest["client_check"]
@@ -271,6 +273,11 @@ def workload_agents(binary, args, parser):
         f"send delay "
         f"P95 {cc['send_delay_p95_s'] * 1e3:.2f} ms, connection waits {cc['connection_waits']} "
         f"{'; '.join(cc['reasons'])}\n"
+        f"  garbage collections during the run {cc.get('gc_pauses')}, longest "
+        f"{cc.get('gc_pause_max_s', math.nan) * 1e3:.1f} ms, total {cc.get('gc_pause_total_s', math.nan) * 1e3:.0f} ms\n"
+        f"  send delay P50 / P95 / max: in window {send[df.in_window].median() * 1e3:.2f} / "
+        f"{send[df.in_window].quantile(0.95) * 1e3:.2f} / {send[df.in_window].max() * 1e3:.1f} ms; each agent's "
+        f"first request {send[first].median() * 1e3:.2f} / {send[first].quantile(0.95) * 1e3:.2f} ms\n"
         f"  requests {len(df):,} (in window {len(win):,}, failed {int((~df.ok).sum())}), server max active "
         f"{s1['max_active']}, tokens {toks:,}\n"
         f"  TTFT P50 {win.ttft_s.median() * 1e3:.1f} ms P95 {win.ttft_s.quantile(0.95) * 1e3:.1f} ms (true "
