@@ -232,7 +232,7 @@ async def run_live(
                         )
                 plan = fleet.complete(plan, outcome)
 
-        tasks = [asyncio.create_task(agent(p)) for p in fleet.start(0.0)]
+        tasks = [asyncio.create_task(agent(p)) for p in fleet.start(now())]  # after the set-up
         all_done = asyncio.gather(*tasks)
         while not all_done.done():
             await asyncio.wait({all_done}, timeout=0.2)
