@@ -260,6 +260,10 @@ class AgentFleet:
             return False
         return True
 
+    def active_agents(self) -> int:
+        """Agents that have sent their first request (all of them once the ramp is over)."""
+        return self._n_active
+
     def on_send(self, plan: RequestPlan, t_send: float) -> None:
         """Record that ``plan`` went out at ``t_send`` (seconds)."""
         plan.t_send_s = t_send

@@ -179,6 +179,7 @@ async def run_live(
 
         bar = tqdm(desc=f"N={n_agents} requests", unit="req", leave=False)
     ttfts: list[float] = []
+    speeds: list[float] = []
     errors = 0
 
     gc_pauses: list[float] = []
@@ -222,12 +223,18 @@ async def run_live(
                     bar.update(1)
                     if not outcome.ok:
                         errors += 1
+                        speeds.append(0.0)  # a failed request counts as a miss, as in the metrics
                     elif outcome.t_first_s == outcome.t_first_s:
                         ttfts.append(outcome.t_first_s - outcome.t_send_s)
-                    if bar.n % 50 == 0:
+                        span, n_out = outcome.t_last_s - outcome.t_first_s, outcome.output_tokens or 0
+                        if n_out >= 2:
+                            speeds.append((n_out - 1) / span if span > 0 else float("inf"))
+                    if bar.n % 50 == 0:  # over the last 500 requests
                         bar.set_postfix(
-                            errors=errors,
+                            agents=fleet.active_agents(),
                             in_flight=len(in_flight),
+                            errors=errors,
+                            p25_speed=f"{percentile(speeds[-500:], 25):.1f}tok/s",
                             p95_ttft=f"{percentile(ttfts[-500:], 95):.2f}s",
                         )
                 plan = fleet.complete(plan, outcome)

@@ -168,6 +168,7 @@ class SSEServer:
             usage["prompt_tokens_details"] = {"cached_tokens": cached}
         if self.dialect == "reasoning":
             usage["completion_tokens_details"] = {"reasoning_tokens": n // 2}
+        continuous = bool((body.get("stream_options") or {}).get("continuous_usage_stats"))
         if self.dialect == "llamacpp":
             await send(b"null")
         if chat and trt:
@@ -221,7 +222,11 @@ class SSEServer:
                 delta = {"content": piece, "reasoning_content": "", "tool_calls": []}
             else:
                 delta = {"content": piece}
-            await send(chunk(delta=delta, text=piece, finish=finish))
+            running = None
+            if continuous:  # vLLM's continuous_usage_stats: the running count on every chunk
+                running = {"prompt_tokens": prompt_tokens, "completion_tokens": sent}
+                running["total_tokens"] = prompt_tokens + sent
+            await send(chunk(delta=delta, text=piece, finish=finish, usage=running))
             if self.dialect == "sglang":
                 await resp.write(b": keep-alive" + eol + eol)
             if not last:

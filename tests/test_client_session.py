@@ -182,3 +182,33 @@ def test_request_and_stall_limits_share_one_timer(fault):
         out = asyncio.run(go(0.2, 0.6))  # 40 chunks x 50 ms = 2 s: never silent for 0.2 s
         assert out.error == "request_timeout", out
         assert 0.5 < out.t_end_s - out.t_send_s < 1.5
+
+
+@pytest.mark.parametrize(
+    ("dialect", "continuous", "first", "per_chunk"),
+    [
+        ("vllm", False, 1, 1),  # one token per chunk: the usage total equals the visible chunks
+        ("sglang", False, None, None),  # 3 per chunk and nothing says so
+        ("sglang", True, 3, 3),  # continuous_usage_stats: every chunk's share of completion_tokens
+        ("vllm", True, 1, 1),
+    ],
+)
+def test_first_chunk_tokens_only_where_the_stream_says(dialect, continuous, first, per_chunk):
+    async def go():
+        server = await SSEServer(dialect=dialect, ttft_s=0.01, itl_s=0.002).start()
+        ep = Endpoint(server.base_url, "test-model", continuous_usage=continuous)
+        log: list = []
+        try:
+            async with open_session(4) as s:
+                out = await send_request(s, ep, _plan(12), ep.body(_plan(12)), 0, chunk_log=log)
+        finally:
+            await server.stop()
+        return out, log, server.bodies[0]
+
+    out, log, sent = asyncio.run(go())
+    assert out.ok and out.output_tokens == 12
+    assert bool(sent["stream_options"].get("continuous_usage_stats")) == continuous
+    assert out.first_chunk_tokens == first
+    if per_chunk is not None:
+        assert [t for _, t in log] == [per_chunk] * (12 // per_chunk)
+        assert sum(t for _, t in log) == out.output_tokens

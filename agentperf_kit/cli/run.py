@@ -26,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key-env", help="environment variable holding the API key (never written)")
     p.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
     p.add_argument("--no-force-output", action="store_true", help="do not send ignore_eos/min_tokens")
+    p.add_argument(
+        "--continuous-usage",
+        action="store_true",
+        help="ask for usage in every chunk (vLLM's continuous_usage_stats): exact tokens per chunk",
+    )
     p.add_argument("--request-timeout", type=float, default=600.0)
     p.add_argument("--stall-timeout", type=float, default=120.0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -86,6 +91,7 @@ def _run(args: argparse.Namespace) -> int:
             api=args.endpoint,
             api_key_env=args.api_key_env,
             force_output_fields=not args.no_force_output,
+            continuous_usage=args.continuous_usage,
             request_timeout_s=args.request_timeout,
             stall_timeout_s=args.stall_timeout,
         )

@@ -93,6 +93,9 @@ class Endpoint:
         headers, extra_body: added to every request.
         request_timeout_s: whole-request limit; stall_timeout_s: limit on silence mid-stream.
         tokens_per_word: calibration of chat filler text (see :mod:`.prompts`).
+        continuous_usage: ask for ``usage`` in every chunk (``stream_options.continuous_usage_stats``,
+            vLLM): gives each chunk's token count (``first_chunk_tokens``, ``chunks.parquet``) where a
+            server sends several tokens per chunk; those chunks are then all JSON-decoded (no fast path).
     """
 
     base_url: str
@@ -106,6 +109,7 @@ class Endpoint:
     stall_timeout_s: float = 120.0
     tokens_per_word: float = 1.0
     token_id_range: tuple[int, int] = (100, 4000)
+    continuous_usage: bool = False
 
     def __post_init__(self) -> None:
         if self.api not in ("chat", "completions"):
@@ -133,6 +137,7 @@ class Endpoint:
             "request_timeout_s": self.request_timeout_s,
             "stall_timeout_s": self.stall_timeout_s,
             "tokens_per_word": self.tokens_per_word,
+            "continuous_usage": self.continuous_usage,
         }
 
     def body(self, plan: RequestPlan) -> dict[str, Any]:
@@ -144,6 +149,8 @@ class Endpoint:
             "max_tokens": n,
             "stream_options": {"include_usage": True},
         }
+        if self.continuous_usage:
+            body["stream_options"]["continuous_usage_stats"] = True
         if self.api == "chat":
             body["messages"] = chat_messages(plan, tokens_per_word=self.tokens_per_word)
             body["max_completion_tokens"] = n
@@ -319,10 +326,14 @@ class StreamState:
     SSE handling as a line reader would do it: lines split on ``\\n`` (a ``\\r`` before it is stripped with
     the payload), only ``data:`` lines count, comments and other fields are skipped, a final line without
     a newline counts at the end of the body (:meth:`close`). ``chunk_log``, when a list, gets
-    ``(t_ns, tokens)`` for every visible chunk (``tokens`` is 1 per chunk: the stream does not say more).
+    ``(t_ns, tokens)`` for every visible chunk: ``tokens`` is the chunk's own count where the chunk carries
+    ``usage`` (``continuous_usage_stats``: the rise of ``completion_tokens``), else 1 (the stream does not
+    say more; :func:`finish_outcome` knows it is exact when the usage total equals the visible chunks).
+    ``first_tokens`` is that count for the first visible chunk, None where the stream did not say.
     """
 
     __slots__ = (
+        "_ct",
         "_pending",
         "_scan",
         "chunk_log",
@@ -330,6 +341,7 @@ class StreamState:
         "error",
         "finish_reason",
         "finished",
+        "first_tokens",
         "has_tool_calls",
         "n_chunks",
         "scanner",
@@ -351,6 +363,8 @@ class StreamState:
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.error: str | None = None
+        self.first_tokens: int | None = None
+        self._ct: int | None = None  # completion_tokens in the last usage seen (continuous usage)
 
     def feed(self, data: bytes, now: int) -> bool:
         """Take a block read at ``now``; True once the stream is over (``[DONE]`` or an error object).
@@ -377,6 +391,7 @@ class StreamState:
         try:
             for line in lines:
                 info = None
+                tokens = 1
                 if hot is not None and line.startswith(hot[0]) and line.endswith(hot[1]):
                     # inline fast path: the newest one-cut template (see FastScanner.hot)
                     q = len(line) - hot[3]
@@ -409,6 +424,14 @@ class StreamState:
                         self.finish_reason = info.finish_reason
                     if info.usage is not None:
                         self.usage = info.usage
+                        ct = _int(info.usage.get("completion_tokens"))
+                        if ct is not None:
+                            first = info.visible and not self.n_chunks and not n
+                            if self._ct is not None or first:  # a running count: this chunk's share
+                                tokens = ct - (self._ct or 0)
+                                if first:
+                                    self.first_tokens = tokens
+                            self._ct = ct
                 if info.visible:
                     n += 1
                     if info.answer:
@@ -416,7 +439,7 @@ class StreamState:
                     if info.tool_call:
                         tool = True
                     if log is not None:
-                        log.append((now, 1))
+                        log.append((now, tokens))
         finally:
             if n:
                 self.n_chunks += n
@@ -597,6 +620,10 @@ def finish_outcome(out: RequestOutcome, st: StreamState, origin_ns: int) -> None
         cdetails = usage.get("completion_tokens_details") or {}
         if isinstance(cdetails, dict):
             out.reasoning_tokens = _int(cdetails.get("reasoning_tokens"))
+    if st.first_tokens is not None:
+        out.first_chunk_tokens = st.first_tokens
+    elif out.output_tokens is not None and out.output_tokens == n_chunks > 0:
+        out.first_chunk_tokens = 1  # as many tokens as visible chunks, each at least one: one each
     if out.output_tokens is None and out.ok and n_chunks:
         out.output_tokens = n_chunks  # fallback: visible deltas (a lower bound with multi-token chunks)
     if out.ok and st.finished and not n_chunks and (out.output_tokens or 0) > 0 and st.t_finish:
