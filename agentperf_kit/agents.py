@@ -192,6 +192,10 @@ class AgentFleet:
         n_agents: N, agents alive at once (>= 1).
         rules: timing and validity rules.
         seed: seeds the permutation, the start turns, the ramp order and the phase markers.
+        marker_nonce: mixed into every phase marker (XOR before the 32-digit cut). A live run draws it at
+            random, so that markers are unique across runs with the same seed: a repeated run against
+            the same server must not find its prompts already cached. 0 (the simulator's, whose cache
+            starts empty every run) keeps markers a function of the seed alone.
         sink: called with each raw row (a tuple in ``schema.RAW_COLUMNS`` order) as requests end.
         run_id: written into every row.
         level: index of the level within a sweep, written into every row.
@@ -204,6 +208,7 @@ class AgentFleet:
     sink: RowSink
     run_id: str = "run"
     level: int = 0
+    marker_nonce: int = 0
     window_start_s: float = _NAN
     window_end_s: float = _NAN
     window_capped: bool = False
@@ -400,7 +405,7 @@ class AgentFleet:
             agent.phase = turn.phase
             agent.phase_id = self._next_phase_id
             self._next_phase_id += 1
-            agent.marker = f"{self._rng.getrandbits(107) % 10**32:032d}"
+            agent.marker = f"{(self._rng.getrandbits(107) ^ self.marker_nonce) % 10**32:032d}"
         return RequestPlan(
             agent=agent.index,
             traj_index=agent.traj_index,

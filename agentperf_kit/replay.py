@@ -21,6 +21,7 @@ import gc
 import hashlib
 import json
 import os
+import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -104,6 +105,7 @@ async def run_live(
     rules: RunRules,
     *,
     seed: int = 0,
+    marker_nonce: int | None = None,
     out_dir: str | os.PathLike | None = None,
     level: int = 0,
     run_id: str | None = None,
@@ -116,6 +118,11 @@ async def run_live(
     fast_parse: bool = True,
 ) -> RunResult:
     """Run one level live; returns (and with ``out_dir`` writes) the per-request table and manifest.
+
+    ``seed`` makes the trajectory order, start turns and ramp reproducible; phase markers also mix in
+    ``marker_nonce`` (default: drawn at random, recorded in the manifest), so that two runs against the
+    same server never share a cached prompt. Passing a run's nonce back gives the same markers to phases
+    begun in the same order (the first phase of every agent; later ones depend on timing).
 
     ``api_key`` (or the variable named by ``endpoint.api_key_env``) is sent as a bearer token and never
     written. ``connection_limit`` overrides the connector size (default: N + 8), e.g. to show what a
@@ -135,13 +142,25 @@ async def run_live(
     run_id = run_id or f"live-{uuid.uuid4().hex[:8]}"
     out_dir = out_dir or os.path.join("runs", run_id)
     writer = RunWriter(out_dir, flush_rows=256, flush_s=0.5)  # live: rows reach disk within 0.5 s
-    fleet = AgentFleet(trajectories, n_agents, rules, seed=seed, sink=writer, run_id=run_id, level=level)
+    if marker_nonce is None:  # unique markers per run: a repeated run must not hit its own old prompts
+        marker_nonce = random.SystemRandom().getrandbits(107)
+    fleet = AgentFleet(
+        trajectories,
+        n_agents,
+        rules,
+        seed=seed,
+        sink=writer,
+        run_id=run_id,
+        level=level,
+        marker_nonce=marker_nonce,
+    )
     chunk_logs: dict[int, list] = {}
     config = {
         "target": endpoint.public_dict(),
         "concurrency": n_agents,
         "rules": {k: getattr(rules, k) for k in rules.__dataclass_fields__},
         "seed": seed,
+        "marker_nonce": f"{marker_nonce:027x}",
         "trajectories": len(fleet.trajectories),
         "lag_budget_s": lag_budget_s,
     }

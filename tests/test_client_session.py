@@ -212,3 +212,35 @@ def test_first_chunk_tokens_only_where_the_stream_says(dialect, continuous, firs
     if per_chunk is not None:
         assert [t for _, t in log] == [per_chunk] * (12 // per_chunk)
         assert sum(t for _, t in log) == out.output_tokens
+
+
+def test_idle_connections_are_dropped_before_the_server_would_close_them():
+    """A connection idle for longer than ``keepalive_s`` is not reused (servers close theirs after 5 s,
+    and reusing one at that moment fails the request); shorter gaps reuse the connection."""
+    peers: list = []
+
+    async def handler(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername"))
+        return web.json_response({"object": "list", "data": []})
+
+    async def go(gap_s: float) -> int:
+        peers.clear()
+        app = web.Application()
+        app.router.add_get("/v1/models", handler)
+        runner = web.AppRunner(app, keepalive_timeout=30)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            async with open_session(4, keepalive_s=0.25) as s:
+                for _ in range(3):
+                    async with s.get(f"http://127.0.0.1:{port}/v1/models") as r:
+                        await r.read()
+                    await asyncio.sleep(gap_s)
+        finally:
+            await runner.cleanup()
+        return len(set(peers))
+
+    assert asyncio.run(go(0.05)) == 1
+    assert asyncio.run(go(0.6)) == 3

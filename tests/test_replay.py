@@ -9,6 +9,7 @@ import time
 import pytest
 
 from agentperf_kit.agents import RunRules
+from agentperf_kit.client.prompts import MARKER_TOKENS
 from agentperf_kit.client.sse import DONE, parse_event
 from agentperf_kit.replay import Endpoint, run_live
 from agentperf_kit.trajectories.model import Trajectory, Turn
@@ -221,3 +222,41 @@ def test_sse_parser_tolerates_real_server_shapes():
     assert info.finish_reason == "length" and info.usage and not info.visible
     r = parse_event(b'{"choices":[{"delta":{"reasoning_content":"hm"}}]}')
     assert r.visible and r.reasoning and not r.answer
+
+
+def test_repeated_runs_with_one_seed_never_find_their_prompts_cached():
+    """Same seed, same server, twice: the second run's phases start cold (markers mix in a per-run
+    nonce); passing the first run's nonce back gives its first phases the same markers (all cached).
+    Later markers follow the order in which agents begin phases, which timing decides."""
+
+    async def go(tmp):
+        server = await SSEServer(ttft_s=0.005, itl_s=0.001).start()
+        ep = Endpoint(server.base_url, "test-model", api="completions")
+        try:
+            runs = []
+            for nonce in (None, None, "first"):
+                kw = {"marker_nonce": int(runs[0].manifest["config"]["marker_nonce"], 16)} if nonce else {}
+                runs.append(
+                    await run_live(ep, _trajs(), 2, RULES, out_dir=f"{tmp}/{len(runs)}", progress=False, **kw)
+                )
+        finally:
+            await server.stop()
+        return runs
+
+    import tempfile
+
+    first, second, replay = asyncio.run(go(tempfile.mkdtemp()))
+    assert first.manifest["config"]["marker_nonce"] != second.manifest["config"]["marker_nonce"]
+
+    def starts(res):
+        df = res.requests.sort_values("t_send_s")
+        return df[df.groupby("phase_id").cumcount() == 0].set_index(["agent", "trajectory_id", "phase"])
+
+    cold = starts(second)
+    assert len(cold) >= 2
+    # a few leading marker tokens can match some earlier prompt by chance, never the whole marker
+    assert (cold.cached_prompt_tokens < MARKER_TOKENS).all(), cold.cached_prompt_tokens.tolist()
+    again = starts(replay)
+    again = again[again.phase_id < 2]  # each agent's first phase: drawn in a fixed order at the start
+    assert len(again) == 2
+    assert (again.cached_prompt_tokens == again.prompt_tokens).all()

@@ -165,6 +165,10 @@ class Endpoint:
         return body
 
 
+# client-side idle limit for kept-alive connections, below the 5 s after which uvicorn and llama.cpp close
+KEEPALIVE_S = 4.0
+
+
 class SentBody(BytesPayload):
     """A request body that notes when it went out: ``sent_ns`` (``perf_counter_ns``) is stamped when its
     last byte was handed to the connection (after any wait for the socket buffer to drain), 0 before.
@@ -294,7 +298,7 @@ class RunConnector(aiohttp.TCPConnector):
 
 @contextlib.asynccontextmanager
 async def open_session(
-    limit: int, headers: dict[str, str] | None = None
+    limit: int, headers: dict[str, str] | None = None, *, keepalive_s: float = KEEPALIVE_S
 ) -> AsyncIterator[aiohttp.ClientSession]:
     """``async with open_session(limit) as session``: a client session for a run.
 
@@ -303,8 +307,15 @@ async def open_session(
     would end long requests; ``Endpoint`` sets the request and stall limits), no cookie jar (a benchmark
     does not carry cookies between requests), and request bodies written inside ``session.post`` on
     Python 3.11 too (:func:`.eager.eager_body_writes`).
+
+    ``keepalive_s``: an idle connection is closed by the client after this long (default
+    :data:`KEEPALIVE_S`), before the server would close it: uvicorn (vLLM, SGLang, ``trtllm-serve``) and
+    llama.cpp's HTTP server close idle connections after 5 s, and a request sent on a connection the
+    server is closing at that moment fails before reaching it (seen once against llama.cpp: a
+    ``connect_error`` row). Agents whose tool calls last longer than this reconnect for the next turn;
+    the connection set-up is client lag (before ``t_send_s``), not TTFT.
     """
-    connector = RunConnector(limit=limit, limit_per_host=limit)
+    connector = RunConnector(limit=limit, limit_per_host=limit, keepalive_timeout=keepalive_s)
     session = aiohttp.ClientSession(
         connector=connector,
         headers=headers,
