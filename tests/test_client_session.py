@@ -244,3 +244,48 @@ def test_idle_connections_are_dropped_before_the_server_would_close_them():
 
     assert asyncio.run(go(0.05)) == 1
     assert asyncio.run(go(0.6)) == 3
+
+
+def test_a_compressed_stream_reads_the_same_through_the_protocol_reader():
+    """gzip-encoded SSE (aiohttp decompresses, and may pause and resume decompression): the protocol
+    reader gets every event, as the plain ``readany`` path does."""
+    n = 400
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        resp.enable_compression(web.ContentCoding.gzip)
+        await resp.prepare(request)
+        for i in range(n):
+            last = i == n - 1
+            fin = '"length"' if last else "null"
+            text = "tok" * 50
+            await resp.write(
+                f'data: {{"choices":[{{"index":0,"text":"{text}","finish_reason":{fin}}}]}}\n\n'.encode()
+            )
+            if i % 50 == 0:
+                await asyncio.sleep(0.002)
+        usage = f'{{"prompt_tokens":3,"completion_tokens":{n}}}'
+        await resp.write(f'data: {{"choices":[],"usage":{usage}}}\n\ndata: [DONE]\n\n'.encode())
+        await resp.write_eof()
+        return resp
+
+    async def go(run_session: bool):
+        app = web.Application()
+        app.router.add_post("/v1/completions", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        ep = Endpoint(f"http://127.0.0.1:{port}/v1", "m", api="completions", request_timeout_s=10)
+        try:
+            cm = open_session(4) if run_session else aiohttp.ClientSession()
+            async with cm as s:
+                return await send_request(s, ep, _plan(n), ep.body(_plan(n)), 0)
+        finally:
+            await runner.cleanup()
+
+    a, b = asyncio.run(go(True)), asyncio.run(go(False))
+    assert a.ok and b.ok, (a.error_detail, b.error_detail)
+    assert a.n_chunks == b.n_chunks == n and a.output_tokens == b.output_tokens == n
+    assert a.finish_reason == b.finish_reason == "length"

@@ -218,8 +218,11 @@ class SinkResponseHandler(ResponseHandler):
         self.early_payload: Any = None
 
     def data_received(self, data: bytes) -> None:
-        if not data:  # aiohttp resuming its parser from resume_reading(): nothing arrived
+        if not data:  # aiohttp resuming its parser (e.g. a paused decompression): nothing new arrived
             super().data_received(data)
+            sink = self.body_sink
+            if sink is not None and not sink.busy:  # what it produced came with the last block
+                sink.pump(self.rx_ns)
             return
         now = self.rx_ns = time.perf_counter_ns()
         super().data_received(data)
@@ -243,28 +246,37 @@ class _BodySink:
     wakes the request's task once, when the stream is over (``[DONE]``, an error object, end of body, a
     malformed chunk or a broken connection: ``exc``)."""
 
-    __slots__ = ("content", "exc", "proto", "state", "waiter", "watch")
+    __slots__ = ("busy", "content", "exc", "proto", "state", "waiter", "watch")
 
     def __init__(self, proto: SinkResponseHandler, content: Any, state: StreamState, watch: _Watch) -> None:
         self.proto, self.content, self.state, self.watch = proto, content, state, watch
         self.exc: BaseException | None = None
         self.waiter = watch.loop.create_future()
+        self.busy = False
 
     def pump(self, now: int) -> None:
+        """Take everything the stream holds, stamped ``now``. Reading lets aiohttp resume its parser,
+        which can add more within the call (``data_received(b"")``): taken in the same pass."""
         content = self.content
+        self.busy = True
         try:
-            data = content.read_nowait()  # raises the stream's exception (connection lost, bad chunk)
-            if data:
-                self.watch.last_ns = now
-                if self.state.feed(data, now):
-                    self._end()
-                    return
+            seen = -1
+            while seen != content.total_bytes:
+                seen = content.total_bytes
+                data = content.read_nowait()  # raises the stream's exception (connection lost, bad chunk)
+                if data:
+                    self.watch.last_ns = now
+                    if self.state.feed(data, now):
+                        self._end()
+                        return
             if content.is_eof():
                 self.state.close(now)
                 self._end()
         except Exception as exc:  # handed to the request's task, which classifies it
             self.exc = exc
             self._end()
+        finally:
+            self.busy = False
 
     def _end(self) -> None:
         self.proto.body_sink = None
