@@ -211,11 +211,9 @@ class _Sweeper:
                 run_id=f"{self.out.name}-n{n}-e{ext}",
                 efficiency=self.cfg.efficiency,
             )
-        from .replay import Endpoint, run_live_sync
+        from .replay import run_live_sync
 
-        endpoint = Endpoint(
-            self.cfg.target, str(self.cfg.model), api=self.cfg.endpoint, api_key_env=self.cfg.api_key_env
-        )
+        endpoint = self.cfg.endpoint_for()
         return run_live_sync(
             endpoint,
             self.trajectories(),

@@ -58,6 +58,12 @@ class SweepConfig:
     scrape_metrics: bool = True
     metrics_url: str | None = None
     telemetry_interval_s: float = 1.0
+    headers: tuple[str, ...] = ()
+    extra_body: str | None = None
+    request_timeout_s: float = 600.0
+    stall_timeout_s: float = 120.0
+    force_output: bool = True
+    continuous_usage: bool = False
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -82,6 +88,41 @@ class SweepConfig:
             raise SweepConfigError(f"a live target ({self.target}) needs --accelerators N")
         get_tier_preset(self.tiers)
         self._check_telemetry()
+        self._check_client()
+
+    def _check_client(self) -> None:
+        from .client.http import parse_extra_body, parse_headers
+
+        headers = self.headers
+        if isinstance(headers, str):
+            headers = (headers,)
+        object.__setattr__(self, "headers", tuple(str(h) for h in headers or ()))
+        if isinstance(self.extra_body, dict):  # a TOML table
+            object.__setattr__(self, "extra_body", json.dumps(self.extra_body, sort_keys=True))
+        for name in ("request_timeout_s", "stall_timeout_s"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        try:
+            parse_headers(self.headers)
+            parse_extra_body(self.extra_body)
+        except ValueError as exc:
+            raise SweepConfigError(str(exc)) from None
+
+    def endpoint_for(self) -> Any:
+        """The :class:`~agentperf_kit.client.http.Endpoint` of a live level."""
+        from .client.http import Endpoint, parse_extra_body, parse_headers
+
+        return Endpoint(
+            self.target,
+            str(self.model),
+            api=self.endpoint,
+            api_key_env=self.api_key_env,
+            force_output_fields=self.force_output,
+            continuous_usage=self.continuous_usage,
+            request_timeout_s=self.request_timeout_s,
+            stall_timeout_s=self.stall_timeout_s,
+            headers=parse_headers(self.headers),
+            extra_body=parse_extra_body(self.extra_body),
+        )
 
     def _check_telemetry(self) -> None:
         from .telemetry import parse_gpu_indices, parse_power_source
@@ -148,9 +189,13 @@ class SweepConfig:
         """The fields that change what is measured (``out`` excluded): hashed for resume checks."""
         d = dataclasses.asdict(self)
         d.pop("out")
-        for name in _TELEMETRY_DEFAULTS:  # at their defaults: left out, so older sweeps' hashes still match
-            if d[name] == _TELEMETRY_DEFAULTS[name]:
+        for name, default in (_TELEMETRY_DEFAULTS | _CLIENT_DEFAULTS).items():
+            if d[name] == default:  # at their defaults: left out, so older sweeps' hashes still match
                 d.pop(name)
+        if "headers" in d:  # credentials never reach a file (keys belong in api_key_env)
+            from .client.http import parse_headers, public_headers
+
+            d["headers"] = [f"{k}: {v}" for k, v in public_headers(parse_headers(d["headers"])).items()]
         return d
 
     def config_hash(self) -> str:
@@ -179,6 +224,15 @@ class SweepConfig:
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
 
+
+_CLIENT_DEFAULTS: dict[str, Any] = {
+    "headers": (),
+    "extra_body": None,
+    "request_timeout_s": 600.0,
+    "stall_timeout_s": 120.0,
+    "force_output": True,
+    "continuous_usage": False,
+}
 
 _TELEMETRY_DEFAULTS: dict[str, Any] = {
     "power_source": "none",

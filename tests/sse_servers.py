@@ -51,6 +51,7 @@ class SSEServer:
         self.tokens_per_chunk = 3 if dialect == "sglang" and tokens_per_chunk == 1 else tokens_per_chunk
         self.cached_tokens = cached_tokens
         self.bodies: list[dict] = []
+        self.headers: list[dict] = []  # request headers, one dict per request
         self.in_flight = 0
         self.max_in_flight = 0
         self._prompts: list = []
@@ -101,6 +102,7 @@ class SSEServer:
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
+        self.headers.append(dict(request.headers))
         if self.fault == "http500":
             return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
         if self.fault == "http429":

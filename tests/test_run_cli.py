@@ -110,3 +110,50 @@ def test_sigkilled_live_run_leaves_readable_rows(tmp_path, server_thread):
     assert len(res.requests) >= 6
     assert res.requests.ok.all()
     assert len(res.requests) <= len(server_thread.bodies)
+
+
+def test_live_run_sends_extra_headers_and_body_fields_and_never_writes_a_credential(
+    tmp_path, server_thread, capsys
+):
+    out = tmp_path / "hdr"
+    rc = main(
+        [
+            "run",
+            "--target",
+            server_thread.base_url,
+            "--model",
+            "m",
+            "-n",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--min-trajectories",
+            "0",
+            "--min-trajectories-per-agent",
+            "0",
+            "--max-context",
+            "2000",
+            "--header",
+            "X-Bench-Run: cli-test",
+            "--header",
+            "Authorization: Bearer sk-notwrittenanywhere42",
+            "--extra-body",
+            '{"top_k": 1, "priority": 3}',
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    assert server_thread.bodies and all(b["top_k"] == 1 and b["priority"] == 3 for b in server_thread.bodies)
+    assert all(h.get("X-Bench-Run") == "cli-test" for h in server_thread.headers)
+    for f in out.iterdir():
+        assert b"sk-notwrittenanywhere42" not in f.read_bytes(), f.name
+    assert "sk-notwrittenanywhere42" not in capsys.readouterr().out
+    for bad in (["--header", "no colon here"], ["--extra-body", "[1, 2]"], ["--extra-body", "{not json"]):
+        base = ["run", "--target", server_thread.base_url, "--model", "m", "-n", "1", "--duration", "1"]
+        rc = main([*base, "--out", str(tmp_path / "x"), *bad])
+        assert rc == 2
+        assert "error:" in capsys.readouterr().err

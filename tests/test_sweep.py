@@ -194,3 +194,27 @@ def test_user_defined_tiers_and_inf_flags(tmp_path):
     by = {t["name"]: t for t in res.summary["tiers"]}
     assert by["easy"]["max_agents_is_lower_bound"] and by["impossible"]["max_agents"] == 0
     assert "p95_ttft_s_is_inf" in res.levels
+
+
+def test_sweep_client_settings_reach_the_endpoint_and_no_credential_reaches_the_config(tmp_path):
+    live = {"target": "http://h/v1", "model": "m", "accelerators": 8}
+    base = SweepConfig(**live)
+    assert "headers" not in base.measurement_dict()  # defaults left out: older sweeps still resume
+    toml = tmp_path / "s.toml"
+    toml.write_text(
+        '[sweep]\ntarget = "http://h/v1"\nmodel = "m"\naccelerators = 8\n'
+        'headers = ["X-Tenant: lab", "Authorization: Bearer sk-secretsecret99"]\n'
+        "extra_body = { top_k = 1 }\nstall_timeout_s = 30\ncontinuous_usage = true\n"
+    )
+    cfg = SweepConfig.from_toml(toml)
+    ep = cfg.endpoint_for()
+    assert ep.headers == {"X-Tenant": "lab", "Authorization": "Bearer sk-secretsecret99"}
+    assert ep.extra_body == {"top_k": 1} and ep.stall_timeout_s == 30 and ep.continuous_usage
+    d = cfg.measurement_dict()
+    assert d["headers"] == ["X-Tenant: lab", "Authorization: ***"]
+    assert "sk-secretsecret99" not in json.dumps(d)
+    assert cfg.config_hash() != base.config_hash()
+    with pytest.raises(SweepConfigError, match="Name: value"):
+        SweepConfig(**live, headers=("nocolon",))
+    with pytest.raises(SweepConfigError, match="JSON object"):
+        SweepConfig(**live, extra_body="[1]")

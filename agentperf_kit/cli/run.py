@@ -31,6 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="ask for usage in every chunk (vLLM's continuous_usage_stats): exact tokens per chunk",
     )
+    p.add_argument(
+        "--header",
+        action="append",
+        metavar="'NAME: VALUE'",
+        help="extra request header (repeatable); keys go in --api-key-env, not here",
+    )
+    p.add_argument("--extra-body", metavar="JSON", help="JSON object merged into every request body")
     p.add_argument("--request-timeout", type=float, default=600.0)
     p.add_argument("--stall-timeout", type=float, default=120.0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -83,18 +90,25 @@ def _run(args: argparse.Namespace) -> int:
         if not args.model:
             print("error: a URL target needs --model", file=sys.stderr)
             return 2
+        from ..client.http import parse_extra_body, parse_headers
         from ..replay import Endpoint, run_live_sync
 
-        ep = Endpoint(
-            args.target,
-            args.model,
-            api=args.endpoint,
-            api_key_env=args.api_key_env,
-            force_output_fields=not args.no_force_output,
-            continuous_usage=args.continuous_usage,
-            request_timeout_s=args.request_timeout,
-            stall_timeout_s=args.stall_timeout,
-        )
+        try:
+            ep = Endpoint(
+                args.target,
+                args.model,
+                api=args.endpoint,
+                api_key_env=args.api_key_env,
+                force_output_fields=not args.no_force_output,
+                continuous_usage=args.continuous_usage,
+                request_timeout_s=args.request_timeout,
+                stall_timeout_s=args.stall_timeout,
+                headers=parse_headers(args.header),
+                extra_body=parse_extra_body(args.extra_body),
+            )
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         from ..telemetry import TelemetryConfig, parse_gpu_indices
 
         try:

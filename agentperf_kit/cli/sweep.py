@@ -27,6 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--endpoint", choices=["chat", "completions"], help="live targets: API (default chat)")
     p.add_argument("--api-key-env", help="live targets: environment variable holding the API key")
     p.add_argument("--max-context", type=int, help="scale the trajectories to fit this context (tokens)")
+    c = p.add_argument_group("live client (docs/replay.md)")
+    c.add_argument(
+        "--header", action="append", metavar="'NAME: VALUE'", help="extra request header (repeatable)"
+    )
+    c.add_argument("--extra-body", metavar="JSON", help="JSON object merged into every request body")
+    c.add_argument("--request-timeout", type=float, help="whole-request limit, s (default 600)")
+    c.add_argument("--stall-timeout", type=float, help="limit on silence mid-stream, s (default 120)")
+    c.add_argument("--no-force-output", action="store_true", help="do not send ignore_eos/min_tokens")
+    c.add_argument("--continuous-usage", action="store_true", help="usage in every chunk (vLLM)")
     add_telemetry_flags(p)
     p.add_argument("--out", help="output directory (default: a new directory under runs/)")
     p.add_argument("--config", help="TOML file with a [sweep] table; flags override it")
@@ -59,6 +68,12 @@ def _sweep(args: argparse.Namespace) -> int:
         scrape_metrics=args.scrape_metrics,
         metrics_url=args.metrics_url,
         telemetry_interval_s=args.telemetry_interval,
+        headers=tuple(args.header) if args.header else None,
+        extra_body=args.extra_body,
+        request_timeout_s=args.request_timeout,
+        stall_timeout_s=args.stall_timeout,
+        force_output=False if args.no_force_output else None,
+        continuous_usage=True if args.continuous_usage else None,
         out=args.out,
     )
     try:

@@ -62,12 +62,49 @@ __all__ = [
     "StreamState",
     "encode_body",
     "open_session",
+    "parse_extra_body",
+    "parse_headers",
+    "public_headers",
     "scrub",
     "send_request",
 ]
 
 _NAN = float("nan")
 _SECRET = re.compile(r"(?i)(bearer\s+|api[_-]?key[\"'=:\s]+|sk-)[A-Za-z0-9._\-]{6,}")
+
+
+_SECRET_HEADERS = ("authorization", "api-key", "x-api-key", "proxy-authorization")
+
+
+def parse_headers(items: list[str] | tuple[str, ...] | None) -> dict[str, str]:
+    """``["Name: value", ...]`` (the ``--header`` flag, or a sweep config's ``headers``) as a dict."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        name, sep, value = str(item).partition(":")
+        if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
+            raise ValueError(f"header {item!r}: write it as 'Name: value' (e.g. 'X-Request-Source: bench')")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def parse_extra_body(text: str | dict | None) -> dict[str, Any]:
+    """The ``--extra-body`` flag: a JSON object merged into every request body (e.g. ``'{"top_k": 1}'``)."""
+    if text is None or isinstance(text, dict):
+        return dict(text or {})
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(
+            f"--extra-body {text!r} is not JSON ({exc}); give an object, e.g. '{{\"top_k\": 1}}'"
+        ) from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"--extra-body must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def public_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Headers for a manifest or a config file: values of credential headers masked."""
+    return {k: ("***" if k.lower() in _SECRET_HEADERS else v) for k, v in headers.items()}
 
 
 def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
@@ -122,10 +159,7 @@ class Endpoint:
 
     def public_dict(self) -> dict[str, Any]:
         """The endpoint for the manifest: no key, header values that look secret masked."""
-        headers = {
-            k: ("***" if k.lower() in ("authorization", "api-key", "x-api-key") else v)
-            for k, v in self.headers.items()
-        }
+        headers = public_headers(self.headers)
         return {
             "base_url": self.base_url,
             "model": self.model,
