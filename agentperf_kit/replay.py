@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
@@ -30,7 +31,7 @@ from typing import Any
 import aiohttp
 
 from .agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
-from .client.http import Endpoint, open_session, scrub, send_request
+from .client.http import Endpoint, calibrate_chat_filler, open_session, scrub, send_request
 from .percentiles import percentile
 from .recorder import ChunkWriter, RunWriter
 from .results import RunResult, finalize_chunks, finalize_run, toolkit_provenance, write_manifest
@@ -206,6 +207,18 @@ async def run_live(
         conn_waits = session.connector.queue_waits_s
         body_reader = "protocol" if session.connector.sink_capable else "readany"
         manifest["server"] = await _server_info(session, endpoint, secrets)
+        filler = endpoint.api == "chat" and any(
+            t.messages is None for tr in fleet.trajectories for t in tr.turns
+        )
+        if filler and endpoint.overhead_tokens is None:  # size chat filler in the server's own tokens
+            cal = await calibrate_chat_filler(session, endpoint, secrets)
+            manifest["prompt_calibration"] = cal
+            if "error" not in cal:
+                endpoint = dataclasses.replace(
+                    endpoint, tokens_per_word=cal["tokens_per_word"], overhead_tokens=cal["overhead_tokens"]
+                )
+            elif progress:
+                print(f"note: chat filler not calibrated ({cal['error']}); prompt sizes may deviate")
         monitor = asyncio.create_task(_loop_lag_monitor(lag, stop))
         sampler = None
         if telemetry is not None and telemetry.active:

@@ -43,6 +43,8 @@ class SSEServer:
         fault: str | None = None,
         tokens_per_chunk: int = 1,
         cached_tokens: bool = True,
+        chat_tokens_per_word: float = 1.0,
+        chat_overhead_tokens: int = 0,
     ) -> None:
         self.dialect = dialect
         self.ttft_s = ttft_s
@@ -50,8 +52,12 @@ class SSEServer:
         self.fault = fault
         self.tokens_per_chunk = 3 if dialect == "sglang" and tokens_per_chunk == 1 else tokens_per_chunk
         self.cached_tokens = cached_tokens
+        # a chat "tokenizer": this many tokens per whitespace-separated word, plus a template overhead
+        self.chat_tokens_per_word = chat_tokens_per_word
+        self.chat_overhead_tokens = chat_overhead_tokens
         self.bodies: list[dict] = []
         self.headers: list[dict] = []  # request headers, one dict per request
+        self.probes: list[dict] = []  # non-streaming requests (prompt-size probes)
         self.in_flight = 0
         self.max_in_flight = 0
         self._prompts: list = []
@@ -85,7 +91,10 @@ class SSEServer:
         prompt = body.get("prompt")
         if prompt is None:
             text = "\n".join(m.get("content") or "" for m in body["messages"])
-            toks = text.split()
+            f = self.chat_tokens_per_word  # word j becomes floor((j+1) f) - floor(j f) tokens: prefix-stable
+            toks = ["<t>"] * self.chat_overhead_tokens
+            for j, w in enumerate(text.split()):
+                toks.extend([w] * (int((j + 1) * f) - int(j * f)))
         else:
             toks = prompt
         cached = 0
@@ -99,8 +108,18 @@ class SSEServer:
         self._prompts.append(toks)
         return len(toks), cached
 
+    def _usage_only(self, body: dict) -> web.Response:
+        """A non-streaming answer (one token): what a prompt-size probe reads."""
+        prompt_tokens, _ = self._prompt_tokens(body)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 1, "total_tokens": prompt_tokens + 1}
+        msg = {"role": "assistant", "content": " tok"}
+        return web.json_response({"id": "x", "choices": [{"index": 0, "message": msg}], "usage": usage})
+
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        if not body.get("stream"):  # kept apart from ``bodies``: those are the streamed requests
+            self.probes.append(body)
+            return self._usage_only(body)
         self.bodies.append(body)
         self.headers.append(dict(request.headers))
         if self.fault == "http500":

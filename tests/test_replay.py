@@ -260,3 +260,36 @@ def test_repeated_runs_with_one_seed_never_find_their_prompts_cached():
     again = again[again.phase_id < 2]  # each agent's first phase: drawn in a fixed order at the start
     assert len(again) == 2
     assert (again.cached_prompt_tokens == again.prompt_tokens).all()
+
+
+def test_chat_filler_is_sized_in_the_servers_own_tokens():
+    """A server whose tokenizer counts 1.37 tokens per filler word plus a 23-token chat template: the run
+    measures both first (two probes) and the prompts come out at the target size."""
+    res, server = _run(
+        {"ttft_s": 0.005, "itl_s": 0.001, "chat_tokens_per_word": 1.37, "chat_overhead_tokens": 23}
+    )
+    cal = res.manifest["prompt_calibration"]
+    assert cal["tokens_per_word"] == pytest.approx(1.37, abs=0.01)
+    assert cal["overhead_tokens"] == pytest.approx(23 + 2 * 1.37, abs=2)  # template + "namespace: <marker>"
+    dev = res.manifest["prompt_size_deviation"]
+    assert dev["n"] > 0 and dev["max_abs"] < 0.01, dev
+    assert len(server.probes) == 2 and all(b["max_tokens"] == 1 for b in server.probes)
+
+
+def test_chat_filler_without_calibration_misses_by_the_tokenizer_ratio():
+    """The negative control: with the old fixed sizing (no probes) the same server sees prompts ~37% long."""
+    ep_kw = {"overhead_tokens": 0.0}
+
+    async def go(tmp):
+        server = await SSEServer(ttft_s=0.005, itl_s=0.001, chat_tokens_per_word=1.37).start()
+        try:
+            ep = Endpoint(server.base_url, "test-model", **ep_kw)
+            return await run_live(ep, _trajs(), 2, RULES, out_dir=tmp, progress=False)
+        finally:
+            await server.stop()
+
+    import tempfile
+
+    res = asyncio.run(go(tempfile.mkdtemp()))
+    assert "prompt_calibration" not in res.manifest
+    assert res.manifest["prompt_size_deviation"]["mean"] > 0.25

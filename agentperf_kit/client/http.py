@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import random
 import re
 import time
 import warnings
@@ -51,7 +52,7 @@ from aiohttp.payload import BytesPayload
 
 from ..agents import RequestOutcome, RequestPlan
 from .eager import eager_body_writes
-from .prompts import MARKER_TOKENS, chat_messages, completion_prompt
+from .prompts import MARKER_TOKENS, chat_messages, chat_probe_messages, completion_prompt
 from .sse import BODY_MATCH, DONE, FastScanner, MalformedChunk, parse_event, utf8_ok
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "SentBody",
     "SinkResponseHandler",
     "StreamState",
+    "calibrate_chat_filler",
     "encode_body",
     "open_session",
     "parse_extra_body",
@@ -129,7 +131,8 @@ class Endpoint:
             unknown fields); ``max_tokens`` (and ``max_completion_tokens`` for chat) are always sent.
         headers, extra_body: added to every request.
         request_timeout_s: whole-request limit; stall_timeout_s: limit on silence mid-stream.
-        tokens_per_word: calibration of chat filler text (see :mod:`.prompts`).
+        tokens_per_word, overhead_tokens: chat filler text size (see :mod:`.prompts`); a live run measures
+            both on the server first (:func:`calibrate_chat_filler`) unless ``overhead_tokens`` is set.
         continuous_usage: ask for ``usage`` in every chunk (``stream_options.continuous_usage_stats``,
             vLLM): gives each chunk's token count (``first_chunk_tokens``, ``chunks.parquet``) where a
             server sends several tokens per chunk; those chunks are then all JSON-decoded (no fast path).
@@ -147,6 +150,7 @@ class Endpoint:
     tokens_per_word: float = 1.0
     token_id_range: tuple[int, int] = (100, 4000)
     continuous_usage: bool = False
+    overhead_tokens: float | None = None
 
     def __post_init__(self) -> None:
         if self.api not in ("chat", "completions"):
@@ -171,6 +175,7 @@ class Endpoint:
             "request_timeout_s": self.request_timeout_s,
             "stall_timeout_s": self.stall_timeout_s,
             "tokens_per_word": self.tokens_per_word,
+            "overhead_tokens": self.overhead_tokens,
             "continuous_usage": self.continuous_usage,
         }
 
@@ -186,7 +191,9 @@ class Endpoint:
         if self.continuous_usage:
             body["stream_options"]["continuous_usage_stats"] = True
         if self.api == "chat":
-            body["messages"] = chat_messages(plan, tokens_per_word=self.tokens_per_word)
+            body["messages"] = chat_messages(
+                plan, tokens_per_word=self.tokens_per_word, overhead_tokens=self.overhead_tokens
+            )
             body["max_completion_tokens"] = n
             if plan.turn.tools is not None:
                 body["tools"] = plan.turn.tools
@@ -655,6 +662,48 @@ async def _read_body(resp: aiohttp.ClientResponse, st: StreamState, watch: _Watc
         watch.last_ns = now
         if st.feed(data, now):
             return
+
+
+PROBE_WORDS = (48, 800)  # filler words of the two probes (the second stays well inside a 4K context)
+
+
+async def calibrate_chat_filler(
+    session: aiohttp.ClientSession, endpoint: Endpoint, secrets: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Measure how many tokens the server counts for chat filler: two non-streaming probes of
+    :data:`PROBE_WORDS` words (fresh random markers, one output token), ``usage.prompt_tokens`` read back,
+    a line through the two points: ``tokens_per_word`` (slope) and ``overhead_tokens`` (intercept: chat
+    template and marker line). Returns them with the probes, or ``{"error": ...}`` when the server did not
+    say (the caller keeps the defaults)."""
+    points = []
+    try:
+        for n_words in PROBE_WORDS:
+            marker = f"{random.SystemRandom().getrandbits(107) % 10**32:032d}"
+            body: dict[str, Any] = {
+                "model": endpoint.model,
+                "messages": chat_probe_messages(marker, n_words),
+                "max_tokens": 1,
+                "max_completion_tokens": 1,
+                "stream": False,
+            }
+            body.update(endpoint.extra_body)
+            async with asyncio.timeout(min(endpoint.request_timeout_s, 120)):
+                async with session.post(endpoint.url, data=SentBody(encode_body(body))) as resp:
+                    text = await resp.text()
+                    if resp.status != 200:
+                        return {"error": scrub(f"probe: HTTP {resp.status}: {text[:200]}", secrets)}
+            usage = json.loads(text).get("usage") or {}
+            tokens = _int(usage.get("prompt_tokens"))
+            if tokens is None:
+                return {"error": "probe: no usage.prompt_tokens in the response"}
+            points.append((n_words, tokens))
+    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+        return {"error": scrub(f"probe: {type(exc).__name__}: {exc}"[:300], secrets)}
+    (w1, t1), (w2, t2) = points
+    slope = (t2 - t1) / (w2 - w1)
+    if not slope > 0:
+        return {"error": f"probe: prompt tokens did not grow with the words ({points})"}
+    return {"tokens_per_word": slope, "overhead_tokens": t1 - slope * w1, "probes": points}
 
 
 def finish_outcome(out: RequestOutcome, st: StreamState, origin_ns: int) -> None:

@@ -10,9 +10,13 @@ the previous turn's prompt of the same phase, so the server's prefix cache behav
   marker (a seeded generator over ``token_id_range``): turn k sends its first ``input_tokens + marker``
   ids, and since the stream does not depend on the length asked for, turn k's prompt starts with turn
   k-1's. The first ``MARKER_TOKENS`` ids encode the marker. Exact sizes; nothing stored per phase.
-- ``text`` (chat): the same idea with words from a fixed list of common short English words, which most
-  tokenizers encode as about one token each; ``tokens_per_word`` calibrates it, and the run reports the
-  deviation from ``usage.prompt_tokens``.
+- ``text`` (chat): the same idea with words from a fixed list of common short English words (a marker line,
+  then the phase's deterministic word stream; turn k sends a longer prefix of the same stream). How many
+  tokens a word costs depends on the model's tokenizer, and the chat template adds tokens of its own, so a
+  live run first measures both on the server (:func:`chat_probe_messages`: two prompts of known word
+  counts, read back from ``usage.prompt_tokens``: ``tokens_per_word`` and ``overhead_tokens``), then asks
+  for ``(target - overhead) / tokens_per_word`` words. The run reports the deviation from
+  ``usage.prompt_tokens``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 
 from ..agents import RequestPlan
 
-__all__ = ["MARKER_TOKENS", "chat_messages", "completion_prompt", "phase_token_ids"]
+__all__ = ["MARKER_TOKENS", "chat_messages", "chat_probe_messages", "completion_prompt", "phase_token_ids"]
 
 MARKER_TOKENS = 16
 _WORDS = [
@@ -153,11 +157,31 @@ def _text(marker: str, n_words: int) -> str:
     return " ".join(words[i] for i in idx)
 
 
-def chat_messages(plan: RequestPlan, *, tokens_per_word: float = 1.0) -> list[dict[str, Any]]:
-    """Chat ``messages`` for a turn: recorded ones with the marker in front, or calibrated filler text."""
+def chat_messages(
+    plan: RequestPlan, *, tokens_per_word: float = 1.0, overhead_tokens: float | None = None
+) -> list[dict[str, Any]]:
+    """Chat ``messages`` for a turn: recorded ones with the marker in front, or filler text.
+
+    Filler size: with ``overhead_tokens`` (measured: template + marker line), ``(input_tokens + MARKER_TOKENS
+    - overhead_tokens) / tokens_per_word`` words, so that the server counts ``input_tokens +
+    MARKER_TOKENS``; without it, ``input_tokens / tokens_per_word`` words.
+    """
     marker_line = f"namespace: {plan.marker}"
     turn = plan.turn
     if turn.messages is not None:
         return [{"role": "system", "content": marker_line}, *turn.messages]
-    n_words = max(1, round(turn.input_tokens / tokens_per_word))
-    return [{"role": "user", "content": marker_line + "\n" + _text(plan.marker, n_words)}]
+    if overhead_tokens is None:
+        n_words = max(1, round(turn.input_tokens / tokens_per_word))
+    else:
+        n_words = max(1, round((turn.input_tokens + MARKER_TOKENS - overhead_tokens) / tokens_per_word))
+    return [{"role": "user", "content": _filler(plan.marker, n_words)}]
+
+
+def _filler(marker: str, n_words: int) -> str:
+    return f"namespace: {marker}\n" + _text(marker, n_words)
+
+
+def chat_probe_messages(marker: str, n_words: int) -> list[dict[str, Any]]:
+    """A probe prompt shaped like a filler turn (its own marker, ``n_words`` words), for measuring how
+    many tokens the server counts for it."""
+    return [{"role": "user", "content": _filler(marker, n_words)}]
