@@ -289,3 +289,39 @@ def test_a_compressed_stream_reads_the_same_through_the_protocol_reader():
     assert a.ok and b.ok, (a.error_detail, b.error_detail)
     assert a.n_chunks == b.n_chunks == n and a.output_tokens == b.output_tokens == n
     assert a.finish_reason == b.finish_reason == "length"
+
+
+def test_a_body_ended_by_closing_the_connection_reads_the_same_through_the_protocol_reader():
+    """No chunked encoding, no length: the body ends when the server closes the connection (HTTP/1.0
+    style). The protocol reader sees the end through ``connection_lost``, as ``readany`` sees EOF."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the body is left unread
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+        for i in range(5):
+            fin = '"length"' if i == 4 else "null"
+            writer.write(
+                f'data: {{"choices":[{{"index":0,"text":"t{i}","finish_reason":{fin}}}]}}\n\n'.encode()
+            )
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        writer.write(b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}\n\n')
+        # no [DONE]: the close ends the stream
+        await writer.drain()
+        writer.close()
+
+    async def go(run_session: bool):
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        ep = Endpoint(f"http://127.0.0.1:{port}/v1", "m", api="completions", request_timeout_s=5)
+        try:
+            cm = open_session(4) if run_session else aiohttp.ClientSession()
+            async with cm as s:
+                return await send_request(s, ep, _plan(5), ep.body(_plan(5)), 0)
+        finally:
+            server.close()
+
+    a, b = asyncio.run(go(True)), asyncio.run(go(False))
+    assert a.ok and b.ok, (a.error, a.error_detail, b.error, b.error_detail)
+    assert a.n_chunks == b.n_chunks == 5 and a.output_tokens == b.output_tokens == 5
+    assert a.finish_reason == b.finish_reason == "length"
