@@ -141,6 +141,8 @@ def test_live_run_sends_extra_headers_and_body_fields_and_never_writes_a_credent
             "Authorization: Bearer sk-notwrittenanywhere42",
             "--extra-body",
             '{"top_k": 1, "priority": 3}',
+            "--on-error",
+            "abandon",
             "--quiet",
             "--out",
             str(out),
@@ -149,6 +151,7 @@ def test_live_run_sends_extra_headers_and_body_fields_and_never_writes_a_credent
     assert rc == 0
     assert server_thread.bodies and all(b["top_k"] == 1 and b["priority"] == 3 for b in server_thread.bodies)
     assert all(h.get("X-Bench-Run") == "cli-test" for h in server_thread.headers)
+    assert load_run(out).manifest["config"]["rules"]["on_error"] == "abandon"
     for f in out.iterdir():
         assert b"sk-notwrittenanywhere42" not in f.read_bytes(), f.name
     assert "sk-notwrittenanywhere42" not in capsys.readouterr().out

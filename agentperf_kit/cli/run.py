@@ -38,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="extra request header (repeatable); keys go in --api-key-env, not here",
     )
     p.add_argument("--extra-body", metavar="JSON", help="JSON object merged into every request body")
+    p.add_argument(
+        "--on-error",
+        choices=["continue", "abandon"],
+        default="continue",
+        help="after a failed request: the agent's next turn (default) or its next trajectory",
+    )
     p.add_argument("--request-timeout", type=float, default=600.0)
     p.add_argument("--stall-timeout", type=float, default=120.0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -70,6 +76,7 @@ def _run(args: argparse.Namespace) -> int:
             min_trajectories_per_agent=args.min_trajectories_per_agent,
             max_duration_s=max(args.max_duration, args.duration),
             drain_timeout_s=args.drain_timeout,
+            on_error=args.on_error,
         )
     except (TrajectoryFormatError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
