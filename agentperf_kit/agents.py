@@ -304,8 +304,18 @@ class AgentFleet:
             return self._plan(agent, t_next, force_fresh=True)
         return self._plan(agent, t_next)
 
-    def cancel(self, plan: RequestPlan, now: float, *, detail: str = "") -> None:
-        """Record a request still in flight at the end of the drain as ``cancelled_at_end``."""
+    def cancel(
+        self,
+        plan: RequestPlan,
+        now: float,
+        *,
+        detail: str = "",
+        n_chunks: int = 0,
+        t_first_s: float = _NAN,
+        t_last_s: float = _NAN,
+    ) -> None:
+        """Record a request still in flight at the end of the drain as ``cancelled_at_end``, with what it
+        had received where the caller knows it (visible chunks, first and last chunk times)."""
         self.requests_done += 1
         self.sink(
             self._row(
@@ -313,6 +323,9 @@ class AgentFleet:
                 RequestOutcome(
                     t_send_s=plan.t_send_s,
                     t_end_s=now,
+                    t_first_s=t_first_s,
+                    t_last_s=t_last_s,
+                    n_chunks=n_chunks,
                     ok=False,
                     error="cancelled_at_end",
                     error_detail=detail or "still running when the drain timeout expired",

@@ -285,9 +285,16 @@ async def run_live(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for plan in list(in_flight.values()):
-            fleet.cancel(plan, t_cancel)
-            if chunks is not None:  # what the cancelled request had received
-                chunks.add(plan.agent, plan.phase_id, plan.turn_index, chunk_logs.pop(id(plan), []))
+            if chunks is None:
+                fleet.cancel(plan, t_cancel)
+                continue
+            # what the cancelled request had received: its row and its chunk rows agree
+            got = chunk_logs.pop(id(plan), [])
+            first = last = float("nan")
+            if got:
+                first, last = (got[0][0] - origin_ns) / 1e9, (got[-1][0] - origin_ns) / 1e9
+            fleet.cancel(plan, t_cancel, n_chunks=len(got), t_first_s=first, t_last_s=last)
+            chunks.add(plan.agent, plan.phase_id, plan.turn_index, got)
         stop.set()
         await monitor
         if sampler is not None:

@@ -90,3 +90,40 @@ def test_cli_has_the_flag():
         ["run", "--target", "http://x/v1", "--model", "m", "-n", "1", "--out", "d", "--record-chunks"]
     )
     assert args.record_chunks is True
+
+
+def test_a_cancelled_request_row_agrees_with_its_chunk_rows(tmp_path):
+    """Streams still running when the drain ends are cut: their rows say what arrived (visible chunks,
+    first and last chunk times), the same as their chunk rows."""
+    rules = RunRules(
+        warmup_s=0.1,
+        duration_s=0.5,
+        min_trajectories=0,
+        min_trajectories_per_agent=0,
+        ramp_s=0.05,
+        drain_timeout_s=0.2,
+        random_start_turn=False,
+    )
+
+    async def go():
+        server = await SSEServer(ttft_s=0.02, itl_s=0.02).start()
+        try:
+            ep = Endpoint(server.base_url, "test-model", request_timeout_s=30)
+            kw = {"out_dir": tmp_path, "progress": False, "record_chunks": True}
+            return await run_live(ep, _trajs(out=400), 2, rules, **kw)
+        finally:
+            await server.stop()
+
+    res = asyncio.run(go())
+    cut = res.requests[res.requests.error == "cancelled_at_end"]
+    assert len(cut) == 2
+    per = (
+        load_chunks(tmp_path)
+        .groupby(KEYS)
+        .agg(n=("chunk", "size"), first=("t_s", "min"), last=("t_s", "max"))
+    )
+    joined = cut.set_index(KEYS).join(per, how="left")
+    assert (joined["n"] == joined["n_chunks"]).all() and (joined["n_chunks"] > 10).all()
+    assert np.allclose(joined["first"], joined["t_first_s"]) and np.allclose(
+        joined["last"], joined["t_last_s"]
+    )
