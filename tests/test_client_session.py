@@ -4,19 +4,35 @@ protocol, and both give what the plain aiohttp path gives, on real loopback serv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sys
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from agentperf_kit.agents import RequestPlan
+from agentperf_kit.client import http
 from agentperf_kit.client.eager import eager_body_writes
-from agentperf_kit.client.http import Endpoint, SinkResponseHandler, open_session, send_request
+from agentperf_kit.client.http import Endpoint, open_session, send_request
 from agentperf_kit.trajectories.model import Turn
 from tests.sse_servers import SSEServer
+
+
+@contextlib.asynccontextmanager
+async def _serve(app: web.Application, **runner_kw) -> AsyncIterator[str]:
+    """``app`` on a loopback port: yields its ``/v1`` base URL."""
+    runner = web.AppRunner(app, **runner_kw)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+    finally:
+        await runner.cleanup()
 
 
 def _plan(n_out: int = 8) -> RequestPlan:
@@ -105,20 +121,11 @@ def test_a_large_body_that_waits_for_the_socket_is_sent_whole_and_stamped_when_w
     async def go():
         app = web.Application(client_max_size=64 << 20)
         app.router.add_post("/v1/completions", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        ep = Endpoint(f"http://127.0.0.1:{port}/v1", "m", api="completions")
         body = {"model": "m", "stream": True, "max_tokens": 1, "prompt": [7] * 4_000_000}
-        try:
-            async with open_session(4) as s:
-                t0 = time.perf_counter_ns() / 1e9
-                out = await send_request(s, ep, _plan(1), body, 0)
-        finally:
-            await runner.cleanup()
-        return t0, out
+        async with _serve(app) as base, open_session(4) as s:
+            ep = Endpoint(base, "m", api="completions")
+            t0 = time.perf_counter_ns() / 1e9
+            return t0, await send_request(s, ep, _plan(1), body, 0)
 
     t0, out = asyncio.run(go())
     assert out.ok, out.error_detail
@@ -127,9 +134,18 @@ def test_a_large_body_that_waits_for_the_socket_is_sent_whole_and_stamped_when_w
     assert out.t_first_s >= out.t_send_s
 
 
-def test_a_body_that_arrives_before_the_reader_is_attached_is_read_whole():
+def test_a_body_that_arrives_before_the_reader_is_attached_is_read_whole(monkeypatch):
     """The loop is blocked while the response headers and the first chunks arrive together: the sink
     takes what aiohttp already buffered (stamped at its arrival), then the rest as it comes."""
+    early: list[int] = []  # pumps of bytes that came before the sink was attached
+    pump = http._BodySink.pump
+
+    def counting_pump(self, now):
+        if self.proto.body_sink is None and not self.waiter.done():
+            early.append(now)
+        return pump(self, now)
+
+    monkeypatch.setattr(http._BodySink, "pump", counting_pump)
 
     async def go(block_s: float):
         server = await SSEServer(ttft_s=0.0, itl_s=0.05).start()
@@ -138,16 +154,14 @@ def test_a_body_that_arrives_before_the_reader_is_attached_is_read_whole():
             async with open_session(4) as s:
                 loop = asyncio.get_running_loop()
                 loop.call_later(0.005, time.sleep, block_s)  # blocks the loop just after the send
-                out = await send_request(s, ep, _plan(6), ep.body(_plan(6)), 0)
-                protos = [p for p in s.connector._acquired] if hasattr(s.connector, "_acquired") else []
+                return await send_request(s, ep, _plan(6), ep.body(_plan(6)), 0)
         finally:
             await server.stop()
-        return out, protos
 
-    out, protos = asyncio.run(go(0.12))
+    out = asyncio.run(go(0.12))
     assert out.ok and out.output_tokens == 6 and out.n_chunks == 6, out
+    assert len(early) == 1  # the early path ran, once
     assert out.t_last_s - out.t_first_s >= 5 * 0.05 * 0.6  # the later chunks kept their own times
-    assert all(isinstance(p, SinkResponseHandler) for p in protos)
 
 
 def test_run_session_has_no_session_time_limit():
@@ -227,19 +241,11 @@ def test_idle_connections_are_dropped_before_the_server_would_close_them():
         peers.clear()
         app = web.Application()
         app.router.add_get("/v1/models", handler)
-        runner = web.AppRunner(app, keepalive_timeout=30)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        try:
-            async with open_session(4, keepalive_s=0.25) as s:
-                for _ in range(3):
-                    async with s.get(f"http://127.0.0.1:{port}/v1/models") as r:
-                        await r.read()
-                    await asyncio.sleep(gap_s)
-        finally:
-            await runner.cleanup()
+        async with _serve(app, keepalive_timeout=30) as base, open_session(4, keepalive_s=0.25) as s:
+            for _ in range(3):
+                async with s.get(f"{base}/models") as r:
+                    await r.read()
+                await asyncio.sleep(gap_s)
         return len(set(peers))
 
     assert asyncio.run(go(0.05)) == 1
@@ -272,18 +278,9 @@ def test_a_compressed_stream_reads_the_same_through_the_protocol_reader():
     async def go(run_session: bool):
         app = web.Application()
         app.router.add_post("/v1/completions", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        ep = Endpoint(f"http://127.0.0.1:{port}/v1", "m", api="completions", request_timeout_s=10)
-        try:
-            cm = open_session(4) if run_session else aiohttp.ClientSession()
-            async with cm as s:
-                return await send_request(s, ep, _plan(n), ep.body(_plan(n)), 0)
-        finally:
-            await runner.cleanup()
+        async with _serve(app) as base, open_session(4) if run_session else aiohttp.ClientSession() as s:
+            ep = Endpoint(base, "m", api="completions", request_timeout_s=10)
+            return await send_request(s, ep, _plan(n), ep.body(_plan(n)), 0)
 
     a, b = asyncio.run(go(True)), asyncio.run(go(False))
     assert a.ok and b.ok, (a.error_detail, b.error_detail)
