@@ -9,6 +9,7 @@ The short public API (everything else lives in its module: ``agentperf_kit.metri
 
 from ._version import __version__
 from .agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
+from .errors import AgentperfError, ConfigError, InputFormatError, MeasurementError, OutputError, TargetError
 from .metrics import derive_request_metrics, level_stats
 from .percentiles import percentile, percentile_ci
 from .results import RunResult, load_run
@@ -29,6 +30,11 @@ from .trajectories import (
 
 __all__ = [
     "AgentFleet",
+    "AgentperfError",
+    "ConfigError",
+    "InputFormatError",
+    "MeasurementError",
+    "OutputError",
     "RequestOutcome",
     "RequestPlan",
     "RunResult",
@@ -36,6 +42,7 @@ __all__ = [
     "SweepConfig",
     "SweepResult",
     "SynthConfig",
+    "TargetError",
     "Tier",
     "TierPreset",
     "Trajectory",

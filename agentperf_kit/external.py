@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .errors import InputFormatError
 from .results import RunResult, finalize_run, toolkit_provenance
 
 __all__ = ["FORMATS", "ImportFormatError", "import_aiperf", "import_results", "import_vllm_bench"]
@@ -36,7 +37,7 @@ FORMATS = ("aiperf", "vllm-bench")
 _TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "sec": 1.0}
 
 
-class ImportFormatError(ValueError):
+class ImportFormatError(InputFormatError):
     """An external results file does not have the shape its format promises (file, line, field named)."""
 
 

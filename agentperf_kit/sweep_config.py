@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from .agents import RunRules
+from .errors import ConfigError
 from .normalize import PowerSpec
 from .slo import get_tier_preset
 
 __all__ = ["SweepConfig", "SweepConfigError"]
 
 
-class SweepConfigError(ValueError):
+class SweepConfigError(ConfigError):
     """A sweep configuration is invalid, or does not match the one of the directory being resumed."""
 
 

@@ -23,10 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import InputFormatError
+
 __all__ = ["Trajectory", "TrajectoryFormatError", "Turn"]
 
 
-class TrajectoryFormatError(ValueError):
+class TrajectoryFormatError(InputFormatError):
     """A trajectory file or record is malformed.
 
     The message names the file, the line (1-based, where the format has lines), the field, the value seen
