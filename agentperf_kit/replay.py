@@ -193,6 +193,7 @@ async def run_live(
     lag: list[float] = []
     stop = asyncio.Event()
     in_flight: dict[int, RequestPlan] = {}
+    max_in_flight = 0  # requests sent and not yet ended, at most (never above N: each agent waits)
     origin_ns = time.perf_counter_ns()
     chunks = ChunkWriter(out_dir, origin_ns, run_id=run_id, level=level) if record_chunks else None
     manifest["clock"] = {"kind": "perf_counter_ns", "origin_ns": origin_ns, "origin_unix_s": time.time()}
@@ -241,7 +242,7 @@ async def run_live(
             await sampler.start()
 
         async def agent(plan: RequestPlan | None) -> None:
-            nonlocal errors
+            nonlocal errors, max_in_flight
             while plan is not None:
                 while (delay := plan.t_scheduled_s - now()) > 0:  # timers may wake a little early
                     await asyncio.sleep(delay)
@@ -249,6 +250,8 @@ async def run_live(
                     return
                 body = endpoint.body(plan)
                 in_flight[id(plan)] = plan
+                if len(in_flight) > max_in_flight:
+                    max_in_flight = len(in_flight)
                 fleet.on_send(plan, now())
                 log = None
                 if chunks is not None:
@@ -362,6 +365,7 @@ async def run_live(
                 "budget_s": lag_budget_s,
                 "connection_limit": limit,
                 "connection_waits": len(conn_waits),
+                "max_in_flight": max_in_flight,
                 "body_reader": body_reader,
                 "gc_pauses": len(gc_pauses),
                 "gc_pause_max_s": max(gc_pauses, default=0.0),
