@@ -194,7 +194,7 @@ class SSEServer:
             await resp.prepare(request)
             line = b'data: {"choices":[{"index":0,"delta":{"content":"never ends'
             k = 0
-            while True:
+            while not request.transport or not request.transport.is_closing():
                 if fault == "keepalive":
                     await resp.write(b": keep-alive\n\n")
                 elif fault == "drip":
@@ -203,6 +203,7 @@ class SSEServer:
                 else:
                     await resp.write(b'data: {"choices":[{"index":0,"delta":{"content":""}}]}\n\n')
                 await asyncio.sleep(self.drip_s)
+            return resp
         return await self._sse(request, body, fault)
 
     async def _sse(self, request: web.Request, body: dict, fault: str | None) -> web.StreamResponse:
@@ -285,9 +286,10 @@ class SSEServer:
             if fault == "stall" and sent > n // 2:
                 await asyncio.sleep(3600)
             if fault == "keepalive_stall" and sent > n // 2:
-                while True:
+                while not request.transport.is_closing():
                     await resp.write(b": keep-alive" + eol + eol)
                     await asyncio.sleep(self.drip_s)
+                return resp
             if fault == "malformed" and sent > n // 2:
                 await resp.write(b"data: {not json" + eol + eol)
                 return resp
