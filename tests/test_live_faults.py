@@ -287,3 +287,17 @@ def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_rows(tmp_path):
     assert rows.t_end_s.notna().all()
     json.loads((out / "manifest.json").read_text())  # the manifest written at the start is intact
     assert OutputError.exit_code == 2 or OutputError.exit_code == 3
+
+
+def test_tenfold_usage_without_forced_output_is_caught_by_the_text_streamed():
+    """``--no-force-output`` (no target to compare with): a server that streams 12 tokens of " tok" (48
+    bytes of text) and reports 120 is flagged because 120 tokens cannot fit in 48 bytes of text; its
+    speed comes from the 12 chunks (~100 tok/s), not from the claim (~1,000 tok/s)."""
+    res, server = _run(
+        {"fault": "usage_10x", "ttft_s": 0.01, "itl_s": 0.01}, ep_kw={"force_output_fields": False}
+    )
+    done = _check_rows(res, server)
+    assert done.ok.all() and done.usage_mismatch.all()
+    assert done.note.str.contains("bytes of visible text streamed", regex=False).all()
+    assert not done.note.str.contains("forced output", regex=False).any()
+    assert done.output_speed_tps.median() == pytest.approx(100, rel=0.5)

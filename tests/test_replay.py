@@ -73,6 +73,7 @@ def test_dialects_measure_ttft_speed_and_usage(dialect, api):
     df = res.requests
     assert len(df) == len(server.bodies)  # every request the server saw has exactly one row
     assert df.ok.all(), df.error_detail.tolist()
+    assert not df.usage_mismatch.any(), df.note.tolist()  # honest usage is never flagged
     assert (df.output_tokens == df.target_output_tokens).all()
     assert df.ttft_s.median() == pytest.approx(0.08, abs=0.03)
     per_chunk = server.tokens_per_chunk
