@@ -101,8 +101,10 @@ async def _server_info(session: aiohttp.ClientSession, endpoint: Endpoint, secre
                 info["server_header"] = resp.headers.get("Server")
                 if resp.status == 200:
                     data = await resp.json(content_type=None)
-                    info["models"] = [m.get("id") for m in data.get("data", []) if isinstance(m, dict)]
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    models = data.get("data") if isinstance(data, dict) else None
+                    models = models if isinstance(models, list) else []
+                    info["models"] = [str(m.get("id"))[:200] for m in models if isinstance(m, dict)]
+    except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
         info["models_error"] = scrub(f"{type(exc).__name__}: {exc}", secrets)[:200]
     return info
 

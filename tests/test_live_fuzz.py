@@ -226,3 +226,37 @@ def test_a_live_run_over_nasty_bodies_keeps_one_row_per_request():
     assert "client_error" not in set(df.error)
     assert {"malformed_json", "stream_error", ""} <= set(df.error)
     assert df.usage_mismatch.any()  # the out-of-range and negative usage counts
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"data": 5, "usage": [1]}', b"\xff\xfe", b'"just a string"'],
+)
+def test_odd_answers_to_the_set_up_requests_do_not_end_a_run(reply):
+    """``/v1/models`` and the chat prompt-size probes answered with deep nesting, wrong shapes, bytes
+    that are not UTF-8: the run notes it (no models, no calibration) and measures as usual."""
+    from aiohttp import web
+
+    class OddServer(SSEServer):
+        async def _models(self, request):
+            return web.Response(body=reply, content_type="application/json")
+
+        def _usage_only(self, body):
+            return web.Response(body=reply, content_type="application/json")
+
+    trajs = [Trajectory(f"t{i}", [Turn(0, 0, 30, 8, tool_delay_s=0.01) for _ in range(2)]) for i in range(2)]
+    rules = RunRules(
+        warmup_s=0.1, duration_s=0.5, min_trajectories=0, min_trajectories_per_agent=0, ramp_s=0.05
+    )
+
+    async def go(tmp):
+        server = await OddServer(ttft_s=0.005, itl_s=0.001).start()
+        try:
+            ep = Endpoint(server.base_url, "m")
+            return await run_live(ep, trajs, 2, rules, out_dir=tmp, progress=False)
+        finally:
+            await server.stop()
+
+    res = asyncio.run(go(tempfile.mkdtemp()))
+    assert "error" in res.manifest["prompt_calibration"]
+    assert res.requests.ok.all() and len(res.requests) > 0

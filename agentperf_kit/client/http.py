@@ -794,12 +794,13 @@ async def calibrate_chat_filler(
                     text = await resp.text()
                     if resp.status != 200:
                         return {"error": scrub(f"probe: HTTP {resp.status}: {text[:200]}", secrets)}
-            usage = json.loads(text).get("usage") or {}
-            tokens = _int(usage.get("prompt_tokens"))
+            reply = json.loads(text)
+            usage = reply.get("usage") if isinstance(reply, dict) else None
+            tokens = _count(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
             if tokens is None:
                 return {"error": "probe: no usage.prompt_tokens in the response"}
             points.append((n_words, tokens))
-    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError, RecursionError) as exc:
         return {"error": scrub(f"probe: {type(exc).__name__}: {exc}"[:300], secrets)}
     (w1, t1), (w2, t2) = points
     slope = (t2 - t1) / (w2 - w1)
