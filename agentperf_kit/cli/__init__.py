@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "report",
     "compare",
     "import_results",
+    "presets",
 )
 
 
