@@ -139,7 +139,7 @@ async def run_live(
     ``power_scope = "measured"`` (docs/telemetry.md).
     """
     key = api_key or (os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None)
-    secrets = (key,) if key else ()
+    secrets = endpoint.secrets(key)  # header values (unless public) and the key: scrubbed from details
     run_id = run_id or f"live-{uuid.uuid4().hex[:8]}"
     out_dir = out_dir or os.path.join("runs", run_id)
     writer = RunWriter(out_dir, flush_rows=256, flush_s=0.5)  # live: rows reach disk within 0.5 s
@@ -180,7 +180,8 @@ async def run_live(
     }
     limit = connection_limit or n_agents + 8
     headers = dict(endpoint.headers)
-    if key:
+    if key:  # one Authorization header: the key wins over a header of that name (any case)
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         headers["Authorization"] = f"Bearer {key}"
     lag: list[float] = []
     stop = asyncio.Event()

@@ -129,7 +129,9 @@ class Endpoint:
             written anywhere; the manifest records only this name).
         force_output_fields: send ``ignore_eos`` and ``min_tokens`` (turn off for hosted APIs that reject
             unknown fields); ``max_tokens`` (and ``max_completion_tokens`` for chat) are always sent.
-        headers, extra_body: added to every request.
+        headers, extra_body: added to every request. Header values are secrets (masked in manifests,
+            scrubbed from error details) except those named in ``public_header_names``
+            (:mod:`agentperf_kit.credentials`).
         request_timeout_s: whole-request limit; stall_timeout_s: limit on silence mid-stream.
         tokens_per_word, overhead_tokens: chat filler text size (see :mod:`.prompts`); a live run measures
             both on the server first (:func:`calibrate_chat_filler`) unless ``overhead_tokens`` is set.
@@ -151,19 +153,28 @@ class Endpoint:
     token_id_range: tuple[int, int] = (100, 4000)
     continuous_usage: bool = False
     overhead_tokens: float | None = None
+    public_header_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.api not in ("chat", "completions"):
             raise ValueError(f"api must be 'chat' or 'completions', got {self.api!r}")
         self.base_url = self.base_url.rstrip("/")
 
+    def secrets(self, key: str | None = None) -> tuple[str, ...]:
+        """Strings to scrub from anything written: secret header values and the API key ``key``."""
+        from ..credentials import secret_values
+
+        return secret_values(self.headers, self.public_header_names, key)
+
     @property
     def url(self) -> str:
         return f"{self.base_url}/{'chat/completions' if self.api == 'chat' else 'completions'}"
 
     def public_dict(self) -> dict[str, Any]:
-        """The endpoint for the manifest: no key, header values that look secret masked."""
-        headers = public_headers(self.headers)
+        """The endpoint for the manifest: no key; every header value masked except the public ones."""
+        from ..credentials import mask_headers
+
+        headers = mask_headers(self.headers, self.public_header_names)
         return {
             "base_url": self.base_url,
             "model": self.model,
