@@ -19,6 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-trajectories-per-agent", type=int, default=3, help="per agent (AA: 3)")
     p.add_argument("--max-duration", type=float, default=4 * 3600.0, help="cap on the steady window, s")
     p.add_argument("--drain-timeout", type=float, default=120.0, help="drain after the window, s")
+    p.add_argument(
+        "--ramp",
+        type=float,
+        help="spread the agents' first requests over this long, s (default min(0.25 N, 30))",
+    )
     p.add_argument("--trajectories", help="trajectory file (default: the built-in synthetic set)")
     p.add_argument("--max-context", type=int, help="scale the trajectories to fit this context (tokens)")
     p.add_argument("--out", required=True, help="output directory")
@@ -76,6 +81,7 @@ def _run(args: argparse.Namespace) -> int:
             min_trajectories_per_agent=args.min_trajectories_per_agent,
             max_duration_s=max(args.max_duration, args.duration),
             drain_timeout_s=args.drain_timeout,
+            ramp_s=args.ramp,
             on_error=args.on_error,
         )
     except (TrajectoryFormatError, FileNotFoundError, ValueError) as exc:
