@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "trajectories",
     "report",
     "compare",
+    "frontier",
     "import_results",
     "presets",
 )
