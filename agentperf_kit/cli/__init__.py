@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "trajectories",
     "report",
     "compare",
+    "frontier",
     "import_results",
     "presets",
 )
