@@ -251,11 +251,18 @@ def _read_stream(path: Path) -> list[pa.RecordBatch]:
     return batches
 
 
-def read_raw_rows(directory: str | os.PathLike) -> pd.DataFrame:
-    """Read every complete raw row under ``directory`` (all ``requests*.arrow`` streams), with the
-    dtypes of :data:`agentperf_kit.schema.REQUEST_COLUMNS`. Works on the files of a killed run."""
+def _stream_paths(directory: Path, stem: str, names: tuple[str, ...] | None) -> list[Path]:
+    if names is not None:
+        return [directory / n for n in names if (directory / n).exists()]
+    return sorted(directory.glob(f"{stem}*.arrow"), key=lambda p: (len(p.name), p.name))
+
+
+def read_raw_rows(directory: str | os.PathLike, names: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Read every complete raw row under ``directory`` (all ``requests*.arrow`` streams, or only the files
+    ``names`` when given: what one run wrote), with the dtypes of
+    :data:`agentperf_kit.schema.REQUEST_COLUMNS`. Works on the files of a killed run."""
     directory = Path(directory)
-    paths = sorted(directory.glob("requests*.arrow"), key=lambda p: (len(p.name), p.name))
+    paths = _stream_paths(directory, "requests", names)
     batches = [b for p in paths for b in _read_stream(p)]
     table = pa.Table.from_batches(batches, schema=RAW_ARROW_SCHEMA)
     df = table.to_pandas()
@@ -344,9 +351,10 @@ class ChunkWriter(_ArrowStreamWriter):
         self._last_flush = time.monotonic()
 
 
-def read_chunk_rows(directory: str | os.PathLike) -> pd.DataFrame:
-    """Every complete chunk row of ``directory/chunks*.arrow`` (works on the files of a killed run)."""
+def read_chunk_rows(directory: str | os.PathLike, names: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Every complete chunk row of ``directory/chunks*.arrow`` (or of the files ``names`` only); works on
+    the files of a killed run."""
     directory = Path(directory)
-    paths = sorted(directory.glob("chunks*.arrow"), key=lambda p: (len(p.name), p.name))
+    paths = _stream_paths(directory, "chunks", names)
     batches = [b for p in paths for b in _read_stream(p)]
     return pa.Table.from_batches(batches, schema=CHUNKS_ARROW_SCHEMA).to_pandas()

@@ -190,7 +190,8 @@ async def run_live(
     }
     limit = connection_limit or n_agents + 8
     headers = dict(endpoint.headers)
-    if key:
+    if key:  # one Authorization header: the key wins over a header of that name (any case)
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         headers["Authorization"] = f"Bearer {key}"
     lag: list[float] = []
     stop = asyncio.Event()

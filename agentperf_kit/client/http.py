@@ -130,16 +130,10 @@ def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
     return _SECRET.sub(lambda m: m.group(1) + "***", text)
 
 
-# header values shorter than this are not scrubbed from details (they are not secrets and would mangle
-# the text: a header "X-Priority: 1" must not turn every "1" into "***")
-MIN_SECRET_LEN = 4
-
-
 def endpoint_secrets(endpoint: Endpoint, api_key: str | None = None) -> tuple[str, ...]:
-    """What the client sends that must never reach a file: the API key and every configured header value
-    (servers echo request headers in error bodies), each of at least :data:`MIN_SECRET_LEN` characters."""
-    values = [api_key or ""] + [str(v) for v in endpoint.headers.values()]
-    return tuple(sorted({v for v in values if len(v) >= MIN_SECRET_LEN}, key=len, reverse=True))
+    """What the client sends that must never reach a file (servers echo request headers in error bodies):
+    the API key and every header value not marked public (:meth:`Endpoint.secrets`)."""
+    return endpoint.secrets(api_key)
 
 
 def parse_retry_after(value: str | None, now_unix_s: float | None = None) -> float:
@@ -174,7 +168,9 @@ class Endpoint:
             written anywhere; the manifest records only this name).
         force_output_fields: send ``ignore_eos`` and ``min_tokens`` (turn off for hosted APIs that reject
             unknown fields); ``max_tokens`` (and ``max_completion_tokens`` for chat) are always sent.
-        headers, extra_body: added to every request.
+        headers, extra_body: added to every request. Header values are secrets (masked in manifests,
+            scrubbed from error details) except those named in ``public_header_names``
+            (:mod:`agentperf_kit.credentials`).
         request_timeout_s: whole-request limit (seconds from the send).
         first_token_timeout_s: limit on the wait for the first visible token (seconds from the send;
             response headers, comments and empty events do not stop it). Default 120 s: 12 times the
@@ -203,6 +199,7 @@ class Endpoint:
     token_id_range: tuple[int, int] = (100, 4000)
     continuous_usage: bool = False
     overhead_tokens: float | None = None
+    public_header_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.api not in ("chat", "completions"):
@@ -213,13 +210,21 @@ class Endpoint:
                 raise ConfigError(f"Endpoint.{name} must be a number of seconds > 0, got {value!r}")
         self.base_url = self.base_url.rstrip("/")
 
+    def secrets(self, key: str | None = None) -> tuple[str, ...]:
+        """Strings to scrub from anything written: secret header values and the API key ``key``."""
+        from ..credentials import secret_values
+
+        return secret_values(self.headers, self.public_header_names, key)
+
     @property
     def url(self) -> str:
         return f"{self.base_url}/{'chat/completions' if self.api == 'chat' else 'completions'}"
 
     def public_dict(self) -> dict[str, Any]:
-        """The endpoint for the manifest: no key, header values that look secret masked."""
-        headers = public_headers(self.headers)
+        """The endpoint for the manifest: no key; every header value masked except the public ones."""
+        from ..credentials import mask_headers
+
+        headers = mask_headers(self.headers, self.public_header_names)
         return {
             "base_url": self.base_url,
             "model": self.model,
