@@ -272,7 +272,8 @@ async def run_live(
                         speeds.append(0.0)  # a failed request counts as a miss, as in the metrics
                     elif outcome.t_first_s == outcome.t_first_s:
                         ttfts.append(outcome.t_first_s - outcome.t_send_s)
-                        span, n_out = outcome.t_last_s - outcome.t_first_s, outcome.output_tokens or 0
+                        span = outcome.t_last_s - outcome.t_first_s
+                        n_out = outcome.n_chunks if outcome.usage_mismatch else outcome.output_tokens or 0
                         if n_out >= 2:
                             speeds.append((n_out - 1) / span if span > 0 else float("inf"))
                     if bar.n % 50 == 0:  # over the last 500 requests
@@ -289,8 +290,9 @@ async def run_live(
         all_done = asyncio.gather(*tasks)
         while not all_done.done():
             await asyncio.wait({all_done}, timeout=0.2)
-            if writer.error is not None:  # rows cannot be written: end the level, say why at the end
-                fleet.abort(now(), str(writer.error))
+            failed = writer.error or (chunks.error if chunks is not None else None)
+            if failed is not None:  # results cannot be written: end the level, say why at the end
+                fleet.abort(now(), str(failed))
             if not fleet.may_send(now()):
                 break
         if not all_done.done():
@@ -321,7 +323,7 @@ async def run_live(
         writer.close()
     except OutputError:
         if chunks is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OutputError):
                 chunks.close()
         raise  # one line: what could not be written, how many rows were kept
     if chunks is not None:
