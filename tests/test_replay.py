@@ -75,9 +75,12 @@ def test_dialects_measure_ttft_speed_and_usage(dialect, api):
     assert df.ok.all(), df.error_detail.tolist()
     assert not df.usage_mismatch.any(), df.note.tolist()  # honest usage is never flagged
     assert (df.output_tokens == df.target_output_tokens).all()
-    assert df.ttft_s.median() == pytest.approx(0.08, abs=0.03)
-    per_chunk = server.tokens_per_chunk
-    assert df.output_speed_tps.median() == pytest.approx(per_chunk / 0.01, rel=0.35)
+    # against what the server really did: its sleeps (80 ms, 10 ms) stretch on a loaded machine
+    server_ttft = sorted(t for t, _ in server.timings)[len(server.timings) // 2]
+    server_speed = sorted(v for _, v in server.timings)[len(server.timings) // 2]
+    assert server_ttft >= 0.08 and server_speed <= server.tokens_per_chunk / 0.01 * 1.01
+    assert df.ttft_s.median() == pytest.approx(server_ttft, abs=0.03)
+    assert df.output_speed_tps.median() == pytest.approx(server_speed, rel=0.35)
     if dialect == "reasoning":
         assert (df.ttfo_s > df.ttft_s + 0.05).all()
         assert (df.reasoning_tokens == df.output_tokens // 2).all()
