@@ -27,6 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--endpoint", choices=["chat", "completions"], help="live targets: API (default chat)")
     p.add_argument("--api-key-env", help="live targets: environment variable holding the API key")
     p.add_argument("--max-context", type=int, help="scale the trajectories to fit this context (tokens)")
+    p.add_argument(
+        "--what-if",
+        action="append",
+        metavar="KNOB=VALUE",
+        help="simulated targets: tool_delay=F, output=F, context=F, prefix_cache=off, trajectories=PATH, "
+        "deployment=NAME (repeatable or comma-separated; docs/frontier.md)",
+    )
     c = p.add_argument_group("live client (docs/replay.md)")
     c.add_argument(
         "--header", action="append", metavar="'NAME: VALUE'", help="extra request header (repeatable)"
@@ -74,6 +81,7 @@ def _sweep(args: argparse.Namespace) -> int:
         stall_timeout_s=args.stall_timeout,
         force_output=False if args.no_force_output else None,
         continuous_usage=True if args.continuous_usage else None,
+        what_if=",".join(args.what_if) if args.what_if else None,
         out=args.out,
     )
     try:
