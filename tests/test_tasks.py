@@ -30,7 +30,7 @@ def _rows(spec):
 def test_tasks_are_cut_at_turn_zero_and_timed_from_first_send_to_last_end():
     df = _rows(
         [
-            # agent 0 starts mid-trajectory (turn 1 of X): no task
+            # agent 0 starts mid-trajectory (turn 1 of X): a task already in progress
             (0, "X", 0, 1, 0.0, 2.0, True, 1.0),
             (0, "X", 0, 2, 3.0, 4.0, True, 5.0),
             # then Y, 2 turns, with a 3 s tool wait between them: 5.0 -> 12.0
@@ -47,12 +47,14 @@ def test_tasks_are_cut_at_turn_zero_and_timed_from_first_send_to_last_end():
     )
     t = task_table(df, {"X": 3, "Y": 2}, window_start_s=6.0, window_end_s=15.0)
     t = t.set_index(["agent", "first_phase_id"])
-    assert len(t) == 3
+    assert len(t) == 4
+    head = t.loc[(0, 0)]  # started mid-trajectory: finished (counts in the rate), not complete (not timed)
+    assert head["finished"] and not head["complete"] and head["n_requests"] == 2
     y = t.loc[(0, 1)]
     assert y["completion_s"] == 7.0 and y["tool_wait_s"] == 3.0 and y["complete"] and y["ok"]
     assert y["in_window"]  # ended at 12 in [6, 15]
     cut = t.loc[(0, 2)]
-    assert not cut["complete"] and not cut["in_window"]
+    assert not cut["finished"] and not cut["complete"] and not cut["in_window"]
     x1 = t.loc[(1, 3)]
     assert x1["completion_s"] == 8.0 and x1["complete"] and not x1["ok"] and x1["n_requests"] == 3
     assert x1["tool_wait_s"] == 1.0  # the waits after turns 0 and 1, not after the last
