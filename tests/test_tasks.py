@@ -110,3 +110,4 @@ def test_sweep_writes_task_tables_and_slowdown_is_one_unloaded(small_sweep, caps
     assert main(["report", str(d)]) == 0
     out = capsys.readouterr().out
     assert "task completion" in out and "sim_unloaded" in out
+    assert "tasks_per_hour_per_mw" in (d / "report.html").read_text()
