@@ -16,7 +16,9 @@ speed floor, a lower TTFT ceiling, a lower speed percentile or a higher TTFT per
 verdicts from pass towards fail, and ``max_agents`` only falls when verdicts do.
 
 Agents per accelerator = max agents / the sweep's accelerators; agents per MW uses the power of the level
-at max agents (or the user's declared/provisioned power), as the sweep's tier table does.
+at max agents (or the user's declared/provisioned power), as the sweep's tier table does. The task
+figures of that level (:mod:`agentperf_kit.tasks`: tasks per hour per accelerator and per MW, P50
+slowdown) come with each point.
 """
 
 from __future__ import annotations
@@ -202,6 +204,14 @@ def sweep_frontier(
         target = f"sim:{DEFAULT_DEPLOYMENT}"
     tab.insert(0, "system", system or (target + (f" [{what_if}]" if what_if else "")))
     tab.insert(1, "directory", str(d))
+    from .tasks import load_sweep_tasks
+
+    tasks = load_sweep_tasks(d).set_index("concurrency")
+    for col in ("tasks_per_hour_per_accelerator", "tasks_per_hour_per_mw", "p50_slowdown"):
+        tab[col] = [
+            float(tasks.at[n, col]) if n > 0 and n in tasks.index and pd.notna(tasks.at[n, col]) else None
+            for n in tab["max_agents"].astype(int)
+        ]
     tab["accelerators"] = summary.get("accelerators")
     tab["accelerator_type"] = summary.get("accelerator_type")
     tab["confidence"] = confidence

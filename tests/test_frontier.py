@@ -36,6 +36,13 @@ def test_frontier_agrees_with_the_sweeps_tiers_exactly(small_sweep):
             assert pd.isna(row["agents_per_mw"])
         else:
             assert row["agents_per_mw"] == pytest.approx(t["agents_per_mw"])
+    tasks = pd.read_csv(small_sweep / "tasks.csv").set_index("concurrency")
+    for t in summary["tiers"]:
+        row, n = at.loc[t["name"]], t["max_agents"]
+        if n:
+            assert row["tasks_per_hour_per_mw"] == pytest.approx(tasks.at[n, "tasks_per_hour_per_mw"])
+        else:
+            assert pd.isna(row["tasks_per_hour_per_mw"])
     # the sweep's tiers span a lower bound, a bracketed boundary and 0 (so all three cases are compared)
     maxes = sorted(t["max_agents"] for t in summary["tiers"])
     assert maxes[0] == 0 and any(t["max_agents_is_lower_bound"] for t in summary["tiers"])
