@@ -15,7 +15,9 @@ Settings (shorter than AA's rules, so every level says ``meets_aa_rules: false``
 - ``gb300nvl72-dsv4pro``: thousands of agents per level, so: the slo2 tier only (60 tok/s & 5 s), steady
   window 60 s, warm-up 30 s, >= 30 trajectories and no per-agent minimum, resolution 16 agents, at most
   4,096 agents. Agents start at random turns, so the window is in steady state from the start; tasks per
-  hour count every trajectory that finishes in it.
+  hour count every trajectory that finishes in it. Task *completion times* need whole tasks inside
+  warm-up + window (about 120 s here), so with these settings they are biased to short tasks: read
+  GB300's p50_task_s and p50_slowdown as such, not as task times.
 
 Sweeps are written under ``--out`` and resumed when run again with the same settings.
 """
