@@ -54,7 +54,7 @@ def grid_tiers(
     ttft_percentiles: Sequence[float] = (95.0,),
 ) -> list[Tier]:
     """One :class:`Tier` per grid point (names ``g0``, ``g1``, ...)."""
-    tiers = []
+    tiers: list[Tier] = []
     for sp in speed_percentiles:
         for tp in ttft_percentiles:
             for s in speeds:
@@ -71,7 +71,7 @@ def level_verdicts_resolved(
 ) -> pd.DataFrame:
     """Per tier: (``verdict``, ``binding``, ``point``) of one level, as the sweep settles them: the verdict
     at ``confidence``, the point verdict where that is inconclusive (``point`` True)."""
-    ev = evaluate_level(df, tiers, confidence=confidence)
+    ev = evaluate_level(df, tuple(tiers), confidence=confidence)
     first = ev.drop_duplicates("tier").set_index("tier")
     out = pd.DataFrame({"verdict": first["tier_verdict"], "binding": first["binding"], "point": False})
     unsure = out.index[out["verdict"] == "inconclusive"]
@@ -110,7 +110,7 @@ def frontier_from_levels(
             npoint[t.name] += bool(r.at[t.name, "point"])
         rows.append(row)
     levels = pd.DataFrame(rows)
-    tab = max_agents(levels, tiers)
+    tab = max_agents(levels, tuple(tiers))
     tab["n_point_verdicts"] = [npoint[t.name] for t in tiers]
     level_power = level_power or {}
     pw, scopes, per_acc, per_mw = [], [], [], []
