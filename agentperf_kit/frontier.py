@@ -257,6 +257,8 @@ def plot_frontier_heatmaps(
     systems = list(dict.fromkeys(f["system"]))
     fig, axes = plt.subplots(1, len(systems), figsize=(4.8 * len(systems) + 1, 4.6), squeeze=False)
     label = _VALUE_LABELS.get(value, value)
+    vmax = float(pd.to_numeric(f[value], errors="coerce").max())  # one colour scale for all systems
+    vmax = vmax if vmax > 0 else 1.0
     for ax, sysname in zip(axes[0], systems):
         g = (
             f[f["system"] == sysname]
@@ -269,6 +271,8 @@ def plot_frontier_heatmaps(
             annot=True,
             fmt=".3g",
             cmap="viridis",
+            vmin=0.0,
+            vmax=vmax,
             cbar_kws={"label": label},
             annot_kws={"fontsize": 7},
         )
