@@ -111,3 +111,20 @@ def test_sweep_writes_task_tables_and_slowdown_is_one_unloaded(small_sweep, caps
     out = capsys.readouterr().out
     assert "task completion" in out and "sim_unloaded" in out
     assert "tasks_per_hour_per_mw" in (d / "report.html").read_text()
+
+
+def test_sweep_n1_baseline_on_a_copy(small_sweep, tmp_path):
+    import shutil
+
+    from agentperf_kit.tasks import write_sweep_tasks
+
+    d = tmp_path / "copy"
+    shutil.copytree(small_sweep, d)
+    tasks, per = write_sweep_tasks(d, baseline="sweep_n1")
+    assert set(tasks["baseline_source"]) == {"sweep_n1"}
+    at1 = per[per["concurrency"] == 1].iloc[0]
+    assert at1["p50_slowdown"] == pytest.approx(1.0) and at1["slowdown_baseline"] == "sweep_n1"
+    # N = 1 ran only some of the trajectories: the others have no baseline at higher N, and say so
+    assert per["n_tasks_without_baseline"].iloc[-1] > 0
+    with pytest.raises(ValueError, match="baseline must be"):
+        write_sweep_tasks(d, baseline="n2")
