@@ -54,7 +54,10 @@ __all__ = ["SimServer"]
 
 log = logging.getLogger(__name__)
 
-_WORDS = ("the", " model", " thinks", " about", " code", " and", " tests", " it", " again", ".")
+# emitted text: a space + a common English word per token, one token each in common BPE vocabularies
+# (GPT-2/cl100k/Llama/DeepSeek style: a leading-space word is one piece), so a client that counts
+# output tokens with its own tokenizer counts one per chunk
+_WORDS = (" the", " model", " writes", " code", " and", " then", " runs", " the", " tests", " again")
 
 
 @dataclass(eq=False, slots=True)
