@@ -70,6 +70,8 @@ def test_text_tokens_approximation():
     assert text_tokens("the cat sat") == ["the", "cat", "sat"]
     assert text_tokens("internationalization") == ["internat", "ionaliza", "tion"]
     assert text_tokens("x=12345;") == ["x", "=", "123", "45", ";"]
+    # a line break and the indentation after it are one token (byte-level BPEs merge them); spaces are free
+    assert text_tokens("if x:\n    return  y") == ["if", "x", ":", "\n    ", "return", "y"]
     toks = chat_tokens([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
     assert toks == ["<|system|>", "be", "brief", "<|user|>", "hi"]
 
