@@ -2,8 +2,8 @@
 
 Part 1, single cold requests (one at a time, token-id prompts of 4K/16K/64K tokens): the engine's end of
 prefill (the step in which the last prefill chunk completes, from arrival) against the first token on
-the wire (from when the server took the request), the 2nd-token gap against the engine's first decode
-step, chunks per token, and the server's own release lag.
+the wire (from the request's arrival in the engine, after parsing and prefix hashing), the 2nd-token gap
+against the engine's first decode step, chunks per token, and the server's own release lag.
 
 Part 2, a live run against serve-sim (``agentperf_kit.replay.run_live``, completions endpoint, token ids)
 next to a virtual-time run (``run_sim_level``) of the same trajectories, agents and seed: TTFT P50/P95 over
@@ -46,12 +46,13 @@ def engine_steps(prompt: int, out: int) -> list[float]:
 
 async def single_requests(sizes: list[int], out: int) -> None:
     server = await SimServer(time_scale=1.0).start()
-    arrivals: list[float] = []
+    loop = asyncio.get_running_loop()
+    lives = []
     submit = server._submit
 
-    def spy(*a):  # when the server took the request (wall s): the engine's clock starts there
-        arrivals.append(time.perf_counter())
-        return submit(*a)
+    def spy(*a):  # the request as the engine sees it: its arrival starts the engine's clock for it
+        lives.append(submit(*a))
+        return lives[-1]
 
     server._submit = spy
     print(
@@ -65,8 +66,8 @@ async def single_requests(sizes: list[int], out: int) -> None:
             async with aiohttp.ClientSession() as s, s.post(server.base_url + "/completions", json=body) as r:
                 async for line in r.content:
                     if line.startswith(b"data: {"):
-                        times.append(time.perf_counter())
-            t_arr = arrivals[-1]
+                        times.append(loop.time())
+            t_arr = server._t0 + lives[-1].req.t_arrival  # loop clock, time scale 1
             first = ends[len(ends) - out]
             print(
                 f"{n:6d}  {first * 1e3:15.1f} ms  {(times[0] - t_arr) * 1e3:13.1f} ms  "
