@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 
@@ -61,8 +60,6 @@ def _serve(args: argparse.Namespace) -> int:
     if args.list:
         print("\n".join(list_deployments()))
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
         if not 0 <= args.port <= 65535:
             raise ConfigError(f"port must be within 0-65535 (0 picks a free one), got {args.port}")
@@ -78,9 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
             lag_warn_s=args.lag_warn,
             count_prompt=count,
         )
-    except AgentperfError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except AgentperfError:
+        raise  # one line and its exit code, from agentperf_kit.cli
     except (KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
