@@ -593,6 +593,14 @@ def test_cli_port_out_of_range_is_one_line_exit_2(capsys):
     assert main(["serve-sim", "--port", "99999"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "99999" in err and "port" in err
+    assert main(["serve-sim", "--tokenizer", "/no/such/tokenizer"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "/no/such/tokenizer" in err
+
+    from agentperf_kit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="port"):
+        asyncio.run(SimServer().start(port=99999))
 
 
 def test_prompts_counted_with_a_local_tokenizer(tmp_path):
