@@ -587,6 +587,25 @@ def test_abandoned_streams_log_one_line_each(caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
+def test_non_streaming_client_that_hangs_up_is_aborted(caplog):
+    async def go(server):
+        url = server.base_url + "/completions"
+        with contextlib.suppress(asyncio.TimeoutError):
+            timeout = aiohttp.ClientTimeout(total=0.3)
+            async with aiohttp.ClientSession(timeout=timeout) as s:
+                await s.post(url, json={"prompt": list(range(64)), "max_tokens": 100_000})
+        for _ in range(100):
+            if server.counters["requests_aborted"]:
+                break
+            await asyncio.sleep(0.05)
+        return server.counters["requests_aborted"], len(server.engine._decode)
+
+    with caplog.at_level(logging.INFO):
+        aborted, decoding = _serve(go, time_scale=1.0)
+    assert aborted == 1 and decoding == 0
+    assert any("client disconnected" in r.getMessage() for r in caplog.records)
+
+
 def test_cli_port_out_of_range_is_one_line_exit_2(capsys):
     from agentperf_kit.cli import main
 

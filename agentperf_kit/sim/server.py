@@ -441,7 +441,13 @@ class SimServer:
             if stream:
                 return await self._stream(request, headers, body, live, rid, created, n_reason, finish, chat)
             while not live.done and live.rejected is None:
-                await live.event.wait()
+                try:  # wake once a second to notice a client that hung up (vLLM aborts those too)
+                    await asyncio.wait_for(live.event.wait(), 1.0)
+                except TimeoutError:
+                    if request.transport is None or request.transport.is_closing():
+                        _log_disconnect(headers, live, "connection closed")
+                        return web.Response(status=499)  # never sent: the connection is gone
+                    continue
                 live.event.clear()
             if not live.done:
                 return _error(str(live.rejected), 503)
