@@ -143,6 +143,12 @@ async def run_live(
     (docs/schema.md; streamed to ``chunks.arrow`` during the run). ``fast_parse=False`` JSON-decodes every
     chunk instead of the byte-level fast path (same results, more CPU; see docs/replay.md).
 
+    Failures never end the run: every request becomes a row (``client.http.send_request``). The level
+    ends early, with ``window.aborted_reason`` in the manifest, when every request fails for
+    ``rules.abort_after_s`` or when results cannot be written; in the latter case
+    :class:`~agentperf_kit.errors.OutputError` is raised after the agents stopped (one line; the rows
+    written before stay readable).
+
     ``telemetry`` (a :class:`~agentperf_kit.telemetry.TelemetryConfig`) samples the server's ``/metrics``
     and/or accelerator power on the run's clock: ``telemetry.parquet``, a ``telemetry`` section in the
     manifest and, with a power source, ``power_w`` (mean over the steady window) with
