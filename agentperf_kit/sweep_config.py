@@ -240,8 +240,15 @@ class SweepConfig:
             raise SweepConfigError(
                 f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
+        from_file = set(data) - {k for k, v in overrides.items() if v is not None}
         data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        try:
+            return cls(**data)
+        except SweepConfigError as exc:
+            name = str(exc).split(" ", 1)[0]
+            if name in from_file:  # the file's value: say which file
+                raise SweepConfigError(f"{path}: {exc}") from None
+            raise
 
 
 _CLIENT_DEFAULTS: dict[str, Any] = {
@@ -289,14 +296,14 @@ def _check_types(cfg: SweepConfig) -> None:
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
             )
             want = "a list of integers or a string like '0,1'"
+        elif f.name == "extra_body":
+            ok, want = isinstance(value, str | dict), "a JSON object (a TOML table, or a JSON string)"
         elif base == "str":
             ok, want = isinstance(value, str), "a string"
         elif base.startswith("tuple"):
             items = (value,) if isinstance(value, str) else value
             ok = isinstance(items, list | tuple) and all(isinstance(v, str) for v in items)
             want = "a list of 'Name: value' strings"
-        elif f.name == "extra_body":
-            ok, want = isinstance(value, str | dict), "a JSON object (a TOML table, or a JSON string)"
         else:  # pragma: no cover - a new field type: teach this function about it
             continue
         if not ok:

@@ -181,8 +181,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def sweep_not_measured_reason(summary: dict) -> str | None:
     """Why a finished sweep is not a valid measurement (exit 3), or None: its lowest level had no
-    successful request in the window (the target never worked, so every "fail" is meaningless), or a
-    level's client self-check failed (its TTFTs include the client's own delays)."""
+    successful request in the window (the target never worked, so every "fail" is meaningless). Failing
+    requests at higher levels are the overload a sweep looks for, not a reason."""
     levels = sorted(summary.get("levels") or [], key=lambda r: r.get("concurrency", 0))
     if levels and not (levels[0].get("n_ok") or 0) > 0:
         first = levels[0]
@@ -190,9 +190,6 @@ def sweep_not_measured_reason(summary: dict) -> str | None:
             f"the lowest level (N={first.get('concurrency')}) had no successful request in its window "
             f"({first.get('n_requests') or 0} requests)"
         )
-    bad = [r.get("concurrency") for r in levels if r.get("client_ok") is False]
-    if bad:
-        return f"the client self-check failed at N={', '.join(map(str, bad))} (see each level's manifest)"
     return None
 
 
