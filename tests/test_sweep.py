@@ -135,8 +135,8 @@ def test_sweep_against_a_live_endpoint(tmp_path):
     import asyncio
     import threading
 
-    from agentperf_kit.trajectories import SynthConfig, fit_context, save_trajectories, synthesize
     from agentperf_kit.results import load_run
+    from agentperf_kit.trajectories import SynthConfig, fit_context, save_trajectories, synthesize
     from tests.sse_servers import SSEServer
 
     trajs = fit_context(
