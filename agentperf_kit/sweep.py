@@ -504,6 +504,9 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
         "wall_s": time.perf_counter() - wall0,
     }
     (out / "summary.json").write_text(strict_json_dumps(summary, indent=2) + "\n")
+    from .tasks import write_sweep_tasks
+
+    write_sweep_tasks(out)  # tasks.parquet, tasks.csv: task completion times and slowdown (docs/frontier.md)
     summary = json.loads(strict_json_dumps(summary))
     return SweepResult(levels, summary, None, out, tiers)
 

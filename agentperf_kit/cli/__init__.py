@@ -31,7 +31,9 @@ _COMMAND_MODULES = (
     "trajectories",
     "report",
     "compare",
+    "frontier",
     "import_results",
+    "presets",
 )
 
 EXIT_OK = 0

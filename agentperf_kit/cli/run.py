@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-duration", type=positive_float, default=4 * 3600.0, help="cap on the steady window, s"
     )
     p.add_argument("--drain-timeout", type=nonneg_float, default=120.0, help="drain after the window, s")
+    p.add_argument(
+        "--ramp",
+        type=nonneg_float,
+        help="spread the agents' first requests over this long, s (default min(0.25 N, 30))",
+    )
     p.add_argument("--trajectories", help="trajectory file (default: the built-in synthetic set)")
     p.add_argument(
         "--max-context", type=positive_int, help="scale the trajectories to fit this context (tokens)"
@@ -122,6 +127,7 @@ def _run(args: argparse.Namespace) -> int:
             min_trajectories_per_agent=args.min_trajectories_per_agent,
             max_duration_s=max(args.max_duration, args.duration),
             drain_timeout_s=args.drain_timeout,
+            ramp_s=args.ramp,
             on_error=args.on_error,
         )
     except ValueError as exc:
