@@ -218,9 +218,12 @@ def test_sweep_client_settings_reach_the_endpoint_and_no_credential_reaches_the_
     assert ep.headers == {"X-Tenant": "lab", "Authorization": "Bearer sk-secretsecret99"}
     assert ep.extra_body == {"top_k": 1} and ep.stall_timeout_s == 30 and ep.continuous_usage
     d = cfg.measurement_dict()
-    assert d["headers"] == ["X-Tenant: lab", "Authorization: ***"]
+    assert d["headers"] == ["X-Tenant: ***", "Authorization: ***"]  # every header value is a secret
     assert "sk-secretsecret99" not in json.dumps(d)
     assert cfg.config_hash() != base.config_hash()
+    public = SweepConfig(**live, public_headers=("X-Tenant: lab",))  # unless marked public
+    assert public.measurement_dict()["public_headers"] == ["X-Tenant: lab"]
+    assert public.endpoint_for().public_dict()["headers"] == {"X-Tenant": "lab"}
     with pytest.raises(SweepConfigError, match="Name: value"):
         SweepConfig(**live, headers=("nocolon",))
     with pytest.raises(SweepConfigError, match="JSON object"):
