@@ -213,6 +213,8 @@ class SweepConfig:
             from .credentials import masked_header_lines
 
             d["headers"] = masked_header_lines(d["headers"])
+        if "public_headers" in d:  # recorded as given (as a JSON file holds them)
+            d["public_headers"] = list(d["public_headers"])
         return d
 
     def config_hash(self) -> str:
