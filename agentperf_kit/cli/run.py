@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ._common import count, nonneg_float, positive_float, positive_int
+
+if TYPE_CHECKING:
+    from ..client.http import Endpoint
+    from ..telemetry import TelemetryConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -135,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
     prepare_run_dir(args.out, overwrite=args.overwrite, create=False)
 
     # 2. a live target must answer before any agent starts
-    if live and not args.no_preflight:
+    if endpoint is not None and not args.no_preflight:
         from ..client.preflight import preflight_sync
         from ..credentials import api_key_from_env
 
@@ -146,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
     # 3. the run
     _print_expected_window(trajs, args.concurrency, rules, sim=not live)
     prepare_run_dir(args.out, overwrite=args.overwrite)
-    if not live:
+    if endpoint is None:
         from ..sim.virtual import run_sim_level
 
         res = run_sim_level(trajs, args.concurrency, rules, deployment=dep, seed=args.seed, out_dir=args.out)
@@ -161,7 +166,7 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             out_dir=args.out,
             progress=not args.quiet,
-            telemetry=telemetry if telemetry.active else None,
+            telemetry=telemetry if telemetry is not None and telemetry.active else None,
             record_chunks=args.record_chunks,
         )
     w = res.window
@@ -224,7 +229,7 @@ def not_measured_reason(res, stats: dict) -> str | None:
     return None
 
 
-def _live_setup(args: argparse.Namespace):
+def _live_setup(args: argparse.Namespace) -> tuple[Endpoint, TelemetryConfig]:
     """The endpoint and telemetry of a live run, from the flags (ConfigError/TargetError when wrong)."""
     from ..client.http import Endpoint, parse_extra_body
     from ..client.preflight import check_base_url

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ._common import count, positive_float, positive_int
+
+if TYPE_CHECKING:
+    from ..window_estimate import WindowEstimate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -220,7 +224,7 @@ def add_telemetry_flags(p: argparse.ArgumentParser, *, defaults: bool = False) -
     )
 
 
-def _estimates(cfg, trajs) -> dict[int, object]:
+def _estimates(cfg, trajs) -> dict[int, WindowEstimate]:
     """Expected window of each ramp level at the loosest tier's speed floor and TTFT ceiling."""
     from ..slo import get_tier_preset
     from ..sweep import plan_levels
