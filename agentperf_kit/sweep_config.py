@@ -97,6 +97,8 @@ class SweepConfig:
             from .client.preflight import check_base_url
 
             check_base_url(self.target)
+            if self.metrics_url:
+                check_base_url(self.metrics_url, "metrics_url")
         get_tier_preset(self.tiers)
         self._check_telemetry()
         self._check_client()

@@ -177,6 +177,13 @@ RUN_CASES = {
     "extra-body not an object": ([*URL9, "--extra-body", "[1, 2]"], "JSON object"),
     "extra-body not JSON": ([*URL9, "--extra-body", "{nope"], "not JSON"),
     "telemetry interval 0": ([*URL9, "--telemetry-interval", "0"], "--telemetry-interval"),
+    "unknown power source": ([*URL9, "--power-source", "bogus"], "bogus"),
+    "metrics URL not a URL": ([*URL9, "--metrics-url", "foo"], "metrics_url 'foo'"),
+    "seed negative": (["--seed", "-1"], "--seed"),
+    "secret and public header of one name": (
+        [*URL9, "--header", "X-A: 1", "--public-header", "x-a: 2"],
+        "both as secret and as public",
+    ),
 }
 
 SWEEP_CASES = {
@@ -202,6 +209,9 @@ SWEEP_CASES = {
     ),
     "live target without accelerators": (URL9, "accelerators"),
     "invalid URL": (["--target", "http//x", "--model", "m", "--accelerators", "1"], "not an http(s) URL"),
+    "power-w without scope": (["--power-w", "700"], "power_scope"),
+    "metrics URL not a URL": ([*URL9, "--accelerators", "1", "--metrics-url", "foo"], "metrics_url 'foo'"),
+    "header without colon": ([*URL9, "--accelerators", "1", "--header", "nocolon"], "Name: value"),
 }
 
 

@@ -238,6 +238,8 @@ def _live_setup(args: argparse.Namespace) -> tuple[Endpoint, TelemetryConfig]:
     from ..telemetry import TelemetryConfig, parse_gpu_indices
 
     check_base_url(args.target)
+    if args.metrics_url:
+        check_base_url(args.metrics_url, "metrics_url")
     if not args.model:
         raise ConfigError(f"a URL target ({args.target}) needs --model")
     api_key_from_env(args.api_key_env)  # set and not empty
