@@ -219,7 +219,7 @@ def test_sweep_client_settings_reach_the_endpoint_and_no_credential_reaches_the_
     assert ep.extra_body == {"top_k": 1} and ep.stall_timeout_s == 30 and ep.continuous_usage
     d = cfg.measurement_dict()
     assert d["headers"] == ["X-Tenant: ***", "Authorization: ***"]  # every header value is a secret
-    assert "sk-secretsecret99" not in json.dumps(d)
+    assert "sk-secretsecret99" not in json.dumps(d) and "lab" not in json.dumps(d["headers"])
     assert cfg.config_hash() != base.config_hash()
     public = SweepConfig(**live, public_headers=("X-Tenant: lab",))  # unless marked public
     assert public.measurement_dict()["public_headers"] == ["X-Tenant: lab"]
