@@ -300,11 +300,7 @@ def _check_types(cfg: SweepConfig) -> None:
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
             )
             want = "a list of integers or a string like '0,1'"
-<<<<<<< HEAD
-        elif f.name == "extra_body":
-=======
         elif f.name == "extra_body":  # before "str": a TOML table is a dict
->>>>>>> main
             ok, want = isinstance(value, str | dict), "a JSON object (a TOML table, or a JSON string)"
         elif base == "str":
             ok, want = isinstance(value, str), "a string"
