@@ -21,6 +21,7 @@ from aiohttp import web
 
 from agentperf_kit.cli import main
 from agentperf_kit.trajectories import default_trajectories, save_trajectories
+from tests.conftest import assert_live_run_measured
 from tests.sse_servers import SSEServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -362,10 +363,9 @@ def test_no_preflight_skips_it_and_a_run_with_no_success_exits_3(tmp_path, capsy
 
 def test_preflight_passes_against_a_working_server(tmp_path, capsys):
     with serving(SSEServer(ttft_s=0.01, itl_s=0.001)) as srv:
-        rc = main(
-            ["run", "--target", srv.base_url, "--model", "test-model", *SHORT, "--out", str(tmp_path / "o")]
-        )
-        assert rc == 0
+        out = tmp_path / "o"
+        rc = main(["run", "--target", srv.base_url, "--model", "test-model", *SHORT, "--out", str(out)])
+        assert_live_run_measured(rc, out)
         assert "preflight: " in capsys.readouterr().err
         assert srv.bodies[0]["max_tokens"] <= 4  # the preflight's short request came first
 
@@ -399,7 +399,8 @@ def test_no_header_value_or_key_reaches_any_file_or_output(tmp_path, capsys, mon
     ]
     with serving(SSEServer(ttft_s=0.01, itl_s=0.001)) as srv:
         out = tmp_path / "run"
-        assert main(["run", "--target", srv.base_url, "--model", "m", *SHORT, *hdrs, "--out", str(out)]) == 0
+        rc = main(["run", "--target", srv.base_url, "--model", "m", *SHORT, *hdrs, "--out", str(out)])
+        assert_live_run_measured(rc, out)  # exit 3 only for a failed self-check on a busy machine
         sweep = tmp_path / "sweep"
         sweep_args = ["sweep", "--target", srv.base_url, "--model", "m", "--accelerators", "1"]
         sweep_args += ["--level-duration", "1", "--max-agents", "1", "--max-context", "2000", "--json"]

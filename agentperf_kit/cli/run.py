@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run",
         help="run one level of N agents against a URL or the simulated system",
         epilog="exit codes: 0 measured; 2 bad usage, bad input or failed preflight; 3 not validly "
-        "measured (no successful request in the steady window); 130 "
+        "measured (no successful request in the steady window, or the client self-check failed); 130 "
         "interrupted (docs/cli.md)",
     )
     p.add_argument("--target", default="sim", help="URL like http://127.0.0.1:8000/v1, or sim / sim:PRESET")
@@ -203,11 +203,6 @@ def _run(args: argparse.Namespace) -> int:
             print(f"telemetry note: {note}")
     if res.manifest.get("client_ok") is False:
         print("client self-check FAILED: " + "; ".join(res.manifest["client_check"]["reasons"]))
-        print(
-            "warning: client self-check failed; TTFT may include the client's own delays (see client_check "
-            "in manifest.json)",
-            file=sys.stderr,
-        )
     print(f"results: {args.out}/ (requests.parquet, manifest.json)", flush=True)
     why = not_measured_reason(res, s)
     if why:
@@ -216,9 +211,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def not_measured_reason(res, stats: dict) -> str | None:
-    """Why a finished run is not a valid measurement (exit 3), or None: no request in the window, or no
-    successful one (nothing was measured). A failed client self-check is a warning, not exit 3: the
-    figures are measured, with the client's delays named in the manifest (``client_check``)."""
+    """Why a finished run is not a valid measurement (exit 3), or None: no request in the window, no
+    successful one (nothing was measured), or a failed client self-check (its TTFTs include the client's
+    own delays; the reasons are in the manifest's ``client_check``)."""
     if stats["n_requests"] == 0:
         return "no request was sent inside the steady window"
     if stats["n_ok"] == 0:
@@ -226,6 +221,8 @@ def not_measured_reason(res, stats: dict) -> str | None:
         errs = df.loc[df["in_window"] & ~df["ok"], "error"].value_counts()
         top = ", ".join(f"{k} x{v}" for k, v in errs.head(3).items())
         return f"every one of the {stats['n_requests']:,} requests in the window failed ({top})"
+    if res.manifest.get("client_ok") is False:
+        return "the client self-check failed (" + "; ".join(res.manifest["client_check"]["reasons"]) + ")"
     return None
 
 

@@ -186,7 +186,8 @@ def _sweep(args: argparse.Namespace) -> int:
 def sweep_not_measured_reason(summary: dict) -> str | None:
     """Why a finished sweep is not a valid measurement (exit 3), or None: its lowest level had no
     successful request in the window (the target never worked, so every "fail" is meaningless). Failing
-    requests at higher levels are the overload a sweep looks for, not a reason."""
+    requests at higher levels are the overload a sweep looks for, not a reason; a level whose client
+    self-check failed is reported (``client_ok`` per level and in the summary), not a reason either."""
     levels = sorted(summary.get("levels") or [], key=lambda r: r.get("concurrency", 0))
     if levels and not (levels[0].get("n_ok") or 0) > 0:
         first = levels[0]
