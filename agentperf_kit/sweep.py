@@ -242,6 +242,11 @@ class _Sweeper:
             res = self._measure(n, ext, len(self.rows))
             ev = evaluate_level(res.requests, self.preset, confidence=self.cfg.confidence)
             verdicts = dict(zip(ev["tier"], ev["tier_verdict"]))
+            aborted = res.manifest.get("aborted_reason")
+            if aborted:  # ended early (every request failing): a failed level, never extended
+                verdicts = {t: "fail" for t in verdicts}
+                self.notes.append(f"N={n}: the level ended early, a failed level for every tier ({aborted})")
+                break
             if "inconclusive" not in verdicts.values() or ext >= self.cfg.max_extensions:
                 break
             ext += 1
@@ -269,6 +274,7 @@ class _Sweeper:
             row[f"{col}_is_inf"] = bool(row.get(col) == float("inf"))
         row["meets_aa_rules"] = bool(res.manifest.get("meets_aa_rules", window.get("meets_aa_rules", False)))
         row["client_ok"] = bool(res.manifest.get("client_ok", True))
+        row["aborted_reason"] = aborted or None
         row["power_w"] = res.manifest.get("power_w")
         row["power_scope"] = res.manifest.get("power_scope")
         tel = res.manifest.get("telemetry")

@@ -65,6 +65,8 @@ class SweepConfig:
     extra_body: str | None = None
     request_timeout_s: float = 600.0
     stall_timeout_s: float = 120.0
+    first_token_timeout_s: float = 120.0
+    abort_after_s: float = 30.0
     force_output: bool = True
     continuous_usage: bool = False
     what_if: str | None = None
@@ -143,7 +145,7 @@ class SweepConfig:
             object.__setattr__(self, name, tuple(str(h) for h in headers or ()))
         if isinstance(self.extra_body, dict):  # a TOML table
             object.__setattr__(self, "extra_body", json.dumps(self.extra_body, sort_keys=True))
-        for name in ("request_timeout_s", "stall_timeout_s"):
+        for name in ("request_timeout_s", "stall_timeout_s", "first_token_timeout_s", "abort_after_s"):
             object.__setattr__(self, name, float(getattr(self, name)))
         try:
             merge_headers(self.headers, self.public_headers)
@@ -167,6 +169,7 @@ class SweepConfig:
             continuous_usage=self.continuous_usage,
             request_timeout_s=self.request_timeout_s,
             stall_timeout_s=self.stall_timeout_s,
+            first_token_timeout_s=self.first_token_timeout_s,
             headers=dedupe_auth(headers, self.api_key_env),
             public_header_names=public,
             extra_body=parse_extra_body(self.extra_body),
@@ -231,6 +234,7 @@ class SweepConfig:
             min_trajectories_per_agent=self.min_trajectories_per_agent,
             max_duration_s=max(dur, self.max_level_duration_s),
             drain_timeout_s=self.drain_timeout_s,
+            abort_after_s=self.abort_after_s,
         )
 
     def measurement_dict(self) -> dict[str, Any]:
@@ -292,6 +296,8 @@ _CLIENT_DEFAULTS: dict[str, Any] = {
     "extra_body": None,
     "request_timeout_s": 600.0,
     "stall_timeout_s": 120.0,
+    "first_token_timeout_s": 120.0,
+    "abort_after_s": 30.0,
     "force_output": True,
     "continuous_usage": False,
 }
@@ -362,6 +368,8 @@ _RANGES: tuple[tuple[str, float, bool], ...] = (
     ("max_context", 1, True),
     ("request_timeout_s", 0.0, False),
     ("stall_timeout_s", 0.0, False),
+    ("first_token_timeout_s", 0.0, False),
+    ("abort_after_s", 0.0, True),
     ("telemetry_interval_s", 0.0, False),
 )
 

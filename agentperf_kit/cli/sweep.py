@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from ._common import count, positive_float, positive_int
+from ._common import count, nonneg_float, positive_float, positive_int
 
 if TYPE_CHECKING:
     from ..window_estimate import WindowEstimate
@@ -64,6 +64,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--stall-timeout", type=positive_float, help="limit on silence mid-stream, s (default 120)"
     )
+    c.add_argument(
+        "--first-token-timeout",
+        type=positive_float,
+        help="limit on the wait for the first visible token, s from the send (default 120)",
+    )
+    c.add_argument(
+        "--abort-after",
+        type=nonneg_float,
+        help="a level ends early as a failed level when every request fails for this long, s (default 30; "
+        "0 = off)",
+    )
     c.add_argument("--no-force-output", action="store_true", help="do not send ignore_eos/min_tokens")
     c.add_argument("--continuous-usage", action="store_true", help="usage in every chunk (vLLM)")
     c.add_argument(
@@ -110,6 +121,8 @@ def _config(args: argparse.Namespace):
         extra_body=args.extra_body,
         request_timeout_s=args.request_timeout,
         stall_timeout_s=args.stall_timeout,
+        first_token_timeout_s=args.first_token_timeout,
+        abort_after_s=args.abort_after,
         force_output=False if args.no_force_output else None,
         continuous_usage=True if args.continuous_usage else None,
         what_if=",".join(args.what_if) if args.what_if else None,
