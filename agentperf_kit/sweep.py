@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shutil
 import time
@@ -38,6 +39,8 @@ from .results import RunResult, check_sweep_dir, load_run, toolkit_provenance
 from .schema import SCHEMA_VERSION, check_schema_version, json_safe, strict_json_dumps
 from .slo import TierPreset, evaluate_level, get_tier_preset, max_agents
 from .sweep_config import SweepConfig, SweepConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SweepConfig",
@@ -149,10 +152,11 @@ def _level_seed(seed: int, n: int, ext: int) -> int:
 
 
 class _Sweeper:
-    def __init__(self, cfg: SweepConfig, out: Path, progress: bool) -> None:
+    def __init__(self, cfg: SweepConfig, out: Path, progress: bool | Callable[[str], None]) -> None:
         self.cfg = cfg
         self.out = out
-        self.progress = progress
+        self.progress = bool(progress)  # a live level's progress bar
+        self._say = progress if callable(progress) else None
         self.preset: TierPreset = get_tier_preset(cfg.tiers)
         self.rows: dict[int, dict[str, Any]] = {}  # N -> level row
         self.results: dict[int, tuple[Path, dict[str, Any]]] = {}  # N -> (level directory, manifest)
@@ -160,6 +164,14 @@ class _Sweeper:
         self.n_measured_now = 0
         self._trajs = None
         self._dep = None
+
+    def say(self, line: str) -> None:
+        """A progress line: to the ``progress`` callable, else (``progress=True``) the
+        ``agentperf_kit.sweep`` logger at INFO (the CLI prints those records as they are)."""
+        if self._say is not None:
+            self._say(line)
+        elif self.progress:
+            log.info("%s", line)
 
     # -- targets ---------------------------------------------------------------------------------------
 
@@ -289,13 +301,11 @@ class _Sweeper:
         self.rows[n] = row
         self.results[n] = (Path(res.directory), res.manifest)  # the rows stay on disk
         self._write_partial()
-        if self.progress:
-            v = " ".join(f"{t.name}={verdicts[t.name]}" for t in self.preset.tiers)
-            print(
-                f"  N={n:<5d} P25 speed {row['p25_output_speed_tps']:8.1f} tok/s  P95 TTFT "
-                f"{row['p95_ttft_s']:7.2f} s  requests {row['n_requests']:>7,}  {v}",
-                flush=True,
-            )
+        v = " ".join(f"{t.name}={verdicts[t.name]}" for t in self.preset.tiers)
+        self.say(
+            f"  N={n:<5d} P25 speed {row['p25_output_speed_tps']:8.1f} tok/s  P95 TTFT "
+            f"{row['p95_ttft_s']:7.2f} s  requests {row['n_requests']:>7,}  {v}"
+        )
         return row
 
     def levels_frame(self) -> pd.DataFrame:
@@ -367,8 +377,13 @@ def _tier_table(
     return tab
 
 
-def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
-    """Run (or resume) a sweep; writes ``requests.parquet``, ``levels.csv`` and ``summary.json``."""
+def run_sweep(config: SweepConfig, *, progress: bool | Callable[[str], None] = True) -> SweepResult:
+    """Run (or resume) a sweep; writes ``requests.parquet``, ``levels.csv`` and ``summary.json``.
+
+    ``progress``: False is silent; True shows a live level's progress bar and logs one line per level
+    (and one at the start) to the ``agentperf_kit.sweep`` logger at INFO, which the CLI prints (in a
+    notebook: ``logging.basicConfig(level=logging.INFO)``); a callable (e.g. ``print``) receives those
+    lines instead of the logger."""
     wall0 = time.perf_counter()
     out = Path(config.out) if config.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
     check_sweep_dir(out)  # empty, new, or this tool's sweep (compared below); never a user's files
@@ -416,8 +431,7 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
         )
     sw = _Sweeper(config, out, progress)
     acc, acc_type = sw.accelerators()
-    if progress:
-        print(f"sweep {config.target} -> {out}{' (resuming)' if resumed else ''}", flush=True)
+    sw.say(f"sweep {config.target} -> {out}{' (resuming)' if resumed else ''}")
     sw.run()
     levels = sw.levels_frame()
     preset = sw.preset
