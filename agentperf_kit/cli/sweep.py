@@ -184,9 +184,13 @@ def _sweep(args: argparse.Namespace) -> int:
     err = sys.stderr if args.json else sys.stdout
     if not cfg.is_sim:
         print(_live_estimate(cfg, trajs), file=err, flush=True)
-    line = _window_line(cfg, trajs)
-    if not cfg.is_sim and "warning:" in line:
-        print(line[line.index("warning:") :], file=sys.stderr, flush=True)
+    # the expected window of the first level, as `run` prints it (each level's in the --dry-run plan)
+    first, *warning = _window_line(cfg, trajs).split("\n")
+    where = " (virtual time: the simulator takes seconds of wall time)" if cfg.is_sim else ""
+    plan = first.removeprefix("per level: ")
+    print(f"plan: per level, warm-up {cfg.warmup_s:g} s, then {plan}{where}", file=sys.stderr, flush=True)
+    if warning and not cfg.is_sim:
+        print(*warning, file=sys.stderr, flush=True)
     result = run_sweep(cfg, progress=not args.json)
     if args.json:
         from ..schema import strict_json_dumps
