@@ -472,14 +472,14 @@ assert len(RAW_COLUMNS) == 29, "AgentFleet._row must follow schema.RAW_COLUMNS"
 def add_run_columns(df: pd.DataFrame, window_start_s: float, window_end_s: float) -> pd.DataFrame:
     """Add the run-level derived columns ``in_window`` and ``tool_wait_s`` to a raw request frame.
 
-    ``in_window``: sent in [window_start_s, window_end_s) and not ``cancelled_at_end``.
+    ``in_window``: sent in [window_start_s, window_end_s). A request still unfinished when the run
+    ended (``cancelled_at_end``) stays in: it is judged on what it showed (docs/metrics.md), never dropped.
     ``tool_wait_s``: the same agent's next ``t_send_s`` minus this row's ``t_end_s`` (NaN for an agent's
     last request). Rows of several levels are handled per (run_id, level, agent).
     """
     out = df.copy()
     t_send = out["t_send_s"].to_numpy(dtype=float)
-    cancelled = (out["error"] == "cancelled_at_end").to_numpy(dtype=bool)
-    out["in_window"] = (t_send >= window_start_s) & (t_send < window_end_s) & ~cancelled
+    out["in_window"] = (t_send >= window_start_s) & (t_send < window_end_s)
     order = out.sort_values(["run_id", "level", "agent", "t_send_s"], kind="stable").index
     nxt = out.loc[order].groupby(["run_id", "level", "agent"], sort=False)["t_send_s"].shift(-1)
     out["tool_wait_s"] = (nxt - out.loc[order, "t_end_s"]).reindex(out.index).astype(float)

@@ -65,6 +65,9 @@ class SweepConfig:
     stall_timeout_s: float = 120.0
     force_output: bool = True
     continuous_usage: bool = False
+    failure_policy: str = "miss"
+    ci_method: str = "agent+time"
+    max_unmeasured_share: float = 0.05
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -88,8 +91,24 @@ class SweepConfig:
         if not self.is_sim and not self.accelerators:
             raise SweepConfigError(f"a live target ({self.target}) needs --accelerators N")
         get_tier_preset(self.tiers)
+        self._check_stats()
         self._check_telemetry()
         self._check_client()
+
+    def _check_stats(self) -> None:
+        from .slo import CI_METHODS, FAILURE_POLICIES
+
+        if self.failure_policy not in FAILURE_POLICIES:
+            raise SweepConfigError(
+                f"failure_policy must be one of {', '.join(FAILURE_POLICIES)}, got {self.failure_policy!r}"
+            )
+        if self.ci_method not in CI_METHODS:
+            raise SweepConfigError(
+                f"ci_method must be one of {', '.join(CI_METHODS)}, got {self.ci_method!r}"
+            )
+        object.__setattr__(self, "max_unmeasured_share", float(self.max_unmeasured_share))
+        if not 0 <= self.max_unmeasured_share <= 1:
+            raise SweepConfigError(f"max_unmeasured_share must be in [0, 1], got {self.max_unmeasured_share}")
 
     def _check_client(self) -> None:
         from .client.http import parse_extra_body, parse_headers
@@ -190,7 +209,7 @@ class SweepConfig:
         """The fields that change what is measured (``out`` excluded): hashed for resume checks."""
         d = dataclasses.asdict(self)
         d.pop("out")
-        for name, default in (_TELEMETRY_DEFAULTS | _CLIENT_DEFAULTS).items():
+        for name, default in (_TELEMETRY_DEFAULTS | _CLIENT_DEFAULTS | _STATS_DEFAULTS).items():
             if d[name] == default:  # at their defaults: left out, so older sweeps' hashes still match
                 d.pop(name)
         if "headers" in d:  # credentials never reach a file (keys belong in api_key_env)
@@ -233,6 +252,12 @@ _CLIENT_DEFAULTS: dict[str, Any] = {
     "stall_timeout_s": 120.0,
     "force_output": True,
     "continuous_usage": False,
+}
+
+_STATS_DEFAULTS: dict[str, Any] = {
+    "failure_policy": "miss",
+    "ci_method": "agent+time",
+    "max_unmeasured_share": 0.05,
 }
 
 _TELEMETRY_DEFAULTS: dict[str, Any] = {

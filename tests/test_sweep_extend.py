@@ -26,8 +26,9 @@ def _rules_duration(run_dir) -> float:
 def test_a_short_inconclusive_level_is_extended(tmp_path):
     # N = 1 for 20 s gives ~40 requests: too few for the 95% interval of P95 TTFT to have a finite upper
     # end (that takes 72), so even a 1000 s TTFT ceiling is inconclusive; the level is re-run with its
-    # window doubled until the verdict is certain
-    res = run_sweep(SweepConfig(out=str(tmp_path / "s"), max_extensions=4, **SHORT), progress=False)
+    # window doubled until the verdict is certain (one agent's requests are correlated in time: the
+    # clustered interval needs a few more than 72, hence up to 6 extensions)
+    res = run_sweep(SweepConfig(out=str(tmp_path / "s"), max_extensions=6, **SHORT), progress=False)
     row = res.levels.iloc[0]
     ext = int(row["extensions"])
     assert ext >= 1 and row["verdict_loose"] == "pass"
