@@ -162,7 +162,8 @@ def clustered_percentile_ci(
     request, the time batch it was sent in); NaN values are dropped with their labels. With no
     clustering this is :func:`percentile_ci` exactly. The design effect is
     ``max(1, max_g V_g / V_iid)`` where V_g is the cluster-robust variance of the share of the sample at
-    or below the sample q-quantile (ranks, so ties and +inf are handled) and V_iid = p(1-p)/n; the
+    or below the sample q-quantile (k = round(nq/100) of the n values, rows tied at the k-th value each
+    counting as the share of a row needed to make k; +inf handled alike) and V_iid = p(1-p)/n; the
     interval is the exact order-statistic interval of ``floor(n / deff)`` samples, whose ranks k (0-based)
     are mapped to the full sample's ranks ``(k + 1)(n + 1)/(n_eff + 1) - 1`` rounded outwards.
     ``confidence=None`` gives a zero-width interval at the observed value.
@@ -198,13 +199,13 @@ def clustered_percentile_ci(
     v_iid = p * (1 - p) / n
     deff = 1.0
     if v_iid > 0 and clusters:
+        # the share of the sample at or below the k-th value; rows tied with it share what is needed to
+        # make k equally (an arbitrary split of ties would invent a correlation with the row order)
         v = part[k - 1]
-        below = x < v
-        need = k - int(np.count_nonzero(below))
-        if need > 0:
-            tie = np.flatnonzero(x == v)[:need]
-            below[tie] = True
-        dev = below.astype(float) - p
+        below = (x < v).astype(float)
+        tie = x == v
+        below[tie] = (k - np.count_nonzero(x < v)) / np.count_nonzero(tie)
+        dev = below - p
         for labels in clusters:
             codes = np.asarray(labels)[keep]
             if codes.dtype.kind not in "iu" or (len(codes) and codes.min() < 0):
