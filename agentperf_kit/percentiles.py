@@ -78,22 +78,32 @@ _RANKS: dict[tuple[int, float, float], tuple[int | None, int | None]] = {}
 def _ci_ranks(n: int, p: float, confidence: float) -> tuple[int | None, int | None]:
     """0-based ranks (l, u) of the exact order-statistic interval, None where n is too small.
 
-    l is the largest rank with P(Bin(n, p) <= l - 1) <= alpha/2 (so X_(l) <= x_p with probability
-    >= 1 - alpha/2), u the smallest with P(Bin(n, p) <= u) >= 1 - alpha/2.
+    l = the largest k with P(Bin(n, p) <= k) <= alpha/2 (so the (l+1)-th smallest value is <= x_p with
+    probability >= 1 - alpha/2), u = the smallest k with P(Bin(n, p) <= k) >= 1 - alpha/2; the same
+    ranks as scipy.stats.binom.ppf gives, computed with scipy.special.bdtr around n*p.
     """
     if n == 0:
         return None, None
     key = (n, p, confidence)
     if key in _RANKS:
         return _RANKS[key]
-    from scipy import stats  # slow to import (~1.8 s): only when an interval is asked for
+    from scipy import special  # light; scipy.stats takes ~1.8 s to import
 
     alpha = 1.0 - confidence
-    lo = int(stats.binom.ppf(alpha / 2, n, p))  # smallest k with CDF(k) >= alpha/2
-    if stats.binom.cdf(lo, n, p) > alpha / 2:
-        lo -= 1
+    sd = math.sqrt(n * p * (1 - p))
+    lo_k, hi_k = max(math.floor(n * p - 5 * sd) - 3, 0), min(math.ceil(n * p + 5 * sd) + 3, n)
+    while True:
+        k = np.arange(lo_k, hi_k + 1)
+        cdf = special.bdtr(k, n, p)  # P(Bin(n, p) <= k), vectorised
+        # exact only if the window brackets both tails: widen to everything otherwise
+        if (lo_k == 0 or cdf[0] <= alpha / 2) and (hi_k == n or cdf[-1] >= 1 - alpha / 2):
+            break
+        lo_k, hi_k = 0, n
+    below = np.flatnonzero(cdf <= alpha / 2)
+    lo = int(k[below[-1]]) if len(below) else lo_k - 1  # largest k with CDF(k) <= alpha/2
+    above = np.flatnonzero(cdf >= 1 - alpha / 2)
+    hi = int(k[above[0]]) if len(above) else n  # smallest k with CDF(k) >= 1 - alpha/2
     lower = lo if lo >= 0 else None  # order statistic X_(lo+1) -> index lo
-    hi = int(stats.binom.ppf(1 - alpha / 2, n, p))  # smallest k with CDF(k) >= 1 - alpha/2
     upper = hi if hi <= n - 1 else None
     if len(_RANKS) > 4096:
         _RANKS.clear()

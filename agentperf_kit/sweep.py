@@ -243,7 +243,20 @@ class _Sweeper:
             verdicts = dict(zip(ev["tier"], ev["tier_verdict"]))
             if "inconclusive" not in verdicts.values() or ext >= cfg.max_extensions:
                 break
-            ext += 1
+            # the validity rules (trajectory counts) can make the window longer than an extension's
+            # duration: such a re-run would measure as much again with another seed, not more; skip to
+            # the first extension that lengthens the window, if any is left
+            got = window.get("window_s") or 0.0
+            nxt = ext + 1
+            while nxt <= cfg.max_extensions and cfg.rules(nxt).duration_s <= got:
+                nxt += 1
+            if nxt > cfg.max_extensions:
+                self.notes.append(
+                    f"N={n}: not extended: its window ({got:,.0f} s) is already longer than the longest "
+                    f"extension's ({cfg.rules(cfg.max_extensions).duration_s:,.0f} s)"
+                )
+                break
+            ext = nxt
         if "inconclusive" in verdicts.values():
             pv = dict(zip(*self._point(res.requests, bounds)))
             reasons = ev.groupby("tier")["reason"].agg(lambda r: ",".join(sorted({x for x in r if x})))

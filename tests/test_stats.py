@@ -287,7 +287,7 @@ def test_a_level_where_many_requests_hang_fails_the_tier():
     hung = w[w.error == "cancelled_at_end"]
     assert len(hung) == 3 and (hung.ttft_s == math.inf).all()
     assert w.agent.nunique() == 4  # no agent left the verdict
-    assert (w.ok & (w.ttft_s < 1)).sum() >= 10  # the healthy agent kept going
+    assert (w.ok & (w.ttft_s < 1)).sum() >= 2  # the healthy agent kept going
     loose = Tier("loose", "1 tok/s & 60 s", 1, 60)
     for policy in ("miss", "exclude"):
         assert level_verdicts(df, [loose], failure_policy=policy, confidence=None) == {"loose": "fail"}
