@@ -294,3 +294,57 @@ def test_a_level_where_many_requests_hang_fails_the_tier():
     # the old rule (unfinished requests dropped) would have passed it
     old = df[df.in_window & (df.error != "cancelled_at_end")]
     assert level_verdicts(old, [loose], confidence=None) == {"loose": "pass"}
+
+
+# --- what decides, stored ------------------------------------------------------------------------------
+
+
+def test_levels_csv_and_summary_store_each_tiers_own_statistics(tmp_path):
+    """A tier with its own percentiles (P10 speed, P99 TTFT) has them in levels.csv with their
+    intervals, and summary.json names its binding statistic with value, interval and margin; the
+    failure policy and the other policy's verdicts are recorded."""
+    from agentperf_kit.sweep import SweepConfig, load_sweep, run_sweep
+
+    cfg = SweepConfig(
+        out=str(tmp_path / "s"),
+        level_duration_s=30,
+        warmup_s=5,
+        min_trajectories=0,
+        min_trajectories_per_agent=0,
+        max_agents=4,
+        max_extensions=0,
+        tiers="fast=100/2/10/99,easy=1/60",
+        failure_policy="exclude",
+    )
+    res = run_sweep(cfg, progress=False)
+    lv = pd.read_csv(tmp_path / "s" / "levels.csv")
+    for col in (
+        "fast_speed_p10",
+        "fast_speed_p10_ci_low",
+        "fast_ttft_p99_ci_high",
+        "easy_speed_p25",
+        "easy_ttft_p95",
+        "fast_margin_speed",
+        "verdict_fast_if_miss",
+        "speed_unmeasured_share",
+        "p25_output_speed_tps_deff",
+        "failure_policy",
+        "ci_method",
+        "steady",
+    ):
+        assert col in lv, col
+    reqs = load_sweep(tmp_path / "s").requests
+    for n, row in lv.set_index("concurrency").iterrows():
+        w = reqs[(reqs.concurrency == n) & reqs.in_window & (reqs.ok | (reqs.error == "cancelled_at_end"))]
+        assert row["fast_speed_p10"] == pytest.approx(percentile(w.output_speed_tps, 10))
+        assert row["fast_ttft_p99"] == pytest.approx(percentile(w.ttft_s, 99))
+        assert row["fast_speed_p10_ci_low"] <= row["fast_speed_p10"] <= row["fast_speed_p10_ci_high"]
+    s = res.summary
+    assert s["failure_policy"] == "exclude" and s["ci_method"] == "agent+time"
+    easy = next(t for t in s["tiers"] if t["name"] == "easy")
+    b = easy["binding_at_max_agents"]
+    assert b["concurrency"] == easy["max_agents"] == 4
+    assert b["statistic"] in ("output_speed_tps", "ttft_s") and b["ci_low"] <= b["value"] <= b["ci_high"]
+    kind = "speed" if b["statistic"] == "output_speed_tps" else "ttft"
+    row = lv.set_index("concurrency").loc[4]
+    assert b["margin"] == pytest.approx(row[f"easy_margin_{kind}"]) and b["margin"] > 0
