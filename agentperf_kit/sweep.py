@@ -7,9 +7,11 @@ evaluated on the same levels. Odd cases (see :func:`agentperf_kit.slo.max_agents
 a tier still passing at ``max_agents`` is a lower bound; non-monotonic verdicts take the highest pass below
 the lowest fail and are reported.
 
-A level whose verdict is ``inconclusive`` at the set confidence (too few requests for the percentile's
-confidence interval to clear the threshold) is re-run with a window twice as long, up to
-``max_extensions`` times; if still inconclusive, the point verdict is used and a note says so.
+A level whose verdict is ``inconclusive`` at the set confidence (too few effective requests for the
+percentile's interval to clear the threshold, or an unsteady window; intervals by ``ci_method``, failures
+by ``failure_policy``: docs/metrics.md) is re-run with a window twice as long, up to ``max_extensions``
+times (an extension that would not lengthen the window is skipped); if still inconclusive, the point
+verdict is used and a note says so, except when too many speeds were unmeasurable (never a pass).
 
 Each level is a fresh run (new phase markers) with a seed derived from (seed, N, extension), so results do
 not depend on the order levels are measured in. Everything is written as the sweep goes

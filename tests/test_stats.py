@@ -348,3 +348,26 @@ def test_levels_csv_and_summary_store_each_tiers_own_statistics(tmp_path):
     kind = "speed" if b["statistic"] == "output_speed_tps" else "ttft"
     row = lv.set_index("concurrency").loc[4]
     assert b["margin"] == pytest.approx(row[f"easy_margin_{kind}"]) and b["margin"] > 0
+
+
+def test_both_policies_verdicts_are_printed_where_they_differ():
+    from agentperf_kit.report import _policy_section
+    from agentperf_kit.sweep import format_summary
+
+    summary = {
+        "target": "sim",
+        "tier_preset": "x",
+        "accelerators": 8,
+        "tiers": [],
+        "n_levels": 1,
+        "levels": [{"concurrency": 8}],
+        "meets_aa_rules": True,
+        "failure_policy": "miss",
+        "ci_method": "agent+time",
+        "confidence": 0.95,
+        "policy_differs_at": [{"concurrency": 8, "tier": "slo1", "miss": "fail", "exclude": "pass"}],
+    }
+    text = format_summary(summary)
+    assert "failure policy: miss" in text and "N=8 slo1: fail (miss), pass (exclude)" in text
+    html = "".join(_policy_section(summary))
+    assert "<b>miss</b>" in html and "exclude" in html and "slo1" in html
