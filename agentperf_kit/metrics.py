@@ -14,11 +14,13 @@ Definitions (METHODOLOGY.md section 3, docs/metrics.md); all times in seconds on
 - ``output_speed_tps``: where the first visible chunk's token count is known (``first_chunk_tokens``, from
   continuous usage), AA's API formula (output_tokens - first_chunk_tokens) / (t_last - t_first); else
   (output_tokens - 1) / (t_last - t_first); output_tokens from the server's ``usage.completion_tokens``
-  (reasoning included). ``speed_formula`` says which (``aa_first_chunk`` or ``minus_one``). NaN for a
-  successful request with fewer than 2 output tokens (no speed: excluded from speed percentiles, counted in
-  TTFT). **Unmeasurable** (NaN, flagged in ``speed_unmeasurable``): an ok request with >= 2 tokens whose
-  visible output came in one chunk or one network read (t_last == t_first), or had no visible text: the
-  client cannot see a speed. A request that did not finish ok has speed ``failed_speed`` (0: a miss).
+  (reasoning included), or the visible chunks streamed (``n_chunks``, with the ``minus_one`` formula)
+  where the row's ``usage_mismatch`` says the server's usage is not to be trusted (docs/replay.md).
+  ``speed_formula`` says which (``aa_first_chunk`` or ``minus_one``). NaN for a successful request with
+  fewer than 2 output tokens (no speed: excluded from speed percentiles, counted in TTFT).
+  **Unmeasurable** (NaN, flagged in ``speed_unmeasurable``): an ok request with >= 2 tokens whose visible
+  output came in one chunk or one network read (t_last == t_first), or had no visible text: the client
+  cannot see a speed. A request that did not finish ok has speed ``failed_speed`` (0: a miss).
 - A request still running when the run ended (``cancelled_at_end``) is judged on what it showed: TTFT as
   observed (+inf if no visible token came), speed = (tokens seen - 1) / (t_end - t_first), the tokens seen
   being ``output_tokens`` where known, else its visible chunks (0 when fewer than 2: a miss).
@@ -86,6 +88,10 @@ def derive_request_metrics(df: pd.DataFrame, *, failed_speed: float = 0.0) -> pd
     tokens = _num(out, "output_tokens", n)
     first_tokens = _num(out, "first_chunk_tokens", n)
     chunks = _num(out, "n_chunks", n)
+    if "usage_mismatch" in out:  # the server's usage is not to be trusted: count what was streamed
+        flagged = out["usage_mismatch"].fillna(False).to_numpy(dtype=bool)
+        tokens = np.where(flagged, chunks, tokens)
+        first_tokens = np.where(flagged, np.nan, first_tokens)
     if "error" in out:
         cancelled = (out["error"].astype("string") == "cancelled_at_end").fillna(False).to_numpy(dtype=bool)
     else:

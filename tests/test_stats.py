@@ -249,10 +249,10 @@ class _HangsSome(SSEServer):
         super().__init__(**kw)
         self.hang = hang
 
-    async def _sse(self, request, body):
+    async def _sse(self, request, body, *args):
         if len(self.bodies) in self.hang:
             await asyncio.sleep(3600)
-        return await super()._sse(request, body)
+        return await super()._sse(request, body, *args)
 
 
 def test_a_level_where_many_requests_hang_fails_the_tier():
