@@ -98,11 +98,12 @@ def main() -> None:
         t1 = time.perf_counter()
         per: dict = {}
         for name, col, q in STATS:
-            los, his = [], []
+            los, his, deffs = [], [], []
             for w, ws, we in runs:
                 ci = level_intervals(w, col, q, method=method, window=(ws, we))
                 los.append(ci.low)
                 his.append(ci.high)
+                deffs.append(ci.deff)
             lo, hi = np.array(los), np.array(his)
             sd = float(np.std(est[name], ddof=1))
             half = (hi - lo) / 2
@@ -110,6 +111,7 @@ def main() -> None:
                 "coverage": float(np.mean((lo <= pooled[name]) & (pooled[name] <= hi))),
                 "mean_rel_width": float(np.mean((hi - lo) / abs(pooled[name]))),
                 "width_over_spread": float(np.mean(half) / (1.959964 * sd)) if sd > 0 else math.nan,
+                "mean_deff": float(np.mean(deffs)),
             }
         per["ci_wall_s_per_run"] = (time.perf_counter() - t1) / len(runs)
         out["methods"][method] = per
@@ -139,13 +141,13 @@ def main() -> None:
     print(
         f"pooled: P25 speed {pooled['p25_output_speed_tps']:.2f} tok/s, P95 TTFT {pooled['p95_ttft_s']:.3f} s"
     )
-    print(f"{'method':<12}{'statistic':<22}{'coverage':>9}{'rel width':>11}{'width/spread':>14}")
+    print(f"{'method':<12}{'statistic':<22}{'coverage':>9}{'rel width':>11}{'width/spread':>14}{'deff':>7}")
     for m, per in out["methods"].items():
         for name, _, _ in STATS:
             r = per[name]
             print(
                 f"{m:<12}{name:<22}{r['coverage']:>9.0%}{r['mean_rel_width']:>11.3f}"
-                f"{r['width_over_spread']:>14.2f}"
+                f"{r['width_over_spread']:>14.2f}{r['mean_deff']:>7.1f}"
             )
     for m, v in out["verdicts"].items():
         print(f"verdicts {m:<11}" + "  ".join(f"{t}: {d}" for t, d in v.items()))
