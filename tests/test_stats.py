@@ -7,6 +7,7 @@ clustered data the independent (order-statistic) interval is shown too narrow, t
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import tempfile
 
@@ -371,3 +372,90 @@ def test_both_policies_verdicts_are_printed_where_they_differ():
     assert "failure policy: miss" in text and "N=8 slo1: fail (miss), pass (exclude)" in text
     html = "".join(_policy_section(summary))
     assert "<b>miss</b>" in html and "exclude" in html and "slo1" in html
+
+
+class _EdgeServer(SSEServer):
+    """Streams hand-written chunk sequences, one scenario per request in turn (times after the request):
+    1. a tool call whose first delta has only id/type (0.1 s), its name at 0.4 s, arguments at 0.5 and 0.6 s
+    2. all 30 tokens in one content chunk
+    3. no visible text at all, but usage.completion_tokens = 5 in the finish chunk"""
+
+    async def _sse(self, request, body, *args):
+        from aiohttp import web
+
+        k = len(self.bodies)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+
+        async def send(obj):
+            await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+        def delta(d=None, finish=None, usage=None):
+            c = {"id": "x", "object": "chat.completion.chunk", "model": "test-model"}
+            c["choices"] = [{"index": 0, "delta": d or {}, "finish_reason": finish}]
+            if usage:
+                c["usage"] = usage
+            return c
+
+        u = {"prompt_tokens": 10}
+        await send(delta({"role": "assistant", "content": ""}))
+        if k % 3 == 1:
+            call = {"index": 0, "id": "call_1", "type": "function"}
+            await asyncio.sleep(0.1)
+            await send(delta({"tool_calls": [call]}))
+            await asyncio.sleep(0.3)
+            await send(delta({"tool_calls": [{"index": 0, "function": {"name": "ls", "arguments": ""}}]}))
+            for piece in ('{"a"', ": 1}"):
+                await asyncio.sleep(0.1)
+                await send(delta({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+            await send(delta(finish="tool_calls", usage={**u, "completion_tokens": 6}))
+        elif k % 3 == 2:
+            await asyncio.sleep(0.05)
+            await send(delta({"content": " tok" * 30}))
+            await send(delta(finish="length", usage={**u, "completion_tokens": 30}))
+        else:
+            await asyncio.sleep(0.05)
+            await send(delta({"content": ""}, finish="length", usage={**u, "completion_tokens": 5}))
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+
+def test_edge_cases_measured_like_the_reference_through_the_real_client():
+    """The three client-side edge cases of issue 13, through the real HTTP path: an id-only tool-call
+    delta is not the first token (TTFT >= 0.4 s, when the name came; it was 0.1 s); a one-chunk answer and
+    a no-visible-text answer have no speed (NaN, flagged; it was +inf), and the latter no TTFT."""
+    from agentperf_kit.trajectories.model import Trajectory, Turn
+
+    trajs = [Trajectory("t0", [Turn(0, 0, 50, 30, tool_delay_s=0.01)] * 3)]
+    rules = RunRules(
+        warmup_s=0,
+        duration_s=1.5,
+        min_trajectories=0,
+        min_trajectories_per_agent=0,
+        ramp_s=0,
+        drain_timeout_s=5,
+        random_start_turn=False,
+    )
+
+    async def go(tmp):
+        server = await _EdgeServer().start()
+        try:
+            ep = Endpoint(server.base_url, "test-model", stall_timeout_s=30, request_timeout_s=60)
+            return await run_live(ep, trajs, 1, rules, out_dir=tmp, progress=False)
+        finally:
+            await server.stop()
+
+    df = asyncio.run(go(tempfile.mkdtemp())).requests.sort_values("t_send_s")
+    kind = (np.arange(len(df)) % 3).tolist()
+    assert len(df) >= 3
+    for (_, r), k in zip(df.iterrows(), kind):
+        if k == 0:  # tool call
+            assert r.ok and r.has_tool_calls and r.ttft_s >= 0.4
+            # (6 - 1) tokens over the 0.2 s from the name to the last arguments
+            assert r.output_speed_tps <= 5 / 0.2 + 1e-9 and not r.speed_unmeasurable
+        elif k == 1:  # one chunk
+            assert r.ok and math.isnan(r.output_speed_tps) and r.speed_unmeasurable
+            assert r.ttft_s >= 0.05
+        else:  # no visible text, usage > 0
+            assert r.ok and r.n_chunks == 0 and r.speed_unmeasurable
+            assert math.isnan(r.ttft_s) and math.isnan(r.output_speed_tps)
