@@ -276,11 +276,15 @@ def evaluate_level(
     Columns: ``tier, label, statistic, percentile, observed, ci_low, ci_high, threshold, n, n_eff, deff,
     margin, verdict, reason, tier_verdict, binding, unmeasured_share, steady, half1, half2,
     failure_policy, ci_method``. ``reason`` says why a statistic is inconclusive (``interval``,
-    ``unsteady``, ``unmeasured``, ``no_data``); ``steady`` is False when the two halves of the window
+    ``unsteady``, ``unmeasured``, ``no_data``; ``all_failed`` for the ``fail`` of a window whose every
+    request was a server failure, under ``exclude``); ``steady`` is False when the two halves of the window
     (by send time) have disjoint intervals; ``half1``/``half2`` are the halves' percentiles.
     """
     tiers = tiers.tiers if isinstance(tiers, TierPreset) else tuple(tiers)
-    w = policy_frame(_window(df, in_window_only), failure_policy)
+    window_rows = _window(df, in_window_only)
+    w = policy_frame(window_rows, failure_policy)
+    # every request of the window was a server failure (possible only under `exclude`): no SLO was met
+    all_failed = len(window_rows) > 0 and len(w) == 0
     bounds = _bounds(w, window)
     labels = _clusters(w, ci_method, bounds)
     if "speed_unmeasurable" in w and len(w):
@@ -316,6 +320,8 @@ def evaluate_level(
             obs = ci.value
             verdict = _verdict(obs, ci.low, ci.high, thr, hib, confidence)
             reason = "no_data" if math.isnan(obs) else "interval" if verdict == "inconclusive" else ""
+            if all_failed:
+                verdict, reason = "fail", "all_failed"
             steady = True
             if a is not None and b is not None and a.n and b.n:
                 steady = not (a.high < b.low or b.high < a.low)

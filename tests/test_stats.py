@@ -190,6 +190,11 @@ def test_failure_policy_flips_the_verdict_of_six_failures_in_a_hundred():
     assert level_verdicts(df, [TIER], failure_policy="miss") == {"slo1": "inconclusive"}
     assert level_verdicts(df, [TIER], failure_policy="exclude") == {"slo1": "pass"}
     assert len(policy_frame(df, "exclude")) == 94
+    # a window of nothing but server failures leaves `exclude` nothing to judge: it fails (no request met
+    # any SLO), rather than stay inconclusive and let a sweep ramp on past a dead server
+    dead = df[~df.ok]
+    ev = evaluate_level(dead, [TIER], failure_policy="exclude")
+    assert ev.tier_verdict.iloc[0] == "fail" and set(ev.reason) == {"all_failed"}
     with pytest.raises(ValueError, match="failure_policy"):
         policy_frame(df, "drop")
 
