@@ -70,6 +70,7 @@ class SweepConfig:
     failure_policy: str = "miss"
     ci_method: str = "agent+time"
     max_unmeasured_share: float = 0.05
+    what_if: str | None = None
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -102,6 +103,7 @@ class SweepConfig:
             check_base_url(self.target)
         get_tier_preset(self.tiers)
         self._check_stats()
+        self._check_what_if()
         self._check_telemetry()
         self._check_client()
 
@@ -119,6 +121,33 @@ class SweepConfig:
         object.__setattr__(self, "max_unmeasured_share", float(self.max_unmeasured_share))
         if not 0 <= self.max_unmeasured_share <= 1:
             raise SweepConfigError(f"max_unmeasured_share must be in [0, 1], got {self.max_unmeasured_share}")
+
+    def _check_what_if(self) -> None:
+        """Canonical what-if knobs (docs/frontier.md); the deployment/trajectories knobs set those fields."""
+        if self.what_if is None:
+            return
+        from .whatif import parse_what_if, what_if_string
+
+        try:
+            knobs = parse_what_if(self.what_if)
+        except ConfigError as exc:
+            raise SweepConfigError(str(exc)) from None
+        if not knobs:
+            object.__setattr__(self, "what_if", None)
+            return
+        if not self.is_sim:
+            raise SweepConfigError(f"what_if={self.what_if!r}: what-if knobs apply to simulated targets only")
+        if "deployment" in knobs:
+            from .sim.presets import get_deployment
+
+            try:
+                get_deployment(str(knobs["deployment"]))
+            except KeyError as exc:
+                raise SweepConfigError(f"what_if deployment: {exc.args[0]}") from None
+            object.__setattr__(self, "target", f"sim:{knobs['deployment']}")
+        if "trajectories" in knobs:
+            object.__setattr__(self, "trajectories", str(knobs["trajectories"]))
+        object.__setattr__(self, "what_if", what_if_string(knobs))
 
     def _check_client(self) -> None:
         from .client.http import parse_extra_body
@@ -225,6 +254,8 @@ class SweepConfig:
         """The fields that change what is measured (``out`` excluded): hashed for resume checks."""
         d = dataclasses.asdict(self)
         d.pop("out")
+        if d.get("what_if") is None:
+            d.pop("what_if", None)  # absent when unused, so older sweeps' hashes still match
         for name, default in (_TELEMETRY_DEFAULTS | _CLIENT_DEFAULTS | _STATS_DEFAULTS).items():
             if d[name] == default:  # at their defaults: left out, so older sweeps' hashes still match
                 d.pop(name)
