@@ -200,7 +200,7 @@ def clustered_percentile_ci(
     # the indicator "among the k smallest" (ties broken by position, as a stable sort would)
     k = min(max(round(n * q / 100.0), 1), n - 1) if n > 1 else 1
     part = np.partition(x, sorted({r_lo, r_hi, k - 1}))
-    value = percentile_sorted(_TwoPoint(part), q)
+    value = percentile_sorted(part, q)  # it reads only ranks r_lo and r_hi, in place after the partition
     if confidence is None:
         return PercentileCI(value, value, value, n, float(n), 1.0)
     if not 0 < confidence < 1:
@@ -237,19 +237,3 @@ def clustered_percentile_ci(
     lo_v = -math.inf if li is None else float(part[li])
     hi_v = math.inf if ui is None else float(part[ui])
     return PercentileCI(value, lo_v, hi_v, n, n / deff, deff)
-
-
-class _TwoPoint:
-    """A partitioned array read by :func:`percentile_sorted` (which reads only the two ranks around
-    the percentile, both in place after ``np.partition``)."""
-
-    __slots__ = ("a",)
-
-    def __init__(self, a: np.ndarray) -> None:
-        self.a = a
-
-    def __len__(self) -> int:
-        return len(self.a)
-
-    def __getitem__(self, i: int) -> float:
-        return self.a[i]

@@ -14,6 +14,8 @@ import tempfile
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agentperf_kit.agents import RunRules
 from agentperf_kit.metrics import derive_request_metrics
@@ -464,3 +466,21 @@ def test_edge_cases_measured_like_the_reference_through_the_real_client():
         else:  # no visible text, usage > 0
             assert r.ok and r.n_chunks == 0 and r.speed_unmeasurable
             assert math.isnan(r.ttft_s) and math.isnan(r.output_speed_tps)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(st.floats(0, 100), st.just(math.inf)), min_size=1, max_size=80),
+    st.integers(1, 6),
+    st.sampled_from([5.0, 25.0, 50.0, 95.0]),
+)
+def test_clustered_interval_holds_the_value_and_the_independent_interval(xs, g, q):
+    """For any sample and clustering: the value is the linear percentile, the interval contains it and
+    contains the independent interval (deff >= 1 never narrows it)."""
+    x = np.array(xs)
+    labels = np.arange(len(x)) % g
+    ci = clustered_percentile_ci(x, q, clusters=[labels])
+    lo, hi = percentile_ci(x, q)
+    assert ci.value == percentile(x, q) and ci.deff >= 1.0
+    assert ci.low <= ci.value <= ci.high
+    assert ci.low <= lo and ci.high >= hi
