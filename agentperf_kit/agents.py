@@ -12,7 +12,8 @@ owns the clock and the target, and talks to an :class:`AgentFleet` in three call
    response plus the turn's tool delay), or None when the agent stops.
 
 After the window closes a driver lets in-flight requests drain for ``rules.drain_timeout_s`` and then
-reports the rest with ``fleet.cancel(plan, now)`` (error ``cancelled_at_end``, outside the window).
+reports the rest with ``fleet.cancel(plan, now)`` (error ``cancelled_at_end``; counted in the window
+when sent in it, judged on what it showed: docs/metrics.md).
 
 Agent behaviour (METHODOLOGY.md section 2): N agents, each sequential. Agent ``a`` takes trajectories
 ``perm[(a + k*N) mod T]`` for k = 0, 1, ... (``perm`` a seeded permutation of the set), so the assignment
