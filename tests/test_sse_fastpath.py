@@ -81,7 +81,7 @@ def _replay(blocks: list[bytes], eof: bool, fast: bool) -> tuple[str, list]:
     if st.error is not None:
         out.ok, out.error, out.error_detail = False, "stream_error", st.error
     finish_outcome(out, st, 0)
-    return repr(asdict(out)), log
+    return repr((asdict(out), st.text_bytes)), log
 
 
 def _splits(blocks: list[bytes], seed: int) -> list[list[bytes]]:
@@ -369,3 +369,22 @@ def test_tool_call_visible_only_with_a_name_or_arguments_on_both_paths():
         assert got == [_ref(line) for line in TOOL_LINES]
         assert [info.visible for _, info in got] == expected
     assert scanner.hits > 0  # the empty-arguments chunk came from a template
+
+
+def test_text_bytes_agree_between_templates_and_full_decoding():
+    """The visible text bytes the usage check counts: from a template (line length minus its literal
+    bytes) and from the line itself (``text_bytes``) are the same on every visible line."""
+    from agentperf_kit.client.sse import text_bytes
+
+    scanner = FastScanner()
+    checked = 0
+    for line in _lines() + _lines():
+        try:
+            info = scanner.scan(line)
+        except MalformedChunk:
+            continue
+        if info is not DONE and info.visible:
+            assert scanner.last_bytes == text_bytes(line), line
+            checked += 1
+    assert checked > len(BODIES)
+    assert text_bytes(b'data: {"choices":[{"delta":{"content":"ab\\n\\"c"}}]}') == 7  # as sent
