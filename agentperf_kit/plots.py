@@ -25,6 +25,7 @@ from .slo import Tier, TierPreset
 
 __all__ = [
     "cached_share_bucket",
+    "level_stat_label",
     "plot_agent_swimlane",
     "plot_ecdf",
     "plot_ecdfs",
@@ -72,20 +73,51 @@ def plot_level_metric(
         raise KeyError(f"column {y!r} not in the levels table; columns: {', '.join(levels.columns)}")
     ax = ax or plt.gca()
     data = levels.sort_values(x)
-    sns.lineplot(data=data, x=x, y=y, marker="o", ax=ax, label=y)
+    label = level_stat_label(y)
+    sns.lineplot(data=data, x=x, y=y, marker="o", ax=ax, label=label.split(" [")[0])
     lo, hi = f"{y}_ci_low", f"{y}_ci_high"
     if lo in data and hi in data:
         ax.fill_between(data[x], data[lo].clip(upper=1e9), data[hi].clip(upper=1e9), alpha=0.2)
-    metric = METRICS.get("ttft_s" if "ttft" in y else "output_speed_tps")
-    if tiers is not None:
+    metric = _level_stat_metric(y)
+    if tiers is not None and metric is not None:
         for t in tiers.tiers:
-            limit = t.max_ttft_s if "ttft" in y else t.min_output_speed_tps
+            # the tier's limit on this metric: a floor when higher is better, a ceiling otherwise
+            limit = t.min_output_speed_tps if metric.higher_is_better else t.max_ttft_s
             ax.axhline(limit, ls="--", lw=1, color="grey")
             ax.annotate(t.name, (data[x].max(), limit), fontsize=8, va="bottom", ha="right")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent agents (N)")
-    ax.set_ylabel(f"{y} [{metric.unit}]" if metric else y)
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("concurrent agents (N)" if x == "concurrency" else x)
+    ax.set_ylabel(label)
     return ax
+
+
+def _split_level_stat(column: str) -> tuple[str | None, Any]:
+    """``p25_output_speed_tps`` -> (``"25"``, the ``output_speed_tps`` metric); a bare metric column ->
+    (None, its metric); anything else -> (None, None)."""
+    head, _, rest = column.partition("_")
+    if head[:1] == "p" and head[1:].replace(".", "", 1).isdigit() and rest in METRICS:
+        return head[1:], METRICS[rest]
+    return None, METRICS.get(column)
+
+
+def _level_stat_metric(column: str) -> Any:
+    """The per-request metric behind a per-level statistic column, or None."""
+    return _split_level_stat(column)[1]
+
+
+def level_stat_label(column: str) -> str:
+    """Human axis label with unit for a per-level column: ``p25_output_speed_tps`` -> ``P25 output speed
+    [tokens/s]``; columns the metric registry does not know are returned unchanged."""
+    q, metric = _split_level_stat(column)
+    if metric is None:
+        return column
+    if q is None:
+        return f"{metric.label} [{metric.unit}]"
+    return f"P{q} {metric.label[0].lower()}{metric.label[1:]} [{metric.unit}]"
 
 
 def plot_levels(levels: pd.DataFrame, tiers: TierPreset | None = None) -> Any:
@@ -97,6 +129,7 @@ def plot_levels(levels: pd.DataFrame, tiers: TierPreset | None = None) -> Any:
     plot_level_metric(levels, "p25_output_speed_tps", tiers=tiers, ax=a)
     plot_level_metric(levels, "p95_ttft_s", tiers=tiers, ax=b)
     b.set_yscale("log")
+    _plain_log_ticks(b.yaxis)
     fig.tight_layout()
     return fig
 

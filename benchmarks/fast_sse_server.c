@@ -5,12 +5,24 @@
  * HTTP chunked transfer encoding. GET /v1/models answers a model list, GET /stats counters as JSON,
  * GET /reset zeroes the counters.
  *
- *   fast_sse_server [--port P] [--ttft-ms T] [--itl-ms I] [--quiet]
+ *   fast_sse_server [--port P] [--ttft-ms T] [--itl-ms I] [--log PATH] [--quiet]
  *
  * --itl-ms 0 (and --ttft-ms 0) sends as fast as the sockets take it. Otherwise the first token goes out
  * T ms after the request was read, then one token every I ms; a timerfd holds the earliest planned send,
  * and every send records its lateness (actual - planned) in a 10 us histogram. At exit (SIGINT/SIGTERM)
  * it prints its timing accuracy and CPU time to stderr; /stats gives the same live.
+ *
+ * --log PATH: the truth log, one line per streamed request (written when it ends, flushed at exit):
+ *   id chat marker prompt_tokens max_tokens t_req t_first t_last tokens status
+ * times in seconds on CLOCK_MONOTONIC (the clock of Python's time.perf_counter / perf_counter_ns on
+ * Linux): t_req when the whole request had been read, t_first / t_last when the write holding the first /
+ * last token had been handed to the kernel in full (-1: never); tokens sent; status done or closed (the
+ * connection went away mid-stream). marker: the first 16 digits of agentperf's phase marker, decoded from
+ * the prompt (completions: the first 16 token ids, default token_id_range (100, 4000); chat: the digits
+ * after "namespace: "), "-" when there is none.
+ *
+ * A request without "stream":true gets one JSON answer (no stream) with usage.prompt_tokens, as a
+ * server answers agentperf's chat-filler probes.
  *
  * Build: gcc -O2 -o fast_sse_server fast_sse_server.c   (benchmarks/client_perf.py does it for you)
  */
@@ -44,11 +56,15 @@ typedef struct conn {
     long id, left, sent, total, prompt_tokens;
     double next_t; /* planned time of the next token (timed mode) */
     double t_req;  /* when the request was read */
+    double t_first, t_last; /* truth: when the first / last token's write completed (-1: not yet) */
+    int first_pending, last_pending;
+    char marker[17];
     int heap_idx;  /* -1 when not in the heap */
 } conn;
 
 static double ttft_s = 0.2, itl_s = 0.02;
 static int quiet = 0;
+static FILE *truth_log;
 static volatile sig_atomic_t stop_flag = 0;
 static int epfd, tfd;
 static conn **heap;
@@ -167,6 +183,26 @@ static void put_event(conn *c, const char *payload, int n) {
 
 static void close_conn(conn *c);
 
+static void log_request(conn *c, const char *status) {
+    if (!truth_log) return;
+    fprintf(truth_log, "%ld %d %s %ld %ld %.9f %.9f %.9f %ld %s\n", c->id, c->chat, c->marker[0] ? c->marker : "-",
+            c->prompt_tokens, c->total, c->t_req, c->t_first, c->t_last, c->sent, status);
+}
+
+/* the write holding the first / last token is complete: stamp it (and log a finished request) */
+static void stamp_sent(conn *c) {
+    double t = now_s();
+    if (c->first_pending) {
+        c->first_pending = 0;
+        c->t_first = t;
+    }
+    if (c->last_pending) {
+        c->last_pending = 0;
+        c->t_last = t;
+        log_request(c, "done");
+    }
+}
+
 static void set_out(conn *c, int on) {
     if (c->want_out == on) return;
     c->want_out = on;
@@ -191,6 +227,7 @@ static int flush_out(conn *c) {
     }
     c->woff = c->wlen = 0;
     set_out(c, 0);
+    if (c->first_pending | c->last_pending) stamp_sent(c);
     return 0;
 }
 
@@ -212,6 +249,7 @@ static void put_token(conn *c) {
                      "\"finish_reason\":%s,\"stop_reason\":null}]}",
                      c->id, fin);
     put_event(c, p, n);
+    if (c->sent == 0) c->first_pending = 1;
     c->left--;
     c->sent++;
     st_tokens++;
@@ -225,6 +263,7 @@ static void put_token(conn *c) {
         put_event(c, p, n);
         put_event(c, "[DONE]", 6);
         wput(c, "0\r\n\r\n", 5);
+        c->last_pending = 1;
         c->streaming = 0;
         active_change(-1);
     }
@@ -321,6 +360,45 @@ static long scan_int_after(const char *body, size_t n, const char *key) {
     return strtol(p, NULL, 10);
 }
 
+/* the first 16 digits of agentperf's phase marker in a request body, or "" */
+static void find_marker(const char *body, size_t n, char *out) {
+    out[0] = 0;
+    const char *pp = memmem(body, n, "\"prompt\"", 8);
+    if (pp) { /* token ids: lo + (digit * 37 + i * 11) % (hi - lo), lo = 100 */
+        const char *q = memchr(pp, '[', (size_t)(body + n - pp));
+        if (!q) return;
+        q++;
+        for (int i = 0; i < 16; i++) {
+            while (q < body + n && (*q == ' ' || *q == ',')) q++;
+            if (q >= body + n || *q < '0' || *q > '9') {
+                out[0] = 0;
+                return;
+            }
+            char *e;
+            long v = strtol(q, &e, 10) - 100 - 11 * i;
+            q = e;
+            if (v < 0 || v % 37 || v / 37 > 9) {
+                out[0] = 0;
+                return;
+            }
+            out[i] = (char)('0' + v / 37);
+        }
+        out[16] = 0;
+        return;
+    }
+    const char *m = memmem(body, n, "namespace: ", 11);
+    if (!m || m + 11 + 16 > body + n) return;
+    for (int i = 0; i < 16; i++) {
+        char d = m[11 + i];
+        if (d < '0' || d > '9') {
+            out[0] = 0;
+            return;
+        }
+        out[i] = d;
+    }
+    out[16] = 0;
+}
+
 /* try to handle one complete request in rbuf; returns 1 if one was consumed */
 static int handle_request(conn *c) {
     char *hend = memmem(c->rbuf, c->rlen, "\r\n\r\n", 4);
@@ -353,6 +431,26 @@ static int handle_request(conn *c) {
         } else {
             c->prompt_tokens = clen / 4;
         }
+        if (!memmem(body, (size_t)clen, "\"stream\":true", 13) && !memmem(body, (size_t)clen, "\"stream\": true", 14)) {
+            char js[512];
+            snprintf(js, sizeof js,
+                     "{\"id\":\"%s-%ld\",\"object\":\"%s\",\"created\":1700000000,\"model\":\"fast\","
+                     "\"choices\":[{\"index\":0,%s,\"finish_reason\":\"length\"}],"
+                     "\"usage\":{\"prompt_tokens\":%ld,\"total_tokens\":%ld,\"completion_tokens\":%ld}}",
+                     c->chat ? "chatcmpl" : "cmpl", c->id, c->chat ? "chat.completion" : "text_completion",
+                     c->chat ? "\"message\":{\"role\":\"assistant\",\"content\":\" tok\"}" : "\"text\":\" tok\"",
+                     c->prompt_tokens, c->prompt_tokens + 1, 1L);
+            st_requests++;
+            http_simple(c, 200, "application/json", js);
+            if (c->fd < 0) return 0;
+            memmove(c->rbuf, c->rbuf + consumed, c->rlen - consumed);
+            c->rlen -= consumed;
+            return 1;
+        }
+        find_marker(body, (size_t)clen, c->marker);
+        c->t_first = c->t_last = -1;
+        c->first_pending = c->last_pending = 0;
+        c->t_req = now_s();
         c->streaming = 1;
         st_requests++;
         active_change(+1);
@@ -362,7 +460,6 @@ static int handle_request(conn *c) {
         wput(c, hdr, sizeof hdr - 1);
         memmove(c->rbuf, c->rbuf + consumed, c->rlen - consumed);
         c->rlen -= consumed;
-        c->t_req = now_s();
         if (itl_s <= 0 && ttft_s <= 0) {
             pump_fast(c);
         } else {
@@ -394,6 +491,7 @@ static int handle_request(conn *c) {
 
 static void close_conn(conn *c) {
     if (c->fd < 0) return;
+    if (c->streaming || c->last_pending) log_request(c, "closed");
     if (c->streaming) active_change(-1);
     c->streaming = 0;
     heap_remove(c);
@@ -471,9 +569,17 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--port") && i + 1 < argc) port = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--ttft-ms") && i + 1 < argc) ttft_s = atof(argv[++i]) / 1e3;
         else if (!strcmp(argv[i], "--itl-ms") && i + 1 < argc) itl_s = atof(argv[++i]) / 1e3;
-        else if (!strcmp(argv[i], "--quiet")) quiet = 1;
+        else if (!strcmp(argv[i], "--log") && i + 1 < argc) {
+            truth_log = fopen(argv[++i], "w");
+            if (!truth_log) {
+                perror("--log");
+                return 2;
+            }
+            setvbuf(truth_log, NULL, _IOFBF, 1 << 20);
+            fprintf(truth_log, "id chat marker prompt_tokens max_tokens t_req t_first t_last tokens status\n");
+        } else if (!strcmp(argv[i], "--quiet")) quiet = 1;
         else {
-            fprintf(stderr, "usage: %s [--port P] [--ttft-ms T] [--itl-ms I] [--quiet]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--port P] [--ttft-ms T] [--itl-ms I] [--log PATH] [--quiet]\n", argv[0]);
             return 2;
         }
     }
@@ -549,6 +655,7 @@ int main(int argc, char **argv) {
     }
     char js[1024];
     stats_json(js, sizeof js);
+    if (truth_log) fclose(truth_log);
     fprintf(stderr, "fast_sse_server exit: wall %.3f s, cpu %.3f s, stats %s\n", now_s() - t0, cpu_s() - cpu0, js);
     return 0;
 }

@@ -6,7 +6,9 @@
         srv.reset()           # zero the counters
     srv.exit_line             # what the server printed at exit (timing accuracy, CPU time)
 
-``ttft_ms=0, itl_ms=0`` streams as fast as the sockets take it. Needs gcc (``compile_server``).
+``ttft_ms=0, itl_ms=0`` streams as fast as the sockets take it. ``log=PATH`` writes the server's truth log
+(one line per streamed request: true send times of its first and last token on CLOCK_MONOTONIC, the clock of
+``time.perf_counter``; see the C source and :func:`read_truth_log`). Needs gcc (``compile_server``).
 """
 
 from __future__ import annotations
@@ -34,8 +36,15 @@ def compile_server(directory: str | os.PathLike | None = None) -> Path:
 
 
 class FastSSEServer:
-    def __init__(self, ttft_ms: float = 0.0, itl_ms: float = 0.0, binary: Path | None = None) -> None:
+    def __init__(
+        self,
+        ttft_ms: float = 0.0,
+        itl_ms: float = 0.0,
+        binary: Path | None = None,
+        log: str | os.PathLike | None = None,
+    ) -> None:
         self.ttft_ms, self.itl_ms = ttft_ms, itl_ms
+        self.log = log
         self.binary = binary
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -47,8 +56,11 @@ class FastSSEServer:
 
     def start(self) -> FastSSEServer:
         binary = self.binary or compile_server()
+        cmd = [str(binary), "--ttft-ms", str(self.ttft_ms), "--itl-ms", str(self.itl_ms)]
+        if self.log is not None:
+            cmd += ["--log", str(self.log)]
         self.proc = subprocess.Popen(
-            [str(binary), "--ttft-ms", str(self.ttft_ms), "--itl-ms", str(self.itl_ms)],
+            cmd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -80,3 +92,23 @@ class FastSSEServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def read_truth_log(path: str | os.PathLike) -> list[dict]:
+    """The server's truth log as dicts: ``id``, ``chat``, ``marker`` (16 digits or "-"), ``prompt_tokens``,
+    ``max_tokens``, ``t_req``, ``t_first``, ``t_last`` (seconds, CLOCK_MONOTONIC; -1: never), ``tokens``,
+    ``status`` (done or closed)."""
+    rows = []
+    with open(path) as f:
+        names = f.readline().split()
+        for line in f:
+            parts = line.split()
+            if len(parts) != len(names):
+                continue  # a line cut by a kill
+            row: dict = dict(zip(names, parts))
+            for k in ("id", "chat", "prompt_tokens", "max_tokens", "tokens"):
+                row[k] = int(row[k])
+            for k in ("t_req", "t_first", "t_last"):
+                row[k] = float(row[k])
+            rows.append(row)
+    return rows

@@ -42,8 +42,21 @@ def test_level_metric_draws_sorted_data_and_tier_limits():
     assert list(line.get_xdata()) == [1, 2, 4] and list(line.get_ydata()) == [150.0, 90.0, 50.0]
     hlines = sorted(ln.get_ydata()[0] for ln in ax.get_lines()[1:])
     assert hlines == [20, 60, 180]
-    assert "tokens/s" in ax.get_ylabel()
+    assert ax.get_ylabel() == "P25 output speed [tokens/s]"
+    assert ax.get_xlabel() == "concurrent agents (N)"
+    fig.canvas.draw()
+    ticks = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert ticks and all("^" not in t and "$" not in t for t in ticks), ticks  # plain numbers, not 2^k
     plt.close(fig)
+
+
+def test_level_labels_come_from_the_metric_registry():
+    from agentperf_kit.plots import level_stat_label
+
+    assert level_stat_label("p95_ttft_s") == "P95 time to first token [s]"
+    assert level_stat_label("p10_output_speed_tps") == "P10 output speed [tokens/s]"
+    assert level_stat_label("ttft_s") == "Time to first token [s]"
+    assert level_stat_label("error_rate") == "error_rate"  # unknown: unchanged, never guessed
 
 
 def test_plot_levels_returns_a_two_panel_figure(tmp_path):
