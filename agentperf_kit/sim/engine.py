@@ -23,13 +23,16 @@ its own generated text, which differs from the recorded output the next turn car
 evictable (LRU) while the agent's tool runs. A hit covers min(reusable, prompt prefix of the next turn),
 rounded down to 16-token blocks, and skips that prefill.
 
-**Step time** (roofline, whole system): ``overhead + max(linear FLOPs / (peak * eff_c) + attention FLOPs /
-(attention peak * eff_c), bytes / (BW * eff_b))`` with linear FLOPs = 2 * active params * tokens, attention
-FLOPs = attention pairs * FLOPs per pair (at the attention precision's peak, BF16 unless the model says
-otherwise), bytes = dense weights (times the number of copies read: one per GPU under data-parallel
-attention) + the
-routed experts the batch touches (E * (1 - (1 - k/E)^tokens) per MoE layer) + KV read (every cached token
-of every sequence in the batch, and the prefix of each prefill chunk).
+**Step time** (whole system; every term named in docs/simulator.md "Step-time model", parameters and
+sources in ``presets/physics.toml``): ``latency x floor + max(cmp, mem) + (1 - overlap) x min(cmp, mem) +
+comm``. ``cmp`` = non-expert linear FLOPs at the weight precision's peak + routed-expert FLOPs on the
+busiest rank (BF16 peak for FP4 experts on accelerators without FP4 tensor cores) + attention FLOPs (a
+per-query part for sparse attention and a per-(query, context token) part); ``mem`` = dense weights
+(one copy per GPU under data-parallel attention) + KV read (per context token and per decoding sequence)
++ the routed experts the batch touches (E x (1 - (1 - k/E)^tokens) per MoE layer, busiest rank, at the
+dequant bandwidth factor); ``comm`` = exposed EP all-to-all per MoE layer and TP all-reduces across
+nodes. With MTP a pure-decode step verifies 1 + draft tokens per sequence and counts as 1 + acceptance
+output tokens (``decode_step_time``).
 
 **Events, not steps**: between events (an arrival, a finish, a prefill chunk) the decode batch is constant
 and each step adds B context tokens, so step time grows linearly with the step index and the time of the
