@@ -27,6 +27,16 @@ closes at the first moment at least ``duration_s`` has passed *and* the window h
 ``min_trajectories`` completed trajectories and at least ``min_trajectories_per_agent`` per agent; it is
 closed regardless after ``max_duration_s`` (then ``window_capped``). A request is *in the window* when it
 was sent at or after the window start and before its end, and was not cancelled at the end.
+
+Ending early (:attr:`AgentFleet.aborted_reason`): when every request that ended over at least
+``rules.abort_after_s`` seconds failed (no success in between), the level ends at once as a fail: the
+window closes, no agent sends again, and :meth:`AgentFleet.window_summary` gives the reason
+(``aborted_reason``; ``meets_aa_rules`` false). A driver may also end the level itself with
+:meth:`AgentFleet.abort` (the live replay does when its output cannot be written).
+
+Usage checks: a row whose ``usage_mismatch`` is set (the server's counts disagree with what was asked or
+streamed) is counted; a window where more than :data:`USAGE_MISMATCH_MAX_SHARE` of the requests are
+such rows does not meet the rules (the reason names the count).
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from .trajectories.model import Trajectory, Turn
 
 __all__ = [
     "AA_RULES",
+    "USAGE_MISMATCH_MAX_SHARE",
     "AgentFleet",
     "RequestOutcome",
     "RequestPlan",
@@ -53,6 +64,10 @@ __all__ = [
 ]
 
 _NAN = math.nan
+
+# a window with more than this share of usage_mismatch rows does not meet the rules: the server's token
+# counts cannot be trusted there (the speed of each flagged row falls back to its streamed chunks)
+USAGE_MISMATCH_MAX_SHARE = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +87,11 @@ class RunRules:
         random_start_turn: start each agent at a random turn of its first trajectory.
         drain_timeout_s: after the window closes, in-flight requests get this long to finish.
         on_error: ``"continue"`` (next turn) or ``"abandon"`` (next trajectory) after a failed request.
+        abort_after_s: the level ends early as a fail when every request ending over this long failed
+            (measured from the end of the first failure after the last success; 0 turns it off). Default
+            30 s: past the 10 s of the loosest tier's TTFT ceiling, so an outage that long means no
+            request could have met any tier, and a target that refuses everything (wrong model, 429
+            storm, a server down) stops costing time.
     """
 
     warmup_s: float = 60.0
@@ -83,11 +103,12 @@ class RunRules:
     random_start_turn: bool = True
     drain_timeout_s: float = 120.0
     on_error: str = "continue"
+    abort_after_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.on_error not in ("continue", "abandon"):
             raise ValueError(f"on_error must be 'continue' or 'abandon', got {self.on_error!r}")
-        for name in ("warmup_s", "duration_s", "max_duration_s", "drain_timeout_s"):
+        for name in ("warmup_s", "duration_s", "max_duration_s", "drain_timeout_s", "abort_after_s"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0 seconds, got {getattr(self, name)!r}")
         if self.max_duration_s < self.duration_s:
@@ -165,6 +186,9 @@ class RequestOutcome:
     error: str = ""
     error_detail: str = ""
     target_prompt_tokens: int | None = None
+    retry_after_s: float = _NAN
+    usage_mismatch: bool = False
+    note: str = ""
 
 
 RowSink = Callable[[tuple], None]
@@ -216,11 +240,16 @@ class AgentFleet:
     completed_in_window: int = 0
     requests_sent: int = 0
     requests_done: int = 0
+    aborted_reason: str | None = None
+    requests_in_window: int = 0
+    usage_mismatch_in_window: int = 0
     _agents: list[_Agent] = field(default_factory=list, repr=False)
     _n_active: int = 0
     _next_phase_id: int = 0
     _t_counts_met: float = _NAN
     _closed: bool = False
+    _fail_since: float = _NAN  # end of the first failure after the last success
+    _fails: int = 0  # failures since then
 
     def __post_init__(self) -> None:
         if self.n_agents < 1:
@@ -285,6 +314,11 @@ class AgentFleet:
         """Record the outcome of ``plan`` and return the agent's next plan (None: the agent stops)."""
         self.requests_done += 1
         self.sink(self._row(plan, outcome))
+        start, t_send = self.window_start_s, plan.t_send_s
+        if t_send >= start and (not self._closed or t_send < self.window_end_s):  # in the window
+            self.requests_in_window += 1
+            self.usage_mismatch_in_window += bool(outcome.usage_mismatch)
+        self._watch_failures(outcome)
         agent = self._agents[plan.agent]
         traj = self.trajectories[agent.traj_index]
         agent.turn_index += 1
@@ -303,6 +337,31 @@ class AgentFleet:
             self._take_trajectory(agent)
             return self._plan(agent, t_next, force_fresh=True)
         return self._plan(agent, t_next)
+
+    def abort(self, now: float, reason: str) -> None:
+        """End the level now as a fail (no agent sends again); ``reason`` goes to the window summary."""
+        if self.aborted_reason is None:
+            self.aborted_reason = reason
+        if not self._closed:
+            self._close(now)
+
+    def _watch_failures(self, outcome: RequestOutcome) -> None:
+        if outcome.ok:
+            self._fail_since, self._fails = _NAN, 0
+            return
+        t_end = outcome.t_end_s
+        if t_end != t_end or self.aborted_reason is not None:
+            return
+        if self._fail_since != self._fail_since:
+            self._fail_since = t_end
+        self._fails += 1
+        limit = self.rules.abort_after_s
+        if limit > 0 and t_end - self._fail_since >= limit:
+            self.abort(
+                t_end,
+                f"every request failed for {t_end - self._fail_since:.1f} s ({self._fails} in a row, "
+                f"last: {outcome.error}) >= abort_after_s={limit:g} s",
+            )
 
     def cancel(
         self,
@@ -372,6 +431,14 @@ class AgentFleet:
         length = self.window_end_s - self.window_start_s
         if length == length and length < AA_RULES.duration_s <= self.rules.duration_s:
             reasons.append(f"steady window lasted {length:.1f} s < {AA_RULES.duration_s:g} s")
+        if self.aborted_reason is not None:
+            reasons.append(f"the level ended early: {self.aborted_reason}")
+        n_win, n_bad = self.requests_in_window, self.usage_mismatch_in_window
+        if n_bad and n_bad > USAGE_MISMATCH_MAX_SHARE * n_win:
+            reasons.append(
+                f"{n_bad} of {n_win} requests in the window have usage that disagrees with what was asked "
+                f"or streamed (usage_mismatch) > {USAGE_MISMATCH_MAX_SHARE:.0%}"
+            )
         return {
             "window_start_s": self.window_start_s,
             "window_end_s": self.window_end_s,
@@ -381,6 +448,8 @@ class AgentFleet:
             "trajectories_completed_in_window": self.completed_in_window,
             "min_trajectories_per_agent_in_window": min(per_agent),
             "requests_sent": self.requests_sent,
+            "aborted_reason": self.aborted_reason,
+            "usage_mismatch_in_window": n_bad,
             "meets_aa_rules": not reasons,
             "aa_rules_reasons": reasons,
         }
@@ -463,10 +532,13 @@ class AgentFleet:
             o.http_status,
             o.error,
             o.error_detail,
+            o.retry_after_s,
+            o.usage_mismatch,
+            o.note,
         )
 
 
-assert len(RAW_COLUMNS) == 29, "AgentFleet._row must follow schema.RAW_COLUMNS"
+assert len(RAW_COLUMNS) == 32, "AgentFleet._row must follow schema.RAW_COLUMNS"
 
 
 def add_run_columns(df: pd.DataFrame, window_start_s: float, window_end_s: float) -> pd.DataFrame:

@@ -9,6 +9,7 @@ validly). Messages name the argument (not a CLI flag), the value seen and what w
 
     AgentperfError
     |- ConfigError            a parameter or configuration value is invalid (type, range, unknown name)
+    |   |- UnknownNameError   an unknown preset or set name (also a KeyError, for older callers)
     |   |- SweepConfigError   a sweep configuration, or a resume that does not match the directory
     |- InputFormatError       a file the user gave is malformed (names file, line, field and the fix)
     |   |- TrajectoryFormatError, ImportFormatError
@@ -29,6 +30,7 @@ __all__ = [
     "MeasurementError",
     "OutputError",
     "TargetError",
+    "UnknownNameError",
 ]
 
 
@@ -41,6 +43,14 @@ class AgentperfError(Exception):
 
 class ConfigError(AgentperfError, ValueError):
     """A parameter or configuration value is invalid: wrong type, out of range, or an unknown name."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """An unknown preset or set name; the message lists the known ones. Also a ``KeyError`` so code that
+    caught the old ``KeyError`` keeps working; unlike ``KeyError`` its text carries no extra quotes."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class InputFormatError(AgentperfError, ValueError):

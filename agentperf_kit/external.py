@@ -328,6 +328,9 @@ def import_results(
     raw["finish_reason"] = pd.NA
     raw["has_tool_calls"] = False
     raw["tool_delay_s"] = np.nan
+    raw["retry_after_s"] = np.nan
+    raw["usage_mismatch"] = False
+    raw["note"] = ""
     for col in (
         "prompt_tokens",
         "cached_prompt_tokens",

@@ -9,10 +9,12 @@ Definitions (METHODOLOGY.md section 3); all times in seconds on the run's monoto
   visible token. For an answer made only of tool calls, the first tool-call delta is the first answer.
 - ``e2e_s`` = t_end - t_send.
 - ``output_speed_tps`` = (output_tokens - 1) / (t_last - t_first) with output_tokens from the server's
-  ``usage.completion_tokens`` (reasoning included). NaN for a successful request with fewer than 2 output
-  tokens (no speed: excluded from speed percentiles, still counted in TTFT). When all tokens arrive in one
-  chunk (t_last == t_first) the speed is +inf (the tokens came faster than the clock can tell). A request
-  that did not finish ok has speed 0 (a miss), unless the failure policy says otherwise.
+  ``usage.completion_tokens`` (reasoning included), or the visible chunks streamed (``n_chunks``) where
+  the row's ``usage_mismatch`` says the server's usage is not to be trusted (docs/replay.md). NaN for a
+  successful request with fewer than 2 output tokens (no speed: excluded from speed percentiles, still
+  counted in TTFT). When all tokens arrive in one chunk (t_last == t_first) the speed is +inf (the tokens
+  came faster than the clock can tell). A request that did not finish ok has speed 0 (a miss), unless the
+  failure policy says otherwise.
 
 A server that ignored ``ignore_eos`` returns fewer tokens than asked: see :func:`output_length_mismatch`;
 its speed is still computed from what it returned.
@@ -73,6 +75,9 @@ def derive_request_metrics(df: pd.DataFrame, *, failed_speed: float = 0.0) -> pd
     t_end = out["t_end_s"].to_numpy(dtype=float)
     ok = out["ok"].to_numpy(dtype=bool)
     tokens = pd.to_numeric(out["output_tokens"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    if "usage_mismatch" in out:  # the server's usage is not to be trusted: count what was streamed
+        flagged = out["usage_mismatch"].fillna(False).to_numpy(dtype=bool)
+        tokens = np.where(flagged, out["n_chunks"].to_numpy(dtype=float), tokens)
 
     no_token = np.isnan(t_first)
     ttft = np.where(no_token, np.inf, t_first - t_send)

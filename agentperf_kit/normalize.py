@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .errors import UnknownNameError
+
 __all__ = [
     "POWER_SCOPES",
     "PROVISIONED_KW_PER_GPU",
@@ -64,7 +66,7 @@ def provisioned_power_w(accelerator_type: str, count: int) -> float:
     for name, kw in PROVISIONED_KW_PER_GPU.items():
         if key.startswith(name):
             return kw * 1000.0 * count
-    raise KeyError(
+    raise UnknownNameError(
         f"no provisioned power for accelerator type {accelerator_type!r}; known: "
         f"{', '.join(PROVISIONED_KW_PER_GPU)} (or give --power-w with --power-scope declared)"
     )

@@ -7,12 +7,22 @@ run :func:`agentperf_kit.results.finalize_run` (or the sweep) writes the tidy ``
 
 Cost per row is one tuple append; conversion happens per batch.
 
+**The writer never raises for a value.** A batch that Arrow refuses (an int beyond int64, an object where
+a string belongs...) is converted again value by value (:func:`sanitize_row`): a value that does not fit
+its column is recorded as invalid (None/NaN; -1 or False in the few non-nullable columns) and the row's
+``note`` column says which column held what. **Disk full or an unwritable file** (``OSError``) stops
+the writer: :attr:`RunWriter.error` holds a one-line :class:`~agentperf_kit.errors.OutputError`, later
+rows are counted in ``rows_lost`` and not written, and :meth:`RunWriter.close` raises that error. The
+rows of every batch written before stay readable (:func:`read_raw_rows` stops at a batch cut short).
+
 Opt-in per-chunk times (``run_live(record_chunks=True)``) go the same way to ``DIR/chunks.arrow``
 (:class:`ChunkWriter`); :func:`agentperf_kit.results.finalize_chunks` turns them into ``chunks.parquet``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import time
 from pathlib import Path
@@ -22,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from .errors import OutputError
 from .schema import RAW_COLUMNS, REQUEST_COLUMNS
 
 __all__ = [
@@ -33,6 +44,7 @@ __all__ = [
     "RunWriter",
     "read_chunk_rows",
     "read_raw_rows",
+    "sanitize_row",
 ]
 
 RAW_PARTS_NAME = "requests.arrow"
@@ -48,6 +60,57 @@ _ARROW_TYPES = {
 RAW_ARROW_SCHEMA = pa.schema(
     [pa.field(name, _ARROW_TYPES[REQUEST_COLUMNS[name].dtype]) for name in RAW_COLUMNS]
 )
+
+
+_I64 = (-(2**63), 2**63)
+_KINDS = tuple(REQUEST_COLUMNS[name].dtype for name in RAW_COLUMNS)
+_NOTE = RAW_COLUMNS.index("note")
+
+
+def _fix(value: Any, kind: str) -> tuple[Any, bool]:
+    """``value`` as column type ``kind`` can hold it, and whether it had to be changed."""
+    if value is None:
+        return value, False
+    if kind in ("int64", "Int64"):
+        if isinstance(value, int) and not isinstance(value, bool) and _I64[0] <= value < _I64[1]:
+            return value, False
+        return (None if kind == "Int64" else -1), True
+    if kind == "float64":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                return float(value), False
+            except OverflowError:
+                return math.nan, True
+        return math.nan, True
+    if kind == "bool":
+        return (value, False) if isinstance(value, bool) else (False, True)
+    if isinstance(value, str):  # string: also text that Arrow cannot encode (lone surrogates)
+        try:
+            value.encode("utf-8")
+            return value, False
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "replace").decode("utf-8"), True
+    return None, True
+
+
+def _describe(value: Any) -> str:
+    text = repr(value) if isinstance(value, int | float | bool) else type(value).__name__
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def sanitize_row(row: tuple) -> tuple:
+    """A raw row whose every value fits its column (see the module docstring); a changed value is named
+    in the row's ``note`` (``"invalid: output_tokens=1180591620717411303424"``)."""
+    fixed = list(row)
+    bad = []
+    for i, (value, kind) in enumerate(zip(row, _KINDS)):
+        fixed[i], changed = _fix(value, kind)
+        if changed:
+            bad.append(f"{RAW_COLUMNS[i]}={_describe(value)}")
+    if bad:
+        note = fixed[_NOTE] or ""
+        fixed[_NOTE] = (note + "; " if note else "") + "invalid: " + ", ".join(bad)
+    return tuple(fixed)
 
 
 class _ArrowStreamWriter:
@@ -108,8 +171,13 @@ class RunWriter(_ArrowStreamWriter):
         self._flush_s = flush_s
         self._last_flush = time.monotonic()
         self.rows_written = 0
+        self.rows_lost = 0
+        self.error: OutputError | None = None
 
     def __call__(self, row: tuple) -> None:
+        if self.error is not None:
+            self.rows_lost += 1
+            return
         rows = self._rows
         rows.append(row)
         if len(rows) >= self._flush_rows or time.monotonic() - self._last_flush >= self._flush_s:
@@ -118,18 +186,52 @@ class RunWriter(_ArrowStreamWriter):
     append = __call__
 
     def flush(self) -> None:
-        """Write buffered rows as one record batch and push them to the OS."""
-        if self._rows:
-            columns = list(zip(*self._rows))
-            batch = pa.RecordBatch.from_arrays(
-                [pa.array(col, type=f.type) for col, f in zip(columns, RAW_ARROW_SCHEMA)],
-                schema=RAW_ARROW_SCHEMA,
-            )
-            self._writer.write_batch(batch)
-            self.rows_written += len(self._rows)
+        """Write buffered rows as one record batch and push them to the OS. Never raises: a failure to
+        write is kept in :attr:`error` (see the module docstring)."""
+        if self.error is not None:
+            return
+        rows = self._rows
+        try:
+            if rows:
+                batch = _batch(rows)
+                self._writer.write_batch(batch)
+                self.rows_written += len(rows)
+                self._rows = []
+            self._file.flush()
+        except OSError as exc:
+            self.rows_lost += len(rows)
             self._rows = []
-        self._file.flush()
+            self.error = OutputError(
+                f"cannot write {self.path}: {exc.strerror or exc} ({self.rows_written} rows written before "
+                "are kept and readable); free space or choose another out_dir"
+            )
         self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        """Flush and close the stream (idempotent); raises :attr:`error` if writing failed."""
+        if not self._file.closed:
+            self.flush()
+            try:
+                self._writer.close()
+                self._file.close()
+            except OSError as exc:
+                if self.error is None:
+                    self.error = OutputError(f"cannot write {self.path}: {exc.strerror or exc}")
+                with contextlib.suppress(OSError):
+                    self._file.close()
+        if self.error is not None:
+            raise self.error
+
+
+def _batch(rows: list[tuple]) -> pa.RecordBatch:
+    """One record batch of raw rows; rows that Arrow refuses are sanitized first (:func:`sanitize_row`)."""
+    try:
+        columns = list(zip(*rows))
+        arrays = [pa.array(col, type=f.type) for col, f in zip(columns, RAW_ARROW_SCHEMA)]
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        columns = list(zip(*(sanitize_row(r) for r in rows)))
+        arrays = [pa.array(col, type=f.type) for col, f in zip(columns, RAW_ARROW_SCHEMA)]
+    return pa.RecordBatch.from_arrays(arrays, schema=RAW_ARROW_SCHEMA)
 
 
 def _read_stream(path: Path) -> list[pa.RecordBatch]:
@@ -149,11 +251,18 @@ def _read_stream(path: Path) -> list[pa.RecordBatch]:
     return batches
 
 
-def read_raw_rows(directory: str | os.PathLike) -> pd.DataFrame:
-    """Read every complete raw row under ``directory`` (all ``requests*.arrow`` streams), with the
-    dtypes of :data:`agentperf_kit.schema.REQUEST_COLUMNS`. Works on the files of a killed run."""
+def _stream_paths(directory: Path, stem: str, names: tuple[str, ...] | None) -> list[Path]:
+    if names is not None:
+        return [directory / n for n in names if (directory / n).exists()]
+    return sorted(directory.glob(f"{stem}*.arrow"), key=lambda p: (len(p.name), p.name))
+
+
+def read_raw_rows(directory: str | os.PathLike, names: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Read every complete raw row under ``directory`` (all ``requests*.arrow`` streams, or only the files
+    ``names`` when given: what one run wrote), with the dtypes of
+    :data:`agentperf_kit.schema.REQUEST_COLUMNS`. Works on the files of a killed run."""
     directory = Path(directory)
-    paths = sorted(directory.glob("requests*.arrow"), key=lambda p: (len(p.name), p.name))
+    paths = _stream_paths(directory, "requests", names)
     batches = [b for p in paths for b in _read_stream(p)]
     table = pa.Table.from_batches(batches, schema=RAW_ARROW_SCHEMA)
     df = table.to_pandas()
@@ -242,9 +351,10 @@ class ChunkWriter(_ArrowStreamWriter):
         self._last_flush = time.monotonic()
 
 
-def read_chunk_rows(directory: str | os.PathLike) -> pd.DataFrame:
-    """Every complete chunk row of ``directory/chunks*.arrow`` (works on the files of a killed run)."""
+def read_chunk_rows(directory: str | os.PathLike, names: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Every complete chunk row of ``directory/chunks*.arrow`` (or of the files ``names`` only); works on
+    the files of a killed run."""
     directory = Path(directory)
-    paths = sorted(directory.glob("chunks*.arrow"), key=lambda p: (len(p.name), p.name))
+    paths = _stream_paths(directory, "chunks", names)
     batches = [b for p in paths for b in _read_stream(p)]
     return pa.Table.from_batches(batches, schema=CHUNKS_ARROW_SCHEMA).to_pandas()

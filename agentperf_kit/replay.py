@@ -31,7 +31,15 @@ from typing import Any
 import aiohttp
 
 from .agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
-from .client.http import Endpoint, calibrate_chat_filler, open_session, scrub, send_request
+from .client.http import (
+    Endpoint,
+    calibrate_chat_filler,
+    endpoint_secrets,
+    open_session,
+    scrub,
+    send_request,
+)
+from .errors import OutputError
 from .percentiles import percentile
 from .recorder import ChunkWriter, RunWriter
 from .results import RunResult, finalize_chunks, finalize_run, toolkit_provenance, write_manifest
@@ -139,7 +147,7 @@ async def run_live(
     ``power_scope = "measured"`` (docs/telemetry.md).
     """
     key = api_key or (os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None)
-    secrets = (key,) if key else ()
+    secrets = endpoint_secrets(endpoint, key)
     run_id = run_id or f"live-{uuid.uuid4().hex[:8]}"
     out_dir = out_dir or os.path.join("runs", run_id)
     writer = RunWriter(out_dir, flush_rows=256, flush_s=0.5)  # live: rows reach disk within 0.5 s
@@ -180,11 +188,13 @@ async def run_live(
     }
     limit = connection_limit or n_agents + 8
     headers = dict(endpoint.headers)
-    if key:
+    if key:  # one Authorization header: the key wins over a header of that name (any case)
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         headers["Authorization"] = f"Bearer {key}"
     lag: list[float] = []
     stop = asyncio.Event()
     in_flight: dict[int, RequestPlan] = {}
+    max_in_flight = 0  # requests sent and not yet ended, at most (never above N: each agent waits)
     origin_ns = time.perf_counter_ns()
     chunks = ChunkWriter(out_dir, origin_ns, run_id=run_id, level=level) if record_chunks else None
     manifest["clock"] = {"kind": "perf_counter_ns", "origin_ns": origin_ns, "origin_unix_s": time.time()}
@@ -233,7 +243,7 @@ async def run_live(
             await sampler.start()
 
         async def agent(plan: RequestPlan | None) -> None:
-            nonlocal errors
+            nonlocal errors, max_in_flight
             while plan is not None:
                 while (delay := plan.t_scheduled_s - now()) > 0:  # timers may wake a little early
                     await asyncio.sleep(delay)
@@ -241,6 +251,8 @@ async def run_live(
                     return
                 body = endpoint.body(plan)
                 in_flight[id(plan)] = plan
+                if len(in_flight) > max_in_flight:
+                    max_in_flight = len(in_flight)
                 fleet.on_send(plan, now())
                 log = None
                 if chunks is not None:
@@ -275,6 +287,8 @@ async def run_live(
         all_done = asyncio.gather(*tasks)
         while not all_done.done():
             await asyncio.wait({all_done}, timeout=0.2)
+            if writer.error is not None:  # rows cannot be written: end the level, say why at the end
+                fleet.abort(now(), str(writer.error))
             if not fleet.may_send(now()):
                 break
         if not all_done.done():
@@ -301,7 +315,13 @@ async def run_live(
             await sampler.stop()
     if bar is not None:
         bar.close()
-    writer.close()
+    try:
+        writer.close()
+    except OutputError:
+        if chunks is not None:
+            with contextlib.suppress(OSError):
+                chunks.close()
+        raise  # one line: what could not be written, how many rows were kept
     if chunks is not None:
         chunks.close()
         finalize_chunks(out_dir)
@@ -312,7 +332,13 @@ async def run_live(
     reasons = []
     if lag_p95 > lag_budget_s:
         reasons.append(f"event-loop lag P95 {lag_p95 * 1e3:.1f} ms > budget {lag_budget_s * 1e3:.1f} ms")
-    manifest.update({"window": window, "meets_aa_rules": window["meets_aa_rules"]})
+    manifest.update(
+        {
+            "window": window,
+            "meets_aa_rules": window["meets_aa_rules"],
+            "aborted_reason": window["aborted_reason"],
+        }
+    )
     if sampler is not None:
         manifest.update(_telemetry_manifest(sampler, window))
     result = finalize_run(out_dir, manifest)
@@ -340,6 +366,7 @@ async def run_live(
                 "budget_s": lag_budget_s,
                 "connection_limit": limit,
                 "connection_waits": len(conn_waits),
+                "max_in_flight": max_in_flight,
                 "body_reader": body_reader,
                 "gc_pauses": len(gc_pauses),
                 "gc_pause_max_s": max(gc_pauses, default=0.0),
@@ -358,6 +385,8 @@ async def run_live(
     write_manifest(out_dir, manifest)
     if reasons and progress:
         print("WARNING: client self-check failed, TTFT may be distorted: " + "; ".join(reasons))
+    if window["aborted_reason"] and progress:
+        print(f"level ended early: {window['aborted_reason']}")
     return RunResult(df, json_safe(manifest), result.directory)
 
 

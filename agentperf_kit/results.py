@@ -6,12 +6,18 @@ A run directory holds, while the run goes, ``requests.arrow`` (raw rows, see :mo
 manifest (with the window and validity). :func:`load_run` reads a finished run, or the raw rows of an
 interrupted one. With ``record_chunks``, :func:`finalize_chunks` writes ``chunks.parquet`` from the
 ``chunks.arrow`` stream and :func:`load_chunks` reads either.
+
+A run reads only the files it wrote (``requests.arrow``, ``chunks.arrow``), never whatever else matches a
+pattern in the directory, and :func:`prepare_run_dir` / :func:`check_sweep_dir` refuse an output
+directory that holds something else (:class:`~agentperf_kit.errors.OutputError`), so results are never
+overwritten or mixed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,16 +27,19 @@ import pandas as pd
 
 from ._version import __version__
 from .agents import add_run_columns
-from .recorder import read_chunk_rows, read_raw_rows
+from .errors import OutputError
+from .recorder import CHUNKS_PARTS_NAME, RAW_PARTS_NAME, read_chunk_rows, read_raw_rows
 from .schema import REQUEST_COLUMNS, SCHEMA_VERSION, check_schema_version, strict_json_dumps
 
 __all__ = [
     "RunResult",
+    "check_sweep_dir",
     "finalize_chunks",
     "finalize_frame",
     "finalize_run",
     "load_chunks",
     "load_run",
+    "prepare_run_dir",
     "toolkit_provenance",
     "write_manifest",
 ]
@@ -112,7 +121,7 @@ def finalize_run(
     """
     directory = Path(directory)
     if raw is None:
-        raw = read_raw_rows(directory)
+        raw = read_raw_rows(directory, names=(RAW_PARTS_NAME,))  # this run's rows only
     window = manifest.get("window", {})
     df = finalize_frame(
         raw, window.get("window_start_s", float("nan")), window.get("window_end_s", float("nan"))
@@ -140,7 +149,7 @@ def load_run(directory: str | os.PathLike) -> RunResult:
     start = window.get("window_start_s")
     end = window.get("window_end_s")
     df = finalize_frame(
-        read_raw_rows(directory),
+        read_raw_rows(directory, names=(RAW_PARTS_NAME,)),
         float("nan") if start is None else start,
         float("nan") if end is None else end,
     )
@@ -150,9 +159,11 @@ def load_run(directory: str | os.PathLike) -> RunResult:
 def finalize_chunks(directory: str | os.PathLike) -> Path | None:
     """``chunks.arrow`` -> ``chunks.parquet`` (atomic), sorted by request and chunk; None if no stream."""
     directory = Path(directory)
-    if not any(directory.glob("chunks*.arrow")):
+    if not (directory / CHUNKS_PARTS_NAME).exists():
         return None
-    df = read_chunk_rows(directory).sort_values(["agent", "phase_id", "turn", "chunk"], kind="stable")
+    df = read_chunk_rows(directory, names=(CHUNKS_PARTS_NAME,)).sort_values(
+        ["agent", "phase_id", "turn", "chunk"], kind="stable"
+    )
     tmp = directory / (CHUNKS_NAME + ".tmp")
     df.reset_index(drop=True).to_parquet(tmp, index=False)
     os.replace(tmp, directory / CHUNKS_NAME)
@@ -167,6 +178,104 @@ def load_chunks(directory: str | os.PathLike) -> pd.DataFrame:
     parquet = directory / CHUNKS_NAME
     if parquet.exists():
         return pd.read_parquet(parquet)
-    if not any(directory.glob("chunks*.arrow")):
+    if not (directory / CHUNKS_PARTS_NAME).exists():
         raise FileNotFoundError(f"{directory}: no {CHUNKS_NAME}; record it with run_live(record_chunks=True)")
-    return read_chunk_rows(directory)
+    return read_chunk_rows(directory, names=(CHUNKS_PARTS_NAME,))
+
+
+def _check_writable(directory: Path, what: str) -> None:
+    """``directory`` (or, when it does not exist yet, its nearest existing parent) is a writable directory."""
+    probe = directory
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"{what} {directory}: {probe} is not a directory; choose another output directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {directory}: {probe} is not writable; choose another output directory")
+
+
+def prepare_run_dir(directory: str | os.PathLike, *, overwrite: bool = False, create: bool = True) -> Path:
+    """Check (and with ``create`` make) the output directory of one run.
+
+    A run writes only into a directory that does not exist or is empty. With ``overwrite`` a previous
+    *run* directory (one holding an agentperf run's ``manifest.json``) is removed first; a directory
+    holding anything else is refused even then, so a typo cannot delete a user's files.
+
+    Raises:
+        OutputError: the directory is not empty (and not a replaceable run), is a file, or is not writable.
+    """
+    directory = Path(directory)
+    what = "output directory"
+    if directory.exists() and not directory.is_dir():
+        raise OutputError(f"{what} {directory} is a file; choose a directory")
+    entries = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+    if entries:
+        if not overwrite:
+            raise OutputError(
+                f"{what} {directory} is not empty ({', '.join(entries[:4])}"
+                f"{', ...' if len(entries) > 4 else ''}); results are never overwritten: choose a new "
+                "directory, or pass overwrite=True (--overwrite) to replace a previous run"
+            )
+        if not _is_run_dir(directory):
+            raise OutputError(
+                f"{what} {directory} holds files that are not an agentperf run (no run manifest.json); "
+                "refusing to replace it even with overwrite: choose a new directory"
+            )
+    _check_writable(directory, what)
+    if entries and create:
+        shutil.rmtree(directory)
+    if create:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{what} {directory}: cannot create it ({exc.strerror or exc})") from exc
+    return directory
+
+
+def _is_run_dir(directory: Path) -> bool:
+    try:
+        manifest = json.loads((directory / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and str(manifest.get("kind", "")).endswith("-run")
+
+
+#: what a sweep directory holds (``sweep.json`` first); anything else there means it is not only a sweep's
+SWEEP_ENTRIES = frozenset(
+    {"sweep.json", "levels", "levels.csv", "summary.json", "requests.parquet", "report.html"}
+)
+
+
+def check_sweep_dir(directory: str | os.PathLike) -> bool:
+    """Check the output directory of a sweep before anything is written; True when it holds a sweep
+    to resume (whose configuration the caller then compares).
+
+    A sweep writes into a directory that does not exist, is empty, or holds a sweep (``sweep.json``) and
+    nothing a sweep does not write (:data:`SWEEP_ENTRIES`, ``*.tmp``).
+
+    Raises:
+        OutputError: the directory holds other files, is a file, or is not writable.
+    """
+    directory = Path(directory)
+    what = "sweep output directory"
+    if directory.exists() and not directory.is_dir():
+        raise OutputError(f"{what} {directory} is a file; choose a directory")
+    _check_writable(directory, what)
+    entries = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+    if not entries:
+        return False
+    if "sweep.json" not in entries:
+        raise OutputError(
+            f"{what} {directory} is not empty and holds no sweep (no sweep.json: "
+            f"{', '.join(entries[:4])}{', ...' if len(entries) > 4 else ''}); a sweep resumes only its "
+            "own directory: choose a new one"
+        )
+    foreign = [e for e in entries if e not in SWEEP_ENTRIES and not e.endswith(".tmp")]
+    if foreign:
+        raise OutputError(
+            f"{what} {directory} holds files a sweep does not write ({', '.join(foreign[:4])}); refusing "
+            "to resume into it: move them, or choose a new directory"
+        )
+    return True

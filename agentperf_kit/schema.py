@@ -84,6 +84,14 @@ _COLUMNS: tuple[Column, ...] = (
     Column("http_status", "Int64", "", "HTTP status (NA when no response)"),
     Column("error", "string", "", "error class (see docs/schema.md), empty when ok"),
     Column("error_detail", "string", "", "error detail (body excerpt, message), secrets removed"),
+    Column("retry_after_s", "float64", "s", "the server's Retry-After (429), in seconds; NaN when absent"),
+    Column(
+        "usage_mismatch",
+        "bool",
+        "",
+        "the server's usage disagrees with what was asked or streamed (see note); speed uses n_chunks",
+    ),
+    Column("note", "string", "", "why a row's values are flagged or were recorded as invalid; '' when none"),
     # --- derived (metrics.derive_request_metrics)
     Column("ttft_s", "float64", "s", "t_first - t_send; +inf when no token arrived", derived=True),
     Column("ttfo_s", "float64", "s", "t_first_answer - t_send (time to first non-reasoning token)", True),

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .errors import ConfigError, UnknownNameError
 from .percentiles import percentile_ci_sorted, percentile_sorted, sorted_sample
 
 __all__ = [
@@ -59,15 +60,15 @@ class Tier:
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
-            raise ValueError(f"tier name must be identifier-safe (like 'slo1'), got {self.name!r}")
+            raise ConfigError(f"tier name must be identifier-safe (like 'slo1'), got {self.name!r}")
         if not self.min_output_speed_tps >= 0 or not self.max_ttft_s > 0:
-            raise ValueError(
+            raise ConfigError(
                 f"tier {self.name}: need min_output_speed_tps >= 0 and max_ttft_s > 0, got "
                 f"{self.min_output_speed_tps} and {self.max_ttft_s}"
             )
         for pname in ("speed_percentile", "ttft_percentile"):
             if not 0 <= getattr(self, pname) <= 100:
-                raise ValueError(f"tier {self.name}: {pname} must be in [0, 100]")
+                raise ConfigError(f"tier {self.name}: {pname} must be in [0, 100]")
 
     def as_dict(self) -> dict[str, Any]:
         """The tier as a JSON-ready dict."""
@@ -108,17 +109,24 @@ def tiers_from_spec(spec: str) -> TierPreset:
         name, _, rest = part.strip().partition("=")
         nums = rest.split("/")
         if not name or len(nums) not in (2, 4):
-            raise ValueError(
+            raise ConfigError(
                 f"bad tier spec {part.strip()!r}: expected NAME=SPEED/TTFT or "
                 "NAME=SPEED/TTFT/SPEED_PCT/TTFT_PCT, e.g. slo1=20/10"
             )
         try:
             vals = [float(v) for v in nums]
         except ValueError:
-            raise ValueError(f"bad tier spec {part.strip()!r}: numbers expected after '='") from None
+            raise ConfigError(f"bad tier spec {part.strip()!r}: numbers expected after '='") from None
         extra = {"speed_percentile": vals[2], "ttft_percentile": vals[3]} if len(vals) == 4 else {}
         label = f"{vals[0]:g} tok/s & {vals[1]:g} s"
         tiers.append(Tier(name, label, vals[0], vals[1], **extra))
+    names = [t.name for t in tiers]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(
+            f"tier spec {spec!r}: tier name(s) {', '.join(dupes)} given more than once; each tier needs "
+            "its own name (e.g. fast=100/2,slow=20/10)"
+        )
     return TierPreset(spec, "user-defined tiers", tuple(tiers), "user")
 
 
@@ -130,7 +138,7 @@ def get_tier_preset(name: str) -> TierPreset:
     try:
         return TIER_PRESETS[name]
     except KeyError:
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown tier preset {name!r}; known presets: {', '.join(tier_preset_names())}"
         ) from None
 

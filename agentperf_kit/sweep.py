@@ -34,7 +34,7 @@ import pandas as pd
 from ._version import __version__
 from .metrics import level_stats
 from .normalize import PowerSpec, agents_per_accelerator, agents_per_mw, provisioned_power_w
-from .results import RunResult, load_run, toolkit_provenance
+from .results import RunResult, check_sweep_dir, load_run, toolkit_provenance
 from .schema import SCHEMA_VERSION, check_schema_version, json_safe, strict_json_dumps
 from .slo import TierPreset, evaluate_level, get_tier_preset, max_agents
 from .sweep_config import SweepConfig, SweepConfigError
@@ -361,6 +361,7 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
     """Run (or resume) a sweep; writes ``requests.parquet``, ``levels.csv`` and ``summary.json``."""
     wall0 = time.perf_counter()
     out = Path(config.out) if config.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
+    check_sweep_dir(out)  # empty, new, or this tool's sweep (compared below); never a user's files
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "sweep.json"
     traj_digest = _file_digest(config.trajectories)
@@ -503,6 +504,9 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
         "wall_s": time.perf_counter() - wall0,
     }
     (out / "summary.json").write_text(strict_json_dumps(summary, indent=2) + "\n")
+    from .tasks import write_sweep_tasks
+
+    write_sweep_tasks(out)  # tasks.parquet, tasks.csv: task completion times and slowdown (docs/frontier.md)
     summary = json.loads(strict_json_dumps(summary))
     return SweepResult(levels, summary, None, out, tiers)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ class SweepConfig:
     metrics_url: str | None = None
     telemetry_interval_s: float = 1.0
     headers: tuple[str, ...] = ()
+    public_headers: tuple[str, ...] = ()
     extra_body: str | None = None
     request_timeout_s: float = 600.0
     stall_timeout_s: float = 120.0
@@ -68,50 +70,63 @@ class SweepConfig:
     out: str | None = None
 
     def __post_init__(self) -> None:
+        _check_types(self)
+        _check_ranges(self)
         for name in ("level_duration_s", "warmup_s", "max_level_duration_s", "confidence", "drain_timeout_s"):
             object.__setattr__(self, name, float(getattr(self, name)))  # 60 and 60.0 hash alike
         if self.power_w is not None:
             object.__setattr__(self, "power_w", float(self.power_w))
-        if self.max_agents < 1:
-            raise SweepConfigError(f"max_agents must be >= 1, got {self.max_agents}")
-        if self.resolution < 1:
-            raise SweepConfigError(f"resolution must be >= 1 agent, got {self.resolution}")
         if self.power_w is not None and self.power_scope is None:
-            raise SweepConfigError("--power-w needs --power-scope (measured, declared or provisioned)")
+            raise SweepConfigError(
+                f"power_w {self.power_w:g} needs power_scope (measured, declared or provisioned)"
+            )
         if self.power_scope is not None:
             PowerSpec(self.power_w, self.power_scope)  # validates the scope
             needs_type = self.power_scope == "provisioned" and self.power_w is None
             if needs_type and not self.accelerator_type and not self.is_sim:
-                raise SweepConfigError("--power-scope provisioned needs --accelerator-type")
+                raise SweepConfigError("power_scope 'provisioned' needs accelerator_type (e.g. H200)")
         if not self.is_sim and not self.model:
-            raise SweepConfigError(f"a live target ({self.target}) needs --model")
+            raise SweepConfigError(f"a live target ({self.target}) needs model (--model)")
         if not self.is_sim and not self.accelerators:
-            raise SweepConfigError(f"a live target ({self.target}) needs --accelerators N")
+            raise SweepConfigError(f"a live target ({self.target}) needs accelerators (--accelerators N)")
+        if self.is_sim:
+            from .sim.presets import get_deployment
+
+            get_deployment(self.deployment)  # an unknown sim:NAME is refused here, not mid-sweep
+        else:
+            from .client.preflight import check_base_url
+
+            check_base_url(self.target)
         get_tier_preset(self.tiers)
         self._check_telemetry()
         self._check_client()
 
     def _check_client(self) -> None:
-        from .client.http import parse_extra_body, parse_headers
+        from .client.http import parse_extra_body
+        from .credentials import merge_headers
 
-        headers = self.headers
-        if isinstance(headers, str):
-            headers = (headers,)
-        object.__setattr__(self, "headers", tuple(str(h) for h in headers or ()))
+        for name in ("headers", "public_headers"):
+            headers = getattr(self, name)
+            if isinstance(headers, str):
+                headers = (headers,)
+            object.__setattr__(self, name, tuple(str(h) for h in headers or ()))
         if isinstance(self.extra_body, dict):  # a TOML table
             object.__setattr__(self, "extra_body", json.dumps(self.extra_body, sort_keys=True))
         for name in ("request_timeout_s", "stall_timeout_s"):
             object.__setattr__(self, name, float(getattr(self, name)))
         try:
-            parse_headers(self.headers)
+            merge_headers(self.headers, self.public_headers)
             parse_extra_body(self.extra_body)
         except ValueError as exc:
             raise SweepConfigError(str(exc)) from None
 
     def endpoint_for(self) -> Any:
-        """The :class:`~agentperf_kit.client.http.Endpoint` of a live level."""
-        from .client.http import Endpoint, parse_extra_body, parse_headers
+        """The :class:`~agentperf_kit.client.http.Endpoint` of a live level (every header a secret except
+        ``public_headers``; an ``Authorization`` header yields to ``api_key_env``, with a warning)."""
+        from .client.http import Endpoint, parse_extra_body
+        from .credentials import dedupe_auth, merge_headers
 
+        headers, public = merge_headers(self.headers, self.public_headers)
         return Endpoint(
             self.target,
             str(self.model),
@@ -121,7 +136,8 @@ class SweepConfig:
             continuous_usage=self.continuous_usage,
             request_timeout_s=self.request_timeout_s,
             stall_timeout_s=self.stall_timeout_s,
-            headers=parse_headers(self.headers),
+            headers=dedupe_auth(headers, self.api_key_env),
+            public_header_names=public,
             extra_body=parse_extra_body(self.extra_body),
         )
 
@@ -193,10 +209,10 @@ class SweepConfig:
         for name, default in (_TELEMETRY_DEFAULTS | _CLIENT_DEFAULTS).items():
             if d[name] == default:  # at their defaults: left out, so older sweeps' hashes still match
                 d.pop(name)
-        if "headers" in d:  # credentials never reach a file (keys belong in api_key_env)
-            from .client.http import parse_headers, public_headers
+        if "headers" in d:  # header values are secrets: only their names reach a file or the hash
+            from .credentials import masked_header_lines
 
-            d["headers"] = [f"{k}: {v}" for k, v in public_headers(parse_headers(d["headers"])).items()]
+            d["headers"] = masked_header_lines(d["headers"])
         return d
 
     def config_hash(self) -> str:
@@ -217,6 +233,8 @@ class SweepConfig:
             raise SweepConfigError(f"{path}: cannot read the sweep config: {exc}") from exc
         data = data.get("sweep", data)
         known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict):
+            raise SweepConfigError(f"{path}: [sweep] must be a table, got {type(data).__name__}")
         unknown = sorted(set(data) - known)
         if unknown:
             raise SweepConfigError(
@@ -228,6 +246,7 @@ class SweepConfig:
 
 _CLIENT_DEFAULTS: dict[str, Any] = {
     "headers": (),
+    "public_headers": (),
     "extra_body": None,
     "request_timeout_s": 600.0,
     "stall_timeout_s": 120.0,
@@ -242,3 +261,84 @@ _TELEMETRY_DEFAULTS: dict[str, Any] = {
     "metrics_url": None,
     "telemetry_interval_s": 1.0,
 }
+
+
+# -- type and range checks (run before anything else, so --dry-run refuses what a run would) ------------
+
+
+def _check_types(cfg: SweepConfig) -> None:
+    """Every field has the type its annotation names (a TOML value of another type is refused by name)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        ann = str(f.type)
+        if value is None:
+            if "None" in ann:
+                continue
+            raise SweepConfigError(f"{f.name} must be set (got nothing); see docs/sweep.md")
+        base = ann.replace(" | None", "").strip()
+        if base == "bool":
+            ok, want = isinstance(value, bool), "true or false"
+        elif base == "int":
+            ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif base == "float":
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            want = "a finite number"
+        elif f.name == "gpu_indices":
+            ok = isinstance(value, str) or (
+                isinstance(value, list | tuple)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            )
+            want = "a list of integers or a string like '0,1'"
+        elif base == "str":
+            ok, want = isinstance(value, str), "a string"
+        elif base.startswith("tuple"):
+            items = (value,) if isinstance(value, str) else value
+            ok = isinstance(items, list | tuple) and all(isinstance(v, str) for v in items)
+            want = "a list of 'Name: value' strings"
+        elif f.name == "extra_body":
+            ok, want = isinstance(value, str | dict), "a JSON object (a TOML table, or a JSON string)"
+        else:  # pragma: no cover - a new field type: teach this function about it
+            continue
+        if not ok:
+            raise SweepConfigError(f"{f.name} must be {want}, got {value!r} ({type(value).__name__})")
+
+
+# (name, lowest allowed, whether the lowest value itself is allowed)
+_RANGES: tuple[tuple[str, float, bool], ...] = (
+    ("level_duration_s", 0.0, False),
+    ("warmup_s", 0.0, True),
+    ("min_trajectories", 0, True),
+    ("min_trajectories_per_agent", 0, True),
+    ("max_level_duration_s", 0.0, False),
+    ("drain_timeout_s", 0.0, True),
+    ("max_agents", 1, True),
+    ("resolution", 1, True),
+    ("seed", 0, True),
+    ("max_extensions", 0, True),
+    ("accelerators", 1, True),
+    ("power_w", 0.0, False),
+    ("max_context", 1, True),
+    ("request_timeout_s", 0.0, False),
+    ("stall_timeout_s", 0.0, False),
+    ("telemetry_interval_s", 0.0, False),
+)
+
+
+def _check_ranges(cfg: SweepConfig) -> None:
+    for name, lo, inclusive in _RANGES:
+        v = getattr(cfg, name)
+        if v is None:
+            continue
+        if v < lo or (v == lo and not inclusive):
+            raise SweepConfigError(f"{name} must be {'>=' if inclusive else '>'} {lo:g}, got {v!r}")
+    if not 0 < cfg.confidence < 1:
+        raise SweepConfigError(f"confidence must be in (0, 1), got {cfg.confidence!r}")
+    if cfg.efficiency not in ("low", "mid", "high"):
+        raise SweepConfigError(f"efficiency must be low, mid or high, got {cfg.efficiency!r}")
+    if cfg.endpoint not in ("chat", "completions"):
+        raise SweepConfigError(f"endpoint must be chat or completions, got {cfg.endpoint!r}")
+    scopes = ("measured", "declared", "modelled", "provisioned")
+    if cfg.power_scope is not None and cfg.power_scope not in scopes:
+        raise SweepConfigError(f"power_scope must be one of {', '.join(scopes)}, got {cfg.power_scope!r}")
+    if not cfg.target.strip():
+        raise SweepConfigError("target must be sim, sim:PRESET or a URL, got an empty string")

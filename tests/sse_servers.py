@@ -24,12 +24,33 @@ Dialects (from each server's documented behaviour, see ../shared/real-servers/RE
 Faults: ``http500``, ``http429``, ``cut`` (connection closed mid-stream), ``stall`` (stops sending),
 ``malformed`` (a non-JSON data line), ``stream_error`` (an error object in the stream), ``empty`` (no
 visible token), ``no_done`` (ends after the last token without finish_reason or [DONE]).
+
+Fault injection for the trust tests (a fault-injecting OpenAI-compatible server):
+- before any response: ``no_headers`` (never answers), ``reset`` (closes the connection before the
+  status line), ``http404`` (unknown model), ``http500_echo`` (a 500 whose body echoes the request's
+  headers, as some proxies do);
+- wrong body: ``json200`` (200 ``application/json``), ``html200`` (200 ``text/html``);
+- no visible token ever: ``keepalive`` (only ``: keep-alive`` comments), ``drip`` (one byte every
+  ``drip_s`` of a data line that never ends), ``empty_events`` (empty-content events forever);
+- after half the tokens: ``keepalive_stall`` (comments only from then on);
+- lying usage: ``usage_10x`` (completion_tokens 10 times the tokens streamed), ``usage_cached`` (cached
+  above the prompt), ``usage_negative``, ``usage_huge`` (2**70), ``finish_object`` (an object as the
+  final finish_reason).
+
+``fault`` may be a list: request i (in arrival order) gets ``fault[i % len(fault)]`` (None: a clean
+stream). ``script(i, body)``, when given, returns the raw body bytes of request i's 200 SSE response
+(any bytes: the fuzz tests), sent in one write before the connection is closed.
+
+``in_flight``/``max_in_flight`` count requests whose handler runs and whose client is still connected
+(the handler is cancelled when the client goes: ``handler_cancellation``); ``requests`` counts every
+request the completion routes received (streamed or not, any fault).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -45,11 +66,16 @@ class SSEServer:
         cached_tokens: bool = True,
         chat_tokens_per_word: float = 1.0,
         chat_overhead_tokens: int = 0,
+        script: Callable[[int, dict], bytes] | None = None,
+        drip_s: float = 0.05,
     ) -> None:
         self.dialect = dialect
         self.ttft_s = ttft_s
         self.itl_s = itl_s
         self.fault = fault
+        self.script = script
+        self.drip_s = drip_s
+        self.requests = 0
         self.tokens_per_chunk = 3 if dialect == "sglang" and tokens_per_chunk == 1 else tokens_per_chunk
         self.cached_tokens = cached_tokens
         # a chat "tokenizer": this many tokens per whitespace-separated word, plus a template overhead
@@ -73,7 +99,7 @@ class SSEServer:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._stream)
         app.router.add_post("/v1/completions", self._stream)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0, backlog=4096)
         await site.start()
@@ -116,26 +142,70 @@ class SSEServer:
         return web.json_response({"id": "x", "choices": [{"index": 0, "message": msg}], "usage": usage})
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
         body = await request.json()
         if not body.get("stream"):  # kept apart from ``bodies``: those are the streamed requests
             self.probes.append(body)
             return self._usage_only(body)
+        i = len(self.bodies)
         self.bodies.append(body)
         self.headers.append(dict(request.headers))
-        if self.fault == "http500":
-            return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
-        if self.fault == "http429":
-            return web.json_response(
-                {"error": {"message": "slow down"}}, status=429, headers={"Retry-After": "7"}
-            )
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            return await self._sse(request, body)
+            fault = self.fault[i % len(self.fault)] if isinstance(self.fault, list) else self.fault
+            return await self._respond(request, body, i, fault)
         finally:
             self.in_flight -= 1
 
-    async def _sse(self, request: web.Request, body: dict) -> web.StreamResponse:
+    async def _respond(
+        self, request: web.Request, body: dict, i: int, fault: str | None
+    ) -> web.StreamResponse:
+        if fault == "http500":
+            return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
+        if fault == "http500_echo":
+            return web.json_response(
+                {"error": {"message": f"bad request, headers {dict(request.headers)}"}}, status=500
+            )
+        if fault == "http429":
+            return web.json_response(
+                {"error": {"message": "slow down"}}, status=429, headers={"Retry-After": "7"}
+            )
+        if fault == "http404":
+            msg = f"The model `{body.get('model')}` does not exist."
+            return web.json_response({"error": {"message": msg, "code": 404}}, status=404)
+        if fault == "no_headers":
+            await asyncio.sleep(3600)
+        if fault == "reset":
+            request.transport.close()
+            await asyncio.sleep(3600)
+        if fault == "json200":
+            return web.json_response({"id": "x", "choices": [{"message": {"content": "hi"}}]})
+        if fault == "html200":
+            return web.Response(text="<html><body>login</body></html>", content_type="text/html")
+        if self.script is not None:
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            await resp.write(self.script(i, body))
+            await resp.write_eof()
+            return resp
+        if fault in ("keepalive", "drip", "empty_events"):
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            line = b'data: {"choices":[{"index":0,"delta":{"content":"never ends'
+            k = 0
+            while True:
+                if fault == "keepalive":
+                    await resp.write(b": keep-alive\n\n")
+                elif fault == "drip":
+                    await resp.write(line[k % len(line) : k % len(line) + 1])
+                    k += 1
+                else:
+                    await resp.write(b'data: {"choices":[{"index":0,"delta":{"content":""}}]}\n\n')
+                await asyncio.sleep(self.drip_s)
+        return await self._sse(request, body, fault)
+
+    async def _sse(self, request: web.Request, body: dict, fault: str | None) -> web.StreamResponse:
         chat = "messages" in body
         n = int(body["max_tokens"])
         prompt_tokens, cached = self._prompt_tokens(body)
@@ -199,7 +269,7 @@ class SSEServer:
                 chunk(delta={"role": "assistant", "content": None if self.dialect == "llamacpp" else ""})
             )
         await asyncio.sleep(self.ttft_s)
-        if self.fault == "empty":
+        if fault == "empty":
             await send(chunk(delta={"content": ""}, text="", finish="length"))
             await send(chunk(usage={**usage, "completion_tokens": 0}, choices=False))
             await send(b"[DONE]")
@@ -209,15 +279,19 @@ class SSEServer:
             k = min(self.tokens_per_chunk, n - sent)
             sent += k
             last = sent == n
-            if self.fault == "cut" and sent > n // 2:
+            if fault == "cut" and sent > n // 2:
                 request.transport.close()
                 return resp
-            if self.fault == "stall" and sent > n // 2:
+            if fault == "stall" and sent > n // 2:
                 await asyncio.sleep(3600)
-            if self.fault == "malformed" and sent > n // 2:
+            if fault == "keepalive_stall" and sent > n // 2:
+                while True:
+                    await resp.write(b": keep-alive" + eol + eol)
+                    await asyncio.sleep(self.drip_s)
+            if fault == "malformed" and sent > n // 2:
                 await resp.write(b"data: {not json" + eol + eol)
                 return resp
-            if self.fault == "stream_error" and sent > n // 2:
+            if fault == "stream_error" and sent > n // 2:
                 if trt:
                     await send(
                         {
@@ -232,9 +306,7 @@ class SSEServer:
                     await send({"error": {"message": "engine died", "code": 500}})
                 return resp
             piece = " tok" * k
-            finish = (
-                "length" if last and self.dialect not in ("llamacpp",) and self.fault != "no_done" else None
-            )
+            finish = "length" if last and self.dialect not in ("llamacpp",) and fault != "no_done" else None
             if self.dialect == "reasoning" and sent <= n // 2:
                 delta = {"reasoning_content": piece, "reasoning": piece}
             elif self.dialect == "toolcall":
@@ -252,8 +324,18 @@ class SSEServer:
                 await resp.write(b": keep-alive" + eol + eol)
             if not last:
                 await asyncio.sleep(self.itl_s)
-        if self.fault == "no_done":
+        if fault == "no_done":
             return resp
+        lie = {
+            "usage_10x": {"completion_tokens": 10 * n},
+            "usage_cached": {"prompt_tokens_details": {"cached_tokens": prompt_tokens + 5}},
+            "usage_negative": {"prompt_tokens": -3},
+            "usage_huge": {"completion_tokens": 2**70},
+        }.get(fault)
+        if lie:
+            usage = {**usage, **lie}
+        if fault == "finish_object":
+            await send(chunk(delta={}, text="", finish={"reason": "length", "n": [1, 2]}))
         if self.dialect == "llamacpp":
             await send(chunk(delta={}, text="", finish="length", usage=usage))
         else:

@@ -49,6 +49,9 @@ def _row(i: int, ok: bool = True) -> tuple:
         200,
         "" if ok else "http_error",
         "",
+        math.nan,
+        False,
+        "",
     )
 
 

@@ -7,6 +7,8 @@ import dataclasses
 import math
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agentperf_kit.agents import RunRules
 from agentperf_kit.metrics import level_stats
@@ -232,3 +234,112 @@ def test_serve_sim_refuses_disaggregated_presets():
 
     with pytest.raises(ValueError, match="disaggregated"):
         SimServer("h200x16-dsv4pro-pd")
+
+
+# -- conservation: every submitted request ends finished, rejected or cancelled -------------------------
+
+
+@pytest.mark.parametrize("how", ["prefix_cache", "kv_ready"])
+def test_fully_cached_request_behind_a_budget_filling_chunk_is_not_lost(how):
+    """Regression (issue 12 item 2): a request admitted with nothing to prefill, queued behind a prefill
+    chunk that takes the whole step budget, was dropped from the prefilling list when that chunk completed
+    in the same step, and was never answered."""
+    from agentperf_kit.sim.engine import SimRequest
+
+    dep = dataclasses.replace(get_deployment("h200x8-dsv4pro"), max_num_batched_tokens=4096)
+    done: dict[str, float] = {}
+    eng = Engine(dep, efficiency("mid"), lambda r, t: done.__setitem__(r.key, t), lambda *a: None)
+    if how == "prefix_cache":  # phase 7's first turn leaves its 1,600-token prompt in the prefix cache
+        eng.submit(SimRequest("first", 7, 1600, 0, 2, 0.0))
+        while eng.has_work:
+            eng.advance(math.inf)
+        t0 = eng.now
+        cached = SimRequest("cached", 7, 1600, 1600, 5, t0)  # the whole prompt repeats: 100 % hit
+    else:  # a decode pool's request: its KV arrived from the prefill pool
+        t0 = 0.0
+        cached = SimRequest("cached", 7, 1600, 0, 5, t0, kv_ready=True)
+    eng.submit(SimRequest("big", 8, 4096, 0, 3, t0))  # one chunk fills the whole budget
+    eng.submit(cached)
+    while eng.has_work:
+        eng.advance(math.inf)
+    assert {"big", "cached"} <= set(done)
+    assert eng.submitted == eng.finished_count + eng.rejected_count + eng.cancelled_count
+
+
+def _shrink(dep, cap, budget, seqs):
+    out = dataclasses.replace(dep, kv_capacity_tokens=cap, max_num_batched_tokens=budget, max_num_seqs=seqs)
+    if dep.disaggregated:
+        out = dataclasses.replace(
+            out,
+            prefill_pool=_shrink(dep.prefill_pool, cap, budget, seqs),
+            decode_pool=_shrink(dep.decode_pool, cap, budget, seqs),
+        )
+    return out
+
+
+_TURN = st.tuples(
+    st.sampled_from([0, 16, 512, 1600, 4096]),  # prompt growth over the phase's previous prompt (0: full hit)
+    st.integers(1, 40),  # output tokens
+    st.sampled_from([0.0, 0.01, 0.1, 1.0]),  # tool delay before this turn, s
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    preset=st.sampled_from(["h200x8-dsv4pro", "h200x16-dsv4pro-pd", "h200x8-dsv3", "b200x8-dsv3"]),
+    policy=st.sampled_from(["preempt", "reserve"]),
+    cap=st.sampled_from([6000, 20_000, 10**7]),
+    budget=st.sampled_from([512, 4096, 8192]),
+    seqs=st.sampled_from([2, 8, 256]),
+    phases=st.lists(
+        st.tuples(st.sampled_from([0.0, 0.05, 0.5]), st.lists(_TURN, min_size=1, max_size=5)),
+        min_size=1,
+        max_size=8,
+    ),
+    horizon=st.floats(0.5, 30.0),
+)
+def test_conservation_under_random_workloads(preset, policy, cap, budget, seqs, phases, horizon):
+    """Every submitted request ends finished, rejected or cancelled, whatever the workload (prompt sizes,
+    full and partial prefix-cache hits, tool delays, bursts of arrivals), KV policy and preset, P/D
+    included. Each phase is a closed-loop agent: its next turn is sent a tool delay after the last ends."""
+    from agentperf_kit.sim.disagg import make_engine
+    from agentperf_kit.sim.engine import SimRequest
+
+    dep = _shrink(get_deployment(preset), cap, budget, seqs)
+    outcome: dict[tuple[int, int], str] = {}
+    prompt_of = dict.fromkeys(range(len(phases)), 0)
+    pending: list[tuple[float, int, int]] = [(t0, ph, 0) for ph, (t0, _) in enumerate(phases)]
+
+    def on_finish(req, t):
+        assert outcome[req.key] == "sent"
+        outcome[req.key] = "finished"
+        ph, turn = req.key
+        if turn + 1 < len(phases[ph][1]):
+            pending.append((t + phases[ph][1][turn + 1][2], ph, turn + 1))
+
+    def on_reject(req, t, detail):
+        assert outcome[req.key] == "sent"
+        outcome[req.key] = "rejected"
+
+    eng = make_engine(dep, efficiency("mid"), on_finish, on_reject, kv_policy=policy)
+    while True:
+        pending.sort()
+        t_next = pending[0][0] if pending else math.inf
+        if eng.has_work and eng.now < min(t_next, horizon):
+            eng.advance(min(t_next, horizon))
+            continue
+        if not pending or t_next > horizon:
+            break
+        t, ph, turn = pending.pop(0)
+        if not eng.has_work:
+            eng.now = max(eng.now, t)
+        grow, output, _ = phases[ph][1][turn]
+        prefix = prompt_of[ph]
+        prompt_of[ph] = max(16, prefix + grow)
+        outcome[(ph, turn)] = "sent"
+        eng.submit(SimRequest((ph, turn), ph, prompt_of[ph], prefix, output, max(t, eng.now)))
+    for req in eng.cancel_all():  # raises SimulatorInvariantError on a lost request
+        assert outcome[req.key] == "sent"
+        outcome[req.key] = "cancelled"
+    assert set(outcome.values()) <= {"finished", "rejected", "cancelled"}
+    assert eng.submitted == len(outcome)

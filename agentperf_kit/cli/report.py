@@ -24,5 +24,9 @@ def _report(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(res.summary))
+    from ..tasks import format_task_table, load_sweep_tasks
+
+    print("\ntask completion (trajectory instances ending in the steady window; docs/frontier.md):")
+    print(format_task_table(load_sweep_tasks(args.directory)))
     print(f"\nreport: {write_html_report(args.directory, args.html)}")
     return 0

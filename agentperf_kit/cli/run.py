@@ -1,33 +1,54 @@
-"""``agentperf run``: one level (N agents) against a URL or the simulated system."""
+"""``agentperf run``: one level (N agents) against a URL or the simulated system.
+
+Everything is checked before anything runs or is written (flags, trajectories, the output directory, the
+API key variable, then a preflight of a live target); see docs/cli.md for the exit codes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from ._common import count, nonneg_float, positive_float, positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run one level of N agents against a URL or the simulated system")
+    p = sub.add_parser(
+        "run",
+        help="run one level of N agents against a URL or the simulated system",
+        epilog="exit codes: 0 measured; 2 bad usage, bad input or failed preflight; 3 not validly "
+        "measured (no successful request in the window, or the client self-check failed); 130 "
+        "interrupted (docs/cli.md)",
+    )
     p.add_argument("--target", default="sim", help="URL like http://127.0.0.1:8000/v1, or sim / sim:PRESET")
     p.add_argument("--model", help="model name (required for a URL)")
-    p.add_argument("--concurrency", "-n", type=int, required=True, help="N agents alive at once")
-    p.add_argument("--duration", type=float, default=600.0, help="minimum steady window, s (default 600)")
-    p.add_argument("--warmup", type=float, default=60.0, help="warm-up after all agents are active, s")
+    p.add_argument("--concurrency", "-n", type=positive_int, required=True, help="N agents alive at once")
     p.add_argument(
-        "--min-trajectories", type=int, default=30, help="trajectories the window must hold (AA: 30)"
+        "--duration", type=positive_float, default=600.0, help="minimum steady window, s (default 600)"
     )
-    p.add_argument("--min-trajectories-per-agent", type=int, default=3, help="per agent (AA: 3)")
-    p.add_argument("--max-duration", type=float, default=4 * 3600.0, help="cap on the steady window, s")
-    p.add_argument("--drain-timeout", type=float, default=120.0, help="drain after the window, s")
+    p.add_argument("--warmup", type=nonneg_float, default=60.0, help="warm-up after all agents are active, s")
+    p.add_argument(
+        "--min-trajectories", type=count, default=30, help="trajectories the window must hold (AA: 30)"
+    )
+    p.add_argument("--min-trajectories-per-agent", type=count, default=3, help="per agent (AA: 3)")
+    p.add_argument(
+        "--max-duration", type=positive_float, default=4 * 3600.0, help="cap on the steady window, s"
+    )
+    p.add_argument("--drain-timeout", type=nonneg_float, default=120.0, help="drain after the window, s")
     p.add_argument(
         "--ramp",
-        type=float,
+        type=nonneg_float,
         help="spread the agents' first requests over this long, s (default min(0.25 N, 30))",
     )
     p.add_argument("--trajectories", help="trajectory file (default: the built-in synthetic set)")
-    p.add_argument("--max-context", type=int, help="scale the trajectories to fit this context (tokens)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-context", type=positive_int, help="scale the trajectories to fit this context (tokens)"
+    )
+    p.add_argument("--out", required=True, help="output directory (new or empty; see --overwrite)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the previous run in --out (only a run directory)"
+    )
+    p.add_argument("--seed", type=count, default=0)
     p.add_argument("--api-key-env", help="environment variable holding the API key (never written)")
     p.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
     p.add_argument("--no-force-output", action="store_true", help="do not send ignore_eos/min_tokens")
@@ -36,12 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="ask for usage in every chunk (vLLM's continuous_usage_stats): exact tokens per chunk",
     )
-    p.add_argument(
-        "--header",
-        action="append",
-        metavar="'NAME: VALUE'",
-        help="extra request header (repeatable); keys go in --api-key-env, not here",
-    )
+    add_header_flags(p)
     p.add_argument("--extra-body", metavar="JSON", help="JSON object merged into every request body")
     p.add_argument(
         "--on-error",
@@ -49,8 +65,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="continue",
         help="after a failed request: the agent's next turn (default) or its next trajectory",
     )
-    p.add_argument("--request-timeout", type=float, default=600.0)
-    p.add_argument("--stall-timeout", type=float, default=120.0)
+    p.add_argument("--request-timeout", type=positive_float, default=600.0, help="whole-request limit, s")
+    p.add_argument(
+        "--stall-timeout", type=positive_float, default=120.0, help="limit on silence mid-stream, s"
+    )
+    p.add_argument(
+        "--no-preflight", action="store_true", help="skip the check of a live target before the agents start"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--record-chunks",
@@ -63,17 +84,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
+def add_header_flags(p: argparse.ArgumentParser) -> None:
+    """``--header`` (secret values) and ``--public-header`` (recorded as given); docs/cli.md."""
+    p.add_argument(
+        "--header",
+        action="append",
+        metavar="'NAME: VALUE'",
+        help="extra request header (repeatable); its value is a secret: sent, never written (manifests "
+        "show NAME: ***)",
+    )
+    p.add_argument(
+        "--public-header",
+        action="append",
+        metavar="'NAME: VALUE'",
+        help="extra request header whose value is not a secret: recorded in the manifest as given",
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     from ..agents import RunRules
+    from ..errors import ConfigError, MeasurementError
     from ..metrics import level_stats
-    from ..trajectories import TrajectoryFormatError, default_trajectories, load_trajectories
+    from ..results import prepare_run_dir
+    from ._common import load_trajectory_set
 
+    # 1. everything the user gave, checked before anything runs or is written
+    live = not (args.target == "sim" or args.target.startswith("sim:"))
+    endpoint = telemetry = None
+    if live:
+        endpoint, telemetry = _live_setup(args)
+    else:
+        from ..sim.presets import DEFAULT_DEPLOYMENT, get_deployment
+
+        dep = args.target.split(":", 1)[1] if ":" in args.target else DEFAULT_DEPLOYMENT
+        get_deployment(dep)
+    trajs = load_trajectory_set(args.trajectories, args.max_context)
     try:
-        trajs = load_trajectories(args.trajectories) if args.trajectories else default_trajectories()
-        if args.max_context:
-            from ..trajectories import fit_context
-
-            trajs = fit_context(trajs, args.max_context)
         rules = RunRules(
             warmup_s=args.warmup,
             duration_s=args.duration,
@@ -84,59 +130,31 @@ def _run(args: argparse.Namespace) -> int:
             ramp_s=args.ramp,
             on_error=args.on_error,
         )
-    except (TrajectoryFormatError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.target == "sim" or args.target.startswith("sim:"):
-        from ..sim.presets import DEFAULT_DEPLOYMENT
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    prepare_run_dir(args.out, overwrite=args.overwrite, create=False)
+
+    # 2. a live target must answer before any agent starts
+    if live and not args.no_preflight:
+        from ..client.preflight import preflight_sync
+        from ..credentials import api_key_from_env
+
+        key = api_key_from_env(args.api_key_env)
+        preflight_sync(endpoint, key, timeout_s=min(args.request_timeout, 60.0))
+        print(f"preflight: {endpoint.base_url} answered for model {endpoint.model}", file=sys.stderr)
+
+    # 3. the run
+    _print_expected_window(trajs, args.concurrency, rules, sim=not live)
+    prepare_run_dir(args.out, overwrite=args.overwrite)
+    if not live:
         from ..sim.virtual import run_sim_level
 
-        dep = args.target.split(":", 1)[1] if ":" in args.target else DEFAULT_DEPLOYMENT
-        try:
-            res = run_sim_level(
-                trajs, args.concurrency, rules, deployment=dep, seed=args.seed, out_dir=args.out
-            )
-        except KeyError as exc:
-            print(f"error: {exc.args[0]}", file=sys.stderr)
-            return 2
+        res = run_sim_level(trajs, args.concurrency, rules, deployment=dep, seed=args.seed, out_dir=args.out)
     else:
-        if not args.model:
-            print("error: a URL target needs --model", file=sys.stderr)
-            return 2
-        from ..client.http import parse_extra_body, parse_headers
-        from ..replay import Endpoint, run_live_sync
+        from ..replay import run_live_sync
 
-        try:
-            ep = Endpoint(
-                args.target,
-                args.model,
-                api=args.endpoint,
-                api_key_env=args.api_key_env,
-                force_output_fields=not args.no_force_output,
-                continuous_usage=args.continuous_usage,
-                request_timeout_s=args.request_timeout,
-                stall_timeout_s=args.stall_timeout,
-                headers=parse_headers(args.header),
-                extra_body=parse_extra_body(args.extra_body),
-            )
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        from ..telemetry import TelemetryConfig, parse_gpu_indices
-
-        try:
-            telemetry = TelemetryConfig(
-                interval_s=args.telemetry_interval,
-                scrape_metrics=args.scrape_metrics,
-                metrics_url=args.metrics_url,
-                power=args.power_source,
-                gpu_indices=parse_gpu_indices(args.gpu_indices),
-            )
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
         res = run_live_sync(
-            ep,
+            endpoint,
             trajs,
             args.concurrency,
             rules,
@@ -180,8 +198,89 @@ def _run(args: argparse.Namespace) -> int:
             print(f"telemetry note: {note}")
     if res.manifest.get("client_ok") is False:
         print("client self-check FAILED: " + "; ".join(res.manifest["client_check"]["reasons"]))
-    print(f"results: {args.out}/ (requests.parquet, manifest.json)")
+    print(f"results: {args.out}/ (requests.parquet, manifest.json)", flush=True)
+    why = not_measured_reason(res, s)
+    if why:
+        raise MeasurementError(f"the run could not be measured validly: {why} (results kept in {args.out})")
     return 0
+
+
+def not_measured_reason(res, stats: dict) -> str | None:
+    """Why a finished run is not a valid measurement (exit 3), or None: no request in the window, no
+    successful one, or a failed client self-check (its TTFTs would include the client's own delays)."""
+    if stats["n_requests"] == 0:
+        return "no request was sent inside the steady window"
+    if stats["n_ok"] == 0:
+        df = res.requests
+        errs = df.loc[df["in_window"] & ~df["ok"], "error"].value_counts()
+        top = ", ".join(f"{k} x{v}" for k, v in errs.head(3).items())
+        return f"every one of the {stats['n_requests']:,} requests in the window failed ({top})"
+    if res.manifest.get("client_ok") is False:
+        return "the client self-check failed (" + "; ".join(res.manifest["client_check"]["reasons"]) + ")"
+    return None
+
+
+def _live_setup(args: argparse.Namespace):
+    """The endpoint and telemetry of a live run, from the flags (ConfigError/TargetError when wrong)."""
+    from ..client.http import Endpoint, parse_extra_body
+    from ..client.preflight import check_base_url
+    from ..credentials import api_key_from_env, dedupe_auth, merge_headers
+    from ..errors import ConfigError
+    from ..telemetry import TelemetryConfig, parse_gpu_indices
+
+    check_base_url(args.target)
+    if not args.model:
+        raise ConfigError(f"a URL target ({args.target}) needs --model")
+    api_key_from_env(args.api_key_env)  # set and not empty
+    headers, public = merge_headers(args.header, args.public_header)
+    try:
+        extra_body = parse_extra_body(args.extra_body)
+        if not args.telemetry_interval > 0:
+            raise ValueError(f"--telemetry-interval must be > 0 s, got {args.telemetry_interval}")
+        endpoint = Endpoint(
+            args.target,
+            args.model,
+            api=args.endpoint,
+            api_key_env=args.api_key_env,
+            force_output_fields=not args.no_force_output,
+            continuous_usage=args.continuous_usage,
+            request_timeout_s=args.request_timeout,
+            stall_timeout_s=args.stall_timeout,
+            headers=dedupe_auth(headers, args.api_key_env),
+            public_header_names=public,
+            extra_body=extra_body,
+        )
+        telemetry = TelemetryConfig(
+            interval_s=args.telemetry_interval,
+            scrape_metrics=args.scrape_metrics,
+            metrics_url=args.metrics_url,
+            power=args.power_source,
+            gpu_indices=parse_gpu_indices(args.gpu_indices),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return endpoint, telemetry
+
+
+def _print_expected_window(trajs, n: int, rules, *, sim: bool) -> None:
+    """The window the run expects (the trajectory rules can stretch ``--duration``), and a warning when
+    that is more than twice ``--duration``."""
+    from ..slo import get_tier_preset
+    from ..sweep_config import SweepConfig
+    from ..window_estimate import expected_window
+
+    loosest = min(get_tier_preset(SweepConfig.tiers).tiers, key=lambda t: t.min_output_speed_tps)
+    est = expected_window(trajs, n, rules, speed_tps=loosest.min_output_speed_tps, ttft_s=loosest.max_ttft_s)
+    where = " (virtual time: the simulator takes seconds of wall time)" if sim else ""
+    text = est.describe(per_agent_flag="--min-trajectories-per-agent", total_flag="--min-trajectories")
+    print(f"plan: warm-up {rules.warmup_s:g} s, then {text}{where}", file=sys.stderr, flush=True)
+    if est.stretched:
+        print(
+            f"warning: the steady window will last about {est.window_s / rules.duration_s:.0f}x --duration "
+            f"({est.stretched_by} rule); see the plan line above",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _f(v, fmt: str = "{:.1f}") -> str:

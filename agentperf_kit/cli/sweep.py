@@ -1,51 +1,77 @@
-"""``agentperf sweep``: the main job."""
+"""``agentperf sweep``: the main job.
+
+Everything is checked before anything runs or is written, ``--dry-run`` included (the configuration's
+types and ranges, the trajectory file, the output directory, the API key variable); a live target is then
+preflighted before the first level (``--no-preflight`` skips it). Exit codes: docs/cli.md.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from ._common import count, positive_float, positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..sim.presets import list_deployments
+    from ..slo import tier_preset_names
+
     p = sub.add_parser(
         "sweep",
         help="find the max concurrent agents per SLO tier (default: the simulated h200x8-dsv4pro)",
         description="Exponential ramp + bisection over the agent count; all tiers judged on the same levels.",
+        epilog=f"simulated deployments (--target sim:NAME): {', '.join(list_deployments())}. Tier presets "
+        f"(--tiers): {', '.join(tier_preset_names())}. Exit codes: 0 measured; 2 bad usage, bad input or "
+        "failed preflight; 3 not validly measured; 130 interrupted (docs/cli.md).",
     )
     p.add_argument("--target", help="sim, sim:PRESET or a URL (default: sim)")
     p.add_argument("--model", help="model name (live targets)")
     p.add_argument("--trajectories", help="trajectory file (default: the built-in synthetic set)")
     p.add_argument("--tiers", help="tier preset (default aa-dsv4pro) or a spec like 'fast=100/2,slow=20/10'")
-    p.add_argument("--accelerators", type=int, help="accelerator count (sim: from the preset)")
+    p.add_argument("--accelerators", type=positive_int, help="accelerator count (sim: from the preset)")
     p.add_argument("--accelerator-type", help="e.g. H200 (for provisioned power)")
-    p.add_argument("--power-w", type=float, help="whole-system power in W")
+    p.add_argument("--power-w", type=positive_float, help="whole-system power in W")
     p.add_argument("--power-scope", choices=["measured", "declared", "modelled", "provisioned"])
-    p.add_argument("--level-duration", type=float, help="minimum steady window per level, s (default 600)")
-    p.add_argument("--max-agents", type=int, help="highest N to try (default 4096)")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument(
+        "--level-duration", type=positive_float, help="minimum steady window per level, s (default 600)"
+    )
+    p.add_argument("--max-agents", type=positive_int, help="highest N to try (default 4096)")
+    p.add_argument("--seed", type=count, help="seed (default 0)")
     p.add_argument("--efficiency", choices=["low", "mid", "high"], help="sim efficiency set (default mid)")
     p.add_argument("--endpoint", choices=["chat", "completions"], help="live targets: API (default chat)")
     p.add_argument("--api-key-env", help="live targets: environment variable holding the API key")
-    p.add_argument("--max-context", type=int, help="scale the trajectories to fit this context (tokens)")
-    c = p.add_argument_group("live client (docs/replay.md)")
-    c.add_argument(
-        "--header", action="append", metavar="'NAME: VALUE'", help="extra request header (repeatable)"
+    p.add_argument(
+        "--max-context", type=positive_int, help="scale the trajectories to fit this context (tokens)"
     )
+    c = p.add_argument_group("live client (docs/replay.md)")
+    from .run import add_header_flags
+
+    add_header_flags(c)
     c.add_argument("--extra-body", metavar="JSON", help="JSON object merged into every request body")
-    c.add_argument("--request-timeout", type=float, help="whole-request limit, s (default 600)")
-    c.add_argument("--stall-timeout", type=float, help="limit on silence mid-stream, s (default 120)")
+    c.add_argument("--request-timeout", type=positive_float, help="whole-request limit, s (default 600)")
+    c.add_argument(
+        "--stall-timeout", type=positive_float, help="limit on silence mid-stream, s (default 120)"
+    )
     c.add_argument("--no-force-output", action="store_true", help="do not send ignore_eos/min_tokens")
     c.add_argument("--continuous-usage", action="store_true", help="usage in every chunk (vLLM)")
+    c.add_argument(
+        "--no-preflight", action="store_true", help="skip the check of a live target before the first level"
+    )
     add_telemetry_flags(p)
-    p.add_argument("--out", help="output directory (default: a new directory under runs/)")
+    p.add_argument(
+        "--out",
+        help="output directory (default: a new directory under runs/); an existing one must hold this "
+        "same sweep (it is resumed) or be empty",
+    )
     p.add_argument("--config", help="TOML file with a [sweep] table; flags override it")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--dry-run", action="store_true", help="check everything, print the plan and exit")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout")
     p.set_defaults(func=_sweep)
 
 
-def _sweep(args: argparse.Namespace) -> int:
-    from ..sweep import SweepConfig, SweepConfigError, format_summary, plan_levels, run_sweep
+def _config(args: argparse.Namespace):
+    from ..sweep import SweepConfig
 
     overrides = dict(
         target=args.target,
@@ -69,6 +95,7 @@ def _sweep(args: argparse.Namespace) -> int:
         metrics_url=args.metrics_url,
         telemetry_interval_s=args.telemetry_interval,
         headers=tuple(args.header) if args.header else None,
+        public_headers=tuple(args.public_header) if args.public_header else None,
         extra_body=args.extra_body,
         request_timeout_s=args.request_timeout,
         stall_timeout_s=args.stall_timeout,
@@ -76,14 +103,26 @@ def _sweep(args: argparse.Namespace) -> int:
         continuous_usage=True if args.continuous_usage else None,
         out=args.out,
     )
-    try:
-        if args.config:
-            cfg = SweepConfig.from_toml(args.config, **overrides)
-        else:
-            cfg = SweepConfig(**{k: v for k, v in overrides.items() if v is not None})
-    except (SweepConfigError, KeyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.config:
+        return SweepConfig.from_toml(args.config, **overrides)
+    return SweepConfig(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from ..credentials import api_key_from_env
+    from ..errors import MeasurementError
+    from ..results import check_sweep_dir
+    from ..sweep import format_summary, plan_levels, run_sweep
+    from ._common import load_trajectory_set
+
+    # everything checked first, the same with --dry-run
+    cfg = _config(args)
+    trajs = load_trajectory_set(cfg.trajectories, cfg.max_context)
+    resuming = check_sweep_dir(cfg.out) if cfg.out else False
+    endpoint = key = None
+    if not cfg.is_sim:
+        key = api_key_from_env(cfg.api_key_env)
+        endpoint = cfg.endpoint_for()
     if args.dry_run:
         print(
             f"target {cfg.target}; tiers {cfg.tiers}; ramp levels {plan_levels(cfg.max_agents)} until every "
@@ -94,8 +133,11 @@ def _sweep(args: argparse.Namespace) -> int:
             f"{cfg.level_duration_s:g} s and >= {cfg.min_trajectories} trajectories, "
             f">= {cfg.min_trajectories_per_agent} per agent"
         )
+        print(_window_line(cfg, trajs))
+        if cfg.out:
+            print(f"output: {cfg.out} ({'resumes the sweep there' if resuming else 'new'})")
         if not cfg.is_sim:
-            print(_live_estimate(cfg))
+            print(_live_estimate(cfg, trajs))
             print(
                 f"telemetry: /metrics {'scraped' if cfg.scrape_metrics else 'not scraped'}; power "
                 + (
@@ -105,16 +147,22 @@ def _sweep(args: argparse.Namespace) -> int:
                     else "not measured (--power-source nvml|amdsmi|dcgm:URL)"
                 )
             )
+            print("preflight: not run by --dry-run (a run checks the target before its first level)")
         else:
             print("simulated target: runs in virtual time (seconds of wall time)")
         return 0
+    if endpoint is not None and not args.no_preflight:
+        from ..client.preflight import preflight_sync
+
+        preflight_sync(endpoint, key, timeout_s=min(cfg.request_timeout_s, 60.0))
+        print(f"preflight: {endpoint.base_url} answered for model {endpoint.model}", file=sys.stderr)
+    err = sys.stderr if args.json else sys.stdout
     if not cfg.is_sim:
-        print(_live_estimate(cfg), file=sys.stderr if args.json else sys.stdout, flush=True)
-    try:
-        result = run_sweep(cfg, progress=not args.json)
-    except (SweepConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(_live_estimate(cfg, trajs), file=err, flush=True)
+    line = _window_line(cfg, trajs)
+    if not cfg.is_sim and "warning:" in line:
+        print(line[line.index("warning:") :], file=sys.stderr, flush=True)
+    result = run_sweep(cfg, progress=not args.json)
     if args.json:
         from ..schema import strict_json_dumps
 
@@ -122,8 +170,30 @@ def _sweep(args: argparse.Namespace) -> int:
     else:
         print()
         print(format_summary(result.summary))
-        print(f"\nresults: {result.directory}/ (summary.json, levels.csv, requests.parquet)")
+        print(f"\nresults: {result.directory}/ (summary.json, levels.csv, requests.parquet)", flush=True)
+    why = sweep_not_measured_reason(result.summary)
+    if why:
+        raise MeasurementError(
+            f"the sweep could not be measured validly: {why} (results kept in {result.directory})"
+        )
     return 0
+
+
+def sweep_not_measured_reason(summary: dict) -> str | None:
+    """Why a finished sweep is not a valid measurement (exit 3), or None: its lowest level had no
+    successful request in the window (the target never worked, so every "fail" is meaningless), or a
+    level's client self-check failed (its TTFTs include the client's own delays)."""
+    levels = sorted(summary.get("levels") or [], key=lambda r: r.get("concurrency", 0))
+    if levels and not (levels[0].get("n_ok") or 0) > 0:
+        first = levels[0]
+        return (
+            f"the lowest level (N={first.get('concurrency')}) had no successful request in its window "
+            f"({first.get('n_requests') or 0} requests)"
+        )
+    bad = [r.get("concurrency") for r in levels if r.get("client_ok") is False]
+    if bad:
+        return f"the client self-check failed at N={', '.join(map(str, bad))} (see each level's manifest)"
+    return None
 
 
 def add_telemetry_flags(p: argparse.ArgumentParser, *, defaults: bool = False) -> None:
@@ -147,24 +217,60 @@ def add_telemetry_flags(p: argparse.ArgumentParser, *, defaults: bool = False) -
     g.add_argument("--metrics-url", help="the server's /metrics URL (default: the target without /v1)")
     g.add_argument(
         "--telemetry-interval",
-        type=float,
+        type=positive_float,
         default=1.0 if defaults else None,
         help="seconds between telemetry reads (default 1)",
     )
 
 
-def _live_estimate(cfg) -> str:
-    """Wall time a live sweep will take: ramp levels at least, ramp + bisection of every tier at most."""
+def _estimates(cfg, trajs) -> dict[int, object]:
+    """Expected window of each ramp level at the loosest tier's speed floor and TTFT ceiling."""
     from ..slo import get_tier_preset
     from ..sweep import plan_levels
+    from ..window_estimate import expected_window
 
-    ramp = len(plan_levels(cfg.max_agents))
+    loosest = min(get_tier_preset(cfg.tiers).tiers, key=lambda t: t.min_output_speed_tps)
+    rules = cfg.rules()
+    return {
+        n: expected_window(trajs, n, rules, speed_tps=loosest.min_output_speed_tps, ttft_s=loosest.max_ttft_s)
+        for n in plan_levels(cfg.max_agents)
+    }
+
+
+def _window_line(cfg, trajs) -> str:
+    """The expected window of the first level, with a warning when the trajectory rules stretch it past
+    twice ``level_duration_s``."""
+    est = next(iter(_estimates(cfg, trajs).values()))
+    text = "per level: " + est.describe()
+    if est.stretched:
+        text += (
+            f"\nwarning: each level's steady window will last about "
+            f"{est.window_s / cfg.level_duration_s:.0f}x "
+            f"level_duration_s ({est.stretched_by} rule; set min_trajectories_per_agent / min_trajectories "
+            "lower in --config to relax it, and the levels then no longer meet AA's rules)"
+        )
+    return text
+
+
+def _live_estimate(cfg, trajs) -> str:
+    """Wall time a live sweep will take: the ramp levels at least, ramp + bisection of every tier at most;
+    each level's window as :mod:`agentperf_kit.window_estimate` expects it (not just level_duration_s)."""
+    from ..slo import get_tier_preset
+
+    est = _estimates(cfg, trajs)
+    ramp = len(est)
     n_tiers = len(get_tier_preset(cfg.tiers).tiers)
-    most = ramp + n_tiers * max(0, (cfg.max_agents - 1).bit_length() - 1)
-    per_level = cfg.warmup_s + cfg.level_duration_s
+    bisect = n_tiers * max(0, (cfg.max_agents - 1).bit_length() - 1)
+    ramp_s = sum(cfg.warmup_s + e.window_s for e in est.values())
+    worst = max(e.window_s for e in est.values())
+    most_s = ramp_s + ramp * cfg.drain_timeout_s + bisect * (cfg.warmup_s + worst + cfg.drain_timeout_s)
     return (
-        f"estimated wall time (live, real time): each level >= {per_level:g} s (warm-up + window, "
-        f"longer until the trajectory counts are met, + drain <= {cfg.drain_timeout_s:g} s); "
-        f"{ramp} ramp levels at most, up to {most} levels in all: "
-        f"{ramp * per_level / 3600:.1f} h to {most * (per_level + cfg.drain_timeout_s) / 3600:.1f} h"
+        f"estimated wall time (live, real time): each level = warm-up {cfg.warmup_s:g} s + its window "
+        f"(>= {cfg.level_duration_s:g} s, about {_h(worst)} where the trajectory rules stretch it) + drain "
+        f"<= {cfg.drain_timeout_s:g} s; {ramp} ramp levels at most, up to {ramp + bisect} levels in all: "
+        f"{ramp_s / 3600:.1f} h to {most_s / 3600:.1f} h"
     )
+
+
+def _h(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"

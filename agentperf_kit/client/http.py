@@ -5,15 +5,21 @@ Error classes (``RequestOutcome.error``), one per fault, never retried:
 | class | when |
 |---|---|
 | ``http_error`` | non-2xx status other than 429 (detail: status and a body excerpt) |
-| ``rate_limited`` | HTTP 429 (detail: ``Retry-After``) |
-| ``connect_error`` | the connection could not be made or broke before a response |
+| ``rate_limited`` | HTTP 429 (detail: ``Retry-After``; also in ``retry_after_s``) |
+| ``connect_error`` | the connection could not be made, or broke before the response headers |
+| ``not_sse`` | a 200 whose ``Content-Type`` is not ``text/event-stream`` (detail: the type, a body excerpt) |
 | ``stream_cut`` | the stream ended before ``[DONE]`` and before a finish reason |
-| ``stall_timeout`` | no bytes for ``stall_timeout_s`` mid-stream |
+| ``first_token_timeout`` | no visible token within ``first_token_timeout_s`` of the send |
+| ``stall_timeout`` | no visible token for ``stall_timeout_s`` after the last one |
 | ``request_timeout`` | the whole request took longer than ``request_timeout_s`` |
-| ``malformed_json`` | a ``data:`` payload that is not JSON |
+| ``malformed_json`` | a ``data:`` payload that is not JSON (or nested too deep to decode) |
 | ``stream_error`` | an error object inside the stream |
 | ``empty_response`` | a finished stream with no visible token |
+| ``client_error`` | anything else raised while reading the response (detail: the exception; a bug) |
 | ``cancelled_at_end`` | still running when the drain after the steady window expired (set by the driver) |
+
+Every row has ``t_end_s`` (when the client was done with the request, whatever the outcome). Details
+have every secret the client sent (API key, header values) replaced by ``***``.
 
 Timestamps: ``time.perf_counter_ns`` converted to seconds since the run's clock origin. ``t_send_s`` is
 when the request went out: the last byte of its body handed to the connection (:class:`SentBody`), so a
@@ -28,14 +34,16 @@ inside the connection's ``data_received`` (:class:`SinkResponseHandler`), stampe
 chunk, and a busy event loop no longer delays the stamps. With any other session the task reads blocks
 with ``StreamReader.readany``. ``data:`` payloads go through :class:`.sse.FastScanner` (``fast=True``, the
 default) or :func:`.sse.parse_event` for every chunk (``fast=False``); all four combinations give the same
-outcome (``tests/test_sse_fastpath.py``). Both time limits share one lazy timer per request (re-armed
-only when it fires), not a timeout per read.
+outcome (``tests/test_sse_fastpath.py``). The three time limits share one lazy timer per request
+(re-armed only when it fires), not a timeout per read; the stall limit runs between *visible* tokens
+(comments, empty events and keep-alive bytes do not reset it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import functools
 import json
 import random
@@ -51,6 +59,7 @@ from aiohttp.client_proto import ResponseHandler
 from aiohttp.payload import BytesPayload
 
 from ..agents import RequestOutcome, RequestPlan
+from ..errors import ConfigError
 from .eager import eager_body_writes
 from .prompts import MARKER_TOKENS, chat_messages, chat_probe_messages, completion_prompt
 from .sse import BODY_MATCH, DONE, FastScanner, MalformedChunk, parse_event, utf8_ok
@@ -62,10 +71,13 @@ __all__ = [
     "SinkResponseHandler",
     "StreamState",
     "calibrate_chat_filler",
+    "check_usage",
     "encode_body",
+    "endpoint_secrets",
     "open_session",
     "parse_extra_body",
     "parse_headers",
+    "parse_retry_after",
     "public_headers",
     "scrub",
     "send_request",
@@ -110,11 +122,38 @@ def public_headers(headers: dict[str, str]) -> dict[str, str]:
 
 
 def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Remove API keys (given ones and anything that looks like a bearer token or ``sk-...`` key)."""
-    for s in secrets:
+    """Remove secrets: each of ``secrets`` wherever it appears (longest first), and anything that looks
+    like a bearer token or an ``sk-...`` key."""
+    for s in sorted(secrets, key=len, reverse=True):
         if s:
             text = text.replace(s, "***")
     return _SECRET.sub(lambda m: m.group(1) + "***", text)
+
+
+def endpoint_secrets(endpoint: Endpoint, api_key: str | None = None) -> tuple[str, ...]:
+    """What the client sends that must never reach a file (servers echo request headers in error bodies):
+    the API key and every header value not marked public (:meth:`Endpoint.secrets`)."""
+    return endpoint.secrets(api_key)
+
+
+def parse_retry_after(value: str | None, now_unix_s: float | None = None) -> float:
+    """A ``Retry-After`` header in seconds: delay-seconds as given, an HTTP date as seconds from now
+    (never below 0); NaN when absent or unreadable."""
+    if value is None:
+        return _NAN
+    value = value.strip()
+    try:
+        secs = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return _NAN
+        if when is None or when.tzinfo is None:
+            return _NAN
+        secs = when.timestamp() - (time.time() if now_unix_s is None else now_unix_s)
+        secs = max(secs, 0.0)
+    return secs if secs == secs and 0 <= secs < 1e9 else _NAN
 
 
 @dataclass
@@ -129,8 +168,16 @@ class Endpoint:
             written anywhere; the manifest records only this name).
         force_output_fields: send ``ignore_eos`` and ``min_tokens`` (turn off for hosted APIs that reject
             unknown fields); ``max_tokens`` (and ``max_completion_tokens`` for chat) are always sent.
-        headers, extra_body: added to every request.
-        request_timeout_s: whole-request limit; stall_timeout_s: limit on silence mid-stream.
+        headers, extra_body: added to every request. Header values are secrets (masked in manifests,
+            scrubbed from error details) except those named in ``public_header_names``
+            (:mod:`agentperf_kit.credentials`).
+        request_timeout_s: whole-request limit (seconds from the send).
+        first_token_timeout_s: limit on the wait for the first visible token (seconds from the send;
+            response headers, comments and empty events do not stop it). Default 120 s: 12 times the
+            loosest TTFT ceiling of the tier presets (10 s), so a long prompt on an overloaded server is a
+            TTFT miss long before it is cut, and a server that never answers frees its agent.
+        stall_timeout_s: limit on the gap between two visible tokens (comments, empty events and
+            keep-alive bytes do not reset it).
         tokens_per_word, overhead_tokens: chat filler text size (see :mod:`.prompts`); a live run measures
             both on the server first (:func:`calibrate_chat_filler`) unless ``overhead_tokens`` is set.
         continuous_usage: ask for ``usage`` in every chunk (``stream_options.continuous_usage_stats``,
@@ -147,23 +194,37 @@ class Endpoint:
     extra_body: dict[str, Any] = field(default_factory=dict)
     request_timeout_s: float = 600.0
     stall_timeout_s: float = 120.0
+    first_token_timeout_s: float = 120.0
     tokens_per_word: float = 1.0
     token_id_range: tuple[int, int] = (100, 4000)
     continuous_usage: bool = False
     overhead_tokens: float | None = None
+    public_header_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.api not in ("chat", "completions"):
             raise ValueError(f"api must be 'chat' or 'completions', got {self.api!r}")
+        for name in ("request_timeout_s", "stall_timeout_s", "first_token_timeout_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and value > 0 and value == value):
+                raise ConfigError(f"Endpoint.{name} must be a number of seconds > 0, got {value!r}")
         self.base_url = self.base_url.rstrip("/")
+
+    def secrets(self, key: str | None = None) -> tuple[str, ...]:
+        """Strings to scrub from anything written: secret header values and the API key ``key``."""
+        from ..credentials import secret_values
+
+        return secret_values(self.headers, self.public_header_names, key)
 
     @property
     def url(self) -> str:
         return f"{self.base_url}/{'chat/completions' if self.api == 'chat' else 'completions'}"
 
     def public_dict(self) -> dict[str, Any]:
-        """The endpoint for the manifest: no key, header values that look secret masked."""
-        headers = public_headers(self.headers)
+        """The endpoint for the manifest: no key; every header value masked except the public ones."""
+        from ..credentials import mask_headers
+
+        headers = mask_headers(self.headers, self.public_header_names)
         return {
             "base_url": self.base_url,
             "model": self.model,
@@ -174,6 +235,7 @@ class Endpoint:
             "extra_body_keys": sorted(self.extra_body),
             "request_timeout_s": self.request_timeout_s,
             "stall_timeout_s": self.stall_timeout_s,
+            "first_token_timeout_s": self.first_token_timeout_s,
             "tokens_per_word": self.tokens_per_word,
             "overhead_tokens": self.overhead_tokens,
             "continuous_usage": self.continuous_usage,
@@ -287,12 +349,12 @@ class _BodySink:
     wakes the request's task once, when the stream is over (``[DONE]``, an error object, end of body, a
     malformed chunk or a broken connection: ``exc``)."""
 
-    __slots__ = ("busy", "content", "exc", "proto", "state", "waiter", "watch")
+    __slots__ = ("busy", "content", "exc", "proto", "state", "waiter")
 
-    def __init__(self, proto: SinkResponseHandler, content: Any, state: StreamState, watch: _Watch) -> None:
-        self.proto, self.content, self.state, self.watch = proto, content, state, watch
+    def __init__(self, proto: SinkResponseHandler, content: Any, state: StreamState) -> None:
+        self.proto, self.content, self.state = proto, content, state
         self.exc: BaseException | None = None
-        self.waiter = watch.loop.create_future()
+        self.waiter = asyncio.get_running_loop().create_future()
         self.busy = False
 
     def pump(self, now: int) -> None:
@@ -305,11 +367,9 @@ class _BodySink:
             while seen != content.total_bytes:
                 seen = content.total_bytes
                 data = content.read_nowait()  # raises the stream's exception (connection lost, bad chunk)
-                if data:
-                    self.watch.last_ns = now
-                    if self.state.feed(data, now):
-                        self._end()
-                        return
+                if data and self.state.feed(data, now):
+                    self._end()
+                    return
             if content.is_eof():
                 self.state.close(now)
                 self._end()
@@ -382,6 +442,15 @@ async def open_session(
 
 def _int(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+# a token count above this is not a count (and would not fit the table's 64-bit integers)
+MAX_COUNT = 2**53
+
+
+def _count(v: Any) -> int | None:
+    """A usage count as the table can hold it: an int in [0, MAX_COUNT), else None."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_COUNT else None
 
 
 class StreamState:
@@ -488,7 +557,7 @@ class StreamState:
                         self.finish_reason = info.finish_reason
                     if info.usage is not None:
                         self.usage = info.usage
-                        ct = _int(info.usage.get("completion_tokens"))
+                        ct = _count(info.usage.get("completion_tokens"))
                         if ct is not None:
                             first = info.visible and not self.n_chunks and not n
                             if self._ct is not None or first:  # a running count: this chunk's share
@@ -518,41 +587,53 @@ class StreamState:
 
 
 class _Watch:
-    """One timer per request for both limits: the whole request (``request_s``) and silence mid-stream
-    (``stall_s``, from :meth:`start_stall` on, measured from ``last_ns``, which the readers set as bytes
-    arrive at no further cost). Re-armed lazily when it fires early. When a limit is reached the task is
-    cancelled and ``fired`` says which (``request_timeout`` or ``stall_timeout``)."""
+    """One timer per request for the three limits, measured on ``perf_counter_ns`` from the send: the
+    whole request (``request_s``); the first visible token (``first_s``, until ``state.t_first`` is
+    set); then the gap since the last visible token (``stall_s``, from ``state.t_last``, which the
+    stream state sets as visible tokens arrive: nothing else resets it). Re-armed lazily when it fires
+    early, and never set further ahead than the stall limit (a token may arrive meanwhile and bring the
+    stall deadline forward). When a limit is reached the task is cancelled and ``fired`` says which
+    (``request_timeout``, ``first_token_timeout`` or ``stall_timeout``)."""
 
-    __slots__ = ("deadline_ns", "fired", "handle", "last_ns", "loop", "stall_ns", "task")
+    __slots__ = ("deadline_ns", "fired", "first_ns", "handle", "loop", "stall_ns", "state", "task")
 
-    def __init__(self, request_s: float, stall_s: float) -> None:
+    def __init__(self, request_s: float, first_s: float, stall_s: float, state: StreamState) -> None:
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
         self.fired: str | None = None
-        self.deadline_ns = time.perf_counter_ns() + int(request_s * 1e9)
+        now = time.perf_counter_ns()
+        self.deadline_ns = now + int(request_s * 1e9)
+        self.first_ns = now + int(first_s * 1e9)
         self.stall_ns = int(stall_s * 1e9)
-        self.last_ns = 0  # 0: not watching for a stall yet
-        self.handle = self.loop.call_later(request_s, self._check)
-
-    def start_stall(self, now_ns: int) -> None:
-        self.last_ns = now_ns
-        if self.stall_ns < self.deadline_ns - now_ns:
-            self.handle.cancel()
-            self.handle = self.loop.call_later(self.stall_ns / 1e9, self._check)
+        self.state = state
+        # never asleep longer than the stall limit: a first token may come meanwhile and start it
+        self.handle = self.loop.call_later(min(request_s, first_s, stall_s), self._check)
 
     def _check(self) -> None:
         now = time.perf_counter_ns()
-        due = self.deadline_ns
-        if self.last_ns:
-            due = min(due, self.last_ns + self.stall_ns)
+        last = self.state.t_last
+        token_due = last + self.stall_ns if last else self.first_ns
+        due = min(self.deadline_ns, token_due)
         if now >= due:
-            self.fired = "request_timeout" if now >= self.deadline_ns else "stall_timeout"
+            if now >= self.deadline_ns:
+                self.fired = "request_timeout"
+            else:
+                self.fired = "stall_timeout" if last else "first_token_timeout"
             self.task.cancel()
         else:
-            self.handle = self.loop.call_later((due - now) / 1e9, self._check)
+            self.handle = self.loop.call_later(min(due - now, self.stall_ns) / 1e9, self._check)
 
     def close(self) -> None:
         self.handle.cancel()
+
+
+_SSE_TYPES = ("text/event-stream", "")  # "": no Content-Type at all (read as SSE)
+
+
+async def _excerpt(resp: aiohttp.ClientResponse, limit: int = 300) -> str:
+    """The start of a response body as text (invalid UTF-8 replaced), read no further than needed."""
+    data = await resp.content.read(limit * 4)
+    return data.decode("utf-8", "replace")[:limit]
 
 
 async def send_request(
@@ -566,69 +647,90 @@ async def send_request(
     fast: bool = True,
     chunk_log: list | None = None,
 ) -> RequestOutcome:
-    """Send one streaming request and measure it. Never raises for a server or network fault.
+    """Send one streaming request and measure it. Never raises for anything a server or the network does:
+    every outcome is a :class:`RequestOutcome` with ``t_end_s`` set (only the task's own cancellation
+    passes through).
 
     With a session from :func:`open_session` the body is read by a :class:`_BodySink` inside the
     connection's protocol (one task wake-up per request, blocks stamped on arrival); with any other
     session, by ``StreamReader.readany`` in this task; both give the same outcome. ``fast=False``
     JSON-decodes every chunk (the reference path); ``chunk_log`` (a list) receives ``(t_ns, tokens)`` per
-    visible chunk, ``t_ns`` on the ``perf_counter_ns`` clock.
+    visible chunk, ``t_ns`` on the ``perf_counter_ns`` clock. ``secrets`` are replaced by ``***`` in every
+    detail (see :func:`endpoint_secrets`). Usage is checked against the request (:func:`check_usage`).
     """
     clock = time.perf_counter_ns
     t_send = (clock() - origin_ns) / 1e9
     out = RequestOutcome(t_send_s=t_send, t_end_s=_NAN)
+    exact_prompt = None
     if endpoint.api == "completions":
-        out.target_prompt_tokens = len(body["prompt"])
+        out.target_prompt_tokens = exact_prompt = len(body["prompt"])
     elif plan.turn.messages is None:
         out.target_prompt_tokens = plan.turn.input_tokens + MARKER_TOKENS
     st = StreamState(fast, chunk_log)
     data = SentBody(encode_body(body))
-    watch = _Watch(endpoint.request_timeout_s, endpoint.stall_timeout_s)
+    watch = _Watch(endpoint.request_timeout_s, endpoint.first_token_timeout_s, endpoint.stall_timeout_s, st)
+    headers_seen = False
     try:
         async with session.post(endpoint.url, data=data) as resp:
+            headers_seen = True
             if data.sent_ns:
                 out.t_send_s = (data.sent_ns - origin_ns) / 1e9
             out.http_status = resp.status
+            ctype = resp.headers.get("Content-Type", "").partition(";")[0].strip().lower()
             if resp.status != 200:
-                text = scrub((await resp.text())[:300], secrets)
+                text = scrub(await _excerpt(resp), secrets)
+                out.ok = False
                 if resp.status == 429:
+                    retry = resp.headers.get("Retry-After")
+                    out.retry_after_s = parse_retry_after(retry)
                     out.error = "rate_limited"
-                    out.error_detail = f"429 Retry-After={resp.headers.get('Retry-After')}: {text}"
+                    out.error_detail = scrub(f"429 Retry-After={retry}: {text}", secrets)
                 else:
                     out.error = "http_error"
                     out.error_detail = f"{resp.status}: {text}"
-                out.ok = False
-                return out
-            await _read_body(resp, st, watch)
-            if st.error is not None:
-                out.ok, out.error = False, "stream_error"
-                out.error_detail = scrub(st.error[:300], secrets)
+            elif ctype not in _SSE_TYPES:
+                out.ok, out.error = False, "not_sse"
+                shown = scrub(resp.headers.get("Content-Type", ""), secrets)
+                out.error_detail = f"200 with Content-Type {shown!r}, not text/event-stream: " + scrub(
+                    await _excerpt(resp), secrets
+                )
+            else:
+                await _read_body(resp, st)
+                if st.error is not None:
+                    out.ok, out.error = False, "stream_error"
+                    out.error_detail = scrub(st.error[:300], secrets)
     except asyncio.CancelledError:
         if watch.fired is None or watch.task.uncancel() > 0:
             raise  # not ours (the run is ending), or ours and someone else's at once
         out.ok, out.error = False, watch.fired
-        out.error_detail = (
-            f"no data for {endpoint.stall_timeout_s:g} s"
-            if watch.fired == "stall_timeout"
-            else f"longer than {endpoint.request_timeout_s:g} s"
-        )
+        out.error_detail = {
+            "stall_timeout": f"no visible token for {endpoint.stall_timeout_s:g} s after the last one",
+            "first_token_timeout": f"no visible token within {endpoint.first_token_timeout_s:g} s",
+            "request_timeout": f"longer than {endpoint.request_timeout_s:g} s",
+        }[watch.fired]
     except MalformedChunk as exc:
         out.ok, out.error, out.error_detail = False, "malformed_json", scrub(str(exc), secrets)
-    except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
+    except (aiohttp.ClientError, OSError) as exc:  # ClientConnectorError, ServerDisconnected, resets...
         out.ok = False
-        out.error = "connect_error" if not st.n_chunks else "stream_cut"
+        out.error = "stream_cut" if headers_seen else "connect_error"
         out.error_detail = scrub(f"{type(exc).__name__}: {exc}"[:300], secrets)
-    except aiohttp.ClientError as exc:
-        out.ok, out.error = False, "stream_cut"
+    except Exception as exc:  # a server must never end a run: the row names the exception
+        out.ok, out.error = False, "client_error"
         out.error_detail = scrub(f"{type(exc).__name__}: {exc}"[:300], secrets)
     finally:
         watch.close()
-    out.t_end_s = (clock() - origin_ns) / 1e9
-    finish_outcome(out, st, origin_ns)
+        out.t_end_s = (clock() - origin_ns) / 1e9
+    finish_outcome(
+        out,
+        st,
+        origin_ns,
+        target_output=plan.turn.output_tokens if endpoint.force_output_fields else None,
+        exact_prompt=exact_prompt,
+    )
     return out
 
 
-async def _read_body(resp: aiohttp.ClientResponse, st: StreamState, watch: _Watch) -> None:
+async def _read_body(resp: aiohttp.ClientResponse, st: StreamState) -> None:
     """Read a 200 response's SSE body into ``st``: by a sink in the protocol where the connection has one
     (and the body is not over yet), else by ``readany`` here. Raises what the stream raised."""
     clock = time.perf_counter_ns
@@ -636,9 +738,7 @@ async def _read_body(resp: aiohttp.ClientResponse, st: StreamState, watch: _Watc
     conn = resp.connection
     proto = conn.protocol if conn is not None else None
     if isinstance(proto, SinkResponseHandler) and not content.is_eof() and content.exception() is None:
-        now = clock()
-        watch.start_stall(now)
-        sink = _BodySink(proto, content, st, watch)
+        sink = _BodySink(proto, content, st)
         if proto.early_payload is content:  # body bytes came before the sink: stamp them on arrival
             sink.pump(proto.early_ns)
             if st.t_last:
@@ -652,14 +752,12 @@ async def _read_body(resp: aiohttp.ClientResponse, st: StreamState, watch: _Watc
         if sink.exc is not None:
             raise sink.exc
         return
-    watch.start_stall(clock())
     while True:
         data = await content.readany()
         now = clock()
         if not data:
             st.close(now)
             return
-        watch.last_ns = now
         if st.feed(data, now):
             return
 
@@ -706,8 +804,21 @@ async def calibrate_chat_filler(
     return {"tokens_per_word": slope, "overhead_tokens": t1 - slope * w1, "probes": points}
 
 
-def finish_outcome(out: RequestOutcome, st: StreamState, origin_ns: int) -> None:
-    """Fill ``out`` from what the stream said (times, counts, usage, the error classes that depend on it)."""
+def finish_outcome(
+    out: RequestOutcome,
+    st: StreamState,
+    origin_ns: int,
+    *,
+    target_output: int | None = None,
+    exact_prompt: int | None = None,
+) -> None:
+    """Fill ``out`` from what the stream said (times, counts, usage, the error classes that depend on it).
+
+    A usage count that is not an integer in [0, :data:`MAX_COUNT`) is recorded as missing (None), with
+    ``usage_mismatch`` set and the value in ``note``: a server's value never reaches the table unchecked.
+    The usage the server sent is then checked (:func:`check_usage`, with ``target_output`` and
+    ``exact_prompt``) before a missing output count falls back to the visible chunks.
+    """
     n_chunks = st.n_chunks
     if st.t_first:
         out.t_first_s = (st.t_first - origin_ns) / 1e9
@@ -719,17 +830,31 @@ def finish_outcome(out: RequestOutcome, st: StreamState, origin_ns: int) -> None
     out.n_chunks = n_chunks
     usage = st.usage
     if usage:
-        out.prompt_tokens = _int(usage.get("prompt_tokens"))
-        out.output_tokens = _int(usage.get("completion_tokens"))
-        details = usage.get("prompt_tokens_details") or {}
-        out.cached_prompt_tokens = _int(details.get("cached_tokens")) if isinstance(details, dict) else None
-        cdetails = usage.get("completion_tokens_details") or {}
+        bad: list[str] = []
+
+        def count(obj: dict, key: str, where: str) -> int | None:
+            v = obj.get(key)
+            c = _count(v)
+            if c is None and v is not None:
+                bad.append(f"{where}{key}={_short(v)}")
+            return c
+
+        out.prompt_tokens = count(usage, "prompt_tokens", "")
+        out.output_tokens = count(usage, "completion_tokens", "")
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict):
+            out.cached_prompt_tokens = count(details, "cached_tokens", "prompt_tokens_details.")
+        cdetails = usage.get("completion_tokens_details")
         if isinstance(cdetails, dict):
-            out.reasoning_tokens = _int(cdetails.get("reasoning_tokens"))
-    if st.first_tokens is not None:
+            out.reasoning_tokens = count(cdetails, "reasoning_tokens", "completion_tokens_details.")
+        if bad:
+            _flag(out, "usage not a count: " + ", ".join(bad))
+    if st.first_tokens is not None and st.first_tokens >= 0:
         out.first_chunk_tokens = st.first_tokens
     elif out.output_tokens is not None and out.output_tokens == n_chunks > 0:
         out.first_chunk_tokens = 1  # as many tokens as visible chunks, each at least one: one each
+    if out.ok and (st.done or st.finished) and n_chunks:
+        check_usage(out, target_output=target_output, exact_prompt=exact_prompt)
     if out.output_tokens is None and out.ok and n_chunks:
         out.output_tokens = n_chunks  # fallback: visible deltas (a lower bound with multi-token chunks)
     if out.ok and st.finished and not n_chunks and (out.output_tokens or 0) > 0 and st.t_finish:
@@ -746,3 +871,44 @@ def finish_outcome(out: RequestOutcome, st: StreamState, origin_ns: int) -> None
         elif not n_chunks:
             out.ok, out.error = False, "empty_response"
             out.error_detail = "the stream finished without a visible token"
+
+
+def _short(v: Any) -> str:
+    text = v if isinstance(v, str) else repr(v) if isinstance(v, int | float) else type(v).__name__
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def _flag(out: RequestOutcome, why: str) -> None:
+    out.usage_mismatch = True
+    out.note = f"{out.note}; {why}" if out.note else why
+
+
+def check_usage(out: RequestOutcome, *, target_output: int | None, exact_prompt: int | None) -> None:
+    """Check a finished request's ``usage`` against what was asked and what was streamed; a row that
+    disagrees gets ``usage_mismatch`` and a short ``note`` (and its speed then uses the streamed
+    visible-chunk count, :func:`agentperf_kit.metrics.derive_request_metrics`). Checked on successful
+    rows only (a failed row's counts are not used). Rules:
+
+    - ``cached_tokens`` <= ``prompt_tokens``; ``reasoning_tokens`` <= ``completion_tokens``;
+    - ``completion_tokens`` >= the visible chunks streamed (every visible chunk holds a token);
+    - with the output length forced (``target_output``: ``ignore_eos`` + ``min_tokens``),
+      ``completion_tokens`` == the target;
+    - with a known prompt size (``exact_prompt``: token ids on ``/completions``), ``prompt_tokens`` == it.
+
+    A missing count is not checked. Counts that are not integers in range were flagged already by
+    :func:`finish_outcome`.
+    """
+    if not out.ok:
+        return
+    prompt, cached, got = out.prompt_tokens, out.cached_prompt_tokens, out.output_tokens
+    if cached is not None and prompt is not None and cached > prompt:
+        _flag(out, f"cached_tokens {cached} > prompt_tokens {prompt}")
+    if got is not None:
+        if got < out.n_chunks:
+            _flag(out, f"completion_tokens {got} < {out.n_chunks} visible chunks streamed")
+        if target_output is not None and got != target_output:
+            _flag(out, f"completion_tokens {got} != forced output {target_output}")
+        if out.reasoning_tokens is not None and out.reasoning_tokens > got:
+            _flag(out, f"reasoning_tokens {out.reasoning_tokens} > completion_tokens {got}")
+    if exact_prompt is not None and prompt is not None and prompt != exact_prompt:
+        _flag(out, f"prompt_tokens {prompt} != {exact_prompt} token ids sent")

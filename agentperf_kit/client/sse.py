@@ -53,8 +53,25 @@ class ChunkInfo:
 _EMPTY = ChunkInfo()
 
 
+def _text(value: Any, limit: int = 300) -> str:
+    """A server-sent value as short text for a row: strings as they are, anything else as compact JSON
+    (its type name where even that fails, e.g. a structure too deep to print)."""
+    if isinstance(value, str):
+        return value[:limit]
+    try:
+        return json.dumps(value, separators=(",", ":"))[:limit]
+    except (ValueError, TypeError, RecursionError):
+        return type(value).__name__
+
+
 def parse_event(payload: bytes) -> ChunkInfo | object:
-    """Parse one ``data:`` payload (without the ``data:`` prefix). Returns :data:`DONE` for ``[DONE]``."""
+    """Parse one ``data:`` payload (without the ``data:`` prefix). Returns :data:`DONE` for ``[DONE]``.
+
+    Any bytes give an answer or :class:`MalformedChunk`, never another exception: JSON too deep for the
+    decoder (``RecursionError``) is malformed; a shape other than expected (``"choices": 5``, a choice
+    that is not an object, an error message that is a number, an object as finish reason) is read for
+    what it can say: non-list ``choices`` carry nothing, non-string error messages and finish reasons are
+    kept as compact JSON text (:func:`_text`)."""
     payload = payload.strip()
     if payload == b"[DONE]":
         return DONE
@@ -62,8 +79,9 @@ def parse_event(payload: bytes) -> ChunkInfo | object:
         return _EMPTY
     try:
         obj = json.loads(payload)
-    except ValueError as exc:
-        raise MalformedChunk(f"not JSON: {payload[:120]!r}") from exc
+    except (ValueError, RecursionError) as exc:
+        why = "nested too deep to decode" if isinstance(exc, RecursionError) else "not JSON"
+        raise MalformedChunk(f"{why}: {payload[:120]!r}") from None
     if not isinstance(obj, dict):
         return _EMPTY
     info = ChunkInfo()
@@ -71,17 +89,21 @@ def parse_event(payload: bytes) -> ChunkInfo | object:
     if not err and obj.get("object") == "error":  # TensorRT-LLM / older vLLM ErrorResponse
         err = {"message": obj.get("message")}
     if err:
-        info.error = (err.get("message") if isinstance(err, dict) else str(err)) or "error"
+        msg = err.get("message") if isinstance(err, dict) else err
+        info.error = (_text(msg) if msg else "") or "error"
         return info
     usage = obj.get("usage")
     if isinstance(usage, dict):
         info.usage = usage
-    for choice in obj.get("choices") or ():
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        return info
+    for choice in choices:
         if not isinstance(choice, dict):
             continue
         fr = choice.get("finish_reason")
         if fr:
-            info.finish_reason = fr
+            info.finish_reason = fr if isinstance(fr, str) else _text(fr, 64)
         delta = choice.get("delta")
         if isinstance(delta, dict):  # chat
             if delta.get("content"):

@@ -19,7 +19,7 @@ import heapq
 import math
 from collections.abc import Callable
 
-from .engine import Engine, SimRequest
+from .engine import Engine, SimRequest, SimulatorInvariantError
 from .presets import Deployment, Efficiency
 
 __all__ = ["DisaggregatedEngine", "make_engine"]
@@ -60,6 +60,11 @@ class DisaggregatedEngine:
         self._link_free = 0.0
         self._finished = False
         self.transfer_s = 0.0  # total link busy time, s
+        # conservation of the outer requests (each pool checks its own at the end of a run too)
+        self.submitted = 0
+        self.finished_count = 0
+        self.rejected_count = 0
+        self.cancelled_count = 0
 
     # -- the engine interface --------------------------------------------------------------------------
 
@@ -102,8 +107,10 @@ class DisaggregatedEngine:
     def submit(self, req: SimRequest) -> None:
         """Queue ``req`` (arrived at ``req.t_arrival``) in the prefill pool."""
         req.pe, req.oe = req.prompt, req.output
+        self.submitted += 1
         cap = self.dep.decode_pool.kv_capacity_tokens
         if req.prompt + req.output > cap:
+            self.rejected_count += 1
             self.on_reject(
                 req,
                 req.t_arrival,
@@ -142,11 +149,19 @@ class DisaggregatedEngine:
         out = [r.key for r in self.pre.cancel_all()] + [r for _, _, r in self._transfers]
         out += [r.key for r in self.dec.cancel_all()]
         self._transfers = []
+        self.cancelled_count += len(out)
+        if self.finished_count + self.rejected_count + self.cancelled_count != self.submitted:
+            raise SimulatorInvariantError(
+                f"disaggregated engine {self.dep.name!r} lost track of requests: submitted "
+                f"{self.submitted}, finished {self.finished_count}, rejected {self.rejected_count}, "
+                f"cancelled {self.cancelled_count}. This is a simulator bug: please report it."
+            )
         return out
 
     # -- pool callbacks ----------------------------------------------------------------------------------
 
     def _rejected(self, inner: SimRequest, t: float, detail: str) -> None:
+        self.rejected_count += 1
         self.on_reject(inner.key, t, detail)
 
     def _prefilled(self, inner: SimRequest, t: float) -> None:
@@ -171,6 +186,7 @@ class DisaggregatedEngine:
         outer: SimRequest = inner.key
         outer.t_first = inner.t_first
         self._finished = True
+        self.finished_count += 1
         self.on_finish(outer, t)
 
 

@@ -47,11 +47,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import AgentperfError
 from .presets import Deployment, Efficiency
 
-__all__ = ["BLOCK_TOKENS", "Engine", "SimRequest"]
+__all__ = ["BLOCK_TOKENS", "Engine", "SimRequest", "SimulatorInvariantError"]
 
 BLOCK_TOKENS = 16
+
+
+class SimulatorInvariantError(AgentperfError, RuntimeError):
+    """An internal invariant of the simulated engine broke (a bug in the simulator, not in the input):
+    e.g. a submitted request that was neither finished, rejected nor cancelled at the end of a run."""
 
 
 @dataclass(slots=True, eq=False)
@@ -118,6 +124,12 @@ class Engine:
         self.steps = 0
         self.cached_tokens_total = 0
         self.prompt_tokens_total = 0
+        # conservation: submitted = finished + rejected + cancelled + aborted + still in the engine
+        self.submitted = 0
+        self.finished_count = 0
+        self.rejected_count = 0
+        self.cancelled_count = 0
+        self.aborted_count = 0
         self._finished = False
         # constants of the step-time model
         self._fe = dep.flops_per_s * eff.compute
@@ -133,7 +145,9 @@ class Engine:
     def submit(self, req: SimRequest) -> None:
         """Queue a request that arrived at ``req.t_arrival`` (>= the engine clock)."""
         req.pe, req.oe = req.prompt, req.output
+        self.submitted += 1
         if req.prompt + req.output > self._cap:
+            self.rejected_count += 1
             self.on_reject(
                 req,
                 req.t_arrival,
@@ -168,7 +182,32 @@ class Engine:
         self.prefilling = []
         self._decode = []
         self.b = self.s = 0
+        self.cancelled_count += len(out)
+        self.check_conservation()
         return out
+
+    def in_engine(self) -> int:
+        """Requests queued, prefilling or decoding now."""
+        return len(self.waiting) + len(self.prefilling) + len(self._decode)
+
+    def check_conservation(self) -> None:
+        """Raise :class:`SimulatorInvariantError` unless every submitted request is finished, rejected,
+        cancelled, aborted or still in the engine (exactly once), and the decode counters agree."""
+        accounted = (
+            self.finished_count
+            + self.rejected_count
+            + self.cancelled_count
+            + self.aborted_count
+            + self.in_engine()
+        )
+        if accounted != self.submitted or self.b != len(self._decode):
+            raise SimulatorInvariantError(
+                f"simulated engine lost track of requests on deployment {self.dep.name!r}: submitted "
+                f"{self.submitted}, finished {self.finished_count}, rejected {self.rejected_count}, "
+                f"cancelled {self.cancelled_count}, aborted {self.aborted_count}, in the engine "
+                f"{self.in_engine()} (decoders counted {self.b}, listed {len(self._decode)}). This is a "
+                "simulator bug: please report it with the command that produced it."
+            )
 
     def abort(self, req: SimRequest) -> bool:
         """Remove one queued or running request (a client that disconnected); its KV is freed and, if it
@@ -176,11 +215,13 @@ class Engine:
         was still in the engine."""
         if req in self.waiting:
             self.waiting.remove(req)
+            self.aborted_count += 1
             return True
         if req in self.prefilling:
             self.prefilling.remove(req)
             self.running_tokens -= req.reserve
             self.prefill_alloc -= req.pe
+            self.aborted_count += 1
             return True
         for i, (_, _, r) in enumerate(self._decode):
             if r is req:
@@ -190,6 +231,7 @@ class Engine:
                 self.b -= 1
                 self.s -= req.ctx0_minus_g
                 self._release(req)
+                self.aborted_count += 1
                 return True
         return False
 
@@ -290,13 +332,18 @@ class Engine:
             if self.preempt:
                 self._fit_kv()
         if done:
-            self.prefilling = [r for r in self.prefilling if r.prefilled < r.pe]
+            # remove exactly the requests completed in this step: a request admitted with nothing to
+            # prefill that the loop did not reach (budget spent) completes in the next step (filtering on
+            # ``prefilled < pe`` used to drop it without an answer: issue 12)
+            ids = {id(r) for r in done}
+            self.prefilling = [r for r in self.prefilling if id(r) not in ids]
             for req in done:
                 self.prefill_alloc -= req.pe
                 if req.t_first != req.t_first:  # NaN: the first token of the first attempt
                     req.t_first = self.now
                 if req.oe <= 1:
                     self._release(req)
+                    self.finished_count += 1
                     self.on_finish(req, self.now)
                     self._finished = True
                     continue
@@ -366,6 +413,7 @@ class Engine:
             self.b -= 1
             self.s -= req.ctx0_minus_g
             self._release(req)
+            self.finished_count += 1
             self.on_finish(req, self.now)
             self._finished = True
 

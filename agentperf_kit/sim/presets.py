@@ -13,6 +13,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from ..errors import UnknownNameError
+
 __all__ = ["DEFAULT_DEPLOYMENT", "Deployment", "Efficiency", "get_deployment", "list_deployments"]
 
 DEFAULT_DEPLOYMENT = "h200x8-dsv4pro"
@@ -89,7 +91,7 @@ def efficiency(name: str) -> Efficiency:
     """The efficiency set ``low``, ``mid`` or ``high``."""
     sets = _load("deployments")["efficiency"]
     if name not in sets:
-        raise KeyError(f"unknown efficiency set {name!r}; known: {', '.join(sets)}")
+        raise UnknownNameError(f"unknown efficiency set {name!r}; known: {', '.join(sets)}")
     return Efficiency(name, float(sets[name]["compute"]), float(sets[name]["bandwidth"]))
 
 
@@ -102,7 +104,7 @@ def get_deployment(name: str = DEFAULT_DEPLOYMENT) -> Deployment:
     ``kv_transfer_gbps_per_gpu`` (GB/s per GPU of the smaller pool)."""
     deps = _load("deployments")
     if name not in deps or name == "efficiency":
-        raise KeyError(f"unknown deployment preset {name!r}; known: {', '.join(list_deployments())}")
+        raise UnknownNameError(f"unknown deployment preset {name!r}; known: {', '.join(list_deployments())}")
     d = deps[name]
     whole = _resolve(name, d, int(d["count"]))
     if "prefill_count" not in d:

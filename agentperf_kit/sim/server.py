@@ -3,9 +3,12 @@
 ``SimServer`` runs the same :class:`~agentperf_kit.sim.engine.Engine` as the virtual-time runs, with its
 clock tied to the wall clock: virtual seconds = wall seconds since start x ``time_scale`` (``time_scale``
 > 1 runs faster than real time, so every latency a client measures is the simulated one divided by it).
-A driver task advances the engine one step (or, when it fell behind, several) at a time, sleeps until the
-wall time at which that step ends, then hands each streaming request the tokens it produced, so SSE
-chunks leave at the simulated token times (one chunk per request per step, as vLLM does).
+A driver task advances the engine exactly one step at a time, records each request's output count at the
+end of that step, sleeps until the wall time at which the step ends (``t0 + step end / time_scale``), then
+releases those counts to the handlers: the first token leaves at the end of the step in which the last
+prefill chunk completes, then one SSE chunk per request per engine step (as vLLM does). A process that
+cannot keep up releases late but never merges steps: the lateness is the *lag* (``lag_s``, ``/metrics``
+``agentperf_sim:lag_seconds``, a warning in the log when it exceeds ``lag_warn_s``).
 
 OpenAI-compatible surface: ``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST /v1/completions``
 (streaming and not), ``GET /metrics`` (Prometheus text, vLLM metric names) and ``GET /health``.
@@ -18,9 +21,11 @@ Semantics:
   answer, and in a final ``choices: []`` chunk when ``stream_options.include_usage`` is true.
 - ``reasoning_share`` of the output (first tokens) streams as ``reasoning_content`` deltas (chat only).
 - Prompt tokens: exact for token-id prompts, approximate for text (see :mod:`agentperf_kit.sim.tokens`).
-- Bad requests are answered as vLLM does: status 400 (404 for an unknown model) with
-  ``{"error": {"message", "type", "param", "code"}}``.
-- A client that disconnects has its request aborted in the engine (its KV is freed).
+- Bad requests are answered as vLLM does, before any 200: status 400 (404 for an unknown model) with
+  ``{"error": {"message", "type", "param", "code"}}``; wrong types are named by field
+  (:mod:`agentperf_kit.sim.request_check`).
+- A client that disconnects has its request aborted in the engine (its KV is freed), logged in one line.
+- ``X-Request-Id``: the client's, echoed, or the response id.
 """
 
 from __future__ import annotations
@@ -28,43 +33,57 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from ..errors import ConfigError
 from .engine import Engine, SimRequest
 from .presets import DEFAULT_DEPLOYMENT, Deployment, efficiency, get_deployment
+from .promtext import E2E_BUCKETS, ITL_BUCKETS, TTFT_BUCKETS, Histogram, render_scalar
+from .request_check import BadRequest, check_body
 from .tokens import PrefixIndex, block_chain, chat_tokens, text_tokens
 
 __all__ = ["SimServer"]
+
+log = logging.getLogger(__name__)
 
 _WORDS = ("the", " model", " thinks", " about", " code", " and", " tests", " it", " again", ".")
 
 
 @dataclass(eq=False, slots=True)
 class _Live:
-    """A request being served: the engine's view plus what has been streamed so far."""
+    """A request being served: the engine's view plus what the driver has released to its handler.
+
+    ``steps`` holds, for each engine step that produced tokens of this request and has not been streamed
+    yet, the request's output token count at the end of that step (the handler sends one chunk per entry).
+    ``marked``: the count last released. Times are virtual seconds.
+    """
 
     output: int
+    stream: bool = False
     event: asyncio.Event = field(default_factory=asyncio.Event)
     req: SimRequest | None = None
     done: bool = False
     rejected: str | None = None
+    steps: deque[int] = field(default_factory=deque)
+    marked: int = 0
+    t_last: float = math.nan  # virtual time of the last released token
 
 
-class _BadRequest(Exception):
-    def __init__(self, message: str, status: int = 400, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.param = param
+_BadRequest = BadRequest
 
 
 def _error(message: str, status: int = 400, param: str | None = None) -> web.Response:
-    kind = {400: "BadRequestError", 404: "NotFoundError"}.get(status, "InternalServerError")
+    kind = {400: "BadRequestError", 404: "NotFoundError", 503: "ServiceUnavailableError"}.get(
+        status, "InternalServerError"
+    )
     body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
     return web.json_response(body, status=status)
 
@@ -75,7 +94,13 @@ class SimServer:
     ``time_scale``: virtual seconds per wall second (> 0). ``max_model_len``: context limit in tokens
     (prompt + output; default the smaller of the model's context and the KV capacity).
     ``reasoning_share``: share of each chat answer streamed as ``reasoning_content``.
-    ``default_max_tokens``: answer length when a request names none.
+    ``default_max_tokens``: answer length when a request names none. ``lag_warn_s``: wall seconds of
+    lateness of a step's release above which the server logs that it cannot keep up (at most one warning
+    per 10 s). ``count_prompt``: counts a text prompt's tokens (default :func:`text_tokens`; see
+    :func:`agentperf_kit.sim.tokens.load_tokenizer` for a local Hugging Face tokenizer).
+
+    Lag: ``lag_s`` is the lateness (wall seconds) of the latest step's release, ``lag_max_s`` the largest
+    since start, ``late_steps`` the steps released later than ``lag_warn_s``.
     """
 
     def __init__(
@@ -88,11 +113,13 @@ class SimServer:
         max_model_len: int | None = None,
         reasoning_share: float = 0.0,
         default_max_tokens: int = 256,
+        lag_warn_s: float = 0.05,
+        count_prompt: Any = None,
     ) -> None:
         if not time_scale > 0:
-            raise ValueError(f"time_scale must be > 0, got {time_scale}")
+            raise ConfigError(f"time_scale must be > 0, got {time_scale}")
         if not 0.0 <= reasoning_share <= 1.0:
-            raise ValueError(f"reasoning_share must be within [0, 1], got {reasoning_share}")
+            raise ConfigError(f"reasoning_share must be within [0, 1], got {reasoning_share}")
         self.dep = get_deployment(deployment) if isinstance(deployment, str) else deployment
         if self.dep.disaggregated:
             raise ValueError(
@@ -110,6 +137,28 @@ class SimServer:
         self.prefixes = PrefixIndex()
         self.live: set[_Live] = set()
         self.counters = {"requests_ok": 0, "requests_aborted": 0, "requests_rejected": 0, "generated": 0}
+        self.count_prompt = count_prompt or text_tokens
+        self.lag_warn_s = float(lag_warn_s)
+        self.lag_s = 0.0
+        self.lag_max_s = 0.0
+        self.late_steps = 0
+        self._lag_window_max = 0.0
+        self._lag_logged_at = -math.inf
+        self._finished_now: list[_Live] = []
+        self.h_ttft = Histogram(
+            "vllm:time_to_first_token_seconds", "Time to first token (virtual seconds).", TTFT_BUCKETS
+        )
+        self.h_itl = Histogram(
+            "vllm:inter_token_latency_seconds", "Time between output tokens (virtual seconds).", ITL_BUCKETS
+        )
+        self.h_tpot = Histogram(
+            "vllm:time_per_output_token_seconds",
+            "Per request: (last token - first token) / (output tokens - 1) (virtual seconds).",
+            ITL_BUCKETS,
+        )
+        self.h_e2e = Histogram(
+            "vllm:e2e_request_latency_seconds", "Arrival to last token (virtual seconds).", E2E_BUCKETS
+        )
         self._wake: asyncio.Event | None = None
         self._driver: asyncio.Task | None = None
         self._t0 = 0.0
@@ -132,7 +181,11 @@ class SimServer:
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> SimServer:
-        """Serve on ``host:port`` (0 picks a free port); see :attr:`base_url`."""
+        """Serve on ``host:port`` (0 picks a free port); see :attr:`base_url`. Raises
+        :class:`~agentperf_kit.errors.ConfigError` for a port outside 0-65535 and ``OSError`` when the
+        address cannot be bound."""
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError(f"port must be an integer within 0-65535 (0 picks a free port), got {port!r}")
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=4096)
@@ -161,7 +214,7 @@ class SimServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._driver
         for req in self.engine.cancel_all():
-            req.key.done = True
+            req.key.rejected = "the server is shutting down"
             req.key.event.set()
 
     # -- clock and engine driver ------------------------------------------------------------------------
@@ -171,34 +224,95 @@ class SimServer:
         return (asyncio.get_running_loop().time() - self._t0) * self.time_scale
 
     async def _drive(self) -> None:
+        """Advance the engine one step at a time; after each step, sleep until the wall time at which it
+        ends, then release to each request the output count it reached in that step."""
         loop = asyncio.get_running_loop()
         eng = self.engine
         while True:
             if not eng.has_work:
                 self._wake.clear()
                 await self._wake.wait()
-                eng.now = max(eng.now, self.vnow())
                 continue
             if not (eng.prefilling or eng.b) and eng.waiting[0].t_arrival > eng.now:
-                eng.now = eng.waiting[0].t_arrival
-            eng.advance(max(self.vnow(), eng.now + 1e-9))
-            delay = self._t0 + eng.now / self.time_scale - loop.time()
-            await asyncio.sleep(max(0.0, delay))
-            for live in self.live:
+                eng.now = eng.waiting[0].t_arrival  # idle until the arrival: the step starts there
+            steps0 = eng.steps
+            self._finished_now.clear()
+            eng.advance(math.nextafter(eng.now, math.inf))  # exactly one step (or none: a KV fit)
+            if eng.steps == steps0 and not self._finished_now:
+                continue
+            t_end = eng.now
+            released = self._collect(t_end)
+            target = self._t0 + t_end / self.time_scale
+            delay = target - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._note_lag(loop.time() - target, t_end)
+            for live, n in released:
+                live.steps.append(n)
                 live.event.set()
+            await asyncio.sleep(0)  # let the handlers write before the next step is computed
+
+    def _collect(self, t_end: float) -> list[tuple[_Live, int]]:
+        """Output counts at the end of the step that ended at ``t_end`` (virtual s), for the requests that
+        produced tokens in it (decoding ones and those that finished); updates the latency histograms."""
+        out: list[tuple[_Live, int]] = []
+        eng = self.engine
+        # requests decoding now (a preempted request is absent until its re-prefill completes)
+        lives = [req.key for _, _, req in eng._decode]
+        lives += self._finished_now
+        for live in lives:
+            n = live.output if live.done else eng.tokens_done(live.req)
+            if n <= live.marked:
+                continue
+            if live.marked == 0:
+                self.h_ttft.observe(t_end - live.req.t_arrival)
+            else:
+                self.h_itl.observe(t_end - live.t_last)
+            live.marked = n
+            live.t_last = t_end
+            if live.stream or live.done:  # a non-streaming handler waits for the last step only
+                out.append((live, n))
+        return out
+
+    def _note_lag(self, lag: float, t_end: float) -> None:
+        lag = max(0.0, lag)
+        self.lag_s = lag
+        self.lag_max_s = max(self.lag_max_s, lag)
+        if lag <= self.lag_warn_s:
+            return
+        self.late_steps += 1
+        self._lag_window_max = max(self._lag_window_max, lag)
+        now = time.monotonic()
+        if now - self._lag_logged_at >= 10.0:
+            log.warning(
+                "serve-sim cannot keep up with real time: the engine step ending at virtual %.3f s was "
+                "released %.3f s late (worst since the last warning %.3f s; %d late steps so far; time "
+                "scale %g); clients measure this lag on top of the simulated latencies",
+                t_end,
+                lag,
+                self._lag_window_max,
+                self.late_steps,
+                self.time_scale,
+            )
+            self._lag_logged_at = now
+            self._lag_window_max = 0.0
 
     def _on_finish(self, req: SimRequest, t_end: float) -> None:
         live: _Live = req.key
         live.done = True
+        self._finished_now.append(live)
         self.counters["requests_ok"] += 1
         self.counters["generated"] += req.output
+        self.h_e2e.observe(t_end - req.t_arrival)
+        if req.output > 1:
+            self.h_tpot.observe((t_end - req.t_first) / (req.output - 1))
 
     def _on_reject(self, req: SimRequest, t: float, detail: str) -> None:
         req.key.rejected = detail
 
-    def _submit(self, tokens: list, output: int) -> _Live:
+    def _submit(self, tokens: list, output: int, stream: bool) -> _Live:
         phase, prefix = self.prefixes.match(block_chain(tokens))
-        live = _Live(output)
+        live = _Live(output, stream)
         eng = self.engine
         req = SimRequest(live, phase, len(tokens), prefix, output, max(eng.now, self.vnow()))
         live.req = req
@@ -208,25 +322,21 @@ class SimServer:
             self._wake.set()
         return live
 
-    def _produced(self, live: _Live) -> int:
-        return live.output if live.done else self.engine.tokens_done(live.req)
-
     # -- request parsing ------------------------------------------------------------------------------
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
+    async def _body(self, request: web.Request, *, chat: bool) -> dict[str, Any]:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise _BadRequest(f"invalid JSON body: {exc}") from None
-        if not isinstance(body, dict):
-            raise _BadRequest("the request body must be a JSON object")
+        except RecursionError:
+            raise _BadRequest("invalid JSON body: nested too deeply") from None
+        check_body(body, chat=chat)
         model = body.get("model")
         if model is not None and model != self.model:
             raise _BadRequest(f"The model `{model}` does not exist.", 404, "model")
-        if body.get("n", 1) != 1:
+        if body.get("n") not in (None, 1):
             raise _BadRequest("the simulated server supports n=1 only", param="n")
-        if not isinstance(body.get("stream", False), bool):
-            raise _BadRequest("'stream' must be a boolean", param="stream")
         return body
 
     def _output_len(self, body: dict[str, Any], prompt_tokens: int) -> tuple[int, str]:
@@ -238,8 +348,8 @@ class SimServer:
             return min(self.default_max_tokens, room), "stop"
         if isinstance(asked, bool) or not isinstance(asked, int) or asked < 1:
             raise _BadRequest(f"max_tokens must be an integer >= 1, got {asked!r}", param="max_tokens")
-        min_tokens = body.get("min_tokens", 0) or 0
-        if not isinstance(min_tokens, int) or min_tokens < 0 or min_tokens > asked:
+        min_tokens = body.get("min_tokens") or 0
+        if min_tokens < 0 or min_tokens > asked:
             raise _BadRequest(
                 f"min_tokens must be an integer in [0, max_tokens], got {min_tokens!r}", param="min_tokens"
             )
@@ -276,15 +386,8 @@ class SimServer:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:
-            body = await self._body(request)
-            messages = body.get("messages")
-            if (
-                not isinstance(messages, list)
-                or not messages
-                or not all(isinstance(m, dict) for m in messages)
-            ):
-                raise _BadRequest("'messages' must be a non-empty list of message objects", param="messages")
-            tokens = chat_tokens(messages)
+            body = await self._body(request, chat=True)
+            tokens = chat_tokens(body["messages"], self.count_prompt)
             out, finish = self._output_len(body, len(tokens))
         except _BadRequest as exc:
             return _error(str(exc), exc.status, exc.param)
@@ -292,12 +395,12 @@ class SimServer:
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         try:
-            body = await self._body(request)
+            body = await self._body(request, chat=False)
             prompt = body.get("prompt")
             if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
                 prompt = prompt[0]  # a batch of one
             if isinstance(prompt, str):
-                tokens: list = text_tokens(prompt)
+                tokens: list = self.count_prompt(prompt)
             elif isinstance(prompt, list) and all(
                 isinstance(t, int) and not isinstance(t, bool) for t in prompt
             ):
@@ -317,19 +420,25 @@ class SimServer:
     async def _serve(
         self, request: web.Request, body: dict, tokens: list, out: int, finish: str, *, chat: bool
     ) -> web.StreamResponse:
-        live = self._submit(tokens, out)
+        stream = bool(body.get("stream"))
+        live = self._submit(tokens, out, stream)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        headers = {"X-Request-Id": request.headers.get("X-Request-Id") or rid}
         if live.rejected is not None:
             self.counters["requests_rejected"] += 1
-            return _error(live.rejected)
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+            resp = _error(live.rejected)
+            resp.headers.update(headers)
+            return resp
         created = int(time.time())
         n_reason = math.floor(out * self.reasoning_share) if chat else 0
         try:
-            if body.get("stream"):
-                return await self._stream(request, body, live, rid, created, n_reason, finish, chat)
-            while not live.done:
+            if stream:
+                return await self._stream(request, headers, body, live, rid, created, n_reason, finish, chat)
+            while not live.done and live.rejected is None:
                 await live.event.wait()
                 live.event.clear()
+            if not live.done:
+                return _error(str(live.rejected), 503)
             text = _words(n_reason, out)
             if chat:
                 message = {"role": "assistant", "content": text, "tool_calls": []}
@@ -341,8 +450,11 @@ class SimServer:
                 choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
                 obj = "text_completion"
             resp = {"id": rid, "object": obj, "created": created, "model": self.model, "choices": [choice]}
-            resp["usage"] = self._usage(live)
-            return web.json_response(resp)
+            resp["usage"] = self._usage(live, n_reason)
+            return web.json_response(resp, headers=headers)
+        except asyncio.CancelledError:
+            _log_disconnect(headers, live, "cancelled")
+            raise
         finally:
             self.live.discard(live)
             if not live.done and live.rejected is None:
@@ -352,6 +464,7 @@ class SimServer:
     async def _stream(
         self,
         request: web.Request,
+        headers: dict[str, str],
         body: dict,
         live: _Live,
         rid: str,
@@ -360,7 +473,9 @@ class SimServer:
         finish: str,
         chat: bool,
     ) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
+        )
         await resp.prepare(request)
         head = (
             f'{{"id":"{rid}","object":"{"chat.completion.chunk" if chat else "text_completion"}",'
@@ -368,52 +483,58 @@ class SimServer:
         )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         sent = 0
-        while True:
+        while sent < live.output:
             await live.event.wait()
             live.event.clear()
-            n = self._produced(live)
-            if n <= sent and not live.done:
-                continue
+            if live.rejected is not None:  # shut down while streaming: end the stream without [DONE]
+                return resp
             parts: list[str] = []
-            if sent == 0 and chat:
-                parts.append(
-                    head + '"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
-                    '"logprobs":null,"finish_reason":null}]}'
-                )
-            last = live.done and n >= live.output
-            reason_end = min(n, n_reason)
-            if sent < reason_end:
-                delta = json.dumps({"reasoning_content": _words(sent, reason_end)})
-                parts.append(
-                    head + f'"choices":[{{"index":0,"delta":{delta},"logprobs":null,'
-                    f'"finish_reason":{_fin(last and reason_end == n, finish)}}}]}}'
-                )
-            start = max(sent, n_reason)
-            if start < n:
-                text = json.dumps(_words(start, n))
-                piece = f'"delta":{{"content":{text}}}' if chat else f'"text":{text}'
-                parts.append(
-                    head + f'"choices":[{{"index":0,{piece},"logprobs":null,'
-                    f'"finish_reason":{_fin(last, finish)}}}]}}'
-                )
-            if last and include_usage:
-                parts.append(head + f'"choices":[],"usage":{json.dumps(self._usage(live))}}}')
-            if last:
-                parts.append("[DONE]")
-            sent = n
-            await resp.write("".join(f"data: {p}\n\n" for p in parts).encode())
-            if last:
-                break
-        await resp.write_eof()
+            while live.steps:  # one chunk per engine step, even when several are due at once
+                n = live.steps.popleft()
+                if sent == 0 and chat:
+                    parts.append(
+                        head + '"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
+                        '"logprobs":null,"finish_reason":null}]}'
+                    )
+                last = n >= live.output
+                reason_end = min(n, n_reason)
+                if sent < reason_end:
+                    delta = json.dumps({"reasoning_content": _words(sent, reason_end)})
+                    parts.append(
+                        head + f'"choices":[{{"index":0,"delta":{delta},"logprobs":null,'
+                        f'"finish_reason":{_fin(last and reason_end == n, finish)}}}]}}'
+                    )
+                start = max(sent, n_reason)
+                if start < n:
+                    text = json.dumps(_words(start, n))
+                    piece = f'"delta":{{"content":{text}}}' if chat else f'"text":{text}'
+                    parts.append(
+                        head + f'"choices":[{{"index":0,{piece},"logprobs":null,'
+                        f'"finish_reason":{_fin(last, finish)}}}]}}'
+                    )
+                if last and include_usage:
+                    parts.append(head + f'"choices":[],"usage":{json.dumps(self._usage(live, n_reason))}}}')
+                if last:
+                    parts.append("[DONE]")
+                sent = n
+            if parts:
+                try:
+                    await resp.write("".join(f"data: {p}\n\n" for p in parts).encode())
+                except ConnectionError as exc:
+                    _log_disconnect(headers, live, type(exc).__name__)
+                    return resp
+        with contextlib.suppress(ConnectionError):
+            await resp.write_eof()
         return resp
 
-    def _usage(self, live: _Live) -> dict[str, Any]:
+    def _usage(self, live: _Live, n_reason: int) -> dict[str, Any]:
         req = live.req
         return {
             "prompt_tokens": req.prompt,
             "total_tokens": req.prompt + req.output,
             "completion_tokens": req.output,
             "prompt_tokens_details": {"cached_tokens": req.hit},
+            "completion_tokens_details": {"reasoning_tokens": n_reason},
         }
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -480,11 +601,42 @@ class SimServer:
             ),
             ("agentperf_sim:virtual_seconds", "gauge", "Virtual clock of the engine.", eng.now),
             ("agentperf_sim:engine_steps_total", "counter", "Engine steps simulated.", eng.steps),
+            (
+                "agentperf_sim:lag_seconds",
+                "gauge",
+                "Wall seconds the latest engine step was released after its due time (0: on time).",
+                self.lag_s,
+            ),
+            (
+                "agentperf_sim:lag_max_seconds",
+                "gauge",
+                "Largest release lag since start (wall seconds).",
+                self.lag_max_s,
+            ),
+            (
+                "agentperf_sim:late_steps_total",
+                "counter",
+                "Engine steps released later than the lag warning threshold.",
+                self.late_steps,
+            ),
         ]
         lines = []
         for name, kind, doc, value in rows:
-            lines += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}", f"{name}{label} {float(value)!r}"]
+            lines += render_scalar(name, kind, doc, label[1:-1], value)
+        for h in (self.h_ttft, self.h_itl, self.h_tpot, self.h_e2e):
+            lines += h.render(label[1:-1])
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")
+
+
+def _log_disconnect(headers: dict[str, str], live: _Live, how: str) -> None:
+    if not live.done and live.rejected is None:
+        log.info(
+            "request %s: client disconnected after %d of %d output tokens (%s); aborted in the engine",
+            headers["X-Request-Id"],
+            live.marked,
+            live.output,
+            how,
+        )
 
 
 def _fin(last: bool, finish: str) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["BLOCK_TOKENS", "PrefixIndex", "block_chain", "chat_tokens", "text_tokens"]
@@ -43,17 +43,20 @@ def _content_text(content: Any) -> str:
     return str(content)
 
 
-def chat_tokens(messages: Sequence[dict[str, Any]]) -> list[str]:
-    """Tokens of a chat prompt: per message a role header token, then its content and tool calls."""
-    out: list[str] = []
+def chat_tokens(
+    messages: Sequence[dict[str, Any]], count: Callable[[str], Sequence[Any]] = text_tokens
+) -> list[Any]:
+    """Tokens of a chat prompt: per message a role header token, then its content and tool calls, each
+    tokenized by ``count`` (text -> tokens)."""
+    out: list[Any] = []
     for m in messages:
         out.append(f"<|{m.get('role', 'user')}|>")
-        out.extend(text_tokens(_content_text(m.get("content"))))
+        out.extend(count(_content_text(m.get("content"))))
         for call in m.get("tool_calls") or ():
             fn = call.get("function") or {}
-            out.extend(text_tokens(str(fn.get("name", ""))))
+            out.extend(count(str(fn.get("name", ""))))
             args = fn.get("arguments", "")
-            out.extend(text_tokens(args if isinstance(args, str) else json.dumps(args)))
+            out.extend(count(args if isinstance(args, str) else json.dumps(args)))
     return out
 
 

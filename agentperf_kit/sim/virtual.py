@@ -26,7 +26,7 @@ from ..recorder import RunWriter
 from ..results import RunResult, finalize_frame, finalize_run, toolkit_provenance, write_manifest
 from ..trajectories.model import Trajectory
 from .disagg import make_engine
-from .engine import SimRequest
+from .engine import SimRequest, SimulatorInvariantError
 from .presets import DEFAULT_DEPLOYMENT, Deployment, efficiency, get_deployment
 
 __all__ = ["ACTIVITY_FACTOR", "MARKER_TOKENS", "run_sim_level"]
@@ -193,8 +193,13 @@ def run_sim_level(
         if not math.isnan(t_closed) and not engine.has_work and not sends:
             break
     t_end = engine.now
-    for req in engine.cancel_all():
+    for req in engine.cancel_all():  # checks the engine's conservation of requests
         fleet.cancel(in_flight.pop(id(req.key)), t_end)
+    if in_flight:  # a request sent but never answered, rejected or cancelled: its agent would be lost
+        raise SimulatorInvariantError(
+            f"{len(in_flight)} request(s) sent to the simulated deployment {dep.name!r} were never "
+            "answered, rejected or cancelled (a simulator bug: please report it with the command)"
+        )
     wall = time.perf_counter() - wall0
 
     window = fleet.window_summary()

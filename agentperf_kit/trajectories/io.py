@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from .model import Trajectory, TrajectoryFormatError, Turn
 
 __all__ = [
@@ -52,6 +53,11 @@ def save_trajectories(
 ) -> Path:
     """Write trajectories to ``path`` (``.jsonl``, ``.jsonl.gz`` or ``.parquet``); returns the path."""
     path = Path(path)
+    if not (path.suffix == ".parquet" or path.name.endswith((".jsonl", ".jsonl.gz"))):
+        raise ConfigError(
+            f"path: cannot tell the format of {str(path)!r} from its name; use a name ending in .jsonl, "
+            ".jsonl.gz or .parquet"
+        )
     trajectories = list(trajectories)
     source = trajectories[0].source if trajectories else "unknown"
     header = {
