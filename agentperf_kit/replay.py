@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 
 from .agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
+from .client.bodies import body_bytes
 from .client.http import (
     Endpoint,
     calibrate_chat_filler,
@@ -249,7 +250,7 @@ async def run_live(
                     await asyncio.sleep(delay)
                 if not fleet.may_send(now()):
                     return
-                body = endpoint.body(plan)
+                body = body_bytes(endpoint, plan)  # the JSON of endpoint.body(plan), built as bytes
                 in_flight[id(plan)] = plan
                 if len(in_flight) > max_in_flight:
                     max_in_flight = len(in_flight)
