@@ -338,6 +338,18 @@ class SinkResponseHandler(ResponseHandler):
             if payload is not self.early_payload and getattr(payload, "total_bytes", 0):
                 self.early_payload, self.early_ns = payload, now
 
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        """aiohttp calls this after every read from a response's ``StreamReader`` (``read_nowait`` in the
+        sink: once per block). When reading was not paused it would only feed the parser an empty block
+        and resume a transport that is reading: skipped then (aiohttp versions without these flags always
+        take the full path)."""
+        if (
+            getattr(self, "_reading_paused", True)
+            or getattr(self, "_buffer_paused", True)
+            or getattr(self, "_upgraded", True)
+        ):
+            super().resume_reading(resume_parser)
+
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
         sink = self.body_sink
