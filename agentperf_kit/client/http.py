@@ -536,6 +536,8 @@ class StreamState:
         answer = tool = False
         try:
             for line in lines:
+                if not line:
+                    continue  # the blank line after every event
                 info = None
                 tokens = 1
                 if hot is not None and line.startswith(hot[0]) and line.endswith(hot[1]):
