@@ -291,8 +291,10 @@ def run(args: argparse.Namespace) -> str:
             f"{cc.get('send_delay_p95_s', math.nan) * 1e3:.2f} ms, connection waits "
             f"{cc.get('connection_waits')}, GC {cc.get('gc_pauses')}) {'; '.join(cc.get('reasons', []))}"
         )
+        n_cancel = int((df.error == "cancelled_at_end").sum())
         say(
-            f"   requests {len(df):,} (in window {int(df.in_window.sum()):,}, failed {int((~df.ok).sum())}); "
+            f"   requests {len(df):,} (in window {int(df.in_window.sum()):,}, failed "
+            f"{int((~df.ok).sum())}, of which cancelled at the end {n_cancel}); "
             f"server: {len(truth):,} streamed, {toks_all:,} tokens; windows: streaming "
             f"{s1 - s0:.1f} s, steady {w1 - w0:.1f} s"
         )
