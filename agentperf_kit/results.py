@@ -244,7 +244,16 @@ def _is_run_dir(directory: Path) -> bool:
 
 #: what a sweep directory holds (``sweep.json`` first); anything else there means it is not only a sweep's
 SWEEP_ENTRIES = frozenset(
-    {"sweep.json", "levels", "levels.csv", "summary.json", "requests.parquet", "report.html"}
+    {
+        "sweep.json",
+        "levels",
+        "levels.csv",
+        "summary.json",
+        "requests.parquet",
+        "report.html",
+        "tasks.csv",
+        "tasks.parquet",
+    }
 )
 
 

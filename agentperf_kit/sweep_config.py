@@ -289,14 +289,14 @@ def _check_types(cfg: SweepConfig) -> None:
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
             )
             want = "a list of integers or a string like '0,1'"
+        elif f.name == "extra_body":  # before "str": a TOML table is a dict
+            ok, want = isinstance(value, str | dict), "a JSON object (a TOML table, or a JSON string)"
         elif base == "str":
             ok, want = isinstance(value, str), "a string"
         elif base.startswith("tuple"):
             items = (value,) if isinstance(value, str) else value
             ok = isinstance(items, list | tuple) and all(isinstance(v, str) for v in items)
             want = "a list of 'Name: value' strings"
-        elif f.name == "extra_body":
-            ok, want = isinstance(value, str | dict), "a JSON object (a TOML table, or a JSON string)"
         else:  # pragma: no cover - a new field type: teach this function about it
             continue
         if not ok:

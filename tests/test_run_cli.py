@@ -14,6 +14,7 @@ import pytest
 from agentperf_kit.cli import main
 from agentperf_kit.results import load_run
 from agentperf_kit.trajectories import default_trajectories, fit_context, trajectory_stats
+from tests.conftest import assert_live_run_measured
 from tests.sse_servers import SSEServer
 
 
@@ -148,7 +149,7 @@ def test_live_run_sends_extra_headers_and_body_fields_and_never_writes_a_credent
             str(out),
         ]
     )
-    assert rc == 0
+    assert_live_run_measured(rc, out)
     assert server_thread.bodies and all(b["top_k"] == 1 and b["priority"] == 3 for b in server_thread.bodies)
     assert all(h.get("X-Bench-Run") == "cli-test" for h in server_thread.headers)
     assert load_run(out).manifest["config"]["rules"]["on_error"] == "abandon"

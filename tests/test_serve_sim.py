@@ -70,6 +70,8 @@ def test_text_tokens_approximation():
     assert text_tokens("the cat sat") == ["the", "cat", "sat"]
     assert text_tokens("internationalization") == ["internat", "ionaliza", "tion"]
     assert text_tokens("x=12345;") == ["x", "=", "123", "45", ";"]
+    # a line break and the indentation after it are one token (byte-level BPEs merge them); spaces are free
+    assert text_tokens("if x:\n    return  y") == ["if", "x", ":", "\n    ", "return", "y"]
     toks = chat_tokens([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
     assert toks == ["<|system|>", "be", "brief", "<|user|>", "hi"]
 
@@ -429,3 +431,303 @@ def test_time_scale_must_be_positive():
     dep = get_deployment("h200x8-dsv4pro")
     assert SimServer().max_model_len == min(dep.max_context_tokens, dep.kv_capacity_tokens) == 1_048_576
     assert SimServer(max_model_len=4096).max_model_len == 4096
+
+
+# -- request validation, vLLM extras, disconnects, CLI ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        (
+            "chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "stream": True, "stream_options": 5},
+            "stream_options",
+        ),
+        (
+            "chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": "y"}},
+            "stream_options.include_usage",
+        ),
+        (
+            "chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "max_tokens": "x"},
+            "max_tokens",
+        ),
+        ("chat/completions", {"messages": 5, "max_tokens": 3}, "messages"),
+        ("chat/completions", {"messages": [5], "max_tokens": 3}, "messages[0]"),
+        ("chat/completions", {"messages": [{"role": 1, "content": "x"}]}, "messages[0].role"),
+        ("chat/completions", {"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        (
+            "chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]},
+            "messages[0].content[0].text",
+        ),
+        (
+            "chat/completions",
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": "x",
+                        "tool_calls": [{"function": {"name": "f", "arguments": {}}}],
+                    }
+                ]
+            },
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+        (
+            "chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
+            "temperature",
+        ),
+        ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "stop": [1]}, "stop"),
+        ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
+        ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": "1"}, "n"),
+        ("completions", {"prompt": "hi", "max_tokens": 2.5}, "max_tokens"),
+        ("completions", {"prompt": "hi", "max_tokens": True}, "max_tokens"),
+        ("completions", {"prompt": "hi", "min_tokens": "1", "max_tokens": 2}, "min_tokens"),
+        ("completions", {"prompt": "hi", "echo": 1}, "echo"),
+        ("completions", {"prompt": "hi", "model": 7}, "model"),
+    ],
+)
+def test_wrong_types_are_400_naming_the_field(path, body, param):
+    async def go(server):
+        async with aiohttp.ClientSession() as s, s.post(f"{server.base_url}/{path}", json=body) as r:
+            return r.status, r.content_type, await r.json()
+
+    status, ctype, answer = _serve(go, time_scale=20.0)
+    assert status == 400 and ctype == "application/json"
+    assert answer["error"]["param"] == param and param in answer["error"]["message"]
+
+
+def test_deep_nesting_is_a_400_not_a_500():
+    deep = b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+    async def go(server):
+        hdr = {"Content-Type": "application/json"}
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(server.base_url + "/chat/completions", data=deep, headers=hdr) as r,
+        ):
+            return r.status, await r.json()
+
+    status, body = _serve(go, time_scale=20.0)
+    assert status == 400 and "nested too deeply" in body["error"]["message"]
+
+
+def test_request_id_histograms_and_reasoning_usage():
+    async def go(server):
+        chat = server.base_url + "/chat/completions"
+        msgs = [{"role": "user", "content": "go"}]
+        async with aiohttp.ClientSession() as s:
+            async with s.post(
+                chat, json={"messages": msgs, "max_tokens": 10}, headers={"X-Request-Id": "abc-1"}
+            ) as r:
+                echoed, body = r.headers.get("X-Request-Id"), await r.json()
+            stream = {"messages": msgs, "max_tokens": 10, "stream": True}
+            async with s.post(chat, json=stream) as r:
+                own = r.headers.get("X-Request-Id")
+                raw = await r.read()
+            async with s.get(server.base_url[:-3] + "/metrics") as r:
+                text = await r.text()
+        return echoed, body, own, raw, text
+
+    echoed, body, own, raw, text = _serve(go, time_scale=20.0, reasoning_share=0.4)
+    assert echoed == "abc-1"
+    assert own.startswith("chatcmpl-") and own.encode() in raw  # the response id
+    assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 4
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    lbl = 'model_name="deepseek-v4-pro"'
+    for name in (
+        "vllm:time_to_first_token_seconds",
+        "vllm:inter_token_latency_seconds",
+        "vllm:time_per_output_token_seconds",
+        "vllm:e2e_request_latency_seconds",
+    ):
+        assert f"# TYPE {name} histogram" in text
+        count = values[f"{name}_count{{{lbl}}}"]
+        assert values[f'{name}_bucket{{{lbl},le="+Inf"}}'] == count
+        assert values[f"{name}_sum{{{lbl}}}"] > 0
+    assert values[f"vllm:time_to_first_token_seconds_count{{{lbl}}}"] == 2
+    assert values[f"vllm:e2e_request_latency_seconds_count{{{lbl}}}"] == 2
+    assert values[f"vllm:inter_token_latency_seconds_count{{{lbl}}}"] == 2 * 9  # one per step after the first
+
+
+def test_abandoned_streams_log_one_line_each(caplog):
+    n = 200
+
+    async def one(s, url):
+        body = {"prompt": list(range(64)), "max_tokens": 500, "stream": True}
+        async with s.post(url, json=body) as r:
+            async for line in r.content:
+                if line.startswith(b"data: {"):
+                    return  # hang up after the first token
+
+    async def go(server):
+        url = server.base_url + "/completions"
+        conn = aiohttp.TCPConnector(limit=0, force_close=True)
+        async with aiohttp.ClientSession(connector=conn) as s:
+            await asyncio.gather(*(one(s, url) for _ in range(n)))
+            for _ in range(200):  # the server notices each hang-up at its next write
+                if server.counters["requests_aborted"] == n:
+                    break
+                await asyncio.sleep(0.05)
+        return server.counters["requests_aborted"]
+
+    with caplog.at_level(logging.INFO):
+        aborted = _serve(go, time_scale=20.0)
+    assert aborted == n
+    lines = [r for r in caplog.records if "client disconnected" in r.getMessage()]
+    assert len(lines) == n
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_non_streaming_client_that_hangs_up_is_aborted(caplog):
+    async def go(server):
+        url = server.base_url + "/completions"
+        with contextlib.suppress(asyncio.TimeoutError):
+            timeout = aiohttp.ClientTimeout(total=0.3)
+            async with aiohttp.ClientSession(timeout=timeout) as s:
+                await s.post(url, json={"prompt": list(range(64)), "max_tokens": 100_000})
+        for _ in range(100):
+            if server.counters["requests_aborted"]:
+                break
+            await asyncio.sleep(0.05)
+        return server.counters["requests_aborted"], len(server.engine._decode)
+
+    with caplog.at_level(logging.INFO):
+        aborted, decoding = _serve(go, time_scale=1.0)
+    assert aborted == 1 and decoding == 0
+    assert any("client disconnected" in r.getMessage() for r in caplog.records)
+
+
+def test_cli_port_out_of_range_is_one_line_exit_2(capsys):
+    from agentperf_kit.cli import main
+
+    assert main(["serve-sim", "--port", "99999"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "99999" in err and "port" in err
+    assert main(["serve-sim", "--tokenizer", "/no/such/tokenizer"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "/no/such/tokenizer" in err
+
+    from agentperf_kit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="port"):
+        asyncio.run(SimServer().start(port=99999))
+
+
+def test_prompts_counted_with_a_local_tokenizer(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from agentperf_kit.sim.tokens import load_tokenizer
+
+    byte_level = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = byte_level
+    corpus = ["the model writes code and then runs the tests again", "def f(x): return x + 1"] * 50
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=byte_level.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(corpus, trainer)
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    text = "the model writes code: def g(y): return y * 22"
+    expect = len(tok.encode(text, add_special_tokens=False).ids)
+    assert expect != len(text_tokens(text))  # the two counts differ, so the test can tell them apart
+
+    async def go(server):
+        comp = await _post(server.base_url + "/completions", {"prompt": text, "max_tokens": 2})
+        chat = await _post(
+            server.base_url + "/chat/completions",
+            {"messages": [{"role": "user", "content": text}], "max_tokens": 2},
+        )
+        return comp, chat
+
+    comp, chat = _serve(go, time_scale=20.0, count_prompt=load_tokenizer(tmp_path))
+    assert comp[1]["usage"]["prompt_tokens"] == expect
+    assert chat[1]["usage"]["prompt_tokens"] == expect + 1  # + the role header
+
+
+def test_missing_tokenizer_library_names_the_pip_install(tmp_path, monkeypatch):
+    import sys
+
+    from agentperf_kit.errors import ConfigError
+    from agentperf_kit.sim.tokens import load_tokenizer
+
+    (tmp_path / "tokenizer.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ConfigError, match="pip install tokenizers"):
+        load_tokenizer(tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_tokenizer(tmp_path / "nope")
+
+
+# -- live against virtual time ----------------------------------------------------------------------------
+
+
+def _mixed_trajs(n=6, turns=5):
+    """Prompts of 1K-20K new tokens (one to three prefill chunks), 20-60 output tokens, short tools."""
+    rng = np.random.default_rng(3)
+    res = []
+    for i in range(n):
+        ts, prev = [], 0
+        for k in range(turns):
+            new = int(rng.integers(1000, 12000)) if k else int(rng.integers(8000, 20000))
+            delay = float(rng.uniform(0.05, 0.3))
+            ts.append(
+                Turn(0, prev, new, int(rng.integers(20, 60)), tool_delay_s=delay, reasoning_tokens=None)
+            )
+            prev += new
+        res.append(Trajectory(f"t{i}", ts))
+    return res
+
+
+@pytest.mark.slow
+def test_live_ttft_matches_virtual_time():
+    """The same trajectories, agents and seed live against serve-sim (time scale 1) and in virtual time:
+    request by request (matched by agent, trajectory, turn, visit) the median TTFT difference stays within
+    the lag measured in the run (a systematic shift, like a first token one step early, does not), and
+    P50/P95 agree within that lag plus the longest engine step (a request that arrives a little later
+    than in virtual time can land behind a step it had joined there)."""
+    from agentperf_kit.metrics import derive_request_metrics
+    from agentperf_kit.sim.virtual import run_sim_level
+
+    trajs, agents, seed = _mixed_trajs(), 2, 1
+    rules = RunRules(
+        warmup_s=0.5,
+        duration_s=6.0,
+        min_trajectories=0,
+        min_trajectories_per_agent=0,
+        ramp_s=0.2,
+        drain_timeout_s=30,
+        random_start_turn=False,
+    )
+    virtual = run_sim_level(trajs, agents, rules, seed=seed).requests
+
+    async def go(server):
+        ep = Endpoint(server.base_url, server.model, api="completions", request_timeout_s=60)
+        async with LoopLag() as lag:
+            res = await run_live(ep, trajs, agents, rules, seed=seed, progress=False)
+        return res.requests, lag.max_s, server.lag_max_s, server.longest_step_s
+
+    live, loop_lag, server_lag, step = _serve(go, time_scale=1.0)
+    key = ["agent", "trajectory_id", "turn"]
+    a = derive_request_metrics(virtual)[[*key, "ttft_s"]].copy()
+    b = derive_request_metrics(live)[[*key, "ttft_s", "n_chunks", "output_tokens", "ok"]].copy()
+    assert b["ok"].all() and (b["n_chunks"] == b["output_tokens"]).all()  # one chunk per engine step
+    for d in (a, b):
+        d["k"] = d.groupby(key).cumcount()
+    m = a.merge(b, on=[*key, "k"], suffixes=("_v", "_l"))
+    assert len(m) >= 10
+    tol = loop_lag + server_lag + 0.002
+    diff = m["ttft_s_l"] - m["ttft_s_v"]
+    assert abs(diff.median()) <= tol, (diff.median(), tol)
+    for q in (0.5, 0.95):
+        gap = abs(m["ttft_s_l"].quantile(q) - m["ttft_s_v"].quantile(q))
+        assert gap <= tol + step, (q, gap, tol, step)

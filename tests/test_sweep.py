@@ -211,8 +211,10 @@ def test_sweep_client_settings_reach_the_endpoint_and_no_credential_reaches_the_
     assert ep.headers == {"X-Tenant": "lab", "Authorization": "Bearer sk-secretsecret99"}
     assert ep.extra_body == {"top_k": 1} and ep.stall_timeout_s == 30 and ep.continuous_usage
     d = cfg.measurement_dict()
-    assert d["headers"] == ["X-Tenant: lab", "Authorization: ***"]
-    assert "sk-secretsecret99" not in json.dumps(d)
+    assert d["headers"] == ["X-Tenant: ***", "Authorization: ***"]  # every header value is a secret
+    assert "sk-secretsecret99" not in json.dumps(d) and "lab" not in json.dumps(d["headers"])
+    public = SweepConfig(**live, public_headers=("X-Tenant: lab",)).measurement_dict()
+    assert "X-Tenant: lab" in json.dumps(public)  # unless marked public
     assert cfg.config_hash() != base.config_hash()
     with pytest.raises(SweepConfigError, match="Name: value"):
         SweepConfig(**live, headers=("nocolon",))

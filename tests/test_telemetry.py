@@ -39,6 +39,7 @@ from agentperf_kit.telemetry import (
 )
 from agentperf_kit.telemetry.sampler import TELEMETRY_COLUMNS, TELEMETRY_JSONL, _frame
 from agentperf_kit.trajectories.model import Trajectory, Turn
+from tests.conftest import assert_live_run_measured
 from tests.sse_servers import SSEServer
 
 RULES = RunRules(
@@ -730,7 +731,7 @@ def test_cli_run_measures_power_from_a_dcgm_url(tmp_path, capsys):
                 str(tmp_path / "r"),
             ]
         )
-    assert rc == 0
+    assert_live_run_measured(rc, tmp_path / "r")
     text = capsys.readouterr().out
     found = re.search(r"power \(dcgm, energy_counter\): mean ([\d,]+) W over the window", text)
     assert found, text

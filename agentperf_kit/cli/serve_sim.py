@@ -7,6 +7,8 @@ import asyncio
 import signal
 import sys
 
+from ..errors import AgentperfError, ConfigError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -34,17 +36,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--reasoning-share", type=float, default=0.0, help="share of chat output sent as reasoning_content"
     )
     p.add_argument("--default-max-tokens", type=int, default=256, help="answer length without max_tokens")
+    p.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="count text prompts with this local Hugging Face tokenizer (a tokenizer.json file or a "
+        "directory holding one; needs the 'tokenizers' or 'transformers' package; nothing is downloaded)",
+    )
+    p.add_argument(
+        "--lag-warn",
+        type=float,
+        default=0.05,
+        metavar="S",
+        help="log a warning when an engine step is released more than S wall seconds late (default 0.05)",
+    )
     p.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from ..sim.presets import DEFAULT_DEPLOYMENT, list_deployments
     from ..sim.server import SimServer
+    from ..sim.tokens import load_tokenizer
 
     if args.list:
         print("\n".join(list_deployments()))
         return 0
     try:
+        if not 0 <= args.port <= 65535:
+            raise ConfigError(f"port must be within 0-65535 (0 picks a free one), got {args.port}")
+        count = load_tokenizer(args.tokenizer) if args.tokenizer else None
         server = SimServer(
             args.preset or DEFAULT_DEPLOYMENT,
             efficiency_set=args.efficiency,
@@ -53,7 +72,11 @@ def _serve(args: argparse.Namespace) -> int:
             max_model_len=args.max_model_len,
             reasoning_share=args.reasoning_share,
             default_max_tokens=args.default_max_tokens,
+            lag_warn_s=args.lag_warn,
+            count_prompt=count,
         )
+    except AgentperfError:
+        raise  # one line and its exit code, from agentperf_kit.cli
     except (KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
@@ -68,7 +91,8 @@ async def _main(server, host: str, port: int) -> int:
         return 2
     print(
         f"serving {server.model} (simulated {server.dep.label}, efficiency {server.eff.name}, "
-        f"time scale {server.time_scale:g}, max_model_len {server.max_model_len}) on {server.base_url}",
+        f"time scale {server.time_scale:g}, max_model_len {server.max_model_len}, prompt tokens counted "
+        f"by {getattr(server.count_prompt, 'name', 'the built-in approximation')}) on {server.base_url}",
         file=sys.stderr,
         flush=True,
     )

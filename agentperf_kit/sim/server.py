@@ -54,7 +54,10 @@ __all__ = ["SimServer"]
 
 log = logging.getLogger(__name__)
 
-_WORDS = ("the", " model", " thinks", " about", " code", " and", " tests", " it", " again", ".")
+# emitted text: a space + a common English word per token, one token each in common BPE vocabularies
+# (GPT-2/cl100k/Llama/DeepSeek style: a leading-space word is one piece), so a client that counts
+# output tokens with its own tokenizer counts one per chunk
+_WORDS = (" the", " model", " writes", " code", " and", " then", " runs", " the", " tests", " again")
 
 
 @dataclass(eq=False, slots=True)
@@ -100,7 +103,8 @@ class SimServer:
     :func:`agentperf_kit.sim.tokens.load_tokenizer` for a local Hugging Face tokenizer).
 
     Lag: ``lag_s`` is the lateness (wall seconds) of the latest step's release, ``lag_max_s`` the largest
-    since start, ``late_steps`` the steps released later than ``lag_warn_s``.
+    since start, ``late_steps`` the steps released later than ``lag_warn_s``; ``longest_step_s`` the
+    longest engine step so far (virtual seconds).
     """
 
     def __init__(
@@ -142,6 +146,7 @@ class SimServer:
         self.lag_s = 0.0
         self.lag_max_s = 0.0
         self.late_steps = 0
+        self.longest_step_s = 0.0  # virtual seconds
         self._lag_window_max = 0.0
         self._lag_logged_at = -math.inf
         self._finished_now: list[_Live] = []
@@ -235,12 +240,13 @@ class SimServer:
                 continue
             if not (eng.prefilling or eng.b) and eng.waiting[0].t_arrival > eng.now:
                 eng.now = eng.waiting[0].t_arrival  # idle until the arrival: the step starts there
-            steps0 = eng.steps
+            steps0, t_start = eng.steps, eng.now
             self._finished_now.clear()
             eng.advance(math.nextafter(eng.now, math.inf))  # exactly one step (or none: a KV fit)
             if eng.steps == steps0 and not self._finished_now:
                 continue
             t_end = eng.now
+            self.longest_step_s = max(self.longest_step_s, t_end - t_start)
             released = self._collect(t_end)
             target = self._t0 + t_end / self.time_scale
             delay = target - loop.time()
@@ -435,7 +441,13 @@ class SimServer:
             if stream:
                 return await self._stream(request, headers, body, live, rid, created, n_reason, finish, chat)
             while not live.done and live.rejected is None:
-                await live.event.wait()
+                try:  # wake once a second to notice a client that hung up (vLLM aborts those too)
+                    await asyncio.wait_for(live.event.wait(), 1.0)
+                except TimeoutError:
+                    if request.transport is None or request.transport.is_closing():
+                        _log_disconnect(headers, live, "connection closed")
+                        return web.Response(status=499)  # never sent: the connection is gone
+                    continue
                 live.event.clear()
             if not live.done:
                 return _error(str(live.rejected), 503)
