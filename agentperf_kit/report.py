@@ -113,6 +113,7 @@ def write_html_report(directory: str | Path, path: str | Path | None = None) -> 
         tiers.to_html(index=False, na_rep="-"),
         "<h2>Levels</h2>",
         levels.to_html(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"),
+        *_task_section(Path(directory)),
     ]
     for title, png in figures:
         parts += [
@@ -121,3 +122,14 @@ def write_html_report(directory: str | Path, path: str | Path | None = None) -> 
         ]
     path.write_text("\n".join(parts))
     return path
+
+
+def _task_section(directory: Path) -> list[str]:
+    """The per-level task table (completion time, slowdown, tasks per hour; docs/frontier.md)."""
+    from .tasks import load_sweep_tasks
+
+    tab = load_sweep_tasks(directory)
+    return [
+        "<h2>Task completion (trajectory instances finishing in the steady window)</h2>",
+        tab.to_html(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"),
+    ]

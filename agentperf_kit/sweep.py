@@ -174,6 +174,10 @@ class _Sweeper:
                 from .trajectories import fit_context
 
                 trajs = fit_context(trajs, self.cfg.max_context)
+            if self.cfg.what_if:
+                from .whatif import apply_what_if, parse_what_if
+
+                trajs = apply_what_if(trajs, parse_what_if(self.cfg.what_if))
             self._trajs = trajs
         return self._trajs
 
@@ -487,6 +491,7 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
         "target": config.target,
         "model": config.model or (sw.results[min(sw.results)][1].get("config", {}).get("model")),
         "tier_preset": config.tiers,
+        "what_if": config.what_if,
         "accelerators": acc,
         "accelerator_type": acc_type,
         "power_w": summary_power_w,
@@ -573,6 +578,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"accelerators {summary['accelerators']} x {summary.get('accelerator_type')}  "
         f"power {_fmt(summary.get('power_w'), '{:,.0f} W') if summary.get('power_w') else 'per level'} "
         f"({summary.get('power_scope') or 'unknown'})",
+        *([f"what-if: {summary['what_if']}"] if summary.get("what_if") else []),
         "",
         f"{'tier':<6}{'SLO':<20}{'max agents':>12}{'binding':>9}{'agents/accel':>14}{'power W':>10}"
         f"{'agents/MW':>12}",

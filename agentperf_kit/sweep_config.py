@@ -67,6 +67,7 @@ class SweepConfig:
     stall_timeout_s: float = 120.0
     force_output: bool = True
     continuous_usage: bool = False
+    what_if: str | None = None
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -98,8 +99,36 @@ class SweepConfig:
 
             check_base_url(self.target)
         get_tier_preset(self.tiers)
+        self._check_what_if()
         self._check_telemetry()
         self._check_client()
+
+    def _check_what_if(self) -> None:
+        """Canonical what-if knobs (docs/frontier.md); the deployment/trajectories knobs set those fields."""
+        if self.what_if is None:
+            return
+        from .whatif import parse_what_if, what_if_string
+
+        try:
+            knobs = parse_what_if(self.what_if)
+        except ConfigError as exc:
+            raise SweepConfigError(str(exc)) from None
+        if not knobs:
+            object.__setattr__(self, "what_if", None)
+            return
+        if not self.is_sim:
+            raise SweepConfigError(f"what_if={self.what_if!r}: what-if knobs apply to simulated targets only")
+        if "deployment" in knobs:
+            from .sim.presets import get_deployment
+
+            try:
+                get_deployment(str(knobs["deployment"]))
+            except KeyError as exc:
+                raise SweepConfigError(f"what_if deployment: {exc.args[0]}") from None
+            object.__setattr__(self, "target", f"sim:{knobs['deployment']}")
+        if "trajectories" in knobs:
+            object.__setattr__(self, "trajectories", str(knobs["trajectories"]))
+        object.__setattr__(self, "what_if", what_if_string(knobs))
 
     def _check_client(self) -> None:
         from .client.http import parse_extra_body
@@ -206,6 +235,8 @@ class SweepConfig:
         """The fields that change what is measured (``out`` excluded): hashed for resume checks."""
         d = dataclasses.asdict(self)
         d.pop("out")
+        if d.get("what_if") is None:
+            d.pop("what_if", None)  # absent when unused, so older sweeps' hashes still match
         for name, default in (_TELEMETRY_DEFAULTS | _CLIENT_DEFAULTS).items():
             if d[name] == default:  # at their defaults: left out, so older sweeps' hashes still match
                 d.pop(name)

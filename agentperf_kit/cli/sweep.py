@@ -44,6 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-context", type=positive_int, help="scale the trajectories to fit this context (tokens)"
     )
+    p.add_argument(
+        "--what-if",
+        action="append",
+        metavar="KNOB=VALUE",
+        help="simulated targets: tool_delay=F, output=F, context=F, prefix_cache=off, trajectories=PATH, "
+        "deployment=NAME (repeatable or comma-separated; docs/frontier.md)",
+    )
     c = p.add_argument_group("live client (docs/replay.md)")
     from .run import add_header_flags
 
@@ -101,6 +108,7 @@ def _config(args: argparse.Namespace):
         stall_timeout_s=args.stall_timeout,
         force_output=False if args.no_force_output else None,
         continuous_usage=True if args.continuous_usage else None,
+        what_if=",".join(args.what_if) if args.what_if else None,
         out=args.out,
     )
     if args.config:
