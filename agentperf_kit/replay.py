@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 
 from .agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
-from .client.bodies import body_bytes
+from .client.bodies import body_bytes, prepare
 from .client.http import (
     Endpoint,
     calibrate_chat_filler,
@@ -230,6 +230,7 @@ async def run_live(
                 )
             elif progress:
                 print(f"note: chat filler not calibrated ({cal['error']}); prompt sizes may deviate")
+        prepare(endpoint)  # the shared prompt stream, built before the first send
         monitor = asyncio.create_task(_loop_lag_monitor(lag, stop))
         sampler = None
         if telemetry is not None and telemetry.active:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from .prompts import MARKER_TOKENS, chat_filler_json, completion_prompt_json
+from .prompts import MARKER_TOKENS, chat_filler_json, completion_prompt_json, prepare_streams
 
 if TYPE_CHECKING:
     from ..agents import RequestPlan
     from .http import Endpoint
 
-__all__ = ["body_bytes", "target_prompt_tokens"]
+__all__ = ["body_bytes", "prepare", "target_prompt_tokens"]
 
 _HEAD_KEYS = frozenset({"model", "stream", "max_tokens", "stream_options", "prompt", "messages"})
 
@@ -62,6 +62,12 @@ def body_bytes(endpoint: Endpoint, plan: RequestPlan) -> bytes:
     tail.update(endpoint.extra_body)
     end = b"," + _encode(tail)[1:] if tail else b"}"
     return b"".join((memoryview(head)[:-1], key, prompt, end))  # type: ignore[arg-type]
+
+
+def prepare(endpoint: Endpoint) -> None:
+    """Build the shared prompt stream this endpoint's bodies read (tens of ms, once per process), so that
+    the first request of a run does not block the event loop for it: call before the agents start."""
+    prepare_streams(chat=endpoint.api == "chat", token_id_range=endpoint.token_id_range)
 
 
 def target_prompt_tokens(endpoint: Endpoint, plan: RequestPlan) -> int | None:

@@ -7,9 +7,12 @@ Token-count-only turns (synthetic, Mooncake) become prompts of the target size w
 the previous turn's prompt of the same phase, so the server's prefix cache behaves as in production:
 
 - ``token_ids`` (``/v1/completions``): the phase's token stream is a deterministic function of the phase
-  marker (a seeded generator over ``token_id_range``): turn k sends its first ``input_tokens + marker``
-  ids, and since the stream does not depend on the length asked for, turn k's prompt starts with turn
-  k-1's. The first ``MARKER_TOKENS`` ids encode the marker. Exact sizes; nothing stored per phase.
+  marker (the marker's ``MARKER_TOKENS`` ids, then one shared random stream of ids over
+  ``token_id_range``, :data:`STREAM_LEN` long and read cyclically from an offset drawn from the marker):
+  turn k sends its first ``input_tokens + marker`` ids, and since the stream does not depend on the
+  length asked for, turn k's prompt starts with turn k-1's. Exact sizes; nothing stored per phase. (The
+  marker at the very start keeps phases apart in a prefix cache, although their later ids are windows of
+  the same stream.)
 - ``text`` (chat): the same idea with words from a fixed list of common short English words (a marker line,
   then the phase's deterministic word stream; turn k sends a longer prefix of the same stream). How many
   tokens a word costs depends on the model's tokenizer, and the chat template adds tokens of its own, so a
@@ -19,10 +22,11 @@ the previous turn's prompt of the same phase, so the server's prefix cache behav
   ``usage.prompt_tokens``.
 
 Sending them: :func:`completion_prompt_json` and :func:`chat_filler_json` give the same prompts as JSON text
-directly (no Python list of ids or words, no ``json.dumps``): one gather from a table of pre-encoded ids or
-words. At the AA shape (~26K-token prompts) that is ~0.2 ms per request instead of ~3 ms, time the event
-loop is blocked before every send. The id table right-aligns every id to the widest id's digits with
-leading spaces (JSON whitespace), so the array text is a fixed-width gather: same ids, a few more bytes.
+directly (no Python list of ids or words, no ``json.dumps``): the shared streams are kept with their JSON
+text, so a prompt is a copy of a slice of it. At the AA shape (~26K-token prompts) that is a few
+hundredths of a millisecond per request instead of ~3 ms, time the event loop is blocked before every
+send. The id text right-aligns every id to the widest id's digits with leading spaces (JSON whitespace),
+so every id takes the same bytes: same ids, a few more bytes.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ __all__ = [
     "completion_prompt",
     "completion_prompt_json",
     "phase_token_ids",
+    "prepare_streams",
 ]
 
 MARKER_TOKENS = 16
@@ -151,34 +156,67 @@ def _seed(marker: str) -> int:
     return int(marker) % (2**63)
 
 
-def phase_token_ids(marker: str, n: int, token_id_range: tuple[int, int] = (100, 4000)) -> list[int]:
-    """The first ``n`` token ids of the phase whose marker is ``marker`` (32 digits)."""
-    return _phase_ids(marker, n, token_id_range).tolist()
+# The random part of every prompt is a window of one shared stream of STREAM_LEN ids (or words), read
+# cyclically from an offset drawn from the phase marker: a longer prompt of the phase reads further from
+# the same offset, so it starts with the shorter one. The stream is made once per run (fixed seed) with its
+# JSON text, so a prompt's text is a copy of a slice, not a per-request draw and encoding.
+STREAM_LEN = 1 << 18
+_STREAM_SEED = 0x5EED_F111E5
 
 
-def _phase_ids(marker: str, n: int, token_id_range: tuple[int, int]) -> np.ndarray:
-    lo, hi = token_id_range
-    head = [lo + (int(d) * 37 + i * 11) % (hi - lo) for i, d in enumerate(marker[:MARKER_TOKENS])]
-    if n <= len(head):
-        return np.array(head[:n], dtype=np.int64)
-    rest = np.random.Generator(np.random.PCG64(_seed(marker))).integers(lo, hi, size=n - len(head))
-    return np.concatenate([np.array(head, dtype=np.int64), rest])
+def _offset(marker: str) -> int:
+    return _seed(marker) % STREAM_LEN
+
+
+def _cyclic(buf: Any, start: int, stop: int, period: int) -> list[Any]:
+    """Pieces of ``buf`` (one period long, repeated) from ``start`` to ``stop`` (``stop`` may pass the
+    end, several times)."""
+    pieces = []
+    while stop > period:
+        pieces.append(buf[start:period])
+        start, stop = 0, stop - period
+    pieces.append(buf[start:stop])
+    return pieces
 
 
 @functools.lru_cache(maxsize=4)
-def _id_table(lo: int, hi: int) -> np.ndarray:
-    """``id,`` for every id in ``[lo, hi)``, right-aligned to the widest id (leading spaces), as ``S<w>``."""
-    width = len(str(hi - 1))
-    return np.array([f"{i:>{width}},".encode() for i in range(lo, hi)], dtype=f"S{width + 1}")
+def _id_stream(lo: int, hi: int) -> tuple[np.ndarray, bytes, int]:
+    """The shared id stream over ``[lo, hi)``, its JSON text (``id,`` per id, right-aligned to the widest
+    id with leading spaces, so every id takes ``width`` bytes) and that width."""
+    ids = np.random.Generator(np.random.PCG64(_STREAM_SEED)).integers(lo, hi, size=STREAM_LEN)
+    width = len(str(hi - 1)) + 1
+    table = np.array([f"{i:>{width - 1}},".encode() for i in range(lo, hi)], dtype=f"S{width}")
+    return ids, table[ids - lo].tobytes(), width
+
+
+def _marker_ids(marker: str, lo: int, hi: int) -> list[int]:
+    return [lo + (int(d) * 37 + i * 11) % (hi - lo) for i, d in enumerate(marker[:MARKER_TOKENS])]
+
+
+def phase_token_ids(marker: str, n: int, token_id_range: tuple[int, int] = (100, 4000)) -> list[int]:
+    """The first ``n`` token ids of the phase whose marker is ``marker`` (32 digits)."""
+    lo, hi = token_id_range
+    head = _marker_ids(marker, lo, hi)
+    if n <= len(head):
+        return head[:n]
+    ids = _id_stream(lo, hi)[0]
+    start = _offset(marker)
+    rest = _cyclic(ids, start, start + n - len(head), STREAM_LEN)
+    return head + np.concatenate(rest).tolist()
 
 
 def completion_prompt_json(plan: RequestPlan, *, token_id_range: tuple[int, int] = (100, 4000)) -> bytes:
     """:func:`completion_prompt` as JSON array text (``json.loads`` gives the same list); ids padded with
     leading spaces to one width."""
     lo, hi = token_id_range
-    ids = _phase_ids(plan.marker, plan.turn.input_tokens + MARKER_TOKENS, token_id_range)
-    text = _id_table(lo, hi)[ids - lo].tobytes()
-    return b"".join((b"[", memoryview(text)[:-1], b"]"))
+    n = plan.turn.input_tokens + MARKER_TOKENS
+    head = _marker_ids(plan.marker, lo, hi)
+    if n <= len(head):
+        return ("[" + ",".join(map(str, head[:n])) + "]").encode()
+    _, text, width = _id_stream(lo, hi)
+    start = _offset(plan.marker) * width
+    rest = _cyclic(memoryview(text), start, start + (n - len(head)) * width - 1, len(text))  # no last ","
+    return b"".join([b"[", ",".join(map(str, head)).encode(), b",", *rest, b"]"])
 
 
 def completion_prompt(plan: RequestPlan, *, token_id_range: tuple[int, int] = (100, 4000)) -> list[int]:
@@ -186,10 +224,37 @@ def completion_prompt(plan: RequestPlan, *, token_id_range: tuple[int, int] = (1
     return phase_token_ids(plan.marker, plan.turn.input_tokens + MARKER_TOKENS, token_id_range)
 
 
+@functools.cache
+def _word_stream() -> tuple[bytes, np.ndarray]:
+    """The shared word stream as text (``word `` after word) and where each word starts (STREAM_LEN + 1
+    offsets, the last one the text's length)."""
+    idx = np.random.Generator(np.random.PCG64(_STREAM_SEED)).integers(0, len(_WORDS), size=STREAM_LEN)
+    words = [w.encode() + b" " for w in _WORDS]
+    lengths = np.array([len(w) for w in words], dtype=np.int64)[idx]
+    starts = np.zeros(STREAM_LEN + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    return b"".join([words[i] for i in idx.tolist()]), starts
+
+
+def _words_bytes(marker: str, n_words: int) -> list[Any]:
+    """Pieces of the phase's first ``n_words`` filler words, space-separated (no trailing space)."""
+    text, starts = _word_stream()
+    o = _offset(marker)
+    cycles, end = divmod(o + n_words, STREAM_LEN)
+    stop = cycles * len(text) + int(starts[end]) - 1  # drop the space after the last word
+    return _cyclic(memoryview(text), int(starts[o]), stop, len(text))
+
+
+def prepare_streams(*, chat: bool, token_id_range: tuple[int, int] = (100, 4000)) -> None:
+    """Build the shared stream (and its text) that chat filler (``chat``) or token-id prompts read."""
+    if chat:
+        _word_stream()
+    else:
+        _id_stream(*token_id_range)
+
+
 def _text(marker: str, n_words: int) -> str:
-    idx = np.random.Generator(np.random.PCG64(_seed(marker))).integers(0, len(_WORDS), size=n_words)
-    words = _WORDS
-    return " ".join(words[i] for i in idx)
+    return b"".join(_words_bytes(marker, n_words)).decode("ascii")
 
 
 def chat_messages(
@@ -220,19 +285,6 @@ def _filler_words(plan: RequestPlan, tokens_per_word: float, overhead_tokens: fl
     return max(1, round((turn.input_tokens + MARKER_TOKENS - overhead_tokens) / tokens_per_word))
 
 
-@functools.cache
-def _word_table() -> tuple[np.ndarray, np.ndarray]:
-    """Every filler word followed by a space, as rows of a byte table, and which bytes of a row count."""
-    words = [w.encode() + b" " for w in _WORDS]
-    width = max(map(len, words))
-    table = np.zeros((len(words), width), dtype=np.uint8)
-    used = np.zeros((len(words), width), dtype=bool)
-    for i, w in enumerate(words):
-        table[i, : len(w)] = np.frombuffer(w, dtype=np.uint8)
-        used[i, : len(w)] = True
-    return table, used
-
-
 def chat_filler_json(
     plan: RequestPlan, *, tokens_per_word: float = 1.0, overhead_tokens: float | None = None
 ) -> bytes | None:
@@ -240,12 +292,10 @@ def chat_filler_json(
     or None for a turn with recorded ``messages``."""
     if plan.turn.messages is not None:
         return None
-    n_words = _filler_words(plan, tokens_per_word, overhead_tokens)
-    idx = np.random.Generator(np.random.PCG64(_seed(plan.marker))).integers(0, len(_WORDS), size=n_words)
-    table, used = _word_table()
-    words = table[idx][used[idx]].tobytes()  # markers are digits and the words ASCII letters: no escapes
+    words = _words_bytes(plan.marker, _filler_words(plan, tokens_per_word, overhead_tokens))
+    # markers are digits and the words ASCII letters: nothing to escape but the newline
     head = b'[{"role":"user","content":"namespace: ' + plan.marker.encode() + b"\\n"
-    return b"".join((head, memoryview(words)[:-1], b'"}]'))
+    return b"".join([head, *words, b'"}]'])
 
 
 def _filler(marker: str, n_words: int) -> str:
