@@ -98,3 +98,23 @@ def test_a_later_turn_of_a_phase_starts_with_the_previous_prompt():
     ca = json.loads(chat_filler_json(first))[0]["content"]
     cb = json.loads(chat_filler_json(later))[0]["content"]
     assert cb.startswith(ca)
+
+
+def test_prompts_wrap_around_the_shared_stream():
+    import itertools
+
+    from agentperf_kit.client import prompts
+
+    near_end = next(
+        f"{x:032d}" for x in itertools.count(10**31) if prompts._offset(f"{x:032d}") > prompts.STREAM_LEN - 40
+    )
+    for n in (100, prompts.STREAM_LEN + 100, 2 * prompts.STREAM_LEN + 7):
+        plan = _plan(n, marker=near_end)
+        ids = completion_prompt(plan)
+        assert len(ids) == n + MARKER_TOKENS
+        assert json.loads(completion_prompt_json(plan)) == ids
+        msgs = chat_messages(plan)
+        assert json.loads(chat_filler_json(plan)) == msgs
+        assert len(msgs[0]["content"].split("\n", 1)[1].split(" ")) == n
+    shorter = completion_prompt(_plan(50, marker=near_end))
+    assert completion_prompt(_plan(5000, marker=near_end))[:66] == shorter  # prefix across the wrap
