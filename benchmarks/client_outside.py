@@ -153,7 +153,17 @@ def git_commit() -> str:
             ["git", "-C", str(ROOT), "log", "-1", "--format=%h %cs"], capture_output=True, text=True
         )
         dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "-C",
+                str(ROOT),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!benchmarks/results",
+            ],
             capture_output=True,
             text=True,
         ).stdout.strip()
