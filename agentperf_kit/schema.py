@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import InputFormatError
+
 __all__ = [
     "DERIVED_COLUMNS",
     "RAW_COLUMNS",
@@ -33,7 +35,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 
 
-class UnknownSchemaVersionError(ValueError):
+class UnknownSchemaVersionError(InputFormatError):
     """A saved result has a ``schema_version`` this toolkit does not know."""
 
 

@@ -98,6 +98,8 @@ class SweepConfig:
             from .client.preflight import check_base_url
 
             check_base_url(self.target)
+            if self.metrics_url:
+                check_base_url(self.metrics_url, "metrics_url")
         get_tier_preset(self.tiers)
         self._check_what_if()
         self._check_telemetry()
@@ -244,6 +246,8 @@ class SweepConfig:
             from .credentials import masked_header_lines
 
             d["headers"] = masked_header_lines(d["headers"])
+        if "public_headers" in d:  # recorded as given (as a JSON file holds them)
+            d["public_headers"] = list(d["public_headers"])
         return d
 
     def config_hash(self) -> str:
@@ -271,8 +275,15 @@ class SweepConfig:
             raise SweepConfigError(
                 f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
+        from_file = set(data) - {k for k, v in overrides.items() if v is not None}
         data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        try:
+            return cls(**data)
+        except SweepConfigError as exc:
+            name = str(exc).split(" ", 1)[0]
+            if name in from_file:  # the file's value: say which file
+                raise SweepConfigError(f"{path}: {exc}") from None
+            raise
 
 
 _CLIENT_DEFAULTS: dict[str, Any] = {

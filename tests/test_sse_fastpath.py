@@ -81,7 +81,7 @@ def _replay(blocks: list[bytes], eof: bool, fast: bool) -> tuple[str, list]:
     if st.error is not None:
         out.ok, out.error, out.error_detail = False, "stream_error", st.error
     finish_outcome(out, st, 0)
-    return repr(asdict(out)), log
+    return repr((asdict(out), st.text_bytes)), log
 
 
 def _splits(blocks: list[bytes], seed: int) -> list[list[bytes]]:
@@ -341,3 +341,22 @@ def test_trtllm_dialect_measures_like_the_others(monkeypatch):
         assert len(calls) <= 6  # role, first token (+2 probes), finish, usage: the rest from the template
     assert parse_event(b'{"object":"error","message":"x","code":500}').error == "x"
     assert parse_event(b"[DONE]") is DONE
+
+
+def test_text_bytes_agree_between_templates_and_full_decoding():
+    """The visible text bytes the usage check counts: from a template (line length minus its literal
+    bytes) and from the line itself (``text_bytes``) are the same on every visible line."""
+    from agentperf_kit.client.sse import text_bytes
+
+    scanner = FastScanner()
+    checked = 0
+    for line in _lines() + _lines():
+        try:
+            info = scanner.scan(line)
+        except MalformedChunk:
+            continue
+        if info is not DONE and info.visible:
+            assert scanner.last_bytes == text_bytes(line), line
+            checked += 1
+    assert checked > len(BODIES)
+    assert text_bytes(b'data: {"choices":[{"delta":{"content":"ab\\n\\"c"}}]}') == 7  # as sent

@@ -28,7 +28,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BODY_MATCH", "DONE", "ChunkInfo", "FastScanner", "MalformedChunk", "parse_event", "utf8_ok"]
+__all__ = [
+    "BODY_MATCH",
+    "DONE",
+    "ChunkInfo",
+    "FastScanner",
+    "MalformedChunk",
+    "parse_event",
+    "text_bytes",
+    "utf8_ok",
+]
 
 DONE = object()
 
@@ -139,11 +148,29 @@ def _string_end(s: bytes, pos: int) -> int:
     return q
 
 
+def text_bytes(line: bytes) -> int:
+    """Bytes of visible text in a ``data:`` line, as sent (JSON escapes included): the raw string bodies of
+    every ``content``/``text``/``reasoning_content``/``reasoning``/``arguments`` value, the same cuts a
+    template makes, so a line answered from a template has ``len(line) - template literal bytes``."""
+    total = pos = 0
+    for m in _SLOT.finditer(line):
+        start = m.end()
+        if start <= pos:
+            continue
+        end = _string_end(line, start)
+        if end < 0:
+            break
+        total += end - start
+        pos = end
+    return total
+
+
 class _Template:
-    __slots__ = ("infos", "n0", "segs")
+    __slots__ = ("infos", "lit", "n0", "segs")
 
     def __init__(self, segs: tuple[bytes, ...]) -> None:
         self.segs = segs
+        self.lit = sum(len(seg) for seg in segs)
         self.n0 = len(segs[0])
         self.infos: list[ChunkInfo | None] = [None] * (1 << (len(segs) - 1))
 
@@ -240,13 +267,15 @@ class FastScanner:
     one-cut template, for a caller's inline check: a line ``head + body + tail`` with ``BODY_MATCH(line,
     len(head), len(line) - len(tail))`` (and :func:`utf8_ok` when not ASCII) has that info; None when
     there is no such template. ``hits`` counts lines answered from a template by :meth:`scan`.
+    ``last_bytes`` is :func:`text_bytes` of the last line scanned when it was visible (0 otherwise).
     """
 
-    __slots__ = ("hits", "hot", "learned", "templates")
+    __slots__ = ("hits", "hot", "last_bytes", "learned", "templates")
 
     def __init__(self) -> None:
         self.templates: list[_Template] = []
         self.hits = 0
+        self.last_bytes = 0
         self.learned = 0
         self.hot: tuple | None = None
 
@@ -257,8 +286,10 @@ class FastScanner:
                 info = tpl.infos[bits] or tpl.info(bits)
                 if info is not None:
                     self.hits += 1
+                    self.last_bytes = len(line) - tpl.lit
                     return info
         info = parse_event(line[5:])
+        self.last_bytes = text_bytes(line) if info is not DONE and info.visible else 0
         if (
             info is not DONE
             and info.visible
