@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 
 from .agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
+from .client.bodies import body_bytes, prepare
 from .client.http import (
     Endpoint,
     calibrate_chat_filler,
@@ -290,6 +291,7 @@ class _LiveLevel:
                 self.conn_waits = session.connector.queue_waits_s
                 self.body_reader = "protocol" if session.connector.sink_capable else "readany"
                 await self._set_up(session)
+                prepare(self.endpoint)  # the shared prompt stream, built before the first send
                 async with self._lag_monitor(), self._sampler():
                     await self._run_agents(session)
         finally:
@@ -411,7 +413,7 @@ class _LiveLevel:
                 await asyncio.sleep(delay)
             if not fleet.may_send(self.now()):
                 return
-            body = self.endpoint.body(plan)
+            body = body_bytes(self.endpoint, plan)  # the JSON of endpoint.body(plan), built as bytes
             in_flight[id(plan)] = plan
             self.max_in_flight = max(self.max_in_flight, len(in_flight))
             fleet.on_send(plan, self.now())

@@ -69,6 +69,9 @@ class SweepConfig:
     abort_after_s: float = 30.0
     force_output: bool = True
     continuous_usage: bool = False
+    failure_policy: str = "miss"
+    ci_method: str = "agent+time"
+    max_unmeasured_share: float = 0.05
     what_if: str | None = None
     out: str | None = None
 
@@ -103,9 +106,25 @@ class SweepConfig:
             if self.metrics_url:
                 check_base_url(self.metrics_url, "metrics_url")
         get_tier_preset(self.tiers)
+        self._check_stats()
         self._check_what_if()
         self._check_telemetry()
         self._check_client()
+
+    def _check_stats(self) -> None:
+        from .slo import CI_METHODS, FAILURE_POLICIES
+
+        if self.failure_policy not in FAILURE_POLICIES:
+            raise SweepConfigError(
+                f"failure_policy must be one of {', '.join(FAILURE_POLICIES)}, got {self.failure_policy!r}"
+            )
+        if self.ci_method not in CI_METHODS:
+            raise SweepConfigError(
+                f"ci_method must be one of {', '.join(CI_METHODS)}, got {self.ci_method!r}"
+            )
+        object.__setattr__(self, "max_unmeasured_share", float(self.max_unmeasured_share))
+        if not 0 <= self.max_unmeasured_share <= 1:
+            raise SweepConfigError(f"max_unmeasured_share must be in [0, 1], got {self.max_unmeasured_share}")
 
     def _check_what_if(self) -> None:
         """Canonical what-if knobs (docs/frontier.md); the deployment/trajectories knobs set those fields."""
@@ -243,7 +262,7 @@ class SweepConfig:
         d.pop("out")
         if d.get("what_if") is None:
             d.pop("what_if", None)  # absent when unused, so older sweeps' hashes still match
-        for name, default in (_TELEMETRY_DEFAULTS | _CLIENT_DEFAULTS).items():
+        for name, default in (_TELEMETRY_DEFAULTS | _CLIENT_DEFAULTS | _STATS_DEFAULTS).items():
             if d[name] == default:  # at their defaults: left out, so older sweeps' hashes still match
                 d.pop(name)
         if "headers" in d:  # header values are secrets: only their names reach a file or the hash
@@ -300,6 +319,12 @@ _CLIENT_DEFAULTS: dict[str, Any] = {
     "abort_after_s": 30.0,
     "force_output": True,
     "continuous_usage": False,
+}
+
+_STATS_DEFAULTS: dict[str, Any] = {
+    "failure_policy": "miss",
+    "ci_method": "agent+time",
+    "max_unmeasured_share": 0.05,
 }
 
 _TELEMETRY_DEFAULTS: dict[str, Any] = {

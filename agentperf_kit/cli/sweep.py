@@ -55,6 +55,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="simulated targets: tool_delay=F, output=F, context=F, prefix_cache=off, trajectories=PATH, "
         "deployment=NAME (repeatable or comma-separated; docs/frontier.md)",
     )
+    p.add_argument(
+        "--failure-policy",
+        choices=["miss", "exclude"],
+        help="failed requests: miss (default: TTFT +inf, speed 0) or exclude (the reference harness)",
+    )
+    p.add_argument(
+        "--ci-method",
+        choices=["agent+time", "agent", "time", "iid"],
+        help="confidence intervals: clusters allowed for (default agent+time; docs/metrics.md)",
+    )
     c = p.add_argument_group("live client (docs/replay.md)")
     from .run import add_header_flags
 
@@ -126,6 +136,8 @@ def _config(args: argparse.Namespace):
         force_output=False if args.no_force_output else None,
         continuous_usage=True if args.continuous_usage else None,
         what_if=",".join(args.what_if) if args.what_if else None,
+        failure_policy=args.failure_policy,
+        ci_method=args.ci_method,
         out=args.out,
     )
     if args.config:

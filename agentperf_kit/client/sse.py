@@ -1,7 +1,8 @@
 """Parsing OpenAI-style SSE chunks (chat and completions) from vLLM, SGLang, TensorRT-LLM, llama.cpp...
 
 One ``data:`` payload at a time, as bytes. :func:`parse_event` decodes it and says what it carries:
-visible output (``content``/``text``, ``reasoning_content``/``reasoning``, tool-call deltas), whether the
+visible output (non-empty ``content``/``text``, ``reasoning_content``/``reasoning``, or a tool-call delta
+with a non-empty function name or arguments; an id/type-only tool-call delta is not visible), whether the
 visible part is an *answer* (not reasoning), the finish reason, ``usage`` (in a ``choices: []`` chunk as
 vLLM sends it, or inside the finish chunk as llama.cpp does), and an error object (``{"error": ...}``, or
 ``{"object": "error", "message": ...}`` as TensorRT-LLM and older vLLM send it). Tolerated: role-only
@@ -119,11 +120,23 @@ def parse_event(payload: bytes) -> ChunkInfo | object:
                 info.visible = info.answer = True
             if delta.get("reasoning_content") or delta.get("reasoning"):
                 info.visible = info.reasoning = True
-            if delta.get("tool_calls"):
+            if _visible_tool_call(delta.get("tool_calls")):
                 info.visible = info.answer = info.tool_call = True
         elif choice.get("text"):  # completions
             info.visible = info.answer = True
     return info
+
+
+def _visible_tool_call(calls: Any) -> bool:
+    """A tool-call delta is visible output only with a non-empty function name or arguments (a delta
+    with only an id/type/index is not a token; the public reference harness counts it the same way)."""
+    if not isinstance(calls, list):
+        return False
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict) and (fn.get("name") or fn.get("arguments")):
+            return True
+    return False
 
 
 # a JSON string body (between the quotes) as json.loads(strict=True) accepts it
