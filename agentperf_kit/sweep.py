@@ -48,6 +48,7 @@ __all__ = [
     "SweepConfig",
     "SweepConfigError",
     "SweepResult",
+    "check_resumable",
     "format_summary",
     "load_sweep",
     "plan_levels",
@@ -487,6 +488,49 @@ def _tier_table(
     return tab
 
 
+def check_resumable(config: SweepConfig, out: str | Path | None = None) -> bool:
+    """Check a sweep's output directory (``out``, default ``config.out``) before anything is written:
+    True when it holds this same sweep to resume, False when it is new or empty.
+
+    Raises:
+        OutputError: it holds files a sweep does not write (:func:`~agentperf_kit.results.check_sweep_dir`).
+        SweepConfigError: it holds a sweep with another configuration, toolkit version or trajectory file.
+    """
+    where = out if out is not None else config.out
+    if where is None:
+        return False  # run_sweep makes a new directory
+    out = Path(where)
+    if not check_sweep_dir(out):  # empty, new, or this tool's sweep; never a user's files
+        return False
+    manifest_path = out / "sweep.json"
+    if not manifest_path.exists():
+        return False
+    old = json.loads(manifest_path.read_text())
+    if old.get("config_hash") != config.config_hash():
+        diff = {
+            k: (old.get("config", {}).get(k), v)
+            for k, v in config.measurement_dict().items()
+            if old.get("config", {}).get(k) != v
+        }
+        raise SweepConfigError(
+            f"{out} holds a sweep with a different configuration; refusing to resume. Differences "
+            f"(was, now): {diff}. Use another --out, or the same settings."
+        )
+    if old.get("toolkit_version") != __version__:
+        raise SweepConfigError(
+            f"{out} was measured with agentperf-kit {old.get('toolkit_version')}, this is {__version__}; "
+            "refusing to mix levels from two versions. Use another --out."
+        )
+    traj_digest = _file_digest(config.trajectories)
+    if old.get("trajectories_sha256") != traj_digest:
+        raise SweepConfigError(
+            f"{out}: the trajectory file {config.trajectories} changed since this sweep started "
+            f"(sha256 {old.get('trajectories_sha256')} -> {traj_digest}); refusing to resume. Use "
+            "another --out, or restore the file."
+        )
+    return True
+
+
 def run_sweep(config: SweepConfig, *, progress: bool | Callable[[str], None] = True) -> SweepResult:
     """Run (or resume) a sweep; writes ``requests.parquet``, ``levels.csv`` and ``summary.json``.
 
@@ -496,37 +540,10 @@ def run_sweep(config: SweepConfig, *, progress: bool | Callable[[str], None] = T
     lines instead of the logger."""
     wall0 = time.perf_counter()
     out = Path(config.out) if config.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
-    check_sweep_dir(out)  # empty, new, or this tool's sweep (compared below); never a user's files
+    resumed = check_resumable(config, out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / "sweep.json"
-    traj_digest = _file_digest(config.trajectories)
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        if old.get("config_hash") != config.config_hash():
-            diff = {
-                k: (old.get("config", {}).get(k), v)
-                for k, v in config.measurement_dict().items()
-                if old.get("config", {}).get(k) != v
-            }
-            raise SweepConfigError(
-                f"{out} holds a sweep with a different configuration; refusing to resume. Differences "
-                f"(was, now): {diff}. Use another --out, or the same settings."
-            )
-        if old.get("toolkit_version") != __version__:
-            raise SweepConfigError(
-                f"{out} was measured with agentperf-kit {old.get('toolkit_version')}, this is {__version__}; "
-                "refusing to mix levels from two versions. Use another --out."
-            )
-        if old.get("trajectories_sha256") != traj_digest:
-            raise SweepConfigError(
-                f"{out}: the trajectory file {config.trajectories} changed since this sweep started "
-                f"(sha256 {old.get('trajectories_sha256')} -> {traj_digest}); refusing to resume. Use "
-                "another --out, or restore the file."
-            )
-        resumed = True
-    else:
-        resumed = False
-        manifest_path.write_text(
+    if not resumed:
+        (out / "sweep.json").write_text(
             strict_json_dumps(
                 {
                     "schema_version": SCHEMA_VERSION,
@@ -534,7 +551,7 @@ def run_sweep(config: SweepConfig, *, progress: bool | Callable[[str], None] = T
                     **toolkit_provenance(),
                     "config": config.measurement_dict(),
                     "config_hash": config.config_hash(),
-                    "trajectories_sha256": traj_digest,
+                    "trajectories_sha256": _file_digest(config.trajectories),
                 },
                 indent=2,
             )

@@ -285,6 +285,7 @@ def test_run_out_refuses_a_non_empty_directory_and_overwrite_replaces_only_a_run
 def test_a_run_reads_only_the_rows_it_wrote(tmp_path):
     """An older run's raw streams left in the directory (what --out used to merge) stay out of the table."""
     from agentperf_kit.agents import RunRules
+    from agentperf_kit.errors import OutputError
     from agentperf_kit.sim.virtual import run_sim_level
 
     trajs = default_trajectories()[:20]
@@ -295,10 +296,23 @@ def test_a_run_reads_only_the_rows_it_wrote(tmp_path):
     mixed.mkdir()
     (mixed / "requests.1.arrow").write_bytes((tmp_path / "old" / "requests.arrow").read_bytes())
     (mixed / "requests.old.arrow").write_bytes((tmp_path / "old" / "requests.arrow").read_bytes())
-    res = run_sim_level(trajs, 2, rules, seed=3, out_dir=mixed)
+    # the library refuses a directory holding other files, as the CLI does (overwrite or not)
+    with pytest.raises(OutputError, match="not empty"):
+        run_sim_level(trajs, 2, rules, seed=3, out_dir=mixed)
+    with pytest.raises(OutputError, match="not an agentperf run"):
+        run_sim_level(trajs, 2, rules, seed=3, out_dir=mixed, overwrite=True)
+    # and an interrupted run (raw rows only) read back takes only the stream it wrote
+    import shutil
+
+    from agentperf_kit.results import load_run
+
+    shutil.copytree(tmp_path / "clean", mixed, dirs_exist_ok=True)
+    (mixed / "requests.parquet").unlink()
     assert len(old.requests) > 0
+    assert len(load_run(mixed).requests) == len(clean.requests)
+    # overwrite=True replaces a previous run
+    res = run_sim_level(trajs, 2, rules, seed=3, out_dir=tmp_path / "clean", overwrite=True)
     assert len(res.requests) == len(clean.requests)
-    assert set(res.requests.run_id) == set(clean.requests.run_id) or len(set(res.requests.run_id)) == 1
 
 
 def test_sweep_out_resumes_only_its_own_sweep(tmp_path, capsys):

@@ -148,14 +148,13 @@ def _config(args: argparse.Namespace):
 def _sweep(args: argparse.Namespace) -> int:
     from ..credentials import api_key_from_env
     from ..errors import MeasurementError
-    from ..results import check_sweep_dir
-    from ..sweep import format_summary, plan_levels, run_sweep
+    from ..sweep import check_resumable, format_summary, plan_levels, run_sweep
     from ._common import load_trajectory_set
 
     # everything checked first, the same with --dry-run
     cfg = _config(args)
     trajs = load_trajectory_set(cfg.trajectories, cfg.max_context)
-    resuming = check_sweep_dir(cfg.out) if cfg.out else False
+    resuming = check_resumable(cfg) if cfg.out else False
     endpoint = key = None
     if not cfg.is_sim:
         key = api_key_from_env(cfg.api_key_env)
