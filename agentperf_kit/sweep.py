@@ -41,6 +41,7 @@ from .results import RunResult, check_sweep_dir, load_run, toolkit_provenance
 from .schema import SCHEMA_VERSION, check_schema_version, json_safe, strict_json_dumps
 from .slo import TierPreset, evaluate_level, get_tier_preset, max_agents
 from .sweep_config import SweepConfig, SweepConfigError
+from .targets import Target
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,15 @@ def _level_seed(seed: int, n: int, ext: int) -> int:
 
 
 class _Sweeper:
-    def __init__(self, cfg: SweepConfig, out: Path, progress: bool | Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        cfg: SweepConfig,
+        out: Path,
+        progress: bool | Callable[[str], None],
+        target: Target | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.target = target if target is not None else cfg.target_object
         self.out = out
         self.progress = bool(progress)  # a live level's progress bar
         self._say = progress if callable(progress) else None
@@ -166,7 +174,6 @@ class _Sweeper:
         self.notes: list[str] = []
         self.n_measured_now = 0
         self._trajs = None
-        self._dep = None
 
     def say(self, line: str) -> None:
         """A progress line: to the ``progress`` callable, else (``progress=True``) the
@@ -197,15 +204,7 @@ class _Sweeper:
         return self._trajs
 
     def accelerators(self) -> tuple[int, str | None]:
-        if self.cfg.is_sim:
-            from .sim.presets import get_deployment
-
-            dep = get_deployment(self.cfg.deployment)
-            return (
-                self.cfg.accelerators or dep.accelerator_count,
-                self.cfg.accelerator_type or dep.accelerator,
-            )
-        return int(self.cfg.accelerators), self.cfg.accelerator_type
+        return int(self.target.accelerators), self.target.accelerator_type
 
     def _measure(self, n: int, ext: int, level_index: int) -> RunResult:
         d = self.out / "levels" / f"n{n:05d}_e{ext}"
@@ -213,37 +212,16 @@ class _Sweeper:
             return load_run(d)
         if d.exists():
             shutil.rmtree(d)  # an interrupted level: measure it again from scratch
-        seed = _level_seed(self.cfg.seed, n, ext)
-        rules = self.cfg.rules(ext)
         self.n_measured_now += 1
-        if self.cfg.is_sim:
-            from .sim.virtual import run_sim_level
-
-            return run_sim_level(
-                self.trajectories(),
-                n,
-                rules,
-                deployment=self.cfg.deployment,
-                seed=seed,
-                out_dir=d,
-                level=level_index,
-                run_id=f"{self.out.name}-n{n}-e{ext}",
-                efficiency=self.cfg.efficiency,
-            )
-        from .replay import run_live_sync
-
-        endpoint = self.cfg.endpoint_for()
-        return run_live_sync(
-            endpoint,
+        return self.target.run_level(
             self.trajectories(),
             n,
-            rules,
-            seed=seed % 2**32,
+            self.cfg.rules(ext),
+            seed=_level_seed(self.cfg.seed, n, ext),
             out_dir=d,
             level=level_index,
             run_id=f"{self.out.name}-n{n}-e{ext}",
             progress=self.progress,
-            telemetry=self.cfg.telemetry(),
         )
 
     # -- levels -----------------------------------------------------------------------------------------
@@ -531,14 +509,30 @@ def check_resumable(config: SweepConfig, out: str | Path | None = None) -> bool:
     return True
 
 
-def run_sweep(config: SweepConfig, *, progress: bool | Callable[[str], None] = True) -> SweepResult:
+def run_sweep(
+    config: SweepConfig,
+    *,
+    progress: bool | Callable[[str], None] = True,
+    target: Target | None = None,
+) -> SweepResult:
     """Run (or resume) a sweep; writes ``requests.parquet``, ``levels.csv`` and ``summary.json``.
+
+    Every level runs on ``target`` (a :class:`~agentperf_kit.targets.Target`; default: the one
+    ``config.target`` names, ``config.target_object``), through its ``run_level`` only: a simulated, a
+    live or any other target takes the same path. ``config`` still defines what is measured (and its
+    hash what may be resumed); the target's ``description`` is recorded in ``sweep.json`` and the summary.
 
     ``progress``: False is silent; True shows a live level's progress bar and logs one line per level
     (and one at the start) to the ``agentperf_kit.sweep`` logger at INFO, which the CLI prints (in a
     notebook: ``logging.basicConfig(level=logging.INFO)``); a callable (e.g. ``print``) receives those
     lines instead of the logger."""
     wall0 = time.perf_counter()
+    target = target if target is not None else config.target_object
+    if not target.accelerators:
+        raise SweepConfigError(
+            f"target {target.description}: a sweep needs its accelerator count (accelerators) for agents "
+            "per accelerator"
+        )
     out = Path(config.out) if config.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
     resumed = check_resumable(config, out)
     out.mkdir(parents=True, exist_ok=True)
@@ -552,13 +546,14 @@ def run_sweep(config: SweepConfig, *, progress: bool | Callable[[str], None] = T
                     "config": config.measurement_dict(),
                     "config_hash": config.config_hash(),
                     "trajectories_sha256": _file_digest(config.trajectories),
+                    "target_description": target.description,
                 },
                 indent=2,
             )
         )
-    sw = _Sweeper(config, out, progress)
+    sw = _Sweeper(config, out, progress, target)
     acc, acc_type = sw.accelerators()
-    sw.say(f"sweep {config.target} -> {out}{' (resuming)' if resumed else ''}")
+    sw.say(f"sweep {target.description} -> {out}{' (resuming)' if resumed else ''}")
     sw.run()
     levels = sw.levels_frame()
     preset = sw.preset
@@ -612,11 +607,8 @@ def run_sweep(config: SweepConfig, *, progress: bool | Callable[[str], None] = T
             )
     if not levels["meets_aa_rules"].all():
         notes.append("some levels do not meet AA's validity rules (see meets_aa_rules per level)")
-    if config.is_sim:
-        notes.append(
-            "simulated system: figures are a model's prediction (efficiency set "
-            f"{config.efficiency!r}), not a measurement"
-        )
+    if target.virtual_time:
+        notes.append(f"{target.description}: figures are a model's prediction, not a measurement")
     for _, r in tiers.iterrows():
         if r["max_agents_is_lower_bound"]:
             notes.append(
@@ -636,14 +628,17 @@ def run_sweep(config: SweepConfig, *, progress: bool | Callable[[str], None] = T
         "schema_version": SCHEMA_VERSION,
         "toolkit_version": __version__,
         "target": config.target,
-        "model": config.model or (sw.results[min(sw.results)][1].get("config", {}).get("model")),
+        "target_description": target.description,
+        "model": config.model
+        or getattr(target, "model", None)
+        or sw.results[min(sw.results)][1].get("config", {}).get("model"),
         "tier_preset": config.tiers,
         "what_if": config.what_if,
         "accelerators": acc,
         "accelerator_type": acc_type,
         "power_w": summary_power_w,
         "power_scope": scope,
-        "power_source": config.power_source if not config.is_sim else None,
+        "power_source": None if target.virtual_time else config.power_source,
         "failure_policy": config.failure_policy,
         "ci_method": config.ci_method,
         "confidence": config.confidence,
@@ -656,7 +651,7 @@ def run_sweep(config: SweepConfig, *, progress: bool | Callable[[str], None] = T
         "levels": levels.to_dict(orient="records"),
         "tiers": tiers.to_dict(orient="records"),
         "n_levels": len(levels),
-        "simulated_requests": n_requests if config.is_sim else None,
+        "simulated_requests": n_requests if target.virtual_time else None,
         "levels_measured_this_run": sw.n_measured_now,
         "wall_s": time.perf_counter() - wall0,
     }
