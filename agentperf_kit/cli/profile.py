@@ -45,7 +45,9 @@ def _profile(args: argparse.Namespace) -> int:
         if not batches or min(batches) < 1:
             raise ValueError
     except ValueError:
-        raise ConfigError(f"profile: --batch-sizes must be integers >= 1 like 1,2,4, got {args.batch_sizes!r}") from None
+        raise ConfigError(
+            f"profile: --batch-sizes must be integers >= 1 like 1,2,4, got {args.batch_sizes!r}"
+        ) from None
     cfg = ProfileConfig(
         base_url=check_base_url(args.target),
         model=args.model,

@@ -5,8 +5,10 @@ over the engine steps it spans: ``step_s`` = number of steps, ``prefill_token_s`
 ``decode_seq_s`` = decode sequence-steps, ``context_token_s`` = context tokens read, ``prefill_pair_s`` =
 prefill attention pairs (the terms of :class:`agentperf_kit.sim.twin.StepModel`), plus ``request_s`` = 1
 for a duration measured from the client's send (the HTTP round trip and request set-up the engine does
-not see; 0 for an inter-token gap). The fit minimises the **relative** residuals (each row weighted by
-1 / its duration), so a 10 ms decode step counts as much as a 1 s prefill, with every coefficient >= 0
+not see; 0 for an inter-token gap). The fit minimises the residuals weighted by 1 / each row's expected
+noise ``sigma``
+(default: the duration itself, i.e. relative residuals, so a 10 ms decode step counts as much as a 1 s
+prefill; the profiler adds the measured jitter of single requests), with every coefficient >= 0
 (non-negative least squares). Standard errors: ``s^2 (A^T A)^-1`` over the identified terms, ``A`` the
 weighted design matrix, ``s^2`` the weighted residual variance (rows minus identified terms degrees of
 freedom). A term that no observation exercises is reported as not identified (0 +- 0).
@@ -31,12 +33,14 @@ COLUMNS = (*TERMS, "request_s")
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """One measured duration ``seconds`` with its work amounts ``x`` (keys from :data:`COLUMNS`)."""
+    """One measured duration ``seconds`` with its work amounts ``x`` (keys from :data:`COLUMNS`) and its
+    expected noise ``sigma`` (seconds; the row's weight is 1 / sigma, default 1 / seconds)."""
 
     kind: str
     x: dict[str, float]
     seconds: float
     note: str = ""
+    sigma: float | None = None  # expected noise of ``seconds`` (s); None: relative (= seconds)
 
 
 @dataclass(slots=True)
@@ -79,13 +83,13 @@ def fit_step_time(observations: Sequence[Observation]) -> StepFit:
             f"step-time fit needs more observations than terms: {len(rows)} usable rows for "
             f"{len(used)} terms (profile with more sizes or repeats)"
         )
-    w = 1.0 / y
+    w = np.array([1.0 / (o.sigma if o.sigma and o.sigma > 0 else o.seconds) for o in rows], dtype=float)
     a = x[:, used] * w[:, None]
     scale = np.linalg.norm(a, axis=0)  # column scaling: the terms differ by orders of magnitude
     a_s = a / scale
-    beta_s, _ = nnls(a_s, np.ones_like(y), maxiter=50 * len(used))
+    beta_s, _ = nnls(a_s, w * y, maxiter=50 * len(used))
     beta = beta_s / scale
-    resid = a_s @ beta_s - 1.0
+    resid = a_s @ beta_s - w * y
     dof = max(1, len(rows) - len(used))
     s2 = float(resid @ resid) / dof
     cov_s = s2 * np.linalg.pinv(a_s.T @ a_s)

@@ -156,7 +156,12 @@ def prefill_work(new: int, cached: int, chunk: int) -> dict[str, float]:
         p += c
         left -= c
         steps += 1
-    return {"step_s": steps, "prefill_token_s": float(max(1, new)), "prefill_pair_s": pairs, "context_token_s": kv}
+    return {
+        "step_s": steps,
+        "prefill_token_s": float(max(1, new)),
+        "prefill_pair_s": pairs,
+        "context_token_s": kv,
+    }
 
 
 class _Prober:
@@ -192,8 +197,11 @@ class _Prober:
             "min_tokens": out,
             "temperature": 0.0,
         }
-        log_: list[tuple[int, int]] = []
-        o = await send_request(self.session, self.ep, plan, body, self.origin, chunk_log=log_)
+        for _attempt in range(3):  # a kept-alive connection the server closed fails before it is sent
+            log_: list[tuple[int, int]] = []
+            o = await send_request(self.session, self.ep, plan, body, self.origin, chunk_log=log_)
+            if o.ok or o.error != "connect_error":
+                break
         if not o.ok:
             raise TargetError(
                 f"profile request to {self.ep.url} failed ({o.error}: {o.error_detail}); check the "
@@ -259,6 +267,9 @@ async def profile_server(cfg: ProfileConfig) -> ProfileResult:
             "base_url": cfg.base_url,
             "model": cfg.model,
             "models_card": {k: v for k, v in card.items() if not isinstance(v, dict | list)},
+            "models_meta": {
+                k: v for k, v in (card.get("meta") or {}).items() if not isinstance(v, dict | list)
+            },
             "agentperf_sim": sim,
             "metrics_families": sorted({n.split(":")[0] for n in mets}),
             "metrics_available": bool(mets),
@@ -306,7 +317,7 @@ async def profile_server(cfg: ProfileConfig) -> ProfileResult:
             limits["max_num_seqs"], sources["max_num_seqs"] = seqs, src
         max_b = int(limits["max_num_seqs"])
         batches = sorted({b for b in cfg.batch_sizes if b <= max_b} | {min(max_b, max(cfg.batch_sizes))})
-        long_p = min(2048, max(64, (max_ctx - cfg.decode_tokens) // 2))
+        long_p = max(64, (max_ctx - cfg.decode_tokens) // 2)
         kv_probe: list[float] = []
         for prompt in (64, long_p):
             for b in batches:
@@ -336,6 +347,7 @@ async def profile_server(cfg: ProfileConfig) -> ProfileResult:
                     "KV capacity unknown: the server reports neither cache_config_info, /props n_ctx nor "
                     "kv_cache_usage_perc; give it (ProfileConfig.kv_capacity, --kv-capacity TOKENS)"
                 )
+    obs = _with_noise(obs, scale)
     fit = fit_step_time(obs)
     return ProfileResult(
         obs, fit, limits, sources, server, scale, time.perf_counter() - t_wall0, started, notes
@@ -351,10 +363,12 @@ def _static_limits(
     gen = (props or {}).get("default_generation_settings") or {}
     n_ctx_slot = gen.get("n_ctx") or (props or {}).get("n_ctx")
     # context limit
+    meta_ctx = (card.get("meta") or {}).get("n_ctx")
     if card.get("max_model_len"):
         limits["max_context_tokens"], src["max_context_tokens"] = int(card["max_model_len"]), "/v1/models"
-    elif n_ctx_slot:
-        limits["max_context_tokens"], src["max_context_tokens"] = int(n_ctx_slot), "/props n_ctx (per slot)"
+    elif n_ctx_slot or meta_ctx:
+        limits["max_context_tokens"] = int(n_ctx_slot or meta_ctx)
+        src["max_context_tokens"] = "/props n_ctx (per slot)" if n_ctx_slot else "/v1/models meta.n_ctx"
     else:
         limits["max_context_tokens"], src["max_context_tokens"] = 8192, "assumed (server does not say)"
     if cfg.max_context:
@@ -437,6 +451,27 @@ async def _probe_batch(p: _Prober, root: str, cfg: ProfileConfig) -> tuple[int, 
     return n, f"no /metrics: at least {n} assumed (max_batch sets it)"
 
 
+def _with_noise(obs: list[Observation], scale: float) -> list[Observation]:
+    """Set each row's expected noise: 2 % of it plus, for single requests, the jitter seen between
+    repeats of the smallest cold prompt (their standard deviation, at least 1 ms of wall time); a decode
+    row is a mean over its steps, so it gets 2 % only."""
+    import statistics
+
+    small = [o for o in obs if o.kind == "prefill"]
+    jitter = 1e-3 * scale
+    if small:
+        n0 = min(o.x["prefill_token_s"] for o in small)
+        ys = [o.seconds for o in small if o.x["prefill_token_s"] == n0]
+        if len(ys) > 1:
+            jitter = max(jitter, statistics.stdev(ys))
+    out = []
+    for o in obs:
+        rel = 0.02 * o.seconds
+        sigma = math.hypot(rel, jitter) if o.x.get("request_s") else rel
+        out.append(Observation(o.kind, o.x, o.seconds, o.note, sigma))
+    return out
+
+
 def profile_sync(cfg: ProfileConfig) -> ProfileResult:
     """:func:`profile_server` in a new event loop."""
     return asyncio.run(profile_server(cfg))
@@ -493,6 +528,7 @@ def write_twin(res: ProfileResult, path: str | os.PathLike, *, z: float = 1.96) 
                 "seconds": o.seconds,
                 "predicted_s": pred,
                 "rel_residual": rel,
+                "sigma_s": o.sigma or o.seconds,
                 **{k: float(v) for k, v in o.x.items()},
             }
             for o, pred, rel in zip(
@@ -504,7 +540,7 @@ def write_twin(res: ProfileResult, path: str | os.PathLike, *, z: float = 1.96) 
         data,
         comments={
             "engine": "engine limits (tokens); where each came from: [provenance.limit_sources]",
-            "step": "fitted step time, seconds per step / prefill token / decode sequence / context token / pair",
+            "step": "fitted step time, s per step / prefill token / decode sequence / context token / pair",
             "step_se": "standard errors of [step]",
             "observation": "measurements behind the fit (seconds; the work amounts by term)",
         },
