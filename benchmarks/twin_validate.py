@@ -46,9 +46,10 @@ def _free_port() -> int:
 
 def _start_serve_sim(preset: str, time_scale: float) -> tuple[subprocess.Popen, str, str]:
     port = _free_port()
+    cmd = [sys.executable, "-m", "agentperf_kit.cli", "serve-sim", "--preset", preset]
+    cmd += ["--port", str(port), "--time-scale", str(time_scale)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agentperf_kit.cli", "serve-sim", "--preset", preset, "--port", str(port),
-         "--time-scale", str(time_scale)],  # fmt: skip
+        cmd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
