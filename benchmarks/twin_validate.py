@@ -75,6 +75,10 @@ def _sweep(target: str, args: argparse.Namespace, out: Path, **kw) -> dict:
         warmup_s=args.warmup,
         max_agents=args.max_agents,
         seed=args.seed,
+        min_trajectories=args.min_trajectories,
+        min_trajectories_per_agent=args.min_trajectories_per_agent,
+        max_extensions=args.max_extensions,
+        drain_timeout_s=args.drain_timeout,
         out=str(out),
         **kw,
     )
@@ -109,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=60.0)
     ap.add_argument("--max-agents", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--min-trajectories", type=int, default=30, help="sweep rule (default 30)")
+    ap.add_argument("--min-trajectories-per-agent", type=int, default=3, help="sweep rule (default 3)")
+    ap.add_argument("--max-extensions", type=int, default=2, help="sweep rule (default 2)")
+    ap.add_argument("--drain-timeout", type=float, default=120.0, help="sweep rule, s (default 120)")
     ap.add_argument(
         "--tolerance", type=float, default=None, help="pass band (default 0.10 serve-sim, 0.20 live)"
     )

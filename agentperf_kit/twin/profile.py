@@ -436,11 +436,13 @@ async def _probe_batch(p: _Prober, root: str, cfg: ProfileConfig) -> tuple[int, 
         if run is not None:
             saw_metrics = True
             max_run = max(max_run, run)
-        if wait and prev_wait:  # waiting in two readings in a row: not just arrivals before a step
+        # a limit shows as requests waiting, in two readings in a row (not just arrivals before the
+        # next step), while fewer than all the probe's streams run
+        if wait and prev_wait and run is not None and run < n:
             saw_wait = True
         prev_wait = bool(wait)
     await asyncio.gather(*tasks)
-    if saw_metrics and saw_wait and max_run > 0:
+    if saw_metrics and saw_wait and 0 < max_run < n:
         return int(max_run), f"probed: {n} streams, at most {int(max_run)} running while others waited"
     if saw_metrics:
         seqs = max(_VLLM_DEFAULT_SEQS, int(max_run))
