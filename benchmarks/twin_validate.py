@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--twin", help="reuse this twin preset (skip profiling)")
     ap.add_argument("--max-context", type=int, default=None, help="fit trajectories (and profile) to this")
     ap.add_argument("--chunk-tokens", type=int, default=None, help="profile: the server's prefill chunk")
+    ap.add_argument("--decode-tokens", type=int, default=128, help="profile: tokens per decode stream")
     ap.add_argument("--tiers", default="aa-dsv4pro")
     ap.add_argument("--level-duration", type=float, default=600.0)
     ap.add_argument("--warmup", type=float, default=60.0)
@@ -141,7 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.twin:
             t0 = time.perf_counter()
             res = profile_sync(
-                ProfileConfig(base, model, max_context=args.max_context, chunk_tokens=args.chunk_tokens)
+                ProfileConfig(
+                    base,
+                    model,
+                    max_context=args.max_context,
+                    chunk_tokens=args.chunk_tokens,
+                    decode_tokens=args.decode_tokens,
+                )
             )
             write_twin(res, twin)
             report["profile"] = {

@@ -201,3 +201,18 @@ def test_profile_serve_sim_writes_a_twin_that_a_sweep_runs(tmp_path):
         assert res.summary["target"] == f"sim:{out}"
     assert answers["mid"] > 0
     assert answers["low"] <= answers["mid"] <= answers["high"]
+
+
+def test_robust_fit_resists_one_stalled_row():
+    # one decode step measured 10x too long (another process held the CPU): the soft-L1 fit keeps the
+    # other rows' answer within 5 %; plain least squares is pulled further
+    # expected noise 2 % of each row, as the profiler sets it for decode rows
+    rows = [Observation(o.kind, o.x, o.seconds, sigma=0.02 * o.seconds) for o in _obs() + _obs()]
+    rows.append(
+        Observation("decode", {"step_s": 1, "decode_seq_s": 2, "context_token_s": 500}, 0.145, sigma=0.0029)
+    )
+    robust = fit_step_time(rows)
+    plain = fit_step_time(rows, robust=False)
+    err = {t: abs(robust.coef[t] / v - 1) for t, v in TRUE.items()}
+    assert max(err.values()) < 0.05, err
+    assert abs(plain.coef["step_s"] / 0.01 - 1) > err["step_s"]

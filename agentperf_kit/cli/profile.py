@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-context", type=positive_int, help="largest prompt + output to send (tokens)")
     p.add_argument("--repeats", type=positive_int, default=3, help="repeats per prefill size (default 3)")
     p.add_argument("--batch-sizes", default="1,2,4,8,16,32", help="decode batch sizes (default 1,2,...,32)")
-    p.add_argument("--decode-tokens", type=positive_int, default=48, help="tokens per decode stream")
+    p.add_argument(
+        "--decode-tokens", type=positive_int, default=128, help="tokens per decode stream (default 128)"
+    )
     p.add_argument("--chunk-tokens", type=positive_int, help="the server's prefill chunk (tokens)")
     p.add_argument("--max-batch", type=positive_int, help="largest batch (skips the probe)")
     p.add_argument("--kv-capacity", type=positive_int, help="KV capacity in tokens (skips the probe)")

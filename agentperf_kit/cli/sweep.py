@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "failed preflight; 3 not validly measured; 130 interrupted (docs/cli.md).",
     )
     p.add_argument(
-        "--target", help="sim, sim:PRESET, sim:PATH.toml (a twin from agentperf profile) or a URL (default: sim)"
+        "--target",
+        help="sim, sim:PRESET, sim:PATH.toml (a twin from agentperf profile) or a URL (default: sim)",
     )
     p.add_argument("--model", help="model name (live targets)")
     p.add_argument("--trajectories", help="trajectory file (default: the built-in synthetic set)")

@@ -9,7 +9,8 @@ not see; 0 for an inter-token gap). The fit minimises the residuals weighted by 
 noise ``sigma``
 (default: the duration itself, i.e. relative residuals, so a 10 ms decode step counts as much as a 1 s
 prefill; the profiler adds the measured jitter of single requests), with every coefficient >= 0
-(non-negative least squares). Standard errors: ``s^2 (A^T A)^-1`` over the identified terms, ``A`` the
+(non-negative least squares; with ``robust``, the default, a soft-L1 loss then limits the pull of rows
+more than 3 sigma off, e.g. a step another process stalled). Standard errors: ``s^2 (A^T A)^-1`` over the identified terms, ``A`` the
 weighted design matrix, ``s^2`` the weighted residual variance (rows minus identified terms degrees of
 freedom). A term that no observation exercises is reported as not identified (0 +- 0).
 """
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import nnls
+from scipy.optimize import least_squares, nnls
 
 from ..errors import MeasurementError
 from ..sim.twin import TERMS, StepModel
@@ -29,6 +30,7 @@ from ..sim.twin import TERMS, StepModel
 __all__ = ["COLUMNS", "Observation", "StepFit", "fit_step_time"]
 
 COLUMNS = (*TERMS, "request_s")
+ROBUST_SIGMAS = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ class StepFit:
         return float(np.max(np.abs(self.rel_residuals))) if self.rel_residuals else math.nan
 
 
-def fit_step_time(observations: Sequence[Observation]) -> StepFit:
+def fit_step_time(observations: Sequence[Observation], *, robust: bool = True) -> StepFit:
     """Fit the step-time coefficients to ``observations`` (see the module docstring).
 
     Raises :class:`MeasurementError` with fewer usable rows than identified terms + 1."""
@@ -88,6 +90,17 @@ def fit_step_time(observations: Sequence[Observation]) -> StepFit:
     scale = np.linalg.norm(a, axis=0)  # column scaling: the terms differ by orders of magnitude
     a_s = a / scale
     beta_s, _ = nnls(a_s, w * y, maxiter=50 * len(used))
+    if robust:
+        # soft-L1 loss: rows further than ``ROBUST_SIGMAS`` sigma from the fit count linearly, not
+        # quadratically (one step stalled by another process on a shared machine must not set a term)
+        sol = least_squares(
+            lambda b: a_s @ b - w * y,
+            np.maximum(beta_s, 1e-12),
+            bounds=(0.0, np.inf),
+            loss="soft_l1",
+            f_scale=ROBUST_SIGMAS,
+        )
+        beta_s = np.maximum(sol.x, 0.0)
     beta = beta_s / scale
     resid = a_s @ beta_s - w * y
     dof = max(1, len(rows) - len(used))

@@ -71,7 +71,7 @@ class ProfileConfig:
     model: str
     max_context: int | None = None
     repeats: int = 3
-    decode_tokens: int = 48
+    decode_tokens: int = 128
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     chunk_tokens: int | None = None
     max_batch: int | None = None
