@@ -10,9 +10,10 @@ noise ``sigma``
 (default: the duration itself, i.e. relative residuals, so a 10 ms decode step counts as much as a 1 s
 prefill; the profiler adds the measured jitter of single requests), with every coefficient >= 0
 (non-negative least squares; with ``robust``, the default, a soft-L1 loss then limits the pull of rows
-more than 3 sigma off, e.g. a step another process stalled). Standard errors: ``s^2 (A^T A)^-1`` over the identified terms, ``A`` the
-weighted design matrix, ``s^2`` the weighted residual variance (rows minus identified terms degrees of
-freedom). A term that no observation exercises is reported as not identified (0 +- 0).
+more than 3 sigma off, e.g. a step another process stalled). Standard errors: ``s^2 (A^T A)^-1`` over
+the identified terms, ``A`` the weighted design matrix, ``s^2`` the weighted residual variance (rows
+minus identified terms degrees of freedom). A term that no observation exercises is reported as not
+identified (0 +- 0).
 """
 
 from __future__ import annotations
