@@ -11,9 +11,11 @@ Two modes, one command each (prints a table per tier and the TTFT / speed curves
     python benchmarks/twin_validate.py live --target http://127.0.0.1:8200/v1 --model tiny-random-llama \\
         --max-context 2048 --tiers 'fast=40/1,slow=10/4' --level-duration 60 --warmup 10 --max-agents 16
 
-The twin's answer is the ``mid`` sweep; ``low`` / ``high`` sweeps (coefficients at their 95 % bounds)
-give the band. Pass ``--twin PATH`` to skip profiling and reuse a twin. The 1-minute load average is
-printed before and after each phase: the figures depend on it on a shared machine.
+The measured sweep resumes from ``--out`` when run again with the same settings (a live one takes many
+minutes), the twin sweeps are always redone. The twin's answer is the ``mid`` sweep; ``low`` / ``high``
+sweeps (coefficients at their 95 % bounds) give the band. Pass ``--twin PATH`` to skip profiling and
+reuse a twin. The 1-minute load average is printed before and after each phase: the figures depend on
+it on a shared machine.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -174,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(timeout=10)
     if args.mode == "serve-sim":
         report["measured"] = _sweep(f"sim:{args.preset}", args, out / "truth")
-    # 3. the twin's predictions
+    # 3. the twin's predictions (from scratch: a sweep directory is resumed, and the twin may be new)
     for eff in ("mid", "low", "high"):
+        shutil.rmtree(out / f"twin-{eff}", ignore_errors=True)
         report[f"twin_{eff}"] = _sweep(f"sim:{twin}", args, out / f"twin-{eff}", efficiency=eff)
     report["loadavg_end"] = _load()
     (out / "validation.json").write_text(json.dumps(report, indent=1, default=str))

@@ -95,7 +95,19 @@ class TwinEngine(Engine):
         super().__init__(dep, eff, *args, **kwargs)
         self.model = dep.step_model(eff.name)
 
-    def step_time(self, tokens: int, decode_ctx: float, prefill_pairs: float, prefill_kv: float) -> float:
+    def _step(
+        self, tokens: float, n_dec: float, q: float, ctx: float, pairs: float, pkv: float
+    ) -> tuple[float, float]:
+        """(step seconds, d seconds / d decode context): ``tokens`` = ``n_dec`` decoding sequences x ``q``
+        queries each + prefill tokens; ``ctx`` the decode context sum, ``pkv`` the KV tokens the prefill
+        chunks read, ``pairs`` their attention pairs (the engine's seam for every step it times)."""
+        m = self.model
+        t = m.time(max(0.0, tokens - n_dec * q), n_dec, ctx + pkv, pairs)
+        return t, m.context_token_s
+
+    def step_time(
+        self, tokens: int, decode_ctx: float, prefill_pairs: float, prefill_kv: float, *_: Any
+    ) -> float:
         """Seconds for one step: ``tokens`` = decoding sequences (``self.b``) + prefill tokens."""
         b = self.b
         return self.model.time(max(0, tokens - b), b, decode_ctx + prefill_kv, prefill_pairs)

@@ -252,6 +252,8 @@ async def profile_server(cfg: ProfileConfig) -> ProfileResult:
     started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     notes: list[str] = []
     root = _root(cfg.base_url)
+    lag = _LoopLag()
+    lag.start()
     async with open_session(max(cfg.probe_streams, max(cfg.batch_sizes)) + 8) as session:
         models = await _get_json(session, f"{cfg.base_url.rstrip('/')}/models")
         if models is None:
@@ -347,7 +349,9 @@ async def profile_server(cfg: ProfileConfig) -> ProfileResult:
                     "KV capacity unknown: the server reports neither cache_config_info, /props n_ctx nor "
                     "kv_cache_usage_perc; give it (ProfileConfig.kv_capacity, --kv-capacity TOKENS)"
                 )
-    obs = _with_noise(obs, scale)
+    lag.stop()
+    notes.append(f"client event-loop lag P95 {lag.p95() * 1e3:.1f} ms (wall; part of the rows' noise)")
+    obs = _with_noise(obs, scale, lag.p95())
     fit = fit_step_time(obs)
     return ProfileResult(
         obs, fit, limits, sources, server, scale, time.perf_counter() - t_wall0, started, notes
@@ -453,14 +457,44 @@ async def _probe_batch(p: _Prober, root: str, cfg: ProfileConfig) -> tuple[int, 
     return n, f"no /metrics: at least {n} assumed (max_batch sets it)"
 
 
-def _with_noise(obs: list[Observation], scale: float) -> list[Observation]:
-    """Set each row's expected noise: 2 % of it plus, for single requests, the jitter seen between
-    repeats of the smallest cold prompt (their standard deviation, at least 1 ms of wall time); a decode
-    row is a mean over its steps, so it gets 2 % only."""
+class _LoopLag:
+    """Overshoot of 1 ms sleeps on the client's event loop while the profile runs (wall seconds): how
+    late the client can stamp a chunk on this machine now."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(0.001)
+            self.samples.append(max(0.0, loop.time() - t - 0.001))
+
+    def p95(self) -> float:
+        if not self.samples:
+            return 0.0
+        xs = sorted(self.samples)
+        return xs[min(len(xs) - 1, int(0.95 * len(xs)))]
+
+
+def _with_noise(obs: list[Observation], scale: float, loop_lag_s: float = 0.0) -> list[Observation]:
+    """Set each row's expected noise (seconds): 2 % of it, plus a timing jitter ``j`` = the largest of
+    1 ms, the client's event-loop lag (P95) and the standard deviation between repeats of the smallest
+    cold prompt (all in the server's seconds). A single request carries ``j`` once; a decode row is a
+    mean over its steps whose window ends are each off by up to ``j``, so it carries ``2 j / steps``."""
     import statistics
 
+    jitter = max(1e-3, loop_lag_s) * scale
     small = [o for o in obs if o.kind == "prefill"]
-    jitter = 1e-3 * scale
     if small:
         n0 = min(o.x["prefill_token_s"] for o in small)
         ys = [o.seconds for o in small if o.x["prefill_token_s"] == n0]
@@ -469,7 +503,11 @@ def _with_noise(obs: list[Observation], scale: float) -> list[Observation]:
     out = []
     for o in obs:
         rel = 0.02 * o.seconds
-        sigma = math.hypot(rel, jitter) if o.x.get("request_s") else rel
+        if o.x.get("request_s"):
+            sigma = math.hypot(rel, jitter)
+        else:
+            steps = float(o.note.split("steps=")[1].split()[0]) if "steps=" in o.note else 1.0
+            sigma = math.hypot(rel, 2.0 * jitter / max(1.0, steps))
         out.append(Observation(o.kind, o.x, o.seconds, o.note, sigma))
     return out
 
