@@ -12,7 +12,8 @@ owns the clock and the target, and talks to an :class:`AgentFleet` in three call
    response plus the turn's tool delay), or None when the agent stops.
 
 After the window closes a driver lets in-flight requests drain for ``rules.drain_timeout_s`` and then
-reports the rest with ``fleet.cancel(plan, now)`` (error ``cancelled_at_end``, outside the window).
+reports the rest with ``fleet.cancel(plan, now)`` (error ``cancelled_at_end``; counted in the window
+when sent in it, judged on what it showed: docs/metrics.md).
 
 Agent behaviour (METHODOLOGY.md section 2): N agents, each sequential. Agent ``a`` takes trajectories
 ``perm[(a + k*N) mod T]`` for k = 0, 1, ... (``perm`` a seeded permutation of the set), so the assignment
@@ -544,14 +545,18 @@ assert len(RAW_COLUMNS) == 32, "AgentFleet._row must follow schema.RAW_COLUMNS"
 def add_run_columns(df: pd.DataFrame, window_start_s: float, window_end_s: float) -> pd.DataFrame:
     """Add the run-level derived columns ``in_window`` and ``tool_wait_s`` to a raw request frame.
 
-    ``in_window``: sent in [window_start_s, window_end_s) and not ``cancelled_at_end``.
+    ``in_window``: sent in [window_start_s, window_end_s), or sent before it and still running at its end
+    (no end, or ``t_end_s >= window_end_s``: the agent spent the whole window in that one request, so the
+    window counts it rather than lose the agent). A request still unfinished when the run ended
+    (``cancelled_at_end``) stays in: it is judged on what it showed (docs/metrics.md), never dropped.
     ``tool_wait_s``: the same agent's next ``t_send_s`` minus this row's ``t_end_s`` (NaN for an agent's
     last request). Rows of several levels are handled per (run_id, level, agent).
     """
     out = df.copy()
     t_send = out["t_send_s"].to_numpy(dtype=float)
-    cancelled = (out["error"] == "cancelled_at_end").to_numpy(dtype=bool)
-    out["in_window"] = (t_send >= window_start_s) & (t_send < window_end_s) & ~cancelled
+    t_end = out["t_end_s"].to_numpy(dtype=float)
+    spans = (t_send < window_start_s) & ~(t_end < window_end_s)  # NaN end: still running
+    out["in_window"] = ((t_send >= window_start_s) & (t_send < window_end_s)) | spans
     order = out.sort_values(["run_id", "level", "agent", "t_send_s"], kind="stable").index
     nxt = out.loc[order].groupby(["run_id", "level", "agent"], sort=False)["t_send_s"].shift(-1)
     out["tool_wait_s"] = (nxt - out.loc[order, "t_end_s"]).reindex(out.index).astype(float)

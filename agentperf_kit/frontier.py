@@ -16,7 +16,9 @@ speed floor, a lower TTFT ceiling, a lower speed percentile or a higher TTFT per
 verdicts from pass towards fail, and ``max_agents`` only falls when verdicts do.
 
 Agents per accelerator = max agents / the sweep's accelerators; agents per MW uses the power of the level
-at max agents (or the user's declared/provisioned power), as the sweep's tier table does.
+at max agents (or the user's declared/provisioned power), as the sweep's tier table does. The task
+figures of that level (:mod:`agentperf_kit.tasks`: tasks per hour per accelerator and per MW, P50
+slowdown) come with each point.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def grid_tiers(
     ttft_percentiles: Sequence[float] = (95.0,),
 ) -> list[Tier]:
     """One :class:`Tier` per grid point (names ``g0``, ``g1``, ...)."""
-    tiers = []
+    tiers: list[Tier] = []
     for sp in speed_percentiles:
         for tp in ttft_percentiles:
             for s in speeds:
@@ -69,7 +71,7 @@ def level_verdicts_resolved(
 ) -> pd.DataFrame:
     """Per tier: (``verdict``, ``binding``, ``point``) of one level, as the sweep settles them: the verdict
     at ``confidence``, the point verdict where that is inconclusive (``point`` True)."""
-    ev = evaluate_level(df, tiers, confidence=confidence)
+    ev = evaluate_level(df, tuple(tiers), confidence=confidence)
     first = ev.drop_duplicates("tier").set_index("tier")
     out = pd.DataFrame({"verdict": first["tier_verdict"], "binding": first["binding"], "point": False})
     unsure = out.index[out["verdict"] == "inconclusive"]
@@ -108,7 +110,7 @@ def frontier_from_levels(
             npoint[t.name] += bool(r.at[t.name, "point"])
         rows.append(row)
     levels = pd.DataFrame(rows)
-    tab = max_agents(levels, tiers)
+    tab = max_agents(levels, tuple(tiers))
     tab["n_point_verdicts"] = [npoint[t.name] for t in tiers]
     level_power = level_power or {}
     pw, scopes, per_acc, per_mw = [], [], [], []
@@ -202,6 +204,14 @@ def sweep_frontier(
         target = f"sim:{DEFAULT_DEPLOYMENT}"
     tab.insert(0, "system", system or (target + (f" [{what_if}]" if what_if else "")))
     tab.insert(1, "directory", str(d))
+    from .tasks import load_sweep_tasks
+
+    tasks = load_sweep_tasks(d).set_index("concurrency")
+    for col in ("tasks_per_hour_per_accelerator", "tasks_per_hour_per_mw", "p50_slowdown"):
+        tab[col] = [
+            float(tasks.at[n, col]) if n > 0 and n in tasks.index and pd.notna(tasks.at[n, col]) else None
+            for n in tab["max_agents"].astype(int)
+        ]
     tab["accelerators"] = summary.get("accelerators")
     tab["accelerator_type"] = summary.get("accelerator_type")
     tab["confidence"] = confidence
@@ -247,6 +257,8 @@ def plot_frontier_heatmaps(
     systems = list(dict.fromkeys(f["system"]))
     fig, axes = plt.subplots(1, len(systems), figsize=(4.8 * len(systems) + 1, 4.6), squeeze=False)
     label = _VALUE_LABELS.get(value, value)
+    vmax = float(pd.to_numeric(f[value], errors="coerce").max())  # one colour scale for all systems
+    vmax = vmax if vmax > 0 else 1.0
     for ax, sysname in zip(axes[0], systems):
         g = (
             f[f["system"] == sysname]
@@ -259,6 +271,8 @@ def plot_frontier_heatmaps(
             annot=True,
             fmt=".3g",
             cmap="viridis",
+            vmin=0.0,
+            vmax=vmax,
             cbar_kws={"label": label},
             annot_kws={"fontsize": 7},
         )

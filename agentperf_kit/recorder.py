@@ -114,22 +114,50 @@ def sanitize_row(row: tuple) -> tuple:
 
 
 class _ArrowStreamWriter:
-    """Shared end of life of the append-only Arrow IPC writers: ``flush`` is the subclass's; ``close``
-    flushes and closes the stream (idempotent); usable as a context manager."""
+    """Shared life of the append-only Arrow IPC writers: opening (an ``OSError`` becomes a one-line
+    :class:`~agentperf_kit.errors.OutputError`), a write failure kept in ``error`` (``_failed``) instead of
+    raised mid-run, and ``close``, which flushes, closes (idempotent) and raises ``error`` if there was
+    one; ``flush`` is the subclass's. Usable as a context manager."""
 
     _file: Any
     _writer: Any
+    path: Path
+    rows_written: int
+    error: OutputError | None = None
+
+    def _open(self, directory: Path, path: Path, schema: pa.Schema) -> None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+            self._writer = ipc.new_stream(self._file, schema)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write {path}: {exc.strerror or exc}; choose an out_dir that can be written"
+            ) from None
+
+    def _failed(self, exc: OSError) -> None:
+        self.error = OutputError(
+            f"cannot write {self.path}: {exc.strerror or exc} ({self.rows_written} rows written before are "
+            "kept and readable); free space or choose another out_dir"
+        )
 
     def flush(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def close(self) -> None:
-        """Flush and close the stream (idempotent)."""
-        if self._file.closed:
-            return
-        self.flush()
-        self._writer.close()
-        self._file.close()
+        """Flush and close the stream (idempotent); raises :attr:`error` if writing failed."""
+        if not self._file.closed:
+            self.flush()
+            try:
+                self._writer.close()
+                self._file.close()
+            except OSError as exc:
+                if self.error is None:
+                    self._failed(exc)
+                with contextlib.suppress(OSError):
+                    self._file.close()
+        if self.error is not None:
+            raise self.error
 
     def __enter__(self):
         return self
@@ -156,7 +184,6 @@ class RunWriter(_ArrowStreamWriter):
         append: bool = False,
     ) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / RAW_PARTS_NAME
         if append:
             i = 1
@@ -164,8 +191,7 @@ class RunWriter(_ArrowStreamWriter):
                 path = self.directory / f"requests.{i}.arrow"
                 i += 1
         self.path = path
-        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
-        self._writer = ipc.new_stream(self._file, RAW_ARROW_SCHEMA)
+        self._open(self.directory, path, RAW_ARROW_SCHEMA)
         self._rows: list[tuple] = []
         self._flush_rows = flush_rows
         self._flush_s = flush_s
@@ -201,26 +227,8 @@ class RunWriter(_ArrowStreamWriter):
         except OSError as exc:
             self.rows_lost += len(rows)
             self._rows = []
-            self.error = OutputError(
-                f"cannot write {self.path}: {exc.strerror or exc} ({self.rows_written} rows written before "
-                "are kept and readable); free space or choose another out_dir"
-            )
+            self._failed(exc)
         self._last_flush = time.monotonic()
-
-    def close(self) -> None:
-        """Flush and close the stream (idempotent); raises :attr:`error` if writing failed."""
-        if not self._file.closed:
-            self.flush()
-            try:
-                self._writer.close()
-                self._file.close()
-            except OSError as exc:
-                if self.error is None:
-                    self.error = OutputError(f"cannot write {self.path}: {exc.strerror or exc}")
-                with contextlib.suppress(OSError):
-                    self._file.close()
-        if self.error is not None:
-            raise self.error
 
 
 def _batch(rows: list[tuple]) -> pa.RecordBatch:
@@ -303,10 +311,8 @@ class ChunkWriter(_ArrowStreamWriter):
         flush_s: float = 2.0,
     ) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / CHUNKS_PARTS_NAME
-        self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-        self._writer = ipc.new_stream(self._file, CHUNKS_ARROW_SCHEMA)
+        self._open(self.directory, self.path, CHUNKS_ARROW_SCHEMA)
         self.origin_ns = origin_ns
         self.run_id, self.level = run_id, level
         self._cols: tuple[list, ...] = ([], [], [], [], [], [])  # agent, phase_id, turn, chunk, t_ns, tokens
@@ -315,7 +321,7 @@ class ChunkWriter(_ArrowStreamWriter):
         self.rows_written = 0
 
     def add(self, agent: int, phase_id: int, turn: int, log: list[tuple[int, int]]) -> None:
-        if not log:
+        if not log or self.error is not None:
             return
         n = len(log)
         a, p, t, c, ts, tok = self._cols
@@ -330,6 +336,17 @@ class ChunkWriter(_ArrowStreamWriter):
             self.flush()
 
     def flush(self) -> None:
+        """Write buffered chunk rows; a write failure is kept in :attr:`error`, like :class:`RunWriter`."""
+        if self.error is not None:
+            return
+        try:
+            self._write()
+        except OSError as exc:
+            self._cols = ([], [], [], [], [], [])
+            self._failed(exc)
+        self._last_flush = time.monotonic()
+
+    def _write(self) -> None:
         a, p, t, c, ts, tok = self._cols
         if a:
             n = len(a)
@@ -348,7 +365,6 @@ class ChunkWriter(_ArrowStreamWriter):
             self.rows_written += n
             self._cols = ([], [], [], [], [], [])
         self._file.flush()
-        self._last_flush = time.monotonic()
 
 
 def read_chunk_rows(directory: str | os.PathLike, names: tuple[str, ...] | None = None) -> pd.DataFrame:

@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 
 from .agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
+from .client.bodies import body_bytes, prepare
 from .client.http import (
     Endpoint,
     calibrate_chat_filler,
@@ -101,8 +102,10 @@ async def _server_info(session: aiohttp.ClientSession, endpoint: Endpoint, secre
                 info["server_header"] = resp.headers.get("Server")
                 if resp.status == 200:
                     data = await resp.json(content_type=None)
-                    info["models"] = [m.get("id") for m in data.get("data", []) if isinstance(m, dict)]
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    models = data.get("data") if isinstance(data, dict) else None
+                    models = models if isinstance(models, list) else []
+                    info["models"] = [str(m.get("id"))[:200] for m in models if isinstance(m, dict)]
+    except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
         info["models_error"] = scrub(f"{type(exc).__name__}: {exc}", secrets)[:200]
     return info
 
@@ -140,6 +143,12 @@ async def run_live(
     ``record_chunks`` also writes every visible chunk's time and token count to ``chunks.parquet``
     (docs/schema.md; streamed to ``chunks.arrow`` during the run). ``fast_parse=False`` JSON-decodes every
     chunk instead of the byte-level fast path (same results, more CPU; see docs/replay.md).
+
+    Failures never end the run: every request becomes a row (``client.http.send_request``). The level
+    ends early, with ``window.aborted_reason`` in the manifest, when every request fails for
+    ``rules.abort_after_s`` or when results cannot be written; in the latter case
+    :class:`~agentperf_kit.errors.OutputError` is raised after the agents stopped (one line; the rows
+    written before stay readable).
 
     ``telemetry`` (a :class:`~agentperf_kit.telemetry.TelemetryConfig`) samples the server's ``/metrics``
     and/or accelerator power on the run's clock: ``telemetry.parquet``, a ``telemetry`` section in the
@@ -229,6 +238,7 @@ async def run_live(
                 )
             elif progress:
                 print(f"note: chat filler not calibrated ({cal['error']}); prompt sizes may deviate")
+        prepare(endpoint)  # the shared prompt stream, built before the first send
         monitor = asyncio.create_task(_loop_lag_monitor(lag, stop))
         sampler = None
         if telemetry is not None and telemetry.active:
@@ -249,7 +259,7 @@ async def run_live(
                     await asyncio.sleep(delay)
                 if not fleet.may_send(now()):
                     return
-                body = endpoint.body(plan)
+                body = body_bytes(endpoint, plan)  # the JSON of endpoint.body(plan), built as bytes
                 in_flight[id(plan)] = plan
                 if len(in_flight) > max_in_flight:
                     max_in_flight = len(in_flight)
@@ -270,7 +280,8 @@ async def run_live(
                         speeds.append(0.0)  # a failed request counts as a miss, as in the metrics
                     elif outcome.t_first_s == outcome.t_first_s:
                         ttfts.append(outcome.t_first_s - outcome.t_send_s)
-                        span, n_out = outcome.t_last_s - outcome.t_first_s, outcome.output_tokens or 0
+                        span = outcome.t_last_s - outcome.t_first_s
+                        n_out = outcome.n_chunks if outcome.usage_mismatch else outcome.output_tokens or 0
                         if n_out >= 2:
                             speeds.append((n_out - 1) / span if span > 0 else float("inf"))
                     if bar.n % 50 == 0:  # over the last 500 requests
@@ -287,8 +298,9 @@ async def run_live(
         all_done = asyncio.gather(*tasks)
         while not all_done.done():
             await asyncio.wait({all_done}, timeout=0.2)
-            if writer.error is not None:  # rows cannot be written: end the level, say why at the end
-                fleet.abort(now(), str(writer.error))
+            failed = writer.error or (chunks.error if chunks is not None else None)
+            if failed is not None:  # results cannot be written: end the level, say why at the end
+                fleet.abort(now(), str(failed))
             if not fleet.may_send(now()):
                 break
         if not all_done.done():
@@ -319,7 +331,7 @@ async def run_live(
         writer.close()
     except OutputError:
         if chunks is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OutputError):
                 chunks.close()
         raise  # one line: what could not be written, how many rows were kept
     if chunks is not None:

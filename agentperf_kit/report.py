@@ -25,6 +25,11 @@ _LEVEL_COLS = [
     "p95_ttft_s",
     "p95_ttft_s_ci_low",
     "p95_ttft_s_ci_high",
+    "p25_output_speed_tps_deff",
+    "p95_ttft_s_deff",
+    "speed_unmeasured_share",
+    "n_unfinished_at_end",
+    "steady",
     "mean_in_flight",
     "prefix_cache_hit_rate",
     "meets_aa_rules",
@@ -93,6 +98,26 @@ def _figures(directory: Path, levels: pd.DataFrame, tier_preset: str) -> list[tu
     return out
 
 
+def _policy_section(s: dict) -> list[str]:
+    """The failure policy used and, where the other policy's verdict differs, both (summary.json's
+    ``policy_differs_at``)."""
+    policy = s.get("failure_policy")
+    if not policy:
+        return []
+    out = [
+        "<h2>Failure policy and intervals</h2>",
+        f"<p>Failure policy <b>{html.escape(policy)}</b> (docs/metrics.md); intervals "
+        f"{html.escape(str(s.get('ci_method')))} at {s.get('confidence', 0.95):.0%}.</p>",
+    ]
+    diffs = s.get("policy_differs_at") or []
+    if diffs:
+        out.append("<p>Levels whose verdict differs under the other policy:</p>")
+        out.append(pd.DataFrame(diffs).to_html(index=False, na_rep="-"))
+    else:
+        out.append("<p>Both policies give the same verdict at every level.</p>")
+    return out
+
+
 def write_html_report(directory: str | Path, path: str | Path | None = None) -> Path:
     """Write a standalone HTML report of a sweep (tables, and the levels plot when seaborn is installed)."""
     res = load_sweep(directory)
@@ -111,8 +136,10 @@ def write_html_report(directory: str | Path, path: str | Path | None = None) -> 
         f"<pre>{html.escape(format_summary(s))}</pre>",
         "<h2>Tiers</h2>",
         tiers.to_html(index=False, na_rep="-"),
+        *_policy_section(s),
         "<h2>Levels</h2>",
         levels.to_html(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"),
+        *_task_section(Path(directory)),
     ]
     for title, png in figures:
         parts += [
@@ -121,3 +148,14 @@ def write_html_report(directory: str | Path, path: str | Path | None = None) -> 
         ]
     path.write_text("\n".join(parts))
     return path
+
+
+def _task_section(directory: Path) -> list[str]:
+    """The per-level task table (completion time, slowdown, tasks per hour; docs/frontier.md)."""
+    from .tasks import load_sweep_tasks
+
+    tab = load_sweep_tasks(directory)
+    return [
+        "<h2>Task completion (trajectory instances finishing in the steady window)</h2>",
+        tab.to_html(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"),
+    ]

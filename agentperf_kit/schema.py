@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import InputFormatError
+
 __all__ = [
     "DERIVED_COLUMNS",
     "RAW_COLUMNS",
@@ -33,7 +35,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 
 
-class UnknownSchemaVersionError(ValueError):
+class UnknownSchemaVersionError(InputFormatError):
     """A saved result has a ``schema_version`` this toolkit does not know."""
 
 
@@ -100,7 +102,22 @@ _COLUMNS: tuple[Column, ...] = (
         "output_speed_tps",
         "float64",
         "tokens/s",
-        "(output_tokens - 1) / (t_last - t_first); 0 if not finished; NaN if < 2 tokens",
+        "(output_tokens - first-chunk tokens) / (t_last - t_first); 0 if failed; NaN if < 2 tokens or "
+        "unmeasurable; unfinished at the end: (tokens seen - 1) / (t_end - t_first)",
+        derived=True,
+    ),
+    Column(
+        "speed_unmeasurable",
+        "bool",
+        "",
+        "ok, >= 2 tokens, but all visible output in one chunk/read or none visible: speed NaN",
+        derived=True,
+    ),
+    Column(
+        "speed_formula",
+        "string",
+        "",
+        "aa_first_chunk (first_chunk_tokens known) or minus_one; empty when no speed",
         derived=True,
     ),
     Column(

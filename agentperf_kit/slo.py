@@ -2,11 +2,18 @@
 
 A level **passes a tier** when, over the requests of its steady window, the ``speed_percentile`` (25) of
 output speed >= ``min_output_speed_tps`` and the ``ttft_percentile`` (95) of TTFT <= ``max_ttft_s``
-(METHODOLOGY.md section 4). Failed requests stay in: TTFT +inf, speed 0 (see :mod:`.metrics`).
+(METHODOLOGY.md section 4). Failures follow the **failure policy**: ``miss`` (default: a failed request
+stays in with TTFT +inf and speed 0, see :mod:`.metrics`) or ``exclude`` (the public reference: requests
+the server answered with a failure are left out). Under both, a request still unfinished at the end of
+the run (or timed out by the client) stays in, judged on what it showed: a hung server never passes.
 
-Verdicts at a confidence level (default 0.95): each statistic's distribution-free interval
-(:func:`.percentiles.percentile_ci`) is compared with its threshold: entirely on the good side ->
-``pass``, entirely on the bad side -> ``fail``, straddling -> ``inconclusive``. A tier fails if either
+Verdicts at a confidence level (default 0.95): each statistic's interval is compared with its threshold:
+entirely on the good side -> ``pass``, entirely on the bad side -> ``fail``, straddling -> ``inconclusive``.
+The interval method (``ci_method``, :data:`CI_METHODS`) allows for the correlation of a closed loop's
+requests (:func:`.percentiles.clustered_percentile_ci`; ``iid`` is the exact order-statistic interval of
+independent samples). A statistic is also ``inconclusive`` when the window is not steady (its two halves'
+intervals do not overlap and the halves' own verdicts disagree), and the speed statistic when more than
+``max_unmeasured_share`` of the requests had a speed the client could not measure. A tier fails if either
 statistic fails, passes if both pass, else is inconclusive. With ``confidence=None`` verdicts are point
 verdicts (the observed percentile against the threshold). The **binding constraint** is the statistic
 that fails (the worse one, by margin, if both do) or, when the tier passes, the one closer to its limit by
@@ -27,24 +34,40 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, UnknownNameError
-from .percentiles import percentile_ci_sorted, percentile_sorted, sorted_sample
+from .percentiles import PercentileCI, clustered_percentile_ci
 
 __all__ = [
+    "CI_METHODS",
+    "DEFAULT_CI_METHOD",
+    "DEFAULT_FAILURE_POLICY",
+    "DEFAULT_MAX_UNMEASURED_SHARE",
     "DEFAULT_TIER_PRESET",
+    "FAILURE_POLICIES",
     "TIER_PRESETS",
     "Tier",
     "TierPreset",
     "evaluate_level",
     "get_tier_preset",
+    "level_intervals",
     "level_verdicts",
     "max_agents",
     "per_agent_attainment",
+    "policy_frame",
     "tier_preset_names",
     "tiers_from_spec",
 ]
 
 DEFAULT_TIER_PRESET = "aa-dsv4pro"
 VERDICTS = ("pass", "fail", "inconclusive")
+CI_METHODS = ("iid", "agent", "time", "agent+time")
+DEFAULT_CI_METHOD = "agent+time"
+TIME_BATCHES = 20  # the "time" clusters: the window cut into this many equal batches (by send time)
+FAILURE_POLICIES = ("miss", "exclude")
+DEFAULT_FAILURE_POLICY = "miss"
+DEFAULT_MAX_UNMEASURED_SHARE = 0.05
+# errors that mean "the client gave up or the run ended", not "the server reported a failure": kept in
+# the window under every failure policy (a hung server must never pass)
+UNFINISHED_ERRORS = ("cancelled_at_end", "request_timeout", "stall_timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,57 +193,180 @@ def _window(df: pd.DataFrame, in_window_only: bool) -> pd.DataFrame:
     return df
 
 
+def policy_frame(df: pd.DataFrame, failure_policy: str = DEFAULT_FAILURE_POLICY) -> pd.DataFrame:
+    """The rows a failure policy judges: all (``miss``), or all but the server-reported failures
+    (``exclude``: ``ok`` false with an error other than :data:`UNFINISHED_ERRORS`)."""
+    if failure_policy not in FAILURE_POLICIES:
+        raise ConfigError(
+            f"failure_policy must be one of {', '.join(FAILURE_POLICIES)}, got {failure_policy!r}"
+        )
+    if failure_policy == "miss" or "ok" not in df:
+        return df
+    ok = df["ok"].astype(bool).to_numpy()
+    if "error" in df:
+        unfinished = df["error"].astype("string").isin(UNFINISHED_ERRORS).fillna(False).to_numpy(dtype=bool)
+    else:
+        unfinished = np.zeros(len(df), dtype=bool)
+    return df[ok | unfinished]
+
+
+def _bounds(w: pd.DataFrame, window: tuple[float | None, float | None] | None) -> tuple[float, float]:
+    t = w["t_send_s"].to_numpy(dtype=float) if "t_send_s" in w else np.zeros(0)
+    lo, hi = window if window is not None else (None, None)
+    finite = t[np.isfinite(t)]
+    if lo is None or not math.isfinite(lo):
+        lo = float(finite.min()) if len(finite) else 0.0
+    if hi is None or not math.isfinite(hi):
+        hi = float(finite.max()) if len(finite) else 0.0
+    return float(lo), float(hi)
+
+
+def _clusters(w: pd.DataFrame, method: str, bounds: tuple[float, float]) -> list[np.ndarray]:
+    """Cluster labels of the rows of ``w`` for an interval method."""
+    if method not in CI_METHODS:
+        raise ConfigError(f"ci_method must be one of {', '.join(CI_METHODS)}, got {method!r}")
+    out = []
+    if method in ("agent", "agent+time") and "agent" in w:
+        out.append(pd.factorize(w["agent"])[0])
+    if method in ("time", "agent+time") and "t_send_s" in w:
+        lo, hi = bounds
+        t = w["t_send_s"].to_numpy(dtype=float)
+        width = (hi - lo) / TIME_BATCHES if hi > lo else 1.0
+        b = np.floor((np.nan_to_num(t, nan=lo) - lo) / width)
+        out.append(np.clip(b, 0, TIME_BATCHES - 1).astype(np.intp))
+    return out
+
+
+def level_intervals(
+    w: pd.DataFrame,
+    column: str,
+    q: float,
+    *,
+    method: str = DEFAULT_CI_METHOD,
+    confidence: float | None = 0.95,
+    window: tuple[float | None, float | None] | None = None,
+) -> PercentileCI:
+    """The q-th percentile of ``w[column]`` (the rows already chosen) with its ``method`` interval.
+    ``window`` = (start, end) of the steady window in s, for the time batches (default: the rows' send
+    times)."""
+    labels = _clusters(w, method, _bounds(w, window))
+    return clustered_percentile_ci(w[column].to_numpy(dtype=float), q, confidence, clusters=labels)
+
+
+def _halves(w: pd.DataFrame, bounds: tuple[float, float]) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    mid = (bounds[0] + bounds[1]) / 2
+    t = w["t_send_s"].to_numpy(dtype=float)
+    return w[t < mid], w[t >= mid], mid
+
+
 def evaluate_level(
     df: pd.DataFrame,
     tiers: TierPreset | list[Tier] | tuple[Tier, ...],
     *,
     confidence: float | None = 0.95,
     in_window_only: bool = True,
+    ci_method: str = DEFAULT_CI_METHOD,
+    failure_policy: str = DEFAULT_FAILURE_POLICY,
+    max_unmeasured_share: float = DEFAULT_MAX_UNMEASURED_SHARE,
+    window: tuple[float | None, float | None] | None = None,
+    check_steady: bool = True,
 ) -> pd.DataFrame:
     """Tidy verdict table for one level: one row per (tier, statistic) plus the tier verdict.
 
-    Columns: ``tier, label, statistic, percentile, observed, ci_low, ci_high, threshold, n, verdict,
-    tier_verdict, binding``.
+    Columns: ``tier, label, statistic, percentile, observed, ci_low, ci_high, threshold, n, n_eff, deff,
+    margin, verdict, reason, tier_verdict, binding, unmeasured_share, steady, half1, half2,
+    failure_policy, ci_method``. ``reason`` says why a statistic is inconclusive (``interval``,
+    ``unsteady``, ``unmeasured``, ``no_data``; ``all_failed`` for the ``fail`` of a window whose every
+    request was a server failure, under ``exclude``); ``steady`` is False when the two halves of the window
+    (by send time) have disjoint intervals; ``half1``/``half2`` are the halves' percentiles.
     """
     tiers = tiers.tiers if isinstance(tiers, TierPreset) else tuple(tiers)
-    w = _window(df, in_window_only)
-    speed_sorted = sorted_sample(w["output_speed_tps"].to_numpy(dtype=float))
-    ttft_sorted = sorted_sample(w["ttft_s"].to_numpy(dtype=float))
+    window_rows = _window(df, in_window_only)
+    w = policy_frame(window_rows, failure_policy)
+    # every request of the window was a server failure (possible only under `exclude`): no SLO was met
+    all_failed = len(window_rows) > 0 and len(w) == 0
+    bounds = _bounds(w, window)
+    labels = _clusters(w, ci_method, bounds)
+    if "speed_unmeasurable" in w and len(w):
+        unmeasured = float(w["speed_unmeasurable"].astype(bool).mean())
+    else:
+        unmeasured = 0.0
+    can_split = check_steady and confidence is not None and "t_send_s" in w and len(w) >= 4
+    if can_split:
+        h1, h2, _ = _halves(w, bounds)
+        l1 = _clusters(h1, ci_method, (bounds[0], (bounds[0] + bounds[1]) / 2))
+        l2 = _clusters(h2, ci_method, ((bounds[0] + bounds[1]) / 2, bounds[1]))
+    cache: dict[tuple[str, float], tuple[PercentileCI, PercentileCI | None, PercentileCI | None]] = {}
+
+    def stat(col: str, q: float):
+        key = (col, q)
+        if key not in cache:
+            full = clustered_percentile_ci(w[col].to_numpy(dtype=float), q, confidence, clusters=labels)
+            a = b = None
+            if can_split:
+                a = clustered_percentile_ci(h1[col].to_numpy(dtype=float), q, confidence, clusters=l1)
+                b = clustered_percentile_ci(h2[col].to_numpy(dtype=float), q, confidence, clusters=l2)
+            cache[key] = (full, a, b)
+        return cache[key]
+
     rows = []
     for tier in tiers:
         parts = []
-        for stat, s, q, thr, hib in (
-            ("output_speed_tps", speed_sorted, tier.speed_percentile, tier.min_output_speed_tps, True),
-            ("ttft_s", ttft_sorted, tier.ttft_percentile, tier.max_ttft_s, False),
+        for st, q, thr, hib in (
+            ("output_speed_tps", tier.speed_percentile, tier.min_output_speed_tps, True),
+            ("ttft_s", tier.ttft_percentile, tier.max_ttft_s, False),
         ):
-            obs = percentile_sorted(s, q)
-            lo, hi = percentile_ci_sorted(s, q, confidence) if confidence and len(s) else (obs, obs)
-            verdict = _verdict(obs, lo, hi, thr, hib, confidence)
-            # margin as a log ratio, > 0 on the good side: symmetric for a floor and a ceiling (a speed
-            # twice its floor and a TTFT half its ceiling are equally far from their limits)
-            margin = _log_margin(obs, thr, hib)
+            ci, a, b = stat(st, q)
+            obs = ci.value
+            verdict = _verdict(obs, ci.low, ci.high, thr, hib, confidence)
+            reason = "no_data" if math.isnan(obs) else "interval" if verdict == "inconclusive" else ""
+            if all_failed:
+                verdict, reason = "fail", "all_failed"
+            steady = True
+            if a is not None and b is not None and a.n and b.n:
+                steady = not (a.high < b.low or b.high < a.low)
+                if not steady and verdict != "inconclusive":
+                    va = _verdict(a.value, a.value, a.value, thr, hib, None)
+                    vb = _verdict(b.value, b.value, b.value, thr, hib, None)
+                    if va != vb:
+                        verdict, reason = "inconclusive", "unsteady"
+            if st == "output_speed_tps" and unmeasured > max_unmeasured_share and verdict == "pass":
+                verdict, reason = "inconclusive", "unmeasured"
             parts.append(
                 dict(
                     tier=tier.name,
                     label=tier.label,
-                    statistic=stat,
+                    statistic=st,
                     percentile=q,
                     observed=obs,
-                    ci_low=lo,
-                    ci_high=hi,
+                    ci_low=ci.low,
+                    ci_high=ci.high,
                     threshold=thr,
-                    n=len(s),
+                    n=ci.n,
+                    n_eff=ci.n_eff,
+                    deff=ci.deff,
+                    margin=_log_margin(obs, thr, hib),
                     verdict=verdict,
-                    _margin=margin,
+                    reason=reason,
+                    unmeasured_share=unmeasured if st == "output_speed_tps" else math.nan,
+                    steady=steady,
+                    half1=a.value if a is not None else math.nan,
+                    half2=b.value if b is not None else math.nan,
                 )
             )
         verdicts = {p["verdict"] for p in parts}
         tier_verdict = "fail" if "fail" in verdicts else "pass" if verdicts == {"pass"} else "inconclusive"
-        binding = min(parts, key=lambda p: p["_margin"])["statistic"]
+        # margin as a log ratio, > 0 on the good side: symmetric for a floor and a ceiling (a speed
+        # twice its floor and a TTFT half its ceiling are equally far from their limits)
+        binding = min(parts, key=lambda p: p["margin"])["statistic"]
         binding = "speed" if binding == "output_speed_tps" else "ttft"
         for p in parts:
-            p.pop("_margin")
-            p.update(tier_verdict=tier_verdict, binding=binding)
+            p.update(
+                tier_verdict=tier_verdict,
+                binding=binding,
+                failure_policy=failure_policy,
+                ci_method=ci_method if confidence is not None else "point",
+            )
             rows.append(p)
     return pd.DataFrame(rows)
 
@@ -231,9 +377,11 @@ def level_verdicts(
     *,
     confidence: float | None = 0.95,
     in_window_only: bool = True,
+    **kwargs: Any,
 ) -> dict[str, str]:
-    """Tier name -> ``pass``/``fail``/``inconclusive`` for one level."""
-    ev = evaluate_level(df, tiers, confidence=confidence, in_window_only=in_window_only)
+    """Tier name -> ``pass``/``fail``/``inconclusive`` for one level (``kwargs``: as
+    :func:`evaluate_level`)."""
+    ev = evaluate_level(df, tiers, confidence=confidence, in_window_only=in_window_only, **kwargs)
     return dict(zip(ev["tier"], ev["tier_verdict"]))
 
 

@@ -7,9 +7,11 @@ evaluated on the same levels. Odd cases (see :func:`agentperf_kit.slo.max_agents
 a tier still passing at ``max_agents`` is a lower bound; non-monotonic verdicts take the highest pass below
 the lowest fail and are reported.
 
-A level whose verdict is ``inconclusive`` at the set confidence (too few requests for the percentile's
-confidence interval to clear the threshold) is re-run with a window twice as long, up to
-``max_extensions`` times; if still inconclusive, the point verdict is used and a note says so.
+A level whose verdict is ``inconclusive`` at the set confidence (too few effective requests for the
+percentile's interval to clear the threshold, or an unsteady window; intervals by ``ci_method``, failures
+by ``failure_policy``: docs/metrics.md) is re-run with a window twice as long, up to ``max_extensions``
+times (an extension that would not lengthen the window is skipped); if still inconclusive, the point
+verdict is used and a note says so, except when too many speeds were unmeasurable (never a pass).
 
 Each level is a fresh run (new phase markers) with a seed derived from (seed, N, extension), so results do
 not depend on the order levels are measured in. Everything is written as the sweep goes
@@ -174,6 +176,10 @@ class _Sweeper:
                 from .trajectories import fit_context
 
                 trajs = fit_context(trajs, self.cfg.max_context)
+            if self.cfg.what_if:
+                from .whatif import apply_what_if, parse_what_if
+
+                trajs = apply_what_if(trajs, parse_what_if(self.cfg.what_if))
             self._trajs = trajs
         return self._trajs
 
@@ -233,36 +239,68 @@ class _Sweeper:
         if n in self.rows:
             return self.rows[n]
         acc, _ = self.accelerators()
+        cfg = self.cfg
         ext = 0
         while True:
             res = self._measure(n, ext, len(self.rows))
-            ev = evaluate_level(res.requests, self.preset, confidence=self.cfg.confidence)
+            window = res.manifest.get("window", {})
+            bounds = (window.get("window_start_s"), window.get("window_end_s"))
+            ev = self._evaluate(res.requests, bounds, cfg.failure_policy, cfg.confidence)
             verdicts = dict(zip(ev["tier"], ev["tier_verdict"]))
-            if "inconclusive" not in verdicts.values() or ext >= self.cfg.max_extensions:
+            if "inconclusive" not in verdicts.values() or ext >= cfg.max_extensions:
                 break
-            ext += 1
-        point = None
+            # the validity rules (trajectory counts) can make the window longer than an extension's
+            # duration: such a re-run would measure as much again with another seed, not more; skip to
+            # the first extension that lengthens the window, if any is left
+            got = window.get("window_s") or 0.0
+            nxt = ext + 1
+            while nxt <= cfg.max_extensions and cfg.rules(nxt).duration_s <= got:
+                nxt += 1
+            if nxt > cfg.max_extensions:
+                self.notes.append(
+                    f"N={n}: not extended: its window ({got:,.0f} s) is already longer than the longest "
+                    f"extension's ({cfg.rules(cfg.max_extensions).duration_s:,.0f} s)"
+                )
+                break
+            ext = nxt
         if "inconclusive" in verdicts.values():
-            point = evaluate_level(res.requests, self.preset, confidence=None)
-            pv = dict(zip(point["tier"], point["tier_verdict"]))
+            pv = dict(zip(*self._point(res.requests, bounds)))
+            reasons = ev.groupby("tier")["reason"].agg(lambda r: ",".join(sorted({x for x in r if x})))
             for t, v in verdicts.items():
-                if v == "inconclusive":
+                if v != "inconclusive":
+                    continue
+                if "unmeasured" in reasons[t]:
                     self.notes.append(
-                        f"N={n}: tier {t} stayed inconclusive at confidence {self.cfg.confidence} after "
-                        f"{ext} extension(s); the point verdict ({pv[t]}) is used"
+                        f"N={n}: tier {t} inconclusive: more than {cfg.max_unmeasured_share:.0%} of the "
+                        "requests had a speed the client could not measure (never a pass)"
                     )
-                    verdicts[t] = pv[t]
-        window = res.manifest.get("window", {})
+                    continue
+                self.notes.append(
+                    f"N={n}: tier {t} stayed inconclusive ({reasons[t]}) at confidence {cfg.confidence} "
+                    f"after {ext} extension(s); the point verdict ({pv[t]}) is used"
+                )
+                verdicts[t] = pv[t]
         stats = level_stats(
             res.requests,
             window_start_s=window.get("window_start_s"),
             window_end_s=window.get("window_end_s"),
             accelerators=acc,
+            confidence=cfg.confidence,
+            ci_method=cfg.ci_method,
+            failure_policy=cfg.failure_policy,
         )
         row: dict[str, Any] = {"level": -1, "concurrency": n, "extensions": ext, **stats}
+        row["failure_policy"] = cfg.failure_policy
+        row["ci_method"] = cfg.ci_method
+        row["steady"] = bool(ev["steady"].all())
         for col in ("p95_ttft_s", "p95_ttft_s_ci_high", "p25_output_speed_tps_ci_high"):
             # +inf is written as null in JSON; this flag keeps the difference from "missing"
             row[f"{col}_is_inf"] = bool(row.get(col) == float("inf"))
+        row.update(_tier_stat_columns(ev))
+        other = "exclude" if cfg.failure_policy == "miss" else "miss"
+        ev_other = self._evaluate(res.requests, bounds, other, cfg.confidence)
+        for t, v in zip(ev_other["tier"], ev_other["tier_verdict"]):
+            row[f"verdict_{t}_if_{other}"] = v
         row["meets_aa_rules"] = bool(res.manifest.get("meets_aa_rules", window.get("meets_aa_rules", False)))
         row["client_ok"] = bool(res.manifest.get("client_ok", True))
         row["power_w"] = res.manifest.get("power_w")
@@ -288,6 +326,21 @@ class _Sweeper:
             )
         return row
 
+    def _evaluate(self, df: pd.DataFrame, bounds, policy: str, confidence: float | None) -> pd.DataFrame:
+        return evaluate_level(
+            df,
+            self.preset,
+            confidence=confidence,
+            ci_method=self.cfg.ci_method,
+            failure_policy=policy,
+            max_unmeasured_share=self.cfg.max_unmeasured_share,
+            window=bounds,
+        )
+
+    def _point(self, df: pd.DataFrame, bounds) -> tuple[list[str], list[str]]:
+        ev = self._evaluate(df, bounds, self.cfg.failure_policy, None)
+        return list(ev["tier"]), list(ev["tier_verdict"])
+
     def levels_frame(self) -> pd.DataFrame:
         df = pd.DataFrame([self.rows[n] for n in sorted(self.rows)])
         df["level"] = range(len(df))
@@ -306,6 +359,60 @@ class _Sweeper:
             return {t: row[f"verdict_{t}"] for t in tiers}
 
         search_levels(measure, tiers, self.cfg.max_agents, resolution=self.cfg.resolution)
+
+
+def _tier_stat_columns(ev: pd.DataFrame) -> dict[str, Any]:
+    """levels.csv columns of each tier's own statistics (its percentiles, whatever they are):
+    ``<tier>_speed_p<q>`` and ``<tier>_ttft_p<q>`` with ``_ci_low``/``_ci_high``, ``<tier>_margin_speed``,
+    ``<tier>_margin_ttft`` (log ratios, > 0 on the good side), ``<tier>_reason`` (why inconclusive)."""
+    out: dict[str, Any] = {}
+    for r in ev.itertuples(index=False):
+        kind = "speed" if r.statistic == "output_speed_tps" else "ttft"
+        base = f"{r.tier}_{kind}_p{r.percentile:g}"
+        out[base] = r.observed
+        out[f"{base}_ci_low"] = r.ci_low
+        out[f"{base}_ci_high"] = r.ci_high
+        out[f"{r.tier}_margin_{kind}"] = r.margin
+        prev = out.get(f"{r.tier}_reason", "")
+        out[f"{r.tier}_reason"] = ",".join(x for x in (prev, r.reason) if x)
+    return out
+
+
+def _binding_detail(levels: pd.DataFrame, tier, n) -> dict[str, Any] | None:
+    """The statistic that binds a tier at level ``n``: its name, percentile, value, interval, threshold
+    and margin (log ratio, > 0 on the good side), from the level's row of levels.csv; None when the
+    level was not measured (or n is None/0) or the row lacks the tier's columns."""
+    if n is None or (isinstance(n, float) and math.isnan(n)) or int(n) <= 0:
+        return None
+    at = levels[levels["concurrency"] == int(n)]
+    if not len(at):
+        return None
+    r = at.iloc[-1]
+    kind = r.get(f"binding_{tier.name}")
+    if kind not in ("speed", "ttft"):
+        return None
+    q = tier.speed_percentile if kind == "speed" else tier.ttft_percentile
+    base = f"{tier.name}_{kind}_p{q:g}"
+    if base not in r:
+        return None
+    return {
+        "concurrency": int(n),
+        "statistic": "output_speed_tps" if kind == "speed" else "ttft_s",
+        "percentile": q,
+        "value": _float(r[base]),
+        "ci_low": _float(r[f"{base}_ci_low"]),
+        "ci_high": _float(r[f"{base}_ci_high"]),
+        "threshold": tier.min_output_speed_tps if kind == "speed" else tier.max_ttft_s,
+        "margin": _float(r[f"{tier.name}_margin_{kind}"]),
+        "verdict": r.get(f"verdict_{tier.name}"),
+    }
+
+
+def _float(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
 
 
 def _telemetry_columns(tel: Mapping[str, Any]) -> dict[str, Any]:
@@ -350,6 +457,13 @@ def _tier_table(
         scopes.append(scope if w is not None else None)
         per_acc.append(agents_per_accelerator(n, acc))
         per_mw.append(agents_per_mw(n, w) if n > 0 else (0.0 if w else None))
+    tab["binding_at_max_agents"] = [
+        _binding_detail(levels, t, int(r["max_agents"])) for t, (_, r) in zip(preset.tiers, tab.iterrows())
+    ]
+    tab["binding_at_lowest_failing"] = [
+        _binding_detail(levels, t, r["lowest_failing_agents"])
+        for t, (_, r) in zip(preset.tiers, tab.iterrows())
+    ]
     tab["agents_per_accelerator"] = per_acc
     tab["agents_per_mw"] = per_mw
     tab["power_w"] = pw
@@ -487,11 +601,17 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
         "target": config.target,
         "model": config.model or (sw.results[min(sw.results)][1].get("config", {}).get("model")),
         "tier_preset": config.tiers,
+        "what_if": config.what_if,
         "accelerators": acc,
         "accelerator_type": acc_type,
         "power_w": summary_power_w,
         "power_scope": scope,
         "power_source": config.power_source if not config.is_sim else None,
+        "failure_policy": config.failure_policy,
+        "ci_method": config.ci_method,
+        "confidence": config.confidence,
+        "max_unmeasured_share": config.max_unmeasured_share,
+        "policy_differs_at": _policy_differences(levels, preset, config.failure_policy),
         "meets_aa_rules": bool(levels["meets_aa_rules"].all()),
         "client_ok": bool(levels["client_ok"].all()),
         "notes": notes,
@@ -509,6 +629,27 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
     write_sweep_tasks(out)  # tasks.parquet, tasks.csv: task completion times and slowdown (docs/frontier.md)
     summary = json.loads(strict_json_dumps(summary))
     return SweepResult(levels, summary, None, out, tiers)
+
+
+def _policy_differences(levels: pd.DataFrame, preset: TierPreset, policy: str) -> list[dict[str, Any]]:
+    """Levels and tiers whose verdict under the other failure policy differs from the one used."""
+    other = "exclude" if policy == "miss" else "miss"
+    out = []
+    for t in preset.tiers:
+        col = f"verdict_{t.name}_if_{other}"
+        if col not in levels:
+            continue
+        for _, r in levels.iterrows():
+            if r[col] != r[f"verdict_{t.name}"]:
+                out.append(
+                    {
+                        "concurrency": int(r["concurrency"]),
+                        "tier": t.name,
+                        policy: r[f"verdict_{t.name}"],
+                        other: r[col],
+                    }
+                )
+    return out
 
 
 def _write_sweep_requests(out: Path, level_dirs: list[Path]) -> int:
@@ -573,6 +714,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"accelerators {summary['accelerators']} x {summary.get('accelerator_type')}  "
         f"power {_fmt(summary.get('power_w'), '{:,.0f} W') if summary.get('power_w') else 'per level'} "
         f"({summary.get('power_scope') or 'unknown'})",
+        *([f"what-if: {summary['what_if']}"] if summary.get("what_if") else []),
         "",
         f"{'tier':<6}{'SLO':<20}{'max agents':>12}{'binding':>9}{'agents/accel':>14}{'power W':>10}"
         f"{'agents/MW':>12}",
@@ -593,6 +735,18 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(
             f"simulated requests: {summary['simulated_requests']:,}  wall time {summary['wall_s']:.1f} s"
         )
+    if summary.get("failure_policy"):
+        lines.append(
+            f"failure policy: {summary['failure_policy']}  intervals: {summary.get('ci_method')} "
+            f"({summary.get('confidence', 0.95):.0%})"
+        )
+    for d in summary.get("policy_differs_at") or []:
+        other = [k for k in d if k not in ("concurrency", "tier", summary.get("failure_policy"))]
+        if other:
+            lines.append(
+                f"  N={d['concurrency']} {d['tier']}: {d[summary['failure_policy']]} "
+                f"({summary['failure_policy']}), {d[other[0]]} ({other[0]})"
+            )
     lines.append(f"meets AA validity rules: {'yes' if summary['meets_aa_rules'] else 'no'}")
     lines += [f"note: {n}" for n in summary.get("notes", [])]
     return "\n".join(lines)

@@ -67,6 +67,10 @@ class SweepConfig:
     stall_timeout_s: float = 120.0
     force_output: bool = True
     continuous_usage: bool = False
+    failure_policy: str = "miss"
+    ci_method: str = "agent+time"
+    max_unmeasured_share: float = 0.05
+    what_if: str | None = None
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -97,9 +101,55 @@ class SweepConfig:
             from .client.preflight import check_base_url
 
             check_base_url(self.target)
+            if self.metrics_url:
+                check_base_url(self.metrics_url, "metrics_url")
         get_tier_preset(self.tiers)
+        self._check_stats()
+        self._check_what_if()
         self._check_telemetry()
         self._check_client()
+
+    def _check_stats(self) -> None:
+        from .slo import CI_METHODS, FAILURE_POLICIES
+
+        if self.failure_policy not in FAILURE_POLICIES:
+            raise SweepConfigError(
+                f"failure_policy must be one of {', '.join(FAILURE_POLICIES)}, got {self.failure_policy!r}"
+            )
+        if self.ci_method not in CI_METHODS:
+            raise SweepConfigError(
+                f"ci_method must be one of {', '.join(CI_METHODS)}, got {self.ci_method!r}"
+            )
+        object.__setattr__(self, "max_unmeasured_share", float(self.max_unmeasured_share))
+        if not 0 <= self.max_unmeasured_share <= 1:
+            raise SweepConfigError(f"max_unmeasured_share must be in [0, 1], got {self.max_unmeasured_share}")
+
+    def _check_what_if(self) -> None:
+        """Canonical what-if knobs (docs/frontier.md); the deployment/trajectories knobs set those fields."""
+        if self.what_if is None:
+            return
+        from .whatif import parse_what_if, what_if_string
+
+        try:
+            knobs = parse_what_if(self.what_if)
+        except ConfigError as exc:
+            raise SweepConfigError(str(exc)) from None
+        if not knobs:
+            object.__setattr__(self, "what_if", None)
+            return
+        if not self.is_sim:
+            raise SweepConfigError(f"what_if={self.what_if!r}: what-if knobs apply to simulated targets only")
+        if "deployment" in knobs:
+            from .sim.presets import get_deployment
+
+            try:
+                get_deployment(str(knobs["deployment"]))
+            except KeyError as exc:
+                raise SweepConfigError(f"what_if deployment: {exc.args[0]}") from None
+            object.__setattr__(self, "target", f"sim:{knobs['deployment']}")
+        if "trajectories" in knobs:
+            object.__setattr__(self, "trajectories", str(knobs["trajectories"]))
+        object.__setattr__(self, "what_if", what_if_string(knobs))
 
     def _check_client(self) -> None:
         from .client.http import parse_extra_body
@@ -206,13 +256,17 @@ class SweepConfig:
         """The fields that change what is measured (``out`` excluded): hashed for resume checks."""
         d = dataclasses.asdict(self)
         d.pop("out")
-        for name, default in (_TELEMETRY_DEFAULTS | _CLIENT_DEFAULTS).items():
+        if d.get("what_if") is None:
+            d.pop("what_if", None)  # absent when unused, so older sweeps' hashes still match
+        for name, default in (_TELEMETRY_DEFAULTS | _CLIENT_DEFAULTS | _STATS_DEFAULTS).items():
             if d[name] == default:  # at their defaults: left out, so older sweeps' hashes still match
                 d.pop(name)
         if "headers" in d:  # header values are secrets: only their names reach a file or the hash
             from .credentials import masked_header_lines
 
             d["headers"] = masked_header_lines(d["headers"])
+        if "public_headers" in d:  # recorded as given (as a JSON file holds them)
+            d["public_headers"] = list(d["public_headers"])
         return d
 
     def config_hash(self) -> str:
@@ -240,8 +294,15 @@ class SweepConfig:
             raise SweepConfigError(
                 f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
+        from_file = set(data) - {k for k, v in overrides.items() if v is not None}
         data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        try:
+            return cls(**data)
+        except SweepConfigError as exc:
+            name = str(exc).split(" ", 1)[0]
+            if name in from_file:  # the file's value: say which file
+                raise SweepConfigError(f"{path}: {exc}") from None
+            raise
 
 
 _CLIENT_DEFAULTS: dict[str, Any] = {
@@ -252,6 +313,12 @@ _CLIENT_DEFAULTS: dict[str, Any] = {
     "stall_timeout_s": 120.0,
     "force_output": True,
     "continuous_usage": False,
+}
+
+_STATS_DEFAULTS: dict[str, Any] = {
+    "failure_policy": "miss",
+    "ci_method": "agent+time",
+    "max_unmeasured_share": 0.05,
 }
 
 _TELEMETRY_DEFAULTS: dict[str, Any] = {

@@ -6,9 +6,11 @@ A **task** is one trajectory instance: one agent running one trajectory from its
 - ``completion_s`` (s) = end of the last response - send of the first request: model time, queueing and
   the tool waits between turns all included (the tool wait after the last turn is not: the task is done
   when its last answer arrives).
-- ``complete``: the task ran every turn of its trajectory (turns 0..T-1 with T the trajectory's number of
-  turns); the agent's first trajectory, which starts at a random turn, and trajectories cut by the end
-  of the level are not complete. ``ok``: every request of the task succeeded.
+- ``finished``: the task reached its trajectory's last turn (T-1, with T the trajectory's number of turns);
+  trajectories cut by the end of the level are not finished. ``complete``: finished and ran every turn
+  from turn 0; an agent's first trajectory starts at a random turn (a task already in progress when the
+  level starts): it can finish but is not complete, so it counts in the rate, not in completion times.
+  ``ok``: every request of the task succeeded.
 - ``slowdown`` = completion_s / the same trajectory's completion time on an **unloaded** system
   (``baseline_s``); ``baseline_source`` says where that came from: ``sim_unloaded`` (the simulated
   deployment replaying each trajectory with one agent, alone: :func:`unloaded_baseline`) or ``sweep_n1``
@@ -18,8 +20,9 @@ A **task** is one trajectory instance: one agent running one trajectory from its
 
 Per level (tasks that **end inside the steady window**):
 
-- ``n_tasks`` complete ok tasks, ``n_tasks_failed`` complete-in-shape tasks with a failed request;
-- ``p50_slowdown``, ``p95_slowdown`` (failed tasks count as +inf), ``p50_completion_s``;
+- ``n_tasks`` finished ok tasks, ``n_tasks_failed`` finished tasks with a failed request;
+- ``p50_slowdown``, ``p95_slowdown`` over complete tasks (failed ones count as +inf), ``p50_completion_s``
+  of complete ok tasks;
 - ``tasks_per_hour`` = n_tasks / window_s * 3600; ``tasks_per_hour_per_accelerator`` = that /
   accelerators; ``tasks_per_hour_per_mw`` = that / (power_w / 1e6), with the level's power and its scope
   (the user's declared/provisioned power when the sweep was given one, as for the tiers).
@@ -60,6 +63,7 @@ TASK_COLUMNS = (
     "t_end_s",
     "completion_s",
     "tool_wait_s",
+    "finished",
     "complete",
     "ok",
     "in_window",
@@ -107,8 +111,7 @@ def task_table(
     # task number within the agent: cumulative count of turn-0 rows; rows before an agent's first turn 0
     # (its random start turn) get 0 and belong to no task
     task_no = pd.Series(start.astype(np.int64)).groupby(agent).cumsum().to_numpy()
-    keep = task_no > 0
-    d = df.loc[keep].assign(_task=task_no[keep])
+    d = df.assign(_task=task_no)
     if d.empty:
         return pd.DataFrame(
             columns=[c for c in TASK_COLUMNS if c not in ("baseline_s", "baseline_source", "slowdown")]
@@ -132,7 +135,8 @@ def task_table(
         _tool_last=("tool_delay_s", "last"),
     ).reset_index()
     want = out["trajectory_id"].map(lambda t: n_turns.get(str(t), -1)).to_numpy()
-    out["complete"] = (out["last_turn"].to_numpy() + 1 == want) & (out["n_distinct_turns"] == want)
+    out["finished"] = out["last_turn"].to_numpy() + 1 == want
+    out["complete"] = out["finished"] & (out["n_distinct_turns"] == want) & (out["_task"] > 0)
     out["completion_s"] = out["t_end_s"] - out["t_start_s"]
     out["tool_wait_s"] = out["_tool_total"] - out["_tool_last"]
     if window_start_s is not None and window_end_s is not None:
@@ -194,18 +198,21 @@ def task_level_stats(
     power_scope: str | None = None,
 ) -> dict[str, Any]:
     """One level's task figures (``TASK_LEVEL_COLUMNS`` but ``concurrency``) from its task rows (with
-    the baseline columns): tasks ending in the window, complete in shape; failed ones count as +inf."""
-    w = tasks[tasks["in_window"] & tasks["complete"]]
+    the baseline columns): tasks finishing in the window (see the module docstring)."""
+    fin = tasks[tasks["in_window"] & tasks["finished"]]
+    n = int(fin["ok"].sum())
+    w = fin[fin["complete"]]
     good = w[w["ok"]]
-    n = len(good)
     slow = w["slowdown"].to_numpy(dtype=float)
     has = ~np.isnan(slow)
     per_h = n / window_s * 3600.0 if window_s and window_s > 0 else math.nan
     sources = sorted(set(w["baseline_source"].dropna())) if "baseline_source" in w else []
     return {
         "n_tasks": n,
-        "n_tasks_failed": int((~w["ok"]).sum()),
-        "p50_completion_s": percentile(good["completion_s"].to_numpy(dtype=float), 50) if n else math.nan,
+        "n_tasks_failed": int((~fin["ok"]).sum()),
+        "p50_completion_s": percentile(good["completion_s"].to_numpy(dtype=float), 50)
+        if len(good)
+        else math.nan,
         "p50_slowdown": percentile(slow[has], 50) if has.any() else math.nan,
         "p95_slowdown": percentile(slow[has], 95) if has.any() else math.nan,
         "slowdown_baseline": ",".join(sources) if sources else None,
@@ -235,8 +242,6 @@ def write_sweep_tasks(directory: str | Path, *, baseline: str = "auto") -> tuple
     ``tasks.csv`` (one row per level). ``baseline``: ``sim_unloaded``, ``sweep_n1`` or ``auto`` (the
     simulated unloaded replay for a simulated target, else the N = 1 level). Returns (tasks, per level).
     Memory: one level's requests at a time."""
-    import pyarrow.parquet as pq
-
     d = Path(directory)
     summary = json.loads((d / "summary.json").read_text())
     levels = pd.read_csv(d / "levels.csv")
@@ -264,18 +269,18 @@ def write_sweep_tasks(directory: str | Path, *, baseline: str = "auto") -> tuple
         "tool_delay_s",
     ]
     parts = []
-    table = pq.read_table(d / "requests.parquet", columns=need)
-    req = table.to_pandas()
     for _, lv in levels.iterrows():
         man = _level_manifest(d, int(lv["concurrency"]), int(lv.get("extensions", 0)))
         win = man.get("window", {})
-        rows = req[req["level"] == lv["level"]]
+        rows = pd.read_parquet(
+            d / "requests.parquet", columns=need, filters=[("level", "==", int(lv["level"]))]
+        )
         parts.append(
             task_table(
                 rows, n_turns, window_start_s=win.get("window_start_s"), window_end_s=win.get("window_end_s")
             )
         )
-    del req, table
+        del rows
     tasks = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=TASK_COLUMNS)
     if baseline == "sim_unloaded":
         base = unloaded_baseline(

@@ -50,6 +50,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -76,6 +78,9 @@ class SSEServer:
         self.script = script
         self.drip_s = drip_s
         self.requests = 0
+        # per finished stream: (seconds from the handler's start to the first token's write, the output
+        # speed the writes achieved: (tokens - 1) / (last write - first write))
+        self.timings: list[tuple[float, float]] = []
         self.tokens_per_chunk = 3 if dialect == "sglang" and tokens_per_chunk == 1 else tokens_per_chunk
         self.cached_tokens = cached_tokens
         # a chat "tokenizer": this many tokens per whitespace-separated word, plus a template overhead
@@ -194,7 +199,7 @@ class SSEServer:
             await resp.prepare(request)
             line = b'data: {"choices":[{"index":0,"delta":{"content":"never ends'
             k = 0
-            while True:
+            while not request.transport or not request.transport.is_closing():
                 if fault == "keepalive":
                     await resp.write(b": keep-alive\n\n")
                 elif fault == "drip":
@@ -203,9 +208,11 @@ class SSEServer:
                 else:
                     await resp.write(b'data: {"choices":[{"index":0,"delta":{"content":""}}]}\n\n')
                 await asyncio.sleep(self.drip_s)
+            return resp
         return await self._sse(request, body, fault)
 
     async def _sse(self, request: web.Request, body: dict, fault: str | None) -> web.StreamResponse:
+        t0 = time.perf_counter()
         chat = "messages" in body
         n = int(body["max_tokens"])
         prompt_tokens, cached = self._prompt_tokens(body)
@@ -275,6 +282,7 @@ class SSEServer:
             await send(b"[DONE]")
             return resp
         sent = 0
+        t_first = 0.0
         while sent < n:
             k = min(self.tokens_per_chunk, n - sent)
             sent += k
@@ -285,9 +293,10 @@ class SSEServer:
             if fault == "stall" and sent > n // 2:
                 await asyncio.sleep(3600)
             if fault == "keepalive_stall" and sent > n // 2:
-                while True:
+                while not request.transport.is_closing():
                     await resp.write(b": keep-alive" + eol + eol)
                     await asyncio.sleep(self.drip_s)
+                return resp
             if fault == "malformed" and sent > n // 2:
                 await resp.write(b"data: {not json" + eol + eol)
                 return resp
@@ -320,6 +329,12 @@ class SSEServer:
                 running = {"prompt_tokens": prompt_tokens, "completion_tokens": sent}
                 running["total_tokens"] = prompt_tokens + sent
             await send(chunk(delta=delta, text=piece, finish=finish, usage=running))
+            t_last = time.perf_counter()
+            if not t_first:
+                t_first = t_last
+            if last:  # what the server really did (its sleeps stretch on a loaded machine)
+                speed = (n - 1) / (t_last - t_first) if t_last > t_first else math.inf
+                self.timings.append((t_first - t0, speed))
             if self.dialect == "sglang":
                 await resp.write(b": keep-alive" + eol + eol)
             if not last:

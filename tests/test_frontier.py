@@ -36,6 +36,13 @@ def test_frontier_agrees_with_the_sweeps_tiers_exactly(small_sweep):
             assert pd.isna(row["agents_per_mw"])
         else:
             assert row["agents_per_mw"] == pytest.approx(t["agents_per_mw"])
+    tasks = pd.read_csv(small_sweep / "tasks.csv").set_index("concurrency")
+    for t in summary["tiers"]:
+        row, n = at.loc[t["name"]], t["max_agents"]
+        if n:
+            assert row["tasks_per_hour_per_mw"] == pytest.approx(tasks.at[n, "tasks_per_hour_per_mw"])
+        else:
+            assert pd.isna(row["tasks_per_hour_per_mw"])
     # the sweep's tiers span a lower bound, a bracketed boundary and 0 (so all three cases are compared)
     maxes = sorted(t["max_agents"] for t in summary["tiers"])
     assert maxes[0] == 0 and any(t["max_agents_is_lower_bound"] for t in summary["tiers"])
@@ -86,8 +93,10 @@ _level = st.lists(
     t1=st.floats(0.1, 15),
     dt=st.floats(0, 10),
     confidence=st.sampled_from([0.95, None]),
+    sps=st.lists(st.sampled_from([10.0, 25.0, 50.0]), min_size=2, max_size=2),
+    tps=st.lists(st.sampled_from([90.0, 95.0, 99.0]), min_size=2, max_size=2),
 )
-def test_stricter_never_allows_more_agents(levels, s1, ds, t1, dt, confidence):
+def test_stricter_never_allows_more_agents(levels, s1, ds, t1, dt, confidence, sps, tps):
     frames = []
     for i, reqs in enumerate(levels):
         speed = np.array([r[0] for r in reqs])
@@ -96,8 +105,9 @@ def test_stricter_never_allows_more_agents(levels, s1, ds, t1, dt, confidence):
         speed = np.where(ok, speed, 0.0)
         ttft = np.where(ok, ttft, np.inf)
         frames.append((2**i, pd.DataFrame({"output_speed_tps": speed, "ttft_s": ttft, "in_window": True})))
-    loose = Tier("loose", "", s1, t1 + dt)
-    strict = Tier("strict", "", s1 + ds, t1)
+    # stricter: higher floor, lower ceiling, lower speed percentile, higher TTFT percentile
+    loose = Tier("loose", "", s1, t1 + dt, max(sps), min(tps))
+    strict = Tier("strict", "", s1 + ds, t1, min(sps), max(tps))
     tab = frontier_from_levels(frames, [loose, strict], confidence=confidence).set_index("name")
     assert tab.at["strict", "max_agents"] <= tab.at["loose", "max_agents"]
 

@@ -46,7 +46,7 @@ def test_metrics_by_hand():
         _rows(
             (10.0, 10.5, 11.0, 12.5, 12.6, 101, True, 101),  # normal: speed 100/2.0 = 50
             (0.0, 1.0, NAN, 1.0, 1.1, 1, True, 1),  # one token: no speed, TTFT counted
-            (0.0, 2.0, 2.0, 2.0, 2.0, 30, True, 30),  # all tokens in one chunk
+            (0.0, 2.0, 2.0, 2.0, 2.0, 30, True, 30),  # all tokens in one chunk: speed unmeasurable
             (0.0, NAN, NAN, NAN, 5.0, None, False, 30),  # failed before any token
             (0.0, 0.4, NAN, 3.0, 3.0, 40, False, 80),  # cut mid-stream
         )
@@ -55,7 +55,8 @@ def test_metrics_by_hand():
     assert df.ttft_s[3] == math.inf
     assert df.output_speed_tps[0] == pytest.approx(50.0)
     assert math.isnan(df.output_speed_tps[1])
-    assert df.output_speed_tps[2] == math.inf
+    assert math.isnan(df.output_speed_tps[2])  # undefined (was +inf, which passed any floor)
+    assert df.speed_unmeasurable.tolist() == [False, False, True, False, False]
     assert df.output_speed_tps[3] == 0 and df.output_speed_tps[4] == 0
     assert df.ttfo_s[0] == pytest.approx(1.0) and math.isnan(df.ttfo_s[1]) and df.ttfo_s[3] == math.inf
     assert df.e2e_s.tolist() == pytest.approx([2.6, 1.1, 2.0, 5.0, 3.0])

@@ -122,3 +122,32 @@ def test_manifest_is_strict_json_and_unknown_versions_are_refused(tmp_path):
     write_manifest(tmp_path, {"schema_version": 999})
     with pytest.raises(UnknownSchemaVersionError, match="999"):
         load_run(tmp_path)
+
+
+def test_values_that_do_not_fit_are_recorded_as_invalid_with_a_note(tmp_path):
+    """An int beyond int64, an object where a string belongs, a string where a number belongs: the row is
+    written with those values invalid (NA) and named in ``note``; the other rows of the batch are intact."""
+    bad = list(_row(1))
+    names = list(RAW_COLUMNS)
+    bad[names.index("output_tokens")] = 2**70
+    bad[names.index("finish_reason")] = {"reason": "length"}
+    bad[names.index("t_last_s")] = "late"
+    with RunWriter(tmp_path, flush_rows=10) as w:
+        w(_row(0))
+        w(tuple(bad))
+        w(_row(2))
+    df = read_raw_rows(tmp_path)
+    assert len(df) == 3
+    assert df.output_tokens.isna().tolist() == [False, True, False]
+    assert df.finish_reason.isna().tolist() == [False, True, False]
+    assert math.isnan(df.t_last_s[1])
+    assert df.note[1] == "invalid: t_last_s=str, output_tokens=1180591620717411303424, finish_reason=dict"
+    assert (df.note[[0, 2]] == "").all()
+
+
+def test_an_unwritable_directory_is_one_output_error(tmp_path):
+    from agentperf_kit.errors import OutputError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match=r"cannot write .*file/run/requests.arrow: Not a directory"):
+        RunWriter(tmp_path / "file" / "run")

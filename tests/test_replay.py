@@ -13,6 +13,7 @@ from agentperf_kit.client.prompts import MARKER_TOKENS
 from agentperf_kit.client.sse import DONE, parse_event
 from agentperf_kit.replay import Endpoint, run_live
 from agentperf_kit.trajectories.model import Trajectory, Turn
+from tests.load_probe import LoadProbe
 from tests.sse_servers import SSEServer
 
 RULES = RunRules(
@@ -72,10 +73,14 @@ def test_dialects_measure_ttft_speed_and_usage(dialect, api):
     df = res.requests
     assert len(df) == len(server.bodies)  # every request the server saw has exactly one row
     assert df.ok.all(), df.error_detail.tolist()
+    assert not df.usage_mismatch.any(), df.note.tolist()  # honest usage is never flagged
     assert (df.output_tokens == df.target_output_tokens).all()
-    assert df.ttft_s.median() == pytest.approx(0.08, abs=0.03)
-    per_chunk = server.tokens_per_chunk
-    assert df.output_speed_tps.median() == pytest.approx(per_chunk / 0.01, rel=0.35)
+    # against what the server really did: its sleeps (80 ms, 10 ms) stretch on a loaded machine
+    server_ttft = sorted(t for t, _ in server.timings)[len(server.timings) // 2]
+    server_speed = sorted(v for _, v in server.timings)[len(server.timings) // 2]
+    assert server_ttft >= 0.08 and server_speed <= server.tokens_per_chunk / 0.01 * 1.01
+    assert df.ttft_s.median() == pytest.approx(server_ttft, abs=0.03)
+    assert df.output_speed_tps.median() == pytest.approx(server_speed, rel=0.35)
     if dialect == "reasoning":
         assert (df.ttfo_s > df.ttft_s + 0.05).all()
         assert (df.reasoning_tokens == df.output_tokens // 2).all()
@@ -191,8 +196,23 @@ def test_self_check_flags_a_blocked_event_loop():
 
 
 def test_clean_run_passes_the_self_check():
-    res, _ = _run({"ttft_s": 0.02, "itl_s": 0.005})
-    assert res.manifest["client_ok"] is True, res.manifest["client_check"]
+    """A clean run is not flagged, unless the machine itself was late: a probe process beside the run
+    measures how late a 10 ms sleep wakes (the self-check's own measure, in a process of its own). On a
+    quiet machine that is ~0.1 ms; when its P95 is above a quarter of the budget, other processes take
+    the CPU from the client too (seen: probe 3.9 ms, client loop lag 6.0 ms with the load average at 8
+    on 2 cores), a flag is the self-check doing its job, and the test skips with the figures. Never
+    skipped for a flag the machine does not explain: waits for a pooled connection fail it always."""
+    with LoadProbe() as probe:
+        res, _ = _run({"ttft_s": 0.02, "itl_s": 0.005})
+    check = res.manifest["client_check"]
+    assert check["connection_waits"] == 0, check
+    budget = check["budget_s"]
+    if res.manifest["client_ok"] is not True and probe.p95_s > budget / 4:
+        pytest.skip(
+            f"machine loaded: a probe process's 10 ms sleeps woke {probe.p95_s * 1e3:.1f} ms late (P95) > "
+            f"budget/4 = {budget / 4 * 1e3:.2f} ms; the run's self-check flagged it: {check['reasons']}"
+        )
+    assert res.manifest["client_ok"] is True, (check, f"probe P95 {probe.p95_s * 1e3:.2f} ms")
 
 
 def test_api_key_never_reaches_files(tmp_path, monkeypatch):

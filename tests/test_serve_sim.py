@@ -362,7 +362,9 @@ def test_kv_pressure_shows_as_waiting_requests():
     async def go(server):
         url = server.base_url + "/completions"
         tasks = [asyncio.create_task(_post(url, {"prompt": [i] * 1000, "max_tokens": 200})) for i in range(3)]
-        await asyncio.sleep(0.05)
+        # after both admitted prompts are prefilled (a 1,000-token prefill step is ~85 ms in the model with
+        # issue 12's physics: it reads every expert) and long before the 200-token answers end (~2 s)
+        await asyncio.sleep(0.4)
         async with aiohttp.ClientSession() as s, s.get(server.base_url[:-3] + "/metrics") as r:
             text = await r.text()
         done = await asyncio.gather(*tasks)

@@ -81,7 +81,7 @@ def _replay(blocks: list[bytes], eof: bool, fast: bool) -> tuple[str, list]:
     if st.error is not None:
         out.ok, out.error, out.error_detail = False, "stream_error", st.error
     finish_outcome(out, st, 0)
-    return repr(asdict(out)), log
+    return repr((asdict(out), st.text_bytes)), log
 
 
 def _splits(blocks: list[bytes], seed: int) -> list[list[bytes]]:
@@ -222,6 +222,12 @@ SPECIAL = [
     b'data: {"choices":[{"delta":{"role":"assistant","content":null}}]}',
     b'data: {"choices":[{"delta":{"content":"a","tool_calls":[]}}]}',
     b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\\"a\\":1}"}}]}}]}',
+    b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function"}]}}]}',
+    b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"","arguments":""}}]}}]}',
+    b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"ls"}}]}}]}',
+    b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":""}}]}}]}',
+    b'data: {"choices":[{"delta":{"tool_calls":[5, {"function": 3}]}}]}',
+    b'data: {"choices":[{"delta":{"tool_calls":{"function":{"name":"x"}}}}]}',
     b'data: {"choices":[{"delta":{"content":"a"},"finish_reason":"stop"}]}',
     b'data: {"choices":[{"delta":{"content":"a"}}],"usage":null}',
     b'data: {"choices":[{"delta":{"content":"a","content":""}}]}',  # duplicate key: the last wins
@@ -341,3 +347,44 @@ def test_trtllm_dialect_measures_like_the_others(monkeypatch):
         assert len(calls) <= 6  # role, first token (+2 probes), finish, usage: the rest from the template
     assert parse_event(b'{"object":"error","message":"x","code":500}').error == "x"
     assert parse_event(b"[DONE]") is DONE
+
+
+TOOL_LINES = [
+    b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function"}]}}]}',
+    b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"ls","arguments":""}}]}}]}',
+    b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\\"a\\""}}]}}]}',
+    b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":""}}]}}]}',
+    b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":":1}"}}]}}]}',
+]
+
+
+def test_tool_call_visible_only_with_a_name_or_arguments_on_both_paths():
+    """The reference's definition: an id/type-only tool-call delta is not a token; name or arguments
+    is. Both the full decoder and the template scanner (which learns from the arguments chunk) agree."""
+    expected = [False, True, True, False, True]
+    assert [parse_event(line[5:]).visible for line in TOOL_LINES] == expected
+    scanner = FastScanner()
+    for _ in range(3):
+        got = [_fast(scanner, line) for line in TOOL_LINES]
+        assert got == [_ref(line) for line in TOOL_LINES]
+        assert [info.visible for _, info in got] == expected
+    assert scanner.hits > 0  # the empty-arguments chunk came from a template
+
+
+def test_text_bytes_agree_between_templates_and_full_decoding():
+    """The visible text bytes the usage check counts: from a template (line length minus its literal
+    bytes) and from the line itself (``text_bytes``) are the same on every visible line."""
+    from agentperf_kit.client.sse import text_bytes
+
+    scanner = FastScanner()
+    checked = 0
+    for line in _lines() + _lines():
+        try:
+            info = scanner.scan(line)
+        except MalformedChunk:
+            continue
+        if info is not DONE and info.visible:
+            assert scanner.last_bytes == text_bytes(line), line
+            checked += 1
+    assert checked > len(BODIES)
+    assert text_bytes(b'data: {"choices":[{"delta":{"content":"ab\\n\\"c"}}]}') == 7  # as sent

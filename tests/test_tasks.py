@@ -30,7 +30,7 @@ def _rows(spec):
 def test_tasks_are_cut_at_turn_zero_and_timed_from_first_send_to_last_end():
     df = _rows(
         [
-            # agent 0 starts mid-trajectory (turn 1 of X): no task
+            # agent 0 starts mid-trajectory (turn 1 of X): a task already in progress
             (0, "X", 0, 1, 0.0, 2.0, True, 1.0),
             (0, "X", 0, 2, 3.0, 4.0, True, 5.0),
             # then Y, 2 turns, with a 3 s tool wait between them: 5.0 -> 12.0
@@ -47,12 +47,14 @@ def test_tasks_are_cut_at_turn_zero_and_timed_from_first_send_to_last_end():
     )
     t = task_table(df, {"X": 3, "Y": 2}, window_start_s=6.0, window_end_s=15.0)
     t = t.set_index(["agent", "first_phase_id"])
-    assert len(t) == 3
+    assert len(t) == 4
+    head = t.loc[(0, 0)]  # started mid-trajectory: finished (counts in the rate), not complete (not timed)
+    assert head["finished"] and not head["complete"] and head["n_requests"] == 2
     y = t.loc[(0, 1)]
     assert y["completion_s"] == 7.0 and y["tool_wait_s"] == 3.0 and y["complete"] and y["ok"]
     assert y["in_window"]  # ended at 12 in [6, 15]
     cut = t.loc[(0, 2)]
-    assert not cut["complete"] and not cut["in_window"]
+    assert not cut["finished"] and not cut["complete"] and not cut["in_window"]
     x1 = t.loc[(1, 3)]
     assert x1["completion_s"] == 8.0 and x1["complete"] and not x1["ok"] and x1["n_requests"] == 3
     assert x1["tool_wait_s"] == 1.0  # the waits after turns 0 and 1, not after the last
@@ -108,3 +110,21 @@ def test_sweep_writes_task_tables_and_slowdown_is_one_unloaded(small_sweep, caps
     assert main(["report", str(d)]) == 0
     out = capsys.readouterr().out
     assert "task completion" in out and "sim_unloaded" in out
+    assert "tasks_per_hour_per_mw" in (d / "report.html").read_text()
+
+
+def test_sweep_n1_baseline_on_a_copy(small_sweep, tmp_path):
+    import shutil
+
+    from agentperf_kit.tasks import write_sweep_tasks
+
+    d = tmp_path / "copy"
+    shutil.copytree(small_sweep, d)
+    tasks, per = write_sweep_tasks(d, baseline="sweep_n1")
+    assert set(tasks["baseline_source"]) == {"sweep_n1"}
+    at1 = per[per["concurrency"] == 1].iloc[0]
+    assert at1["p50_slowdown"] == pytest.approx(1.0) and at1["slowdown_baseline"] == "sweep_n1"
+    # N = 1 ran only some of the trajectories: the others have no baseline at higher N, and say so
+    assert per["n_tasks_without_baseline"].iloc[-1] > 0
+    with pytest.raises(ValueError, match="baseline must be"):
+        write_sweep_tasks(d, baseline="n2")

@@ -107,11 +107,16 @@ def _main(argv: list[str] | None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return EXIT_USAGE
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe raises here, inside this handler, not at interpreter exit
+        return rc
     except AgentperfError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        # the interrupted run's event loop is torn down mid-flight; asyncio and aiohttp would log its
+        # cancelled tasks and unclosed sessions as tracebacks (now or at exit): one line says it all
+        logging.getLogger("asyncio").disabled = True
         print("interrupted: the files written so far are kept", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:

@@ -46,6 +46,18 @@ positive_float = _number(float, 0.0, False)  # > 0
 nonneg_float = _number(float, 0.0, True)  # >= 0
 
 
+def as_error(exc: BaseException) -> AgentperfError:
+    """A library exception caused by the user's input as an :class:`AgentperfError` (itself when it is
+    one): a missing or unreadable file is an :class:`InputFormatError`, a bad value a :class:`ConfigError`."""
+    if isinstance(exc, AgentperfError):
+        return exc
+    if isinstance(exc, KeyError):
+        return ConfigError(str(exc.args[0]) if exc.args else "unknown name")
+    if isinstance(exc, OSError):
+        return InputFormatError(str(exc))
+    return ConfigError(str(exc))
+
+
 def load_trajectory_set(path: str | None, max_context: int | None) -> list:
     """The trajectory set of a run or sweep (the built-in set when ``path`` is None), fitted to
     ``max_context`` tokens; any problem with the file or the fit is an AgentperfError naming it."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +21,9 @@ def _compare(args: argparse.Namespace) -> int:
     try:
         table = compare_runs(args.directories)
     except (FileNotFoundError, UnknownSchemaVersionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        from ._common import as_error
+
+        raise as_error(exc) from None
     cols = [
         "run",
         "target",

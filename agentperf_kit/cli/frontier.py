@@ -16,6 +16,13 @@ def _floats(text: str) -> list[float]:
     return vals
 
 
+def _percentiles(text: str) -> list[float]:
+    vals = _floats(text)
+    if any(v > 100 for v in vals):
+        raise argparse.ArgumentTypeError(f"percentiles are in (0, 100], got {text!r}")
+    return vals
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "frontier",
@@ -26,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("directories", nargs="+", metavar="DIR", help="finished sweep directories")
     p.add_argument("--speeds", type=_floats, help="speed floors, tokens/s (default 10,20,...,300)")
     p.add_argument("--ttfts", type=_floats, help="TTFT ceilings, s (default 1,2,3,5,10,20)")
-    p.add_argument("--speed-percentiles", type=_floats, default=[25.0], help="default 25")
-    p.add_argument("--ttft-percentiles", type=_floats, default=[95.0], help="default 95")
+    p.add_argument("--speed-percentiles", type=_percentiles, default=[25.0], help="default 25")
+    p.add_argument("--ttft-percentiles", type=_percentiles, default=[95.0], help="default 95")
     p.add_argument(
         "--ceiling", type=float, help="TTFT ceiling of the trade-off plot, s (default: the largest)"
     )

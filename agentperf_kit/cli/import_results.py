@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,9 +29,10 @@ def _import(args: argparse.Namespace) -> int:
     try:
         preset = get_tier_preset(args.tiers)
         res = import_results(args.file, args.source, args.out, concurrency=args.concurrency)
-    except (ImportFormatError, KeyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (ImportFormatError, KeyError, ValueError, OSError) as exc:
+        from ._common import as_error
+
+        raise as_error(exc) from None
     w = res.manifest["window"]
     stats = level_stats(
         res.requests,

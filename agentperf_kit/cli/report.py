@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,8 +20,9 @@ def _report(args: argparse.Namespace) -> int:
     try:
         res = load_sweep(args.directory)
     except (FileNotFoundError, UnknownSchemaVersionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        from ._common import as_error
+
+        raise as_error(exc) from None
     print(format_summary(res.summary))
     from ..tasks import format_task_table, load_sweep_tasks
 

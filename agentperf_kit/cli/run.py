@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ._common import count, nonneg_float, positive_float, positive_int
+
+if TYPE_CHECKING:
+    from ..client.http import Endpoint
+    from ..telemetry import TelemetryConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run",
         help="run one level of N agents against a URL or the simulated system",
         epilog="exit codes: 0 measured; 2 bad usage, bad input or failed preflight; 3 not validly "
-        "measured (no successful request in the window, or the client self-check failed); 130 "
+        "measured (no successful request in the steady window, or the client self-check failed); 130 "
         "interrupted (docs/cli.md)",
     )
     p.add_argument("--target", default="sim", help="URL like http://127.0.0.1:8000/v1, or sim / sim:PRESET")
@@ -135,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
     prepare_run_dir(args.out, overwrite=args.overwrite, create=False)
 
     # 2. a live target must answer before any agent starts
-    if live and not args.no_preflight:
+    if endpoint is not None and not args.no_preflight:
         from ..client.preflight import preflight_sync
         from ..credentials import api_key_from_env
 
@@ -146,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
     # 3. the run
     _print_expected_window(trajs, args.concurrency, rules, sim=not live)
     prepare_run_dir(args.out, overwrite=args.overwrite)
-    if not live:
+    if endpoint is None:
         from ..sim.virtual import run_sim_level
 
         res = run_sim_level(trajs, args.concurrency, rules, deployment=dep, seed=args.seed, out_dir=args.out)
@@ -161,7 +166,7 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             out_dir=args.out,
             progress=not args.quiet,
-            telemetry=telemetry if telemetry.active else None,
+            telemetry=telemetry if telemetry is not None and telemetry.active else None,
             record_chunks=args.record_chunks,
         )
     w = res.window
@@ -207,7 +212,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def not_measured_reason(res, stats: dict) -> str | None:
     """Why a finished run is not a valid measurement (exit 3), or None: no request in the window, no
-    successful one, or a failed client self-check (its TTFTs would include the client's own delays)."""
+    successful one (nothing was measured), or a failed client self-check (its TTFTs include the client's
+    own delays; the reasons are in the manifest's ``client_check``)."""
     if stats["n_requests"] == 0:
         return "no request was sent inside the steady window"
     if stats["n_ok"] == 0:
@@ -220,7 +226,7 @@ def not_measured_reason(res, stats: dict) -> str | None:
     return None
 
 
-def _live_setup(args: argparse.Namespace):
+def _live_setup(args: argparse.Namespace) -> tuple[Endpoint, TelemetryConfig]:
     """The endpoint and telemetry of a live run, from the flags (ConfigError/TargetError when wrong)."""
     from ..client.http import Endpoint, parse_extra_body
     from ..client.preflight import check_base_url
@@ -229,6 +235,8 @@ def _live_setup(args: argparse.Namespace):
     from ..telemetry import TelemetryConfig, parse_gpu_indices
 
     check_base_url(args.target)
+    if args.metrics_url:
+        check_base_url(args.metrics_url, "metrics_url")
     if not args.model:
         raise ConfigError(f"a URL target ({args.target}) needs --model")
     api_key_from_env(args.api_key_env)  # set and not empty

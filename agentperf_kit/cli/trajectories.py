@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from ..schema import strict_json_dumps
 
@@ -75,9 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.set_defaults(func=_fit)
 
 
-def _error(exc: BaseException) -> int:
-    print(f"error: {exc}", file=sys.stderr)
-    return 2
+def _error(exc: BaseException) -> NoReturn:
+    """Raise a user's mistake as an AgentperfError: the CLI prints it as one line, exit 2."""
+    from ._common import as_error
+
+    raise as_error(exc) from None
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -97,7 +100,7 @@ def _synth(args: argparse.Namespace) -> int:
         seed = DEFAULT_SEED if args.seed is None else args.seed
         trajs = synthesize(cfg, count=args.count or DEFAULT_COUNT, seed=seed)
     except ValueError as exc:
-        return _error(exc)
+        _error(exc)
     meta = {"generator": "synth", "seed": seed, "count": len(trajs)}
     if cfg != SynthConfig():
         meta["config"] = dataclasses.asdict(cfg)
@@ -107,9 +110,9 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _load(src: str | None):
-    from ..trajectories import default_trajectories, load_trajectories
+    from ._common import load_trajectory_set  # a bad file is one line, exit 2
 
-    return load_trajectories(src) if src and src != "default" else default_trajectories()
+    return load_trajectory_set(src if src and src != "default" else None, None)
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -118,7 +121,7 @@ def _stats(args: argparse.Namespace) -> int:
     try:
         trajs = _load(args.file)
     except (TrajectoryFormatError, FileNotFoundError) as exc:
-        return _error(exc)
+        _error(exc)
     stats = trajectory_stats(trajs)
     print(strict_json_dumps(stats, indent=2) if args.json else format_stats(stats))
     return 0
@@ -141,7 +144,7 @@ def _import(args: argparse.Namespace) -> int:
     try:
         trajs = import_trajectories(args.fmt, args.src, **options)
     except (TrajectoryFormatError, FileNotFoundError, ValueError) as exc:
-        return _error(exc)
+        _error(exc)
     meta = {"imported_from": args.fmt, "src": str(args.src), "options": options}
     path = save_trajectories(trajs, args.out, meta=meta)
     turns = [t for tr in trajs for t in tr.turns]
@@ -168,7 +171,7 @@ def _fit(args: argparse.Namespace) -> int:
             reserve_tokens=args.reserve,
         )
     except (TrajectoryFormatError, FileNotFoundError, ValueError) as exc:
-        return _error(exc)
+        _error(exc)
     meta = {"fitted_from": args.src, "max_context_tokens": args.max_context, "mode": args.mode}
     path = save_trajectories(trajs, args.out, meta=meta)
     s = trajectory_stats(trajs)

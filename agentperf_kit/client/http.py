@@ -60,9 +60,10 @@ from aiohttp.payload import BytesPayload
 
 from ..agents import RequestOutcome, RequestPlan
 from ..errors import ConfigError
+from .bodies import target_prompt_tokens
 from .eager import eager_body_writes
 from .prompts import MARKER_TOKENS, chat_messages, chat_probe_messages, completion_prompt
-from .sse import BODY_MATCH, DONE, FastScanner, MalformedChunk, parse_event, utf8_ok
+from .sse import BODY_MATCH, DONE, FastScanner, MalformedChunk, parse_event, text_bytes, utf8_ok
 
 __all__ = [
     "Endpoint",
@@ -337,6 +338,18 @@ class SinkResponseHandler(ResponseHandler):
             if payload is not self.early_payload and getattr(payload, "total_bytes", 0):
                 self.early_payload, self.early_ns = payload, now
 
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        """aiohttp calls this after every read from a response's ``StreamReader`` (``read_nowait`` in the
+        sink: once per block). When reading was not paused it would only feed the parser an empty block
+        and resume a transport that is reading: skipped then (aiohttp versions without these flags always
+        take the full path)."""
+        if (
+            getattr(self, "_reading_paused", True)
+            or getattr(self, "_buffer_paused", True)
+            or getattr(self, "_upgraded", True)
+        ):
+            super().resume_reading(resume_parser)
+
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
         sink = self.body_sink
@@ -482,6 +495,7 @@ class StreamState:
         "t_first",
         "t_first_answer",
         "t_last",
+        "text_bytes",
         "usage",
     )
 
@@ -497,6 +511,7 @@ class StreamState:
         self.usage: dict[str, Any] | None = None
         self.error: str | None = None
         self.first_tokens: int | None = None
+        self.text_bytes = 0  # visible text bytes as sent (sse.text_bytes), over the visible chunks
         self._ct: int | None = None  # completion_tokens in the last usage seen (continuous usage)
 
     def feed(self, data: bytes, now: int) -> bool:
@@ -520,9 +535,12 @@ class StreamState:
         hot = scanner.hot if scanner is not None else None
         log = self.chunk_log
         n = 0  # visible chunks in this block (all share the block's time)
+        tb = 0  # their text bytes
         answer = tool = False
         try:
             for line in lines:
+                if not line:
+                    continue  # the blank line after every event
                 info = None
                 tokens = 1
                 if hot is not None and line.startswith(hot[0]) and line.endswith(hot[1]):
@@ -530,20 +548,24 @@ class StreamState:
                     q = len(line) - hot[3]
                     if q == hot[2]:
                         info = hot[4]
+                        nb = 0
                     elif (
                         q > hot[2]
                         and BODY_MATCH(line, hot[2], q) is not None
                         and (line.isascii() or utf8_ok(line))
                     ):
                         info = hot[5]
+                        nb = q - hot[2]
                 if info is None:
                     if not line.startswith(b"data:"):
                         continue  # comments (': keep-alive'), event:, id:, blank lines
                     if scanner is not None:
                         info = scanner.scan(line)
                         hot = scanner.hot
+                        nb = scanner.last_bytes
                     else:
                         info = parse_event(line[5:])
+                        nb = -1  # counted below if visible
                     if info is DONE:
                         self.done = True
                         return True
@@ -567,6 +589,7 @@ class StreamState:
                             self._ct = ct
                 if info.visible:
                     n += 1
+                    tb += nb if nb >= 0 else text_bytes(line)
                     if info.answer:
                         answer = True
                     if info.tool_call:
@@ -576,6 +599,7 @@ class StreamState:
         finally:
             if n:
                 self.n_chunks += n
+                self.text_bytes += tb
                 self.t_last = now
                 if not self.t_first:
                     self.t_first = now
@@ -640,7 +664,7 @@ async def send_request(
     session: aiohttp.ClientSession,
     endpoint: Endpoint,
     plan: RequestPlan,
-    body: dict[str, Any],
+    body: dict[str, Any] | bytes,
     origin_ns: int,
     *,
     secrets: tuple[str, ...] = (),
@@ -657,17 +681,22 @@ async def send_request(
     JSON-decodes every chunk (the reference path); ``chunk_log`` (a list) receives ``(t_ns, tokens)`` per
     visible chunk, ``t_ns`` on the ``perf_counter_ns`` clock. ``secrets`` are replaced by ``***`` in every
     detail (see :func:`endpoint_secrets`). Usage is checked against the request (:func:`check_usage`).
+    ``body``: ``endpoint.body(plan)``, or its JSON as :func:`.bodies.body_bytes` builds it (what a run sends).
     """
     clock = time.perf_counter_ns
     t_send = (clock() - origin_ns) / 1e9
     out = RequestOutcome(t_send_s=t_send, t_end_s=_NAN)
     exact_prompt = None
-    if endpoint.api == "completions":
+    if isinstance(body, bytes):  # encoded by client.bodies.body_bytes: sizes from the plan
+        out.target_prompt_tokens = target_prompt_tokens(endpoint, plan)
+        if endpoint.api == "completions":
+            exact_prompt = out.target_prompt_tokens
+    elif endpoint.api == "completions":
         out.target_prompt_tokens = exact_prompt = len(body["prompt"])
     elif plan.turn.messages is None:
         out.target_prompt_tokens = plan.turn.input_tokens + MARKER_TOKENS
     st = StreamState(fast, chunk_log)
-    data = SentBody(encode_body(body))
+    data = SentBody(body if isinstance(body, bytes) else encode_body(body))
     watch = _Watch(endpoint.request_timeout_s, endpoint.first_token_timeout_s, endpoint.stall_timeout_s, st)
     headers_seen = False
     try:
@@ -790,12 +819,13 @@ async def calibrate_chat_filler(
                     text = await resp.text()
                     if resp.status != 200:
                         return {"error": scrub(f"probe: HTTP {resp.status}: {text[:200]}", secrets)}
-            usage = json.loads(text).get("usage") or {}
-            tokens = _int(usage.get("prompt_tokens"))
+            reply = json.loads(text)
+            usage = reply.get("usage") if isinstance(reply, dict) else None
+            tokens = _count(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
             if tokens is None:
                 return {"error": "probe: no usage.prompt_tokens in the response"}
             points.append((n_words, tokens))
-    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError, RecursionError) as exc:
         return {"error": scrub(f"probe: {type(exc).__name__}: {exc}"[:300], secrets)}
     (w1, t1), (w2, t2) = points
     slope = (t2 - t1) / (w2 - w1)
@@ -854,7 +884,7 @@ def finish_outcome(
     elif out.output_tokens is not None and out.output_tokens == n_chunks > 0:
         out.first_chunk_tokens = 1  # as many tokens as visible chunks, each at least one: one each
     if out.ok and (st.done or st.finished) and n_chunks:
-        check_usage(out, target_output=target_output, exact_prompt=exact_prompt)
+        check_usage(out, target_output=target_output, exact_prompt=exact_prompt, text_bytes=st.text_bytes)
     if out.output_tokens is None and out.ok and n_chunks:
         out.output_tokens = n_chunks  # fallback: visible deltas (a lower bound with multi-token chunks)
     if out.ok and st.finished and not n_chunks and (out.output_tokens or 0) > 0 and st.t_finish:
@@ -883,7 +913,9 @@ def _flag(out: RequestOutcome, why: str) -> None:
     out.note = f"{out.note}; {why}" if out.note else why
 
 
-def check_usage(out: RequestOutcome, *, target_output: int | None, exact_prompt: int | None) -> None:
+def check_usage(
+    out: RequestOutcome, *, target_output: int | None, exact_prompt: int | None, text_bytes: int | None = None
+) -> None:
     """Check a finished request's ``usage`` against what was asked and what was streamed; a row that
     disagrees gets ``usage_mismatch`` and a short ``note`` (and its speed then uses the streamed
     visible-chunk count, :func:`agentperf_kit.metrics.derive_request_metrics`). Checked on successful
@@ -891,6 +923,9 @@ def check_usage(out: RequestOutcome, *, target_output: int | None, exact_prompt:
 
     - ``cached_tokens`` <= ``prompt_tokens``; ``reasoning_tokens`` <= ``completion_tokens``;
     - ``completion_tokens`` >= the visible chunks streamed (every visible chunk holds a token);
+    - ``completion_tokens`` <= ``text_bytes``, the bytes of visible text streamed (as sent, escapes
+      included: :func:`.sse.text_bytes`): every token of the output comes with at least one byte of
+      text (a token whose text is held back or empty is followed by text that carries it);
     - with the output length forced (``target_output``: ``ignore_eos`` + ``min_tokens``),
       ``completion_tokens`` == the target;
     - with a known prompt size (``exact_prompt``: token ids on ``/completions``), ``prompt_tokens`` == it.
@@ -906,6 +941,8 @@ def check_usage(out: RequestOutcome, *, target_output: int | None, exact_prompt:
     if got is not None:
         if got < out.n_chunks:
             _flag(out, f"completion_tokens {got} < {out.n_chunks} visible chunks streamed")
+        if text_bytes is not None and got > text_bytes:
+            _flag(out, f"completion_tokens {got} > {text_bytes} bytes of visible text streamed")
         if target_output is not None and got != target_output:
             _flag(out, f"completion_tokens {got} != forced output {target_output}")
         if out.reasoning_tokens is not None and out.reasoning_tokens > got:

@@ -39,7 +39,7 @@ PROBE_MAX_TOKENS = 4
 _SKIP = "(preflight; skip it with preflight=False / --no-preflight)"
 
 
-def check_base_url(url: str) -> str:
+def check_base_url(url: str, what: str = "target") -> str:
     """``url`` is an absolute http(s) URL with a host (e.g. ``http://127.0.0.1:8000/v1``); returns it.
 
     Raises:
@@ -50,15 +50,15 @@ def check_base_url(url: str) -> str:
         port = u.port  # an out-of-range port raises here
     except (ValueError, TypeError) as exc:
         raise TargetError(
-            f"target {url!r} is not a valid URL ({exc}); e.g. http://127.0.0.1:8000/v1"
+            f"{what} {url!r} is not a valid URL ({exc}); e.g. http://127.0.0.1:8000/v1"
         ) from None
     if u.scheme not in ("http", "https") or not u.host:
         raise TargetError(
-            f"target {url!r} is not an http(s) URL with a host; give e.g. http://127.0.0.1:8000/v1, "
-            "or sim / sim:PRESET for the simulator"
+            f"{what} {url!r} is not an http(s) URL with a host; give e.g. http://127.0.0.1:8000/v1"
+            + (", or sim / sim:PRESET for the simulator" if what == "target" else "")
         )
     if port is not None and not 0 < port < 65536:
-        raise TargetError(f"target {url!r}: port {port} is out of range 1..65535")
+        raise TargetError(f"{what} {url!r}: port {port} is out of range 1..65535")
     return url
 
 

@@ -1,7 +1,8 @@
 """Parsing OpenAI-style SSE chunks (chat and completions) from vLLM, SGLang, TensorRT-LLM, llama.cpp...
 
 One ``data:`` payload at a time, as bytes. :func:`parse_event` decodes it and says what it carries:
-visible output (``content``/``text``, ``reasoning_content``/``reasoning``, tool-call deltas), whether the
+visible output (non-empty ``content``/``text``, ``reasoning_content``/``reasoning``, or a tool-call delta
+with a non-empty function name or arguments; an id/type-only tool-call delta is not visible), whether the
 visible part is an *answer* (not reasoning), the finish reason, ``usage`` (in a ``choices: []`` chunk as
 vLLM sends it, or inside the finish chunk as llama.cpp does), and an error object (``{"error": ...}``, or
 ``{"object": "error", "message": ...}`` as TensorRT-LLM and older vLLM send it). Tolerated: role-only
@@ -28,7 +29,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BODY_MATCH", "DONE", "ChunkInfo", "FastScanner", "MalformedChunk", "parse_event", "utf8_ok"]
+__all__ = [
+    "BODY_MATCH",
+    "DONE",
+    "ChunkInfo",
+    "FastScanner",
+    "MalformedChunk",
+    "parse_event",
+    "text_bytes",
+    "utf8_ok",
+]
 
 DONE = object()
 
@@ -110,11 +120,23 @@ def parse_event(payload: bytes) -> ChunkInfo | object:
                 info.visible = info.answer = True
             if delta.get("reasoning_content") or delta.get("reasoning"):
                 info.visible = info.reasoning = True
-            if delta.get("tool_calls"):
+            if _visible_tool_call(delta.get("tool_calls")):
                 info.visible = info.answer = info.tool_call = True
         elif choice.get("text"):  # completions
             info.visible = info.answer = True
     return info
+
+
+def _visible_tool_call(calls: Any) -> bool:
+    """A tool-call delta is visible output only with a non-empty function name or arguments (a delta
+    with only an id/type/index is not a token; the public reference harness counts it the same way)."""
+    if not isinstance(calls, list):
+        return False
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict) and (fn.get("name") or fn.get("arguments")):
+            return True
+    return False
 
 
 # a JSON string body (between the quotes) as json.loads(strict=True) accepts it
@@ -139,11 +161,29 @@ def _string_end(s: bytes, pos: int) -> int:
     return q
 
 
+def text_bytes(line: bytes) -> int:
+    """Bytes of visible text in a ``data:`` line, as sent (JSON escapes included): the raw string bodies of
+    every ``content``/``text``/``reasoning_content``/``reasoning``/``arguments`` value, the same cuts a
+    template makes, so a line answered from a template has ``len(line) - template literal bytes``."""
+    total = pos = 0
+    for m in _SLOT.finditer(line):
+        start = m.end()
+        if start <= pos:
+            continue
+        end = _string_end(line, start)
+        if end < 0:
+            break
+        total += end - start
+        pos = end
+    return total
+
+
 class _Template:
-    __slots__ = ("infos", "n0", "segs")
+    __slots__ = ("infos", "lit", "n0", "segs")
 
     def __init__(self, segs: tuple[bytes, ...]) -> None:
         self.segs = segs
+        self.lit = sum(len(seg) for seg in segs)
         self.n0 = len(segs[0])
         self.infos: list[ChunkInfo | None] = [None] * (1 << (len(segs) - 1))
 
@@ -240,13 +280,15 @@ class FastScanner:
     one-cut template, for a caller's inline check: a line ``head + body + tail`` with ``BODY_MATCH(line,
     len(head), len(line) - len(tail))`` (and :func:`utf8_ok` when not ASCII) has that info; None when
     there is no such template. ``hits`` counts lines answered from a template by :meth:`scan`.
+    ``last_bytes`` is :func:`text_bytes` of the last line scanned when it was visible (0 otherwise).
     """
 
-    __slots__ = ("hits", "hot", "learned", "templates")
+    __slots__ = ("hits", "hot", "last_bytes", "learned", "templates")
 
     def __init__(self) -> None:
         self.templates: list[_Template] = []
         self.hits = 0
+        self.last_bytes = 0
         self.learned = 0
         self.hot: tuple | None = None
 
@@ -257,8 +299,10 @@ class FastScanner:
                 info = tpl.infos[bits] or tpl.info(bits)
                 if info is not None:
                     self.hits += 1
+                    self.last_bytes = len(line) - tpl.lit
                     return info
         info = parse_event(line[5:])
+        self.last_bytes = text_bytes(line) if info is not DONE and info.visible else 0
         if (
             info is not DONE
             and info.visible

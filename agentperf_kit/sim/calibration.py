@@ -21,17 +21,19 @@ from importlib import resources
 from typing import Any
 
 from .engine import Engine, SimRequest
-from .presets import Deployment, Efficiency, get_deployment
+from .presets import Deployment, Efficiency, get_deployment, physics, with_mtp
 
 __all__ = [
     "CalibrationPoint",
     "calibration_points",
     "calibration_table",
+    "error_by_regime",
     "fit_efficiency",
     "simulate_point",
 ]
 
 SEARCH_MAX_SEQS = 4096
+FULL_GRID_MAX = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,8 @@ class CalibrationPoint:
     scenario: str
     depends_on: str
     params: dict[str, float]
+    regime: str = "other"
+    holdout: bool = False
 
 
 @cache
@@ -57,9 +61,10 @@ def calibration_points() -> tuple[CalibrationPoint, ...]:
         fixed = {
             k: p[k] for k in ("id", "system", "figure", "published", "deployment", "scenario", "depends_on")
         }
-        params = {k: float(v) for k, v in p.items() if k not in fixed}
+        meta = {"regime": str(p.get("regime", "other")), "holdout": bool(p.get("holdout", False))}
+        params = {k: float(v) for k, v in p.items() if k not in fixed and k not in meta}
         fixed["published"] = float(fixed["published"])
-        out.append(CalibrationPoint(**fixed, params=params))
+        out.append(CalibrationPoint(**fixed, params=params, **meta))
     return tuple(out)
 
 
@@ -88,7 +93,7 @@ def prefill_tps_per_gpu(dep: Deployment, eff: Efficiency, isl: float, cached_sha
 
 
 def _decode_step(eng: Engine, batch: int, context: float) -> float:
-    return eng.step_time(batch, batch * context, 0.0, 0.0)
+    return eng.decode_step_time(batch, batch * context)
 
 
 def _max_batch(dep: Deployment, context: float) -> int:
@@ -155,8 +160,17 @@ def closed_loop_at_speed_tps_per_gpu(
 ) -> float:
     """Output tok/s per GPU at the highest concurrency whose median per-user speed is >= ``user_tps``
     (NaN when one request alone is slower). The published points come from a configuration search, so
-    the running-sequence cap is lifted to ``SEARCH_MAX_SEQS`` (the KV capacity still limits admission)."""
+    the running-sequence cap is lifted to ``SEARCH_MAX_SEQS`` (the KV capacity still limits admission)
+    and, for a model with an MTP layer (DeepSeek), the better of MTP off and on is taken."""
     dep = dataclasses.replace(dep, max_num_seqs=max(dep.max_num_seqs, SEARCH_MAX_SEQS))
+    if dep.model.startswith("deepseek") and not dep.mtp:
+        results = [_closed_loop_search(with_mtp(dep, on), eff, isl, osl, user_tps) for on in (False, True)]
+        finite = [r for r in results if r == r]
+        return max(finite) if finite else math.nan
+    return _closed_loop_search(dep, eff, isl, osl, user_tps)
+
+
+def _closed_loop_search(dep: Deployment, eff: Efficiency, isl: int, osl: int, user_tps: float) -> float:
     if closed_loop(dep, eff, 1, isl, osl)[1] < user_tps:
         return math.nan
     lo, hi = 1, dep.max_num_seqs
@@ -193,37 +207,75 @@ def _log_errors(points, eff: Efficiency) -> list[float]:
     return out
 
 
+def _caps() -> tuple[float, float]:
+    caps = physics()["caps"]
+    return float(caps["compute"]), float(caps["bandwidth"])
+
+
+def _rms(points, eff: Efficiency) -> float:
+    errs = _log_errors(points, eff)
+    return math.sqrt(sum(e * e for e in errs) / len(errs))
+
+
 def fit_efficiency(
     points: tuple[CalibrationPoint, ...] | None = None,
     *,
     compute_grid: tuple[float, ...] | None = None,
     bandwidth_grid: tuple[float, ...] | None = None,
+    latency_grid: tuple[float, ...] | None = None,
+    rounds: int = 6,
 ) -> dict[str, Any]:
-    """Grid search of (compute, bandwidth) utilization minimizing the RMS log error over ``points``.
+    """Fit (compute, bandwidth, latency) to ``points`` (default: the calibration points not held out),
+    minimizing the RMS log error: exhaustive over the three grids when they hold at most
+    ``FULL_GRID_MAX`` combinations, else coordinate descent (each factor in turn over its whole grid, the
+    others held) for up to ``rounds`` rounds (a local optimum on the grid). Compute and bandwidth grids
+    stop at the cited kernel caps (``physics.toml [caps]``).
 
-    Returns ``{"compute", "bandwidth", "rms_log_error", "band"}`` where ``band`` holds the ``low`` and
-    ``high`` sets: the fitted utilizations scaled by ``exp(-/+ rms_log_error)`` (the fit's scatter carried
-    into the factors; capped at 0.95).
+    Returns ``{"compute", "bandwidth", "latency", "rms_log_error", "band"}`` where ``band`` holds the
+    ``low`` and ``high`` sets: the fitted utilizations scaled by ``exp(-/+ rms_log_error)`` and the latency
+    factor by ``exp(+/- rms_log_error)`` (the fit's scatter carried into the factors), capped.
     """
-    points = points or calibration_points()
-    cg = compute_grid or tuple(round(0.05 * i, 2) for i in range(2, 19))
-    bg = bandwidth_grid or tuple(round(0.05 * i, 2) for i in range(4, 20))
-    best = (math.inf, 0.0, 0.0)
-    for c in cg:
-        for b in bg:
-            errs = _log_errors(points, Efficiency("fit", c, b))
-            rms = math.sqrt(sum(e * e for e in errs) / len(errs))
-            if rms < best[0]:
-                best = (rms, c, b)
-    rms, c, b = best
+    points = points or tuple(p for p in calibration_points() if not p.holdout)
+    cap_c, cap_b = _caps()
+    cg = compute_grid or tuple(round(0.05 * i, 2) for i in range(2, 16) if 0.05 * i <= cap_c + 1e-9)
+    bg = bandwidth_grid or tuple(round(0.05 * i, 2) for i in range(4, 18) if 0.05 * i <= cap_b + 1e-9)
+    lg = latency_grid or (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
+    cur = [cg[len(cg) // 2], bg[len(bg) // 2], lg[len(lg) // 2] if 1.0 not in lg else 1.0]
+    seen: dict[tuple[float, float, float], float] = {}
+
+    def score(c: float, b: float, lat: float) -> float:
+        key = (c, b, lat)
+        if key not in seen:
+            seen[key] = _rms(points, Efficiency("fit", c, b, lat))
+        return seen[key]
+
+    if len(cg) * len(bg) * len(lg) <= FULL_GRID_MAX:  # small grids: exhaustive
+        c, b, lat = min(((c, b, lat) for c in cg for b in bg for lat in lg), key=lambda x: score(*x))
+        cur = [c, b, lat]
+        rounds = 0
+    for _ in range(rounds):
+        before = tuple(cur)
+        for i, grid in enumerate((cg, bg, lg)):
+            best = min(grid, key=lambda v, i=i: score(*[*cur[:i], v, *cur[i + 1 :]]))
+            cur[i] = best
+        if tuple(cur) == before:
+            break
+    c, b, lat = cur
+    rms = score(c, b, lat)
     k = math.exp(rms)
     return {
         "compute": c,
         "bandwidth": b,
+        "latency": lat,
         "rms_log_error": rms,
+        "evaluations": len(seen),
         "band": {
-            "low": {"compute": round(c / k, 3), "bandwidth": round(b / k, 3)},
-            "high": {"compute": round(min(0.95, c * k), 3), "bandwidth": round(min(0.95, b * k), 3)},
+            "low": {"compute": round(c / k, 3), "bandwidth": round(b / k, 3), "latency": round(lat * k, 3)},
+            "high": {
+                "compute": round(min(cap_c, c * k), 3),
+                "bandwidth": round(min(cap_b, b * k), 3),
+                "latency": round(lat / k, 3),
+            },
         },
     }
 
@@ -247,7 +299,34 @@ def calibration_table(eff: Efficiency, points: tuple[CalibrationPoint, ...] | No
                 "simulated_tps_per_gpu": sim,
                 "error_pct": err,
                 "within_25pct": bool(abs(err) <= 25.0) if err == err else False,
+                "regime": pt.regime,
+                "holdout": pt.holdout,
                 "depends_on": pt.depends_on,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def error_by_regime(table) -> Any:
+    """RMS log error and count per regime and fit/held-out split of a :func:`calibration_table`."""
+    import pandas as pd
+
+    t = table.assign(
+        log_error=[
+            math.log(1 + e / 100.0) if e == e and e > -100 else -math.log(10.0) for e in table["error_pct"]
+        ],
+        split=["held out" if h else "fit" for h in table["holdout"]],
+    )
+    rows = []
+    for keys, g in list(t.groupby(["regime"])) + list(t.groupby(["split"])):
+        rms = math.sqrt(float((g["log_error"] ** 2).mean()))
+        rows.append(
+            {
+                "group": keys[0],
+                "points": len(g),
+                "rms_log_error": rms,
+                "typical_error_x": math.exp(rms),
+                "median_error_pct": float(g["error_pct"].median()),
             }
         )
     return pd.DataFrame(rows)

@@ -23,13 +23,16 @@ its own generated text, which differs from the recorded output the next turn car
 evictable (LRU) while the agent's tool runs. A hit covers min(reusable, prompt prefix of the next turn),
 rounded down to 16-token blocks, and skips that prefill.
 
-**Step time** (roofline, whole system): ``overhead + max(linear FLOPs / (peak * eff_c) + attention FLOPs /
-(attention peak * eff_c), bytes / (BW * eff_b))`` with linear FLOPs = 2 * active params * tokens, attention
-FLOPs = attention pairs * FLOPs per pair (at the attention precision's peak, BF16 unless the model says
-otherwise), bytes = dense weights (times the number of copies read: one per GPU under data-parallel
-attention) + the
-routed experts the batch touches (E * (1 - (1 - k/E)^tokens) per MoE layer) + KV read (every cached token
-of every sequence in the batch, and the prefix of each prefill chunk).
+**Step time** (whole system; every term named in docs/simulator.md "Step-time model", parameters and
+sources in ``presets/physics.toml``): ``latency x floor + max(cmp, mem) + (1 - overlap) x min(cmp, mem) +
+comm``. ``cmp`` = non-expert linear FLOPs at the weight precision's peak + routed-expert FLOPs on the
+busiest rank (BF16 peak for FP4 experts on accelerators without FP4 tensor cores) + attention FLOPs (a
+per-query part for sparse attention and a per-(query, context token) part); ``mem`` = dense weights
+(one copy per GPU under data-parallel attention) + KV read (per context token and per decoding sequence)
++ the routed experts the batch touches (E x (1 - (1 - k/E)^tokens) per MoE layer, busiest rank, at the
+dequant bandwidth factor); ``comm`` = exposed EP all-to-all per MoE layer and TP all-reduces across
+nodes. With MTP a pure-decode step verifies 1 + draft tokens per sequence and counts as 1 + acceptance
+output tokens (``decode_step_time``).
 
 **Events, not steps**: between events (an arrival, a finish, a prefill chunk) the decode batch is constant
 and each step adds B context tokens, so step time grows linearly with the step index and the time of the
@@ -134,8 +137,14 @@ class Engine:
         # constants of the step-time model
         self._fe = dep.flops_per_s * eff.compute
         self._fa = dep.attn_flops_per_s * eff.compute
+        self._fx = (dep.expert_flops_per_s or dep.flops_per_s) * eff.compute
         self._dense = dep.dense_weight_bytes * dep.dense_weight_replicas
         self._be = dep.bandwidth_bytes_per_s * eff.bandwidth
+        self._bx = self._be * dep.expert_bandwidth_factor
+        # fixed latencies, scaled by the efficiency set's latency factor
+        self._fixed = dep.step_overhead_s * eff.latency
+        self._a2a_lat = dep.a2a_latency_s * eff.latency
+        self._tp_lat = dep.tp_allreduce_latency_s * eff.latency
         self._cap = dep.kv_capacity_tokens
         # preempt policy: admission leaves 1 % of the cache free (vLLM's watermark), against thrashing
         self._watermark = int(0.01 * self._cap) if self.preempt else 0
@@ -248,19 +257,78 @@ class Engine:
             return 0
         return min(req.output, req.gen0 + 1 + self.g - (req.finish_step - req.oe + 1))
 
-    def step_time(self, tokens: int, decode_ctx: float, prefill_pairs: float, prefill_kv: float) -> float:
-        """Seconds for one step with ``tokens`` processed, decode context sum ``decode_ctx`` (tokens),
-        prefill attention pairs and prefill KV tokens read."""
+    def step_time(
+        self,
+        tokens: float,
+        decode_ctx: float,
+        prefill_pairs: float,
+        prefill_kv: float,
+        decode_seqs: float | None = None,
+    ) -> float:
+        """Seconds for one step with ``tokens`` query tokens processed (decode + prefill), decode context
+        sum ``decode_ctx`` (tokens), prefill attention pairs and prefill KV tokens read. ``decode_seqs``:
+        the decoding sequences in the batch (default: every token when the step carries no prefill work
+        and has decode context, else none). The terms are listed in docs/simulator.md."""
+        if decode_seqs is None:
+            decode_seqs = tokens if (prefill_pairs == 0 and prefill_kv == 0 and decode_ctx > 0) else 0
+        return self._step(tokens, decode_seqs, 1.0, decode_ctx, prefill_pairs, prefill_kv)[0]
+
+    def decode_step_time(self, batch: int, decode_ctx: float) -> float:
+        """Seconds per output token of a pure decode step of ``batch`` sequences at context sum
+        ``decode_ctx``; with MTP a step verifies 1 + draft tokens per sequence and yields 1 + acceptance
+        tokens on average, so this is the verification step's time / (1 + acceptance)."""
+        return self._decode_parts(batch, decode_ctx)[0]
+
+    def _decode_parts(self, b: int, ctx: float) -> tuple[float, float]:
         d = self.dep
-        t_cmp = 2.0 * d.active_params * tokens / self._fe
+        q = 1.0 + d.mtp_draft_tokens
+        t, dt_dctx = self._step(b * q, b, q, ctx, 0.0, 0.0)
+        gain = 1.0 + d.mtp_acceptance if d.mtp else 1.0
+        return t / gain, dt_dctx / gain
+
+    def _step(
+        self, tokens: float, n_dec: float, q: float, ctx: float, pairs: float, pkv: float
+    ) -> tuple[float, float]:
+        """(step seconds, d seconds / d decode context) for ``tokens`` query tokens of which the decode
+        sequences (``n_dec``) each carry ``q`` queries over context sum ``ctx``."""
+        d = self.dep
+        # compute: non-expert linear layers, routed experts (busiest rank), attention
+        t_cmp = 2.0 * (d.active_params - d.expert_active_params) * tokens / self._fe
+        t_cmp += 2.0 * d.expert_active_params * tokens * d.expert_imbalance / self._fx
         t_cmp += (
-            d.attn_flops_decode_per_pair * decode_ctx + d.attn_flops_prefill_per_pair * prefill_pairs
+            d.attn_flops_per_query * tokens
+            + d.attn_flops_decode_per_pair * q * ctx
+            + d.attn_flops_prefill_per_pair * pairs
         ) / self._fa
-        nbytes = self._dense + d.kv_bytes_per_token * (decode_ctx + prefill_kv)
+        dc = d.attn_flops_decode_per_pair * q / self._fa
+        # memory: dense weights (per copy read), KV read, routed experts touched (busiest rank)
+        nbytes = self._dense + d.kv_read_bytes_per_ctx * ctx + d.kv_read_bytes_per_query * n_dec
+        nbytes += d.kv_bytes_per_token * pkv
+        t_mem = nbytes / self._be
         if d.routed_experts:
             touched = d.routed_experts * (1.0 - (1.0 - d.experts_per_token / d.routed_experts) ** tokens)
-            nbytes += d.expert_weight_bytes_per_layer * d.moe_layers * touched
-        return d.step_overhead_s + max(t_cmp, nbytes / self._be)
+            t_mem += d.expert_weight_bytes_per_layer * d.moe_layers * touched * d.expert_imbalance / self._bx
+        dm = d.kv_read_bytes_per_ctx / self._be
+        # partial overlap of compute and memory
+        ov = 1.0 - d.overlap
+        if t_cmp >= t_mem:
+            t_roof, slope = t_cmp + ov * t_mem, dc + ov * dm
+        else:
+            t_roof, slope = t_mem + ov * t_cmp, dm + ov * dc
+        return self._fixed + t_roof + self._comm(tokens), slope
+
+    def _comm(self, tokens: float) -> float:
+        """Exposed communication: EP all-to-all per MoE layer, TP all-reduces over the scale-out network."""
+        d = self.dep
+        t = 0.0
+        if d.ep_size > 1 and d.moe_layers:
+            per_rank = tokens / d.ep_size
+            layer = self._a2a_lat + per_rank * d.a2a_bytes_per_token / d.a2a_link_bytes_per_s
+            t += d.a2a_exposed * d.moe_layers * layer
+        if d.tp_internode_collectives:
+            per = self._tp_lat + tokens * d.tp_bytes_per_token / d.scaleout_bytes_per_s
+            t += d.tp_internode_collectives * per
+        return t
 
     # -- internals --------------------------------------------------------------------------------------
 
@@ -322,7 +390,7 @@ class Engine:
             tokens += chunk
             if req.prefilled >= req.pe:
                 done.append(req)
-        dt = self.step_time(max(tokens, 1), self.s + self.b * self.g, pairs, kv_read)
+        dt = self._step(max(tokens, 1), self.b, 1.0, self.s + self.b * self.g, pairs, kv_read)[0]
         self.now += dt
         self.busy_s += dt
         self.steps += 1
@@ -355,21 +423,10 @@ class Engine:
                 heapq.heappush(self._decode, (req.finish_step, self._n, req))
 
     def _decode_line(self) -> tuple[float, float]:
-        """Step time at the current step index (a) and its growth per step (slope), pure decode."""
-        b = self.b
-        ctx = self.s + b * self.g
-        a = self.step_time(b, ctx, 0.0, 0.0)
-        d = self.dep
-        a_mem = d.kv_bytes_per_token * ctx / self._be
-        a_cmp = 2.0 * d.active_params * b / self._fe + d.attn_flops_decode_per_pair * ctx / self._fa
-        # which roofline term binds decides the slope (context grows by b tokens per step)
-        flops_bound = a_cmp > (a - d.step_overhead_s) - 1e-15 and a_cmp >= a_mem
-        slope = (
-            (d.attn_flops_decode_per_pair * b / self._fa)
-            if flops_bound
-            else (d.kv_bytes_per_token * b / self._be)
-        )
-        return a, slope
+        """Step time at the current step index (a) and its growth per step (slope), pure decode: the
+        context sum grows by b tokens per step, and the step time is piecewise linear in it."""
+        a, dt_dctx = self._decode_parts(self.b, self.s + self.b * self.g)
+        return a, dt_dctx * self.b
 
     def _advance_decode(self, limit: float) -> None:
         a, slope = self._decode_line()

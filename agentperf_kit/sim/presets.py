@@ -15,7 +15,15 @@ from typing import Any
 
 from ..errors import UnknownNameError
 
-__all__ = ["DEFAULT_DEPLOYMENT", "Deployment", "Efficiency", "get_deployment", "list_deployments"]
+__all__ = [
+    "DEFAULT_DEPLOYMENT",
+    "Deployment",
+    "Efficiency",
+    "get_deployment",
+    "list_deployments",
+    "physics",
+    "with_mtp",
+]
 
 DEFAULT_DEPLOYMENT = "h200x8-dsv4pro"
 
@@ -28,11 +36,13 @@ def _load(kind: str) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Efficiency:
-    """Roofline utilizations: share of peak FLOP/s and of HBM bandwidth a step achieves."""
+    """Roofline utilizations (share of peak FLOP/s and of HBM bandwidth a step achieves) and ``latency``,
+    a multiplier of the fixed latency terms (per-step and per-layer overhead, collective latencies)."""
 
     name: str
     compute: float
     bandwidth: float
+    latency: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +74,7 @@ class Deployment:
     max_context_tokens: int  # the model's context limit (prompt + output)
     attn_flops_decode_per_pair: float
     attn_flops_prefill_per_pair: float
-    step_overhead_s: float
+    step_overhead_s: float  # latency floor: fixed per step + per layer
     tdp_w_per_accelerator: float
     idle_w_per_accelerator: float
     projection: bool
@@ -73,6 +83,28 @@ class Deployment:
     prefill_pool: Deployment | None = None
     decode_pool: Deployment | None = None
     kv_transfer_bytes_per_s: float = 0.0
+    # -- named terms of the step-time model beyond the roofline (presets/physics.toml) -------------------
+    expert_active_params: float = 0.0  # routed-expert parameters active per token (top-k x layers)
+    expert_flops_per_s: float = 0.0  # aggregate peak for the expert GEMMs (BF16 under W4A16 dequant)
+    expert_bandwidth_factor: float = 1.0  # multiplies the bandwidth efficiency of expert-weight reads
+    expert_imbalance: float = 1.0  # busiest GPU's expert load / mean (EP > 1)
+    attn_flops_per_query: float = 0.0  # attention FLOPs per query token independent of context (sparse)
+    kv_read_bytes_per_query: float = 0.0  # KV bytes read per decoding sequence independent of context
+    kv_read_bytes_per_ctx: float = 0.0  # KV bytes read per context token of a decoding sequence
+    overlap: float = 1.0  # compute/memory overlap: max(c, m) + (1 - overlap) x min(c, m)
+    ep_size: int = 1  # expert-parallel ranks (all-to-all per MoE layer when > 1)
+    a2a_latency_s: float = 0.0  # fixed all-to-all latency per MoE layer (dispatch + combine)
+    a2a_bytes_per_token: float = 0.0  # top-k x hidden x bytes per value, per token and MoE layer
+    a2a_link_bytes_per_s: float = 0.0  # per-rank link bandwidth of the all-to-all (NVLink or RDMA)
+    a2a_exposed: float = 1.0  # share of the all-to-all not hidden behind compute
+    tp_internode_collectives: int = 0  # all-reduces per step over the scale-out network (TP across nodes)
+    tp_allreduce_latency_s: float = 0.0
+    tp_bytes_per_token: float = 0.0  # hidden x 2 B
+    scaleout_bytes_per_s: float = 0.0  # per GPU
+    mtp: bool = False  # multi-token prediction: 1 draft token per decode step
+    mtp_draft_tokens: int = 0
+    mtp_acceptance: float = 0.0
+    nodes: int = 1
 
     @property
     def disaggregated(self) -> bool:
@@ -92,7 +124,8 @@ def efficiency(name: str) -> Efficiency:
     sets = _load("deployments")["efficiency"]
     if name not in sets:
         raise UnknownNameError(f"unknown efficiency set {name!r}; known: {', '.join(sets)}")
-    return Efficiency(name, float(sets[name]["compute"]), float(sets[name]["bandwidth"]))
+    e = sets[name]
+    return Efficiency(name, float(e["compute"]), float(e["bandwidth"]), float(e.get("latency", 1.0)))
 
 
 def get_deployment(name: str = DEFAULT_DEPLOYMENT) -> Deployment:
@@ -125,9 +158,31 @@ def get_deployment(name: str = DEFAULT_DEPLOYMENT) -> Deployment:
     return replace(whole, prefill_pool=pre, decode_pool=dec, kv_transfer_bytes_per_s=bw)
 
 
+def with_mtp(dep: Deployment, on: bool = True) -> Deployment:
+    """``dep`` with multi-token prediction switched on (``physics.toml [mtp]`` values) or off."""
+    mtp = physics()["mtp"]
+    return replace(
+        dep,
+        mtp=on,
+        mtp_draft_tokens=int(mtp["draft_tokens"]) if on else 0,
+        mtp_acceptance=float(mtp["acceptance"]) if on else 0.0,
+    )
+
+
+def physics() -> dict[str, Any]:
+    """The named step-time terms of ``presets/physics.toml`` (values and sources)."""
+    return _load("physics")
+
+
+def _term(d: dict[str, Any], table: str, key: str) -> Any:
+    """A physics value: the deployment's own ``key`` if set, else ``physics.toml``'s ``[table] key``."""
+    return d.get(key, physics()[table][key])
+
+
 def _resolve(name: str, d: dict[str, Any], n: int) -> Deployment:
     acc = _load("accelerators")[d["accelerator"]]
     m = _load("models")[d["model"]]
+    ph = physics()
     wbpp = float(m["weight_bytes_per_param"])
     # compute precision: FP8 where the model's weights are <= 1 byte; FP4 peak is not used (activations FP8)
     peak = acc["fp8_tflops"] if wbpp <= 1.0 else acc["bf16_tflops"]
@@ -140,6 +195,25 @@ def _resolve(name: str, d: dict[str, Any], n: int) -> Deployment:
         max(0.0, memory * d["memory_utilization"] - weight_bytes - dense_bytes * (replicas - 1)) / kv_bytes
     )
     attn_peak = acc[f"{m.get('attention_precision', 'bf16')}_tflops"]
+    # experts in FP4 on an accelerator without FP4 tensor cores: dequantizing W4A16 kernels
+    fp4_dequant = m.get("expert_precision") == "fp4" and float(acc.get("fp4_tflops", 0)) == 0
+    expert_peak = acc[f"{ph['fp4_dequant']['compute_precision']}_tflops"] if fp4_dequant else peak
+    expert_bw = float(_term(d, "fp4_dequant", "bandwidth_factor")) if fp4_dequant else 1.0
+    node = int(acc.get("node_gpus", 8))
+    nodes = -(-n // node)
+    moe = int(m["routed_experts"]) > 0
+    ep = n if (moe and replicas > 1) else 1  # data-parallel attention with the experts spread over every GPU
+    hidden = float(m.get("hidden", 0))
+    a2a = ph["ep_a2a"]
+    if ep > node:
+        link = float(a2a["rdma_gbps"])
+    else:
+        link = float(acc.get("a2a_nvlink_gbps", a2a["nvlink_hopper_gbps"]))
+    tp_cross = replicas == 1 and nodes > 1  # a tensor-parallel group spanning nodes
+    tp = ph["internode_tp"]
+    expert_active = int(m["experts_per_token"]) * float(m["expert_params_b_per_layer"]) * 1e9
+    expert_active *= int(m["moe_layers"])
+    mtp = bool(d.get("mtp", False))
     return Deployment(
         name=name,
         label=d["label"],
@@ -171,4 +245,25 @@ def _resolve(name: str, d: dict[str, Any], n: int) -> Deployment:
         idle_w_per_accelerator=float(acc["idle_w"]),
         projection=bool(acc.get("projection", False)),
         kv_policy=str(d.get("kv_policy", "preempt")),
+        expert_active_params=expert_active,
+        expert_flops_per_s=expert_peak * 1e12 * n,
+        expert_bandwidth_factor=expert_bw,
+        expert_imbalance=float(_term(d, "expert_imbalance", "factor")) if ep > 1 else 1.0,
+        attn_flops_per_query=float(m.get("attn_flops_per_query", 0.0)),
+        kv_read_bytes_per_query=float(m.get("kv_read_bytes_per_query", 0.0)),
+        kv_read_bytes_per_ctx=float(m.get("kv_read_bytes_per_ctx", kv_bytes)),
+        overlap=float(d.get("overlap", ph["overlap"]["compute_memory"])),
+        ep_size=ep,
+        a2a_latency_s=float(_term(d, "ep_a2a", "a2a_latency_us")) / 1e6 if ep > 1 else 0.0,
+        a2a_bytes_per_token=int(m["experts_per_token"]) * hidden * float(a2a["a2a_bytes_per_value"]),
+        a2a_link_bytes_per_s=link * 1e9,
+        a2a_exposed=float(_term(d, "ep_a2a", "a2a_exposed")),
+        tp_internode_collectives=2 * int(m["layers"]) if tp_cross else 0,
+        tp_allreduce_latency_s=float(_term(d, "internode_tp", "allreduce_latency_us")) / 1e6,
+        tp_bytes_per_token=hidden * 2.0,
+        scaleout_bytes_per_s=float(tp["scaleout_gbps"]) * 1e9,
+        mtp=mtp,
+        mtp_draft_tokens=int(ph["mtp"]["draft_tokens"]) if mtp else 0,
+        mtp_acceptance=float(_term(d, "mtp", "acceptance")) if mtp else 0.0,
+        nodes=nodes,
     )
