@@ -104,6 +104,31 @@ class SweepResult:
         dep = self.deployment if target == "sim" else None
         return f"sim:{dep}" if dep else target
 
+    @property
+    def settings(self) -> str:
+        """One line naming the settings that produced these numbers: target, efficiency set (simulated),
+        level window, warm-up, trajectory minimums, seed, interval method and whether AA's validity rules
+        were met. Two sweeps of the same system with different settings give different answers; print this
+        beside any number shown."""
+        s, c = self.summary, self.summary.get("config") or {}
+        parts = [self.target]
+        if c.get("efficiency") and self.deployment is not None:
+            parts.append(f"efficiency {c['efficiency']}")
+        if c.get("level_duration_s") is not None:
+            parts.append(f"{c['level_duration_s']:g} s window (warm-up {c.get('warmup_s', 0):g} s)")
+        if c.get("min_trajectories") is not None:
+            parts.append(
+                f">= {c['min_trajectories']} trajectories ({c.get('min_trajectories_per_agent')} per agent)"
+            )
+        if c.get("max_agents") is not None:
+            parts.append(f"N <= {c['max_agents']}")
+        if c.get("seed") is not None:
+            parts.append(f"seed {c['seed']}")
+        if s.get("ci_method"):
+            parts.append(f"{s['ci_method']} intervals at {s.get('confidence', 0.95):.0%}")
+        parts.append("meets AA's rules" if s.get("meets_aa_rules") else "shorter than AA's rules")
+        return ", ".join(parts)
+
     # -- display ---------------------------------------------------------------------------------------
 
     def _tier_text(self) -> str:
@@ -126,7 +151,7 @@ class SweepResult:
             f"tiers <code>{html.escape(str(s.get('tier_preset')))}</code>, {len(self.levels)} levels "
             f"(N = {', '.join(str(int(n)) for n in self.levels.get('concurrency', []))}), "
             f"{s.get('accelerators')} x {html.escape(str(s.get('accelerator_type')))}<br>"
-            f"<small>{html.escape(str(self.directory))}</small>"
+            f"<small>{html.escape(self.settings)}<br>{html.escape(str(self.directory))}</small>"
         )
         rows = []
         for _, r in self.tiers.iterrows():

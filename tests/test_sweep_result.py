@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import pandas as pd
 import pytest
 
@@ -89,3 +91,13 @@ def test_compare_puts_sweeps_side_by_side(sweep, small_sweep):
     lb = table[table["max_agents_is_lower_bound"]]
     assert len(lb) > 0  # slo1 still passes at N = 32 in the small sweep
     assert all(t.startswith(">=") for t in lb["max_agents_text"])
+
+
+def test_settings_name_what_produced_the_numbers(sweep):
+    text = sweep.settings
+    c = sweep.summary["config"]
+    assert text.startswith("sim:h200x8-dsv4pro, efficiency mid, ")
+    assert f"{c['level_duration_s']:g} s window (warm-up {c['warmup_s']:g} s)" in text
+    assert f">= {c['min_trajectories']} trajectories" in text
+    assert "shorter than AA's rules" in text  # 60 s levels do not meet AA's 600 s
+    assert text in html.unescape(sweep._repr_html_())
