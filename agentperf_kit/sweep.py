@@ -28,7 +28,6 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from .results import RunResult, check_sweep_dir, load_run, toolkit_provenance
 from .schema import SCHEMA_VERSION, check_schema_version, json_safe, strict_json_dumps
 from .slo import TierPreset, evaluate_level, get_tier_preset, max_agents
 from .sweep_config import SweepConfig, SweepConfigError
+from .sweep_result import SweepResult
 from .targets import Target
 
 log = logging.getLogger(__name__)
@@ -56,27 +56,6 @@ __all__ = [
     "run_sweep",
     "search_levels",
 ]
-
-
-@dataclass
-class SweepResult:
-    """A finished (or loaded) sweep: ``levels`` (levels.csv), ``summary`` (summary.json), ``tiers``,
-    and ``requests``, all requests of all levels: read from ``directory/requests.parquet`` on first use
-    (a large sweep's table can be many GB; nothing else needs it in memory)."""
-
-    levels: pd.DataFrame
-    summary: dict[str, Any]
-    _requests: pd.DataFrame | None = None
-    directory: Path | None = None
-    tiers: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-    @property
-    def requests(self) -> pd.DataFrame:
-        if self._requests is None:
-            if self.directory is None:
-                raise ValueError("this sweep result has no directory to read its requests from")
-            self._requests = pd.read_parquet(Path(self.directory) / "requests.parquet")
-        return self._requests
 
 
 def plan_levels(max_agents_: int) -> list[int]:
