@@ -1,6 +1,6 @@
 """The sweep: find, for every SLO tier at once, the highest number of concurrent agents that passes.
 
-Search (METHODOLOGY.md section 4): exponential ramp N = 1, 2, 4, ... until every tier has a failing level
+Search (docs/sweep.md): exponential ramp N = 1, 2, 4, ... until every tier has a failing level
 (or ``max_agents`` is reached), then, per tier, bisection between its highest passing N below its lowest
 failing N and that failing N, to ``resolution`` agents. Levels are measured once and shared: every tier is
 evaluated on the same levels. Odd cases (see :func:`agentperf_kit.slo.max_agents`): N = 1 failing gives 0;

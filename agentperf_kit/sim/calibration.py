@@ -1,6 +1,6 @@
 """Calibration of the simulator's efficiency factors against published throughput points.
 
-The points (``presets/calibration.toml``, from ../shared/SIMULATOR.md) are DeepSeek-V3/R1-class serving
+The points (``presets/calibration.toml``, from docs/sources.md) are DeepSeek-V3/R1-class serving
 figures. Each is a *scenario* the engine's step-time model can run (see that file for the kinds); the
 result is a per-GPU throughput in tokens per second comparable with the published figure.
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..model import TrajectoryFormatError
 
-# the published AA shape of tool delays (METHODOLOGY.md section 1), used where a source has none
+# the published AA shape of tool delays (docs/trajectories.md), used where a source has none
 SAMPLED_DELAY_MEDIAN_S = 1.0
 SAMPLED_DELAY_SIGMA = 0.75
 SAMPLED_DELAY_RANGE_S = (0.1, 5.0)
