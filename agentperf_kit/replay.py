@@ -33,6 +33,7 @@ import aiohttp
 from .agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
 from .client.http import (
     Endpoint,
+    RunConnector,
     calibrate_chat_filler,
     endpoint_secrets,
     open_session,
@@ -222,8 +223,10 @@ async def run_live(
 
     gc_pauses: list[float] = []
     async with open_session(limit, headers) as session, _still_heap(gc_pauses):
-        conn_waits = session.connector.queue_waits_s
-        body_reader = "protocol" if session.connector.sink_capable else "readany"
+        connector = session.connector
+        assert isinstance(connector, RunConnector), "open_session gives a RunConnector"
+        conn_waits = connector.queue_waits_s
+        body_reader = "protocol" if connector.sink_capable else "readany"
         manifest["server"] = await _server_info(session, endpoint, secrets)
         filler = endpoint.api == "chat" and any(
             t.messages is None for tr in fleet.trajectories for t in tr.turns

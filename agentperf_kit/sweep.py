@@ -120,8 +120,8 @@ def search_levels(
         at(n)
         if all(any(v[t] == "fail" for v in verdicts.values()) for t in tiers):
             break
-    while (n := _next_bisection_point(verdicts, tiers, resolution)) is not None:
-        at(n)
+    while (mid := _next_bisection_point(verdicts, tiers, resolution)) is not None:
+        at(mid)
     return verdicts
 
 
@@ -192,6 +192,7 @@ class _Sweeper:
                 self.cfg.accelerators or dep.accelerator_count,
                 self.cfg.accelerator_type or dep.accelerator,
             )
+        assert self.cfg.accelerators, "SweepConfig checks that a live target names its accelerators"
         return int(self.cfg.accelerators), self.cfg.accelerator_type
 
     def _measure(self, n: int, ext: int, level_index: int) -> RunResult:
@@ -315,6 +316,7 @@ class _Sweeper:
             row[f"verdict_{t.name}"] = verdicts[t.name]
             row[f"binding_{t.name}"] = ev.loc[ev["tier"] == t.name, "binding"].iloc[0]
         self.rows[n] = row
+        assert res.directory is not None, "a sweep's levels are saved"
         self.results[n] = (Path(res.directory), res.manifest)  # the rows stay on disk
         self._write_partial()
         if self.progress:

@@ -7,7 +7,7 @@ import json
 import math
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..model import TrajectoryFormatError
 
@@ -76,7 +76,7 @@ def bad(path: Path, line: int | None, field: str, value: Any, must: str) -> Traj
     )
 
 
-def is_count(value: Any, minimum: int = 0) -> bool:
+def is_count(value: Any, minimum: int = 0) -> TypeGuard[int]:
     """True for an int (not bool) >= ``minimum``."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
