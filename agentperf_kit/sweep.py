@@ -26,6 +26,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -473,6 +474,23 @@ def _tier_table(
     return tab
 
 
+def _check_resume_commit(old: dict[str, Any], out: Path) -> None:
+    """Resume with the same version and measurement config but another toolkit commit: warn, and resume.
+
+    The version and the config hash are compared first (either differing refuses); commits between two
+    releases change code, not definitions, by this project's habit (a definition change bumps the version,
+    CHANGELOG.md), so the levels may be mixed, but the user is told which commits measured them. When
+    either commit is unknown (not run from a git checkout) nothing is compared."""
+    was, now = old.get("toolkit_commit"), toolkit_provenance()["toolkit_commit"]
+    if was and now and was != now:
+        warnings.warn(
+            f"{out} was measured at agentperf-kit commit {was[:12]}, this is {now[:12]} (same version "
+            f"{__version__}, same measurement config); resuming, so its levels come from both commits. "
+            "Use another out directory to measure every level with one commit.",
+            stacklevel=3,
+        )
+
+
 def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
     """Run (or resume) a sweep; writes ``requests.parquet``, ``levels.csv`` and ``summary.json``."""
     wall0 = time.perf_counter()
@@ -498,6 +516,7 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
                 f"{out} was measured with agentperf-kit {old.get('toolkit_version')}, this is {__version__}; "
                 "refusing to mix levels from two versions. Use another --out."
             )
+        _check_resume_commit(old, out)
         if old.get("trajectories_sha256") != traj_digest:
             raise SweepConfigError(
                 f"{out}: the trajectory file {config.trajectories} changed since this sweep started "
