@@ -2,7 +2,7 @@
 
 A level **passes a tier** when, over the requests of its steady window, the ``speed_percentile`` (25) of
 output speed >= ``min_output_speed_tps`` and the ``ttft_percentile`` (95) of TTFT <= ``max_ttft_s``
-(METHODOLOGY.md section 4). Failures follow the **failure policy**: ``miss`` (default: a failed request
+(docs/metrics.md). Failures follow the **failure policy**: ``miss`` (default: a failed request
 stays in with TTFT +inf and speed 0, see :mod:`.metrics`) or ``exclude`` (the public reference: requests
 the server answered with a failure are left out). Under both, a request still unfinished at the end of
 the run (or timed out by the client) stays in, judged on what it showed: a hung server never passes.
