@@ -104,8 +104,12 @@ def test_twin_band_brackets_the_estimate(tmp_path):
     step = {"step_s": 0.01, "prefill_token_s": 1e-4, "decode_seq_s": 2e-3, "context_token_s": 0.0}
     se = {"step_s": 0.001, "prefill_token_s": 1e-5, "decode_seq_s": 0.002, "context_token_s": 1e-7}
     dep = load_twin(_write_twin(tmp_path / "t.toml", step, se))
-    assert dep.step_low.step_s == pytest.approx(0.012) and dep.step_high.step_s == pytest.approx(0.008)
-    assert dep.step_high.decode_seq_s == 0.0  # 2e-3 - 2 x 2e-3 clipped at 0
+    # multiplicative interval: 0.01 x exp(+-2 x 0.001 / 0.01)
+    assert dep.step_low.step_s == pytest.approx(0.01 * math.exp(0.2))
+    assert dep.step_high.step_s == pytest.approx(0.01 * math.exp(-0.2))
+    # an SE as large as the estimate: the fast end stays positive (a step is never free)
+    assert dep.step_high.decode_seq_s == pytest.approx(2e-3 * math.exp(-2.0))
+    # estimated at 0: 0 .. z x SE
     assert dep.step_low.context_token_s == pytest.approx(2e-7) and dep.step_high.context_token_s == 0.0
     for lo, mid, hi in zip(
         dep.step_low.as_dict().values(),
