@@ -267,3 +267,12 @@ def test_profile_real_llama_server(tmp_path):
     assert data["provenance"]["server"]["props"]["total_slots"] == 4
     dep = load_twin(out)
     assert dep.step_low.step_s >= dep.step_mid.step_s >= dep.step_high.step_s
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from agentperf_kit.cli import main
+
+    assert main(["profile", "--target", "http://127.0.0.1:9/v1", "--model", "m", "--out", "t.txt"]) == 2
+    assert "--out must end in .toml" in capsys.readouterr().err
+    assert main(["sweep", "--target", f"sim:{tmp_path / 'none.toml'}", "--dry-run"]) == 2
+    assert "agentperf profile" in capsys.readouterr().err
