@@ -106,13 +106,6 @@ class TwinEngine(Engine):
         t = m.time(max(0.0, tokens - n_dec * q), n_dec, ctx + pkv, pairs)
         return t, m.context_token_s
 
-    def step_time(
-        self, tokens: int, decode_ctx: float, prefill_pairs: float, prefill_kv: float, *_: Any
-    ) -> float:
-        """Seconds for one step: ``tokens`` = decoding sequences (``self.b``) + prefill tokens."""
-        b = self.b
-        return self.model.time(max(0, tokens - b), b, decode_ctx + prefill_kv, prefill_pairs)
-
     def _decode_line(self) -> tuple[float, float]:
         """Pure decode: step time now and its growth per step (the context grows by ``b`` per step)."""
         b = self.b
