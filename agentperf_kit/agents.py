@@ -15,7 +15,7 @@ After the window closes a driver lets in-flight requests drain for ``rules.drain
 reports the rest with ``fleet.cancel(plan, now)`` (error ``cancelled_at_end``; counted in the window
 when sent in it, judged on what it showed: docs/metrics.md).
 
-Agent behaviour (METHODOLOGY.md section 2): N agents, each sequential. Agent ``a`` takes trajectories
+Agent behaviour (docs/replay.md): N agents, each sequential. Agent ``a`` takes trajectories
 ``perm[(a + k*N) mod T]`` for k = 0, 1, ... (``perm`` a seeded permutation of the set), so the assignment
 does not depend on timings. Every phase instance gets a fresh 32-digit random marker (and a run-unique
 ``phase_id``) that the target puts at the very start of the prompt. Agents start staggered: agent a's

@@ -1,6 +1,6 @@
 """The sweep: find, for every SLO tier at once, the highest number of concurrent agents that passes.
 
-Search (METHODOLOGY.md section 4): exponential ramp N = 1, 2, 4, ... until every tier has a failing level
+Search (docs/sweep.md): exponential ramp N = 1, 2, 4, ... until every tier has a failing level
 (or ``max_agents`` is reached), then, per tier, bisection between its highest passing N below its lowest
 failing N and that failing N, to ``resolution`` agents. Levels are measured once and shared: every tier is
 evaluated on the same levels. Odd cases (see :func:`agentperf_kit.slo.max_agents`): N = 1 failing gives 0;
@@ -27,8 +27,8 @@ import logging
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from .results import RunResult, check_sweep_dir, load_run, toolkit_provenance
 from .schema import SCHEMA_VERSION, check_schema_version, json_safe, strict_json_dumps
 from .slo import TierPreset, evaluate_level, get_tier_preset, max_agents
 from .sweep_config import SweepConfig, SweepConfigError
+from .sweep_result import SweepResult
 from .targets import Target
 
 log = logging.getLogger(__name__)
@@ -56,27 +57,6 @@ __all__ = [
     "run_sweep",
     "search_levels",
 ]
-
-
-@dataclass
-class SweepResult:
-    """A finished (or loaded) sweep: ``levels`` (levels.csv), ``summary`` (summary.json), ``tiers``,
-    and ``requests``, all requests of all levels: read from ``directory/requests.parquet`` on first use
-    (a large sweep's table can be many GB; nothing else needs it in memory)."""
-
-    levels: pd.DataFrame
-    summary: dict[str, Any]
-    _requests: pd.DataFrame | None = None
-    directory: Path | None = None
-    tiers: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-    @property
-    def requests(self) -> pd.DataFrame:
-        if self._requests is None:
-            if self.directory is None:
-                raise ValueError("this sweep result has no directory to read its requests from")
-            self._requests = pd.read_parquet(Path(self.directory) / "requests.parquet")
-        return self._requests
 
 
 def plan_levels(max_agents_: int) -> list[int]:
@@ -125,8 +105,8 @@ def search_levels(
         at(n)
         if all(any(v[t] == "fail" for v in verdicts.values()) for t in tiers):
             break
-    while (n := _next_bisection_point(verdicts, tiers, resolution)) is not None:
-        at(n)
+    while (mid := _next_bisection_point(verdicts, tiers, resolution)) is not None:
+        at(mid)
     return verdicts
 
 
@@ -312,6 +292,7 @@ class _Sweeper:
             row[f"verdict_{t.name}"] = verdicts[t.name]
             row[f"binding_{t.name}"] = ev.loc[ev["tier"] == t.name, "binding"].iloc[0]
         self.rows[n] = row
+        assert res.directory is not None, "a sweep's levels are saved"
         self.results[n] = (Path(res.directory), res.manifest)  # the rows stay on disk
         self._write_partial()
         v = " ".join(f"{t.name}={verdicts[t.name]}" for t in self.preset.tiers)
@@ -466,6 +447,23 @@ def _tier_table(
     return tab
 
 
+def _check_resume_commit(old: dict[str, Any], out: Path) -> None:
+    """Resume with the same version and measurement config but another toolkit commit: warn, and resume.
+
+    The version and the config hash are compared first (either differing refuses); commits between two
+    releases change code, not definitions, by this project's habit (a definition change bumps the version,
+    CHANGELOG.md), so the levels may be mixed, but the user is told which commits measured them. When
+    either commit is unknown (not run from a git checkout) nothing is compared."""
+    was, now = old.get("toolkit_commit"), toolkit_provenance()["toolkit_commit"]
+    if was and now and was != now:
+        warnings.warn(
+            f"{out} was measured at agentperf-kit commit {was[:12]}, this is {now[:12]} (same version "
+            f"{__version__}, same measurement config); resuming, so its levels come from both commits. "
+            "Use another out directory to measure every level with one commit.",
+            stacklevel=3,
+        )
+
+
 def check_resumable(config: SweepConfig, out: str | Path | None = None) -> bool:
     """Check a sweep's output directory (``out``, default ``config.out``) before anything is written:
     True when it holds this same sweep to resume, False when it is new or empty.
@@ -499,6 +497,7 @@ def check_resumable(config: SweepConfig, out: str | Path | None = None) -> bool:
             f"{out} was measured with agentperf-kit {old.get('toolkit_version')}, this is {__version__}; "
             "refusing to mix levels from two versions. Use another --out."
         )
+    _check_resume_commit(old, out)
     traj_digest = _file_digest(config.trajectories)
     if old.get("trajectories_sha256") != traj_digest:
         raise SweepConfigError(

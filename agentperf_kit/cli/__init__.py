@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "sweep",
     "run",
     "serve_sim",
+    "profile",
     "trajectories",
     "report",
     "compare",

@@ -29,7 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"(--tiers): {', '.join(tier_preset_names())}. Exit codes: 0 measured; 2 bad usage, bad input or "
         "failed preflight; 3 not validly measured; 130 interrupted (docs/cli.md).",
     )
-    p.add_argument("--target", help="sim, sim:PRESET or a URL (default: sim)")
+    p.add_argument(
+        "--target",
+        help="sim, sim:PRESET, sim:PATH.toml (a twin from agentperf profile) or a URL (default: sim)",
+    )
     p.add_argument("--model", help="model name (live targets)")
     p.add_argument("--trajectories", help="trajectory file (default: the built-in synthetic set)")
     p.add_argument("--tiers", help="tier preset (default aa-dsv4pro) or a spec like 'fast=100/2,slow=20/10'")

@@ -235,7 +235,7 @@ def run_sim_level(
             },
         }
     )
-    if writer is not None:
+    if writer is not None and out_dir is not None:
         writer.close()
         return finalize_run(out_dir, manifest)
     import pandas as pd

@@ -302,7 +302,7 @@ def _build(records: Iterable[tuple[int, dict[str, Any]]], path: Path, source: st
                     "must be unique: the turns of a trajectory must be contiguous lines",
                 )
             seen.add(tid)
-            meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+            meta = rec["meta"] if isinstance(rec.get("meta"), dict) else {}
             current = Trajectory(tid, [], source=source, meta=meta)
             out.append(current)
         turns = current.turns
