@@ -192,3 +192,20 @@ def test_both_drivers_start_from_the_same_manifest_keys(tmp_path):
         progress=False,
     )
     assert again.manifest["config_hash"] == res.manifest["config_hash"]
+
+
+def test_a_twin_preset_file_is_a_sim_target(tmp_path):
+    """``sim:PATH.toml``: a preset file (a twin from ``agentperf profile``) through the same loader."""
+    from tests.test_twin import _write_twin
+
+    step = {"step_s": 0.01, "prefill_token_s": 1e-4, "decode_seq_s": 2e-3, "context_token_s": 1e-6}
+    path = _write_twin(tmp_path / "rig.toml", step)
+    t = parse_target(f"sim:{path}")
+    assert isinstance(t, SimTarget) and t.virtual_time and t.model == "m"
+    rules = RunRules(warmup_s=1, duration_s=5, min_trajectories=0, min_trajectories_per_agent=0)
+    res = t.run_level(
+        default_trajectories()[:3], 1, rules, seed=0, out_dir=None, level=0, run_id="t", progress=False
+    )
+    assert res.requests["ok"].any()
+    with pytest.raises(ConfigError, match="not found"):
+        parse_target(f"sim:{tmp_path / 'gone.toml'}")
