@@ -33,6 +33,7 @@ from .agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
 from .client.bodies import body_bytes, prepare
 from .client.http import (
     Endpoint,
+    RunConnector,
     calibrate_chat_filler,
     endpoint_secrets,
     open_session,
@@ -288,8 +289,10 @@ class _LiveLevel:
                 _still_heap(self.gc_pauses),
                 self._progress_bar(),
             ):
-                self.conn_waits = session.connector.queue_waits_s
-                self.body_reader = "protocol" if session.connector.sink_capable else "readany"
+                connector = session.connector
+                assert isinstance(connector, RunConnector)  # open_session's
+                self.conn_waits = connector.queue_waits_s
+                self.body_reader = "protocol" if connector.sink_capable else "readany"
                 await self._set_up(session)
                 prepare(self.endpoint)  # the shared prompt stream, built before the first send
                 async with self._lag_monitor(), self._sampler():
@@ -402,8 +405,9 @@ class _LiveLevel:
         finally:
             if not all_done.done():
                 all_done.cancel()  # the agent tasks are cancelled and awaited by the caller
-        if all_done.done() and not all_done.cancelled() and all_done.exception() is not None:
-            raise all_done.exception()  # a bug in an agent, not a failed request (those are rows)
+        bug = all_done.exception() if all_done.done() and not all_done.cancelled() else None
+        if bug is not None:
+            raise bug  # a bug in an agent, not a failed request (those are rows)
 
     async def _agent(self, session: aiohttp.ClientSession, plan: RequestPlan | None) -> None:
         """One closed-loop agent: wait for its plan's time, send, record, next plan."""

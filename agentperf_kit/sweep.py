@@ -184,7 +184,7 @@ class _Sweeper:
         return self._trajs
 
     def accelerators(self) -> tuple[int, str | None]:
-        return int(self.target.accelerators), self.target.accelerator_type
+        return int(self.target.accelerators or 0), self.target.accelerator_type
 
     def _measure(self, n: int, ext: int, level_index: int) -> RunResult:
         d = self.out / "levels" / f"n{n:05d}_e{ext}"

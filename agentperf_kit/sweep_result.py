@@ -80,7 +80,7 @@ class SweepResult:
         """The simulated deployment's preset name (e.g. ``"h200x8-dsv4pro"``), as the levels' manifests
         recorded it (else as the target spec names it); None for a live target."""
         from .errors import AgentperfError
-        from .targets import parse_target
+        from .targets import SimTarget, parse_target
 
         try:  # targets.parse_target: the one reader of target specs
             swept = parse_target(
@@ -91,7 +91,7 @@ class SweepResult:
         if swept is not None and not swept.virtual_time:
             return None
         recorded = self._recorded_deployment()
-        return recorded or (swept.deployment.name if swept is not None else None)
+        return recorded or (swept.deployment.name if isinstance(swept, SimTarget) else None)
 
     def _recorded_deployment(self) -> str | None:
         if self.directory is None or self.levels.empty:

@@ -47,11 +47,20 @@ class Target(Protocol):
     """What a level runs against (module docstring). ``accelerators`` is None when unknown (a live
     target without ``accelerators``: a sweep refuses it, a single run does not need it)."""
 
-    accelerators: int | None
-    accelerator_type: str | None
-    description: str
-    power_scope: str | None
-    virtual_time: bool
+    @property
+    def accelerators(self) -> int | None: ...
+
+    @property
+    def accelerator_type(self) -> str | None: ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def power_scope(self) -> str | None: ...
+
+    @property
+    def virtual_time(self) -> bool: ...
 
     def run_level(
         self,
