@@ -43,7 +43,15 @@ from .client.http import (
 from .errors import OutputError
 from .percentiles import percentile
 from .recorder import ChunkWriter, RunWriter
-from .results import RunResult, finalize_chunks, finalize_run, prepare_run_dir, run_manifest, write_manifest
+from .results import (
+    RunResult,
+    finalize_chunks,
+    finalize_run,
+    prepare_run_dir,
+    run_manifest,
+    window_manifest,
+    write_manifest,
+)
 from .schema import json_safe
 from .telemetry import TelemetryConfig, TelemetrySampler
 from .trajectories.model import Trajectory
@@ -488,13 +496,7 @@ class _LiveLevel:
             finalize_chunks(out_dir)
             manifest["chunks"] = {"file": "chunks.parquet", "rows": self.chunks.rows_written}
         window = self.fleet.window_summary()
-        manifest.update(
-            {
-                "window": window,
-                "meets_aa_rules": window["meets_aa_rules"],
-                "aborted_reason": window["aborted_reason"],
-            }
-        )
+        manifest.update(window_manifest(window))
         if self.sampler is not None:
             manifest.update(_telemetry_manifest(self.sampler, window))
         result = finalize_run(out_dir, manifest)

@@ -181,6 +181,7 @@ def test_both_drivers_start_from_the_same_manifest_keys(tmp_path):
     base = run_manifest(run_id="x", level=0, config={}, target={}, clock={})
     assert set(base) <= set(res.manifest)
     assert len(res.manifest["config_hash"]) == 16  # simulated runs have a config hash too
+    assert "aborted_reason" in res.manifest and res.manifest["meets_aa_rules"] is False
     again = parse_target("sim").run_level(
         default_trajectories()[:5],
         2,

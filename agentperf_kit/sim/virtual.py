@@ -23,7 +23,15 @@ from collections.abc import Sequence
 
 from ..agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
 from ..recorder import RunWriter
-from ..results import RunResult, finalize_frame, finalize_run, prepare_run_dir, run_manifest, write_manifest
+from ..results import (
+    RunResult,
+    finalize_frame,
+    finalize_run,
+    prepare_run_dir,
+    run_manifest,
+    window_manifest,
+    write_manifest,
+)
 from ..trajectories.model import Trajectory
 from .disagg import make_engine
 from .engine import SimRequest, SimulatorInvariantError
@@ -214,10 +222,9 @@ def run_sim_level(
     window = fleet.window_summary()
     busy_fraction = engine.busy_s / t_end if t_end > 0 else 0.0
     power = modelled_power_w(dep, busy_fraction)
+    manifest.update(window_manifest(window))
     manifest.update(
         {
-            "window": window,
-            "meets_aa_rules": window["meets_aa_rules"],
             "client_ok": True,
             "power_w": power,
             "power_scope": "modelled",
