@@ -107,7 +107,7 @@ class TwinEngine(Engine):
         return t, m.context_token_s
 
     def step_time(
-        self, tokens: int, decode_ctx: float, prefill_pairs: float, prefill_kv: float, *_: Any
+        self, tokens: float, decode_ctx: float, prefill_pairs: float, prefill_kv: float, *_: Any
     ) -> float:
         """Seconds for one step: ``tokens`` = decoding sequences (``self.b``) + prefill tokens."""
         b = self.b
