@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import least_squares, nnls  # type: ignore[import-untyped]
+from scipy.optimize import least_squares, nnls
 
 from ..errors import MeasurementError
 from ..sim.twin import TERMS, StepModel
