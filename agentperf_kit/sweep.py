@@ -184,7 +184,7 @@ class _Sweeper:
         return self._trajs
 
     def accelerators(self) -> tuple[int, str | None]:
-        return int(self.target.accelerators), self.target.accelerator_type
+        return int(self.target.accelerators or 0), self.target.accelerator_type
 
     def _measure(self, n: int, ext: int, level_index: int) -> RunResult:
         d = self.out / "levels" / f"n{n:05d}_e{ext}"
@@ -508,31 +508,9 @@ def check_resumable(config: SweepConfig, out: str | Path | None = None) -> bool:
     return True
 
 
-def run_sweep(
-    config: SweepConfig,
-    *,
-    progress: bool | Callable[[str], None] = True,
-    target: Target | None = None,
-) -> SweepResult:
-    """Run (or resume) a sweep; writes ``requests.parquet``, ``levels.csv`` and ``summary.json``.
-
-    Every level runs on ``target`` (a :class:`~agentperf_kit.targets.Target`; default: the one
-    ``config.target`` names, ``config.target_object``), through its ``run_level`` only: a simulated, a
-    live or any other target takes the same path. ``config`` still defines what is measured (and its
-    hash what may be resumed); the target's ``description`` is recorded in ``sweep.json`` and the summary.
-
-    ``progress``: False is silent; True shows a live level's progress bar and logs one line per level
-    (and one at the start) to the ``agentperf_kit.sweep`` logger at INFO, which the CLI prints (in a
-    notebook: ``logging.basicConfig(level=logging.INFO)``); a callable (e.g. ``print``) receives those
-    lines instead of the logger."""
-    wall0 = time.perf_counter()
-    target = target if target is not None else config.target_object
-    if not target.accelerators:
-        raise SweepConfigError(
-            f"target {target.description}: a sweep needs its accelerator count (accelerators) for agents "
-            "per accelerator"
-        )
-    out = Path(config.out) if config.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
+def _open_sweep_dir(config: SweepConfig, out: Path, target: Target) -> bool:
+    """Check ``out`` (:func:`check_resumable`), create it and, for a new sweep, write ``sweep.json``;
+    True when an existing sweep is resumed."""
     resumed = check_resumable(config, out)
     out.mkdir(parents=True, exist_ok=True)
     if not resumed:
@@ -550,13 +528,16 @@ def run_sweep(
                 indent=2,
             )
         )
-    sw = _Sweeper(config, out, progress, target)
-    acc, acc_type = sw.accelerators()
-    sw.say(f"sweep {target.description} -> {out}{' (resuming)' if resumed else ''}")
-    sw.run()
-    levels = sw.levels_frame()
-    preset = sw.preset
+    return resumed
 
+
+def _power(
+    config: SweepConfig, sw: _Sweeper, levels: pd.DataFrame, acc: int, acc_type: str | None
+) -> tuple[pd.DataFrame, str | None, float | None, list[str]]:
+    """The per-tier table with agents per accelerator and per MW, the summary's power scope and power
+    (W; None when per tier), and notes on how power was known: the user's (declared/provisioned), the
+    measured power of the level at each tier's max agents (a power source), else each level's own."""
+    preset = sw.preset
     power: PowerSpec | None = None
     if config.power_scope == "provisioned" and config.power_w is None:
         power = PowerSpec(
@@ -585,7 +566,7 @@ def run_sweep(
         if power is not None
         else (levels["power_scope"].dropna().iloc[0] if levels["power_scope"].notna().any() else None)
     )
-    notes = list(sw.notes)
+    notes: list[str] = []
     summary_power_w = power.watts if power is not None else None
     if config.measures_power:
         used = set(tiers["power_scope"].dropna())
@@ -604,6 +585,44 @@ def run_sweep(
                 "level's steady window; agents/MW uses the measured power of the level at each tier's max "
                 "agents" + (f" (tiers without a measurement use the {fallback[0]} power)" if fallback else "")
             )
+    return tiers, scope, summary_power_w, notes
+
+
+def run_sweep(
+    config: SweepConfig,
+    *,
+    progress: bool | Callable[[str], None] = True,
+    target: Target | None = None,
+) -> SweepResult:
+    """Run (or resume) a sweep; writes ``requests.parquet``, ``levels.csv`` and ``summary.json``.
+
+    Every level runs on ``target`` (a :class:`~agentperf_kit.targets.Target`; default: the one
+    ``config.target`` names, ``config.target_object``), through its ``run_level`` only: a simulated, a
+    live or any other target takes the same path. ``config`` still defines what is measured (and its
+    hash what may be resumed); the target's ``description`` is recorded in ``sweep.json`` and the summary.
+
+    ``progress``: False is silent; True shows a live level's progress bar and logs one line per level
+    (and one at the start) to the ``agentperf_kit.sweep`` logger at INFO, which the CLI prints (in a
+    notebook: ``logging.basicConfig(level=logging.INFO)``); a callable (e.g. ``print``) receives those
+    lines instead of the logger."""
+    wall0 = time.perf_counter()
+    target = target if target is not None else config.target_object
+    if not target.accelerators:
+        raise SweepConfigError(
+            f"target {target.description}: a sweep needs its accelerator count (accelerators) for agents "
+            "per accelerator"
+        )
+    out = Path(config.out) if config.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
+    resumed = _open_sweep_dir(config, out, target)
+    sw = _Sweeper(config, out, progress, target)
+    acc, acc_type = sw.accelerators()
+    sw.say(f"sweep {target.description} -> {out}{' (resuming)' if resumed else ''}")
+    sw.run()
+    levels = sw.levels_frame()
+    preset = sw.preset
+
+    tiers, scope, summary_power_w, notes = _power(config, sw, levels, acc, acc_type)
+    notes = list(sw.notes) + notes
     if not levels["meets_aa_rules"].all():
         notes.append("some levels do not meet AA's validity rules (see meets_aa_rules per level)")
     if target.virtual_time:

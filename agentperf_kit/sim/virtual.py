@@ -13,6 +13,7 @@ input + ``MARKER_TOKENS`` (the phase marker), ``cached_prompt_tokens`` = the pre
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import os
@@ -22,7 +23,15 @@ from collections.abc import Sequence
 
 from ..agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
 from ..recorder import RunWriter
-from ..results import RunResult, finalize_frame, finalize_run, prepare_run_dir, run_manifest, write_manifest
+from ..results import (
+    RunResult,
+    finalize_frame,
+    finalize_run,
+    prepare_run_dir,
+    run_manifest,
+    window_manifest,
+    write_manifest,
+)
 from ..trajectories.model import Trajectory
 from .disagg import make_engine
 from .engine import SimRequest, SimulatorInvariantError
@@ -150,67 +159,72 @@ def run_sim_level(
         if nxt is not None:
             schedule(nxt)
 
-    engine = make_engine(dep, eff, finish, reject)
-    for plan in fleet.start(0.0):
-        schedule(plan)
-    next_tick = _TICK_S
-    t_closed = math.nan
-    while True:
-        t_send = sends[0][0] if sends else math.inf
-        if math.isnan(t_closed):
-            t_event = min(t_send, next_tick)
-        else:
-            t_event = min(t_send, t_closed + rules.drain_timeout_s)
-        if engine.has_work:
-            engine.advance(t_event)  # may stop early when the engine runs out of work
-        elif math.isfinite(t_event):
-            engine.now = max(engine.now, t_event)
-        else:
-            break
-        now = engine.now
-        if math.isnan(t_closed):
-            while next_tick <= now:
-                next_tick += _TICK_S
-            if not fleet.may_send(now):
-                t_closed = fleet.window_end_s
-        elif now >= t_closed + rules.drain_timeout_s:
-            break
-        while sends and sends[0][0] <= now:
-            _, _, plan = heapq.heappop(sends)
-            if not fleet.may_send(plan.t_scheduled_s):
-                if math.isnan(t_closed):
+    try:  # an interrupt (Ctrl-C) or an invariant error: the rows written so far stay readable
+        engine = make_engine(dep, eff, finish, reject)
+        for plan in fleet.start(0.0):
+            schedule(plan)
+        next_tick = _TICK_S
+        t_closed = math.nan
+        while True:
+            t_send = sends[0][0] if sends else math.inf
+            if math.isnan(t_closed):
+                t_event = min(t_send, next_tick)
+            else:
+                t_event = min(t_send, t_closed + rules.drain_timeout_s)
+            if engine.has_work:
+                engine.advance(t_event)  # may stop early when the engine runs out of work
+            elif math.isfinite(t_event):
+                engine.now = max(engine.now, t_event)
+            else:
+                break
+            now = engine.now
+            if math.isnan(t_closed):
+                while next_tick <= now:
+                    next_tick += _TICK_S
+                if not fleet.may_send(now):
                     t_closed = fleet.window_end_s
-                continue
-            t = plan.t_scheduled_s
-            fleet.on_send(plan, t)
-            turn = plan.turn
-            key = plan
-            in_flight[id(key)] = plan
-            prefix = 0 if plan.fresh_phase else turn.prefix_tokens + MARKER_TOKENS
-            engine.submit(
-                SimRequest(
-                    key, plan.phase_id, turn.input_tokens + MARKER_TOKENS, prefix, turn.output_tokens, t
+            elif now >= t_closed + rules.drain_timeout_s:
+                break
+            while sends and sends[0][0] <= now:
+                _, _, plan = heapq.heappop(sends)
+                if not fleet.may_send(plan.t_scheduled_s):
+                    if math.isnan(t_closed):
+                        t_closed = fleet.window_end_s
+                    continue
+                t = plan.t_scheduled_s
+                fleet.on_send(plan, t)
+                turn = plan.turn
+                key = plan
+                in_flight[id(key)] = plan
+                prefix = 0 if plan.fresh_phase else turn.prefix_tokens + MARKER_TOKENS
+                engine.submit(
+                    SimRequest(
+                        key, plan.phase_id, turn.input_tokens + MARKER_TOKENS, prefix, turn.output_tokens, t
+                    )
                 )
+            if not math.isnan(t_closed) and not engine.has_work and not sends:
+                break
+        t_end = engine.now
+        for req in engine.cancel_all():  # checks the engine's conservation of requests
+            fleet.cancel(in_flight.pop(id(req.key)), t_end)
+        if in_flight:  # a request sent but never answered, rejected or cancelled: its agent would be lost
+            raise SimulatorInvariantError(
+                f"{len(in_flight)} request(s) sent to the simulated deployment {dep.name!r} were never "
+                "answered, rejected or cancelled (a simulator bug: please report it with the command)"
             )
-        if not math.isnan(t_closed) and not engine.has_work and not sends:
-            break
-    t_end = engine.now
-    for req in engine.cancel_all():  # checks the engine's conservation of requests
-        fleet.cancel(in_flight.pop(id(req.key)), t_end)
-    if in_flight:  # a request sent but never answered, rejected or cancelled: its agent would be lost
-        raise SimulatorInvariantError(
-            f"{len(in_flight)} request(s) sent to the simulated deployment {dep.name!r} were never "
-            "answered, rejected or cancelled (a simulator bug: please report it with the command)"
-        )
+    except BaseException:
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.close()
+        raise
     wall = time.perf_counter() - wall0
 
     window = fleet.window_summary()
     busy_fraction = engine.busy_s / t_end if t_end > 0 else 0.0
     power = modelled_power_w(dep, busy_fraction)
+    manifest.update(window_manifest(window))
     manifest.update(
         {
-            "window": window,
-            "meets_aa_rules": window["meets_aa_rules"],
             "client_ok": True,
             "power_w": power,
             "power_scope": "modelled",
