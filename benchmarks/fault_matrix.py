@@ -257,7 +257,7 @@ class Row:
 
 RESULTS: list[Row] = []
 TMP = Path(tempfile.mkdtemp(prefix="fault_matrix_"))
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
