@@ -693,29 +693,24 @@ def sweep_cfg(fault: str, port: int, *lines: str) -> Path:
 
 
 def run_sweep_rows(port: int) -> None:
-    # item 2: a sweep over a target whose every answer is "choices": 5 must not conclude "still passing"
-    STATS.pop("choices5", None)
-    out = TMP / "sweep_choices5"
-    p = cli(
-        "sweep",
-        "--config",
-        str(sweep_cfg("choices5", port, "abort_after_s = 0")),
-        "--no-preflight",
-        "--out",
-        str(out),
-        timeout=180,
-    )
-    st = STATS.get("choices5", Stats())
-    df = pd.read_parquet(out / "requests.parquet") if (out / "requests.parquet").exists() else None
-    n_rows = 0 if df is None else len(df)
-    passing = "still passing" in p.stdout + p.stderr
-    ok = p.returncode == 3 and not passing and n_rows == st.streamed and "Traceback" not in p.stderr
-    record(
-        'sweep vs "choices": 5',
-        "exit 3 (target never worked), no 'still passing', rows == server",
-        f"exit {p.returncode}, {classes(df)}, rows {n_rows}/server {st.streamed}, 'still passing' {passing}",
-        ok,
-    )
+    # items 1 and 2: a sweep over a target that hangs or answers "choices": 5 never says "still passing"
+    hang = ("first_token_timeout_s = 2", "stall_timeout_s = 2", "request_timeout_s = 5")
+    for fault, lines in (("choices5", ()), ("noheaders", hang)):
+        STATS.pop(fault, None)
+        out = TMP / f"sweep_{fault}"
+        cfg = sweep_cfg(fault, port, "abort_after_s = 0", *lines)
+        p = cli("sweep", "--config", str(cfg), "--no-preflight", "--out", str(out), timeout=180)
+        st = STATS.get(fault, Stats())
+        df = pd.read_parquet(out / "requests.parquet") if (out / "requests.parquet").exists() else None
+        n_rows = 0 if df is None else len(df)
+        passing = "still passing" in p.stdout + p.stderr
+        ok = p.returncode == 3 and not passing and n_rows == st.streamed and "Traceback" not in p.stderr
+        record(
+            f"sweep vs {fault}",
+            "exit 3 (target never worked), no 'still passing', rows == server",
+            f"exit {p.returncode}, {classes(df)}, rows {n_rows}/server {st.streamed}, passing {passing}",
+            ok,
+        )
 
     # item 5 via sweep: the 10x liar at 15 tok/s must not pass a 20 tok/s tier
     STATS.pop("liar", None)
