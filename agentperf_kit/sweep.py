@@ -48,6 +48,7 @@ __all__ = [
     "format_summary",
     "load_sweep",
     "plan_levels",
+    "resolve_max_agents",
     "run_sweep",
     "search_levels",
 ]
@@ -56,8 +57,10 @@ __all__ = [
 @dataclass
 class SweepResult:
     """A finished (or loaded) sweep: ``levels`` (levels.csv), ``summary`` (summary.json), ``tiers``,
-    and ``requests``, all requests of all levels: read from ``directory/requests.parquet`` on first use
-    (a large sweep's table can be many GB; nothing else needs it in memory)."""
+    and ``requests``, all requests of all levels: read from the level files on first use
+    (:func:`agentperf_kit.sweep_requests.read_sweep_requests`; a large sweep's table can be many GB,
+    nothing else needs it in memory; :func:`~agentperf_kit.sweep_requests.iter_sweep_requests` reads one
+    level at a time)."""
 
     levels: pd.DataFrame
     summary: dict[str, Any]
@@ -70,7 +73,9 @@ class SweepResult:
         if self._requests is None:
             if self.directory is None:
                 raise ValueError("this sweep result has no directory to read its requests from")
-            self._requests = pd.read_parquet(Path(self.directory) / "requests.parquet")
+            from .sweep_requests import read_sweep_requests
+
+            self._requests = read_sweep_requests(self.directory, levels=self.levels)
         return self._requests
 
 
@@ -146,6 +151,40 @@ def _next_bisection_point(
     return None
 
 
+#: the cap of a live sweep when ``max_agents`` is not set
+DEFAULT_MAX_AGENTS = 4096
+
+
+def resolve_max_agents(cfg: SweepConfig, trajectories=None) -> tuple[int, str]:
+    """The sweep's cap (agents) and where it came from: ``max_agents`` when set ("set"); for a live
+    target :data:`DEFAULT_MAX_AGENTS` ("default"); on the simulator an upper estimate from the step-time
+    model at the loosest tier's speed floor ("estimated", :mod:`agentperf_kit.sim.capacity`), so that
+    the cap is rarely hit. ``trajectories``: the sweep's set (the built-in one when None)."""
+    if cfg.max_agents is not None:
+        return int(cfg.max_agents), "set"
+    if not cfg.is_sim:
+        return DEFAULT_MAX_AGENTS, "default"
+    from .sim.capacity import estimate_max_agents
+    from .sim.presets import get_deployment
+
+    if trajectories is None:
+        from .trajectories import default_trajectories
+
+        trajectories = default_trajectories()
+    floor = min(t.min_output_speed_tps for t in get_tier_preset(cfg.tiers).tiers)
+    dep = get_deployment(cfg.deployment)
+    return estimate_max_agents(dep, cfg.efficiency, trajectories, floor), "estimated"
+
+
+#: configuration fields a resume may change: they decide which levels the search asks for, not what a
+#: level measures (every level already measured is reused)
+RESUMABLE_CHANGES = frozenset({"max_agents"})
+
+
+def _without_cap(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items() if k not in RESUMABLE_CHANGES}
+
+
 def _level_seed(seed: int, n: int, ext: int) -> int:
     return int(hashlib.sha256(f"{seed}:{n}:{ext}".encode()).hexdigest()[:12], 16)
 
@@ -160,6 +199,7 @@ class _Sweeper:
         self.results: dict[int, tuple[Path, dict[str, Any]]] = {}  # N -> (level directory, manifest)
         self.notes: list[str] = []
         self.n_measured_now = 0
+        self.max_agents = DEFAULT_MAX_AGENTS  # the resolved cap (run_sweep sets it)
         self._trajs = None
         self._dep = None
 
@@ -358,7 +398,7 @@ class _Sweeper:
             row = self.level(n)
             return {t: row[f"verdict_{t}"] for t in tiers}
 
-        search_levels(measure, tiers, self.cfg.max_agents, resolution=self.cfg.resolution)
+        search_levels(measure, tiers, self.max_agents, resolution=self.cfg.resolution)
 
 
 def _tier_stat_columns(ev: pd.DataFrame) -> dict[str, Any]:
@@ -472,20 +512,24 @@ def _tier_table(
 
 
 def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
-    """Run (or resume) a sweep; writes ``requests.parquet``, ``levels.csv`` and ``summary.json``."""
+    """Run (or resume) a sweep; writes ``levels/`` (each level's run: its ``requests.parquet`` is the one
+    copy of its rows), ``levels.csv`` and ``summary.json``."""
     wall0 = time.perf_counter()
     out = Path(config.out) if config.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
     check_sweep_dir(out)  # empty, new, or this tool's sweep (compared below); never a user's files
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "sweep.json"
     traj_digest = _file_digest(config.trajectories)
+    extended_from = None
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
-        if old.get("config_hash") != config.config_hash():
+        now_cfg = json.loads(strict_json_dumps(config.measurement_dict()))
+        was_cfg = old.get("config", {})
+        if old.get("config_hash") != config.config_hash() and _without_cap(was_cfg) != _without_cap(now_cfg):
             diff = {
-                k: (old.get("config", {}).get(k), v)
-                for k, v in config.measurement_dict().items()
-                if old.get("config", {}).get(k) != v
+                k: (was_cfg.get(k), v)
+                for k, v in now_cfg.items()
+                if k not in RESUMABLE_CHANGES and was_cfg.get(k) != v
             }
             raise SweepConfigError(
                 f"{out} holds a sweep with a different configuration; refusing to resume. Differences "
@@ -503,6 +547,12 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
                 "another --out, or restore the file."
             )
         resumed = True
+        if was_cfg.get("max_agents") != config.max_agents:
+            # a larger (or smaller) cap reuses every level measured: the cap decides which levels the
+            # search may ask for, not what a level measures
+            extended_from = was_cfg.get("max_agents")
+            old.update(config=now_cfg, config_hash=config.config_hash())
+            manifest_path.write_text(strict_json_dumps(old, indent=2))
     else:
         resumed = False
         manifest_path.write_text(
@@ -519,6 +569,11 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
             )
         )
     sw = _Sweeper(config, out, progress)
+    if resumed and extended_from is not None and extended_from != config.max_agents:
+        sw.notes.append(
+            f"resumed with max_agents {config.max_agents} (was {extended_from}): measured levels reused"
+        )
+    sw.max_agents, cap_source = resolve_max_agents(config, sw.trajectories() if config.is_sim else None)
     acc, acc_type = sw.accelerators()
     if progress:
         print(f"sweep {config.target} -> {out}{' (resuming)' if resumed else ''}", flush=True)
@@ -573,8 +628,17 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
                 "level's steady window; agents/MW uses the measured power of the level at each tier's max "
                 "agents" + (f" (tiers without a measurement use the {fallback[0]} power)" if fallback else "")
             )
-    if not levels["meets_aa_rules"].all():
+    levels["decides_answer"] = _deciding_levels(levels, tiers)
+    deciding = levels[levels["decides_answer"]]
+    if not deciding["meets_aa_rules"].all():
         notes.append("some levels do not meet AA's validity rules (see meets_aa_rules per level)")
+    above = levels[~levels["decides_answer"] & ~levels["meets_aa_rules"]]
+    if len(above):
+        notes.append(
+            "levels above every tier's lowest failing level do not meet AA's validity rules (N = "
+            f"{', '.join(str(int(n)) for n in above['concurrency'])}); they decide no answer and do not "
+            "count for meets_aa_rules"
+        )
     if config.is_sim:
         notes.append(
             "simulated system: figures are a model's prediction (efficiency set "
@@ -583,8 +647,9 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
     for _, r in tiers.iterrows():
         if r["max_agents_is_lower_bound"]:
             notes.append(
-                f"tier {r['name']}: still passing at the highest level measured ({config.max_agents}); "
-                "max agents is a lower bound"
+                f"tier {r['name']}: still passing at the highest level measured ({sw.max_agents}, "
+                f"{cap_source}); max agents is a lower bound: re-run with the same out and a larger "
+                "max_agents to extend (measured levels are reused)"
             )
         if r["non_monotonic"]:
             notes.append(
@@ -593,7 +658,10 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
             )
     # each level's own run records the order it was measured in; the sweep's `level` is the index by N
     # (as in levels.csv), so a resumed sweep and an uninterrupted one write the same table
-    n_requests = _write_sweep_requests(out, [sw.results[n][0] for n in sorted(sw.results)])
+    n_requests = _count_requests([sw.results[n][0] for n in sorted(sw.results)])
+    stale = out / "requests.parquet"  # the merged copy an older version wrote: the level files are the rows
+    if stale.exists():
+        stale.unlink()
     levels.to_csv(out / "levels.csv", index=False)
     summary = {
         "schema_version": SCHEMA_VERSION,
@@ -612,13 +680,15 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
         "confidence": config.confidence,
         "max_unmeasured_share": config.max_unmeasured_share,
         "policy_differs_at": _policy_differences(levels, preset, config.failure_policy),
-        "meets_aa_rules": bool(levels["meets_aa_rules"].all()),
+        "meets_aa_rules": bool(deciding["meets_aa_rules"].all()),
         "client_ok": bool(levels["client_ok"].all()),
         "notes": notes,
         "config": config.measurement_dict(),
         "levels": levels.to_dict(orient="records"),
         "tiers": tiers.to_dict(orient="records"),
         "n_levels": len(levels),
+        "max_agents_cap": sw.max_agents,
+        "max_agents_cap_source": cap_source,
         "simulated_requests": n_requests if config.is_sim else None,
         "levels_measured_this_run": sw.n_measured_now,
         "wall_s": time.perf_counter() - wall0,
@@ -629,6 +699,19 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
     write_sweep_tasks(out)  # tasks.parquet, tasks.csv: task completion times and slowdown (docs/frontier.md)
     summary = json.loads(strict_json_dumps(summary))
     return SweepResult(levels, summary, None, out, tiers)
+
+
+def _deciding_levels(levels: pd.DataFrame, tiers: pd.DataFrame) -> pd.Series:
+    """Per level: does it decide some tier's answer? A level decides tier t when N <= t's lowest failing
+    N (its passes below, and the failure that bounds it), or every level when t never fails (a lower
+    bound). Levels above every tier's lowest failing N (measured by the ramp before the bisection found
+    the boundaries) decide nothing, so their validity does not decide ``meets_aa_rules``."""
+    top = levels["concurrency"].max() if len(levels) else 0
+    bounds = [
+        top if pd.isna(r["lowest_failing_agents"]) else int(r["lowest_failing_agents"])
+        for _, r in tiers.iterrows()
+    ]
+    return levels["concurrency"] <= (max(bounds) if bounds else top)
 
 
 def _policy_differences(levels: pd.DataFrame, preset: TierPreset, policy: str) -> list[dict[str, Any]]:
@@ -652,31 +735,11 @@ def _policy_differences(levels: pd.DataFrame, preset: TierPreset, policy: str) -
     return out
 
 
-def _write_sweep_requests(out: Path, level_dirs: list[Path]) -> int:
-    """Concatenate the levels' ``requests.parquet`` into ``out/requests.parquet`` one level at a time
-    (memory: one level), with ``level`` set to the level's index by N as in levels.csv; returns the row
-    count. Written to a temporary name and renamed, so a reader never sees a partial file."""
-    import pyarrow as pa
+def _count_requests(level_dirs: list[Path]) -> int:
+    """Rows of the levels' ``requests.parquet`` (from the parquet footers; nothing is read)."""
     import pyarrow.parquet as pq
 
-    tmp = out / "requests.parquet.tmp"
-    writer = None
-    rows = 0
-    try:
-        for i, d in enumerate(level_dirs):
-            table = pq.read_table(d / "requests.parquet")
-            col = table.schema.get_field_index("level")
-            level = pa.array([i] * table.num_rows, type=table.schema.field(col).type)
-            table = table.set_column(col, "level", level)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table.cast(writer.schema))
-            rows += table.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
-    tmp.replace(out / "requests.parquet")
-    return rows
+    return sum(pq.ParquetFile(Path(d) / "requests.parquet").metadata.num_rows for d in level_dirs)
 
 
 def _file_digest(path: str | None) -> str | None:
@@ -702,8 +765,8 @@ def load_sweep(directory: str | Path) -> SweepResult:
     summary = json.loads(path.read_text())
     check_schema_version(summary.get("schema_version"), what=str(path))
     levels = pd.read_csv(directory / "levels.csv")
-    if not (directory / "requests.parquet").exists():
-        raise FileNotFoundError(f"{directory}: no requests.parquet; is this a finished sweep directory?")
+    if not (directory / "levels").is_dir() and not (directory / "requests.parquet").exists():
+        raise FileNotFoundError(f"{directory}: no levels/; is this a finished sweep directory?")
     return SweepResult(levels, summary, None, directory, pd.DataFrame(summary["tiers"]))
 
 

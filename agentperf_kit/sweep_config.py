@@ -46,7 +46,7 @@ class SweepConfig:
     min_trajectories_per_agent: int = 3
     max_level_duration_s: float = 4 * 3600.0
     drain_timeout_s: float = 120.0
-    max_agents: int = 4096
+    max_agents: int | None = None  # None: DEFAULT_MAX_AGENTS live, the model's estimate on the simulator
     resolution: int = 1
     seed: int = 0
     confidence: float = 0.95
