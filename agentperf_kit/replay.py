@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 
 from .agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
+from .client.bodies import body_bytes, prepare
 from .client.http import (
     Endpoint,
     calibrate_chat_filler,
@@ -237,6 +238,7 @@ async def run_live(
                 )
             elif progress:
                 print(f"note: chat filler not calibrated ({cal['error']}); prompt sizes may deviate")
+        prepare(endpoint)  # the shared prompt stream, built before the first send
         monitor = asyncio.create_task(_loop_lag_monitor(lag, stop))
         sampler = None
         if telemetry is not None and telemetry.active:
@@ -257,7 +259,7 @@ async def run_live(
                     await asyncio.sleep(delay)
                 if not fleet.may_send(now()):
                     return
-                body = endpoint.body(plan)
+                body = body_bytes(endpoint, plan)  # the JSON of endpoint.body(plan), built as bytes
                 in_flight[id(plan)] = plan
                 if len(in_flight) > max_in_flight:
                     max_in_flight = len(in_flight)

@@ -7,6 +7,8 @@
 - :class:`LevelPicker`: a dropdown of levels; shows the level's row, its tier verdicts and ECDFs.
 - :class:`TrajectoryBrowser`: pick a level, an agent and one of its trajectories; shows the per-turn
   table and the agent's swim lane.
+- :class:`FrontierExplorer`: sliders over an SLO frontier's grid (:mod:`agentperf_kit.frontier`); shows
+  max agents per accelerator and per MW of each system at that point, and the trade-off curve.
 
 Each takes a sweep (:class:`agentperf_kit.sweep.SweepResult`), a run
 (:class:`agentperf_kit.results.RunResult`), a directory holding either, or a requests table
@@ -37,10 +39,12 @@ from .plots import _draw_ecdf, _sorted_groups, cached_share_bucket, plot_agent_s
 from .slo import DEFAULT_TIER_PRESET, Tier, TierPreset, evaluate_level, get_tier_preset, max_agents
 
 __all__ = [
+    "FrontierExplorer",
     "LevelPicker",
     "LevelSamples",
     "SLOExplorer",
     "TrajectoryBrowser",
+    "load_frontier",
     "load_requests",
     "turn_table",
 ]
@@ -584,3 +588,222 @@ class TrajectoryBrowser(_Explorer):
         plot_agent_swimlane(self._rows(), self.agent.value, t_range=t_range, ax=ax)
         fig.tight_layout()
         self.image.value = self._png(fig)
+
+
+_FRONTIER_SHOWN = {
+    "system": "system",
+    "max_agents": "max agents",
+    "agents_per_accelerator": "agents per accelerator",
+    "agents_per_mw": "agents per MW",
+    "lowest_failing_agents": "lowest failing N",
+    "binding_constraint": "binding",
+    "tasks_per_hour_per_mw": "tasks/h per MW",
+    "p50_slowdown": "P50 slowdown",
+    "sweep_tier": "sweep tier",
+}
+
+
+def load_frontier(data: Any) -> pd.DataFrame:
+    """A frontier table (:func:`agentperf_kit.frontier.sweep_frontier`'s columns) from a table, a sweep
+    (``SweepResult`` or directory), or a list of them (concatenated, default grids)."""
+    from .frontier import sweep_frontier
+
+    if isinstance(data, pd.DataFrame):
+        return data
+    items = list(data) if isinstance(data, list | tuple) else [data]
+    parts = []
+    for item in items:
+        if isinstance(item, pd.DataFrame):
+            parts.append(item)
+            continue
+        d = getattr(item, "directory", item)
+        if not isinstance(d, str | Path):
+            raise TypeError(
+                f"data: expected a frontier DataFrame, a SweepResult or a sweep directory (or a list of "
+                f"them), got {type(item).__name__}"
+            )
+        parts.append(sweep_frontier(d))
+    if not parts:
+        raise ValueError("data: no frontier table or sweep given")
+    return pd.concat(parts, ignore_index=True)
+
+
+class FrontierExplorer(_Explorer):
+    """Move along an SLO frontier: sliders over its grid of speed floors and TTFT ceilings; shows, per
+    system, the max agents, agents per accelerator and per MW at that point (read from the table, no
+    recomputation), and the trade-off curve at the chosen ceiling with the chosen floor marked.
+
+    ``data``: a frontier table (:func:`agentperf_kit.frontier.sweep_frontier`, several systems
+    concatenated), a sweep (``SweepResult`` or directory) or a list of them (each turned into its frontier
+    with the default grid). The sliders move over the grid values only: between grid points the frontier
+    is not known.
+
+    Attributes:
+        speed_floor: SelectionSlider over the grid's speed floors, tokens/s (``agentperf-frontier-speed``).
+        ttft_ceiling: SelectionSlider over the grid's TTFT ceilings, s (``agentperf-frontier-ttft``).
+        speed_pct, ttft_pct: Dropdowns of the table's speed and TTFT percentiles.
+        value: Dropdown of the plotted value (``agents_per_accelerator`` or ``agents_per_mw``).
+        rows: the frontier rows of the current point, one per system (all the table's columns).
+        result: HTML (``agentperf-frontier-result``): a table of those rows, per system.
+        agents_per_accelerator, agents_per_mw: system -> the current value (None where unknown).
+        figure, image: the trade-off figure and its PNG.
+        widget: the container to display.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        *,
+        speed_floor: float | None = None,
+        ttft_ceiling: float | None = None,
+        speed_percentile: float | None = None,
+        ttft_percentile: float | None = None,
+        value: str = "agents_per_accelerator",
+        draw: bool = True,
+    ) -> None:
+        w = _widgets()
+        self.frontier = load_frontier(data)
+        f = self.frontier
+        speeds = sorted({float(v) for v in f["min_output_speed_tps"]})
+        ttfts = sorted({float(v) for v in f["max_ttft_s"]})
+        sps = sorted({float(v) for v in f["speed_percentile"]})
+        tps = sorted({float(v) for v in f["ttft_percentile"]})
+        values = ["agents_per_accelerator", "agents_per_mw", "max_agents"]
+        checks = (
+            ("speed_floor", speed_floor, speeds),
+            ("ttft_ceiling", ttft_ceiling, ttfts),
+            ("speed_percentile", speed_percentile, sps),
+            ("ttft_percentile", ttft_percentile, tps),
+            ("value", value, values),
+        )
+        for name, v, grid in checks:
+            if v is not None and v not in grid:
+                raise ValueError(f"{name}={v!r} is not in the frontier's grid; pick one of {grid}")
+        common = dict(
+            continuous_update=False, style={"description_width": "140px"}, layout=w.Layout(width="560px")
+        )
+        self.speed_floor = w.SelectionSlider(
+            options=[(f"{v:g}", v) for v in speeds],
+            value=speeds[0] if speed_floor is None else float(speed_floor),
+            description="speed floor (tok/s)",
+            **common,
+        )
+        self.ttft_ceiling = w.SelectionSlider(
+            options=[(f"{v:g}", v) for v in ttfts],
+            value=ttfts[-1] if ttft_ceiling is None else float(ttft_ceiling),
+            description="TTFT ceiling (s)",
+            **common,
+        )
+        self.speed_floor.add_class("agentperf-frontier-speed")
+        self.ttft_ceiling.add_class("agentperf-frontier-ttft")
+        small = dict(style={"description_width": "140px"}, layout=w.Layout(width="280px"))
+        self.speed_pct = w.Dropdown(
+            options=[(f"P{v:g}", v) for v in sps],
+            value=(25.0 if 25.0 in sps else sps[0]) if speed_percentile is None else float(speed_percentile),
+            description="speed percentile",
+            **small,
+        )
+        self.ttft_pct = w.Dropdown(
+            options=[(f"P{v:g}", v) for v in tps],
+            value=(95.0 if 95.0 in tps else tps[-1]) if ttft_percentile is None else float(ttft_percentile),
+            description="TTFT percentile",
+            **small,
+        )
+        self.value = w.Dropdown(
+            options=[(_FRONTIER_SHOWN.get(v, v), v) for v in values], value=value, description="plot", **small
+        )
+        self.result = w.HTML()
+        self.result.add_class("agentperf-frontier-result")
+        self.image = w.Image(format="png")
+        self.widget = w.VBox(
+            [
+                w.HBox(
+                    [w.VBox([self.speed_floor, self.ttft_ceiling]), w.VBox([self.speed_pct, self.ttft_pct])]
+                ),
+                self.value,
+                self.result,
+                self.image,
+            ]
+        )
+        self._draw_enabled = draw
+        self.figure: Any = None
+        self.rows = pd.DataFrame()
+        self.agents_per_accelerator: dict[str, float | None] = {}
+        self.agents_per_mw: dict[str, float | None] = {}
+        for control in (self.speed_floor, self.ttft_ceiling, self.speed_pct, self.ttft_pct, self.value):
+            control.observe(self._on_change, names="value")
+        self.update()
+
+    def _on_change(self, change: dict[str, Any]) -> None:
+        self.update()
+
+    def update(self, *, draw: bool | None = None) -> pd.DataFrame:
+        """Look up the current point in the table (one row per system) and redraw; returns the rows."""
+        f = self.frontier
+        at = f[
+            (f["min_output_speed_tps"] == float(self.speed_floor.value))
+            & (f["max_ttft_s"] == float(self.ttft_ceiling.value))
+            & (f["speed_percentile"] == float(self.speed_pct.value))
+            & (f["ttft_percentile"] == float(self.ttft_pct.value))
+        ]
+        self.rows = at.drop_duplicates("system").reset_index(drop=True)
+        self.agents_per_accelerator = {
+            r["system"]: _opt(r.get("agents_per_accelerator")) for _, r in self.rows.iterrows()
+        }
+        self.agents_per_mw = {r["system"]: _opt(r.get("agents_per_mw")) for _, r in self.rows.iterrows()}
+        self.result.value = self._result_html()
+        if self._draw_enabled if draw is None else draw:
+            self._redraw()
+        return self.rows
+
+    def _result_html(self) -> str:
+        head = (
+            f"P{float(self.speed_pct.value):g} speed >= {float(self.speed_floor.value):g} tok/s & "
+            f"P{float(self.ttft_pct.value):g} TTFT <= {float(self.ttft_ceiling.value):g} s"
+        )
+        if self.rows.empty:
+            return f"<b>{html.escape(head)}</b>: no frontier rows at this point"
+        shown = self.rows[[c for c in _FRONTIER_SHOWN if c in self.rows]].copy()
+        if "max_agents_is_lower_bound" in self.rows:
+            shown["max_agents"] = [
+                f">= {int(n)}" if bool(lb) else f"{int(n)}"
+                for n, lb in zip(self.rows["max_agents"], self.rows["max_agents_is_lower_bound"])
+            ]
+        shown = shown.rename(columns=_FRONTIER_SHOWN)
+        notes = html.escape(
+            "'>= N': the highest level measured still passes (a lower bound); "
+            "the boundary lies below the lowest failing N"
+        )
+        return f"<b>{html.escape(head)}</b>{_html_table(shown)}<span style='font-size:0.85em'>{notes}</span>"
+
+    def _redraw(self) -> None:
+        from matplotlib.figure import Figure
+
+        from .frontier import plot_frontier_tradeoff
+
+        if self.figure is None:
+            self.figure = Figure(figsize=(8, 4.2))
+        fig = self.figure
+        fig.clear()
+        ax = fig.subplots()
+        plot_frontier_tradeoff(
+            self.frontier,
+            ttft_ceiling=float(self.ttft_ceiling.value),
+            value=self.value.value,
+            speed_percentile=float(self.speed_pct.value),
+            ttft_percentile=float(self.ttft_pct.value),
+            ax=ax,
+        )
+        line = ax.axvline(float(self.speed_floor.value), color="0.3", ls="--", lw=1, label="chosen floor")
+        line.set_gid("speed_floor")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        self.image.value = self._png(fig)
+
+
+def _opt(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f

@@ -153,7 +153,17 @@ def git_commit() -> str:
             ["git", "-C", str(ROOT), "log", "-1", "--format=%h %cs"], capture_output=True, text=True
         )
         dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "-C",
+                str(ROOT),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!benchmarks/results",
+            ],
             capture_output=True,
             text=True,
         ).stdout.strip()
@@ -260,7 +270,7 @@ def run(args: argparse.Namespace) -> str:
             if args.profile:
                 rusage = None  # py-spy's own CPU would be in it
         load1 = os.getloadavg()
-        if client.returncode != 0:
+        if client.returncode not in (0, 3):  # 3: measured, but not validly (e.g. the self-check failed)
             say(f"   client exited with {client.returncode}:\n{out_text[-3000:]}")
             return "\n".join(lines)
         import pandas as pd
@@ -291,8 +301,10 @@ def run(args: argparse.Namespace) -> str:
             f"{cc.get('send_delay_p95_s', math.nan) * 1e3:.2f} ms, connection waits "
             f"{cc.get('connection_waits')}, GC {cc.get('gc_pauses')}) {'; '.join(cc.get('reasons', []))}"
         )
+        n_cancel = int((df.error == "cancelled_at_end").sum())
         say(
-            f"   requests {len(df):,} (in window {int(df.in_window.sum()):,}, failed {int((~df.ok).sum())}); "
+            f"   requests {len(df):,} (in window {int(df.in_window.sum()):,}, failed "
+            f"{int((~df.ok).sum())}, of which cancelled at the end {n_cancel}); "
             f"server: {len(truth):,} streamed, {toks_all:,} tokens; windows: streaming "
             f"{s1 - s0:.1f} s, steady {w1 - w0:.1f} s"
         )

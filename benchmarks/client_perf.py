@@ -19,6 +19,7 @@ Compiles ``fast_sse_server.c`` (gcc -O2) into a temporary directory, starts it, 
 
 Requests go through ``agentperf_kit.client.http.send_request`` (A, B) or ``agentperf_kit.replay.run_live``
 (agents), in one process with one event loop. The machine's cores are shared by client and server.
+These are in-process figures; ``client_outside.py`` measures the CLI from outside (issue 18).
 """
 
 from __future__ import annotations

@@ -226,3 +226,90 @@ def test_trajectory_browser_tables_one_agent(sim_run):
     gids = {p.get_gid() for p in tb.figure.axes[0].patches}
     assert {"ttft", "decode"} <= gids
     assert len(turn_table(req, 2)) == (req["agent"] == 2).sum()
+
+
+def _frontier_table() -> pd.DataFrame:
+    """A hand-made frontier of two systems on a 3 x 2 grid: max agents = 120 / floor * ceiling / 5 for
+    "A" (8 accelerators, 4 kW) and twice that for "B" (72 accelerators, 100 kW); B's loosest point is a
+    lower bound."""
+    rows = []
+    for system, k, acc, watts in (("A", 1, 8, 4000.0), ("B", 2, 72, 100000.0)):
+        for floor in (20.0, 40.0, 60.0):
+            for ceiling in (5.0, 10.0):
+                n = int(k * 120 / floor * ceiling / 5)
+                rows.append(
+                    dict(
+                        system=system,
+                        min_output_speed_tps=floor,
+                        speed_percentile=25.0,
+                        max_ttft_s=ceiling,
+                        ttft_percentile=95.0,
+                        max_agents=n,
+                        max_agents_is_lower_bound=system == "B" and floor == 20.0 and ceiling == 10.0,
+                        lowest_failing_agents=n + 1,
+                        binding_constraint="speed",
+                        agents_per_accelerator=n / acc,
+                        power_w=watts,
+                        agents_per_mw=n / (watts / 1e6),
+                        tasks_per_hour_per_mw=None,
+                        p50_slowdown=None,
+                        sweep_tier=None,
+                    )
+                )
+    return pd.DataFrame(rows)
+
+
+def test_frontier_explorer_reads_the_table_at_the_slider_point():
+    from agentperf_kit.widgets import FrontierExplorer
+
+    tab = _frontier_table()
+    ex = FrontierExplorer(tab, draw=False)
+    assert (
+        isinstance(ex.speed_floor, w.SelectionSlider)
+        and "agentperf-frontier-speed" in ex.speed_floor._dom_classes
+    )
+    assert (
+        isinstance(ex.ttft_ceiling, w.SelectionSlider)
+        and "agentperf-frontier-ttft" in ex.ttft_ceiling._dom_classes
+    )
+    assert "agentperf-frontier-result" in ex.result._dom_classes
+    assert list(ex.speed_floor.options) == [("20", 20.0), ("40", 40.0), ("60", 60.0)]
+    # starts at the loosest point: lowest floor, highest ceiling
+    assert ex.agents_per_accelerator == {"A": 12 / 8, "B": 24 / 72}
+    assert "&gt;= 24" in ex.result.value  # B's lower bound is said so (HTML-escaped ">= 24")
+    for floor in (20.0, 40.0, 60.0):
+        for ceiling in (5.0, 10.0):
+            ex.speed_floor.value, ex.ttft_ceiling.value = floor, ceiling
+            n = int(120 / floor * ceiling / 5)
+            assert ex.agents_per_accelerator == {"A": n / 8, "B": 2 * n / 72}
+            assert ex.agents_per_mw == {"A": n / 0.004, "B": 2 * n / 0.1}
+            assert list(ex.rows["max_agents"]) == [n, 2 * n]
+            assert f"{floor:g} tok/s" in ex.result.value and f"{ceiling:g} s" in ex.result.value
+            assert f"<td>{n}</td>" in ex.result.value
+    # the trade-off figure follows: its curves are at the ceiling, the dashed line at the floor
+    ex = FrontierExplorer(tab, speed_floor=60)
+    ex.speed_floor.value, ex.ttft_ceiling.value = 40.0, 5.0
+    ax = ex.figure.axes[0]
+    floor_line = [ln for ln in ax.get_lines() if ln.get_gid() == "speed_floor"]
+    assert [ln.get_xdata()[0] for ln in floor_line] == [40.0]
+    curves = {ln.get_label(): list(ln.get_ydata()) for ln in ax.get_lines() if ln.get_label() in ("A", "B")}
+    assert curves == {"A": [6 / 8, 3 / 8, 2 / 8], "B": [12 / 72, 6 / 72, 4 / 72]}
+    ex.value.value = "agents_per_mw"
+    assert ex.figure.axes[0].get_ylabel() == "max agents per MW [agents/MW]"
+    assert ex.image.value[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="speed_floor=33"):
+        FrontierExplorer(tab, speed_floor=33)
+
+
+def test_frontier_explorer_on_a_sweep_gives_its_tiers(small_sweep):
+    from agentperf_kit.sweep import load_sweep
+    from agentperf_kit.widgets import FrontierExplorer
+
+    res = load_sweep(small_sweep)
+    ex = FrontierExplorer([small_sweep], draw=False)  # a list of sweep directories, default grid
+    (system,) = ex.rows["system"]
+    for t in res.tiers.itertuples():
+        ex.speed_floor.value, ex.ttft_ceiling.value = t.min_output_speed_tps, t.max_ttft_s
+        assert int(ex.rows["max_agents"].iloc[0]) == t.max_agents, t.name
+        assert ex.agents_per_accelerator[system] == pytest.approx(t.agents_per_accelerator)
+        assert ex.rows["sweep_tier"].iloc[0] == t.name

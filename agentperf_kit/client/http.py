@@ -60,6 +60,7 @@ from aiohttp.payload import BytesPayload
 
 from ..agents import RequestOutcome, RequestPlan
 from ..errors import ConfigError
+from .bodies import target_prompt_tokens
 from .eager import eager_body_writes
 from .prompts import MARKER_TOKENS, chat_messages, chat_probe_messages, completion_prompt
 from .sse import BODY_MATCH, DONE, FastScanner, MalformedChunk, parse_event, text_bytes, utf8_ok
@@ -337,6 +338,18 @@ class SinkResponseHandler(ResponseHandler):
             if payload is not self.early_payload and getattr(payload, "total_bytes", 0):
                 self.early_payload, self.early_ns = payload, now
 
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        """aiohttp calls this after every read from a response's ``StreamReader`` (``read_nowait`` in the
+        sink: once per block). When reading was not paused it would only feed the parser an empty block
+        and resume a transport that is reading: skipped then (aiohttp versions without these flags always
+        take the full path)."""
+        if (
+            getattr(self, "_reading_paused", True)
+            or getattr(self, "_buffer_paused", True)
+            or getattr(self, "_upgraded", True)
+        ):
+            super().resume_reading(resume_parser)
+
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
         sink = self.body_sink
@@ -526,6 +539,8 @@ class StreamState:
         answer = tool = False
         try:
             for line in lines:
+                if not line:
+                    continue  # the blank line after every event
                 info = None
                 tokens = 1
                 if hot is not None and line.startswith(hot[0]) and line.endswith(hot[1]):
@@ -649,7 +664,7 @@ async def send_request(
     session: aiohttp.ClientSession,
     endpoint: Endpoint,
     plan: RequestPlan,
-    body: dict[str, Any],
+    body: dict[str, Any] | bytes,
     origin_ns: int,
     *,
     secrets: tuple[str, ...] = (),
@@ -666,17 +681,22 @@ async def send_request(
     JSON-decodes every chunk (the reference path); ``chunk_log`` (a list) receives ``(t_ns, tokens)`` per
     visible chunk, ``t_ns`` on the ``perf_counter_ns`` clock. ``secrets`` are replaced by ``***`` in every
     detail (see :func:`endpoint_secrets`). Usage is checked against the request (:func:`check_usage`).
+    ``body``: ``endpoint.body(plan)``, or its JSON as :func:`.bodies.body_bytes` builds it (what a run sends).
     """
     clock = time.perf_counter_ns
     t_send = (clock() - origin_ns) / 1e9
     out = RequestOutcome(t_send_s=t_send, t_end_s=_NAN)
     exact_prompt = None
-    if endpoint.api == "completions":
+    if isinstance(body, bytes):  # encoded by client.bodies.body_bytes: sizes from the plan
+        out.target_prompt_tokens = target_prompt_tokens(endpoint, plan)
+        if endpoint.api == "completions":
+            exact_prompt = out.target_prompt_tokens
+    elif endpoint.api == "completions":
         out.target_prompt_tokens = exact_prompt = len(body["prompt"])
     elif plan.turn.messages is None:
         out.target_prompt_tokens = plan.turn.input_tokens + MARKER_TOKENS
     st = StreamState(fast, chunk_log)
-    data = SentBody(encode_body(body))
+    data = SentBody(body if isinstance(body, bytes) else encode_body(body))
     watch = _Watch(endpoint.request_timeout_s, endpoint.first_token_timeout_s, endpoint.stall_timeout_s, st)
     headers_seen = False
     try:

@@ -1,0 +1,65 @@
+"""Per-request and per-event client costs in isolation (issue 18), as CPU time (``time.process_time``,
+best of several repeats, so a loaded machine inflates them less than wall-clock figures):
+
+- building one request body: ``encode_body(endpoint.body(plan))`` (the dict + ``json.dumps`` path) vs
+  ``body_bytes(endpoint, plan)`` (what a run sends), ``completions`` and ``chat``, 1,000- and 26,000-token
+  prompts;
+- ``StreamState.feed`` per event on a block of 250 vLLM-shaped completion chunks (the fast parser).
+
+    python benchmarks/client_micro.py
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+
+from agentperf_kit.agents import RequestPlan
+from agentperf_kit.client.bodies import body_bytes
+from agentperf_kit.client.http import Endpoint, StreamState, encode_body
+from agentperf_kit.trajectories.model import Turn
+
+
+def _best(fn, reps: int, repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.process_time()
+        for _ in range(reps):
+            fn()
+        best = min(best, (time.process_time() - t) / reps)
+    return best
+
+
+def main() -> None:
+    print(f"python {sys.version.split()[0]}, load average (1 min) {os.getloadavg()[0]:.2f}")
+    for api in ("completions", "chat"):
+        ep = Endpoint("http://127.0.0.1:1/v1", "model", api=api, tokens_per_word=1.15, overhead_tokens=20)
+        for n_in in (1000, 26000):
+            plans = [
+                RequestPlan(0, 0, "t", 0, Turn(0, 0, n_in, 300), 0, f"{(10**31 + 7919 * i):032d}", True, 0.0)
+                for i in range(8)
+            ]
+            it = itertools.cycle(plans)
+            reps = 200 if n_in == 1000 else 20
+            old = _best(lambda ep=ep, it=it: encode_body(ep.body(next(it))), reps)
+            new = _best(lambda ep=ep, it=it: body_bytes(ep, next(it)), reps)
+            size = len(body_bytes(ep, plans[0]))
+            print(
+                f"body {api:11s} {n_in:>6,}-token prompt ({size / 1e3:.0f} KB): dict + json.dumps "
+                f"{old * 1e3:.3f} ms, body_bytes {new * 1e3:.3f} ms"
+            )
+    ev = (
+        b'data: {"id":"cmpl-1","object":"text_completion","created":1700000000,"model":"fast","choices":'
+        b'[{"index":0,"text":" tok","logprobs":null,"finish_reason":null,"stop_reason":null}]}\n\n'
+    )
+    block = ev * 250
+    st = StreamState(True, None)
+    st.feed(ev, 0)
+    per = _best(lambda: st.feed(block, 1), 400, repeats=7) / 250
+    print(f"StreamState.feed (fast parser): {per * 1e9:.0f} ns per event (blocks of 250 events)")
+
+
+if __name__ == "__main__":
+    main()
