@@ -253,6 +253,7 @@ SWEEP_ENTRIES = frozenset(
         "report.html",
         "tasks.csv",
         "tasks.parquet",
+        "band",
     }
 )
 

@@ -177,8 +177,8 @@ def resolve_max_agents(cfg: SweepConfig, trajectories=None) -> tuple[int, str]:
 
 
 #: configuration fields a resume may change: they decide which levels the search asks for, not what a
-#: level measures (every level already measured is reused)
-RESUMABLE_CHANGES = frozenset({"max_agents"})
+#: level measures (every level already measured is reused); the band is measured apart (``band/``)
+RESUMABLE_CHANGES = frozenset({"max_agents", "band"})
 
 
 def _without_cap(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -356,6 +356,7 @@ class _Sweeper:
             row[f"binding_{t.name}"] = ev.loc[ev["tier"] == t.name, "binding"].iloc[0]
         self.rows[n] = row
         self.results[n] = (Path(res.directory), res.manifest)  # the rows stay on disk
+        _drop_raw_stream(Path(res.directory))
         self._write_partial()
         if self.progress:
             v = " ".join(f"{t.name}={verdicts[t.name]}" for t in self.preset.tiers)
@@ -399,6 +400,16 @@ class _Sweeper:
             return {t: row[f"verdict_{t}"] for t in tiers}
 
         search_levels(measure, tiers, self.max_agents, resolution=self.cfg.resolution)
+
+
+def _drop_raw_stream(level_dir: Path) -> None:
+    """A finished level keeps one copy of its rows: its ``requests.parquet`` (written atomically, with
+    every raw column); the raw ``requests.arrow`` stream, kept only to survive a kill, is removed (for
+    a big simulated level it is about 3x the parquet). Extensions' directories (``_e1``...) likewise."""
+    for d in level_dir.parent.glob(level_dir.name.rsplit("_e", 1)[0] + "_e*"):
+        raw = d / "requests.arrow"
+        if raw.exists() and (d / "requests.parquet").exists():
+            raw.unlink()
 
 
 def _tier_stat_columns(ev: pd.DataFrame) -> dict[str, Any]:
@@ -604,6 +615,8 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
     tiers = _tier_table(
         levels, preset, acc, power, power_at, measured_at if config.measures_power else None, scope_at
     )
+    if config.is_sim:
+        _add_band(tiers, config, out, sw, acc, acc_type, progress)
     scope = (
         power.scope
         if power is not None
@@ -701,6 +714,37 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
     return SweepResult(levels, summary, None, out, tiers)
 
 
+def _add_band(tiers: pd.DataFrame, config, out: Path, sw, acc, acc_type, progress: bool) -> None:
+    """Simulator: the low-high band of each tier's answer (``band=True``) and AA's published figure for the
+    system where one exists, as columns of the tier table (:mod:`agentperf_kit.sweep_band`)."""
+    from .sweep_band import band_answers, published_for
+
+    model = sw.results[min(sw.results)][1].get("config", {}).get("model") if sw.results else None
+    if config.band:
+        band = band_answers(config, out, tiers, sw.max_agents, progress)
+        for col in (
+            "band_low_agents",
+            "band_high_agents",
+            "band_low_is_lower_bound",
+            "band_high_is_lower_bound",
+        ):
+            tiers[col] = [band[n][col] for n in tiers["name"]]
+        counts = next(iter(band.values()))["band_levels"] if band else {}
+        if counts:
+            sw.notes.append(
+                "band: "
+                + ", ".join(f"{k} levels under the {e} set" for e, k in counts.items())
+                + " (band/; method: docs/sweep.md)"
+            )
+        for end in ("low", "high"):
+            tiers[f"band_{end}_agents_per_accelerator"] = [
+                agents_per_accelerator(int(n), acc) for n in tiers[f"band_{end}_agents"]
+            ]
+    pub = [published_for(acc_type, model, config.tiers, n) for n in tiers["name"]]
+    for col in ("published_agents_per_accelerator", "published_agents_per_mw"):
+        tiers[col] = [p.get(col) for p in pub]
+
+
 def _deciding_levels(levels: pd.DataFrame, tiers: pd.DataFrame) -> pd.Series:
     """Per level: does it decide some tier's answer? A level decides tier t when N <= t's lowest failing
     N (its passes below, and the failure that bounds it), or every level when t never fails (a lower
@@ -782,13 +826,32 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{'tier':<6}{'SLO':<20}{'max agents':>12}{'binding':>9}{'agents/accel':>14}{'power W':>10}"
         f"{'agents/MW':>12}",
     ]
-    for t in summary["tiers"]:
+    tiers = summary["tiers"]
+    has_band = any("band_low_agents" in t for t in tiers)
+    has_pub = any(
+        t.get("published_agents_per_accelerator") or t.get("published_agents_per_mw") for t in tiers
+    )
+    if has_band:
+        lines[-1] += f"{'band low-high /accel':>22}"
+    if has_pub:
+        lines[-1] += f"{'AA /accel':>11}{'AA /MW':>9}"
+    for t in tiers:
         n = f"{'>=' if t['max_agents_is_lower_bound'] else ''}{t['max_agents']}"
-        lines.append(
+        line = (
             f"{t['name']:<6}{t['label']:<20}{n:>12}{t.get('binding_constraint') or '-'!s:>9}"
             f"{_fmt(t['agents_per_accelerator'], '{:.2f}'):>14}{_fmt(t.get('power_w'), '{:,.0f}'):>10}"
             f"{_fmt(t['agents_per_mw'], '{:,.0f}'):>12}"
         )
+        if has_band:
+            lo = _fmt(t.get("band_low_agents_per_accelerator"), "{:.2f}")
+            hi = ">=" * bool(t.get("band_high_is_lower_bound")) + _fmt(
+                t.get("band_high_agents_per_accelerator"), "{:.2f}"
+            )
+            line += f"{lo + ' - ' + hi:>22}"
+        if has_pub:
+            line += f"{_fmt(t.get('published_agents_per_accelerator'), '{:.2f}'):>11}"
+            line += f"{_fmt(t.get('published_agents_per_mw'), '{:,.0f}'):>9}"
+        lines.append(line)
     lines.append("")
     lines.append(
         f"levels measured: {summary['n_levels']}  (N = "
@@ -810,6 +873,11 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"  N={d['concurrency']} {d['tier']}: {d[summary['failure_policy']]} "
                 f"({summary['failure_policy']}), {d[other[0]]} ({other[0]})"
             )
+    if has_band:
+        lines.append(
+            "band: the answer under the low and high efficiency sets, bisected around this answer to 1/16 "
+            "(docs/sweep.md); AA: the published figure for this accelerator and model"
+        )
     lines.append(f"meets AA validity rules: {'yes' if summary['meets_aa_rules'] else 'no'}")
     lines += [f"note: {n}" for n in summary.get("notes", [])]
     return "\n".join(lines)

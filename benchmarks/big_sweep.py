@@ -3,8 +3,10 @@
 Runs ``agentperf sweep --target sim:PRESET --out DIR`` (defaults otherwise: AA's validity rules, the
 estimated cap) in a child process per system and prints, per system: wall time, peak RSS of the child
 (``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``, the largest child so far), bytes on disk in the sweep
-directory, the levels measured, the answers and the 1-minute load average before and after (the machine
-may be shared: compare figures only at a similar load). Targets (issue 12): GB300 NVL72 <= 120 s wall,
+directory, the child's CPU time (user + system: less sensitive to other load than wall time), the levels
+measured, the answers with their band, and the 1-minute load average before and after (the machine may
+be shared: compare figures only at a similar load). ``-- --no-band`` measures the sweep without the band.
+Targets (issue 12): GB300 NVL72 <= 120 s wall,
 <= 1.5 GB peak RSS, <= 1 GB on disk on a 2-core machine; the default H200 sweep <= 10 s.
 
     python benchmarks/big_sweep.py [--systems h200x8-dsv4pro gb300nvl72-dsv4pro] [--keep DIR]
@@ -45,6 +47,7 @@ def main() -> None:
             cmd = [sys.executable, "-m", "agentperf_kit.cli", "sweep", "--target", f"sim:{system}"]
             cmd += ["--out", str(out), "--json", *args.extra]
             load0 = os.getloadavg()[0]
+            ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s)
@@ -53,7 +56,9 @@ def main() -> None:
                 continue
             wall = time.perf_counter() - t0
             load1 = os.getloadavg()[0]
-            rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+            ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+            rss = ru.ru_maxrss * 1024  # KiB on Linux
+            cpu = (ru.ru_utime + ru.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
             disk = _disk_bytes(out)
             if proc.returncode not in (0, 3):
                 print(f"{system}: agentperf sweep exited {proc.returncode}\n{proc.stderr[-2000:]}")
@@ -65,7 +70,7 @@ def main() -> None:
                 return f" (target <= {fmt.format(target)})" if target else ""
 
             print(f"{system}  load average {load0:.1f} -> {load1:.1f} (1 min, {os.cpu_count()} CPUs)")
-            print(f"  wall time {wall:,.1f} s{vs(want_wall, '{:.0f} s')}")
+            print(f"  wall time {wall:,.1f} s{vs(want_wall, '{:.0f} s')}, CPU time {cpu:,.1f} s")
             print(
                 f"  peak RSS (largest child so far) {rss / 1e9:.2f} GB"
                 f"{vs(want_rss and want_rss / 1e9, '{:.1f} GB')}"

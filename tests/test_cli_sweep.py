@@ -10,7 +10,7 @@ import pytest
 
 from agentperf_kit.cli import main
 
-FAST_FLAGS = ["--level-duration", "30", "--max-agents", "8"]
+FAST_FLAGS = ["--level-duration", "30", "--max-agents", "8", "--no-band"]  # band: test_sweep_band.py
 
 
 @pytest.mark.slow

@@ -14,8 +14,13 @@ import pytest
 from agentperf_kit.cli import main
 from agentperf_kit.sweep import SweepConfig, SweepConfigError, load_sweep, plan_levels, run_sweep
 
-FAST = dict(
-    level_duration_s=60, warmup_s=10, min_trajectories=5, min_trajectories_per_agent=1, max_agents=256
+FAST = dict(  # the band is tested in test_sweep_band.py; left out here to keep these sweeps short
+    level_duration_s=60,
+    warmup_s=10,
+    min_trajectories=5,
+    min_trajectories_per_agent=1,
+    max_agents=256,
+    band=False,
 )
 
 
@@ -65,6 +70,7 @@ def test_one_copy_of_request_rows_and_a_larger_cap_reuses_the_levels(tmp_path):
     assert small.summary["tiers"][0]["max_agents_is_lower_bound"]
     # the level files are the only copy of the rows; the sweep's view sets `level` to the index by N
     assert not (out / "requests.parquet").exists()
+    assert not list(out.glob("levels/*/requests.arrow"))  # the raw stream is dropped once finalized
     req = load_sweep(out).requests
     assert len(req) == small.summary["simulated_requests"]
     from agentperf_kit.results import load_run

@@ -45,6 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=positive_int,
         help="highest N to try (default 4096 live; simulator: estimated from the model, docs/sweep.md)",
     )
+    p.add_argument(
+        "--no-band",
+        action="store_true",
+        help="simulator: skip the low-high band around the answer (docs/sweep.md)",
+    )
     p.add_argument("--seed", type=count, help="seed (default 0)")
     p.add_argument("--efficiency", choices=["low", "mid", "high"], help="sim efficiency set (default mid)")
     p.add_argument("--endpoint", choices=["chat", "completions"], help="live targets: API (default chat)")
@@ -126,6 +131,7 @@ def _config(args: argparse.Namespace):
         stall_timeout_s=args.stall_timeout,
         force_output=False if args.no_force_output else None,
         continuous_usage=True if args.continuous_usage else None,
+        band=False if args.no_band else None,
         what_if=",".join(args.what_if) if args.what_if else None,
         failure_policy=args.failure_policy,
         ci_method=args.ci_method,
@@ -198,7 +204,7 @@ def _sweep(args: argparse.Namespace) -> int:
     else:
         print()
         print(format_summary(result.summary))
-        print(f"\nresults: {result.directory}/ (summary.json, levels.csv, requests.parquet)", flush=True)
+        print(f"\nresults: {result.directory}/ (summary.json, levels.csv, levels/)", flush=True)
     why = sweep_not_measured_reason(result.summary)
     if why:
         raise MeasurementError(
