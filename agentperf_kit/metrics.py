@@ -1,6 +1,6 @@
 """Per-request metrics derived from raw timestamps, and per-level statistics.
 
-Definitions (METHODOLOGY.md section 3, docs/metrics.md); all times in seconds on the run's monotonic clock:
+Definitions (docs/metrics.md); all times in seconds on the run's monotonic clock:
 
 - ``ttft_s`` = t_first - t_send, where t_first is the first *visible* delta (non-empty content or reasoning,
   or a tool call with a non-empty name or arguments). A request with no visible token that did not finish

@@ -243,7 +243,7 @@ def _batch(rows: list[tuple]) -> pa.RecordBatch:
 
 
 def _read_stream(path: Path) -> list[pa.RecordBatch]:
-    batches = []
+    batches: list[pa.RecordBatch] = []
     with open(path, "rb") as f:
         try:
             reader = ipc.open_stream(f)

@@ -1,6 +1,6 @@
 """The sweep: find, for every SLO tier at once, the highest number of concurrent agents that passes.
 
-Search (METHODOLOGY.md section 4): exponential ramp N = 1, 2, 4, ... until every tier has a failing level
+Search (docs/sweep.md): exponential ramp N = 1, 2, 4, ... until every tier has a failing level
 (or ``max_agents`` is reached), then, per tier, bisection between its highest passing N below its lowest
 failing N and that failing N, to ``resolution`` agents. Levels are measured once and shared: every tier is
 evaluated on the same levels. Odd cases (see :func:`agentperf_kit.slo.max_agents`): N = 1 failing gives 0;
@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,16 @@ from .results import RunResult, check_sweep_dir, load_run, toolkit_provenance
 from .schema import SCHEMA_VERSION, check_schema_version, json_safe, strict_json_dumps
 from .slo import TierPreset, evaluate_level, get_tier_preset, max_agents
 from .sweep_config import SweepConfig, SweepConfigError
+from .sweep_result import SweepResult
+from .targets import Target
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SweepConfig",
     "SweepConfigError",
     "SweepResult",
+    "check_resumable",
     "format_summary",
     "load_sweep",
     "plan_levels",
@@ -52,31 +58,6 @@ __all__ = [
     "run_sweep",
     "search_levels",
 ]
-
-
-@dataclass
-class SweepResult:
-    """A finished (or loaded) sweep: ``levels`` (levels.csv), ``summary`` (summary.json), ``tiers``,
-    and ``requests``, all requests of all levels: read from the level files on first use
-    (:func:`agentperf_kit.sweep_requests.read_sweep_requests`; a large sweep's table can be many GB,
-    nothing else needs it in memory; :func:`~agentperf_kit.sweep_requests.iter_sweep_requests` reads one
-    level at a time)."""
-
-    levels: pd.DataFrame
-    summary: dict[str, Any]
-    _requests: pd.DataFrame | None = None
-    directory: Path | None = None
-    tiers: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-    @property
-    def requests(self) -> pd.DataFrame:
-        if self._requests is None:
-            if self.directory is None:
-                raise ValueError("this sweep result has no directory to read its requests from")
-            from .sweep_requests import read_sweep_requests
-
-            self._requests = read_sweep_requests(self.directory, levels=self.levels)
-        return self._requests
 
 
 def plan_levels(max_agents_: int) -> list[int]:
@@ -125,8 +106,8 @@ def search_levels(
         at(n)
         if all(any(v[t] == "fail" for v in verdicts.values()) for t in tiers):
             break
-    while (n := _next_bisection_point(verdicts, tiers, resolution)) is not None:
-        at(n)
+    while (mid := _next_bisection_point(verdicts, tiers, resolution)) is not None:
+        at(mid)
     return verdicts
 
 
@@ -165,14 +146,15 @@ def resolve_max_agents(cfg: SweepConfig, trajectories=None) -> tuple[int, str]:
     if not cfg.is_sim:
         return DEFAULT_MAX_AGENTS, "default"
     from .sim.capacity import estimate_max_agents
-    from .sim.presets import get_deployment
 
     if trajectories is None:
         from .trajectories import default_trajectories
 
         trajectories = default_trajectories()
     floor = min(t.min_output_speed_tps for t in get_tier_preset(cfg.tiers).tiers)
-    dep = get_deployment(cfg.deployment)
+    dep = getattr(cfg.target_object, "deployment", None)
+    if dep is None:  # a virtual-time target without a deployment model
+        return DEFAULT_MAX_AGENTS, "default"
     return estimate_max_agents(dep, cfg.efficiency, trajectories, floor), "estimated"
 
 
@@ -190,10 +172,18 @@ def _level_seed(seed: int, n: int, ext: int) -> int:
 
 
 class _Sweeper:
-    def __init__(self, cfg: SweepConfig, out: Path, progress: bool) -> None:
+    def __init__(
+        self,
+        cfg: SweepConfig,
+        out: Path,
+        progress: bool | Callable[[str], None],
+        target: Target | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.target = target if target is not None else cfg.target_object
         self.out = out
-        self.progress = progress
+        self.progress = bool(progress)  # a live level's progress bar
+        self._say = progress if callable(progress) else None
         self.preset: TierPreset = get_tier_preset(cfg.tiers)
         self.rows: dict[int, dict[str, Any]] = {}  # N -> level row
         self.results: dict[int, tuple[Path, dict[str, Any]]] = {}  # N -> (level directory, manifest)
@@ -201,7 +191,14 @@ class _Sweeper:
         self.n_measured_now = 0
         self.max_agents = DEFAULT_MAX_AGENTS  # the resolved cap (run_sweep sets it)
         self._trajs = None
-        self._dep = None
+
+    def say(self, line: str) -> None:
+        """A progress line: to the ``progress`` callable, else (``progress=True``) the
+        ``agentperf_kit.sweep`` logger at INFO (the CLI prints those records as they are)."""
+        if self._say is not None:
+            self._say(line)
+        elif self.progress:
+            log.info("%s", line)
 
     # -- targets ---------------------------------------------------------------------------------------
 
@@ -224,15 +221,7 @@ class _Sweeper:
         return self._trajs
 
     def accelerators(self) -> tuple[int, str | None]:
-        if self.cfg.is_sim:
-            from .sim.presets import get_deployment
-
-            dep = get_deployment(self.cfg.deployment)
-            return (
-                self.cfg.accelerators or dep.accelerator_count,
-                self.cfg.accelerator_type or dep.accelerator,
-            )
-        return int(self.cfg.accelerators), self.cfg.accelerator_type
+        return int(self.target.accelerators), self.target.accelerator_type
 
     def _measure(self, n: int, ext: int, level_index: int) -> RunResult:
         d = self.out / "levels" / f"n{n:05d}_e{ext}"
@@ -240,37 +229,16 @@ class _Sweeper:
             return load_run(d)
         if d.exists():
             shutil.rmtree(d)  # an interrupted level: measure it again from scratch
-        seed = _level_seed(self.cfg.seed, n, ext)
-        rules = self.cfg.rules(ext)
         self.n_measured_now += 1
-        if self.cfg.is_sim:
-            from .sim.virtual import run_sim_level
-
-            return run_sim_level(
-                self.trajectories(),
-                n,
-                rules,
-                deployment=self.cfg.deployment,
-                seed=seed,
-                out_dir=d,
-                level=level_index,
-                run_id=f"{self.out.name}-n{n}-e{ext}",
-                efficiency=self.cfg.efficiency,
-            )
-        from .replay import run_live_sync
-
-        endpoint = self.cfg.endpoint_for()
-        return run_live_sync(
-            endpoint,
+        return self.target.run_level(
             self.trajectories(),
             n,
-            rules,
-            seed=seed % 2**32,
+            self.cfg.rules(ext),
+            seed=_level_seed(self.cfg.seed, n, ext),
             out_dir=d,
             level=level_index,
             run_id=f"{self.out.name}-n{n}-e{ext}",
             progress=self.progress,
-            telemetry=self.cfg.telemetry(),
         )
 
     # -- levels -----------------------------------------------------------------------------------------
@@ -287,6 +255,11 @@ class _Sweeper:
             bounds = (window.get("window_start_s"), window.get("window_end_s"))
             ev = self._evaluate(res.requests, bounds, cfg.failure_policy, cfg.confidence)
             verdicts = dict(zip(ev["tier"], ev["tier_verdict"]))
+            aborted = res.manifest.get("aborted_reason")
+            if aborted:  # ended early (every request failing): a failed level, never extended
+                verdicts = {t: "fail" for t in verdicts}
+                self.notes.append(f"N={n}: the level ended early, a failed level for every tier ({aborted})")
+                break
             if "inconclusive" not in verdicts.values() or ext >= cfg.max_extensions:
                 break
             # the validity rules (trajectory counts) can make the window longer than an extension's
@@ -343,6 +316,7 @@ class _Sweeper:
             row[f"verdict_{t}_if_{other}"] = v
         row["meets_aa_rules"] = bool(res.manifest.get("meets_aa_rules", window.get("meets_aa_rules", False)))
         row["client_ok"] = bool(res.manifest.get("client_ok", True))
+        row["aborted_reason"] = aborted or None
         row["power_w"] = res.manifest.get("power_w")
         row["power_scope"] = res.manifest.get("power_scope")
         tel = res.manifest.get("telemetry")
@@ -355,16 +329,15 @@ class _Sweeper:
             row[f"verdict_{t.name}"] = verdicts[t.name]
             row[f"binding_{t.name}"] = ev.loc[ev["tier"] == t.name, "binding"].iloc[0]
         self.rows[n] = row
+        assert res.directory is not None, "a sweep's levels are saved"
         self.results[n] = (Path(res.directory), res.manifest)  # the rows stay on disk
         _drop_raw_stream(Path(res.directory))
         self._write_partial()
-        if self.progress:
-            v = " ".join(f"{t.name}={verdicts[t.name]}" for t in self.preset.tiers)
-            print(
-                f"  N={n:<5d} P25 speed {row['p25_output_speed_tps']:8.1f} tok/s  P95 TTFT "
-                f"{row['p95_ttft_s']:7.2f} s  requests {row['n_requests']:>7,}  {v}",
-                flush=True,
-            )
+        v = " ".join(f"{t.name}={verdicts[t.name]}" for t in self.preset.tiers)
+        self.say(
+            f"  N={n:<5d} P25 speed {row['p25_output_speed_tps']:8.1f} tok/s  P95 TTFT "
+            f"{row['p95_ttft_s']:7.2f} s  requests {row['n_requests']:>7,}  {v}"
+        )
         return row
 
     def _evaluate(self, df: pd.DataFrame, bounds, policy: str, confidence: float | None) -> pd.DataFrame:
@@ -522,51 +495,99 @@ def _tier_table(
     return tab
 
 
-def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
-    """Run (or resume) a sweep; writes ``levels/`` (each level's run: its ``requests.parquet`` is the one
-    copy of its rows), ``levels.csv`` and ``summary.json``."""
-    wall0 = time.perf_counter()
-    out = Path(config.out) if config.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
-    check_sweep_dir(out)  # empty, new, or this tool's sweep (compared below); never a user's files
-    out.mkdir(parents=True, exist_ok=True)
+def _check_resume_commit(old: dict[str, Any], out: Path) -> None:
+    """Resume with the same version and measurement config but another toolkit commit: warn, and resume.
+
+    The version and the config hash are compared first (either differing refuses); commits between two
+    releases change code, not definitions, by this project's habit (a definition change bumps the version,
+    CHANGELOG.md), so the levels may be mixed, but the user is told which commits measured them. When
+    either commit is unknown (not run from a git checkout) nothing is compared."""
+    was, now = old.get("toolkit_commit"), toolkit_provenance()["toolkit_commit"]
+    if was and now and was != now:
+        warnings.warn(
+            f"{out} was measured at agentperf-kit commit {was[:12]}, this is {now[:12]} (same version "
+            f"{__version__}, same measurement config); resuming, so its levels come from both commits. "
+            "Use another out directory to measure every level with one commit.",
+            stacklevel=3,
+        )
+
+
+def check_resumable(config: SweepConfig, out: str | Path | None = None) -> bool:
+    """Check a sweep's output directory (``out``, default ``config.out``) before anything is written:
+    True when it holds this same sweep to resume, False when it is new or empty.
+
+    Raises:
+        OutputError: it holds files a sweep does not write (:func:`~agentperf_kit.results.check_sweep_dir`).
+        SweepConfigError: it holds a sweep with another configuration, toolkit version or trajectory file.
+    """
+    where = out if out is not None else config.out
+    if where is None:
+        return False  # run_sweep makes a new directory
+    out = Path(where)
+    if not check_sweep_dir(out):  # empty, new, or this tool's sweep; never a user's files
+        return False
     manifest_path = out / "sweep.json"
+    if not manifest_path.exists():
+        return False
+    old = json.loads(manifest_path.read_text())
+    now_cfg = json.loads(strict_json_dumps(config.measurement_dict()))
+    was_cfg = old.get("config", {})
+    if old.get("config_hash") != config.config_hash() and _without_cap(was_cfg) != _without_cap(now_cfg):
+        diff = {
+            k: (was_cfg.get(k), v)
+            for k, v in now_cfg.items()
+            if k not in RESUMABLE_CHANGES and was_cfg.get(k) != v
+        }
+        raise SweepConfigError(
+            f"{out} holds a sweep with a different configuration; refusing to resume. Differences "
+            f"(was, now): {diff}. Use another --out, or the same settings."
+        )
+    if old.get("toolkit_version") != __version__:
+        raise SweepConfigError(
+            f"{out} was measured with agentperf-kit {old.get('toolkit_version')}, this is {__version__}; "
+            "refusing to mix levels from two versions. Use another --out."
+        )
+    _check_resume_commit(old, out)
     traj_digest = _file_digest(config.trajectories)
-    extended_from = None
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        now_cfg = json.loads(strict_json_dumps(config.measurement_dict()))
-        was_cfg = old.get("config", {})
-        if old.get("config_hash") != config.config_hash() and _without_cap(was_cfg) != _without_cap(now_cfg):
-            diff = {
-                k: (was_cfg.get(k), v)
-                for k, v in now_cfg.items()
-                if k not in RESUMABLE_CHANGES and was_cfg.get(k) != v
-            }
-            raise SweepConfigError(
-                f"{out} holds a sweep with a different configuration; refusing to resume. Differences "
-                f"(was, now): {diff}. Use another --out, or the same settings."
-            )
-        if old.get("toolkit_version") != __version__:
-            raise SweepConfigError(
-                f"{out} was measured with agentperf-kit {old.get('toolkit_version')}, this is {__version__}; "
-                "refusing to mix levels from two versions. Use another --out."
-            )
-        if old.get("trajectories_sha256") != traj_digest:
-            raise SweepConfigError(
-                f"{out}: the trajectory file {config.trajectories} changed since this sweep started "
-                f"(sha256 {old.get('trajectories_sha256')} -> {traj_digest}); refusing to resume. Use "
-                "another --out, or restore the file."
-            )
-        resumed = True
-        if was_cfg.get("max_agents") != config.max_agents:
-            # a larger (or smaller) cap reuses every level measured: the cap decides which levels the
-            # search may ask for, not what a level measures
-            extended_from = was_cfg.get("max_agents")
-            old.update(config=now_cfg, config_hash=config.config_hash())
-            manifest_path.write_text(strict_json_dumps(old, indent=2))
-    else:
-        resumed = False
-        manifest_path.write_text(
+    if old.get("trajectories_sha256") != traj_digest:
+        raise SweepConfigError(
+            f"{out}: the trajectory file {config.trajectories} changed since this sweep started "
+            f"(sha256 {old.get('trajectories_sha256')} -> {traj_digest}); refusing to resume. Use "
+            "another --out, or restore the file."
+        )
+    return True
+
+
+def run_sweep(
+    config: SweepConfig,
+    *,
+    progress: bool | Callable[[str], None] = True,
+    target: Target | None = None,
+) -> SweepResult:
+    """Run (or resume) a sweep; writes ``levels/`` (each level's run: its ``requests.parquet`` is the one
+    copy of its rows), ``levels.csv`` and ``summary.json``.
+
+    Every level runs on ``target`` (a :class:`~agentperf_kit.targets.Target`; default: the one
+    ``config.target`` names, ``config.target_object``), through its ``run_level`` only: a simulated, a
+    live or any other target takes the same path. ``config`` still defines what is measured (and its
+    hash what may be resumed); the target's ``description`` is recorded in ``sweep.json`` and the summary.
+
+    ``progress``: False is silent; True shows a live level's progress bar and logs one line per level
+    (and one at the start) to the ``agentperf_kit.sweep`` logger at INFO, which the CLI prints (in a
+    notebook: ``logging.basicConfig(level=logging.INFO)``); a callable (e.g. ``print``) receives those
+    lines instead of the logger."""
+    wall0 = time.perf_counter()
+    target = target if target is not None else config.target_object
+    if not target.accelerators:
+        raise SweepConfigError(
+            f"target {target.description}: a sweep needs its accelerator count (accelerators) for agents "
+            "per accelerator"
+        )
+    out = Path(config.out) if config.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
+    resumed = check_resumable(config, out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resumed:
+        (out / "sweep.json").write_text(
             strict_json_dumps(
                 {
                     "schema_version": SCHEMA_VERSION,
@@ -574,20 +595,32 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
                     **toolkit_provenance(),
                     "config": config.measurement_dict(),
                     "config_hash": config.config_hash(),
-                    "trajectories_sha256": traj_digest,
+                    "trajectories_sha256": _file_digest(config.trajectories),
+                    "target_description": target.description,
                 },
                 indent=2,
             )
         )
-    sw = _Sweeper(config, out, progress)
-    if resumed and extended_from is not None and extended_from != config.max_agents:
-        sw.notes.append(
-            f"resumed with max_agents {config.max_agents} (was {extended_from}): measured levels reused"
-        )
-    sw.max_agents, cap_source = resolve_max_agents(config, sw.trajectories() if config.is_sim else None)
+    sw = _Sweeper(config, out, progress, target)
+    if resumed:
+        old = json.loads((out / "sweep.json").read_text())
+        was = old.get("config", {})
+        now_cfg = json.loads(strict_json_dumps(config.measurement_dict()))
+        if was != now_cfg:  # only RESUMABLE_CHANGES differ (check_resumable refused anything else)
+            changed = {
+                k: (was.get(k), now_cfg.get(k)) for k in RESUMABLE_CHANGES if was.get(k) != now_cfg.get(k)
+            }
+            old.update(config=now_cfg, config_hash=config.config_hash())
+            (out / "sweep.json").write_text(strict_json_dumps(old, indent=2))
+            sw.notes.append(
+                "resumed with "
+                + ", ".join(f"{k} {v[1]} (was {v[0]})" for k, v in changed.items())
+                + ": measured levels reused"
+            )
+    sim_target = target is config.target_object and config.is_sim
+    sw.max_agents, cap_source = resolve_max_agents(config, sw.trajectories() if sim_target else None)
     acc, acc_type = sw.accelerators()
-    if progress:
-        print(f"sweep {config.target} -> {out}{' (resuming)' if resumed else ''}", flush=True)
+    sw.say(f"sweep {target.description} -> {out}{' (resuming)' if resumed else ''}")
     sw.run()
     levels = sw.levels_frame()
     preset = sw.preset
@@ -615,7 +648,7 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
     tiers = _tier_table(
         levels, preset, acc, power, power_at, measured_at if config.measures_power else None, scope_at
     )
-    if config.is_sim:
+    if sim_target:
         _add_band(tiers, config, out, sw, acc, acc_type, progress)
     scope = (
         power.scope
@@ -652,11 +685,9 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
             f"{', '.join(str(int(n)) for n in above['concurrency'])}); they decide no answer and do not "
             "count for meets_aa_rules"
         )
-    if config.is_sim:
-        notes.append(
-            "simulated system: figures are a model's prediction (efficiency set "
-            f"{config.efficiency!r}), not a measurement"
-        )
+
+    if target.virtual_time:
+        notes.append(f"{target.description}: figures are a model's prediction, not a measurement")
     for _, r in tiers.iterrows():
         if r["max_agents_is_lower_bound"]:
             notes.append(
@@ -680,14 +711,17 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
         "schema_version": SCHEMA_VERSION,
         "toolkit_version": __version__,
         "target": config.target,
-        "model": config.model or (sw.results[min(sw.results)][1].get("config", {}).get("model")),
+        "target_description": target.description,
+        "model": config.model
+        or getattr(target, "model", None)
+        or sw.results[min(sw.results)][1].get("config", {}).get("model"),
         "tier_preset": config.tiers,
         "what_if": config.what_if,
         "accelerators": acc,
         "accelerator_type": acc_type,
         "power_w": summary_power_w,
         "power_scope": scope,
-        "power_source": config.power_source if not config.is_sim else None,
+        "power_source": None if target.virtual_time else config.power_source,
         "failure_policy": config.failure_policy,
         "ci_method": config.ci_method,
         "confidence": config.confidence,
@@ -702,7 +736,7 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
         "n_levels": len(levels),
         "max_agents_cap": sw.max_agents,
         "max_agents_cap_source": cap_source,
-        "simulated_requests": n_requests if config.is_sim else None,
+        "simulated_requests": n_requests if target.virtual_time else None,
         "levels_measured_this_run": sw.n_measured_now,
         "wall_s": time.perf_counter() - wall0,
     }

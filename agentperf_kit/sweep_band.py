@@ -77,7 +77,7 @@ def high_answer(
     return lo, True
 
 
-def band_answers(cfg, out: Path, tiers: pd.DataFrame, cap: int, progress: bool) -> dict[str, dict[str, Any]]:
+def band_answers(cfg, out: Path, tiers: pd.DataFrame, cap: int, progress: Any) -> dict[str, dict[str, Any]]:
     """Per tier name: ``band_low_agents``, ``band_high_agents`` (agents), ``band_high_is_lower_bound``
     and ``band_levels`` (levels measured under each set), for the sweep's ``tiers`` table."""
     from .sweep import _Sweeper
@@ -89,8 +89,7 @@ def band_answers(cfg, out: Path, tiers: pd.DataFrame, cap: int, progress: bool) 
             sw = _Sweeper(dataclasses.replace(cfg, efficiency=eff), out / "band" / eff, progress)
             (out / "band" / eff).mkdir(parents=True, exist_ok=True)
             sweepers[eff] = sw
-            if progress:
-                print(f"band: efficiency set {eff}", flush=True)
+            sw.say(f"band: the {eff} efficiency set")
         sw = sweepers[eff]
         return lambda n: sw.level(n)[f"verdict_{tier}"] == "pass"
 

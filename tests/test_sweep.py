@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pandas as pd
 import pytest
@@ -105,6 +106,36 @@ def test_levels_above_every_tiers_lowest_failure_decide_nothing():
     assert _deciding_levels(levels, tiers).all()
     tiers = pd.DataFrame({"lowest_failing_agents": [6.0, 4.0]})
     assert list(_deciding_levels(levels, tiers)) == [True, True, True, False, False, True, True]
+
+
+def _edit_manifest(out, **changes):
+    path = out / "sweep.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(changes)
+    path.write_text(json.dumps(manifest))
+
+
+def test_resume_compares_version_and_commit(tmp_path):
+    """Another version refuses; the same version and config at another commit resumes with a warning;
+    the same commit resumes silently."""
+    from agentperf_kit.results import toolkit_provenance
+
+    out = tmp_path / "s"
+    cfg = SweepConfig(out=str(out), **{**FAST, "max_agents": 2})
+    first = run_sweep(cfg, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_sweep(cfg, progress=False)  # same commit: no warning
+    _edit_manifest(out, toolkit_version="0.0.1")
+    with pytest.raises(SweepConfigError, match=r"agentperf-kit 0\.0\.1"):
+        run_sweep(cfg, progress=False)
+    _edit_manifest(out, toolkit_version=first.summary["toolkit_version"])
+    if toolkit_provenance()["toolkit_commit"] is None:
+        pytest.skip("not run from a git checkout: no commit to compare")
+    _edit_manifest(out, toolkit_commit="0" * 40)
+    with pytest.warns(UserWarning, match="commit 000000000000, this is"):
+        again = run_sweep(cfg, progress=False)
+    pd.testing.assert_frame_equal(again.levels, first.levels)
 
 
 @pytest.mark.slow

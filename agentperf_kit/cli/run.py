@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run",
         help="run one level of N agents against a URL or the simulated system",
         epilog="exit codes: 0 measured; 2 bad usage, bad input or failed preflight; 3 not validly "
-        "measured (no successful request in the steady window, or the client self-check failed); 130 "
+        "measured (the level ended early, no successful request in the steady window, or the client "
+        "self-check failed); 130 "
         "interrupted (docs/cli.md)",
     )
     p.add_argument("--target", default="sim", help="URL like http://127.0.0.1:8000/v1, or sim / sim:PRESET")
@@ -73,6 +74,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--request-timeout", type=positive_float, default=600.0, help="whole-request limit, s")
     p.add_argument(
         "--stall-timeout", type=positive_float, default=120.0, help="limit on silence mid-stream, s"
+    )
+    p.add_argument(
+        "--first-token-timeout",
+        type=positive_float,
+        default=120.0,
+        help="limit on the wait for the first visible token, s from the send (default 120)",
+    )
+    p.add_argument(
+        "--abort-after",
+        type=nonneg_float,
+        default=30.0,
+        help="end the level early (exit 3) when every request fails for this long, s (default 30; 0 = off)",
     )
     p.add_argument(
         "--no-preflight", action="store_true", help="skip the check of a live target before the agents start"
@@ -134,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
             drain_timeout_s=args.drain_timeout,
             ramp_s=args.ramp,
             on_error=args.on_error,
+            abort_after_s=args.abort_after,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -211,9 +225,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def not_measured_reason(res, stats: dict) -> str | None:
-    """Why a finished run is not a valid measurement (exit 3), or None: no request in the window, no
-    successful one (nothing was measured), or a failed client self-check (its TTFTs include the client's
-    own delays; the reasons are in the manifest's ``client_check``)."""
+    """Why a finished run is not a valid measurement (exit 3), or None: the level ended early (every
+    request failed for ``RunRules.abort_after_s``, or its rows could not be written), no request in the
+    window, no successful one (nothing was measured), or a failed client self-check (its TTFTs include the
+    client's own delays; the reasons are in the manifest's ``client_check``)."""
+    aborted = res.manifest.get("aborted_reason") or res.window.get("aborted_reason")
+    if aborted:
+        return f"the level ended early: {aborted}"
     if stats["n_requests"] == 0:
         return "no request was sent inside the steady window"
     if stats["n_ok"] == 0:
@@ -254,6 +272,7 @@ def _live_setup(args: argparse.Namespace) -> tuple[Endpoint, TelemetryConfig]:
             continuous_usage=args.continuous_usage,
             request_timeout_s=args.request_timeout,
             stall_timeout_s=args.stall_timeout,
+            first_token_timeout_s=args.first_token_timeout,
             headers=dedupe_auth(headers, args.api_key_env),
             public_header_names=public,
             extra_body=extra_body,

@@ -335,7 +335,7 @@ class SinkResponseHandler(ResponseHandler):
             sink.pump(now)
         else:
             payload = self._payload
-            if payload is not self.early_payload and getattr(payload, "total_bytes", 0):
+            if payload is not self.early_payload and getattr(payload, "total_bytes", False):
                 self.early_payload, self.early_ns = payload, now
 
     def resume_reading(self, resume_parser: bool = True) -> None:
@@ -407,8 +407,11 @@ class RunConnector(aiohttp.TCPConnector):
         super().__init__(*args, **kwargs)
         factory = getattr(self, "_factory", None)
         self.sink_capable = isinstance(factory, functools.partial) and factory.func is ResponseHandler
-        if self.sink_capable:
-            self._factory = functools.partial(SinkResponseHandler, *factory.args, **factory.keywords)
+        if self.sink_capable and isinstance(factory, functools.partial):
+            # aiohttp types ``_factory`` as ``partial[ResponseHandler]``; a partial of the subclass is one.
+            self._factory = functools.partial(  # type: ignore[assignment]
+                SinkResponseHandler, *factory.args, **factory.keywords
+            )
         self.queue_waits_s: list[float] = []
 
     async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
@@ -501,7 +504,7 @@ class StreamState:
 
     def __init__(self, fast: bool = True, chunk_log: list | None = None) -> None:
         self.scanner = FastScanner() if fast else None
-        self._scan = self.scanner.scan if fast else parse_event
+        self._scan = self.scanner.scan if self.scanner is not None else parse_event
         self._pending = b""
         self.chunk_log = chunk_log
         self.t_first = self.t_first_answer = self.t_last = self.t_finish = 0
@@ -623,7 +626,9 @@ class _Watch:
 
     def __init__(self, request_s: float, first_s: float, stall_s: float, state: StreamState) -> None:
         self.loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task()
+        task = asyncio.current_task()
+        assert task is not None, "a request's watch is made inside its task"
+        self.task = task
         self.fired: str | None = None
         now = time.perf_counter_ns()
         self.deadline_ns = now + int(request_s * 1e9)

@@ -24,10 +24,11 @@ every payload (``tests/test_sse_fastpath.py`` checks both paths against each oth
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal
 
 __all__ = [
     "BODY_MATCH",
@@ -40,7 +41,14 @@ __all__ = [
     "utf8_ok",
 ]
 
-DONE = object()
+
+class _Done(enum.Enum):
+    """The type of :data:`DONE` (an enum member, so ``info is DONE`` narrows the type for the checker)."""
+
+    DONE = "[DONE]"
+
+
+DONE: Final = _Done.DONE
 
 
 class MalformedChunk(ValueError):
@@ -74,7 +82,7 @@ def _text(value: Any, limit: int = 300) -> str:
         return type(value).__name__
 
 
-def parse_event(payload: bytes) -> ChunkInfo | object:
+def parse_event(payload: bytes) -> ChunkInfo | Literal[_Done.DONE]:
     """Parse one ``data:`` payload (without the ``data:`` prefix). Returns :data:`DONE` for ``[DONE]``.
 
     Any bytes give an answer or :class:`MalformedChunk`, never another exception: JSON too deep for the
@@ -292,15 +300,16 @@ class FastScanner:
         self.learned = 0
         self.hot: tuple | None = None
 
-    def scan(self, line: bytes) -> ChunkInfo | object:
+    def scan(self, line: bytes) -> ChunkInfo | Literal[_Done.DONE]:
+        tpl: _Template | None
         for tpl in self.templates:
             bits = tpl.fit(line)
             if bits >= 0:
-                info = tpl.infos[bits] or tpl.info(bits)
-                if info is not None:
+                known = tpl.infos[bits] or tpl.info(bits)
+                if known is not None:
                     self.hits += 1
                     self.last_bytes = len(line) - tpl.lit
-                    return info
+                    return known
         info = parse_event(line[5:])
         self.last_bytes = text_bytes(line) if info is not DONE and info.visible else 0
         if (

@@ -1,6 +1,6 @@
 """Calibration of the simulator's efficiency factors against published throughput points.
 
-The points (``presets/calibration.toml``, from ../shared/SIMULATOR.md) are DeepSeek-V3/R1-class serving
+The points (``presets/calibration.toml``, from docs/sources.md) are DeepSeek-V3/R1-class serving
 figures. Each is a *scenario* the engine's step-time model can run (see that file for the kinds); the
 result is a per-GPU throughput in tokens per second comparable with the published figure.
 
@@ -61,10 +61,17 @@ def calibration_points() -> tuple[CalibrationPoint, ...]:
         fixed = {
             k: p[k] for k in ("id", "system", "figure", "published", "deployment", "scenario", "depends_on")
         }
-        meta = {"regime": str(p.get("regime", "other")), "holdout": bool(p.get("holdout", False))}
+        meta = ("regime", "holdout")
         params = {k: float(v) for k, v in p.items() if k not in fixed and k not in meta}
         fixed["published"] = float(fixed["published"])
-        out.append(CalibrationPoint(**fixed, params=params, **meta))
+        out.append(
+            CalibrationPoint(
+                **fixed,
+                params=params,
+                regime=str(p.get("regime", "other")),
+                holdout=bool(p.get("holdout", False)),
+            )
+        )
     return tuple(out)
 
 
@@ -256,7 +263,13 @@ def fit_efficiency(
     for _ in range(rounds):
         before = tuple(cur)
         for i, grid in enumerate((cg, bg, lg)):
-            best = min(grid, key=lambda v, i=i: score(*[*cur[:i], v, *cur[i + 1 :]]))
+
+            def moved(v: float, i: int = i) -> float:  # the score with coordinate i set to v
+                point = list(cur)
+                point[i] = v
+                return score(point[0], point[1], point[2])
+
+            best = min(grid, key=moved)
             cur[i] = best
         if tuple(cur) == before:
             break

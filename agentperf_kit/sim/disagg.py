@@ -19,6 +19,7 @@ import heapq
 import math
 from collections.abc import Callable
 
+from ..errors import ConfigError
 from .engine import Engine, SimRequest, SimulatorInvariantError
 from .presets import Deployment, Efficiency
 
@@ -35,6 +36,10 @@ def make_engine(
     """An :class:`Engine` for a single-pool deployment, a :class:`DisaggregatedEngine` for a P/D one."""
     if dep.disaggregated:
         return DisaggregatedEngine(dep, eff, on_finish, on_reject, kv_policy)
+    if getattr(dep, "step_mid", None) is not None:  # a twin: fitted step time (agentperf_kit.sim.twin)
+        from .twin import TwinEngine
+
+        return TwinEngine(dep, eff, on_finish, on_reject, kv_policy)  # type: ignore[arg-type]
     return Engine(dep, eff, on_finish, on_reject, kv_policy)
 
 
@@ -52,8 +57,11 @@ class DisaggregatedEngine:
         self.dep = dep
         self.on_finish = on_finish
         self.on_reject = on_reject
-        self.pre = Engine(dep.prefill_pool, eff, self._prefilled, self._rejected, kv_policy)
-        self.dec = Engine(dep.decode_pool, eff, self._decoded, self._rejected, kv_policy)
+        if dep.prefill_pool is None or dep.decode_pool is None:
+            raise ConfigError(f"deployment {dep.name!r} is not disaggregated (no prefill_pool/decode_pool)")
+        self.pre_pool, self.dec_pool = dep.prefill_pool, dep.decode_pool
+        self.pre = Engine(self.pre_pool, eff, self._prefilled, self._rejected, kv_policy)
+        self.dec = Engine(self.dec_pool, eff, self._decoded, self._rejected, kv_policy)
         self._bw = dep.kv_transfer_bytes_per_s
         self._transfers: list[tuple[float, int, SimRequest]] = []
         self._n = 0
@@ -88,8 +96,8 @@ class DisaggregatedEngine:
     @property
     def busy_s(self) -> float:
         """Busy seconds averaged over all accelerators (each pool's busy time weighted by its GPUs)."""
-        n_pre = self.dep.prefill_pool.accelerator_count
-        n_dec = self.dep.decode_pool.accelerator_count
+        n_pre = self.pre_pool.accelerator_count
+        n_dec = self.dec_pool.accelerator_count
         return (self.pre.busy_s * n_pre + self.dec.busy_s * n_dec) / (n_pre + n_dec)
 
     @property
@@ -108,7 +116,7 @@ class DisaggregatedEngine:
         """Queue ``req`` (arrived at ``req.t_arrival``) in the prefill pool."""
         req.pe, req.oe = req.prompt, req.output
         self.submitted += 1
-        cap = self.dep.decode_pool.kv_capacity_tokens
+        cap = self.dec_pool.kv_capacity_tokens
         if req.prompt + req.output > cap:
             self.rejected_count += 1
             self.on_reject(

@@ -509,6 +509,7 @@ class Engine:
             self.prefill_alloc -= req.pe
             kept = req.prefilled  # its prefilled blocks stay cached (idle) until evicted
         else:
+            assert newest_dec is not None, "_preempt_newest runs with a request in the batch"
             req = newest_dec
             gen = self.tokens_done(req)
             self._decode = [e for e in self._decode if e[2] is not req]

@@ -196,7 +196,7 @@ class SimServer:
         site = web.TCPSite(self._runner, host, port, backlog=4096)
         await site.start()
         self.host = host
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]
         return self
 
     async def stop(self) -> None:
@@ -233,10 +233,12 @@ class SimServer:
         ends, then release to each request the output count it reached in that step."""
         loop = asyncio.get_running_loop()
         eng = self.engine
+        wake = self._wake
+        assert wake is not None, "start() makes the wake event before the driver"
         while True:
             if not eng.has_work:
-                self._wake.clear()
-                await self._wake.wait()
+                wake.clear()
+                await wake.wait()
                 continue
             if not (eng.prefilling or eng.b) and eng.waiting[0].t_arrival > eng.now:
                 eng.now = eng.waiting[0].t_arrival  # idle until the arrival: the step starts there
@@ -325,6 +327,7 @@ class SimServer:
         eng.submit(req)
         if live.rejected is None:
             self.live.add(live)
+            assert self._wake is not None, "requests arrive after start()"
             self._wake.set()
         return live
 
@@ -461,15 +464,15 @@ class SimServer:
             else:
                 choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
                 obj = "text_completion"
-            resp = {"id": rid, "object": obj, "created": created, "model": self.model, "choices": [choice]}
-            resp["usage"] = self._usage(live, n_reason)
-            return web.json_response(resp, headers=headers)
+            body = {"id": rid, "object": obj, "created": created, "model": self.model, "choices": [choice]}
+            body["usage"] = self._usage(live, n_reason)
+            return web.json_response(body, headers=headers)
         except asyncio.CancelledError:
             _log_disconnect(headers, live, "cancelled")
             raise
         finally:
             self.live.discard(live)
-            if not live.done and live.rejected is None:
+            if not live.done and live.rejected is None and live.req is not None:
                 self.engine.abort(live.req)
                 self.counters["requests_aborted"] += 1
 
@@ -541,6 +544,7 @@ class SimServer:
 
     def _usage(self, live: _Live, n_reason: int) -> dict[str, Any]:
         req = live.req
+        assert req is not None, "usage is reported for a submitted request"
         return {
             "prompt_tokens": req.prompt,
             "total_tokens": req.prompt + req.output,

@@ -66,8 +66,8 @@ def load_tokenizer(path: str | os.PathLike) -> Callable[[str], list[int]]:
         try:
             from tokenizers import Tokenizer
         except ImportError:
-            Tokenizer = None
-        if Tokenizer is not None:
+            pass  # fall through to transformers below
+        else:
             try:
                 tok = Tokenizer.from_file(str(file))
             except Exception as exc:  # the library raises a plain Exception for a malformed file

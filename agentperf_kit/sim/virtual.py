@@ -19,11 +19,10 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 from ..agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
 from ..recorder import RunWriter
-from ..results import RunResult, finalize_frame, finalize_run, toolkit_provenance, write_manifest
+from ..results import RunResult, finalize_frame, finalize_run, prepare_run_dir, run_manifest, write_manifest
 from ..trajectories.model import Trajectory
 from .disagg import make_engine
 from .engine import SimRequest, SimulatorInvariantError
@@ -56,16 +55,21 @@ def run_sim_level(
     run_id: str | None = None,
     efficiency: str = "mid",
     progress: bool = False,
+    overwrite: bool = False,
 ) -> RunResult:
     """Run one level of ``n_agents`` closed-loop agents against the simulated deployment, in virtual time.
 
     Returns the tidy per-request table and the manifest; with ``out_dir`` also writes them there
     (raw rows streamed to disk while the run goes, so memory stays bounded by the live agents).
+    ``out_dir`` must be new or empty; ``overwrite=True`` replaces a previous run there (never other
+    files: :func:`~agentperf_kit.results.prepare_run_dir`, :class:`~agentperf_kit.errors.OutputError`).
     """
     dep = get_deployment(deployment) if isinstance(deployment, str) else deployment
     eff = _efficiency(efficiency)
     run_id = run_id or f"sim-{uuid.uuid4().hex[:8]}"
     rows: list[tuple] = []
+    if out_dir is not None:
+        prepare_run_dir(out_dir, overwrite=overwrite)
     writer = RunWriter(out_dir) if out_dir is not None else None
     sink = writer if writer is not None else rows.append
     fleet = AgentFleet(trajectories, n_agents, rules, seed=seed, sink=sink, run_id=run_id, level=level)
@@ -78,17 +82,15 @@ def run_sim_level(
         "efficiency": eff.name,
         "trajectories": len(fleet.trajectories),
     }
-    manifest: dict[str, Any] = {
-        "kind": "agentperf-run",
-        "run_id": run_id,
-        "level": level,
-        **toolkit_provenance(),
-        "config": config,
-        "clock": {"kind": "virtual", "origin_s": 0.0},
-        "target": {"kind": "sim", "deployment": dep.as_dict()},
-        "accelerators": dep.accelerator_count,
-        "accelerator_type": dep.accelerator,
-    }
+    manifest = run_manifest(
+        run_id=run_id,
+        level=level,
+        config=config,
+        target={"kind": "sim", "deployment": dep.as_dict()},
+        clock={"kind": "virtual", "origin_s": 0.0},
+        accelerators=dep.accelerator_count,
+        accelerator_type=dep.accelerator,
+    )
     if out_dir is not None:
         write_manifest(out_dir, manifest)
 
@@ -226,7 +228,7 @@ def run_sim_level(
             },
         }
     )
-    if writer is not None:
+    if writer is not None and out_dir is not None:
         writer.close()
         return finalize_run(out_dir, manifest)
     import pandas as pd

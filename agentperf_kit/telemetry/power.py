@@ -116,11 +116,12 @@ class NvmlPower(PowerSource):
         nv = self._nvml
         if nv is None:
             try:
-                import pynvml as nv
+                import pynvml
             except ImportError:
                 raise PowerSourceUnavailable(
                     "nvml: pynvml is not installed (pip install nvidia-ml-py); no measured power"
                 ) from None
+            nv = pynvml
         try:
             nv.nvmlInit()
         except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded...
@@ -204,12 +205,13 @@ class AmdSmiPower(PowerSource):
         amd = self._amd
         if amd is None:
             try:
-                import amdsmi as amd
+                import amdsmi
             except ImportError:
                 raise PowerSourceUnavailable(
                     "amdsmi: the amdsmi package is not installed (it ships with ROCm: "
                     "pip install /opt/rocm/share/amd_smi); no measured power"
                 ) from None
+            amd = amdsmi
         try:
             amd.amdsmi_init()
             handles = list(amd.amdsmi_get_processor_handles())

@@ -30,10 +30,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    import aiohttp
 
 from .power import PowerReading, PowerSource, PowerSourceUnavailable, parse_power_source
 from .prometheus import PrometheusParseError, known_series_names, parse_prometheus_text, server_metrics
@@ -181,9 +184,9 @@ class TelemetrySampler:
         self.power: PowerSource | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._session = None
+        self._session: aiohttp.ClientSession | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._fh = None
+        self._fh: TextIO | None = None
         self._t_start = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -296,7 +299,7 @@ class TelemetrySampler:
             self._fh.flush()
 
     async def _read_metrics(self, state: dict[str, Any]) -> dict[str, Any]:
-        assert self._session is not None
+        assert self._session is not None and self.metrics_url is not None, "only polled with a metrics URL"
         async with asyncio.timeout(self.config.timeout_s):
             async with self._session.get(self.metrics_url, headers=self.headers) as resp:
                 body = await resp.text(errors="replace")
@@ -477,7 +480,7 @@ def summarize_telemetry(
         dq = m["prefix_queries_delta"].sum(min_count=1)
         dh = m["prefix_hits_delta"].sum(min_count=1)
         if pd.notna(dq) and dq > 0:
-            hit = float(dh / dq)
+            hit: float | None = float(dh / dq)
         else:
             hit = float(m["prefix_hit_rate"].mean()) if m["prefix_hit_rate"].notna().any() else None
         out["metrics"] = {

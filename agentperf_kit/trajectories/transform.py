@@ -157,10 +157,10 @@ def fit_context(
         out_cap = max_output_tokens or max(1, budget // 4)
         keep = round(keep_fraction * budget)
         return [_cap(tr, budget, out_cap, keep) for tr in trajectories]
-    out_cap = math.inf if max_output_tokens is None else float(max_output_tokens)
-    f = _scale_factor(trajectories, budget, out_cap)
+    out_limit = math.inf if max_output_tokens is None else float(max_output_tokens)
+    f = _scale_factor(trajectories, budget, out_limit)
     for _ in range(20):  # rounding can push a request a few tokens over: shrink until all fit
-        fitted = [_scale(tr, f, out_cap) for tr in trajectories]
+        fitted = [_scale(tr, f, out_limit) for tr in trajectories]
         top = _largest(fitted)
         if top <= budget:
             return fitted

@@ -7,11 +7,11 @@ import json
 import math
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..model import TrajectoryFormatError
 
-# the published AA shape of tool delays (METHODOLOGY.md section 1), used where a source has none
+# the published AA shape of tool delays (docs/trajectories.md), used where a source has none
 SAMPLED_DELAY_MEDIAN_S = 1.0
 SAMPLED_DELAY_SIGMA = 0.75
 SAMPLED_DELAY_RANGE_S = (0.1, 5.0)
@@ -76,7 +76,7 @@ def bad(path: Path, line: int | None, field: str, value: Any, must: str) -> Traj
     )
 
 
-def is_count(value: Any, minimum: int = 0) -> bool:
+def is_count(value: Any, minimum: int = 0) -> TypeGuard[int]:
     """True for an int (not bool) >= ``minimum``."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 

@@ -193,13 +193,14 @@ def _import_task(
                 trace, line, "conversation_idx", idx, f"must increase within a conversation (was {prev_idx})"
             )
         same_context = prev_msgs is not None and conv == prev_conv and tools == prev_tools
-        shared = _shared_messages(prev_msgs, msgs) if same_context else 0
+        prev = prev_msgs if prev_msgs is not None else []
+        shared = _shared_messages(prev, msgs) if same_context else 0
         if shared == 0:
             phase, prefix = phase + 1, 0
-        elif shared == len(prev_msgs):
+        elif shared == len(prev):
             prefix = min(prev_prompt, prompt)
         else:
-            share = _chars(prev_msgs[:shared]) / max(1, _chars(prev_msgs))
+            share = _chars(prev[:shared]) / max(1, _chars(prev))
             prefix = min(prev_prompt, prompt, round(prev_prompt * share))
         calls_after = row.get("recorded_tool_calls_after") or []
         turns.append(

@@ -148,13 +148,12 @@ def _import_file(path: Path, tid: str, tool_delay: str, seed: int, with_messages
         last = k + 1 == len(calls)
         delay = 0.0
         if not last:
-            delay = None
-            if tool_delay == "auto":
-                delay = _measured_delay(messages, i, calls[k + 1])
-            if delay is None:
+            measured = _measured_delay(messages, i, calls[k + 1]) if tool_delay == "auto" else None
+            if measured is None:
                 delay = sample_tool_delay(rng)
                 sources.add("sampled")
             else:
+                delay = measured
                 sources.add("timestamps")
         turn_messages = None
         if with_messages:
@@ -176,11 +175,11 @@ def _import_file(path: Path, tid: str, tool_delay: str, seed: int, with_messages
             )
         )
         prev_prompt = prompt
-    info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
+    info = doc["info"] if isinstance(doc.get("info"), dict) else {}
     model_cfg = (
         ((info.get("config") or {}).get("model") or {}) if isinstance(info.get("config"), dict) else {}
     )
-    stats = info.get("model_stats") if isinstance(info.get("model_stats"), dict) else {}
+    stats = info["model_stats"] if isinstance(info.get("model_stats"), dict) else {}
     meta: dict[str, Any] = {
         "format": "mini-swe-agent",
         "file": str(path),
