@@ -54,7 +54,7 @@ def compare_runs(directories: Sequence[str | Path | SweepResult]) -> pd.DataFram
             rows.append(
                 {
                     "run": str(d),
-                    "target": s["target"],
+                    "target": sw.target,  # the simulated deployment named ("sim:h200x8-dsv4pro")
                     "model": s.get("model"),
                     "tier_preset": s["tier_preset"],
                     "tier": t["name"],

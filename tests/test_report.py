@@ -67,6 +67,7 @@ def test_compare_prints_the_lower_bound_marker_as_report_does(small_sweep, capsy
     for t in bounded:
         assert f">={t['max_agents']}" in out
         assert f">={t['max_agents']}" in report_out
+    assert "sim:h200x8-dsv4pro" in out  # the deployment named, not a bare "sim"
 
 
 def test_report_html_is_readable_width_with_formatted_numbers(small_sweep):
