@@ -33,6 +33,7 @@ from .agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
 from .client.bodies import body_bytes, prepare
 from .client.http import (
     Endpoint,
+    RunConnector,
     calibrate_chat_filler,
     endpoint_secrets,
     open_session,
@@ -42,7 +43,15 @@ from .client.http import (
 from .errors import OutputError
 from .percentiles import percentile
 from .recorder import ChunkWriter, RunWriter
-from .results import RunResult, finalize_chunks, finalize_run, prepare_run_dir, run_manifest, write_manifest
+from .results import (
+    RunResult,
+    finalize_chunks,
+    finalize_run,
+    prepare_run_dir,
+    run_manifest,
+    window_manifest,
+    write_manifest,
+)
 from .schema import json_safe
 from .telemetry import TelemetryConfig, TelemetrySampler
 from .trajectories.model import Trajectory
@@ -288,8 +297,10 @@ class _LiveLevel:
                 _still_heap(self.gc_pauses),
                 self._progress_bar(),
             ):
-                self.conn_waits = session.connector.queue_waits_s
-                self.body_reader = "protocol" if session.connector.sink_capable else "readany"
+                connector = session.connector
+                assert isinstance(connector, RunConnector)  # open_session's
+                self.conn_waits = connector.queue_waits_s
+                self.body_reader = "protocol" if connector.sink_capable else "readany"
                 await self._set_up(session)
                 prepare(self.endpoint)  # the shared prompt stream, built before the first send
                 async with self._lag_monitor(), self._sampler():
@@ -402,8 +413,9 @@ class _LiveLevel:
         finally:
             if not all_done.done():
                 all_done.cancel()  # the agent tasks are cancelled and awaited by the caller
-        if all_done.done() and not all_done.cancelled() and all_done.exception() is not None:
-            raise all_done.exception()  # a bug in an agent, not a failed request (those are rows)
+        bug = all_done.exception() if all_done.done() and not all_done.cancelled() else None
+        if bug is not None:
+            raise bug  # a bug in an agent, not a failed request (those are rows)
 
     async def _agent(self, session: aiohttp.ClientSession, plan: RequestPlan | None) -> None:
         """One closed-loop agent: wait for its plan's time, send, record, next plan."""
@@ -484,13 +496,7 @@ class _LiveLevel:
             finalize_chunks(out_dir)
             manifest["chunks"] = {"file": "chunks.parquet", "rows": self.chunks.rows_written}
         window = self.fleet.window_summary()
-        manifest.update(
-            {
-                "window": window,
-                "meets_aa_rules": window["meets_aa_rules"],
-                "aborted_reason": window["aborted_reason"],
-            }
-        )
+        manifest.update(window_manifest(window))
         if self.sampler is not None:
             manifest.update(_telemetry_manifest(self.sampler, window))
         result = finalize_run(out_dir, manifest)

@@ -43,6 +43,7 @@ __all__ = [
     "prepare_run_dir",
     "run_manifest",
     "toolkit_provenance",
+    "window_manifest",
     "write_manifest",
 ]
 
@@ -118,6 +119,16 @@ def run_manifest(
         "target": target,
         "clock": clock,
         **extra,
+    }
+
+
+def window_manifest(window: dict[str, Any]) -> dict[str, Any]:
+    """The manifest keys every driver sets at the end from :meth:`AgentFleet.window_summary`: ``window``,
+    and its ``meets_aa_rules`` and ``aborted_reason`` at the top level."""
+    return {
+        "window": window,
+        "meets_aa_rules": window["meets_aa_rules"],
+        "aborted_reason": window["aborted_reason"],
     }
 
 

@@ -221,7 +221,7 @@ class _Sweeper:
         return self._trajs
 
     def accelerators(self) -> tuple[int, str | None]:
-        return int(self.target.accelerators), self.target.accelerator_type
+        return int(self.target.accelerators or 0), self.target.accelerator_type
 
     def _measure(self, n: int, ext: int, level_index: int) -> RunResult:
         d = self.out / "levels" / f"n{n:05d}_e{ext}"
@@ -538,6 +538,7 @@ def check_resumable(config: SweepConfig, out: str | Path | None = None) -> bool:
             for k, v in now_cfg.items()
             if k not in RESUMABLE_CHANGES and was_cfg.get(k) != v
         }
+
         raise SweepConfigError(
             f"{out} holds a sweep with a different configuration; refusing to resume. Differences "
             f"(was, now): {diff}. Use another --out, or the same settings."
@@ -556,6 +557,86 @@ def check_resumable(config: SweepConfig, out: str | Path | None = None) -> bool:
             "another --out, or restore the file."
         )
     return True
+
+
+def _open_sweep_dir(config: SweepConfig, out: Path, target: Target) -> bool:
+    """Check ``out`` (:func:`check_resumable`), create it and, for a new sweep, write ``sweep.json``;
+    True when an existing sweep is resumed."""
+    resumed = check_resumable(config, out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resumed:
+        (out / "sweep.json").write_text(
+            strict_json_dumps(
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "kind": "agentperf-sweep",
+                    **toolkit_provenance(),
+                    "config": config.measurement_dict(),
+                    "config_hash": config.config_hash(),
+                    "trajectories_sha256": _file_digest(config.trajectories),
+                    "target_description": target.description,
+                },
+                indent=2,
+            )
+        )
+    return resumed
+
+
+def _power(
+    config: SweepConfig, sw: _Sweeper, levels: pd.DataFrame, acc: int, acc_type: str | None
+) -> tuple[pd.DataFrame, str | None, float | None, list[str]]:
+    """The per-tier table with agents per accelerator and per MW, the summary's power scope and power
+    (W; None when per tier), and notes on how power was known: the user's (declared/provisioned), the
+    measured power of the level at each tier's max agents (a power source), else each level's own."""
+    preset = sw.preset
+    power: PowerSpec | None = None
+    if config.power_scope == "provisioned" and config.power_w is None:
+        power = PowerSpec(
+            provisioned_power_w(acc_type or "", acc), "provisioned", "InferenceX all-in kW per GPU"
+        )
+    elif config.power_scope is not None:
+        power = PowerSpec(config.power_w, config.power_scope, "user")
+
+    def power_at(n: int) -> float | None:  # modelled/measured power of the level at n
+        row = sw.rows.get(n)
+        return row.get("power_w") if row else None
+
+    def measured_at(n: int) -> float | None:  # the level's power when a power source measured it
+        row = sw.rows.get(n)
+        return row.get("power_w") if row and row.get("power_scope") == "measured" else None
+
+    def scope_at(n: int) -> str | None:
+        row = sw.rows.get(n)
+        return row.get("power_scope") if row else None
+
+    tiers = _tier_table(
+        levels, preset, acc, power, power_at, measured_at if config.measures_power else None, scope_at
+    )
+    scope = (
+        power.scope
+        if power is not None
+        else (levels["power_scope"].dropna().iloc[0] if levels["power_scope"].notna().any() else None)
+    )
+    notes: list[str] = []
+    summary_power_w = power.watts if power is not None else None
+    if config.measures_power:
+        used = set(tiers["power_scope"].dropna())
+        if "measured" in used:
+            summary_power_w = None  # per tier: the measured power of the level at its max agents
+            scope = "measured" if used == {"measured"} else "mixed"
+        fallback = sorted(used - {"measured"})
+        if "measured" not in used:
+            notes.append(
+                f"power source {config.power_source} gave no measurement (see the notes above); agents/MW "
+                + (f"uses the {fallback[0]} power" if fallback else "is null")
+            )
+        else:
+            notes.append(
+                f"power measured by {config.power_source} (GPUs {config.gpu_indices or 'all'}) over each "
+                "level's steady window; agents/MW uses the measured power of the level at each tier's max "
+                "agents" + (f" (tiers without a measurement use the {fallback[0]} power)" if fallback else "")
+            )
+    return tiers, scope, summary_power_w, notes
 
 
 def run_sweep(
@@ -584,23 +665,7 @@ def run_sweep(
             "per accelerator"
         )
     out = Path(config.out) if config.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
-    resumed = check_resumable(config, out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resumed:
-        (out / "sweep.json").write_text(
-            strict_json_dumps(
-                {
-                    "schema_version": SCHEMA_VERSION,
-                    "kind": "agentperf-sweep",
-                    **toolkit_provenance(),
-                    "config": config.measurement_dict(),
-                    "config_hash": config.config_hash(),
-                    "trajectories_sha256": _file_digest(config.trajectories),
-                    "target_description": target.description,
-                },
-                indent=2,
-            )
-        )
+    resumed = _open_sweep_dir(config, out, target)
     sw = _Sweeper(config, out, progress, target)
     if resumed:
         old = json.loads((out / "sweep.json").read_text())
@@ -625,55 +690,10 @@ def run_sweep(
     levels = sw.levels_frame()
     preset = sw.preset
 
-    power: PowerSpec | None = None
-    if config.power_scope == "provisioned" and config.power_w is None:
-        power = PowerSpec(
-            provisioned_power_w(acc_type or "", acc), "provisioned", "InferenceX all-in kW per GPU"
-        )
-    elif config.power_scope is not None:
-        power = PowerSpec(config.power_w, config.power_scope, "user")
-
-    def power_at(n: int) -> float | None:  # modelled/measured power of the level at n
-        row = sw.rows.get(n)
-        return row.get("power_w") if row else None
-
-    def measured_at(n: int) -> float | None:  # the level's power when a power source measured it
-        row = sw.rows.get(n)
-        return row.get("power_w") if row and row.get("power_scope") == "measured" else None
-
-    def scope_at(n: int) -> str | None:
-        row = sw.rows.get(n)
-        return row.get("power_scope") if row else None
-
-    tiers = _tier_table(
-        levels, preset, acc, power, power_at, measured_at if config.measures_power else None, scope_at
-    )
+    tiers, scope, summary_power_w, notes = _power(config, sw, levels, acc, acc_type)
     if sim_target:
         _add_band(tiers, config, out, sw, acc, acc_type, progress)
-    scope = (
-        power.scope
-        if power is not None
-        else (levels["power_scope"].dropna().iloc[0] if levels["power_scope"].notna().any() else None)
-    )
-    notes = list(sw.notes)
-    summary_power_w = power.watts if power is not None else None
-    if config.measures_power:
-        used = set(tiers["power_scope"].dropna())
-        if "measured" in used:
-            summary_power_w = None  # per tier: the measured power of the level at its max agents
-            scope = "measured" if used == {"measured"} else "mixed"
-        fallback = sorted(used - {"measured"})
-        if "measured" not in used:
-            notes.append(
-                f"power source {config.power_source} gave no measurement (see the notes above); agents/MW "
-                + (f"uses the {fallback[0]} power" if fallback else "is null")
-            )
-        else:
-            notes.append(
-                f"power measured by {config.power_source} (GPUs {config.gpu_indices or 'all'}) over each "
-                "level's steady window; agents/MW uses the measured power of the level at each tier's max "
-                "agents" + (f" (tiers without a measurement use the {fallback[0]} power)" if fallback else "")
-            )
+    notes = list(sw.notes) + notes
     levels["decides_answer"] = _deciding_levels(levels, tiers)
     deciding = levels[levels["decides_answer"]]
     if not deciding["meets_aa_rules"].all():

@@ -81,12 +81,22 @@ class SweepResult:
     @property
     def deployment(self) -> str | None:
         """The simulated deployment's preset name (e.g. ``"h200x8-dsv4pro"``), as the levels' manifests
-        recorded it; None for a live target."""
-        target = str(self.summary.get("target") or "")
-        if not (target == "sim" or target.startswith("sim:")):
+        recorded it (else as the target spec names it); None for a live target."""
+        from .errors import AgentperfError
+        from .targets import SimTarget, parse_target
+
+        try:  # targets.parse_target: the one reader of target specs
+            swept = parse_target(
+                str(self.summary.get("target") or ""), model=self.summary.get("model") or "?"
+            )
+        except AgentperfError:
+            swept = None  # e.g. a twin preset file since moved: the manifests still say what ran
+        if swept is not None and not swept.virtual_time:
             return None
-        if ":" in target:
-            return target.split(":", 1)[1]
+        recorded = self._recorded_deployment()
+        return recorded or (swept.deployment.name if isinstance(swept, SimTarget) else None)
+
+    def _recorded_deployment(self) -> str | None:
         if self.directory is None or self.levels.empty:
             return None
         import json
@@ -103,9 +113,8 @@ class SweepResult:
     @property
     def target(self) -> str:
         """The target, with the simulated deployment named (``"sim:h200x8-dsv4pro"`` for ``"sim"``)."""
-        target = str(self.summary.get("target"))
-        dep = self.deployment if target == "sim" else None
-        return f"sim:{dep}" if dep else target
+        dep = self.deployment
+        return f"sim:{dep}" if dep else str(self.summary.get("target"))
 
     @property
     def settings(self) -> str:

@@ -47,11 +47,20 @@ class Target(Protocol):
     """What a level runs against (module docstring). ``accelerators`` is None when unknown (a live
     target without ``accelerators``: a sweep refuses it, a single run does not need it)."""
 
-    accelerators: int | None
-    accelerator_type: str | None
-    description: str
-    power_scope: str | None
-    virtual_time: bool
+    @property
+    def accelerators(self) -> int | None: ...
+
+    @property
+    def accelerator_type(self) -> str | None: ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def power_scope(self) -> str | None: ...
+
+    @property
+    def virtual_time(self) -> bool: ...
 
     def run_level(
         self,
@@ -268,15 +277,12 @@ def parse_target(
         if efficiency not in ("low", "mid", "high"):
             raise ConfigError(f"efficiency must be low, mid or high, got {efficiency!r}")
         return SimTarget(get_deployment(name), efficiency, accelerators, accelerator_type)
-    if "://" not in text:
-        raise ConfigError(
-            f"target {spec!r} is neither sim, sim:NAME, sim:PATH.toml nor a URL like "
-            "http://127.0.0.1:8000/v1 (known deployments: agentperf presets)"
-        )
+    if not text:
+        raise ConfigError("target must be sim, sim:NAME, sim:PATH.toml or a URL, got an empty string")
     from .client.http import Endpoint
     from .client.preflight import check_base_url
 
-    check_base_url(text)
+    check_base_url(text)  # anything else is a URL or a TargetError that names sim / sim:PRESET too
     if not model:
         raise ConfigError(f"a URL target ({text}) needs model (--model)")
     try:

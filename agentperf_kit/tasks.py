@@ -248,7 +248,7 @@ def write_sweep_tasks(directory: str | Path, *, baseline: str = "auto") -> tuple
     levels = pd.read_csv(d / "levels.csv")
     cfg = summary.get("config", {})
     target = str(summary.get("target", cfg.get("target", "")))
-    from .targets import parse_target
+    from .targets import SimTarget, parse_target
 
     swept = parse_target(target, model=summary.get("model") or cfg.get("model") or "unknown")
     is_sim = swept.virtual_time
@@ -287,7 +287,7 @@ def write_sweep_tasks(directory: str | Path, *, baseline: str = "auto") -> tuple
     if baseline == "sim_unloaded":
         base = unloaded_baseline(
             trajs,
-            deployment=swept.deployment,
+            deployment=swept.deployment if isinstance(swept, SimTarget) else None,
             efficiency=cfg.get("efficiency", "mid"),
         )
     else:

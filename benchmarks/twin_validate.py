@@ -181,10 +181,37 @@ def main(argv: list[str] | None = None) -> int:
     for eff in ("mid", "low", "high"):
         shutil.rmtree(out / f"twin-{eff}", ignore_errors=True)
         report[f"twin_{eff}"] = _sweep(f"sim:{twin}", args, out / f"twin-{eff}", efficiency=eff)
+    if args.mode == "serve-sim":
+        report["step_check"] = _step_check(args.preset, twin)
     report["loadavg_end"] = _load()
     (out / "validation.json").write_text(json.dumps(report, indent=1, default=str))
     _print(report, tol)
     return 0
+
+
+# (decoding sequences, their context sum, prefill tokens, prefill prefix) of single steps to compare
+_STEPS = [(1, 100, 0, 0), (30, 150_000, 0, 0), (100, 1_000_000, 0, 0), (30, 150_000, 500, 5_000),
+          (30, 150_000, 8_162, 0), (0, 0, 8_192, 0), (0, 0, 200, 8_000)]  # fmt: skip
+
+
+def _step_check(preset: str, twin: Path) -> list[dict]:
+    """One engine step timed by the preset's engine and by the twin (ms): where the linear form fits."""
+    from agentperf_kit.sim.engine import Engine
+    from agentperf_kit.sim.presets import efficiency, get_deployment
+    from agentperf_kit.sim.twin import TwinEngine
+
+    eff = efficiency("mid")
+    truth = Engine(get_deployment(preset), eff, lambda *a: None, lambda *a: None)
+    model = TwinEngine(get_deployment(str(twin)), eff, lambda *a: None, lambda *a: None)
+    rows = []
+    for b, ctx, pre, prefix in _STEPS:
+        pairs = pre * prefix + pre * pre / 2.0
+        kv = prefix + pre if pre else 0
+        args = (b + pre, b, 1.0, ctx, pairs, kv)
+        t, m = truth._step(*args)[0], model._step(*args)[0]
+        rows.append({"decoders": b, "context": ctx, "prefill": pre, "prefix": prefix,
+                     "engine_ms": t * 1e3, "twin_ms": m * 1e3, "error": m / t - 1})  # fmt: skip
+    return rows
 
 
 def _print(r: dict, tol: float) -> None:
@@ -210,6 +237,13 @@ def _print(r: dict, tol: float) -> None:
             return "-" if v is None else format(v, fmt)
 
         print(f"| {n} | {f(a[0], '.3f')} | {f(b[0], '.3f')} | {f(a[1], '.1f')} | {f(b[1], '.1f')} |")
+    if "step_check" in r:
+        print("\none step, the preset's engine vs the twin (ms)")
+        print("| decoders | context | prefill | on prefix | engine | twin | error |")
+        print("|---|---|---|---|---|---|---|")
+        for x in r["step_check"]:
+            print(f"| {x['decoders']} | {x['context']:,} | {x['prefill']:,} | {x['prefix']:,} | "
+                  f"{x['engine_ms']:.2f} | {x['twin_ms']:.2f} | {x['error']:+.1%} |")  # fmt: skip
     print(
         f"\nwall s: measured {m['wall_s']}, twin {mid['wall_s']}; load average start {r['loadavg_start']}, "
         f"end {r['loadavg_end']}"

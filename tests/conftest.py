@@ -34,3 +34,129 @@ def assert_live_run_measured(rc: int, out) -> None:
         assert manifest["client_check"]["reasons"]
         return
     assert rc == 0
+
+
+# The fast lane (README, docs/ARCHITECTURE.md): ``pytest -m "not slow and not browser"`` runs in under a
+# minute on the CI machine. Besides the tests marked ``@pytest.mark.slow`` in their files, these are slow:
+# whole modules that run sweeps, subprocesses or many live requests, tests that use the session sweep, and the
+# tests that took 0.8 s or more (measured with ``pytest --durations=0`` on the 2-core CI machine under load).
+# A new test that takes more than about a second: mark it ``@pytest.mark.slow`` in its file.
+SLOW_MODULES = {
+    "test_live_faults.py",
+    "test_live_fuzz.py",
+    "test_notebooks.py",
+    "test_sweep_extend.py",
+    "test_frontier.py",
+    "test_tasks.py",
+    "test_whatif.py",
+    "test_report.py",
+    "test_run_cli.py",
+    "test_client_outside.py",
+    "test_sweep.py",
+    "test_cli_sweep.py",
+    "test_sweep_serve_sim.py",
+}
+SLOW_TESTS = {
+    "test_chunks.py": {
+        "test_a_cancelled_request_row_agrees_with_its_chunk_rows",
+        "test_chunk_times_give_the_servers_inter_token_latency",
+        "test_chunks_are_off_by_default",
+    },
+    "test_cli_errors.py": {
+        "test_ctrl_c_is_one_line_exit_130_and_keeps_the_files",
+        "test_no_header_value_or_key_reaches_any_file_or_output",
+        "test_no_preflight_skips_it_and_a_run_with_no_success_exits_3",
+        "test_preflight_passes_against_a_working_server",
+        "test_report_into_a_closed_pipe_is_not_an_error",
+        "test_sweep_out_resumes_only_its_own_sweep",
+    },
+    "test_client_session.py": {
+        "test_a_large_body_that_waits_for_the_socket_is_sent_whole_and_stamped_when_written",
+        "test_idle_connections_are_dropped_before_the_server_would_close_them",
+        "test_request_and_stall_limits_share_one_timer",
+    },
+    "test_plots.py": {
+        "test_level_metric_draws_sorted_data_and_tier_limits",
+        "test_plot_levels_returns_a_two_panel_figure",
+        "test_report_figures_feed_the_html_report",
+    },
+    "test_recorder.py": {
+        "test_sigkilled_writer_leaves_readable_rows",
+    },
+    "test_replay.py": {
+        "test_api_key_never_reaches_files",
+        "test_chat_filler_is_sized_in_the_servers_own_tokens",
+        "test_chat_filler_without_calibration_misses_by_the_tokenizer_ratio",
+        "test_clean_run_passes_the_self_check",
+        "test_connect_error_is_a_row",
+        "test_dialects_measure_ttft_speed_and_usage",
+        "test_each_fault_is_a_row_with_its_class",
+        "test_in_flight_reaches_n_beyond_aiohttp_default_pool",
+        "test_prompts_have_exact_prefixes_within_a_phase_and_none_across",
+        "test_repeated_runs_with_one_seed_never_find_their_prompts_cached",
+        "test_self_check_flags_a_blocked_event_loop",
+        "test_self_check_flags_a_capped_connection_pool",
+        "test_tool_delays_are_respected",
+    },
+    "test_serve_sim.py": {
+        "test_first_token_at_the_end_of_prefill",
+        "test_kv_pressure_shows_as_waiting_requests",
+        "test_live_replay_against_the_simulated_server",
+        "test_non_streaming_client_that_hangs_up_is_aborted",
+        "test_openai_sdk_against_the_simulated_server",
+    },
+    "test_sim.py": {
+        "test_conservation_under_random_workloads",
+    },
+    "test_sink_flow.py": {
+        "test_a_huge_burst_through_the_sink_is_read_whole",
+    },
+    "test_sse_fastpath.py": {
+        "test_send_request_fast_and_full_give_the_same_outcome",
+    },
+    "test_stats.py": {
+        "test_a_level_where_many_requests_hang_fails_the_tier",
+        "test_clustered_interval_holds_the_value_and_the_independent_interval",
+        "test_edge_cases_measured_like_the_reference_through_the_real_client",
+        "test_levels_csv_and_summary_store_each_tiers_own_statistics",
+    },
+    "test_telemetry.py": {
+        "test_an_unreachable_metrics_url_is_a_gap",
+        "test_bad_gpu_index_names_what_exists",
+        "test_cli_run_measures_power_from_a_dcgm_url",
+        "test_dcgm_power_of_the_selected_gpus",
+        "test_gaps_are_rows_with_the_reason",
+        "test_nvml_power_off_the_event_loop",
+        "test_nvml_unavailable_is_a_note_and_the_run_goes_on",
+        "test_scraped_queue_lengths_line_up_with_requests_in_flight",
+        "test_sweep_falls_back_to_declared_power_when_nothing_is_measured",
+        "test_sweep_uses_the_measured_power_for_agents_per_mw",
+    },
+    "test_trajectories_api.py": {
+        "test_default_set_regenerates_byte_for_byte",
+    },
+    "test_trajectories_fit.py": {
+        "test_fit_cli",
+    },
+    "test_widgets.py": {
+        "test_explorer_reproduces_a_simulated_sweep",
+        "test_frontier_explorer_on_a_sweep_gives_its_tiers",
+        "test_frontier_explorer_reads_the_table_at_the_slider_point",
+        "test_level_picker_shows_the_chosen_level",
+        "test_random_tables_agree_with_slo",
+        "test_trajectory_browser_tables_one_agent",
+        "test_widget_contract_for_the_browser_test",
+    },
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.path.name
+        name = getattr(item, "originalname", None) or item.name
+        if (
+            module in SLOW_MODULES
+            or name in SLOW_TESTS.get(module, ())
+            or "small_sweep" in getattr(item, "fixturenames", ())
+        ):
+            item.add_marker(pytest.mark.slow)

@@ -544,7 +544,7 @@ def test_run_warns_when_the_window_will_exceed_twice_the_duration(capsys):
     from agentperf_kit.agents import RunRules
     from agentperf_kit.cli.run import _print_expected_window
 
-    _print_expected_window(default_trajectories(), 16, RunRules(duration_s=20), sim=False)
+    _print_expected_window(default_trajectories(), 16, RunRules(duration_s=20), virtual_time=False)
     err = capsys.readouterr().err
     assert "plan: " in err and "expected steady window" in err
     assert "warning: the steady window will last about" in err and "--min-trajectories-per-agent" in err
@@ -552,7 +552,7 @@ def test_run_warns_when_the_window_will_exceed_twice_the_duration(capsys):
         default_trajectories(),
         16,
         RunRules(duration_s=20, min_trajectories=0, min_trajectories_per_agent=0),
-        sim=False,
+        virtual_time=False,
     )
     assert "warning" not in capsys.readouterr().err
 

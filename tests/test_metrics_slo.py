@@ -69,7 +69,8 @@ def test_server_ignoring_ignore_eos_is_flagged():
 
 def test_percentile_keeps_inf_where_numpy_gives_nan():
     vals = [1, 2, 3, np.inf]
-    assert math.isnan(np.percentile(vals, 90))
+    with np.errstate(invalid="ignore"):  # numpy's inf - inf, the NaN this test shows
+        assert math.isnan(np.percentile(vals, 90))
     assert percentile(vals, 90) == math.inf
     assert percentile([1, 2, 3, 4], 90) == pytest.approx(np.percentile([1, 2, 3, 4], 90))
     assert percentile([1, 2, 3, np.inf], 50) == pytest.approx(2.5)

@@ -104,8 +104,12 @@ def test_twin_band_brackets_the_estimate(tmp_path):
     step = {"step_s": 0.01, "prefill_token_s": 1e-4, "decode_seq_s": 2e-3, "context_token_s": 0.0}
     se = {"step_s": 0.001, "prefill_token_s": 1e-5, "decode_seq_s": 0.002, "context_token_s": 1e-7}
     dep = load_twin(_write_twin(tmp_path / "t.toml", step, se))
-    assert dep.step_low.step_s == pytest.approx(0.012) and dep.step_high.step_s == pytest.approx(0.008)
-    assert dep.step_high.decode_seq_s == 0.0  # 2e-3 - 2 x 2e-3 clipped at 0
+    # multiplicative interval: 0.01 x exp(+-2 x 0.001 / 0.01)
+    assert dep.step_low.step_s == pytest.approx(0.01 * math.exp(0.2))
+    assert dep.step_high.step_s == pytest.approx(0.01 * math.exp(-0.2))
+    # an SE as large as the estimate: the fast end stays positive (a step is never free)
+    assert dep.step_high.decode_seq_s == pytest.approx(2e-3 * math.exp(-2.0))
+    # estimated at 0: 0 .. z x SE
     assert dep.step_low.context_token_s == pytest.approx(2e-7) and dep.step_high.context_token_s == 0.0
     for lo, mid, hi in zip(
         dep.step_low.as_dict().values(),
@@ -216,3 +220,59 @@ def test_robust_fit_resists_one_stalled_row():
     err = {t: abs(robust.coef[t] / v - 1) for t, v in TRUE.items()}
     assert max(err.values()) < 0.05, err
     assert abs(plain.coef["step_s"] / 0.01 - 1) > err["step_s"]
+
+
+@pytest.mark.realserver
+@pytest.mark.slow
+def test_profile_real_llama_server(tmp_path):
+    """``agentperf profile`` against llama.cpp's ``llama-server`` (built by ../shared/real-servers; skipped
+    where it is not): engine limits from ``/props``, a twin a sweep loads. Accuracy is the benchmark's
+    job (benchmarks/twin_validate.py), not a test's: the figures depend on the machine's load."""
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get("AGENTPERF_REAL_SERVERS", Path.home() / ".cache/agentperf-real-servers"))
+    binary, model = root / "llama-build/bin/llama-server", root / "model/tiny.gguf"
+    if not (binary.exists() and model.exists()):
+        pytest.skip(f"llama-server not set up under {root} (../shared/real-servers/setup_llama_server.sh)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "--alias", "tiny",
+         "--metrics", "-np", "4", "-c", "16384", "-t", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/v1"
+    out = tmp_path / "twin.toml"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "llama-server did not come up"
+                time.sleep(0.2)
+        cmd = [sys.executable, "-m", "agentperf_kit.cli", "profile", "--target", base, "--model", "tiny",
+               "--out", str(out), "--max-context", "1024", "--repeats", "2", "--chunk-tokens", "2048",
+               "--decode-tokens", "64"]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    data = tomllib.loads(out.read_text())
+    assert data["engine"]["max_num_seqs"] == 4  # /props total_slots
+    assert data["engine"]["kv_capacity_tokens"] == 16384  # n_ctx per slot x slots
+    assert data["provenance"]["server"]["props"]["total_slots"] == 4
+    dep = load_twin(out)
+    assert dep.step_low.step_s >= dep.step_mid.step_s >= dep.step_high.step_s
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from agentperf_kit.cli import main
+
+    assert main(["profile", "--target", "http://127.0.0.1:9/v1", "--model", "m", "--out", "t.txt"]) == 2
+    assert "--out must end in .toml" in capsys.readouterr().err
+    assert main(["sweep", "--target", f"sim:{tmp_path / 'none.toml'}", "--dry-run"]) == 2
+    assert "agentperf profile" in capsys.readouterr().err

@@ -168,10 +168,9 @@ def _sweep(args: argparse.Namespace) -> int:
     cfg = _config(args)
     trajs = load_trajectory_set(cfg.trajectories, cfg.max_context)
     resuming = check_resumable(cfg) if cfg.out else False
-    endpoint = key = None
-    if not cfg.is_sim:
-        key = api_key_from_env(cfg.api_key_env)
-        endpoint = cfg.endpoint_for()
+    target = cfg.target_object  # targets.parse_target read --target with the config
+    virtual = target.virtual_time
+    api_key_from_env(cfg.api_key_env)  # set and not empty
     if args.dry_run:
         print(
             f"target {cfg.target}; tiers {cfg.tiers}; ramp levels {plan_levels(_cap(cfg, trajs))} until "
@@ -185,7 +184,7 @@ def _sweep(args: argparse.Namespace) -> int:
         print(_window_line(cfg, trajs))
         if cfg.out:
             print(f"output: {cfg.out} ({'resumes the sweep there' if resuming else 'new'})")
-        if not cfg.is_sim:
+        if not virtual:
             print(_live_estimate(cfg, trajs))
             print(
                 f"telemetry: /metrics {'scraped' if cfg.scrape_metrics else 'not scraped'}; power "
@@ -200,20 +199,19 @@ def _sweep(args: argparse.Namespace) -> int:
         else:
             print("simulated target: runs in virtual time (seconds of wall time)")
         return 0
-    if endpoint is not None and not args.no_preflight:
-        from ..client.preflight import preflight_sync
-
-        preflight_sync(endpoint, key, timeout_s=min(cfg.request_timeout_s, 60.0))
-        print(f"preflight: {endpoint.base_url} answered for model {endpoint.model}", file=sys.stderr)
+    if not args.no_preflight:
+        line = target.preflight(timeout_s=min(cfg.request_timeout_s, 60.0))
+        if line:
+            print(line, file=sys.stderr)
     err = sys.stderr if args.json else sys.stdout
-    if not cfg.is_sim:
+    if not virtual:
         print(_live_estimate(cfg, trajs), file=err, flush=True)
     # the expected window of the first level, as `run` prints it (each level's in the --dry-run plan)
     first, *warning = _window_line(cfg, trajs).split("\n")
-    where = " (virtual time: the simulator takes seconds of wall time)" if cfg.is_sim else ""
+    where = " (virtual time: the simulator takes seconds of wall time)" if virtual else ""
     plan = first.removeprefix("per level: ")
     print(f"plan: per level, warm-up {cfg.warmup_s:g} s, then {plan}{where}", file=sys.stderr, flush=True)
-    if warning and not cfg.is_sim:
+    if warning and not virtual:
         print(*warning, file=sys.stderr, flush=True)
     result = run_sweep(cfg, progress=not args.json)
     if args.json:

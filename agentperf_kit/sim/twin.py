@@ -11,8 +11,9 @@ read by the chunks) takes, in seconds::
 with the same definitions of ``C``, ``A`` and ``K`` as the roofline engine
 (:meth:`agentperf_kit.sim.engine.Engine.step_time`). Each coefficient carries its standard error from the
 least-squares fit (:mod:`agentperf_kit.twin.fit`); the efficiency sets of a sweep map to the band:
-``mid`` = the point estimate, ``low`` = every coefficient at its upper bound (estimate + ``z`` x SE, the
-slow end), ``high`` = every coefficient at its lower bound (estimate - ``z`` x SE, at least 0).
+``mid`` = the point estimate, ``low`` = every coefficient at its slow end (estimate x exp(``z`` x SE /
+estimate)), ``high`` = at its fast end (estimate / exp(``z`` x SE / estimate)); a coefficient estimated
+at 0 spans 0 .. ``z`` x SE.
 
 ``agentperf sweep --target sim:PATH.toml`` resolves such a file through
 :func:`agentperf_kit.sim.presets.get_deployment`; :func:`agentperf_kit.sim.disagg.make_engine` gives it a
@@ -105,13 +106,6 @@ class TwinEngine(Engine):
         t = m.time(max(0.0, tokens - n_dec * q), n_dec, ctx + pkv, pairs)
         return t, m.context_token_s
 
-    def step_time(
-        self, tokens: int, decode_ctx: float, prefill_pairs: float, prefill_kv: float, *_: Any
-    ) -> float:
-        """Seconds for one step: ``tokens`` = decoding sequences (``self.b``) + prefill tokens."""
-        b = self.b
-        return self.model.time(max(0, tokens - b), b, decode_ctx + prefill_kv, prefill_pairs)
-
     def _decode_line(self) -> tuple[float, float]:
         """Pure decode: step time now and its growth per step (the context grows by ``b`` per step)."""
         b = self.b
@@ -124,10 +118,16 @@ def is_twin_path(name: str) -> bool:
 
 
 def _band(point: StepModel, se: dict[str, float], z: float, sign: int) -> StepModel:
+    """One end of the band: each coefficient ``c`` with standard error ``s`` moved to ``c x exp(+-z s /
+    c)`` (a multiplicative interval: a positive time never reaches 0, which would make steps free); a
+    coefficient estimated at 0 moves to ``z s`` (slow end) or stays 0 (fast end)."""
     vals = {}
     for t in TERMS:
-        v = getattr(point, t) + sign * z * float(se.get(t, 0.0))
-        vals[t] = max(0.0, v)
+        c, s = getattr(point, t), float(se.get(t, 0.0))
+        if c > 0:
+            vals[t] = c * math.exp(sign * min(50.0, z * s / c))
+        else:
+            vals[t] = z * s if sign > 0 else 0.0
     return StepModel(**vals)
 
 

@@ -371,7 +371,7 @@ def _static_limits(
     if card.get("max_model_len"):
         limits["max_context_tokens"], src["max_context_tokens"] = int(card["max_model_len"]), "/v1/models"
     elif n_ctx_slot or meta_ctx:
-        limits["max_context_tokens"] = int(n_ctx_slot or meta_ctx)
+        limits["max_context_tokens"] = int(n_ctx_slot or meta_ctx or 0)
         src["max_context_tokens"] = "/props n_ctx (per slot)" if n_ctx_slot else "/v1/models meta.n_ctx"
     else:
         limits["max_context_tokens"], src["max_context_tokens"] = 8192, "assumed (server does not say)"
@@ -398,7 +398,7 @@ def _static_limits(
     # prefill chunk
     if cfg.chunk_tokens:
         limits["max_num_batched_tokens"], src["max_num_batched_tokens"] = int(cfg.chunk_tokens), "given"
-    elif (props or {}).get("n_batch"):
+    elif props and props.get("n_batch"):
         limits["max_num_batched_tokens"], src["max_num_batched_tokens"] = int(props["n_batch"]), "/props"
     else:
         limits["max_num_batched_tokens"] = 8192
