@@ -360,6 +360,38 @@ def test_preflight_refuses_a_closed_port_in_seconds(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+class StuckModelServer(ModelServer):
+    """Accepts connections, never answers ``/v1/models`` (a server stuck or still loading)."""
+
+    async def _models(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(5)  # past the test's 2 s limit; short, so that the server's cleanup ends
+        return web.json_response({"object": "list", "data": []})
+
+
+def test_preflight_says_a_stuck_server_answered_nothing_not_that_it_cannot_be_reached(tmp_path, capsys):
+    # found by benchmarks/fault_matrix.py: a /models that never answers was reported as "cannot reach"
+    with serving(StuckModelServer()) as srv:
+        out = tmp_path / "o"
+        rc = main(
+            [
+                "run",
+                "--target",
+                srv.base_url,
+                "--model",
+                "m",
+                *SHORT,
+                "--request-timeout",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        line = _one_error_line(capsys.readouterr().err)
+        assert rc == 2 and srv.base_url in line
+        assert "accepted the connection but sent no answer within 2 s" in line and "cannot reach" not in line
+        assert not out.exists()
+
+
 def test_no_preflight_skips_it_and_a_run_with_no_success_exits_3(tmp_path, capsys):
     with serving(SSEServer(fault="http500")) as srv:
         out = tmp_path / "o"

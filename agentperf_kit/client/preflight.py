@@ -106,6 +106,11 @@ async def preflight(
                 info["models_status"] = resp.status
                 text = await resp.text(errors="replace")
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            if _answer_timed_out(exc):  # connected, then no answer: "cannot reach" would send the user astray
+                raise TargetError(
+                    f"{where}: GET {endpoint.base_url}/models accepted the connection but sent no answer "
+                    f"within {timeout_s:g} s; is the server stuck or still loading? {_SKIP}"
+                ) from None
             raise TargetError(
                 f"{where}: cannot reach the server: {scrub(_describe(exc), secrets)}; is it running, and is "
                 f"the URL right? {_SKIP}"
@@ -170,6 +175,14 @@ def preflight_sync(
 ) -> dict[str, Any]:
     """:func:`preflight` from synchronous code (not from inside a running event loop)."""
     return asyncio.run(preflight(endpoint, api_key, timeout_s=timeout_s))
+
+
+def _answer_timed_out(exc: BaseException) -> bool:
+    """True for a time limit hit after the connection was made (not a connect timeout)."""
+    connect_timeout = getattr(aiohttp, "ConnectionTimeoutError", None)
+    if connect_timeout is not None and isinstance(exc, connect_timeout):
+        return False
+    return isinstance(exc, TimeoutError | asyncio.TimeoutError)
 
 
 def _describe(exc: BaseException) -> str:
