@@ -95,6 +95,8 @@ async def _stream_tokens(
 
 
 async def handle_models(request: web.Request) -> web.Response:
+    if request.match_info["fault"] == "stuckmodels":  # accepts, never answers (stuck or loading)
+        await asyncio.sleep(3600)
     return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
 
 
@@ -836,6 +838,26 @@ def run_input_rows(port: int) -> None:
         "sweep --out on a directory with a user's file",
         "exit 2, one line, dir untouched",
         f"exit {p.returncode}, {sorted(os.listdir(out))}, {(errors_of(p) or [''])[0][:100]}",
+        ok,
+    )
+    # a server that accepts the connection and never answers /models: exit 2, said as such
+    out = TMP / "stuckmodels"
+    p = cli(
+        "run",
+        "--target",
+        f"http://127.0.0.1:{port}/stuckmodels/v1",
+        "--request-timeout",
+        "3",
+        *short(),
+        "--out",
+        str(out),
+    )
+    first = (errors_of(p) or [""])[0]
+    ok = p.returncode == 2 and one_line(p) and "no answer" in first and not out.exists()
+    record(
+        "preflight: /models never answers",
+        "exit 2, one line saying it sent no answer, nothing written",
+        f"exit {p.returncode}, {first[-110:]}",
         ok,
     )
     # serve-sim --port 99999
