@@ -400,6 +400,24 @@ class AgentFleet:
         """True once the steady window has closed (no agent sends again)."""
         return self._closed
 
+    def window_progress(self, now: float) -> str:
+        """What the level is waiting for at ``now`` (seconds), one line for progress displays, e.g.
+        ``window: 8.2/20 s, trajectories 12/30, min per agent 1/3`` (the window closes when all three are
+        met, or at ``max_duration_s``)."""
+        r = self.rules
+        if self._closed:
+            return "window closed: draining" if self.aborted_reason is None else "ended early: draining"
+        start = self.window_start_s
+        if start != start:
+            return f"ramp: {self._n_active}/{self.n_agents} agents active"
+        if now < start:
+            return f"warm-up: {now - (start - r.warmup_s):.1f}/{r.warmup_s:g} s"
+        per_agent = min(a.completed_in_window for a in self._agents)
+        return (
+            f"window: {now - start:.1f}/{r.duration_s:g} s, trajectories {self.completed_in_window}/"
+            f"{r.min_trajectories}, min per agent {per_agent}/{r.min_trajectories_per_agent}"
+        )
+
     def window_summary(self) -> dict[str, Any]:
         """Window bounds, trajectory counts and the AA-validity verdict with its reasons."""
         reasons = self.rules.short_of_aa()

@@ -197,11 +197,11 @@ def sweep_frontier(
         for r in tab.itertuples()
     ]
     what_if = cfg.get("what_if")
-    target = str(summary["target"])
-    if target == "sim":
-        from .sim.presets import DEFAULT_DEPLOYMENT
+    from .targets import parse_target
 
-        target = f"sim:{DEFAULT_DEPLOYMENT}"
+    # the canonical spec (``sim`` names the default deployment: ``sim:h200x8-dsv4pro``)
+    swept = parse_target(str(summary["target"]), model=summary.get("model") or "unknown")
+    target = getattr(swept, "spec", str(summary["target"]))
     tab.insert(0, "system", system or (target + (f" [{what_if}]" if what_if else "")))
     tab.insert(1, "directory", str(d))
     from .tasks import load_sweep_tasks

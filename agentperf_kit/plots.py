@@ -78,11 +78,15 @@ def plot_level_metric(
     lo, hi = f"{y}_ci_low", f"{y}_ci_high"
     if lo in data and hi in data:
         ax.fill_between(data[x], data[lo].clip(upper=1e9), data[hi].clip(upper=1e9), alpha=0.2)
-    metric = _level_stat_metric(y)
+    q, metric = _split_level_stat(y)
     if tiers is not None and metric is not None:
         for t in tiers.tiers:
-            # the tier's limit on this metric: a floor when higher is better, a ceiling otherwise
-            limit = t.min_output_speed_tps if metric.higher_is_better else t.max_ttft_s
+            # the tier's limit on this statistic: its speed floor or TTFT ceiling, drawn only when the
+            # column is that metric at the tier's own percentile (a P25 panel has no line for a P10 tier)
+            limit_q = _tier_limit(t, metric.name)
+            if limit_q is None or (q is not None and float(q) != limit_q[1]):
+                continue
+            limit = limit_q[0]
             ax.axhline(limit, ls="--", lw=1, color="grey")
             ax.annotate(t.name, (data[x].max(), limit), fontsize=8, va="bottom", ha="right")
     ax.set_xscale("log", base=2)
@@ -93,6 +97,15 @@ def plot_level_metric(
     ax.set_xlabel("concurrent agents (N)" if x == "concurrency" else x)
     ax.set_ylabel(label)
     return ax
+
+
+def _tier_limit(tier: Tier, metric: str) -> tuple[float, float] | None:
+    """(threshold, percentile) a tier sets on a per-request metric, or None when it sets none."""
+    if metric == "output_speed_tps":
+        return tier.min_output_speed_tps, tier.speed_percentile
+    if metric == "ttft_s":
+        return tier.max_ttft_s, tier.ttft_percentile
+    return None
 
 
 def _split_level_stat(column: str) -> tuple[str | None, Any]:

@@ -19,8 +19,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import gc
-import hashlib
-import json
+import logging
 import os
 import random
 import time
@@ -44,12 +43,22 @@ from .client.http import (
 from .errors import OutputError
 from .percentiles import percentile
 from .recorder import ChunkWriter, RunWriter
-from .results import RunResult, finalize_chunks, finalize_run, toolkit_provenance, write_manifest
+from .results import (
+    RunResult,
+    finalize_chunks,
+    finalize_run,
+    prepare_run_dir,
+    run_manifest,
+    window_manifest,
+    write_manifest,
+)
 from .schema import json_safe
 from .telemetry import TelemetryConfig, TelemetrySampler
 from .trajectories.model import Trajectory
 
 __all__ = ["Endpoint", "run_live", "run_live_sync"]
+
+log = logging.getLogger(__name__)
 
 
 async def _loop_lag_monitor(samples: list[float], stop: asyncio.Event, interval: float = 0.01) -> None:
@@ -129,6 +138,8 @@ async def run_live(
     telemetry: TelemetryConfig | None = None,
     record_chunks: bool = False,
     fast_parse: bool = True,
+    overwrite: bool = False,
+    target_info: dict[str, Any] | None = None,
 ) -> RunResult:
     """Run one level live; returns (and with ``out_dir`` writes) the per-request table and manifest.
 
@@ -141,6 +152,11 @@ async def run_live(
     written. ``connection_limit`` overrides the connector size (default: N + 8), e.g. to show what a
     capped pool does to the self-check.
 
+    ``out_dir`` (default ``runs/RUN_ID``) must be new or empty; ``overwrite=True`` replaces a previous run
+    there, never other files (:func:`~agentperf_kit.results.prepare_run_dir`; else
+    :class:`~agentperf_kit.errors.OutputError` before anything is sent). ``target_info`` is added to the
+    manifest's ``target`` section (e.g. accelerators, from a :class:`~agentperf_kit.targets.LiveTarget`).
+
     ``record_chunks`` also writes every visible chunk's time and token count to ``chunks.parquet``
     (docs/schema.md; streamed to ``chunks.arrow`` during the run). ``fast_parse=False`` JSON-decodes every
     chunk instead of the byte-level fast path (same results, more CPU; see docs/replay.md).
@@ -151,258 +167,404 @@ async def run_live(
     :class:`~agentperf_kit.errors.OutputError` is raised after the agents stopped (one line; the rows
     written before stay readable).
 
+    Interrupted (the task cancelled, Ctrl-C): every agent task, the telemetry sampler and the HTTP
+    session are closed and the row files finished before the cancellation propagates, so the rows
+    written so far stay readable (:func:`~agentperf_kit.results.load_run`) and no task is left running.
+
     ``telemetry`` (a :class:`~agentperf_kit.telemetry.TelemetryConfig`) samples the server's ``/metrics``
     and/or accelerator power on the run's clock: ``telemetry.parquet``, a ``telemetry`` section in the
     manifest and, with a power source, ``power_w`` (mean over the steady window) with
     ``power_scope = "measured"`` (docs/telemetry.md).
+
+    Progress (``progress=True``): a tqdm bar whose description says what the level is waiting for
+    (:meth:`~agentperf_kit.agents.AgentFleet.window_progress`). Notes and the self-check verdict go to
+    the ``agentperf_kit.replay`` logger (the CLI prints them as ``warning: ...`` lines).
     """
     key = api_key or (os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None)
-    secrets = endpoint_secrets(endpoint, key)
     run_id = run_id or f"live-{uuid.uuid4().hex[:8]}"
-    out_dir = out_dir or os.path.join("runs", run_id)
-    writer = RunWriter(out_dir, flush_rows=256, flush_s=0.5)  # live: rows reach disk within 0.5 s
+    out_dir = prepare_run_dir(out_dir or os.path.join("runs", run_id), overwrite=overwrite)
     if marker_nonce is None:  # unique markers per run: a repeated run must not hit its own old prompts
         marker_nonce = random.SystemRandom().getrandbits(107)
-    fleet = AgentFleet(
+    run = _LiveLevel(
+        endpoint,
+        key,
+        out_dir,
+        connection_limit or n_agents + 8,
+        lag_budget_s,
+        telemetry,
+        record_chunks,
+        fast_parse,
+        progress,
+        run_id,
+        level,
+    )
+    run.fleet = AgentFleet(
         trajectories,
         n_agents,
         rules,
         seed=seed,
-        sink=writer,
+        sink=run.writer,
         run_id=run_id,
         level=level,
         marker_nonce=marker_nonce,
     )
-    chunk_logs: dict[int, list] = {}
     config = {
         "target": endpoint.public_dict(),
         "concurrency": n_agents,
         "rules": {k: getattr(rules, k) for k in rules.__dataclass_fields__},
         "seed": seed,
         "marker_nonce": f"{marker_nonce:027x}",
-        "trajectories": len(fleet.trajectories),
+        "trajectories": len(run.fleet.trajectories),
         "lag_budget_s": lag_budget_s,
     }
     if telemetry is not None:
         config["telemetry"] = telemetry.public_dict()
-    manifest: dict[str, Any] = {
-        "kind": "agentperf-run",
-        "run_id": run_id,
-        "level": level,
-        **toolkit_provenance(),
-        "config": config,
-        "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[
-            :16
-        ],
-        "target": {"kind": "live", **endpoint.public_dict()},
-    }
-    limit = connection_limit or n_agents + 8
-    headers = dict(endpoint.headers)
-    if key:  # one Authorization header: the key wins over a header of that name (any case)
-        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-        headers["Authorization"] = f"Bearer {key}"
-    lag: list[float] = []
-    stop = asyncio.Event()
-    in_flight: dict[int, RequestPlan] = {}
-    max_in_flight = 0  # requests sent and not yet ended, at most (never above N: each agent waits)
-    origin_ns = time.perf_counter_ns()
-    chunks = ChunkWriter(out_dir, origin_ns, run_id=run_id, level=level) if record_chunks else None
-    manifest["clock"] = {"kind": "perf_counter_ns", "origin_ns": origin_ns, "origin_unix_s": time.time()}
-    write_manifest(out_dir, manifest)
+    run.manifest = run_manifest(
+        run_id=run_id,
+        level=level,
+        config=config,
+        target={"kind": "live", **endpoint.public_dict(), **(target_info or {})},
+        clock={"kind": "perf_counter_ns", "origin_ns": run.origin_ns, "origin_unix_s": time.time()},
+    )
+    write_manifest(out_dir, run.manifest)
+    await run.drive()
+    return run.finish()
 
-    def now() -> float:
-        return (time.perf_counter_ns() - origin_ns) / 1e9
 
-    bar = None
-    if progress:
+class _LiveLevel:
+    """One live level's resources and state; each method has one job. :meth:`drive` owns every resource
+    (row writers, HTTP session, progress bar, loop-lag monitor, telemetry sampler, agent tasks) through
+    ``async with``/``finally``; :meth:`finish` writes the results."""
+
+    fleet: AgentFleet
+    manifest: dict[str, Any]
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        key: str | None,
+        out_dir: os.PathLike,
+        limit: int,
+        lag_budget_s: float,
+        telemetry: TelemetryConfig | None,
+        record_chunks: bool,
+        fast_parse: bool,
+        progress: bool,
+        run_id: str,
+        level: int,
+    ) -> None:
+        self.endpoint = endpoint
+        self.secrets = endpoint_secrets(endpoint, key)
+        self.headers = dict(endpoint.headers)
+        if key:  # one Authorization header: the key wins over a header of that name (any case)
+            self.headers = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
+            self.headers["Authorization"] = f"Bearer {key}"
+        self.out_dir = out_dir
+        self.limit = limit
+        self.lag_budget_s = lag_budget_s
+        self.telemetry = telemetry if telemetry is not None and telemetry.active else None
+        self.fast_parse = fast_parse
+        self.progress = progress
+        self.origin_ns = time.perf_counter_ns()
+        self.writer = RunWriter(out_dir, flush_rows=256, flush_s=0.5)  # live: rows on disk within 0.5 s
+        self.chunks = (
+            ChunkWriter(out_dir, self.origin_ns, run_id=run_id, level=level) if record_chunks else None
+        )
+        self.chunk_logs: dict[int, list] = {}
+        self.in_flight: dict[int, RequestPlan] = {}
+        self.max_in_flight = 0  # requests sent and not yet ended, at most (never above N: each agent waits)
+        self.lag: list[float] = []
+        self.gc_pauses: list[float] = []
+        self.conn_waits: list[float] = []
+        self.body_reader = "readany"
+        self.sampler: TelemetrySampler | None = None
+        self.bar: Any = None
+        self.ttfts: list[float] = []
+        self.speeds: list[float] = []
+        self.errors = 0
+
+    def now(self) -> float:
+        return (time.perf_counter_ns() - self.origin_ns) / 1e9
+
+    # -- resources --------------------------------------------------------------------------------------
+
+    async def drive(self) -> None:
+        """The whole level, every resource released on the way out (normal end, error or cancellation):
+        agent tasks cancelled and awaited, sampler and session closed, row files finished."""
+        try:
+            async with (
+                open_session(self.limit, self.headers) as session,
+                _still_heap(self.gc_pauses),
+                self._progress_bar(),
+            ):
+                connector = session.connector
+                assert isinstance(connector, RunConnector)  # open_session's
+                self.conn_waits = connector.queue_waits_s
+                self.body_reader = "protocol" if connector.sink_capable else "readany"
+                await self._set_up(session)
+                prepare(self.endpoint)  # the shared prompt stream, built before the first send
+                async with self._lag_monitor(), self._sampler():
+                    await self._run_agents(session)
+        finally:
+            self._close_writers()
+
+    @contextlib.asynccontextmanager
+    async def _lag_monitor(self) -> Any:
+        stop = asyncio.Event()
+        task = asyncio.create_task(_loop_lag_monitor(self.lag, stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    @contextlib.asynccontextmanager
+    async def _sampler(self) -> Any:
+        if self.telemetry is None:
+            yield
+            return
+        self.sampler = TelemetrySampler(
+            self.telemetry,
+            now=self.now,
+            base_url=self.endpoint.base_url,
+            out_dir=self.out_dir,
+            headers=self.headers,
+            secrets=self.secrets,
+        )
+        async with self.sampler:
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _progress_bar(self) -> Any:
+        if not self.progress:
+            yield
+            return
         from tqdm.auto import tqdm
 
-        bar = tqdm(desc=f"N={n_agents} requests", unit="req", leave=False)
-    ttfts: list[float] = []
-    speeds: list[float] = []
-    errors = 0
+        self.bar = tqdm(desc=f"N={self.fleet.n_agents}", unit="req", leave=False)
+        try:
+            yield
+        finally:
+            self.bar.close()
 
-    gc_pauses: list[float] = []
-    async with open_session(limit, headers) as session, _still_heap(gc_pauses):
-        connector = session.connector
-        assert isinstance(connector, RunConnector), "open_session gives a RunConnector"
-        conn_waits = connector.queue_waits_s
-        body_reader = "protocol" if connector.sink_capable else "readany"
-        manifest["server"] = await _server_info(session, endpoint, secrets)
-        filler = endpoint.api == "chat" and any(
-            t.messages is None for tr in fleet.trajectories for t in tr.turns
+    def _close_writers(self) -> None:
+        """Finish the row files (readable after any end); a write error is raised once both are closed."""
+        try:
+            self.writer.close()
+        finally:
+            if self.chunks is not None:
+                try:
+                    self.chunks.close()
+                except OutputError:
+                    if self.writer.error is None:
+                        raise
+
+    # -- the level --------------------------------------------------------------------------------------
+
+    async def _set_up(self, session: aiohttp.ClientSession) -> None:
+        """What the server says about itself, and chat filler sized in the server's own tokens."""
+        self.manifest["server"] = await _server_info(session, self.endpoint, self.secrets)
+        ep = self.endpoint
+        trajs = self.fleet.trajectories
+        filler = ep.api == "chat" and any(t.messages is None for tr in trajs for t in tr.turns)
+        if not filler or ep.overhead_tokens is not None:
+            return
+        cal = await calibrate_chat_filler(session, ep, self.secrets)
+        self.manifest["prompt_calibration"] = cal
+        if "error" in cal:
+            log.warning("chat filler not calibrated (%s); prompt sizes may deviate", cal["error"])
+            return
+        self.endpoint = dataclasses.replace(
+            ep, tokens_per_word=cal["tokens_per_word"], overhead_tokens=cal["overhead_tokens"]
         )
-        if filler and endpoint.overhead_tokens is None:  # size chat filler in the server's own tokens
-            cal = await calibrate_chat_filler(session, endpoint, secrets)
-            manifest["prompt_calibration"] = cal
-            if "error" not in cal:
-                endpoint = dataclasses.replace(
-                    endpoint, tokens_per_word=cal["tokens_per_word"], overhead_tokens=cal["overhead_tokens"]
-                )
-            elif progress:
-                print(f"note: chat filler not calibrated ({cal['error']}); prompt sizes may deviate")
-        prepare(endpoint)  # the shared prompt stream, built before the first send
-        monitor = asyncio.create_task(_loop_lag_monitor(lag, stop))
-        sampler = None
-        if telemetry is not None and telemetry.active:
-            sampler = TelemetrySampler(
-                telemetry,
-                now=now,
-                base_url=endpoint.base_url,
-                out_dir=out_dir,
-                headers=headers,
-                secrets=secrets,
-            )
-            await sampler.start()
 
-        async def agent(plan: RequestPlan | None) -> None:
-            nonlocal errors, max_in_flight
-            while plan is not None:
-                while (delay := plan.t_scheduled_s - now()) > 0:  # timers may wake a little early
-                    await asyncio.sleep(delay)
-                if not fleet.may_send(now()):
-                    return
-                body = body_bytes(endpoint, plan)  # the JSON of endpoint.body(plan), built as bytes
-                in_flight[id(plan)] = plan
-                if len(in_flight) > max_in_flight:
-                    max_in_flight = len(in_flight)
-                fleet.on_send(plan, now())
-                log = None
-                if chunks is not None:
-                    log = chunk_logs[id(plan)] = []
-                outcome: RequestOutcome = await send_request(
-                    session, endpoint, plan, body, origin_ns, secrets=secrets, fast=fast_parse, chunk_log=log
-                )
-                del in_flight[id(plan)]
-                if chunks is not None:
-                    chunks.add(plan.agent, plan.phase_id, plan.turn_index, chunk_logs.pop(id(plan)))
-                if bar is not None:
-                    bar.update(1)
-                    if not outcome.ok:
-                        errors += 1
-                        speeds.append(0.0)  # a failed request counts as a miss, as in the metrics
-                    elif outcome.t_first_s == outcome.t_first_s:
-                        ttfts.append(outcome.t_first_s - outcome.t_send_s)
-                        span = outcome.t_last_s - outcome.t_first_s
-                        n_out = outcome.n_chunks if outcome.usage_mismatch else outcome.output_tokens or 0
-                        if n_out >= 2:
-                            speeds.append((n_out - 1) / span if span > 0 else float("inf"))
-                    if bar.n % 50 == 0:  # over the last 500 requests
-                        bar.set_postfix(
-                            agents=fleet.active_agents(),
-                            in_flight=len(in_flight),
-                            errors=errors,
-                            p25_speed=f"{percentile(speeds[-500:], 25):.1f}tok/s",
-                            p95_ttft=f"{percentile(ttfts[-500:], 95):.2f}s",
-                        )
-                plan = fleet.complete(plan, outcome)
+    async def _run_agents(self, session: aiohttp.ClientSession) -> None:
+        """Start the agents, watch the level until its window closes, drain, then cancel what is left;
+        the tasks are cancelled and awaited however this ends."""
+        tasks = [asyncio.create_task(self._agent(session, p)) for p in self.fleet.start(self.now())]
+        try:
+            await self._watch(tasks)
+        finally:
+            t_cancel = self.now()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._cancel_in_flight(t_cancel)
 
-        tasks = [asyncio.create_task(agent(p)) for p in fleet.start(now())]  # after the set-up
+    async def _watch(self, tasks: list[asyncio.Task]) -> None:
         all_done = asyncio.gather(*tasks)
-        while not all_done.done():
-            await asyncio.wait({all_done}, timeout=0.2)
-            failed = writer.error or (chunks.error if chunks is not None else None)
-            if failed is not None:  # results cannot be written: end the level, say why at the end
-                fleet.abort(now(), str(failed))
-            if not fleet.may_send(now()):
-                break
-        if not all_done.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(all_done), timeout=rules.drain_timeout_s)
-        t_cancel = now()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for plan in list(in_flight.values()):
-            if chunks is None:
-                fleet.cancel(plan, t_cancel)
+        all_done.add_done_callback(_retrieve)  # read on every path (an interrupt included): never logged
+        shown = 0.0
+        try:
+            while not all_done.done():
+                await asyncio.wait({all_done}, timeout=0.2)
+                failed = self.writer.error or (self.chunks.error if self.chunks is not None else None)
+                if failed is not None:  # results cannot be written: end the level, say why at the end
+                    self.fleet.abort(self.now(), str(failed))
+                if self.bar is not None and self.now() - shown >= 1.0:
+                    shown = self.now()
+                    self.bar.set_description(self.fleet.window_progress(shown), refresh=True)
+                if not self.fleet.may_send(self.now()):
+                    break
+            if not all_done.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(all_done), timeout=self.fleet.rules.drain_timeout_s)
+        finally:
+            if not all_done.done():
+                all_done.cancel()  # the agent tasks are cancelled and awaited by the caller
+        bug = all_done.exception() if all_done.done() and not all_done.cancelled() else None
+        if bug is not None:
+            raise bug  # a bug in an agent, not a failed request (those are rows)
+
+    async def _agent(self, session: aiohttp.ClientSession, plan: RequestPlan | None) -> None:
+        """One closed-loop agent: wait for its plan's time, send, record, next plan."""
+        fleet, in_flight, chunks = self.fleet, self.in_flight, self.chunks
+        while plan is not None:
+            while (delay := plan.t_scheduled_s - self.now()) > 0:  # timers may wake a little early
+                await asyncio.sleep(delay)
+            if not fleet.may_send(self.now()):
+                return
+            body = body_bytes(self.endpoint, plan)  # the JSON of endpoint.body(plan), built as bytes
+            in_flight[id(plan)] = plan
+            self.max_in_flight = max(self.max_in_flight, len(in_flight))
+            fleet.on_send(plan, self.now())
+            log_ = None
+            if chunks is not None:
+                log_ = self.chunk_logs[id(plan)] = []
+            outcome: RequestOutcome = await send_request(
+                session,
+                self.endpoint,
+                plan,
+                body,
+                self.origin_ns,
+                secrets=self.secrets,
+                fast=self.fast_parse,
+                chunk_log=log_,
+            )
+            del in_flight[id(plan)]
+            if chunks is not None:
+                chunks.add(plan.agent, plan.phase_id, plan.turn_index, self.chunk_logs.pop(id(plan)))
+            if self.bar is not None:
+                self._show(outcome)
+            plan = fleet.complete(plan, outcome)
+
+    def _show(self, outcome: RequestOutcome) -> None:
+        """Progress bar: one more request; every 50, the recent P25 speed and P95 TTFT."""
+        bar = self.bar
+        bar.update(1)
+        if not outcome.ok:
+            self.errors += 1
+            self.speeds.append(0.0)  # a failed request counts as a miss, as in the metrics
+        elif outcome.t_first_s == outcome.t_first_s:
+            self.ttfts.append(outcome.t_first_s - outcome.t_send_s)
+            span = outcome.t_last_s - outcome.t_first_s
+            n_out = outcome.n_chunks if outcome.usage_mismatch else outcome.output_tokens or 0
+            if n_out >= 2:
+                self.speeds.append((n_out - 1) / span if span > 0 else float("inf"))
+        if bar.n % 50 == 0:  # over the last 500 requests
+            bar.set_postfix(
+                agents=self.fleet.active_agents(),
+                in_flight=len(self.in_flight),
+                errors=self.errors,
+                p25_speed=f"{percentile(self.speeds[-500:], 25):.1f}tok/s",
+                p95_ttft=f"{percentile(self.ttfts[-500:], 95):.2f}s",
+            )
+
+    def _cancel_in_flight(self, t_cancel: float) -> None:
+        """Rows for the requests still in flight when the agents were cancelled (``cancelled_at_end``)."""
+        for plan in list(self.in_flight.values()):
+            if self.chunks is None:
+                self.fleet.cancel(plan, t_cancel)
                 continue
             # what the cancelled request had received: its row and its chunk rows agree
-            got = chunk_logs.pop(id(plan), [])
+            got = self.chunk_logs.pop(id(plan), [])
             first = last = float("nan")
             if got:
-                first, last = (got[0][0] - origin_ns) / 1e9, (got[-1][0] - origin_ns) / 1e9
-            fleet.cancel(plan, t_cancel, n_chunks=len(got), t_first_s=first, t_last_s=last)
-            chunks.add(plan.agent, plan.phase_id, plan.turn_index, got)
-        stop.set()
-        await monitor
-        if sampler is not None:
-            await sampler.stop()
-    if bar is not None:
-        bar.close()
-    try:
-        writer.close()
-    except OutputError:
-        if chunks is not None:
-            with contextlib.suppress(OutputError):
-                chunks.close()
-        raise  # one line: what could not be written, how many rows were kept
-    if chunks is not None:
-        chunks.close()
-        finalize_chunks(out_dir)
-        manifest["chunks"] = {"file": "chunks.parquet", "rows": chunks.rows_written}
+                first = (got[0][0] - self.origin_ns) / 1e9
+                last = (got[-1][0] - self.origin_ns) / 1e9
+            self.fleet.cancel(plan, t_cancel, n_chunks=len(got), t_first_s=first, t_last_s=last)
+            self.chunks.add(plan.agent, plan.phase_id, plan.turn_index, got)
+        self.in_flight.clear()
 
-    window = fleet.window_summary()
-    lag_p95 = percentile(lag, 95) if lag else float("nan")
-    reasons = []
-    if lag_p95 > lag_budget_s:
-        reasons.append(f"event-loop lag P95 {lag_p95 * 1e3:.1f} ms > budget {lag_budget_s * 1e3:.1f} ms")
-    manifest.update(
-        {
-            "window": window,
-            "meets_aa_rules": window["meets_aa_rules"],
-            "aborted_reason": window["aborted_reason"],
-        }
-    )
-    if sampler is not None:
-        manifest.update(_telemetry_manifest(sampler, window))
-    result = finalize_run(out_dir, manifest)
-    df = result.requests
-    send_lag = (df["t_send_s"] - df["t_scheduled_s"]).to_numpy(dtype=float)
-    send_p95 = percentile(send_lag, 95)
-    if send_p95 > lag_budget_s:
-        reasons.append(
-            f"scheduled-to-sent delay P95 {send_p95 * 1e3:.1f} ms > budget {lag_budget_s * 1e3:.1f} ms"
-        )
-    if conn_waits and max(conn_waits) > lag_budget_s:
-        reasons.append(
-            f"{len(conn_waits)} requests waited for a free connection "
-            f"(max {max(conn_waits) * 1e3:.1f} ms; pool size {limit})"
-        )
-    in_win = df[df["in_window"]]
-    prompt = in_win["prompt_tokens"].astype("Float64")
-    dev = ((prompt - in_win["target_prompt_tokens"]) / in_win["target_prompt_tokens"]).dropna()
-    manifest.update(
-        {
+    # -- results ----------------------------------------------------------------------------------------
+
+    def finish(self) -> RunResult:
+        """``requests.parquet`` and the final manifest: window, telemetry, the client self-check."""
+        manifest, out_dir = self.manifest, self.out_dir
+        if self.chunks is not None:
+            finalize_chunks(out_dir)
+            manifest["chunks"] = {"file": "chunks.parquet", "rows": self.chunks.rows_written}
+        window = self.fleet.window_summary()
+        manifest.update(window_manifest(window))
+        if self.sampler is not None:
+            manifest.update(_telemetry_manifest(self.sampler, window))
+        result = finalize_run(out_dir, manifest)
+        df = result.requests
+        manifest.update(self._self_check(df))
+        manifest["prompt_size_deviation"] = _prompt_size_deviation(df)
+        write_manifest(out_dir, manifest)
+        reasons = manifest["client_check"]["reasons"]
+        if reasons:
+            log.warning("client self-check failed, TTFT may be distorted: %s", "; ".join(reasons))
+        if window["aborted_reason"]:
+            log.warning("level ended early: %s", window["aborted_reason"])
+        return RunResult(df, json_safe(manifest), result.directory)
+
+    def _self_check(self, df: Any) -> dict[str, Any]:
+        """``client_ok`` and ``client_check``: event-loop lag, scheduled-to-sent delay and connection
+        waits against ``lag_budget_s`` (module docstring)."""
+        budget = self.lag_budget_s
+        reasons = []
+        lag_p95 = percentile(self.lag, 95) if self.lag else float("nan")
+        if lag_p95 > budget:
+            reasons.append(f"event-loop lag P95 {lag_p95 * 1e3:.1f} ms > budget {budget * 1e3:.1f} ms")
+        send_lag = (df["t_send_s"] - df["t_scheduled_s"]).to_numpy(dtype=float)
+        send_p95 = percentile(send_lag, 95)
+        if send_p95 > budget:
+            reasons.append(
+                f"scheduled-to-sent delay P95 {send_p95 * 1e3:.1f} ms > budget {budget * 1e3:.1f} ms"
+            )
+        waits = self.conn_waits
+        if waits and max(waits) > budget:
+            reasons.append(
+                f"{len(waits)} requests waited for a free connection "
+                f"(max {max(waits) * 1e3:.1f} ms; pool size {self.limit})"
+            )
+        return {
             "client_ok": not reasons,
             "client_check": {
                 "loop_lag_p95_s": lag_p95,
                 "send_delay_p95_s": send_p95,
-                "budget_s": lag_budget_s,
-                "connection_limit": limit,
-                "connection_waits": len(conn_waits),
-                "max_in_flight": max_in_flight,
-                "body_reader": body_reader,
-                "gc_pauses": len(gc_pauses),
-                "gc_pause_max_s": max(gc_pauses, default=0.0),
-                "gc_pause_total_s": sum(gc_pauses),
-                "stream_parser": "fast" if fast_parse else "json",
+                "budget_s": budget,
+                "connection_limit": self.limit,
+                "connection_waits": len(waits),
+                "max_in_flight": self.max_in_flight,
+                "body_reader": self.body_reader,
+                "gc_pauses": len(self.gc_pauses),
+                "gc_pause_max_s": max(self.gc_pauses, default=0.0),
+                "gc_pause_total_s": sum(self.gc_pauses),
+                "stream_parser": "fast" if self.fast_parse else "json",
                 "reasons": reasons,
             },
-            "prompt_size_deviation": {
-                "n": len(dev),
-                "mean": float(dev.mean()) if len(dev) else None,
-                "max_abs": float(dev.abs().max()) if len(dev) else None,
-                "note": "(usage.prompt_tokens - target) / target over in-window requests",
-            },
         }
-    )
-    write_manifest(out_dir, manifest)
-    if reasons and progress:
-        print("WARNING: client self-check failed, TTFT may be distorted: " + "; ".join(reasons))
-    if window["aborted_reason"] and progress:
-        print(f"level ended early: {window['aborted_reason']}")
-    return RunResult(df, json_safe(manifest), result.directory)
+
+
+def _retrieve(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _prompt_size_deviation(df: Any) -> dict[str, Any]:
+    in_win = df[df["in_window"]]
+    prompt = in_win["prompt_tokens"].astype("Float64")
+    dev = ((prompt - in_win["target_prompt_tokens"]) / in_win["target_prompt_tokens"]).dropna()
+    return {
+        "n": len(dev),
+        "mean": float(dev.mean()) if len(dev) else None,
+        "max_abs": float(dev.abs().max()) if len(dev) else None,
+        "note": "(usage.prompt_tokens - target) / target over in-window requests",
+    }
 
 
 def _telemetry_manifest(sampler: TelemetrySampler, window: dict) -> dict[str, Any]:

@@ -34,13 +34,16 @@ from .schema import REQUEST_COLUMNS, SCHEMA_VERSION, check_schema_version, stric
 __all__ = [
     "RunResult",
     "check_sweep_dir",
+    "config_hash",
     "finalize_chunks",
     "finalize_frame",
     "finalize_run",
     "load_chunks",
     "load_run",
     "prepare_run_dir",
+    "run_manifest",
     "toolkit_provenance",
+    "window_manifest",
     "write_manifest",
 ]
 
@@ -83,6 +86,50 @@ def toolkit_provenance() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         pass
     return {"toolkit_version": __version__, "toolkit_commit": commit}
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """16 hex digits of the sha256 of ``config`` as sorted-key JSON: equal for runs configured alike."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_manifest(
+    *,
+    run_id: str,
+    level: int,
+    config: dict[str, Any],
+    target: dict[str, Any],
+    clock: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The manifest every driver (live, simulated, any :class:`~agentperf_kit.targets.Target`) starts a
+    run with, with the same keys: ``kind``, ``run_id``, ``level``, toolkit provenance, ``config`` (what
+    was measured and how), ``config_hash`` (:func:`config_hash`), ``target`` (``kind`` and what it is),
+    ``clock`` (its kind and origin), then ``extra``. The driver adds ``window``, validity and its own
+    sections at the end (docs/schema.md)."""
+    return {
+        "kind": "agentperf-run",
+        "run_id": run_id,
+        "level": level,
+        **toolkit_provenance(),
+        "config": config,
+        "config_hash": config_hash(config),
+        "target": target,
+        "clock": clock,
+        **extra,
+    }
+
+
+def window_manifest(window: dict[str, Any]) -> dict[str, Any]:
+    """The manifest keys every driver sets at the end from :meth:`AgentFleet.window_summary`: ``window``,
+    and its ``meets_aa_rules`` and ``aborted_reason`` at the top level."""
+    return {
+        "window": window,
+        "meets_aa_rules": window["meets_aa_rules"],
+        "aborted_reason": window["aborted_reason"],
+    }
 
 
 def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> Path:

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, UnknownNameError
+from .metrics import METRICS
 from .percentiles import PercentileCI, clustered_percentile_ci
 
 __all__ = [
@@ -68,6 +69,10 @@ DEFAULT_MAX_UNMEASURED_SHARE = 0.05
 # errors that mean "the client gave up or the run ended", not "the server reported a failure": kept in
 # the window under every failure policy (a hung server must never pass)
 UNFINISHED_ERRORS = ("cancelled_at_end", "request_timeout", "stall_timeout")
+
+
+# which direction is better, per statistic a tier judges (metrics.METRICS is the single source)
+_HIGH = {name: METRICS[name].higher_is_better for name in ("output_speed_tps", "ttft_s")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,8 +318,14 @@ def evaluate_level(
     for tier in tiers:
         parts = []
         for st, q, thr, hib in (
-            ("output_speed_tps", tier.speed_percentile, tier.min_output_speed_tps, True),
-            ("ttft_s", tier.ttft_percentile, tier.max_ttft_s, False),
+            # direction from the metric registry: a speed floor, a TTFT ceiling
+            (
+                "output_speed_tps",
+                tier.speed_percentile,
+                tier.min_output_speed_tps,
+                _HIGH["output_speed_tps"],
+            ),
+            ("ttft_s", tier.ttft_percentile, tier.max_ttft_s, _HIGH["ttft_s"]),
         ):
             ci, a, b = stat(st, q)
             obs = ci.value

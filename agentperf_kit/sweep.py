@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shutil
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,38 +41,22 @@ from .results import RunResult, check_sweep_dir, load_run, toolkit_provenance
 from .schema import SCHEMA_VERSION, check_schema_version, json_safe, strict_json_dumps
 from .slo import TierPreset, evaluate_level, get_tier_preset, max_agents
 from .sweep_config import SweepConfig, SweepConfigError
+from .sweep_result import SweepResult
+from .targets import Target
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SweepConfig",
     "SweepConfigError",
     "SweepResult",
+    "check_resumable",
     "format_summary",
     "load_sweep",
     "plan_levels",
     "run_sweep",
     "search_levels",
 ]
-
-
-@dataclass
-class SweepResult:
-    """A finished (or loaded) sweep: ``levels`` (levels.csv), ``summary`` (summary.json), ``tiers``,
-    and ``requests``, all requests of all levels: read from ``directory/requests.parquet`` on first use
-    (a large sweep's table can be many GB; nothing else needs it in memory)."""
-
-    levels: pd.DataFrame
-    summary: dict[str, Any]
-    _requests: pd.DataFrame | None = None
-    directory: Path | None = None
-    tiers: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-    @property
-    def requests(self) -> pd.DataFrame:
-        if self._requests is None:
-            if self.directory is None:
-                raise ValueError("this sweep result has no directory to read its requests from")
-            self._requests = pd.read_parquet(Path(self.directory) / "requests.parquet")
-        return self._requests
 
 
 def plan_levels(max_agents_: int) -> list[int]:
@@ -152,17 +136,32 @@ def _level_seed(seed: int, n: int, ext: int) -> int:
 
 
 class _Sweeper:
-    def __init__(self, cfg: SweepConfig, out: Path, progress: bool) -> None:
+    def __init__(
+        self,
+        cfg: SweepConfig,
+        out: Path,
+        progress: bool | Callable[[str], None],
+        target: Target | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.target = target if target is not None else cfg.target_object
         self.out = out
-        self.progress = progress
+        self.progress = bool(progress)  # a live level's progress bar
+        self._say = progress if callable(progress) else None
         self.preset: TierPreset = get_tier_preset(cfg.tiers)
         self.rows: dict[int, dict[str, Any]] = {}  # N -> level row
         self.results: dict[int, tuple[Path, dict[str, Any]]] = {}  # N -> (level directory, manifest)
         self.notes: list[str] = []
         self.n_measured_now = 0
         self._trajs = None
-        self._dep = None
+
+    def say(self, line: str) -> None:
+        """A progress line: to the ``progress`` callable, else (``progress=True``) the
+        ``agentperf_kit.sweep`` logger at INFO (the CLI prints those records as they are)."""
+        if self._say is not None:
+            self._say(line)
+        elif self.progress:
+            log.info("%s", line)
 
     # -- targets ---------------------------------------------------------------------------------------
 
@@ -185,16 +184,7 @@ class _Sweeper:
         return self._trajs
 
     def accelerators(self) -> tuple[int, str | None]:
-        if self.cfg.is_sim:
-            from .sim.presets import get_deployment
-
-            dep = get_deployment(self.cfg.deployment)
-            return (
-                self.cfg.accelerators or dep.accelerator_count,
-                self.cfg.accelerator_type or dep.accelerator,
-            )
-        assert self.cfg.accelerators, "SweepConfig checks that a live target names its accelerators"
-        return int(self.cfg.accelerators), self.cfg.accelerator_type
+        return int(self.target.accelerators or 0), self.target.accelerator_type
 
     def _measure(self, n: int, ext: int, level_index: int) -> RunResult:
         d = self.out / "levels" / f"n{n:05d}_e{ext}"
@@ -202,37 +192,16 @@ class _Sweeper:
             return load_run(d)
         if d.exists():
             shutil.rmtree(d)  # an interrupted level: measure it again from scratch
-        seed = _level_seed(self.cfg.seed, n, ext)
-        rules = self.cfg.rules(ext)
         self.n_measured_now += 1
-        if self.cfg.is_sim:
-            from .sim.virtual import run_sim_level
-
-            return run_sim_level(
-                self.trajectories(),
-                n,
-                rules,
-                deployment=self.cfg.deployment,
-                seed=seed,
-                out_dir=d,
-                level=level_index,
-                run_id=f"{self.out.name}-n{n}-e{ext}",
-                efficiency=self.cfg.efficiency,
-            )
-        from .replay import run_live_sync
-
-        endpoint = self.cfg.endpoint_for()
-        return run_live_sync(
-            endpoint,
+        return self.target.run_level(
             self.trajectories(),
             n,
-            rules,
-            seed=seed % 2**32,
+            self.cfg.rules(ext),
+            seed=_level_seed(self.cfg.seed, n, ext),
             out_dir=d,
             level=level_index,
             run_id=f"{self.out.name}-n{n}-e{ext}",
             progress=self.progress,
-            telemetry=self.cfg.telemetry(),
         )
 
     # -- levels -----------------------------------------------------------------------------------------
@@ -249,6 +218,11 @@ class _Sweeper:
             bounds = (window.get("window_start_s"), window.get("window_end_s"))
             ev = self._evaluate(res.requests, bounds, cfg.failure_policy, cfg.confidence)
             verdicts = dict(zip(ev["tier"], ev["tier_verdict"]))
+            aborted = res.manifest.get("aborted_reason")
+            if aborted:  # ended early (every request failing): a failed level, never extended
+                verdicts = {t: "fail" for t in verdicts}
+                self.notes.append(f"N={n}: the level ended early, a failed level for every tier ({aborted})")
+                break
             if "inconclusive" not in verdicts.values() or ext >= cfg.max_extensions:
                 break
             # the validity rules (trajectory counts) can make the window longer than an extension's
@@ -305,6 +279,7 @@ class _Sweeper:
             row[f"verdict_{t}_if_{other}"] = v
         row["meets_aa_rules"] = bool(res.manifest.get("meets_aa_rules", window.get("meets_aa_rules", False)))
         row["client_ok"] = bool(res.manifest.get("client_ok", True))
+        row["aborted_reason"] = aborted or None
         row["power_w"] = res.manifest.get("power_w")
         row["power_scope"] = res.manifest.get("power_scope")
         tel = res.manifest.get("telemetry")
@@ -320,13 +295,11 @@ class _Sweeper:
         assert res.directory is not None, "a sweep's levels are saved"
         self.results[n] = (Path(res.directory), res.manifest)  # the rows stay on disk
         self._write_partial()
-        if self.progress:
-            v = " ".join(f"{t.name}={verdicts[t.name]}" for t in self.preset.tiers)
-            print(
-                f"  N={n:<5d} P25 speed {row['p25_output_speed_tps']:8.1f} tok/s  P95 TTFT "
-                f"{row['p95_ttft_s']:7.2f} s  requests {row['n_requests']:>7,}  {v}",
-                flush=True,
-            )
+        v = " ".join(f"{t.name}={verdicts[t.name]}" for t in self.preset.tiers)
+        self.say(
+            f"  N={n:<5d} P25 speed {row['p25_output_speed_tps']:8.1f} tok/s  P95 TTFT "
+            f"{row['p95_ttft_s']:7.2f} s  requests {row['n_requests']:>7,}  {v}"
+        )
         return row
 
     def _evaluate(self, df: pd.DataFrame, bounds, policy: str, confidence: float | None) -> pd.DataFrame:
@@ -491,42 +464,57 @@ def _check_resume_commit(old: dict[str, Any], out: Path) -> None:
         )
 
 
-def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
-    """Run (or resume) a sweep; writes ``requests.parquet``, ``levels.csv`` and ``summary.json``."""
-    wall0 = time.perf_counter()
-    out = Path(config.out) if config.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
-    check_sweep_dir(out)  # empty, new, or this tool's sweep (compared below); never a user's files
-    out.mkdir(parents=True, exist_ok=True)
+def check_resumable(config: SweepConfig, out: str | Path | None = None) -> bool:
+    """Check a sweep's output directory (``out``, default ``config.out``) before anything is written:
+    True when it holds this same sweep to resume, False when it is new or empty.
+
+    Raises:
+        OutputError: it holds files a sweep does not write (:func:`~agentperf_kit.results.check_sweep_dir`).
+        SweepConfigError: it holds a sweep with another configuration, toolkit version or trajectory file.
+    """
+    where = out if out is not None else config.out
+    if where is None:
+        return False  # run_sweep makes a new directory
+    out = Path(where)
+    if not check_sweep_dir(out):  # empty, new, or this tool's sweep; never a user's files
+        return False
     manifest_path = out / "sweep.json"
+    if not manifest_path.exists():
+        return False
+    old = json.loads(manifest_path.read_text())
+    if old.get("config_hash") != config.config_hash():
+        diff = {
+            k: (old.get("config", {}).get(k), v)
+            for k, v in config.measurement_dict().items()
+            if old.get("config", {}).get(k) != v
+        }
+        raise SweepConfigError(
+            f"{out} holds a sweep with a different configuration; refusing to resume. Differences "
+            f"(was, now): {diff}. Use another --out, or the same settings."
+        )
+    if old.get("toolkit_version") != __version__:
+        raise SweepConfigError(
+            f"{out} was measured with agentperf-kit {old.get('toolkit_version')}, this is {__version__}; "
+            "refusing to mix levels from two versions. Use another --out."
+        )
+    _check_resume_commit(old, out)
     traj_digest = _file_digest(config.trajectories)
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        if old.get("config_hash") != config.config_hash():
-            diff = {
-                k: (old.get("config", {}).get(k), v)
-                for k, v in config.measurement_dict().items()
-                if old.get("config", {}).get(k) != v
-            }
-            raise SweepConfigError(
-                f"{out} holds a sweep with a different configuration; refusing to resume. Differences "
-                f"(was, now): {diff}. Use another --out, or the same settings."
-            )
-        if old.get("toolkit_version") != __version__:
-            raise SweepConfigError(
-                f"{out} was measured with agentperf-kit {old.get('toolkit_version')}, this is {__version__}; "
-                "refusing to mix levels from two versions. Use another --out."
-            )
-        _check_resume_commit(old, out)
-        if old.get("trajectories_sha256") != traj_digest:
-            raise SweepConfigError(
-                f"{out}: the trajectory file {config.trajectories} changed since this sweep started "
-                f"(sha256 {old.get('trajectories_sha256')} -> {traj_digest}); refusing to resume. Use "
-                "another --out, or restore the file."
-            )
-        resumed = True
-    else:
-        resumed = False
-        manifest_path.write_text(
+    if old.get("trajectories_sha256") != traj_digest:
+        raise SweepConfigError(
+            f"{out}: the trajectory file {config.trajectories} changed since this sweep started "
+            f"(sha256 {old.get('trajectories_sha256')} -> {traj_digest}); refusing to resume. Use "
+            "another --out, or restore the file."
+        )
+    return True
+
+
+def _open_sweep_dir(config: SweepConfig, out: Path, target: Target) -> bool:
+    """Check ``out`` (:func:`check_resumable`), create it and, for a new sweep, write ``sweep.json``;
+    True when an existing sweep is resumed."""
+    resumed = check_resumable(config, out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resumed:
+        (out / "sweep.json").write_text(
             strict_json_dumps(
                 {
                     "schema_version": SCHEMA_VERSION,
@@ -534,19 +522,22 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
                     **toolkit_provenance(),
                     "config": config.measurement_dict(),
                     "config_hash": config.config_hash(),
-                    "trajectories_sha256": traj_digest,
+                    "trajectories_sha256": _file_digest(config.trajectories),
+                    "target_description": target.description,
                 },
                 indent=2,
             )
         )
-    sw = _Sweeper(config, out, progress)
-    acc, acc_type = sw.accelerators()
-    if progress:
-        print(f"sweep {config.target} -> {out}{' (resuming)' if resumed else ''}", flush=True)
-    sw.run()
-    levels = sw.levels_frame()
-    preset = sw.preset
+    return resumed
 
+
+def _power(
+    config: SweepConfig, sw: _Sweeper, levels: pd.DataFrame, acc: int, acc_type: str | None
+) -> tuple[pd.DataFrame, str | None, float | None, list[str]]:
+    """The per-tier table with agents per accelerator and per MW, the summary's power scope and power
+    (W; None when per tier), and notes on how power was known: the user's (declared/provisioned), the
+    measured power of the level at each tier's max agents (a power source), else each level's own."""
+    preset = sw.preset
     power: PowerSpec | None = None
     if config.power_scope == "provisioned" and config.power_w is None:
         power = PowerSpec(
@@ -575,7 +566,7 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
         if power is not None
         else (levels["power_scope"].dropna().iloc[0] if levels["power_scope"].notna().any() else None)
     )
-    notes = list(sw.notes)
+    notes: list[str] = []
     summary_power_w = power.watts if power is not None else None
     if config.measures_power:
         used = set(tiers["power_scope"].dropna())
@@ -594,13 +585,48 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
                 "level's steady window; agents/MW uses the measured power of the level at each tier's max "
                 "agents" + (f" (tiers without a measurement use the {fallback[0]} power)" if fallback else "")
             )
+    return tiers, scope, summary_power_w, notes
+
+
+def run_sweep(
+    config: SweepConfig,
+    *,
+    progress: bool | Callable[[str], None] = True,
+    target: Target | None = None,
+) -> SweepResult:
+    """Run (or resume) a sweep; writes ``requests.parquet``, ``levels.csv`` and ``summary.json``.
+
+    Every level runs on ``target`` (a :class:`~agentperf_kit.targets.Target`; default: the one
+    ``config.target`` names, ``config.target_object``), through its ``run_level`` only: a simulated, a
+    live or any other target takes the same path. ``config`` still defines what is measured (and its
+    hash what may be resumed); the target's ``description`` is recorded in ``sweep.json`` and the summary.
+
+    ``progress``: False is silent; True shows a live level's progress bar and logs one line per level
+    (and one at the start) to the ``agentperf_kit.sweep`` logger at INFO, which the CLI prints (in a
+    notebook: ``logging.basicConfig(level=logging.INFO)``); a callable (e.g. ``print``) receives those
+    lines instead of the logger."""
+    wall0 = time.perf_counter()
+    target = target if target is not None else config.target_object
+    if not target.accelerators:
+        raise SweepConfigError(
+            f"target {target.description}: a sweep needs its accelerator count (accelerators) for agents "
+            "per accelerator"
+        )
+    out = Path(config.out) if config.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
+    resumed = _open_sweep_dir(config, out, target)
+    sw = _Sweeper(config, out, progress, target)
+    acc, acc_type = sw.accelerators()
+    sw.say(f"sweep {target.description} -> {out}{' (resuming)' if resumed else ''}")
+    sw.run()
+    levels = sw.levels_frame()
+    preset = sw.preset
+
+    tiers, scope, summary_power_w, notes = _power(config, sw, levels, acc, acc_type)
+    notes = list(sw.notes) + notes
     if not levels["meets_aa_rules"].all():
         notes.append("some levels do not meet AA's validity rules (see meets_aa_rules per level)")
-    if config.is_sim:
-        notes.append(
-            "simulated system: figures are a model's prediction (efficiency set "
-            f"{config.efficiency!r}), not a measurement"
-        )
+    if target.virtual_time:
+        notes.append(f"{target.description}: figures are a model's prediction, not a measurement")
     for _, r in tiers.iterrows():
         if r["max_agents_is_lower_bound"]:
             notes.append(
@@ -620,14 +646,17 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
         "schema_version": SCHEMA_VERSION,
         "toolkit_version": __version__,
         "target": config.target,
-        "model": config.model or (sw.results[min(sw.results)][1].get("config", {}).get("model")),
+        "target_description": target.description,
+        "model": config.model
+        or getattr(target, "model", None)
+        or sw.results[min(sw.results)][1].get("config", {}).get("model"),
         "tier_preset": config.tiers,
         "what_if": config.what_if,
         "accelerators": acc,
         "accelerator_type": acc_type,
         "power_w": summary_power_w,
         "power_scope": scope,
-        "power_source": config.power_source if not config.is_sim else None,
+        "power_source": None if target.virtual_time else config.power_source,
         "failure_policy": config.failure_policy,
         "ci_method": config.ci_method,
         "confidence": config.confidence,
@@ -640,7 +669,7 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> SweepResult:
         "levels": levels.to_dict(orient="records"),
         "tiers": tiers.to_dict(orient="records"),
         "n_levels": len(levels),
-        "simulated_requests": n_requests if config.is_sim else None,
+        "simulated_requests": n_requests if target.virtual_time else None,
         "levels_measured_this_run": sw.n_measured_now,
         "wall_s": time.perf_counter() - wall0,
     }

@@ -65,6 +65,8 @@ class SweepConfig:
     extra_body: str | None = None
     request_timeout_s: float = 600.0
     stall_timeout_s: float = 120.0
+    first_token_timeout_s: float = 120.0
+    abort_after_s: float = 30.0
     force_output: bool = True
     continuous_usage: bool = False
     failure_policy: str = "miss"
@@ -84,30 +86,51 @@ class SweepConfig:
             raise SweepConfigError(
                 f"power_w {self.power_w:g} needs power_scope (measured, declared or provisioned)"
             )
+        self._check_client()  # headers, body, telemetry first: a live target is built from them
+        self._normalize_telemetry()
+        self._set_target()
         if self.power_scope is not None:
             PowerSpec(self.power_w, self.power_scope)  # validates the scope
             needs_type = self.power_scope == "provisioned" and self.power_w is None
-            if needs_type and not self.accelerator_type and not self.is_sim:
+            if needs_type and not self.target_object.accelerator_type:
                 raise SweepConfigError("power_scope 'provisioned' needs accelerator_type (e.g. H200)")
-        if not self.is_sim and not self.model:
-            raise SweepConfigError(f"a live target ({self.target}) needs model (--model)")
-        if not self.is_sim and not self.accelerators:
+        if not self.target_object.accelerators:
             raise SweepConfigError(f"a live target ({self.target}) needs accelerators (--accelerators N)")
-        if self.is_sim:
-            from .sim.presets import get_deployment
-
-            get_deployment(self.deployment)  # an unknown sim:NAME is refused here, not mid-sweep
-        else:
+        if self.metrics_url:
             from .client.preflight import check_base_url
 
-            check_base_url(self.target)
-            if self.metrics_url:
-                check_base_url(self.metrics_url, "metrics_url")
+            check_base_url(self.metrics_url, "metrics_url")
         get_tier_preset(self.tiers)
         self._check_stats()
         self._check_what_if()
         self._check_telemetry()
-        self._check_client()
+
+    def _set_target(self) -> None:
+        """The :class:`~agentperf_kit.targets.Target` the spec names (``targets.parse_target``, the only
+        place a spec is read): an unknown ``sim:NAME`` or a URL without ``model`` is refused here, not
+        mid-sweep."""
+        from .targets import parse_target
+
+        try:
+            target = parse_target(
+                self.target,
+                model=self.model,
+                accelerators=self.accelerators,
+                accelerator_type=self.accelerator_type,
+                efficiency=self.efficiency,
+                endpoint_options=self._endpoint_options(),
+                telemetry=self._telemetry_config(),
+            )
+        except ConfigError as exc:
+            if type(exc) is not ConfigError:
+                raise  # UnknownNameError, SweepConfigError keep their class
+            raise SweepConfigError(str(exc)) from None
+        object.__setattr__(self, "_target", target)
+
+    @property
+    def target_object(self) -> Any:
+        """The :class:`~agentperf_kit.targets.Target` of this sweep (built and checked with the config)."""
+        return self.__dict__["_target"]
 
     def _check_stats(self) -> None:
         from .slo import CI_METHODS, FAILURE_POLICIES
@@ -147,6 +170,7 @@ class SweepConfig:
             except KeyError as exc:
                 raise SweepConfigError(f"what_if deployment: {exc.args[0]}") from None
             object.__setattr__(self, "target", f"sim:{knobs['deployment']}")
+            self._set_target()
         if "trajectories" in knobs:
             object.__setattr__(self, "trajectories", str(knobs["trajectories"]))
         object.__setattr__(self, "what_if", what_if_string(knobs))
@@ -162,7 +186,7 @@ class SweepConfig:
             object.__setattr__(self, name, tuple(str(h) for h in headers or ()))
         if isinstance(self.extra_body, dict):  # a TOML table
             object.__setattr__(self, "extra_body", json.dumps(self.extra_body, sort_keys=True))
-        for name in ("request_timeout_s", "stall_timeout_s"):
+        for name in ("request_timeout_s", "stall_timeout_s", "first_token_timeout_s", "abort_after_s"):
             object.__setattr__(self, name, float(getattr(self, name)))
         try:
             merge_headers(self.headers, self.public_headers)
@@ -170,28 +194,32 @@ class SweepConfig:
         except ValueError as exc:
             raise SweepConfigError(str(exc)) from None
 
-    def endpoint_for(self) -> Any:
-        """The :class:`~agentperf_kit.client.http.Endpoint` of a live level (every header a secret except
-        ``public_headers``; an ``Authorization`` header yields to ``api_key_env``, with a warning)."""
-        from .client.http import Endpoint, parse_extra_body
+    def _endpoint_options(self) -> dict[str, Any]:
+        """Keyword arguments of a live target's :class:`~agentperf_kit.client.http.Endpoint` (every header
+        a secret except ``public_headers``; an ``Authorization`` header yields to ``api_key_env``, with a
+        warning)."""
+        from .client.http import parse_extra_body
         from .credentials import dedupe_auth, merge_headers
 
         headers, public = merge_headers(self.headers, self.public_headers)
-        return Endpoint(
-            self.target,
-            str(self.model),
+        return dict(
             api=self.endpoint,
             api_key_env=self.api_key_env,
             force_output_fields=self.force_output,
             continuous_usage=self.continuous_usage,
             request_timeout_s=self.request_timeout_s,
             stall_timeout_s=self.stall_timeout_s,
+            first_token_timeout_s=self.first_token_timeout_s,
             headers=dedupe_auth(headers, self.api_key_env),
             public_header_names=public,
             extra_body=parse_extra_body(self.extra_body),
         )
 
-    def _check_telemetry(self) -> None:
+    def endpoint_for(self) -> Any:
+        """The :class:`~agentperf_kit.client.http.Endpoint` of a live target."""
+        return self.target_object.endpoint
+
+    def _normalize_telemetry(self) -> None:
         from .telemetry import parse_gpu_indices, parse_power_source
 
         gi = self.gpu_indices
@@ -207,6 +235,8 @@ class SweepConfig:
         object.__setattr__(self, "telemetry_interval_s", float(self.telemetry_interval_s))
         if not self.telemetry_interval_s > 0:
             raise SweepConfigError(f"telemetry_interval_s must be > 0 s, got {self.telemetry_interval_s}")
+
+    def _check_telemetry(self) -> None:
         if self.is_sim and self.power_source != "none":
             raise SweepConfigError(
                 f"--power-source {self.power_source} measures a live target; the simulator's power is "
@@ -217,10 +247,13 @@ class SweepConfig:
 
     def telemetry(self):
         """The :class:`~agentperf_kit.telemetry.TelemetryConfig` of a live level (None when nothing is
-        sampled)."""
+        sampled, or for a simulated target)."""
+        return None if self.is_sim else self._telemetry_config()
+
+    def _telemetry_config(self):
         from .telemetry import TelemetryConfig, parse_gpu_indices
 
-        if self.is_sim or (not self.scrape_metrics and self.power_source == "none"):
+        if not self.scrape_metrics and self.power_source == "none":
             return None
         return TelemetryConfig(
             interval_s=self.telemetry_interval_s,
@@ -232,13 +265,13 @@ class SweepConfig:
 
     @property
     def is_sim(self) -> bool:
-        return self.target == "sim" or self.target.startswith("sim:")
+        """Whether the target runs in virtual time (the simulator)."""
+        return bool(self.target_object.virtual_time)
 
     @property
     def deployment(self) -> str:
-        from .sim.presets import DEFAULT_DEPLOYMENT
-
-        return self.target.split(":", 1)[1] if ":" in self.target and self.is_sim else DEFAULT_DEPLOYMENT
+        """The simulated deployment's name (sim targets)."""
+        return self.target_object.deployment.name
 
     def rules(self, extension: int = 0) -> RunRules:
         """Run rules of a level (the window doubles with each extension)."""
@@ -250,6 +283,7 @@ class SweepConfig:
             min_trajectories_per_agent=self.min_trajectories_per_agent,
             max_duration_s=max(dur, self.max_level_duration_s),
             drain_timeout_s=self.drain_timeout_s,
+            abort_after_s=self.abort_after_s,
         )
 
     def measurement_dict(self) -> dict[str, Any]:
@@ -311,6 +345,8 @@ _CLIENT_DEFAULTS: dict[str, Any] = {
     "extra_body": None,
     "request_timeout_s": 600.0,
     "stall_timeout_s": 120.0,
+    "first_token_timeout_s": 120.0,
+    "abort_after_s": 30.0,
     "force_output": True,
     "continuous_usage": False,
 }
@@ -387,6 +423,8 @@ _RANGES: tuple[tuple[str, float, bool], ...] = (
     ("max_context", 1, True),
     ("request_timeout_s", 0.0, False),
     ("stall_timeout_s", 0.0, False),
+    ("first_token_timeout_s", 0.0, False),
+    ("abort_after_s", 0.0, True),
     ("telemetry_interval_s", 0.0, False),
 )
 

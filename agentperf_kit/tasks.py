@@ -247,7 +247,10 @@ def write_sweep_tasks(directory: str | Path, *, baseline: str = "auto") -> tuple
     levels = pd.read_csv(d / "levels.csv")
     cfg = summary.get("config", {})
     target = str(summary.get("target", cfg.get("target", "")))
-    is_sim = target == "sim" or target.startswith("sim:")
+    from .targets import SimTarget, parse_target
+
+    swept = parse_target(target, model=summary.get("model") or cfg.get("model") or "unknown")
+    is_sim = swept.virtual_time
     if baseline == "auto":
         baseline = "sim_unloaded" if is_sim else "sweep_n1"
     if baseline not in ("sim_unloaded", "sweep_n1"):
@@ -285,7 +288,7 @@ def write_sweep_tasks(directory: str | Path, *, baseline: str = "auto") -> tuple
     if baseline == "sim_unloaded":
         base = unloaded_baseline(
             trajs,
-            deployment=target.split(":", 1)[1] if ":" in target else None,
+            deployment=swept.deployment if isinstance(swept, SimTarget) else None,
             efficiency=cfg.get("efficiency", "mid"),
         )
     else:

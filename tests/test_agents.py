@@ -264,3 +264,21 @@ def test_bad_arguments_are_named():
         RunRules(duration_s=100, max_duration_s=50)
     with pytest.raises(ValueError, match="at least one turn"):
         AgentFleet([Trajectory("empty", [])], 1, RunRules(), seed=0, sink=print)
+
+
+def test_window_progress_says_what_the_level_waits_for():
+    """The progress line: the ramp, the warm-up, then the window's time and trajectory counts against
+    their minimums, then the drain."""
+    rules = RunRules(warmup_s=5, duration_s=30, min_trajectories=3, min_trajectories_per_agent=1, ramp_s=2)
+    fleet, _ = _fleet(n=2, rules=rules)
+    plans = fleet.start(0.0)
+    assert fleet.window_progress(0.0) == "ramp: 0/2 agents active"
+    first = min(plans, key=lambda p: p.t_scheduled_s)
+    fleet.on_send(first, first.t_scheduled_s)
+    assert fleet.window_progress(0.5) == "ramp: 1/2 agents active"
+    last = max(plans, key=lambda p: p.t_scheduled_s)
+    fleet.on_send(last, 1.0)  # all active at 1 s: the window opens at 6 s
+    assert fleet.window_progress(3.0) == "warm-up: 2.0/5 s"
+    assert fleet.window_progress(14.2) == "window: 8.2/30 s, trajectories 0/3, min per agent 0/1"
+    fleet.abort(20.0, "test")
+    assert fleet.window_progress(21.0) == "ended early: draining"

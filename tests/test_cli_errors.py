@@ -258,6 +258,7 @@ def test_run_out_refuses_a_non_empty_directory_and_overwrite_replaces_only_a_run
 def test_a_run_reads_only_the_rows_it_wrote(tmp_path):
     """An older run's raw streams left in the directory (what --out used to merge) stay out of the table."""
     from agentperf_kit.agents import RunRules
+    from agentperf_kit.errors import OutputError
     from agentperf_kit.sim.virtual import run_sim_level
 
     trajs = default_trajectories()[:20]
@@ -268,10 +269,23 @@ def test_a_run_reads_only_the_rows_it_wrote(tmp_path):
     mixed.mkdir()
     (mixed / "requests.1.arrow").write_bytes((tmp_path / "old" / "requests.arrow").read_bytes())
     (mixed / "requests.old.arrow").write_bytes((tmp_path / "old" / "requests.arrow").read_bytes())
-    res = run_sim_level(trajs, 2, rules, seed=3, out_dir=mixed)
+    # the library refuses a directory holding other files, as the CLI does (overwrite or not)
+    with pytest.raises(OutputError, match="not empty"):
+        run_sim_level(trajs, 2, rules, seed=3, out_dir=mixed)
+    with pytest.raises(OutputError, match="not an agentperf run"):
+        run_sim_level(trajs, 2, rules, seed=3, out_dir=mixed, overwrite=True)
+    # and an interrupted run (raw rows only) read back takes only the stream it wrote
+    import shutil
+
+    from agentperf_kit.results import load_run
+
+    shutil.copytree(tmp_path / "clean", mixed, dirs_exist_ok=True)
+    (mixed / "requests.parquet").unlink()
     assert len(old.requests) > 0
+    assert len(load_run(mixed).requests) == len(clean.requests)
+    # overwrite=True replaces a previous run
+    res = run_sim_level(trajs, 2, rules, seed=3, out_dir=tmp_path / "clean", overwrite=True)
     assert len(res.requests) == len(clean.requests)
-    assert set(res.requests.run_id) == set(clean.requests.run_id) or len(set(res.requests.run_id)) == 1
 
 
 def test_sweep_out_resumes_only_its_own_sweep(tmp_path, capsys):
@@ -332,6 +346,70 @@ def test_no_preflight_skips_it_and_a_run_with_no_success_exits_3(tmp_path, capsy
         line = _one_error_line("\n".join(kept))
         assert "could not be measured validly" in line and "failed" in line
         assert (out / "requests.parquet").exists()
+
+
+def test_an_always_failing_server_ends_the_level_early_with_exit_3(tmp_path, capsys):
+    """``--no-preflight`` against a server that answers every request with 500, a 60 s window and
+    ``--abort-after 1``: the level ends within seconds with the reason, exit 3; every agent waited its
+    turn's tool delay after each failure (no burst of requests), and every request is a row."""
+    from agentperf_kit.results import load_run
+
+    with serving(SSEServer(fault="http500")) as srv:
+        out = tmp_path / "o"
+        args = ["run", "--target", srv.base_url, "--model", "m", *SHORT, "--out", str(out)]
+        args[args.index("--duration") + 1] = "60"
+        t0 = time.monotonic()
+        assert main([*args, "--no-preflight", "--abort-after", "1"]) == 3
+        wall = time.monotonic() - t0
+        seen = len(srv.bodies)  # the streamed requests (the chat filler's probes are not streamed)
+    err = capsys.readouterr().err.splitlines()
+    line = _one_error_line("\n".join(x for x in err if x.startswith("error:")))
+    assert "ended early" in line and "every request failed" in line and "abort_after_s=1" in line
+    assert wall < 30  # not the 60 s window
+    res = load_run(out)
+    assert res.manifest["aborted_reason"]
+    df = res.requests
+    sent = df[df["error"] != "cancelled_at_end"]  # cancelled at the end: may not have reached the server
+    assert len(sent) == seen and not df["ok"].any() and df["t_end_s"].notna().all()
+    waited = df.dropna(subset=["tool_wait_s"])
+    assert (waited["tool_wait_s"] >= waited["tool_delay_s"]).all()
+
+
+def test_a_sweep_level_that_ended_early_is_a_failed_level_with_the_reason(tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    with serving(SSEServer(fault="http500")) as srv:
+        out = tmp_path / "s"
+        args = ["sweep", "--target", srv.base_url, "--model", "m", "--accelerators", "1", "--max-agents", "2"]
+        args += ["--max-context", "2000", "--level-duration", "60", "--no-scrape-metrics", "--no-preflight"]
+        assert main([*args, "--abort-after", "1", "--out", str(out)]) == 3
+    levels = pd.read_csv(out / "levels.csv")
+    assert levels["aborted_reason"].str.contains("every request failed").all()
+    assert (levels.filter(like="verdict_") == "fail").all().all()
+    assert (levels["extensions"] == 0).all()  # an aborted level is never extended
+    notes = json.loads((out / "summary.json").read_text())["notes"]
+    assert any("ended early" in n and "N=1" in n for n in notes)
+
+
+def test_abort_after_and_first_token_timeout_are_validated_and_reach_the_config():
+    from agentperf_kit.sweep_config import SweepConfig, SweepConfigError
+
+    assert main(["run", "-n", "1", "--out", "x", "--abort-after", "-1"]) == 2
+    assert main(["run", "-n", "1", "--out", "x", "--first-token-timeout", "0"]) == 2
+    with pytest.raises(SweepConfigError, match="first_token_timeout_s"):
+        SweepConfig(first_token_timeout_s=0)
+    with pytest.raises(SweepConfigError, match="abort_after_s"):
+        SweepConfig(abort_after_s=-1)
+    base = SweepConfig()
+    assert SweepConfig(abort_after_s=30, first_token_timeout_s=120).config_hash() == base.config_hash()
+    assert "abort_after_s" not in base.measurement_dict()  # at its default: older sweeps still resume
+    cfg = SweepConfig(abort_after_s=0, first_token_timeout_s=5)
+    assert cfg.config_hash() != base.config_hash()
+    assert cfg.rules().abort_after_s == 0
+    live = SweepConfig(target="http://127.0.0.1:9/v1", model="m", accelerators=1, first_token_timeout_s=5)
+    assert live.endpoint_for().first_token_timeout_s == 5
 
 
 def test_preflight_passes_against_a_working_server(tmp_path, capsys):
@@ -441,7 +519,7 @@ def test_run_warns_when_the_window_will_exceed_twice_the_duration(capsys):
     from agentperf_kit.agents import RunRules
     from agentperf_kit.cli.run import _print_expected_window
 
-    _print_expected_window(default_trajectories(), 16, RunRules(duration_s=20), sim=False)
+    _print_expected_window(default_trajectories(), 16, RunRules(duration_s=20), virtual_time=False)
     err = capsys.readouterr().err
     assert "plan: " in err and "expected steady window" in err
     assert "warning: the steady window will last about" in err and "--min-trajectories-per-agent" in err
@@ -449,7 +527,7 @@ def test_run_warns_when_the_window_will_exceed_twice_the_duration(capsys):
         default_trajectories(),
         16,
         RunRules(duration_s=20, min_trajectories=0, min_trajectories_per_agent=0),
-        sim=False,
+        virtual_time=False,
     )
     assert "warning" not in capsys.readouterr().err
 

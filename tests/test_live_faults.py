@@ -306,3 +306,50 @@ def test_tenfold_usage_without_forced_output_is_caught_by_the_text_streamed():
     assert done.output_speed_tps.to_numpy() == pytest.approx(streamed.to_numpy())
     claimed = (done.output_tokens - 1) / (done.t_last_s - done.t_first_s)
     assert (claimed > 9 * done.output_speed_tps).all()
+
+
+def test_a_cancelled_run_keeps_readable_rows_and_leaves_nothing_running(tmp_path):
+    """Cancel a run_live task mid-window (what Ctrl-C or a notebook's interrupt does): the cancellation
+    propagates, the rows written so far (and a cancelled row for each request in flight) are readable,
+    no task of the run is left, and its HTTP session is closed."""
+    import gc
+
+    import aiohttp
+
+    from agentperf_kit.results import load_run
+    from tests.test_cli_errors import serving
+
+    out = tmp_path / "run"
+    rules = RunRules(
+        warmup_s=0.2,
+        duration_s=60,
+        min_trajectories=0,
+        min_trajectories_per_agent=0,
+        ramp_s=0.1,
+        random_start_turn=False,
+    )
+    with serving(SSEServer(ttft_s=0.02, itl_s=0.02)) as srv:
+
+        async def go() -> None:
+            before = asyncio.all_tasks()
+            ep = Endpoint(srv.base_url, "m")
+            task = asyncio.create_task(
+                run_live(ep, _trajs(delay=0.05), N, rules, out_dir=out, progress=False)
+            )
+            deadline = time.monotonic() + 60
+            while len(srv.bodies) < 3 * N and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert len(srv.bodies) >= 3 * N, "the run never got going"
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert asyncio.all_tasks() - before == set()
+            sessions = [o for o in gc.get_objects() if isinstance(o, aiohttp.ClientSession)]
+            assert sessions and all(s.closed for s in sessions)
+
+        asyncio.run(go())
+        seen = len(srv.bodies)
+    rows = read_raw_rows(out)
+    assert len(rows) >= seen  # every request the server saw is a row (in-flight ones cancelled)
+    assert (rows["error"] == "cancelled_at_end").sum() <= N
+    assert len(load_run(out).requests) == len(rows)  # an interrupted run loads

@@ -229,3 +229,22 @@ def test_user_defined_tiers_from_a_spec():
         tiers_from_spec("fast=100")
     with pytest.raises(ValueError, match="numbers expected"):
         tiers_from_spec("fast=a/b")
+
+
+def test_schema_units_equal_the_metric_registry():
+    """metrics.METRICS is the single source of a metric's unit: the per-request schema agrees with it."""
+    from agentperf_kit.metrics import METRICS
+    from agentperf_kit.schema import REQUEST_COLUMNS
+
+    by_name = REQUEST_COLUMNS
+    for name, metric in METRICS.items():
+        assert name in by_name, f"metric {name} has no column in the per-request schema"
+        assert by_name[name].unit == metric.unit, name
+
+
+def test_tier_directions_come_from_the_metric_registry():
+    from agentperf_kit.metrics import METRICS
+    from agentperf_kit.slo import _HIGH
+
+    assert {n: METRICS[n].higher_is_better for n in ("output_speed_tps", "ttft_s")} == _HIGH
+    assert _HIGH == {"output_speed_tps": True, "ttft_s": False}

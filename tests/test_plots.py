@@ -50,6 +50,21 @@ def test_level_metric_draws_sorted_data_and_tier_limits():
     plt.close(fig)
 
 
+def test_tier_lines_only_at_the_tiers_own_percentile():
+    """A P25 panel draws the speed floor of P25 tiers only; a P10 tier's floor would be misread on it."""
+    import matplotlib.pyplot as plt
+
+    from agentperf_kit.slo import tiers_from_spec
+
+    tiers = tiers_from_spec("a=30/2,b=70/5/10/99")
+    fig, (s, t) = plt.subplots(1, 2)
+    plot_level_metric(LEVELS, "p25_output_speed_tps", tiers=tiers, ax=s)
+    plot_level_metric(LEVELS, "p95_ttft_s", tiers=tiers, ax=t)
+    assert [ln.get_ydata()[0] for ln in s.get_lines()[1:]] == [30]
+    assert [ln.get_ydata()[0] for ln in t.get_lines()[1:]] == [2]
+    plt.close(fig)
+
+
 def test_level_labels_come_from_the_metric_registry():
     from agentperf_kit.plots import level_stat_label
 

@@ -51,3 +51,38 @@ def test_report_prints_tables_and_writes_html(two_sweeps, capsys):
 def test_report_on_a_non_sweep_directory_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "summary.json" in capsys.readouterr().err
+
+
+def test_compare_prints_the_lower_bound_marker_as_report_does(small_sweep, capsys):
+    """A tier still passing at the top level is a lower bound: ``compare`` prints ``>=N`` like ``report``."""
+    from agentperf_kit.sweep import load_sweep
+
+    tiers = load_sweep(small_sweep).summary["tiers"]
+    bounded = [t for t in tiers if t["max_agents_is_lower_bound"]]
+    assert bounded, "the small sweep is expected to have a tier still passing at its top level"
+    assert main(["compare", str(small_sweep)]) == 0
+    out = capsys.readouterr().out
+    assert main(["report", str(small_sweep)]) == 0
+    report_out = capsys.readouterr().out
+    for t in bounded:
+        assert f">={t['max_agents']}" in out
+        assert f">={t['max_agents']}" in report_out
+    assert "sim:h200x8-dsv4pro" in out  # the deployment named, not a bare "sim"
+
+
+def test_report_html_is_readable_width_with_formatted_numbers(small_sweep):
+    import re
+
+    from agentperf_kit.report import format_number, write_html_report
+
+    page = write_html_report(small_sweep).read_text()
+    assert re.search(r"max-width:\s*\d+em", page)
+    assert not re.search(r"\d\.\d*000\b", page.split("data:image")[0])  # no 25000.000000
+    assert [format_number(v) for v in (25000.0, 1443.2, 12.345, 0.48234, float("inf"), None)] == [
+        "25,000",
+        "1,443",
+        "12.3",
+        "0.482",
+        "inf",
+        "-",
+    ]

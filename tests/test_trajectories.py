@@ -153,3 +153,36 @@ def test_synth_cli(tmp_path, capsys):
     out = tmp_path / "s.jsonl"
     assert main(["trajectories", "synth", "--count", "4", "--seed", "9", "--out", str(out)]) == 0
     assert len(load_trajectories(out)) == 4
+
+
+@pytest.mark.parametrize("case", ["truncated_gz", "corrupt_gz", "directory", "cut_parquet", "latin1"])
+def test_unreadable_files_are_trajectory_format_errors_naming_the_file(case, tmp_path):
+    """A library user gets the same one-line error as the CLI, not EOFError/IsADirectoryError/gzip's."""
+    from agentperf_kit.errors import InputFormatError
+    from agentperf_kit.trajectories import default_trajectories, load_trajectories, save_trajectories
+
+    trajs = default_trajectories()[:3]
+    if case == "directory":
+        path = tmp_path / "set.jsonl"
+        path.mkdir()
+        want = "directory"
+    elif case in ("truncated_gz", "corrupt_gz"):
+        path = tmp_path / "set.jsonl.gz"
+        save_trajectories(trajs, path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2] if case == "truncated_gz" else data[:10] + b"\xff" * 40)
+        want = "truncated or corrupt"
+    elif case == "cut_parquet":
+        path = tmp_path / "set.parquet"
+        save_trajectories(trajs, path)
+        path.write_bytes(path.read_bytes()[:-100])
+        want = "Parquet"
+    else:
+        path = tmp_path / "set.jsonl"
+        save_trajectories(trajs, path)
+        path.write_bytes(path.read_bytes() + "\n\u00e9".encode("latin-1"))
+        want = "UTF-8"
+    with pytest.raises(TrajectoryFormatError) as info:
+        load_trajectories(path)
+    assert isinstance(info.value, InputFormatError)
+    assert str(path) in str(info.value) and want in str(info.value)

@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "sweep",
     "run",
     "serve_sim",
+    "profile",
     "trajectories",
     "report",
     "compare",
@@ -113,9 +114,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        # the interrupted run's event loop is torn down mid-flight; asyncio and aiohttp would log its
-        # cancelled tasks and unclosed sessions as tracebacks (now or at exit): one line says it all
-        logging.getLogger("asyncio").disabled = True
+        # asyncio.run cancels the run's task: run_live closes its files, tasks and session on the way out
         print("interrupted: the files written so far are kept", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:

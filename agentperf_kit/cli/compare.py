@@ -29,7 +29,7 @@ def _compare(args: argparse.Namespace) -> int:
         "target",
         "tier",
         "label",
-        "max_agents",
+        "max_agents_text",
         "binding_constraint",
         "agents_per_accelerator",
         "agents_per_mw",
@@ -37,7 +37,8 @@ def _compare(args: argparse.Namespace) -> int:
         "meets_aa_rules",
     ]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table[cols].to_string(index=False, na_rep="-", float_format=lambda v: f"{v:,.2f}"))
+        shown = table[cols].rename(columns={"max_agents_text": "max_agents"})
+        print(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:,.2f}"))
     if args.csv:
         table.to_csv(args.csv, index=False)
     return 0

@@ -8,13 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
 
 from ._common import count, nonneg_float, positive_float, positive_int
-
-if TYPE_CHECKING:
-    from ..client.http import Endpoint
-    from ..telemetry import TelemetryConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run",
         help="run one level of N agents against a URL or the simulated system",
         epilog="exit codes: 0 measured; 2 bad usage, bad input or failed preflight; 3 not validly "
-        "measured (no successful request in the steady window, or the client self-check failed); 130 "
+        "measured (the level ended early, no successful request in the steady window, or the client "
+        "self-check failed); 130 "
         "interrupted (docs/cli.md)",
     )
     p.add_argument("--target", default="sim", help="URL like http://127.0.0.1:8000/v1, or sim / sim:PRESET")
@@ -75,6 +71,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--stall-timeout", type=positive_float, default=120.0, help="limit on silence mid-stream, s"
     )
     p.add_argument(
+        "--first-token-timeout",
+        type=positive_float,
+        default=120.0,
+        help="limit on the wait for the first visible token, s from the send (default 120)",
+    )
+    p.add_argument(
+        "--abort-after",
+        type=nonneg_float,
+        default=30.0,
+        help="end the level early (exit 3) when every request fails for this long, s (default 30; 0 = off)",
+    )
+    p.add_argument(
         "--no-preflight", action="store_true", help="skip the check of a live target before the agents start"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -114,15 +122,7 @@ def _run(args: argparse.Namespace) -> int:
     from ._common import load_trajectory_set
 
     # 1. everything the user gave, checked before anything runs or is written
-    live = not (args.target == "sim" or args.target.startswith("sim:"))
-    endpoint = telemetry = None
-    if live:
-        endpoint, telemetry = _live_setup(args)
-    else:
-        from ..sim.presets import DEFAULT_DEPLOYMENT, get_deployment
-
-        dep = args.target.split(":", 1)[1] if ":" in args.target else DEFAULT_DEPLOYMENT
-        get_deployment(dep)
+    target = _target(args)
     trajs = load_trajectory_set(args.trajectories, args.max_context)
     try:
         rules = RunRules(
@@ -134,41 +134,31 @@ def _run(args: argparse.Namespace) -> int:
             drain_timeout_s=args.drain_timeout,
             ramp_s=args.ramp,
             on_error=args.on_error,
+            abort_after_s=args.abort_after,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     prepare_run_dir(args.out, overwrite=args.overwrite, create=False)
 
-    # 2. a live target must answer before any agent starts
-    if endpoint is not None and not args.no_preflight:
-        from ..client.preflight import preflight_sync
-        from ..credentials import api_key_from_env
-
-        key = api_key_from_env(args.api_key_env)
-        preflight_sync(endpoint, key, timeout_s=min(args.request_timeout, 60.0))
-        print(f"preflight: {endpoint.base_url} answered for model {endpoint.model}", file=sys.stderr)
+    # 2. the target must answer before any agent starts (a live one; the simulator has nothing to check)
+    if not args.no_preflight:
+        line = target.preflight(timeout_s=min(args.request_timeout, 60.0))
+        if line:
+            print(line, file=sys.stderr)
 
     # 3. the run
-    _print_expected_window(trajs, args.concurrency, rules, sim=not live)
+    _print_expected_window(trajs, args.concurrency, rules, virtual_time=target.virtual_time)
     prepare_run_dir(args.out, overwrite=args.overwrite)
-    if endpoint is None:
-        from ..sim.virtual import run_sim_level
-
-        res = run_sim_level(trajs, args.concurrency, rules, deployment=dep, seed=args.seed, out_dir=args.out)
-    else:
-        from ..replay import run_live_sync
-
-        res = run_live_sync(
-            endpoint,
-            trajs,
-            args.concurrency,
-            rules,
-            seed=args.seed,
-            out_dir=args.out,
-            progress=not args.quiet,
-            telemetry=telemetry if telemetry is not None and telemetry.active else None,
-            record_chunks=args.record_chunks,
-        )
+    res = target.run_level(
+        trajs,
+        args.concurrency,
+        rules,
+        seed=args.seed,
+        out_dir=args.out,
+        level=0,
+        run_id=None,
+        progress=not args.quiet,
+    )
     w = res.window
     s = level_stats(res.requests, window_start_s=w.get("window_start_s"), window_end_s=w.get("window_end_s"))
     print(f"target {args.target}  N={args.concurrency}  window {w.get('window_s') or 0:.1f} s")
@@ -211,9 +201,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def not_measured_reason(res, stats: dict) -> str | None:
-    """Why a finished run is not a valid measurement (exit 3), or None: no request in the window, no
-    successful one (nothing was measured), or a failed client self-check (its TTFTs include the client's
-    own delays; the reasons are in the manifest's ``client_check``)."""
+    """Why a finished run is not a valid measurement (exit 3), or None: the level ended early (every
+    request failed for ``RunRules.abort_after_s``, or its rows could not be written), no request in the
+    window, no successful one (nothing was measured), or a failed client self-check (its TTFTs include the
+    client's own delays; the reasons are in the manifest's ``client_check``)."""
+    aborted = res.manifest.get("aborted_reason") or res.window.get("aborted_reason")
+    if aborted:
+        return f"the level ended early: {aborted}"
     if stats["n_requests"] == 0:
         return "no request was sent inside the steady window"
     if stats["n_ok"] == 0:
@@ -226,37 +220,32 @@ def not_measured_reason(res, stats: dict) -> str | None:
     return None
 
 
-def _live_setup(args: argparse.Namespace) -> tuple[Endpoint, TelemetryConfig]:
-    """The endpoint and telemetry of a live run, from the flags (ConfigError/TargetError when wrong)."""
-    from ..client.http import Endpoint, parse_extra_body
+def _target(args: argparse.Namespace):
+    """The target of the run, from ``--target`` and the flags (``targets.parse_target``; options of a live
+    target are checked whatever the target: ConfigError/TargetError when wrong)."""
+    from ..client.http import parse_extra_body
     from ..client.preflight import check_base_url
     from ..credentials import api_key_from_env, dedupe_auth, merge_headers
     from ..errors import ConfigError
+    from ..targets import parse_target
     from ..telemetry import TelemetryConfig, parse_gpu_indices
 
-    check_base_url(args.target)
     if args.metrics_url:
         check_base_url(args.metrics_url, "metrics_url")
-    if not args.model:
-        raise ConfigError(f"a URL target ({args.target}) needs --model")
-    api_key_from_env(args.api_key_env)  # set and not empty
+    key = api_key_from_env(args.api_key_env)  # set and not empty
     headers, public = merge_headers(args.header, args.public_header)
     try:
-        extra_body = parse_extra_body(args.extra_body)
-        if not args.telemetry_interval > 0:
-            raise ValueError(f"--telemetry-interval must be > 0 s, got {args.telemetry_interval}")
-        endpoint = Endpoint(
-            args.target,
-            args.model,
+        endpoint_options = dict(
             api=args.endpoint,
             api_key_env=args.api_key_env,
             force_output_fields=not args.no_force_output,
             continuous_usage=args.continuous_usage,
             request_timeout_s=args.request_timeout,
             stall_timeout_s=args.stall_timeout,
+            first_token_timeout_s=args.first_token_timeout,
             headers=dedupe_auth(headers, args.api_key_env),
             public_header_names=public,
-            extra_body=extra_body,
+            extra_body=parse_extra_body(args.extra_body),
         )
         telemetry = TelemetryConfig(
             interval_s=args.telemetry_interval,
@@ -266,11 +255,20 @@ def _live_setup(args: argparse.Namespace) -> tuple[Endpoint, TelemetryConfig]:
             gpu_indices=parse_gpu_indices(args.gpu_indices),
         )
     except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
         raise ConfigError(str(exc)) from None
-    return endpoint, telemetry
+    return parse_target(
+        args.target,
+        model=args.model,
+        endpoint_options=endpoint_options,
+        telemetry=telemetry,
+        api_key=key,
+        record_chunks=args.record_chunks,
+    )
 
 
-def _print_expected_window(trajs, n: int, rules, *, sim: bool) -> None:
+def _print_expected_window(trajs, n: int, rules, *, virtual_time: bool) -> None:
     """The window the run expects (the trajectory rules can stretch ``--duration``), and a warning when
     that is more than twice ``--duration``."""
     from ..slo import get_tier_preset
@@ -279,7 +277,7 @@ def _print_expected_window(trajs, n: int, rules, *, sim: bool) -> None:
 
     loosest = min(get_tier_preset(SweepConfig.tiers).tiers, key=lambda t: t.min_output_speed_tps)
     est = expected_window(trajs, n, rules, speed_tps=loosest.min_output_speed_tps, ttft_s=loosest.max_ttft_s)
-    where = " (virtual time: the simulator takes seconds of wall time)" if sim else ""
+    where = " (virtual time: the simulator takes seconds of wall time)" if virtual_time else ""
     text = est.describe(per_agent_flag="--min-trajectories-per-agent", total_flag="--min-trajectories")
     print(f"plan: warm-up {rules.warmup_s:g} s, then {text}{where}", file=sys.stderr, flush=True)
     if est.stretched:

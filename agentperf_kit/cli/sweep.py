@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from ._common import count, positive_float, positive_int
+from ._common import count, nonneg_float, positive_float, positive_int
 
 if TYPE_CHECKING:
     from ..window_estimate import WindowEstimate
@@ -29,7 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"(--tiers): {', '.join(tier_preset_names())}. Exit codes: 0 measured; 2 bad usage, bad input or "
         "failed preflight; 3 not validly measured; 130 interrupted (docs/cli.md).",
     )
-    p.add_argument("--target", help="sim, sim:PRESET or a URL (default: sim)")
+    p.add_argument(
+        "--target",
+        help="sim, sim:PRESET, sim:PATH.toml (a twin from agentperf profile) or a URL (default: sim)",
+    )
     p.add_argument("--model", help="model name (live targets)")
     p.add_argument("--trajectories", help="trajectory file (default: the built-in synthetic set)")
     p.add_argument("--tiers", help="tier preset (default aa-dsv4pro) or a spec like 'fast=100/2,slow=20/10'")
@@ -73,6 +76,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--request-timeout", type=positive_float, help="whole-request limit, s (default 600)")
     c.add_argument(
         "--stall-timeout", type=positive_float, help="limit on silence mid-stream, s (default 120)"
+    )
+    c.add_argument(
+        "--first-token-timeout",
+        type=positive_float,
+        help="limit on the wait for the first visible token, s from the send (default 120)",
+    )
+    c.add_argument(
+        "--abort-after",
+        type=nonneg_float,
+        help="a level ends early as a failed level when every request fails for this long, s (default 30; "
+        "0 = off)",
     )
     c.add_argument("--no-force-output", action="store_true", help="do not send ignore_eos/min_tokens")
     c.add_argument("--continuous-usage", action="store_true", help="usage in every chunk (vLLM)")
@@ -120,6 +134,8 @@ def _config(args: argparse.Namespace):
         extra_body=args.extra_body,
         request_timeout_s=args.request_timeout,
         stall_timeout_s=args.stall_timeout,
+        first_token_timeout_s=args.first_token_timeout,
+        abort_after_s=args.abort_after,
         force_output=False if args.no_force_output else None,
         continuous_usage=True if args.continuous_usage else None,
         what_if=",".join(args.what_if) if args.what_if else None,
@@ -135,18 +151,16 @@ def _config(args: argparse.Namespace):
 def _sweep(args: argparse.Namespace) -> int:
     from ..credentials import api_key_from_env
     from ..errors import MeasurementError
-    from ..results import check_sweep_dir
-    from ..sweep import format_summary, plan_levels, run_sweep
+    from ..sweep import check_resumable, format_summary, plan_levels, run_sweep
     from ._common import load_trajectory_set
 
     # everything checked first, the same with --dry-run
     cfg = _config(args)
     trajs = load_trajectory_set(cfg.trajectories, cfg.max_context)
-    resuming = check_sweep_dir(cfg.out) if cfg.out else False
-    endpoint = key = None
-    if not cfg.is_sim:
-        key = api_key_from_env(cfg.api_key_env)
-        endpoint = cfg.endpoint_for()
+    resuming = check_resumable(cfg) if cfg.out else False
+    target = cfg.target_object  # targets.parse_target read --target with the config
+    virtual = target.virtual_time
+    api_key_from_env(cfg.api_key_env)  # set and not empty
     if args.dry_run:
         print(
             f"target {cfg.target}; tiers {cfg.tiers}; ramp levels {plan_levels(cfg.max_agents)} until every "
@@ -160,7 +174,7 @@ def _sweep(args: argparse.Namespace) -> int:
         print(_window_line(cfg, trajs))
         if cfg.out:
             print(f"output: {cfg.out} ({'resumes the sweep there' if resuming else 'new'})")
-        if not cfg.is_sim:
+        if not virtual:
             print(_live_estimate(cfg, trajs))
             print(
                 f"telemetry: /metrics {'scraped' if cfg.scrape_metrics else 'not scraped'}; power "
@@ -175,17 +189,20 @@ def _sweep(args: argparse.Namespace) -> int:
         else:
             print("simulated target: runs in virtual time (seconds of wall time)")
         return 0
-    if endpoint is not None and not args.no_preflight:
-        from ..client.preflight import preflight_sync
-
-        preflight_sync(endpoint, key, timeout_s=min(cfg.request_timeout_s, 60.0))
-        print(f"preflight: {endpoint.base_url} answered for model {endpoint.model}", file=sys.stderr)
+    if not args.no_preflight:
+        line = target.preflight(timeout_s=min(cfg.request_timeout_s, 60.0))
+        if line:
+            print(line, file=sys.stderr)
     err = sys.stderr if args.json else sys.stdout
-    if not cfg.is_sim:
+    if not virtual:
         print(_live_estimate(cfg, trajs), file=err, flush=True)
-    line = _window_line(cfg, trajs)
-    if not cfg.is_sim and "warning:" in line:
-        print(line[line.index("warning:") :], file=sys.stderr, flush=True)
+    # the expected window of the first level, as `run` prints it (each level's in the --dry-run plan)
+    first, *warning = _window_line(cfg, trajs).split("\n")
+    where = " (virtual time: the simulator takes seconds of wall time)" if virtual else ""
+    plan = first.removeprefix("per level: ")
+    print(f"plan: per level, warm-up {cfg.warmup_s:g} s, then {plan}{where}", file=sys.stderr, flush=True)
+    if warning and not virtual:
+        print(*warning, file=sys.stderr, flush=True)
     result = run_sweep(cfg, progress=not args.json)
     if args.json:
         from ..schema import strict_json_dumps

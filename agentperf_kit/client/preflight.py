@@ -55,7 +55,7 @@ def check_base_url(url: str, what: str = "target") -> str:
     if u.scheme not in ("http", "https") or not u.host:
         raise TargetError(
             f"{what} {url!r} is not an http(s) URL with a host; give e.g. http://127.0.0.1:8000/v1"
-            + (", or sim / sim:PRESET for the simulator" if what == "target" else "")
+            + (", or sim / sim:NAME / sim:PATH.toml for the simulator" if what == "target" else "")
         )
     if port is not None and not 0 < port < 65536:
         raise TargetError(f"{what} {url!r}: port {port} is out of range 1..65535")

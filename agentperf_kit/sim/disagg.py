@@ -36,6 +36,10 @@ def make_engine(
     """An :class:`Engine` for a single-pool deployment, a :class:`DisaggregatedEngine` for a P/D one."""
     if dep.disaggregated:
         return DisaggregatedEngine(dep, eff, on_finish, on_reject, kv_policy)
+    if getattr(dep, "step_mid", None) is not None:  # a twin: fitted step time (agentperf_kit.sim.twin)
+        from .twin import TwinEngine
+
+        return TwinEngine(dep, eff, on_finish, on_reject, kv_policy)  # type: ignore[arg-type]
     return Engine(dep, eff, on_finish, on_reject, kv_policy)
 
 

@@ -134,7 +134,12 @@ def get_deployment(name: str = DEFAULT_DEPLOYMENT) -> Deployment:
     A disaggregated preset (``prefill_count`` set) resolves into the whole system plus its two pools:
     ``prefill_count`` GPUs for prefill and the rest for decode, each pool with the engine limits of the
     preset (or of its ``[NAME.prefill]`` / ``[NAME.decode]`` tables), and the KV transfer bandwidth
-    ``kv_transfer_gbps_per_gpu`` (GB/s per GPU of the smaller pool)."""
+    ``kv_transfer_gbps_per_gpu`` (GB/s per GPU of the smaller pool). A ``name`` ending in ``.toml`` is a
+    twin preset file (:func:`agentperf_kit.sim.twin.load_twin`)."""
+    if name.lower().endswith(".toml"):  # a twin preset file written by ``agentperf profile``
+        from .twin import load_twin
+
+        return load_twin(name)
     deps = _load("deployments")
     if name not in deps or name == "efficiency":
         raise UnknownNameError(f"unknown deployment preset {name!r}; known: {', '.join(list_deployments())}")

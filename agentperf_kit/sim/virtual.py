@@ -13,6 +13,7 @@ input + ``MARKER_TOKENS`` (the phase marker), ``cached_prompt_tokens`` = the pre
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import os
@@ -23,7 +24,15 @@ from typing import Any
 
 from ..agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
 from ..recorder import RunWriter
-from ..results import RunResult, finalize_frame, finalize_run, toolkit_provenance, write_manifest
+from ..results import (
+    RunResult,
+    finalize_frame,
+    finalize_run,
+    prepare_run_dir,
+    run_manifest,
+    window_manifest,
+    write_manifest,
+)
 from ..trajectories.model import Trajectory
 from .disagg import make_engine
 from .engine import SimRequest, SimulatorInvariantError
@@ -56,16 +65,21 @@ def run_sim_level(
     run_id: str | None = None,
     efficiency: str = "mid",
     progress: bool = False,
+    overwrite: bool = False,
 ) -> RunResult:
     """Run one level of ``n_agents`` closed-loop agents against the simulated deployment, in virtual time.
 
     Returns the tidy per-request table and the manifest; with ``out_dir`` also writes them there
     (raw rows streamed to disk while the run goes, so memory stays bounded by the live agents).
+    ``out_dir`` must be new or empty; ``overwrite=True`` replaces a previous run there (never other
+    files: :func:`~agentperf_kit.results.prepare_run_dir`, :class:`~agentperf_kit.errors.OutputError`).
     """
     dep = get_deployment(deployment) if isinstance(deployment, str) else deployment
     eff = _efficiency(efficiency)
     run_id = run_id or f"sim-{uuid.uuid4().hex[:8]}"
     rows: list[tuple] = []
+    if out_dir is not None:
+        prepare_run_dir(out_dir, overwrite=overwrite)
     writer = RunWriter(out_dir) if out_dir is not None else None
     sink = writer if writer is not None else rows.append
     fleet = AgentFleet(trajectories, n_agents, rules, seed=seed, sink=sink, run_id=run_id, level=level)
@@ -78,37 +92,61 @@ def run_sim_level(
         "efficiency": eff.name,
         "trajectories": len(fleet.trajectories),
     }
-    manifest: dict[str, Any] = {
-        "kind": "agentperf-run",
-        "run_id": run_id,
-        "level": level,
-        **toolkit_provenance(),
-        "config": config,
-        "clock": {"kind": "virtual", "origin_s": 0.0},
-        "target": {"kind": "sim", "deployment": dep.as_dict()},
-        "accelerators": dep.accelerator_count,
-        "accelerator_type": dep.accelerator,
-    }
+    manifest = run_manifest(
+        run_id=run_id,
+        level=level,
+        config=config,
+        target={"kind": "sim", "deployment": dep.as_dict()},
+        clock={"kind": "virtual", "origin_s": 0.0},
+        accelerators=dep.accelerator_count,
+        accelerator_type=dep.accelerator,
+    )
     if out_dir is not None:
         write_manifest(out_dir, manifest)
 
     wall0 = time.perf_counter()
-    in_flight: dict[int, RequestPlan] = {}
-    sends: list[tuple[float, int, RequestPlan]] = []
-    counter = 0
+    try:  # an interrupt (Ctrl-C) or an invariant error: the rows written so far stay readable
+        sim = _SimLevel(fleet, dep, eff)
+        sim.run(rules.drain_timeout_s)
+    except BaseException:
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.close()
+        raise
+    window = fleet.window_summary()
+    manifest.update(window_manifest(window))
+    manifest.update(sim.manifest_sections(time.perf_counter() - wall0))
+    if writer is not None and out_dir is not None:
+        writer.close()
+        return finalize_run(out_dir, manifest)
+    return _in_memory_result(rows, manifest, window)
 
-    def schedule(plan: RequestPlan) -> None:
-        nonlocal counter
-        counter += 1
-        heapq.heappush(sends, (plan.t_scheduled_s, counter, plan))
 
-    def finish(req: SimRequest, t_end: float) -> None:
-        plan = in_flight.pop(id(req.key))
+class _SimLevel:
+    """One simulated level: the send queue on the virtual clock, the engine's answers turned into
+    outcomes for the fleet, the drain and the end; one method per job."""
+
+    def __init__(self, fleet: AgentFleet, dep: Deployment, eff: Any) -> None:
+        self.fleet = fleet
+        self.dep = dep
+        self.in_flight: dict[int, RequestPlan] = {}
+        self.sends: list[tuple[float, int, RequestPlan]] = []
+        self.counter = 0
+        self.engine = make_engine(dep, eff, self.finish, self.reject)
+        self.t_end = 0.0
+
+    def schedule(self, plan: RequestPlan) -> None:
+        self.counter += 1
+        heapq.heappush(self.sends, (plan.t_scheduled_s, self.counter, plan))
+
+    def finish(self, req: SimRequest, t_end: float) -> None:
+        """The engine finished ``req`` at ``t_end``: its outcome (times from the engine's steps)."""
+        plan = self.in_flight.pop(id(req.key))
         turn = plan.turn
         out = req.output
         reasoning = min(turn.reasoning_tokens or 0, out - 1) if out > 1 else 0
         t_ans = req.t_first + (t_end - req.t_first) * reasoning / (out - 1) if out > 1 else req.t_first
-        nxt = fleet.complete(
+        nxt = self.fleet.complete(
             plan,
             RequestOutcome(
                 t_send_s=plan.t_send_s,
@@ -129,11 +167,12 @@ def run_sim_level(
             ),
         )
         if nxt is not None:
-            schedule(nxt)
+            self.schedule(nxt)
 
-    def reject(req: SimRequest, t: float, detail: str) -> None:
-        plan = in_flight.pop(id(req.key))
-        nxt = fleet.complete(
+    def reject(self, req: SimRequest, t: float, detail: str) -> None:
+        """The engine refused ``req`` (e.g. longer than its context): a failed row, as a 400."""
+        plan = self.in_flight.pop(id(req.key))
+        nxt = self.fleet.complete(
             plan,
             RequestOutcome(
                 t_send_s=plan.t_send_s,
@@ -146,71 +185,71 @@ def run_sim_level(
             ),
         )
         if nxt is not None:
-            schedule(nxt)
+            self.schedule(nxt)
 
-    engine = make_engine(dep, eff, finish, reject)
-    for plan in fleet.start(0.0):
-        schedule(plan)
-    next_tick = _TICK_S
-    t_closed = math.nan
-    while True:
-        t_send = sends[0][0] if sends else math.inf
-        if math.isnan(t_closed):
-            t_event = min(t_send, next_tick)
-        else:
-            t_event = min(t_send, t_closed + rules.drain_timeout_s)
-        if engine.has_work:
-            engine.advance(t_event)  # may stop early when the engine runs out of work
-        elif math.isfinite(t_event):
-            engine.now = max(engine.now, t_event)
-        else:
-            break
-        now = engine.now
-        if math.isnan(t_closed):
-            while next_tick <= now:
-                next_tick += _TICK_S
-            if not fleet.may_send(now):
-                t_closed = fleet.window_end_s
-        elif now >= t_closed + rules.drain_timeout_s:
-            break
-        while sends and sends[0][0] <= now:
-            _, _, plan = heapq.heappop(sends)
-            if not fleet.may_send(plan.t_scheduled_s):
-                if math.isnan(t_closed):
-                    t_closed = fleet.window_end_s
-                continue
-            t = plan.t_scheduled_s
-            fleet.on_send(plan, t)
-            turn = plan.turn
-            key = plan
-            in_flight[id(key)] = plan
-            prefix = 0 if plan.fresh_phase else turn.prefix_tokens + MARKER_TOKENS
-            engine.submit(
-                SimRequest(
-                    key, plan.phase_id, turn.input_tokens + MARKER_TOKENS, prefix, turn.output_tokens, t
-                )
-            )
-        if not math.isnan(t_closed) and not engine.has_work and not sends:
-            break
-    t_end = engine.now
-    for req in engine.cancel_all():  # checks the engine's conservation of requests
-        fleet.cancel(in_flight.pop(id(req.key)), t_end)
-    if in_flight:  # a request sent but never answered, rejected or cancelled: its agent would be lost
-        raise SimulatorInvariantError(
-            f"{len(in_flight)} request(s) sent to the simulated deployment {dep.name!r} were never "
-            "answered, rejected or cancelled (a simulator bug: please report it with the command)"
+    def submit(self, plan: RequestPlan) -> None:
+        t = plan.t_scheduled_s
+        self.fleet.on_send(plan, t)
+        turn = plan.turn
+        self.in_flight[id(plan)] = plan
+        prefix = 0 if plan.fresh_phase else turn.prefix_tokens + MARKER_TOKENS
+        self.engine.submit(
+            SimRequest(plan, plan.phase_id, turn.input_tokens + MARKER_TOKENS, prefix, turn.output_tokens, t)
         )
-    wall = time.perf_counter() - wall0
 
-    window = fleet.window_summary()
-    busy_fraction = engine.busy_s / t_end if t_end > 0 else 0.0
-    power = modelled_power_w(dep, busy_fraction)
-    manifest.update(
-        {
-            "window": window,
-            "meets_aa_rules": window["meets_aa_rules"],
+    def run(self, drain_timeout_s: float) -> None:
+        """Advance the engine from send to send until the window closes and the drain ends, then cancel
+        what is left (raises :class:`SimulatorInvariantError` if a request was lost)."""
+        fleet, engine, sends = self.fleet, self.engine, self.sends
+        for plan in fleet.start(0.0):
+            self.schedule(plan)
+        next_tick = _TICK_S
+        t_closed = math.nan
+        while True:
+            t_send = sends[0][0] if sends else math.inf
+            if math.isnan(t_closed):
+                t_event = min(t_send, next_tick)
+            else:
+                t_event = min(t_send, t_closed + drain_timeout_s)
+            if engine.has_work:
+                engine.advance(t_event)  # may stop early when the engine runs out of work
+            elif math.isfinite(t_event):
+                engine.now = max(engine.now, t_event)
+            else:
+                break
+            now = engine.now
+            if math.isnan(t_closed):
+                while next_tick <= now:
+                    next_tick += _TICK_S
+                if not fleet.may_send(now):
+                    t_closed = fleet.window_end_s
+            elif now >= t_closed + drain_timeout_s:
+                break
+            while sends and sends[0][0] <= now:
+                _, _, plan = heapq.heappop(sends)
+                if not fleet.may_send(plan.t_scheduled_s):
+                    if math.isnan(t_closed):
+                        t_closed = fleet.window_end_s
+                    continue
+                self.submit(plan)
+            if not math.isnan(t_closed) and not engine.has_work and not sends:
+                break
+        self.t_end = engine.now
+        for req in engine.cancel_all():  # checks the engine's conservation of requests
+            fleet.cancel(self.in_flight.pop(id(req.key)), self.t_end)
+        if self.in_flight:  # a request sent but never answered, rejected or cancelled: its agent is lost
+            raise SimulatorInvariantError(
+                f"{len(self.in_flight)} request(s) sent to the simulated deployment {self.dep.name!r} were "
+                "never answered, rejected or cancelled (a simulator bug: please report it with the command)"
+            )
+
+    def manifest_sections(self, wall_s: float) -> dict[str, Any]:
+        """``client_ok``, the modelled power and the ``sim`` section of the manifest."""
+        engine, t_end = self.engine, self.t_end
+        busy_fraction = engine.busy_s / t_end if t_end > 0 else 0.0
+        return {
             "client_ok": True,
-            "power_w": power,
+            "power_w": modelled_power_w(self.dep, busy_fraction),
             "power_scope": "modelled",
             "power_detail": {
                 "busy_fraction": busy_fraction,
@@ -219,26 +258,24 @@ def run_sim_level(
             },
             "sim": {
                 "virtual_s": t_end,
-                "wall_s": wall,
+                "wall_s": wall_s,
                 "engine_steps": engine.steps,
-                "requests": fleet.requests_done,
+                "requests": self.fleet.requests_done,
                 "prefix_cache_hit_rate": engine.cached_tokens_total / max(1, engine.prompt_tokens_total),
             },
         }
-    )
-    if writer is not None and out_dir is not None:
-        writer.close()
-        return finalize_run(out_dir, manifest)
+
+
+def _in_memory_result(rows: list[tuple], manifest: dict[str, Any], window: dict[str, Any]) -> RunResult:
+    """A run without ``out_dir``: the table from the rows kept in memory."""
     import pandas as pd
 
-    from ..schema import RAW_COLUMNS, REQUEST_COLUMNS
+    from ..schema import RAW_COLUMNS, REQUEST_COLUMNS, json_safe
 
     raw = pd.DataFrame(rows, columns=list(RAW_COLUMNS)).astype(
         {c: REQUEST_COLUMNS[c].dtype for c in RAW_COLUMNS}
     )
     df = finalize_frame(raw, window["window_start_s"], window["window_end_s"])
-    from ..schema import json_safe
-
     return RunResult(df, json_safe(manifest), None)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -145,19 +146,48 @@ def load_trajectories(path: str | os.PathLike) -> list[Trajectory]:
     """Load and validate a trajectory file (``.jsonl``, ``.jsonl.gz`` or ``.parquet``).
 
     Raises:
-        TrajectoryFormatError: naming the file, line, field, value and the fix.
+        TrajectoryFormatError: naming the file, line, field, value and the fix; also for a file that
+            cannot be read as a trajectory file at all (a directory, a truncated or corrupt ``.jsonl.gz``
+            or ``.parquet``, text that is not UTF-8, no permission).
         FileNotFoundError: when the file does not exist.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"trajectory file not found: {path}")
+    if path.is_dir():
+        raise TrajectoryFormatError(
+            "is a directory; give a .jsonl, .jsonl.gz or .parquet trajectory file", path=str(path)
+        )
+    try:
+        return _parquet_or_jsonl(path)
+    except TrajectoryFormatError:
+        raise
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise TrajectoryFormatError(
+            f"the compressed file is truncated or corrupt ({exc or type(exc).__name__}); write it again "
+            "(save_trajectories) or copy it whole",
+            path=str(path),
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise TrajectoryFormatError(
+            f"not UTF-8 text ({exc.reason} at byte {exc.start}); a trajectory file is UTF-8 JSONL",
+            path=str(path),
+        ) from None
+    except OSError as exc:
+        raise TrajectoryFormatError(f"cannot read it ({exc.strerror or exc})", path=str(path)) from None
+    except (ValueError, KeyError) as exc:  # e.g. a Parquet file cut short (pyarrow's ArrowInvalid)
+        raise TrajectoryFormatError(
+            f"cannot read it as {'Parquet' if path.suffix == '.parquet' else 'JSONL'} ({exc}); write it "
+            "again with save_trajectories()",
+            path=str(path),
+        ) from None
+
+
+def _parquet_or_jsonl(path: Path) -> list[Trajectory]:
     if path.suffix == ".parquet":
         return _load_parquet(path)
     with _open_text(path, "r") as f:
-        try:
-            first = f.readline()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TrajectoryFormatError(f"cannot read the file: {exc}", path=str(path)) from exc
+        first = f.readline()
         header = _parse_line(first, path, 1)
         _check_header(header, path)
         return _build(

@@ -1,0 +1,77 @@
+"""``agentperf profile``: measure a live server for a few minutes and write its twin preset."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._common import positive_float, positive_int
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="profile a live server and write its digital twin (a preset for --target sim:PATH.toml)",
+        description=(
+            "Measure prefill (cold and on a cached prefix), decode step time against batch size and the "
+            "engine limits of an OpenAI-compatible server (streaming /v1/completions with token-id "
+            "prompts), fit a step-time model with standard errors and write a twin preset TOML that "
+            "'agentperf sweep --target sim:PATH.toml' runs in virtual time (docs/simulator.md)."
+        ),
+    )
+    p.add_argument("--target", required=True, help="base URL, e.g. http://127.0.0.1:8200/v1")
+    p.add_argument("--model", required=True, help="model name the server answers to")
+    p.add_argument("--out", required=True, help="twin preset to write (a path ending in .toml)")
+    p.add_argument("--max-context", type=positive_int, help="largest prompt + output to send (tokens)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="repeats per prefill size (default 3)")
+    p.add_argument("--batch-sizes", default="1,2,4,8,16,32", help="decode batch sizes (default 1,2,...,32)")
+    p.add_argument(
+        "--decode-tokens", type=positive_int, default=128, help="tokens per decode stream (default 128)"
+    )
+    p.add_argument("--chunk-tokens", type=positive_int, help="the server's prefill chunk (tokens)")
+    p.add_argument("--max-batch", type=positive_int, help="largest batch (skips the probe)")
+    p.add_argument("--kv-capacity", type=positive_int, help="KV capacity in tokens (skips the probe)")
+    p.add_argument("--budget", type=positive_float, default=240.0, help="seconds before optional parts stop")
+    p.set_defaults(func=_profile)
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from ..client.preflight import check_base_url
+    from ..errors import ConfigError
+    from ..twin.profile import ProfileConfig, profile_sync, write_twin
+
+    if not args.out.lower().endswith(".toml"):
+        raise ConfigError(f"profile: --out must end in .toml (sweep reads sim:PATH.toml), got {args.out!r}")
+    try:
+        batches = tuple(int(b) for b in args.batch_sizes.split(","))
+        if not batches or min(batches) < 1:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            f"profile: --batch-sizes must be integers >= 1 like 1,2,4, got {args.batch_sizes!r}"
+        ) from None
+    cfg = ProfileConfig(
+        base_url=check_base_url(args.target),
+        model=args.model,
+        max_context=args.max_context,
+        repeats=args.repeats,
+        decode_tokens=args.decode_tokens,
+        batch_sizes=batches,
+        chunk_tokens=args.chunk_tokens,
+        max_batch=args.max_batch,
+        kv_capacity=args.kv_capacity,
+        budget_s=args.budget,
+    )
+    res = profile_sync(cfg)
+    path = write_twin(res, args.out)
+    f = res.fit
+    print(f"wrote {path} ({len(res.observations)} observations in {res.wall_s:.0f} s)")
+    for t in f.coef:
+        print(f"  {t:16s} {f.coef[t]:.4g} +- {f.se[t]:.2g}")
+    print(f"  fit: RMS relative residual {f.rms_rel:.3f}, max {f.max_abs_rel:.3f}")
+    for k, v in res.limits.items():
+        print(f"  {k} = {v}  ({res.limit_sources.get(k, '')})")
+    for n in res.notes:
+        print(f"  note: {n}")
+    print(f"sweep it: agentperf sweep --target sim:{path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,257 @@
+"""Digital twin of a measured server: a fitted linear step-time model, its preset file and its engine.
+
+A twin preset (``twin.toml``, written by ``agentperf profile``) describes one real server as the simulator
+needs it: engine limits (largest batch, prefill chunk, KV capacity in tokens) and a **fitted step-time
+model** in place of the roofline. One engine step that runs ``B`` decoding sequences (whose contexts sum
+to ``C`` tokens) and prefill chunks of ``P`` new tokens in total (``A`` attention pairs, ``K`` KV tokens
+read by the chunks) takes, in seconds::
+
+    t = step_s + prefill_token_s * P + decode_seq_s * B + context_token_s * (C + K) + prefill_pair_s * A
+
+with the same definitions of ``C``, ``A`` and ``K`` as the roofline engine
+(:meth:`agentperf_kit.sim.engine.Engine.step_time`). Each coefficient carries its standard error from the
+least-squares fit (:mod:`agentperf_kit.twin.fit`); the efficiency sets of a sweep map to the band:
+``mid`` = the point estimate, ``low`` = every coefficient at its slow end (estimate x exp(``z`` x SE /
+estimate)), ``high`` = at its fast end (estimate / exp(``z`` x SE / estimate)); a coefficient estimated
+at 0 spans 0 .. ``z`` x SE.
+
+``agentperf sweep --target sim:PATH.toml`` resolves such a file through
+:func:`agentperf_kit.sim.presets.get_deployment`; :func:`agentperf_kit.sim.disagg.make_engine` gives it a
+:class:`TwinEngine`.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .engine import Engine
+from .presets import Deployment, Efficiency
+
+__all__ = [
+    "TERMS",
+    "StepModel",
+    "TwinDeployment",
+    "TwinEngine",
+    "dump_toml",
+    "is_twin_path",
+    "load_twin",
+]
+
+TWIN_KIND = "agentperf-twin"
+# coefficient names, in seconds per unit: step, prefill token, decode sequence, context token, prefill pair
+TERMS = ("step_s", "prefill_token_s", "decode_seq_s", "context_token_s", "prefill_pair_s")
+
+
+@dataclass(frozen=True, slots=True)
+class StepModel:
+    """Linear step-time coefficients (seconds per step / prefill token / decode sequence / context token
+    read / prefill attention pair)."""
+
+    step_s: float
+    prefill_token_s: float = 0.0
+    decode_seq_s: float = 0.0
+    context_token_s: float = 0.0
+    prefill_pair_s: float = 0.0
+
+    def time(self, prefill: float, decode_seqs: float, context: float, pairs: float) -> float:
+        """Seconds for one step (see the module docstring for the terms)."""
+        return (
+            self.step_s
+            + self.prefill_token_s * prefill
+            + self.decode_seq_s * decode_seqs
+            + self.context_token_s * context
+            + self.prefill_pair_s * pairs
+        )
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class TwinDeployment(Deployment):
+    """A :class:`Deployment` whose step time is a fitted :class:`StepModel` (one per efficiency set)."""
+
+    twin_path: str = ""
+    step_mid: StepModel | None = None
+    step_low: StepModel | None = None
+    step_high: StepModel | None = None
+
+    def step_model(self, efficiency: str) -> StepModel:
+        """The coefficients for efficiency set ``low`` (slow end of the band), ``mid`` or ``high``."""
+        m = {"low": self.step_low, "mid": self.step_mid, "high": self.step_high}.get(efficiency)
+        if m is None:
+            raise ConfigError(f"efficiency must be low, mid or high for a twin, got {efficiency!r}")
+        return m
+
+
+class TwinEngine(Engine):
+    """The simulated engine with the twin's fitted step time instead of the roofline."""
+
+    def __init__(self, dep: TwinDeployment, eff: Efficiency, *args: Any, **kwargs: Any) -> None:
+        super().__init__(dep, eff, *args, **kwargs)
+        self.model = dep.step_model(eff.name)
+
+    def _step(
+        self, tokens: float, n_dec: float, q: float, ctx: float, pairs: float, pkv: float
+    ) -> tuple[float, float]:
+        """(step seconds, d seconds / d decode context): ``tokens`` = ``n_dec`` decoding sequences x ``q``
+        queries each + prefill tokens; ``ctx`` the decode context sum, ``pkv`` the KV tokens the prefill
+        chunks read, ``pairs`` their attention pairs (the engine's seam for every step it times)."""
+        m = self.model
+        t = m.time(max(0.0, tokens - n_dec * q), n_dec, ctx + pkv, pairs)
+        return t, m.context_token_s
+
+    def _decode_line(self) -> tuple[float, float]:
+        """Pure decode: step time now and its growth per step (the context grows by ``b`` per step)."""
+        b = self.b
+        return self.model.time(0, b, self.s + b * self.g, 0.0), self.model.context_token_s * b
+
+
+def is_twin_path(name: str) -> bool:
+    """Whether a ``sim:NAME`` target names a twin preset file (a path ending in ``.toml``)."""
+    return str(name).lower().endswith(".toml")
+
+
+def _band(point: StepModel, se: dict[str, float], z: float, sign: int) -> StepModel:
+    """One end of the band: each coefficient ``c`` with standard error ``s`` moved to ``c x exp(+-z s /
+    c)`` (a multiplicative interval: a positive time never reaches 0, which would make steps free); a
+    coefficient estimated at 0 moves to ``z s`` (slow end) or stays 0 (fast end)."""
+    vals = {}
+    for t in TERMS:
+        c, s = getattr(point, t), float(se.get(t, 0.0))
+        if c > 0:
+            vals[t] = c * math.exp(sign * min(50.0, z * s / c))
+        else:
+            vals[t] = z * s if sign > 0 else 0.0
+    return StepModel(**vals)
+
+
+def load_twin(path: str | Path) -> TwinDeployment:
+    """Read a twin preset written by ``agentperf profile`` (errors name the file and the fix)."""
+    p = Path(path).expanduser()
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"twin preset {str(path)!r} not found (write one with: agentperf profile --target URL "
+            f"--model M --out {path})"
+        ) from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"twin preset {str(path)!r} cannot be read: {exc}") from None
+    if data.get("kind") != TWIN_KIND:
+        raise ConfigError(
+            f"{str(path)!r} is not a twin preset (kind = {data.get('kind')!r}, expected {TWIN_KIND!r}); "
+            "write one with agentperf profile"
+        )
+    try:
+        eng = data["engine"]
+        step = data["step"]
+        se = data.get("step_se", {})
+        point = StepModel(**{t: float(step.get(t, 0.0)) for t in TERMS})
+        z = float(data.get("band", {}).get("z", 1.96))
+        count = int(data.get("accelerator_count", 1))
+        cap = int(eng["kv_capacity_tokens"])
+        return TwinDeployment(
+            name=str(path),
+            label=str(data.get("label", f"twin of {data.get('model', '?')}")),
+            accelerator=str(data.get("accelerator", "unknown")),
+            accelerator_count=count,
+            model=str(data.get("model", "unknown")),
+            model_label=str(data.get("model", "unknown")),
+            max_num_seqs=int(eng["max_num_seqs"]),
+            max_num_batched_tokens=int(eng["max_num_batched_tokens"]),
+            flops_per_s=0.0,
+            attn_flops_per_s=0.0,
+            bandwidth_bytes_per_s=0.0,
+            memory_bytes=0.0,
+            weight_bytes=0.0,
+            dense_weight_bytes=0.0,
+            dense_weight_replicas=1,
+            expert_weight_bytes_per_layer=0.0,
+            moe_layers=0,
+            routed_experts=0,
+            experts_per_token=0,
+            active_params=0.0,
+            kv_bytes_per_token=0.0,
+            kv_capacity_tokens=cap,
+            max_context_tokens=int(eng.get("max_context_tokens", cap)),
+            attn_flops_decode_per_pair=0.0,
+            attn_flops_prefill_per_pair=0.0,
+            step_overhead_s=point.step_s,
+            tdp_w_per_accelerator=float(data.get("tdp_w", 0.0)),
+            idle_w_per_accelerator=float(data.get("idle_w", 0.0)),
+            projection=False,
+            kv_policy=str(eng.get("kv_policy", "preempt")),
+            twin_path=str(p),
+            step_mid=point,
+            step_low=_band(point, se, z, +1),
+            step_high=_band(point, se, z, -1),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"twin preset {str(path)!r} is missing or has a bad field: {exc}") from None
+
+
+# -- a small TOML writer (scalars, lists of scalars, tables, arrays of tables) ----------------------------
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        import json
+
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if v is None:
+        return '""'
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else _value(k)
+
+
+def dump_toml(data: dict[str, Any], comments: dict[str, str] | None = None) -> str:
+    """TOML text of ``data`` (nested dicts become tables, lists of dicts arrays of tables);
+    ``comments`` maps a top-level table name to a comment line written above it."""
+    comments = comments or {}
+    lines: list[str] = []
+
+    def table(prefix: str, d: dict[str, Any], array: bool = False) -> None:
+        scalars = {k: v for k, v in d.items() if not _is_table(v)}
+        tables = {k: v for k, v in d.items() if _is_table(v)}
+        if prefix:
+            if prefix in comments:
+                lines.append(f"# {comments[prefix]}")
+            lines.append(f"[[{prefix}]]" if array else f"[{prefix}]")
+        for k, v in scalars.items():
+            lines.append(f"{_key(k)} = {_value(v)}")
+        lines.append("")
+        for k, v in tables.items():
+            name = f"{prefix}.{_key(k)}" if prefix else _key(k)
+            if isinstance(v, dict):
+                table(name, v)
+            else:
+                for item in v:
+                    table(name, item, array=True)
+
+    table("", data)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _is_table(v: Any) -> bool:
+    return isinstance(v, dict) or (isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v))

@@ -1,0 +1,294 @@
+"""What a level runs against: the :class:`Target` protocol, its simulated and live implementations, and
+:func:`parse_target`, the one place where a target spec (``sim``, ``sim:NAME``, ``sim:PATH.toml``, a URL)
+is read.
+
+A target runs one level of N closed-loop agents and returns a :class:`~agentperf_kit.results.RunResult`
+with the files of docs/schema.md; it also says how many accelerators it has (for agents per accelerator),
+what they are, how its power is known (``power_scope``: ``modelled`` for the simulator, ``measured`` with
+a power source, else None: the sweep's declared/provisioned power applies) and describes itself in one
+line. :func:`agentperf_kit.sweep.run_sweep` and ``agentperf run`` use nothing else of it, so any object
+with these members is a target (e.g. a pool of remote workers driving one server together)::
+
+    class Target(Protocol):
+        accelerators: int | None
+        accelerator_type: str | None
+        description: str
+        power_scope: str | None
+        virtual_time: bool
+        def run_level(self, trajectories, n_agents, rules, *, seed, out_dir, level, run_id,
+                      progress) -> RunResult: ...
+
+``virtual_time`` says whether the level runs on a simulated clock (wall time seconds, figures a model's
+prediction): the sweep's notes and estimates depend on it, never on the spec string.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .agents import RunRules
+    from .client.http import Endpoint
+    from .results import RunResult
+    from .sim.presets import Deployment
+    from .telemetry import TelemetryConfig
+    from .trajectories.model import Trajectory
+
+__all__ = ["LiveTarget", "SimTarget", "Target", "parse_target"]
+
+
+@runtime_checkable
+class Target(Protocol):
+    """What a level runs against (module docstring). ``accelerators`` is None when unknown (a live
+    target without ``accelerators``: a sweep refuses it, a single run does not need it)."""
+
+    @property
+    def accelerators(self) -> int | None: ...
+
+    @property
+    def accelerator_type(self) -> str | None: ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def power_scope(self) -> str | None: ...
+
+    @property
+    def virtual_time(self) -> bool: ...
+
+    def run_level(
+        self,
+        trajectories: Sequence[Trajectory],
+        n_agents: int,
+        rules: RunRules,
+        *,
+        seed: int,
+        out_dir: str | os.PathLike | None,
+        level: int,
+        run_id: str | None,
+        progress: bool,
+    ) -> RunResult:
+        """Run one level of ``n_agents`` agents; write it to ``out_dir`` (new or empty) and return it."""
+        ...
+
+
+@dataclass(frozen=True)
+class SimTarget:
+    """The simulated inference system (``sim``, ``sim:NAME`` or ``sim:PATH.toml``), in virtual time.
+
+    Attributes:
+        deployment: the resolved deployment (:func:`agentperf_kit.sim.presets.get_deployment`).
+        efficiency: the efficiency set, ``low``, ``mid`` or ``high``.
+        accelerator_count: overrides the deployment's accelerator count for per-accelerator figures.
+        accelerator_type_override: overrides the deployment's accelerator name.
+    """
+
+    deployment: Deployment
+    efficiency: str = "mid"
+    accelerator_count: int | None = None
+    accelerator_type_override: str | None = None
+    virtual_time: bool = field(default=True, init=False)
+    power_scope: str | None = field(default="modelled", init=False)
+
+    @property
+    def spec(self) -> str:
+        """The canonical target spec, ``sim:NAME``."""
+        return f"sim:{self.deployment.name}"
+
+    @property
+    def model(self) -> str:
+        return self.deployment.model
+
+    @property
+    def accelerators(self) -> int:
+        return self.accelerator_count or self.deployment.accelerator_count
+
+    @property
+    def accelerator_type(self) -> str | None:
+        return self.accelerator_type_override or self.deployment.accelerator
+
+    @property
+    def description(self) -> str:
+        return (
+            f"simulated {self.deployment.name} ({self.accelerators} x {self.accelerator_type}, "
+            f"{self.model}, efficiency set {self.efficiency!r})"
+        )
+
+    def preflight(self, timeout_s: float = 60.0) -> str | None:
+        """Nothing to check before a simulated run (the deployment resolved when the target was made)."""
+        return None
+
+    def run_level(
+        self,
+        trajectories: Sequence[Trajectory],
+        n_agents: int,
+        rules: RunRules,
+        *,
+        seed: int = 0,
+        out_dir: str | os.PathLike | None = None,
+        level: int = 0,
+        run_id: str | None = None,
+        progress: bool = False,
+    ) -> RunResult:
+        """:func:`agentperf_kit.sim.virtual.run_sim_level` on this deployment."""
+        from .sim.virtual import run_sim_level
+
+        return run_sim_level(
+            trajectories,
+            n_agents,
+            rules,
+            deployment=self.deployment,
+            seed=seed,
+            out_dir=out_dir,
+            level=level,
+            run_id=run_id,
+            efficiency=self.efficiency,
+        )
+
+
+@dataclass(frozen=True)
+class LiveTarget:
+    """An OpenAI-compatible endpoint measured in real time.
+
+    Attributes:
+        endpoint: URL, model and client settings (:class:`~agentperf_kit.client.http.Endpoint`).
+        accelerator_count: accelerators behind the endpoint (None: unknown; a sweep needs it).
+        accelerator_type: e.g. ``H200`` (for provisioned power).
+        telemetry: what to sample during each level (None: nothing).
+        api_key: the key itself (default: the variable ``endpoint.api_key_env`` names); never written.
+        record_chunks: also write every chunk's time and token count (``chunks.parquet``).
+    """
+
+    endpoint: Endpoint
+    accelerator_count: int | None = None
+    accelerator_type: str | None = None
+    telemetry: TelemetryConfig | None = None
+    api_key: str | None = field(default=None, repr=False)
+    record_chunks: bool = False
+    virtual_time: bool = field(default=False, init=False)
+
+    @property
+    def spec(self) -> str:
+        return self.endpoint.base_url
+
+    @property
+    def model(self) -> str:
+        return self.endpoint.model
+
+    @property
+    def accelerators(self) -> int | None:
+        return self.accelerator_count
+
+    @property
+    def power_scope(self) -> str | None:
+        """``measured`` when a power source samples the accelerators, else None."""
+        t = self.telemetry
+        return "measured" if t is not None and (t.power or "none") != "none" else None
+
+    @property
+    def description(self) -> str:
+        acc = f", {self.accelerators} x {self.accelerator_type or 'accelerator'}" if self.accelerators else ""
+        return f"{self.endpoint.base_url} (model {self.model}{acc})"
+
+    def preflight(self, timeout_s: float = 60.0) -> str | None:
+        """Check the endpoint answers before any agent starts (:mod:`agentperf_kit.client.preflight`);
+        returns the line to show. Raises :class:`~agentperf_kit.errors.TargetError` when it does not."""
+        from .client.preflight import preflight_sync
+        from .credentials import api_key_from_env
+
+        key = self.api_key or api_key_from_env(self.endpoint.api_key_env)
+        preflight_sync(self.endpoint, key, timeout_s=timeout_s)
+        return f"preflight: {self.endpoint.base_url} answered for model {self.model}"
+
+    def run_level(
+        self,
+        trajectories: Sequence[Trajectory],
+        n_agents: int,
+        rules: RunRules,
+        *,
+        seed: int = 0,
+        out_dir: str | os.PathLike | None = None,
+        level: int = 0,
+        run_id: str | None = None,
+        progress: bool = True,
+    ) -> RunResult:
+        """:func:`agentperf_kit.replay.run_live_sync` against this endpoint (a Jupyter cell included)."""
+        from .replay import run_live_sync
+
+        return run_live_sync(
+            self.endpoint,
+            trajectories,
+            n_agents,
+            rules,
+            seed=seed % 2**32,
+            out_dir=out_dir,
+            level=level,
+            run_id=run_id,
+            progress=progress,
+            api_key=self.api_key,
+            telemetry=self.telemetry if self.telemetry is not None and self.telemetry.active else None,
+            record_chunks=self.record_chunks,
+            target_info={"accelerators": self.accelerators, "accelerator_type": self.accelerator_type},
+        )
+
+
+def parse_target(
+    spec: str | Target,
+    *,
+    model: str | None = None,
+    accelerators: int | None = None,
+    accelerator_type: str | None = None,
+    efficiency: str = "mid",
+    endpoint_options: dict[str, Any] | None = None,
+    telemetry: TelemetryConfig | None = None,
+    api_key: str | None = None,
+    record_chunks: bool = False,
+) -> Target:
+    """The target a spec names, the only place specs are read.
+
+    ``spec``: ``sim`` (the default deployment), ``sim:NAME`` (a deployment preset, ``agentperf presets``),
+    ``sim:PATH.toml`` (a preset file, e.g. a twin written by ``agentperf profile``, resolved by
+    :func:`agentperf_kit.sim.presets.get_deployment`), or an ``http(s)://`` URL of an OpenAI-compatible
+    API (e.g. ``http://127.0.0.1:8000/v1``), which needs ``model``. A :class:`Target` object is returned
+    as it is. Options that do not apply to the kind of target named are ignored: ``efficiency`` (sim);
+    ``endpoint_options`` (keyword arguments of :class:`~agentperf_kit.client.http.Endpoint`), ``telemetry``,
+    ``api_key``, ``record_chunks`` (live). ``accelerators``/``accelerator_type`` override a preset's.
+
+    Raises:
+        ConfigError: an empty or unknown spec, an unknown preset (``UnknownNameError``, listing the known
+            ones), a URL without ``model``, bad endpoint options.
+        TargetError: a malformed URL.
+    """
+    if not isinstance(spec, str):
+        if isinstance(spec, Target):
+            return spec
+        raise ConfigError(f"target must be a spec string or a Target, got {type(spec).__name__}")
+    text = spec.strip()
+    if text == "sim" or text.startswith("sim:"):
+        from .sim.presets import DEFAULT_DEPLOYMENT, get_deployment
+
+        name = text[4:].strip() or DEFAULT_DEPLOYMENT
+        if efficiency not in ("low", "mid", "high"):
+            raise ConfigError(f"efficiency must be low, mid or high, got {efficiency!r}")
+        return SimTarget(get_deployment(name), efficiency, accelerators, accelerator_type)
+    if not text:
+        raise ConfigError("target must be sim, sim:NAME, sim:PATH.toml or a URL, got an empty string")
+    from .client.http import Endpoint
+    from .client.preflight import check_base_url
+
+    check_base_url(text)  # anything else is a URL or a TargetError that names sim / sim:PRESET too
+    if not model:
+        raise ConfigError(f"a URL target ({text}) needs model (--model)")
+    try:
+        endpoint = Endpoint(text, model, **(endpoint_options or {}))
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"target {text}: {exc}") from None
+    return LiveTarget(endpoint, accelerators, accelerator_type, telemetry, api_key, record_chunks)

@@ -1,0 +1,591 @@
+"""Profile a live OpenAI-compatible server and write its twin preset (``agentperf profile``).
+
+Measurements (token-id prompts on ``/v1/completions``, so prompt sizes are exact; fresh random ids per
+request, so nothing is cached unless meant to be; every request streamed through the live client
+:func:`agentperf_kit.client.http.send_request`):
+
+1. **Prefill, uncached**: single requests (2 output tokens) at geometric prompt sizes, ``repeats`` each;
+   TTFT from the client's send = request set-up + the prefill steps (the prompt cut into chunks of
+   ``chunk_tokens``).
+2. **Prefill on a cached prefix**: a prompt, then the same prompt plus ``64`` new tokens; the server's
+   reported ``cached_tokens`` says how much was served from cache.
+3. **Decode step time against batch size**: ``B`` streams started together (short and long prompts);
+   between the last stream's first token and the first stream's end every step is pure decode, so the
+   mean gap between chunks there is one decode step at a known batch and context.
+4. **Engine limits**: the largest batch (llama.cpp ``/props`` ``total_slots``; else a probe with
+   ``probe_streams`` streams reading ``num_requests_running`` / ``num_requests_waiting`` from
+   ``/metrics``), the KV capacity in tokens (vLLM ``cache_config_info`` blocks x block size; llama.cpp
+   ``/props`` ``n_ctx``; else ``kv_cache_usage_perc`` under a request of known size), the context limit
+   (``max_model_len`` of ``/v1/models``, llama.cpp ``n_ctx`` per slot). Arguments override all three.
+
+Durations are converted to the server's own seconds where it says it runs scaled time (``agentperf
+serve-sim --time-scale X``: ``/v1/models`` ``agentperf_sim.time_scale``): measured x X.
+
+The fit (:func:`agentperf_kit.twin.fit.fit_step_time`) and the provenance (server identity from
+``/v1/models`` and ``/metrics``, date, load average, every observation with its residual) go into the
+preset (:func:`write_twin`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .._version import __version__
+from ..agents import RequestPlan
+from ..client.http import Endpoint, open_session, send_request
+from ..errors import MeasurementError, TargetError
+from ..sim.twin import TERMS, TWIN_KIND, dump_toml
+from ..trajectories.model import Turn
+from .fit import Observation, StepFit, fit_step_time
+
+__all__ = ["ProfileConfig", "ProfileResult", "profile_server", "profile_sync", "write_twin"]
+
+log = logging.getLogger(__name__)
+
+_VLLM_DEFAULT_SEQS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileConfig:
+    """What to measure. ``base_url`` like ``http://127.0.0.1:8000/v1``; sizes in tokens.
+
+    ``max_context``: the largest prompt + output to send (default: the server's context limit, at most
+    8,192). ``chunk_tokens``: the server's prefill chunk (vLLM ``max_num_batched_tokens``; default
+    from the server where it says, else 8,192). ``max_batch``, ``kv_capacity``: set to skip the probes.
+    ``budget_s``: wall seconds after which the optional measurements (long-prompt decode, large batches)
+    are skipped.
+    """
+
+    base_url: str
+    model: str
+    max_context: int | None = None
+    repeats: int = 3
+    decode_tokens: int = 128
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    chunk_tokens: int | None = None
+    max_batch: int | None = None
+    kv_capacity: int | None = None
+    probe_streams: int = 64
+    budget_s: float = 240.0
+    request_timeout_s: float = 300.0
+    token_id_range: tuple[int, int] = (100, 4000)
+    seed: int | None = None  # None: fresh ids every run (a server keeps its prefix cache between runs)
+
+
+@dataclass(slots=True)
+class ProfileResult:
+    """Everything measured: observations, the fit, the engine limits (with where each came from) and
+    the server's identity."""
+
+    observations: list[Observation]
+    fit: StepFit
+    limits: dict[str, Any]
+    limit_sources: dict[str, str]
+    server: dict[str, Any]
+    time_scale: float
+    wall_s: float
+    started_utc: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _root(base_url: str) -> str:
+    b = base_url.rstrip("/")
+    return b[: -len("/v1")] if b.endswith("/v1") else b
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    try:
+        async with session.get(url) as r:
+            if r.status != 200:
+                return None
+            return await r.json(content_type=None)
+    except (aiohttp.ClientError, OSError, ValueError):
+        return None
+
+
+async def _get_text(session: aiohttp.ClientSession, url: str) -> str | None:
+    try:
+        async with session.get(url) as r:
+            return await r.text() if r.status == 200 else None
+    except (aiohttp.ClientError, OSError):
+        return None
+
+
+def _metrics(text: str | None) -> dict[str, list[tuple[dict[str, str], float]]]:
+    if not text:
+        return {}
+    from ..telemetry.prometheus import PrometheusParseError, parse_prometheus_text
+
+    try:
+        parsed = parse_prometheus_text(text)
+    except PrometheusParseError:
+        return {}
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for s in parsed.samples:
+        out.setdefault(s.name, []).append((dict(s.labels), float(s.value)))
+    return out
+
+
+def _gauge(m: dict[str, list[tuple[dict[str, str], float]]], *names: str) -> float | None:
+    for n in names:
+        if n in m:
+            return sum(v for _, v in m[n])
+    return None
+
+
+def prefill_work(new: int, cached: int, chunk: int) -> dict[str, float]:
+    """Work of prefilling ``new`` tokens on top of ``cached`` ones in chunks of ``chunk`` (the engine's
+    definitions): steps, prefill tokens, attention pairs, KV tokens read."""
+    steps, pairs, kv = 0, 0.0, 0.0
+    p, left = cached, max(1, new)
+    while left > 0:
+        c = min(chunk, left)
+        pairs += c * p + c * c / 2.0
+        kv += p + c
+        p += c
+        left -= c
+        steps += 1
+    return {
+        "step_s": steps,
+        "prefill_token_s": float(max(1, new)),
+        "prefill_pair_s": pairs,
+        "context_token_s": kv,
+    }
+
+
+class _Prober:
+    def __init__(self, cfg: ProfileConfig, session: aiohttp.ClientSession, scale: float) -> None:
+        self.cfg = cfg
+        self.session = session
+        self.scale = scale
+        self.ep = Endpoint(
+            cfg.base_url,
+            cfg.model,
+            api="completions",
+            request_timeout_s=cfg.request_timeout_s,
+            first_token_timeout_s=cfg.request_timeout_s,
+            stall_timeout_s=cfg.request_timeout_s,
+        )
+        self.rng = random.Random(cfg.seed)
+        self.origin = time.perf_counter_ns()
+
+    def ids(self, n: int) -> list[int]:
+        lo, hi = self.cfg.token_id_range
+        return [self.rng.randrange(lo, hi) for _ in range(n)]
+
+    async def send(self, prompt: list[int], out: int) -> tuple[Any, list[tuple[int, int]]]:
+        turn = Turn(phase=0, prefix_tokens=0, new_tokens=len(prompt), output_tokens=out)
+        plan = RequestPlan(0, 0, "profile", 0, turn, 0, "profile", True, 0.0)
+        body = {
+            "model": self.cfg.model,
+            "prompt": prompt,
+            "stream": True,
+            "max_tokens": out,
+            "stream_options": {"include_usage": True},
+            "ignore_eos": True,
+            "min_tokens": out,
+            "temperature": 0.0,
+        }
+        for _attempt in range(3):  # a kept-alive connection the server closed fails before it is sent
+            log_: list[tuple[int, int]] = []
+            o = await send_request(self.session, self.ep, plan, body, self.origin, chunk_log=log_)
+            if o.ok or o.error != "connect_error":
+                break
+        if not o.ok:
+            raise TargetError(
+                f"profile request to {self.ep.url} failed ({o.error}: {o.error_detail}); check the "
+                "server and the model name"
+            )
+        return o, log_
+
+    def ttft(self, o: Any) -> float:
+        return (o.t_first_s - o.t_send_s) * self.scale
+
+
+def _decode_row(
+    outs: list[tuple[Any, list[tuple[int, int]]]], prompt: int, origin: int, scale: float
+) -> Observation | None:
+    """One pure-decode observation from ``B`` streams run together (None when the window is too short)."""
+    firsts = [log_[0][0] for _, log_ in outs if log_]
+    lasts = [log_[-1][0] for _, log_ in outs if log_]
+    if len(firsts) != len(outs):
+        return None
+    t0, t1 = max(firsts), min(lasts)
+    if t1 <= t0:
+        return None
+    ctx = 0.0
+    steps_all = []
+    for o, log_ in outs:
+        times = [t for t, _ in log_]
+        i0 = sum(1 for t in times if t <= t0)
+        i1 = sum(1 for t in times if t <= t1)
+        ratio = (o.output_tokens or len(times)) / max(1, len(times))
+        steps_all.append((i1 - i0) * ratio)
+        ctx += prompt + (i0 + i1) / 2.0 * ratio
+    steps = max(steps_all)
+    if steps < 4:
+        return None
+    b = len(outs)
+    dt = (t1 - t0) / 1e9 * scale / steps
+    return Observation(
+        "decode",
+        {"step_s": 1.0, "decode_seq_s": float(b), "context_token_s": ctx},
+        dt,
+        f"B={b} prompt={prompt} steps={steps:.0f}",
+    )
+
+
+async def profile_server(cfg: ProfileConfig) -> ProfileResult:
+    """Run the measurements of the module docstring against ``cfg.base_url`` and fit the twin."""
+    t_wall0 = time.perf_counter()
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    notes: list[str] = []
+    root = _root(cfg.base_url)
+    lag = _LoopLag()
+    lag.start()
+    async with open_session(max(cfg.probe_streams, max(cfg.batch_sizes)) + 8) as session:
+        models = await _get_json(session, f"{cfg.base_url.rstrip('/')}/models")
+        if models is None:
+            raise TargetError(f"GET {cfg.base_url}/models failed: is the server up at {cfg.base_url}?")
+        card = next((c for c in models.get("data", []) if c.get("id") == cfg.model), None)
+        card = card or (models.get("data") or [{}])[0]
+        sim = card.get("agentperf_sim") or {}
+        scale = float(sim.get("time_scale", 1.0))
+        props = await _get_json(session, f"{root}/props")
+        metrics_text = await _get_text(session, f"{root}/metrics")
+        mets = _metrics(metrics_text)
+        server = {
+            "base_url": cfg.base_url,
+            "model": cfg.model,
+            "models_card": {k: v for k, v in card.items() if not isinstance(v, dict | list)},
+            "models_meta": {
+                k: v for k, v in (card.get("meta") or {}).items() if not isinstance(v, dict | list)
+            },
+            "agentperf_sim": sim,
+            "metrics_families": sorted({n.split(":")[0] for n in mets}),
+            "metrics_available": bool(mets),
+        }
+        if props:
+            server["props"] = {
+                k: props.get(k) for k in ("total_slots", "model_path", "build_info", "n_ctx") if k in props
+            }
+        limits, sources = _static_limits(cfg, card, props, mets)
+        if scale != 1.0:
+            notes.append(f"server runs scaled time (x{scale:g}): durations multiplied by {scale:g}")
+        p = _Prober(cfg, session, scale)
+        chunk = int(limits["max_num_batched_tokens"])
+        max_ctx = int(limits["max_context_tokens"])
+        out_n = 2
+        await p.send(p.ids(32), out_n)  # warm-up (connection, first-request set-up)
+        obs: list[Observation] = []
+
+        # 1. uncached prefill at geometric sizes
+        sizes = [s for s in (32, 128, 512, 1024, 2048, 4096, 8192, 16384) if s + out_n <= max_ctx]
+        sizes = sizes or [max(8, max_ctx // 2)]
+        for _ in range(cfg.repeats):
+            for n in sizes:
+                o, _ = await p.send(p.ids(n), out_n)
+                cached = int(o.cached_prompt_tokens or 0)
+                x = prefill_work(n - cached, cached, chunk)
+                x["request_s"] = 1.0
+                obs.append(Observation("prefill", x, p.ttft(o), f"prompt={n} cached={cached}"))
+
+        # 2. prefill on a cached prefix
+        extra = 64
+        for n in [s for s in sizes if s >= 128 and s + extra + out_n <= max_ctx][-3:]:
+            for _ in range(max(1, cfg.repeats - 1)):
+                base = p.ids(n)
+                await p.send(base, out_n)
+                o, _ = await p.send(base + p.ids(extra), out_n)
+                cached = int(o.cached_prompt_tokens or 0)
+                x = prefill_work(n + extra - cached, cached, chunk)
+                x["request_s"] = 1.0
+                obs.append(Observation("prefill_cached", x, p.ttft(o), f"prompt={n + extra} cached={cached}"))
+
+        # 3. decode step against batch size (+ the KV probe by usage share where needed)
+        if limits.get("max_num_seqs") is None:
+            seqs, src = await _probe_batch(p, root, cfg)
+            limits["max_num_seqs"], sources["max_num_seqs"] = seqs, src
+        max_b = int(limits["max_num_seqs"])
+        batches = sorted({b for b in cfg.batch_sizes if b <= max_b} | {min(max_b, max(cfg.batch_sizes))})
+        long_p = max(64, (max_ctx - cfg.decode_tokens) // 2)
+        kv_probe: list[float] = []
+        for prompt in (64, long_p):
+            for b in batches:
+                if prompt == long_p and time.perf_counter() - t_wall0 > cfg.budget_s:
+                    notes.append(f"budget {cfg.budget_s:g} s spent: long-prompt decode at B={b} skipped")
+                    continue
+                if b * (prompt + cfg.decode_tokens + 16) > (limits.get("kv_capacity_tokens") or math.inf):
+                    continue
+                for _ in range(max(1, cfg.repeats - 1)):
+                    want_kv = limits.get("kv_capacity_tokens") is None and b == batches[-1]
+                    res = await _streams(p, b, prompt, cfg.decode_tokens, root if want_kv else None)
+                    outs, usage = res
+                    if usage:
+                        kv_probe.extend(usage)
+                    row = _decode_row(outs, prompt, p.origin, scale)
+                    if row is not None:
+                        obs.append(row)
+        if limits.get("kv_capacity_tokens") is None:
+            if kv_probe:
+                limits["kv_capacity_tokens"] = int(sorted(kv_probe)[len(kv_probe) // 2])
+                sources["kv_capacity_tokens"] = (
+                    "probed: tokens held by running streams / vllm:kv_cache_usage_perc (median of "
+                    f"{len(kv_probe)} readings)"
+                )
+            else:
+                raise MeasurementError(
+                    "KV capacity unknown: the server reports neither cache_config_info, /props n_ctx nor "
+                    "kv_cache_usage_perc; give it (ProfileConfig.kv_capacity, --kv-capacity TOKENS)"
+                )
+    lag.stop()
+    notes.append(f"client event-loop lag P95 {lag.p95() * 1e3:.1f} ms (wall; part of the rows' noise)")
+    obs = _with_noise(obs, scale, lag.p95())
+    fit = fit_step_time(obs)
+    return ProfileResult(
+        obs, fit, limits, sources, server, scale, time.perf_counter() - t_wall0, started, notes
+    )
+
+
+def _static_limits(
+    cfg: ProfileConfig, card: dict[str, Any], props: dict[str, Any] | None, mets: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    limits: dict[str, Any] = {"max_num_seqs": None, "kv_capacity_tokens": None}
+    src: dict[str, str] = {}
+    slots = (props or {}).get("total_slots")
+    gen = (props or {}).get("default_generation_settings") or {}
+    n_ctx_slot = gen.get("n_ctx") or (props or {}).get("n_ctx")
+    # context limit
+    meta_ctx = (card.get("meta") or {}).get("n_ctx")
+    if card.get("max_model_len"):
+        limits["max_context_tokens"], src["max_context_tokens"] = int(card["max_model_len"]), "/v1/models"
+    elif n_ctx_slot or meta_ctx:
+        limits["max_context_tokens"] = int(n_ctx_slot or meta_ctx or 0)
+        src["max_context_tokens"] = "/props n_ctx (per slot)" if n_ctx_slot else "/v1/models meta.n_ctx"
+    else:
+        limits["max_context_tokens"], src["max_context_tokens"] = 8192, "assumed (server does not say)"
+    if cfg.max_context:
+        limits["max_context_tokens"] = min(limits["max_context_tokens"], int(cfg.max_context))
+        src["max_context_tokens"] += f"; capped by max_context {cfg.max_context}"
+    # largest batch
+    if cfg.max_batch:
+        limits["max_num_seqs"], src["max_num_seqs"] = int(cfg.max_batch), "given (max_batch)"
+    elif slots:
+        limits["max_num_seqs"], src["max_num_seqs"] = int(slots), "/props total_slots"
+    # KV capacity
+    info = mets.get("vllm:cache_config_info")
+    if cfg.kv_capacity:
+        limits["kv_capacity_tokens"], src["kv_capacity_tokens"] = int(cfg.kv_capacity), "given (kv_capacity)"
+    elif info and info[0][0].get("num_gpu_blocks"):
+        lab = info[0][0]
+        cap = int(float(lab["num_gpu_blocks"])) * int(float(lab.get("block_size", 16)))
+        limits["kv_capacity_tokens"], src["kv_capacity_tokens"] = cap, "/metrics vllm:cache_config_info"
+    elif n_ctx_slot and slots:
+        cap = int(n_ctx_slot) * int(slots)
+        limits["kv_capacity_tokens"] = cap
+        src["kv_capacity_tokens"] = "/props n_ctx per slot x total_slots"
+    # prefill chunk
+    if cfg.chunk_tokens:
+        limits["max_num_batched_tokens"], src["max_num_batched_tokens"] = int(cfg.chunk_tokens), "given"
+    elif props and props.get("n_batch"):
+        limits["max_num_batched_tokens"], src["max_num_batched_tokens"] = int(props["n_batch"]), "/props"
+    else:
+        limits["max_num_batched_tokens"] = 8192
+        src["max_num_batched_tokens"] = "assumed 8192 (server does not say; chunk_tokens sets it)"
+    return limits, src
+
+
+async def _streams(
+    p: _Prober, b: int, prompt: int, out: int, root: str | None
+) -> tuple[list[tuple[Any, list[tuple[int, int]]]], list[float]]:
+    """Run ``b`` streams at once; with ``root``, also read KV usage shares while they decode and turn each
+    into a capacity estimate (tokens held / share)."""
+    tasks = [asyncio.ensure_future(p.send(p.ids(prompt), out)) for _ in range(b)]
+    caps: list[float] = []
+    if root is not None:
+        while not all(t.done() for t in tasks):
+            await asyncio.sleep(0.02)
+            m = _metrics(await _get_text(p.session, f"{root}/metrics"))
+            share = _gauge(m, "vllm:kv_cache_usage_perc")
+            running = _gauge(m, "vllm:num_requests_running")
+            waiting = _gauge(m, "vllm:num_requests_waiting") or 0
+            if share and share > 0 and running == b and waiting == 0:
+                # every stream decoding: each holds its prompt + about half its output, assume mid-way
+                caps.append(b * (prompt + out / 2.0) / share)
+    outs = await asyncio.gather(*tasks)
+    return list(outs), caps
+
+
+async def _probe_batch(p: _Prober, root: str, cfg: ProfileConfig) -> tuple[int, str]:
+    """Largest batch: ``probe_streams`` short streams at once, polling running / waiting in /metrics."""
+    n = cfg.probe_streams
+    tasks = [asyncio.ensure_future(p.send(p.ids(16), 64)) for _ in range(n)]
+    max_run, saw_wait, saw_metrics, prev_wait = 0.0, False, False, False
+    while not all(t.done() for t in tasks):
+        await asyncio.sleep(0.02)
+        m = _metrics(await _get_text(p.session, f"{root}/metrics"))
+        run = _gauge(m, "vllm:num_requests_running", "llamacpp:requests_processing")
+        wait = _gauge(m, "vllm:num_requests_waiting", "llamacpp:requests_deferred")
+        if run is not None:
+            saw_metrics = True
+            max_run = max(max_run, run)
+        # a limit shows as requests waiting, in two readings in a row (not just arrivals before the
+        # next step), while fewer than all the probe's streams run
+        if wait and prev_wait and run is not None and run < n:
+            saw_wait = True
+        prev_wait = bool(wait)
+    await asyncio.gather(*tasks)
+    if saw_metrics and saw_wait and 0 < max_run < n:
+        return int(max_run), f"probed: {n} streams, at most {int(max_run)} running while others waited"
+    if saw_metrics:
+        seqs = max(_VLLM_DEFAULT_SEQS, int(max_run))
+        return seqs, (
+            f"not reached by a probe of {n} streams (all ran at once); vLLM's default max_num_seqs "
+            f"{_VLLM_DEFAULT_SEQS} assumed (max_batch sets it)"
+        )
+    return n, f"no /metrics: at least {n} assumed (max_batch sets it)"
+
+
+class _LoopLag:
+    """Overshoot of 1 ms sleeps on the client's event loop while the profile runs (wall seconds): how
+    late the client can stamp a chunk on this machine now."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(0.001)
+            self.samples.append(max(0.0, loop.time() - t - 0.001))
+
+    def p95(self) -> float:
+        if not self.samples:
+            return 0.0
+        xs = sorted(self.samples)
+        return xs[min(len(xs) - 1, int(0.95 * len(xs)))]
+
+
+def _with_noise(obs: list[Observation], scale: float, loop_lag_s: float = 0.0) -> list[Observation]:
+    """Set each row's expected noise (seconds): 2 % of it, plus a timing jitter ``j`` = the largest of
+    1 ms, the client's event-loop lag (P95) and the standard deviation between repeats of the smallest
+    cold prompt (all in the server's seconds). A single request carries ``j`` once; a decode row is a
+    mean over its steps whose window ends are each off by up to ``j``, so it carries ``2 j / steps``."""
+    import statistics
+
+    jitter = max(1e-3, loop_lag_s) * scale
+    small = [o for o in obs if o.kind == "prefill"]
+    if small:
+        n0 = min(o.x["prefill_token_s"] for o in small)
+        ys = [o.seconds for o in small if o.x["prefill_token_s"] == n0]
+        if len(ys) > 1:
+            jitter = max(jitter, statistics.stdev(ys))
+    out = []
+    for o in obs:
+        rel = 0.02 * o.seconds
+        if o.x.get("request_s"):
+            sigma = math.hypot(rel, jitter)
+        else:
+            steps = float(o.note.split("steps=")[1].split()[0]) if "steps=" in o.note else 1.0
+            sigma = math.hypot(rel, 2.0 * jitter / max(1.0, steps))
+        out.append(Observation(o.kind, o.x, o.seconds, o.note, sigma))
+    return out
+
+
+def profile_sync(cfg: ProfileConfig) -> ProfileResult:
+    """:func:`profile_server` in a new event loop."""
+    return asyncio.run(profile_server(cfg))
+
+
+def write_twin(res: ProfileResult, path: str | os.PathLike, *, z: float = 1.96) -> Path:
+    """Write the twin preset TOML for ``res`` to ``path`` (see :mod:`agentperf_kit.sim.twin`)."""
+    fit = res.fit
+    model = str(res.server.get("model", "unknown"))
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (math.nan, math.nan, math.nan)
+    data: dict[str, Any] = {
+        "kind": TWIN_KIND,
+        "version": 1,
+        "label": f"twin of {model} at {res.server.get('base_url')} (profiled {res.started_utc})",
+        "model": model,
+        "accelerator": "measured",
+        "accelerator_count": 1,
+        "engine": {
+            "max_num_seqs": int(res.limits["max_num_seqs"]),
+            "max_num_batched_tokens": int(res.limits["max_num_batched_tokens"]),
+            "kv_capacity_tokens": int(res.limits["kv_capacity_tokens"]),
+            "max_context_tokens": int(res.limits["max_context_tokens"]),
+            "kv_policy": "preempt",
+        },
+        "step": {t: fit.coef[t] for t in TERMS},
+        "step_se": {t: fit.se[t] for t in TERMS},
+        "band": {"z": z, "note": "low = coefficients at estimate + z x SE, high = estimate - z x SE (>= 0)"},
+        "fit": {
+            "observations": len(res.observations),
+            "identified": list(fit.identified),
+            "request_s": fit.coef["request_s"],
+            "request_s_se": fit.se["request_s"],
+            "rms_rel_residual": fit.rms_rel,
+            "max_abs_rel_residual": fit.max_abs_rel,
+        },
+        "provenance": {
+            "tool": f"agentperf-kit {__version__} (agentperf profile)",
+            "date_utc": res.started_utc,
+            "wall_s": round(res.wall_s, 1),
+            "loadavg_1m": load[0],
+            "time_scale": res.time_scale,
+            "notes": res.notes,
+            "limit_sources": res.limit_sources,
+            "server": {k: v for k, v in res.server.items() if k != "models_card"},
+            "models_card": {str(k): str(v) for k, v in res.server.get("models_card", {}).items()},
+        },
+        "observation": [
+            {
+                "kind": o.kind,
+                "note": o.note,
+                "seconds": o.seconds,
+                "predicted_s": pred,
+                "rel_residual": rel,
+                "sigma_s": o.sigma or o.seconds,
+                **{k: float(v) for k, v in o.x.items()},
+            }
+            for o, pred, rel in zip(
+                [o for o in res.observations if o.seconds > 0], fit.predicted, fit.rel_residuals, strict=True
+            )
+        ],
+    }
+    text = dump_toml(
+        data,
+        comments={
+            "engine": "engine limits (tokens); where each came from: [provenance.limit_sources]",
+            "step": "fitted step time, s per step / prefill token / decode sequence / context token / pair",
+            "step_se": "standard errors of [step]",
+            "observation": "measurements behind the fit (seconds; the work amounts by term)",
+        },
+    )
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return out

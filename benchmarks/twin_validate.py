@@ -1,0 +1,254 @@
+"""Validate a digital twin: profile a server, predict its sweep, compare with the measured sweep.
+
+Two modes, one command each (prints a table per tier and the TTFT / speed curves side by side, and writes
+``validation.json`` and the twin under ``--out``):
+
+    # ground truth known: agentperf serve-sim running PRESET; the "measured" sweep is the preset's own
+    # virtual-time sweep (the engine serve-sim runs), so only the twin's error is measured
+    python benchmarks/twin_validate.py serve-sim --preset h100x8-llama70b --max-context 16384
+
+    # a real server (e.g. llama.cpp from shared/real-servers, port 8200): the measured sweep runs live
+    python benchmarks/twin_validate.py live --target http://127.0.0.1:8200/v1 --model tiny-random-llama \\
+        --max-context 2048 --tiers 'fast=40/1,slow=10/4' --level-duration 60 --warmup 10 --max-agents 16
+
+The measured sweep resumes from ``--out`` when run again with the same settings (a live one takes many
+minutes), the twin sweeps are always redone. The twin's answer is the ``mid`` sweep; ``low`` / ``high``
+sweeps (coefficients at their 95 % bounds) give the band. Pass ``--twin PATH`` to skip profiling and
+reuse a twin. The 1-minute load average is printed before and after each phase: the figures depend on
+it on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agentperf_kit.sweep import SweepConfig, run_sweep
+from agentperf_kit.twin.profile import ProfileConfig, profile_sync, write_twin
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_serve_sim(preset: str, time_scale: float) -> tuple[subprocess.Popen, str, str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "agentperf_kit.cli", "serve-sim", "--preset", preset]
+    cmd += ["--port", str(port), "--time-scale", str(time_scale)]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/models", timeout=2) as r:
+                return proc, base, json.loads(r.read())["data"][0]["id"]
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise SystemExit("serve-sim did not come up") from None
+            time.sleep(0.3)
+
+
+def _sweep(target: str, args: argparse.Namespace, out: Path, **kw) -> dict:
+    cfg = SweepConfig(
+        target=target,
+        tiers=args.tiers,
+        max_context=args.max_context,
+        level_duration_s=args.level_duration,
+        warmup_s=args.warmup,
+        max_agents=args.max_agents,
+        seed=args.seed,
+        min_trajectories=args.min_trajectories,
+        min_trajectories_per_agent=args.min_trajectories_per_agent,
+        max_extensions=args.max_extensions,
+        drain_timeout_s=args.drain_timeout,
+        out=str(out),
+        **kw,
+    )
+    t0 = time.perf_counter()
+    res = run_sweep(cfg, progress=False)
+    s = res.summary
+    return {
+        "target": target,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "tiers": {t["name"]: t["max_agents"] for t in s["tiers"]},
+        "lower_bound": {t["name"]: t["max_agents_is_lower_bound"] for t in s["tiers"]},
+        "levels": {
+            int(lv["concurrency"]): (lv["p95_ttft_s"], lv["p25_output_speed_tps"], lv.get("meets_aa_rules"))
+            for lv in s["levels"]
+        },
+        "loadavg_after": _load(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["serve-sim", "live"])
+    ap.add_argument("--preset", default="h100x8-llama70b", help="serve-sim mode: the ground-truth preset")
+    ap.add_argument("--time-scale", type=float, default=1.0, help="serve-sim mode: its --time-scale")
+    ap.add_argument("--target", help="live mode: base URL")
+    ap.add_argument("--model", help="live mode: model name")
+    ap.add_argument("--twin", help="reuse this twin preset (skip profiling)")
+    ap.add_argument("--max-context", type=int, default=None, help="fit trajectories (and profile) to this")
+    ap.add_argument("--chunk-tokens", type=int, default=None, help="profile: the server's prefill chunk")
+    ap.add_argument("--decode-tokens", type=int, default=128, help="profile: tokens per decode stream")
+    ap.add_argument("--tiers", default="aa-dsv4pro")
+    ap.add_argument("--level-duration", type=float, default=600.0)
+    ap.add_argument("--warmup", type=float, default=60.0)
+    ap.add_argument("--max-agents", type=int, default=4096)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--min-trajectories", type=int, default=30, help="sweep rule (default 30)")
+    ap.add_argument("--min-trajectories-per-agent", type=int, default=3, help="sweep rule (default 3)")
+    ap.add_argument("--max-extensions", type=int, default=2, help="sweep rule (default 2)")
+    ap.add_argument("--drain-timeout", type=float, default=120.0, help="sweep rule, s (default 120)")
+    ap.add_argument(
+        "--tolerance", type=float, default=None, help="pass band (default 0.10 serve-sim, 0.20 live)"
+    )
+    ap.add_argument("--out", default="runs/twin-validate")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tol = args.tolerance if args.tolerance is not None else (0.10 if args.mode == "serve-sim" else 0.20)
+    report: dict = {"mode": args.mode, "argv": sys.argv[1:], "loadavg_start": _load(), "tolerance": tol}
+    print(f"load average (1 min) at start: {report['loadavg_start']}")
+
+    # 1. profile -> twin
+    twin = Path(args.twin) if args.twin else out / "twin.toml"
+    proc = None
+    try:
+        if args.mode == "serve-sim":
+            proc, base, model = _start_serve_sim(args.preset, args.time_scale)
+        else:
+            if not (args.target and args.model):
+                ap.error("live mode needs --target and --model")
+            base, model = args.target, args.model
+        if not args.twin:
+            t0 = time.perf_counter()
+            res = profile_sync(
+                ProfileConfig(
+                    base,
+                    model,
+                    max_context=args.max_context,
+                    chunk_tokens=args.chunk_tokens,
+                    decode_tokens=args.decode_tokens,
+                )
+            )
+            write_twin(res, twin)
+            report["profile"] = {
+                "wall_s": round(time.perf_counter() - t0, 1),
+                "coef": res.fit.coef,
+                "se": res.fit.se,
+                "rms_rel_residual": res.fit.rms_rel,
+                "limits": res.limits,
+                "loadavg_after": _load(),
+            }
+            print(
+                f"profiled in {report['profile']['wall_s']} s -> {twin} "
+                f"(load {report['profile']['loadavg_after']})"
+            )
+        # 2. the measured sweep (live) while the server is up
+        if args.mode == "live":
+            report["measured"] = _sweep(
+                base, args, out / "measured", model=model, accelerators=1, endpoint="completions"
+            )
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+    if args.mode == "serve-sim":
+        report["measured"] = _sweep(f"sim:{args.preset}", args, out / "truth")
+    # 3. the twin's predictions (from scratch: a sweep directory is resumed, and the twin may be new)
+    for eff in ("mid", "low", "high"):
+        shutil.rmtree(out / f"twin-{eff}", ignore_errors=True)
+        report[f"twin_{eff}"] = _sweep(f"sim:{twin}", args, out / f"twin-{eff}", efficiency=eff)
+    if args.mode == "serve-sim":
+        report["step_check"] = _step_check(args.preset, twin)
+    report["loadavg_end"] = _load()
+    (out / "validation.json").write_text(json.dumps(report, indent=1, default=str))
+    _print(report, tol)
+    return 0
+
+
+# (decoding sequences, their context sum, prefill tokens, prefill prefix) of single steps to compare
+_STEPS = [(1, 100, 0, 0), (30, 150_000, 0, 0), (100, 1_000_000, 0, 0), (30, 150_000, 500, 5_000),
+          (30, 150_000, 8_162, 0), (0, 0, 8_192, 0), (0, 0, 200, 8_000)]  # fmt: skip
+
+
+def _step_check(preset: str, twin: Path) -> list[dict]:
+    """One engine step timed by the preset's engine and by the twin (ms): where the linear form fits."""
+    from agentperf_kit.sim.engine import Engine
+    from agentperf_kit.sim.presets import efficiency, get_deployment
+    from agentperf_kit.sim.twin import TwinEngine
+
+    eff = efficiency("mid")
+    truth = Engine(get_deployment(preset), eff, lambda *a: None, lambda *a: None)
+    model = TwinEngine(get_deployment(str(twin)), eff, lambda *a: None, lambda *a: None)
+    rows = []
+    for b, ctx, pre, prefix in _STEPS:
+        pairs = pre * prefix + pre * pre / 2.0
+        kv = prefix + pre if pre else 0
+        args = (b + pre, b, 1.0, ctx, pairs, kv)
+        t, m = truth._step(*args)[0], model._step(*args)[0]
+        rows.append({"decoders": b, "context": ctx, "prefill": pre, "prefix": prefix,
+                     "engine_ms": t * 1e3, "twin_ms": m * 1e3, "error": m / t - 1})  # fmt: skip
+    return rows
+
+
+def _print(r: dict, tol: float) -> None:
+    m, mid, lo, hi = r["measured"], r["twin_mid"], r["twin_low"], r["twin_high"]
+    kind = "ground truth (preset, virtual time)" if r["mode"] == "serve-sim" else "measured (live)"
+    print(f"\nmax agents per tier: {kind} vs twin (band low..high), tolerance +-{tol:.0%}")
+    print("| tier | measured | twin | band | error | within |")
+    print("|---|---|---|---|---|---|")
+    for t, n in m["tiers"].items():
+        p = mid["tiers"][t]
+        err = (p - n) / n if n else float("nan")
+        ok = "yes" if n and abs(err) <= tol else ("n/a (0)" if not n else "no")
+        lb = " (lower bound)" if m["lower_bound"][t] else ""
+        print(f"| {t} | {n}{lb} | {p} | {lo['tiers'][t]}..{hi['tiers'][t]} | {err:+.1%} | {ok} |")
+    print("\nP95 TTFT (s) and P25 output speed (tok/s) against N: measured | twin mid")
+    print("| N | TTFT measured | TTFT twin | speed measured | speed twin |")
+    print("|---|---|---|---|---|")
+    for n in sorted(set(m["levels"]) | set(mid["levels"])):
+        a = m["levels"].get(n, (None, None, None))
+        b = mid["levels"].get(n, (None, None, None))
+
+        def f(v, fmt):
+            return "-" if v is None else format(v, fmt)
+
+        print(f"| {n} | {f(a[0], '.3f')} | {f(b[0], '.3f')} | {f(a[1], '.1f')} | {f(b[1], '.1f')} |")
+    if "step_check" in r:
+        print("\none step, the preset's engine vs the twin (ms)")
+        print("| decoders | context | prefill | on prefix | engine | twin | error |")
+        print("|---|---|---|---|---|---|---|")
+        for x in r["step_check"]:
+            print(f"| {x['decoders']} | {x['context']:,} | {x['prefill']:,} | {x['prefix']:,} | "
+                  f"{x['engine_ms']:.2f} | {x['twin_ms']:.2f} | {x['error']:+.1%} |")  # fmt: skip
+    print(
+        f"\nwall s: measured {m['wall_s']}, twin {mid['wall_s']}; load average start {r['loadavg_start']}, "
+        f"end {r['loadavg_end']}"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

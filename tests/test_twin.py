@@ -1,0 +1,278 @@
+"""The digital twin: the step-time fit, twin presets in the engine and the sweep, and ``agentperf profile``
+against our own serve-sim (a real loopback server)."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+
+import pytest
+
+from agentperf_kit.errors import ConfigError, MeasurementError
+from agentperf_kit.sim.engine import SimRequest
+from agentperf_kit.sim.presets import efficiency, get_deployment
+from agentperf_kit.sim.twin import TwinEngine, dump_toml, load_twin
+from agentperf_kit.twin.fit import Observation, fit_step_time
+
+TRUE = {"step_s": 0.01, "prefill_token_s": 1e-4, "decode_seq_s": 2e-3, "context_token_s": 1e-6}
+
+
+def _obs() -> list[Observation]:
+    # durations computed by hand from TRUE (seconds)
+    rows = [
+        ("decode", {"step_s": 1, "decode_seq_s": 1, "context_token_s": 1000}, 0.01 + 0.002 + 0.001),
+        ("decode", {"step_s": 1, "decode_seq_s": 4, "context_token_s": 4000}, 0.01 + 0.008 + 0.004),
+        ("decode", {"step_s": 1, "decode_seq_s": 8, "context_token_s": 2000}, 0.01 + 0.016 + 0.002),
+        ("prefill", {"step_s": 1, "prefill_token_s": 1000, "context_token_s": 1000}, 0.01 + 0.1 + 0.001),
+        ("prefill", {"step_s": 2, "prefill_token_s": 3000, "context_token_s": 5000}, 0.02 + 0.3 + 0.005),
+        ("prefill", {"step_s": 1, "prefill_token_s": 200, "context_token_s": 8200}, 0.01 + 0.02 + 0.0082),
+    ]
+    return [Observation(k, x, y) for k, x, y in rows]
+
+
+def test_fit_recovers_hand_computed_coefficients():
+    fit = fit_step_time(_obs())
+    for term, value in TRUE.items():
+        assert fit.coef[term] == pytest.approx(value, rel=1e-6), term
+        assert fit.se[term] < 1e-6 * max(value, 1e-3)
+    # terms no row exercises are not identified: 0 +- 0
+    assert set(fit.identified) == set(TRUE)
+    assert fit.coef["prefill_pair_s"] == 0 and fit.se["request_s"] == 0
+    assert fit.rms_rel < 1e-6
+
+
+def test_fit_standard_errors_cover_the_truth_under_noise():
+    # +-3 % alternating error on every row: the estimates move, and the 95 % intervals still hold the truth
+    noisy = [Observation(o.kind, o.x, o.seconds * (1.03 if i % 2 else 0.97)) for i, o in enumerate(_obs())]
+    noisy += [Observation(o.kind, o.x, o.seconds * (0.98 if i % 2 else 1.02)) for i, o in enumerate(_obs())]
+    fit = fit_step_time(noisy)
+    assert 0.01 < fit.rms_rel < 0.05
+    for term, value in TRUE.items():
+        assert fit.se[term] > 0
+        assert abs(fit.coef[term] - value) <= 1.96 * fit.se[term] + 1e-12, term
+
+
+def test_fit_needs_more_rows_than_terms():
+    with pytest.raises(MeasurementError, match="more observations than terms"):
+        fit_step_time(_obs()[:3])
+
+
+def _write_twin(path, step, se=None, **engine) -> str:
+    data = {
+        "kind": "agentperf-twin",
+        "version": 1,
+        "model": "m",
+        "engine": {
+            "max_num_seqs": 8,
+            "max_num_batched_tokens": 512,
+            "kv_capacity_tokens": 100_000,
+            "max_context_tokens": 8192,
+            **engine,
+        },
+        "step": step,
+        "step_se": se or {},
+        "band": {"z": 2.0},
+    }
+    path.write_text(dump_toml(data))
+    return str(path)
+
+
+def test_twin_engine_step_time_is_the_fitted_model(tmp_path):
+    step = {"step_s": 0.01, "prefill_token_s": 1e-4, "decode_seq_s": 2e-3, "context_token_s": 1e-6,
+            "prefill_pair_s": 1e-8}  # fmt: skip
+    dep = get_deployment(_write_twin(tmp_path / "t.toml", step))
+    done = []
+    eng = TwinEngine(dep, efficiency("mid"), lambda r, t: done.append(t), lambda *a: None)
+    eng.submit(SimRequest("k", 1, 100, 0, 3, 0.0))
+    while eng.has_work:
+        eng.advance(math.inf)
+    # one prefill step (100 tokens on nothing cached: 5,000 pairs, 100 KV tokens read), then two decode
+    # steps of one sequence at contexts 101 and 102
+    t1 = 0.01 + 1e-4 * 100 + 1e-6 * 100 + 1e-8 * 5000
+    t2 = 0.01 + 2e-3 + 1e-6 * 101
+    t3 = 0.01 + 2e-3 + 1e-6 * 102
+    assert done == [pytest.approx(t1 + t2 + t3, rel=1e-12)]
+
+
+def test_twin_band_brackets_the_estimate(tmp_path):
+    step = {"step_s": 0.01, "prefill_token_s": 1e-4, "decode_seq_s": 2e-3, "context_token_s": 0.0}
+    se = {"step_s": 0.001, "prefill_token_s": 1e-5, "decode_seq_s": 0.002, "context_token_s": 1e-7}
+    dep = load_twin(_write_twin(tmp_path / "t.toml", step, se))
+    # multiplicative interval: 0.01 x exp(+-2 x 0.001 / 0.01)
+    assert dep.step_low.step_s == pytest.approx(0.01 * math.exp(0.2))
+    assert dep.step_high.step_s == pytest.approx(0.01 * math.exp(-0.2))
+    # an SE as large as the estimate: the fast end stays positive (a step is never free)
+    assert dep.step_high.decode_seq_s == pytest.approx(2e-3 * math.exp(-2.0))
+    # estimated at 0: 0 .. z x SE
+    assert dep.step_low.context_token_s == pytest.approx(2e-7) and dep.step_high.context_token_s == 0.0
+    for lo, mid, hi in zip(
+        dep.step_low.as_dict().values(),
+        dep.step_mid.as_dict().values(),
+        dep.step_high.as_dict().values(),
+        strict=True,
+    ):
+        assert lo >= mid >= hi >= 0
+
+
+def test_twin_file_errors_name_the_file_and_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match="agentperf profile"):
+        get_deployment(str(tmp_path / "missing.toml"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text('kind = "something-else"\n')
+    with pytest.raises(ConfigError, match="not a twin preset"):
+        get_deployment(str(bad))
+
+
+def test_dump_toml_round_trips():
+    data = {"a": 1, "b": 2.5, "s": 'q"uote', "l": [1, 2], "t": {"x": True, "sub": {"y": "z"}},
+            "rows": [{"k": 1}, {"k": 2}], "nan": math.nan}  # fmt: skip
+    back = tomllib.loads(dump_toml(data))
+    assert back["t"]["sub"] == {"y": "z"} and back["rows"] == [{"k": 1}, {"k": 2}]
+    assert back["s"] == 'q"uote' and math.isnan(back["nan"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_profile_serve_sim_writes_a_twin_that_a_sweep_runs(tmp_path):
+    from agentperf_kit.sweep import SweepConfig, run_sweep
+
+    preset = "h100x8-llama70b"
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentperf_kit.cli", "serve-sim", "--preset", preset, "--port", str(port),
+         "--time-scale", "10"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/v1"
+    out = tmp_path / "twin.toml"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/models", timeout=2) as r:
+                    model = json.loads(r.read())["data"][0]["id"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "serve-sim did not come up"
+                time.sleep(0.2)
+        cmd = [sys.executable, "-m", "agentperf_kit.cli", "profile", "--target", base, "--model", model,
+               "--out", str(out), "--max-context", "4096", "--repeats", "2", "--batch-sizes", "1,4,16",
+               "--decode-tokens", "24", "--budget", "60"]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    data = tomllib.loads(out.read_text())
+    truth = get_deployment(preset)
+    assert data["kind"] == "agentperf-twin"
+    assert data["engine"]["max_context_tokens"] == 4096
+    assert data["provenance"]["time_scale"] == 10.0
+    assert data["provenance"]["server"]["agentperf_sim"]["deployment"] == preset
+    # the KV probe (tokens held / usage share) lands near the preset's capacity
+    assert data["engine"]["kv_capacity_tokens"] == pytest.approx(truth.kv_capacity_tokens, rel=0.1)
+    assert len(data["observation"]) >= 10 and data["fit"]["rms_rel_residual"] >= 0
+    assert data["step"]["step_s"] > 0
+
+    answers = {}
+    for eff in ("low", "mid", "high"):
+        cfg = SweepConfig(
+            target=f"sim:{out}",
+            efficiency=eff,
+            max_context=4096,
+            level_duration_s=60,
+            warmup_s=10,
+            min_trajectories=3,
+            min_trajectories_per_agent=1,
+            max_agents=64,
+            tiers="easy=20/10",
+            out=str(tmp_path / f"sweep-{eff}"),
+        )
+        res = run_sweep(cfg, progress=False)
+        answers[eff] = res.summary["tiers"][0]["max_agents"]
+        assert res.summary["target"] == f"sim:{out}"
+    assert answers["mid"] > 0
+    assert answers["low"] <= answers["mid"] <= answers["high"]
+
+
+def test_robust_fit_resists_one_stalled_row():
+    # one decode step measured 10x too long (another process held the CPU): the soft-L1 fit keeps the
+    # other rows' answer within 5 %; plain least squares is pulled further
+    # expected noise 2 % of each row, as the profiler sets it for decode rows
+    rows = [Observation(o.kind, o.x, o.seconds, sigma=0.02 * o.seconds) for o in _obs() + _obs()]
+    rows.append(
+        Observation("decode", {"step_s": 1, "decode_seq_s": 2, "context_token_s": 500}, 0.145, sigma=0.0029)
+    )
+    robust = fit_step_time(rows)
+    plain = fit_step_time(rows, robust=False)
+    err = {t: abs(robust.coef[t] / v - 1) for t, v in TRUE.items()}
+    assert max(err.values()) < 0.05, err
+    assert abs(plain.coef["step_s"] / 0.01 - 1) > err["step_s"]
+
+
+@pytest.mark.realserver
+@pytest.mark.slow
+def test_profile_real_llama_server(tmp_path):
+    """``agentperf profile`` against llama.cpp's ``llama-server`` (built by ../shared/real-servers; skipped
+    where it is not): engine limits from ``/props``, a twin a sweep loads. Accuracy is the benchmark's
+    job (benchmarks/twin_validate.py), not a test's: the figures depend on the machine's load."""
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get("AGENTPERF_REAL_SERVERS", Path.home() / ".cache/agentperf-real-servers"))
+    binary, model = root / "llama-build/bin/llama-server", root / "model/tiny.gguf"
+    if not (binary.exists() and model.exists()):
+        pytest.skip(f"llama-server not set up under {root} (../shared/real-servers/setup_llama_server.sh)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "--alias", "tiny",
+         "--metrics", "-np", "4", "-c", "16384", "-t", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/v1"
+    out = tmp_path / "twin.toml"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "llama-server did not come up"
+                time.sleep(0.2)
+        cmd = [sys.executable, "-m", "agentperf_kit.cli", "profile", "--target", base, "--model", "tiny",
+               "--out", str(out), "--max-context", "1024", "--repeats", "2", "--chunk-tokens", "2048",
+               "--decode-tokens", "64"]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    data = tomllib.loads(out.read_text())
+    assert data["engine"]["max_num_seqs"] == 4  # /props total_slots
+    assert data["engine"]["kv_capacity_tokens"] == 16384  # n_ctx per slot x slots
+    assert data["provenance"]["server"]["props"]["total_slots"] == 4
+    dep = load_twin(out)
+    assert dep.step_low.step_s >= dep.step_mid.step_s >= dep.step_high.step_s
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from agentperf_kit.cli import main
+
+    assert main(["profile", "--target", "http://127.0.0.1:9/v1", "--model", "m", "--out", "t.txt"]) == 2
+    assert "--out must end in .toml" in capsys.readouterr().err
+    assert main(["sweep", "--target", f"sim:{tmp_path / 'none.toml'}", "--dry-run"]) == 2
+    assert "agentperf profile" in capsys.readouterr().err
