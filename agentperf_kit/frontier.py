@@ -160,11 +160,9 @@ def sweep_frontier(
         if not vals:
             raise ValueError(f"{name}: need at least one value")
     tiers = grid_tiers(speeds, ttfts, speed_percentiles, ttft_percentiles)
-    path = d / "requests.parquet"
-    level_requests = (
-        (int(lv["concurrency"]), pd.read_parquet(path, filters=[("level", "==", int(lv["level"]))]))
-        for _, lv in levels.iterrows()
-    )
+    from .sweep_requests import iter_sweep_requests
+
+    level_requests = ((int(lv["concurrency"]), df) for lv, df in iter_sweep_requests(d, levels=levels))
     power = {
         int(lv["concurrency"]): (
             _num(lv.get("power_w")),

@@ -300,6 +300,7 @@ SWEEP_ENTRIES = frozenset(
         "report.html",
         "tasks.csv",
         "tasks.parquet",
+        "band",
     }
 )
 

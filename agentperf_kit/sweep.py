@@ -54,6 +54,7 @@ __all__ = [
     "format_summary",
     "load_sweep",
     "plan_levels",
+    "resolve_max_agents",
     "run_sweep",
     "search_levels",
 ]
@@ -131,6 +132,41 @@ def _next_bisection_point(
     return None
 
 
+#: the cap of a live sweep when ``max_agents`` is not set
+DEFAULT_MAX_AGENTS = 4096
+
+
+def resolve_max_agents(cfg: SweepConfig, trajectories=None) -> tuple[int, str]:
+    """The sweep's cap (agents) and where it came from: ``max_agents`` when set ("set"); for a live
+    target :data:`DEFAULT_MAX_AGENTS` ("default"); on the simulator an upper estimate from the step-time
+    model at the loosest tier's speed floor ("estimated", :mod:`agentperf_kit.sim.capacity`), so that
+    the cap is rarely hit. ``trajectories``: the sweep's set (the built-in one when None)."""
+    if cfg.max_agents is not None:
+        return int(cfg.max_agents), "set"
+    if not cfg.is_sim:
+        return DEFAULT_MAX_AGENTS, "default"
+    from .sim.capacity import estimate_max_agents
+
+    if trajectories is None:
+        from .trajectories import default_trajectories
+
+        trajectories = default_trajectories()
+    floor = min(t.min_output_speed_tps for t in get_tier_preset(cfg.tiers).tiers)
+    dep = getattr(cfg.target_object, "deployment", None)
+    if dep is None:  # a virtual-time target without a deployment model
+        return DEFAULT_MAX_AGENTS, "default"
+    return estimate_max_agents(dep, cfg.efficiency, trajectories, floor), "estimated"
+
+
+#: configuration fields a resume may change: they decide which levels the search asks for, not what a
+#: level measures (every level already measured is reused); the band is measured apart (``band/``)
+RESUMABLE_CHANGES = frozenset({"max_agents", "band"})
+
+
+def _without_cap(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items() if k not in RESUMABLE_CHANGES}
+
+
 def _level_seed(seed: int, n: int, ext: int) -> int:
     return int(hashlib.sha256(f"{seed}:{n}:{ext}".encode()).hexdigest()[:12], 16)
 
@@ -153,6 +189,7 @@ class _Sweeper:
         self.results: dict[int, tuple[Path, dict[str, Any]]] = {}  # N -> (level directory, manifest)
         self.notes: list[str] = []
         self.n_measured_now = 0
+        self.max_agents = DEFAULT_MAX_AGENTS  # the resolved cap (run_sweep sets it)
         self._trajs = None
 
     def say(self, line: str) -> None:
@@ -294,6 +331,7 @@ class _Sweeper:
         self.rows[n] = row
         assert res.directory is not None, "a sweep's levels are saved"
         self.results[n] = (Path(res.directory), res.manifest)  # the rows stay on disk
+        _drop_raw_stream(Path(res.directory))
         self._write_partial()
         v = " ".join(f"{t.name}={verdicts[t.name]}" for t in self.preset.tiers)
         self.say(
@@ -334,7 +372,17 @@ class _Sweeper:
             row = self.level(n)
             return {t: row[f"verdict_{t}"] for t in tiers}
 
-        search_levels(measure, tiers, self.cfg.max_agents, resolution=self.cfg.resolution)
+        search_levels(measure, tiers, self.max_agents, resolution=self.cfg.resolution)
+
+
+def _drop_raw_stream(level_dir: Path) -> None:
+    """A finished level keeps one copy of its rows: its ``requests.parquet`` (written atomically, with
+    every raw column); the raw ``requests.arrow`` stream, kept only to survive a kill, is removed (for
+    a big simulated level it is about 3x the parquet). Extensions' directories (``_e1``...) likewise."""
+    for d in level_dir.parent.glob(level_dir.name.rsplit("_e", 1)[0] + "_e*"):
+        raw = d / "requests.arrow"
+        if raw.exists() and (d / "requests.parquet").exists():
+            raw.unlink()
 
 
 def _tier_stat_columns(ev: pd.DataFrame) -> dict[str, Any]:
@@ -482,12 +530,15 @@ def check_resumable(config: SweepConfig, out: str | Path | None = None) -> bool:
     if not manifest_path.exists():
         return False
     old = json.loads(manifest_path.read_text())
-    if old.get("config_hash") != config.config_hash():
+    now_cfg = json.loads(strict_json_dumps(config.measurement_dict()))
+    was_cfg = old.get("config", {})
+    if old.get("config_hash") != config.config_hash() and _without_cap(was_cfg) != _without_cap(now_cfg):
         diff = {
-            k: (old.get("config", {}).get(k), v)
-            for k, v in config.measurement_dict().items()
-            if old.get("config", {}).get(k) != v
+            k: (was_cfg.get(k), v)
+            for k, v in now_cfg.items()
+            if k not in RESUMABLE_CHANGES and was_cfg.get(k) != v
         }
+
         raise SweepConfigError(
             f"{out} holds a sweep with a different configuration; refusing to resume. Differences "
             f"(was, now): {diff}. Use another --out, or the same settings."
@@ -594,7 +645,8 @@ def run_sweep(
     progress: bool | Callable[[str], None] = True,
     target: Target | None = None,
 ) -> SweepResult:
-    """Run (or resume) a sweep; writes ``requests.parquet``, ``levels.csv`` and ``summary.json``.
+    """Run (or resume) a sweep; writes ``levels/`` (each level's run: its ``requests.parquet`` is the one
+    copy of its rows), ``levels.csv`` and ``summary.json``.
 
     Every level runs on ``target`` (a :class:`~agentperf_kit.targets.Target`; default: the one
     ``config.target`` names, ``config.target_object``), through its ``run_level`` only: a simulated, a
@@ -615,6 +667,23 @@ def run_sweep(
     out = Path(config.out) if config.out else Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
     resumed = _open_sweep_dir(config, out, target)
     sw = _Sweeper(config, out, progress, target)
+    if resumed:
+        old = json.loads((out / "sweep.json").read_text())
+        was = old.get("config", {})
+        now_cfg = json.loads(strict_json_dumps(config.measurement_dict()))
+        if was != now_cfg:  # only RESUMABLE_CHANGES differ (check_resumable refused anything else)
+            changed = {
+                k: (was.get(k), now_cfg.get(k)) for k in RESUMABLE_CHANGES if was.get(k) != now_cfg.get(k)
+            }
+            old.update(config=now_cfg, config_hash=config.config_hash())
+            (out / "sweep.json").write_text(strict_json_dumps(old, indent=2))
+            sw.notes.append(
+                "resumed with "
+                + ", ".join(f"{k} {v[1]} (was {v[0]})" for k, v in changed.items())
+                + ": measured levels reused"
+            )
+    sim_target = target is config.target_object and config.is_sim
+    sw.max_agents, cap_source = resolve_max_agents(config, sw.trajectories() if sim_target else None)
     acc, acc_type = sw.accelerators()
     sw.say(f"sweep {target.description} -> {out}{' (resuming)' if resumed else ''}")
     sw.run()
@@ -622,16 +691,29 @@ def run_sweep(
     preset = sw.preset
 
     tiers, scope, summary_power_w, notes = _power(config, sw, levels, acc, acc_type)
+    if sim_target:
+        _add_band(tiers, config, out, sw, acc, acc_type, progress)
     notes = list(sw.notes) + notes
-    if not levels["meets_aa_rules"].all():
+    levels["decides_answer"] = _deciding_levels(levels, tiers)
+    deciding = levels[levels["decides_answer"]]
+    if not deciding["meets_aa_rules"].all():
         notes.append("some levels do not meet AA's validity rules (see meets_aa_rules per level)")
+    above = levels[~levels["decides_answer"] & ~levels["meets_aa_rules"]]
+    if len(above):
+        notes.append(
+            "levels above every tier's lowest failing level do not meet AA's validity rules (N = "
+            f"{', '.join(str(int(n)) for n in above['concurrency'])}); they decide no answer and do not "
+            "count for meets_aa_rules"
+        )
+
     if target.virtual_time:
         notes.append(f"{target.description}: figures are a model's prediction, not a measurement")
     for _, r in tiers.iterrows():
         if r["max_agents_is_lower_bound"]:
             notes.append(
-                f"tier {r['name']}: still passing at the highest level measured ({config.max_agents}); "
-                "max agents is a lower bound"
+                f"tier {r['name']}: still passing at the highest level measured ({sw.max_agents}, "
+                f"{cap_source}); max agents is a lower bound: re-run with the same out and a larger "
+                "max_agents to extend (measured levels are reused)"
             )
         if r["non_monotonic"]:
             notes.append(
@@ -640,7 +722,10 @@ def run_sweep(
             )
     # each level's own run records the order it was measured in; the sweep's `level` is the index by N
     # (as in levels.csv), so a resumed sweep and an uninterrupted one write the same table
-    n_requests = _write_sweep_requests(out, [sw.results[n][0] for n in sorted(sw.results)])
+    n_requests = _count_requests([sw.results[n][0] for n in sorted(sw.results)])
+    stale = out / "requests.parquet"  # the merged copy an older version wrote: the level files are the rows
+    if stale.exists():
+        stale.unlink()
     levels.to_csv(out / "levels.csv", index=False)
     summary = {
         "schema_version": SCHEMA_VERSION,
@@ -662,13 +747,15 @@ def run_sweep(
         "confidence": config.confidence,
         "max_unmeasured_share": config.max_unmeasured_share,
         "policy_differs_at": _policy_differences(levels, preset, config.failure_policy),
-        "meets_aa_rules": bool(levels["meets_aa_rules"].all()),
+        "meets_aa_rules": bool(deciding["meets_aa_rules"].all()),
         "client_ok": bool(levels["client_ok"].all()),
         "notes": notes,
         "config": config.measurement_dict(),
         "levels": levels.to_dict(orient="records"),
         "tiers": tiers.to_dict(orient="records"),
         "n_levels": len(levels),
+        "max_agents_cap": sw.max_agents,
+        "max_agents_cap_source": cap_source,
         "simulated_requests": n_requests if target.virtual_time else None,
         "levels_measured_this_run": sw.n_measured_now,
         "wall_s": time.perf_counter() - wall0,
@@ -679,6 +766,50 @@ def run_sweep(
     write_sweep_tasks(out)  # tasks.parquet, tasks.csv: task completion times and slowdown (docs/frontier.md)
     summary = json.loads(strict_json_dumps(summary))
     return SweepResult(levels, summary, None, out, tiers)
+
+
+def _add_band(tiers: pd.DataFrame, config, out: Path, sw, acc, acc_type, progress: bool) -> None:
+    """Simulator: the low-high band of each tier's answer (``band=True``) and AA's published figure for the
+    system where one exists, as columns of the tier table (:mod:`agentperf_kit.sweep_band`)."""
+    from .sweep_band import band_answers, published_for
+
+    model = sw.results[min(sw.results)][1].get("config", {}).get("model") if sw.results else None
+    if config.band:
+        band = band_answers(config, out, tiers, sw.max_agents, progress)
+        for col in (
+            "band_low_agents",
+            "band_high_agents",
+            "band_low_is_lower_bound",
+            "band_high_is_lower_bound",
+        ):
+            tiers[col] = [band[n][col] for n in tiers["name"]]
+        counts = next(iter(band.values()))["band_levels"] if band else {}
+        if counts:
+            sw.notes.append(
+                "band: "
+                + ", ".join(f"{k} levels under the {e} set" for e, k in counts.items())
+                + " (band/; method: docs/sweep.md)"
+            )
+        for end in ("low", "high"):
+            tiers[f"band_{end}_agents_per_accelerator"] = [
+                agents_per_accelerator(int(n), acc) for n in tiers[f"band_{end}_agents"]
+            ]
+    pub = [published_for(acc_type, model, config.tiers, n) for n in tiers["name"]]
+    for col in ("published_agents_per_accelerator", "published_agents_per_mw"):
+        tiers[col] = [p.get(col) for p in pub]
+
+
+def _deciding_levels(levels: pd.DataFrame, tiers: pd.DataFrame) -> pd.Series:
+    """Per level: does it decide some tier's answer? A level decides tier t when N <= t's lowest failing
+    N (its passes below, and the failure that bounds it), or every level when t never fails (a lower
+    bound). Levels above every tier's lowest failing N (measured by the ramp before the bisection found
+    the boundaries) decide nothing, so their validity does not decide ``meets_aa_rules``."""
+    top = levels["concurrency"].max() if len(levels) else 0
+    bounds = [
+        top if pd.isna(r["lowest_failing_agents"]) else int(r["lowest_failing_agents"])
+        for _, r in tiers.iterrows()
+    ]
+    return levels["concurrency"] <= (max(bounds) if bounds else top)
 
 
 def _policy_differences(levels: pd.DataFrame, preset: TierPreset, policy: str) -> list[dict[str, Any]]:
@@ -702,31 +833,11 @@ def _policy_differences(levels: pd.DataFrame, preset: TierPreset, policy: str) -
     return out
 
 
-def _write_sweep_requests(out: Path, level_dirs: list[Path]) -> int:
-    """Concatenate the levels' ``requests.parquet`` into ``out/requests.parquet`` one level at a time
-    (memory: one level), with ``level`` set to the level's index by N as in levels.csv; returns the row
-    count. Written to a temporary name and renamed, so a reader never sees a partial file."""
-    import pyarrow as pa
+def _count_requests(level_dirs: list[Path]) -> int:
+    """Rows of the levels' ``requests.parquet`` (from the parquet footers; nothing is read)."""
     import pyarrow.parquet as pq
 
-    tmp = out / "requests.parquet.tmp"
-    writer = None
-    rows = 0
-    try:
-        for i, d in enumerate(level_dirs):
-            table = pq.read_table(d / "requests.parquet")
-            col = table.schema.get_field_index("level")
-            level = pa.array([i] * table.num_rows, type=table.schema.field(col).type)
-            table = table.set_column(col, "level", level)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table.cast(writer.schema))
-            rows += table.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
-    tmp.replace(out / "requests.parquet")
-    return rows
+    return sum(pq.ParquetFile(Path(d) / "requests.parquet").metadata.num_rows for d in level_dirs)
 
 
 def _file_digest(path: str | None) -> str | None:
@@ -752,8 +863,8 @@ def load_sweep(directory: str | Path) -> SweepResult:
     summary = json.loads(path.read_text())
     check_schema_version(summary.get("schema_version"), what=str(path))
     levels = pd.read_csv(directory / "levels.csv")
-    if not (directory / "requests.parquet").exists():
-        raise FileNotFoundError(f"{directory}: no requests.parquet; is this a finished sweep directory?")
+    if not (directory / "levels").is_dir() and not (directory / "requests.parquet").exists():
+        raise FileNotFoundError(f"{directory}: no levels/; is this a finished sweep directory?")
     return SweepResult(levels, summary, None, directory, pd.DataFrame(summary["tiers"]))
 
 
@@ -769,13 +880,32 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{'tier':<6}{'SLO':<20}{'max agents':>12}{'binding':>9}{'agents/accel':>14}{'power W':>10}"
         f"{'agents/MW':>12}",
     ]
-    for t in summary["tiers"]:
+    tiers = summary["tiers"]
+    has_band = any("band_low_agents" in t for t in tiers)
+    has_pub = any(
+        t.get("published_agents_per_accelerator") or t.get("published_agents_per_mw") for t in tiers
+    )
+    if has_band:
+        lines[-1] += f"{'band low-high /accel':>22}"
+    if has_pub:
+        lines[-1] += f"{'AA /accel':>11}{'AA /MW':>9}"
+    for t in tiers:
         n = f"{'>=' if t['max_agents_is_lower_bound'] else ''}{t['max_agents']}"
-        lines.append(
+        line = (
             f"{t['name']:<6}{t['label']:<20}{n:>12}{t.get('binding_constraint') or '-'!s:>9}"
             f"{_fmt(t['agents_per_accelerator'], '{:.2f}'):>14}{_fmt(t.get('power_w'), '{:,.0f}'):>10}"
             f"{_fmt(t['agents_per_mw'], '{:,.0f}'):>12}"
         )
+        if has_band:
+            lo = _fmt(t.get("band_low_agents_per_accelerator"), "{:.2f}")
+            hi = ">=" * bool(t.get("band_high_is_lower_bound")) + _fmt(
+                t.get("band_high_agents_per_accelerator"), "{:.2f}"
+            )
+            line += f"{lo + ' - ' + hi:>22}"
+        if has_pub:
+            line += f"{_fmt(t.get('published_agents_per_accelerator'), '{:.2f}'):>11}"
+            line += f"{_fmt(t.get('published_agents_per_mw'), '{:,.0f}'):>9}"
+        lines.append(line)
     lines.append("")
     lines.append(
         f"levels measured: {summary['n_levels']}  (N = "
@@ -797,6 +927,11 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"  N={d['concurrency']} {d['tier']}: {d[summary['failure_policy']]} "
                 f"({summary['failure_policy']}), {d[other[0]]} ({other[0]})"
             )
+    if has_band:
+        lines.append(
+            "band: the answer under the low and high efficiency sets, bisected around this answer to 1/16 "
+            "(docs/sweep.md); AA: the published figure for this accelerator and model"
+        )
     lines.append(f"meets AA validity rules: {'yes' if summary['meets_aa_rules'] else 'no'}")
     lines += [f"note: {n}" for n in summary.get("notes", [])]
     return "\n".join(lines)

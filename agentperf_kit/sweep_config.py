@@ -46,7 +46,8 @@ class SweepConfig:
     min_trajectories_per_agent: int = 3
     max_level_duration_s: float = 4 * 3600.0
     drain_timeout_s: float = 120.0
-    max_agents: int = 4096
+    max_agents: int | None = None  # None: DEFAULT_MAX_AGENTS live, the model's estimate on the simulator
+    band: bool = True  # simulator: measure the low-high band around each answer (sweep_band.py)
     resolution: int = 1
     seed: int = 0
     confidence: float = 0.95
@@ -290,6 +291,8 @@ class SweepConfig:
         """The fields that change what is measured (``out`` excluded): hashed for resume checks."""
         d = dataclasses.asdict(self)
         d.pop("out")
+        if d.get("band", True):
+            d.pop("band", None)  # at its default: left out, so older sweeps' hashes still match
         if d.get("what_if") is None:
             d.pop("what_if", None)  # absent when unused, so older sweeps' hashes still match
         for name, default in (_TELEMETRY_DEFAULTS | _CLIENT_DEFAULTS | _STATS_DEFAULTS).items():

@@ -58,7 +58,8 @@ def _max_agents_text(row: Any) -> str:
 @dataclass
 class SweepResult:
     """A finished (or loaded) sweep: ``levels`` (levels.csv), ``summary`` (summary.json), ``tiers``,
-    and ``requests``, all requests of all levels: read from ``directory/requests.parquet`` on first use
+    and ``requests``, all requests of all levels: read from the level files on first use (one copy on disk,
+    :mod:`agentperf_kit.sweep_requests`)
     (a large sweep's table can be many GB; nothing else needs it in memory)."""
 
     levels: pd.DataFrame
@@ -72,7 +73,9 @@ class SweepResult:
         if self._requests is None:
             if self.directory is None:
                 raise ValueError("this sweep result has no directory to read its requests from")
-            self._requests = pd.read_parquet(Path(self.directory) / "requests.parquet")
+            from .sweep_requests import read_sweep_requests
+
+            self._requests = read_sweep_requests(self.directory, levels=self.levels)
         return self._requests
 
     @property

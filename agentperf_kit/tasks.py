@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from .percentiles import percentile
+from .sweep_requests import read_sweep_requests
 
 __all__ = [
     "TASK_COLUMNS",
@@ -275,9 +276,7 @@ def write_sweep_tasks(directory: str | Path, *, baseline: str = "auto") -> tuple
     for _, lv in levels.iterrows():
         man = _level_manifest(d, int(lv["concurrency"]), int(lv.get("extensions", 0)))
         win = man.get("window", {})
-        rows = pd.read_parquet(
-            d / "requests.parquet", columns=need, filters=[("level", "==", int(lv["level"]))]
-        )
+        rows = read_sweep_requests(d, columns=need, levels=levels[levels["level"] == lv["level"]])
         parts.append(
             task_table(
                 rows, n_turns, window_start_s=win.get("window_start_s"), window_end_s=win.get("window_end_s")

@@ -4,7 +4,7 @@ Prints wall time, the number of levels measured (and how many the ramp + bisecti
 simulated requests, requests simulated per wall second and peak memory. Target (issue 5): <= 60 s on a
 2-core machine, and no more levels than exponential ramp + bisection need.
 
-    python benchmarks/sweep_speed.py [--target sim] [--tiers aa-dsv4pro] [--repeat 1] [--out DIR]
+    python benchmarks/sweep_speed.py [--target sim] [--tiers aa-dsv4pro] [--repeat 1] [--out DIR] [--no-band]
 """
 
 from __future__ import annotations
@@ -37,19 +37,32 @@ def main() -> None:
     ap.add_argument("--tiers", default="aa-dsv4pro")
     ap.add_argument("--repeat", type=int, default=1, help="run the sweep this many times (fresh directories)")
     ap.add_argument("--out", help="parent directory for the sweep directories (default: a temporary one)")
+    ap.add_argument("--no-band", action="store_true", help="skip the simulator's low-high band")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         parent = Path(args.out or tmp)
         walls = []
         for i in range(args.repeat):
-            cfg = SweepConfig(target=args.target, tiers=args.tiers, out=str(parent / f"sweep{i}"))
+            cfg = SweepConfig(
+                target=args.target, tiers=args.tiers, out=str(parent / f"sweep{i}"), band=not args.no_band
+            )
             t0 = time.perf_counter()
             res = run_sweep(cfg, progress=False)
             walls.append(time.perf_counter() - t0)
     s = res.summary
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    rss_mb = ru.ru_maxrss / 1024
+    import os
+
+    load = os.getloadavg()[0]
     print(f"default sweep: target {s['target']}  tiers {s['tier_preset']}  (AA validity rules)")
     print(f"wall time: {', '.join(f'{w:.1f} s' for w in walls)}  (target <= 60 s on 2 cores)")
+    print(
+        f"CPU time (user + system, whole process): {ru.ru_utime + ru.ru_stime:.1f} s; load average {load:.1f}"
+    )
+    for n in s["notes"]:
+        if n.startswith("band:"):
+            print(n)
     print(
         f"levels measured: {s['n_levels']}  (ramp + bisection bound {_level_bound(s['tiers'])})  "
         f"N = {[lv['concurrency'] for lv in s['levels']]}"

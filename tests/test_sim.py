@@ -198,6 +198,37 @@ def test_preemption_by_recompute_when_blocks_run_out():
     assert eng.kv_running() == 0 and eng.prefill_alloc == 0 and eng.b == 0
 
 
+def test_tokens_done_holds_still_while_a_preempted_request_waits():
+    """tokens_done of a preempted request stays at the tokens generated before the preemption until its
+    re-prefill completes (it used to grow with the engine's step index), never decreases and never
+    exceeds the output; decoding() lists exactly the requests whose count can grow."""
+    import dataclasses
+
+    from agentperf_kit.sim.engine import SimRequest
+
+    dep = dataclasses.replace(get_deployment("h200x8-dsv4pro"), kv_capacity_tokens=20_000)
+    eng = Engine(dep, efficiency("mid"), lambda r, t: None, lambda *a: None, kv_policy="preempt")
+    reqs = [SimRequest(i, i, 2000, 0, 600, 0.0) for i in range(20)]
+    for r in reqs:
+        eng.submit(r)
+    last = {id(r): 0 for r in reqs}
+    held = 0  # samples of a preempted request outside the decode batch with tokens already generated
+    t = 0.0
+    while eng.has_work:
+        t += 0.05
+        eng.advance(t)
+        decoding = {id(r) for r in eng.decoding()}
+        for r in reqs:
+            n = eng.tokens_done(r)
+            assert last[id(r)] <= n <= r.output, (r.key, last[id(r)], n)
+            if id(r) not in decoding and r.preemptions and r.gen0 < r.output:
+                assert n == r.gen0  # frozen while queued / re-prefilling
+                held += 1
+            last[id(r)] = n
+    assert eng.preemptions > 0 and held > 0  # the case under test happened
+    assert all(eng.tokens_done(r) == r.output for r in reqs)
+
+
 def test_preempt_admits_more_at_first_than_reserve_but_stalls_the_newest():
     res_eng, res_done, _ = _burst("reserve")
     pre_eng, pre_done, _ = _burst("preempt")

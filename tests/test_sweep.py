@@ -15,8 +15,13 @@ import pytest
 from agentperf_kit.cli import main
 from agentperf_kit.sweep import SweepConfig, SweepConfigError, load_sweep, plan_levels, run_sweep
 
-FAST = dict(
-    level_duration_s=60, warmup_s=10, min_trajectories=5, min_trajectories_per_agent=1, max_agents=256
+FAST = dict(  # the band is tested in test_sweep_band.py; left out here to keep these sweeps short
+    level_duration_s=60,
+    warmup_s=10,
+    min_trajectories=5,
+    min_trajectories_per_agent=1,
+    max_agents=256,
+    band=False,
 )
 
 
@@ -57,6 +62,50 @@ def test_resume_refuses_a_different_configuration(tmp_path):
         run_sweep(
             SweepConfig(out=str(tmp_path / "s"), **{**FAST, "max_agents": 8, "seed": 5}), progress=False
         )
+
+
+def test_one_copy_of_request_rows_and_a_larger_cap_reuses_the_levels(tmp_path):
+    out = tmp_path / "s"
+    small = run_sweep(SweepConfig(out=str(out), **{**FAST, "max_agents": 4}), progress=False)
+    assert list(small.levels.concurrency) == [1, 2, 4]  # FAST's tiers still pass at 4: a lower bound
+    assert small.summary["tiers"][0]["max_agents_is_lower_bound"]
+    # the level files are the only copy of the rows; the sweep's view sets `level` to the index by N
+    assert not (out / "requests.parquet").exists()
+    assert not list(out.glob("levels/*/requests.arrow"))  # the raw stream is dropped once finalized
+    req = load_sweep(out).requests
+    assert len(req) == small.summary["simulated_requests"]
+    from agentperf_kit.results import load_run
+
+    for lv in small.levels.itertuples():
+        own = load_run(out / "levels" / f"n{lv.concurrency:05d}_e{lv.extensions}").requests
+        mine = req[req.level == lv.level]
+        assert len(mine) == len(own) and set(mine.concurrency) == {lv.concurrency}
+    # a larger cap resumes: the measured levels are reused, only the new ones are measured
+    big = run_sweep(SweepConfig(out=str(out), **{**FAST, "max_agents": 16}), progress=False)
+    assert list(big.levels.concurrency)[:3] == [1, 2, 4] and 8 in set(big.levels.concurrency)
+    assert big.summary["levels_measured_this_run"] == big.summary["n_levels"] - 3
+    assert any("was 4" in n for n in big.summary["notes"])
+    assert json.loads((out / "sweep.json").read_text())["config"]["max_agents"] == 16
+    pd.testing.assert_frame_equal(
+        big.levels[big.levels.concurrency <= 4]
+        .drop(columns=["level", "decides_answer"])
+        .reset_index(drop=True),
+        small.levels.drop(columns=["level", "decides_answer"]),
+    )
+    # any other change is still refused
+    with pytest.raises(SweepConfigError, match="different configuration"):
+        run_sweep(SweepConfig(out=str(out), **{**FAST, "max_agents": 16, "seed": 5}), progress=False)
+
+
+def test_levels_above_every_tiers_lowest_failure_decide_nothing():
+    from agentperf_kit.sweep import _deciding_levels
+
+    levels = pd.DataFrame({"concurrency": [1, 2, 4, 8, 16, 5, 6]})
+    tiers = pd.DataFrame({"lowest_failing_agents": [6.0, 4.0, None]})
+    # a tier that never failed (lower bound) is decided by every level
+    assert _deciding_levels(levels, tiers).all()
+    tiers = pd.DataFrame({"lowest_failing_agents": [6.0, 4.0]})
+    assert list(_deciding_levels(levels, tiers)) == [True, True, True, False, False, True, True]
 
 
 def _edit_manifest(out, **changes):

@@ -103,9 +103,10 @@ def test_sweep_states_its_knob(tmp_path, capsys):
     assert "what-if: output=0.5,tool_delay=0.5" in printed
     s = json.loads((out / "summary.json").read_text())
     assert s["what_if"] == "output=0.5,tool_delay=0.5" == s["config"]["what_if"]
-    import pandas as pd
 
-    req = pd.read_parquet(out / "requests.parquet")
+    from agentperf_kit.sweep import load_sweep
+
+    req = load_sweep(out).requests  # read from the level files (one copy of the rows)
     from agentperf_kit.trajectories import default_trajectories
 
     base = {(t.trajectory_id, i): u for t in default_trajectories() for i, u in enumerate(t.turns)}

@@ -43,7 +43,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--level-duration", type=positive_float, help="minimum steady window per level, s (default 600)"
     )
-    p.add_argument("--max-agents", type=positive_int, help="highest N to try (default 4096)")
+    p.add_argument(
+        "--max-agents",
+        type=positive_int,
+        help="highest N to try (default 4096 live; simulator: estimated from the model, docs/sweep.md)",
+    )
+    p.add_argument(
+        "--no-band",
+        action="store_true",
+        help="simulator: skip the low-high band around the answer (docs/sweep.md)",
+    )
     p.add_argument("--seed", type=count, help="seed (default 0)")
     p.add_argument("--efficiency", choices=["low", "mid", "high"], help="sim efficiency set (default mid)")
     p.add_argument("--endpoint", choices=["chat", "completions"], help="live targets: API (default chat)")
@@ -138,6 +147,7 @@ def _config(args: argparse.Namespace):
         abort_after_s=args.abort_after,
         force_output=False if args.no_force_output else None,
         continuous_usage=True if args.continuous_usage else None,
+        band=False if args.no_band else None,
         what_if=",".join(args.what_if) if args.what_if else None,
         failure_policy=args.failure_policy,
         ci_method=args.ci_method,
@@ -163,8 +173,8 @@ def _sweep(args: argparse.Namespace) -> int:
     api_key_from_env(cfg.api_key_env)  # set and not empty
     if args.dry_run:
         print(
-            f"target {cfg.target}; tiers {cfg.tiers}; ramp levels {plan_levels(cfg.max_agents)} until every "
-            f"tier fails, then bisection to {cfg.resolution} agent(s)"
+            f"target {cfg.target}; tiers {cfg.tiers}; ramp levels {plan_levels(_cap(cfg, trajs))} until "
+            f"every tier fails, then bisection to {cfg.resolution} agent(s)"
         )
         print(
             f"per level: warm-up {cfg.warmup_s:g} s after all agents are active, steady window >= "
@@ -211,7 +221,7 @@ def _sweep(args: argparse.Namespace) -> int:
     else:
         print()
         print(format_summary(result.summary))
-        print(f"\nresults: {result.directory}/ (summary.json, levels.csv, requests.parquet)", flush=True)
+        print(f"\nresults: {result.directory}/ (summary.json, levels.csv, levels/)", flush=True)
     why = sweep_not_measured_reason(result.summary)
     if why:
         raise MeasurementError(
@@ -262,6 +272,13 @@ def add_telemetry_flags(p: argparse.ArgumentParser, *, defaults: bool = False) -
     )
 
 
+def _cap(cfg, trajs) -> int:
+    """The sweep's cap: ``max_agents``, or its default (:func:`agentperf_kit.sweep.resolve_max_agents`)."""
+    from ..sweep import resolve_max_agents
+
+    return resolve_max_agents(cfg, trajs)[0]
+
+
 def _estimates(cfg, trajs) -> dict[int, WindowEstimate]:
     """Expected window of each ramp level at the loosest tier's speed floor and TTFT ceiling."""
     from ..slo import get_tier_preset
@@ -272,7 +289,7 @@ def _estimates(cfg, trajs) -> dict[int, WindowEstimate]:
     rules = cfg.rules()
     return {
         n: expected_window(trajs, n, rules, speed_tps=loosest.min_output_speed_tps, ttft_s=loosest.max_ttft_s)
-        for n in plan_levels(cfg.max_agents)
+        for n in plan_levels(_cap(cfg, trajs))
     }
 
 
@@ -299,7 +316,7 @@ def _live_estimate(cfg, trajs) -> str:
     est = _estimates(cfg, trajs)
     ramp = len(est)
     n_tiers = len(get_tier_preset(cfg.tiers).tiers)
-    bisect = n_tiers * max(0, (cfg.max_agents - 1).bit_length() - 1)
+    bisect = n_tiers * max(0, (_cap(cfg, trajs) - 1).bit_length() - 1)
     ramp_s = sum(cfg.warmup_s + e.window_s for e in est.values())
     worst = max(e.window_s for e in est.values())
     most_s = ramp_s + ramp * cfg.drain_timeout_s + bisect * (cfg.warmup_s + worst + cfg.drain_timeout_s)

@@ -37,8 +37,8 @@ output tokens (``decode_step_time``).
 **Events, not steps**: between events (an arrival, a finish, a prefill chunk) the decode batch is constant
 and each step adds B context tokens, so step time grows linearly with the step index and the time of the
 next event is closed form (``_advance_decode``). Steps that carry prefill are simulated one by one.
-For the real-time face, the time of each token can be derived from the same segments; the current HTTP
-face is not built yet.
+The real-time face (``agentperf serve-sim``, ``sim/server.py``) drives the same engine step by step and
+reads each request's progress through :meth:`Engine.decoding` and :meth:`Engine.tokens_done`.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ class SimRequest:
     preemptions: int = 0
     seq: int = 0  # admission order (newest is preempted first)
     kv_ready: bool = False  # its KV arrives from a prefill pool (disaggregation): nothing to prefill
+    in_decode: bool = False  # in the decode batch now (False while queued or re-prefilled after preemption)
 
 
 class Engine:
@@ -187,6 +188,8 @@ class Engine:
     def cancel_all(self) -> list[SimRequest]:
         """Remove and return every request still queued or running (end of a run)."""
         out = list(self.waiting) + self.prefilling + [r for _, _, r in self._decode]
+        for _, _, r in self._decode:
+            r.gen0, r.in_decode = self.tokens_done(r), False
         self.waiting.clear()
         self.prefilling = []
         self._decode = []
@@ -234,6 +237,7 @@ class Engine:
             return True
         for i, (_, _, r) in enumerate(self._decode):
             if r is req:
+                req.gen0, req.in_decode = self.tokens_done(req), False
                 self._decode[i] = self._decode[-1]
                 self._decode.pop()
                 heapq.heapify(self._decode)
@@ -251,10 +255,18 @@ class Engine:
             return self.prefill_alloc + self.s + self.b * self.g
         return self.running_tokens
 
+    def decoding(self) -> list[SimRequest]:
+        """The requests in the decode batch now (each produces one token per step); a request preempted by
+        recompute is absent until its re-prefill completes."""
+        return [r for _, _, r in self._decode]
+
     def tokens_done(self, req: SimRequest) -> int:
-        """Output tokens produced so far by a running request (0 before its first token)."""
+        """Output tokens produced so far by a request (0 before its first token; after a preemption, the
+        tokens generated before it until the re-prefill completes; the full output once finished)."""
         if req.t_first != req.t_first:  # NaN: prefill not finished
             return 0
+        if not req.in_decode:  # queued/re-prefilling after a preemption, finished, or aborted
+            return req.gen0
         return min(req.output, req.gen0 + 1 + self.g - (req.finish_step - req.oe + 1))
 
     def step_time(
@@ -410,6 +422,7 @@ class Engine:
                 if req.t_first != req.t_first:  # NaN: the first token of the first attempt
                     req.t_first = self.now
                 if req.oe <= 1:
+                    req.gen0 = req.output
                     self._release(req)
                     self.finished_count += 1
                     self.on_finish(req, self.now)
@@ -420,6 +433,7 @@ class Engine:
                 self.s += req.ctx0_minus_g
                 self.b += 1
                 self._n += 1
+                req.in_decode = True
                 heapq.heappush(self._decode, (req.finish_step, self._n, req))
 
     def _decode_line(self) -> tuple[float, float]:
@@ -467,6 +481,7 @@ class Engine:
         g = self.g
         while heap and heap[0][0] <= g:
             _, _, req = heapq.heappop(heap)
+            req.gen0, req.in_decode = req.output, False
             self.b -= 1
             self.s -= req.ctx0_minus_g
             self._release(req)
@@ -502,6 +517,7 @@ class Engine:
             self.b -= 1
             self.s -= req.ctx0_minus_g
             req.gen0 = gen
+            req.in_decode = False
             req.pe = req.prompt + gen
             req.oe = req.output - gen
             kept = req.pe

@@ -266,7 +266,7 @@ class SimServer:
         out: list[tuple[_Live, int]] = []
         eng = self.engine
         # requests decoding now (a preempted request is absent until its re-prefill completes)
-        lives = [req.key for _, _, req in eng._decode]
+        lives = [req.key for req in eng.decoding()]
         lives += self._finished_now
         for live in lives:
             n = live.output if live.done else eng.tokens_done(live.req)
