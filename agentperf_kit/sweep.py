@@ -768,7 +768,9 @@ def run_sweep(
     return SweepResult(levels, summary, None, out, tiers)
 
 
-def _add_band(tiers: pd.DataFrame, config, out: Path, sw, acc, acc_type, progress: bool) -> None:
+def _add_band(
+    tiers: pd.DataFrame, config, out: Path, sw, acc, acc_type, progress: bool | Callable[[str], None]
+) -> None:
     """Simulator: the low-high band of each tier's answer (``band=True``) and AA's published figure for the
     system where one exists, as columns of the tier table (:mod:`agentperf_kit.sweep_band`)."""
     from .sweep_band import band_answers, published_for

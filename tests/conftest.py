@@ -57,12 +57,20 @@ SLOW_MODULES = {
     "test_sweep_serve_sim.py",
 }
 SLOW_TESTS = {
+    "test_targets.py": {
+        "test_run_sweep_runs_a_custom_target_through_the_same_path",
+    },
+    "test_sweep_band.py": {
+        "test_simulated_sweep_carries_its_band_and_prints_it",
+    },
     "test_chunks.py": {
         "test_a_cancelled_request_row_agrees_with_its_chunk_rows",
         "test_chunk_times_give_the_servers_inter_token_latency",
         "test_chunks_are_off_by_default",
     },
     "test_cli_errors.py": {
+        "test_a_sweep_level_that_ended_early_is_a_failed_level_with_the_reason",
+        "test_an_always_failing_server_ends_the_level_early_with_exit_3",
         "test_ctrl_c_is_one_line_exit_130_and_keeps_the_files",
         "test_no_header_value_or_key_reaches_any_file_or_output",
         "test_no_preflight_skips_it_and_a_run_with_no_success_exits_3",
@@ -76,6 +84,7 @@ SLOW_TESTS = {
         "test_request_and_stall_limits_share_one_timer",
     },
     "test_plots.py": {
+        "test_tier_lines_only_at_the_tiers_own_percentile",
         "test_level_metric_draws_sorted_data_and_tier_limits",
         "test_plot_levels_returns_a_two_panel_figure",
         "test_report_figures_feed_the_html_report",

@@ -49,10 +49,13 @@ request the completion routes received (streamed or not, any fault).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 
@@ -357,3 +360,47 @@ class SSEServer:
             await send(chunk(usage=usage, choices=False))
         await send(b"[DONE]")
         return resp
+
+
+@contextlib.contextmanager
+def serving(*servers: Any) -> Iterator[Any]:
+    """Run objects with async ``start()``/``stop()`` (an :class:`SSEServer`, a ``SimServer``, any aiohttp
+    server wrapper) on an event loop of their own in a background thread, for synchronous callers (the
+    sweep, the CLI, subprocesses). Yields the server (or the tuple, for several), started; afterwards stops
+    them, the loop and the thread, and closes the loop (no ``ResourceWarning``)."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    failed: list[BaseException] = []
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            for s in servers:
+                loop.run_until_complete(s.start())
+        except BaseException as exc:  # reported to the caller below
+            failed.append(exc)
+            ready.set()
+            return
+        ready.set()
+        loop.run_forever()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    assert ready.wait(10), "loopback servers did not start within 10 s"
+    if failed:
+        t.join(10)
+        loop.close()
+        raise failed[0]
+    try:
+        yield servers[0] if len(servers) == 1 else servers
+    finally:
+
+        async def stop() -> None:
+            for s in servers:
+                await s.stop()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+        if not t.is_alive():
+            loop.close()

@@ -83,6 +83,7 @@ def test_chunk_rows_survive_an_interrupted_run(tmp_path):
     w.add(1, 8, 0, [(2_000_000_000, 1)])  # buffered only: lost
     df = load_chunks(tmp_path)
     assert df.t_s.tolist() == [0.5, 0.52] and df.phase_id.tolist() == [7, 7] and (df.level == 2).all()
+    w.close()  # after the check, so the test leaves no open file behind
 
 
 def test_cli_has_the_flag():

@@ -108,7 +108,7 @@ def test_sigkilled_writer_leaves_readable_rows(tmp_path):
     while seen < 40 and time.monotonic() < deadline:
         seen = int(proc.stdout.readline())
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()  # waits and closes the stdout pipe
     df = read_raw_rows(tmp_path)
     assert len(df) >= 40
     assert list(df.turn) == list(range(len(df)))

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -15,7 +13,7 @@ from agentperf_kit.cli import main
 from agentperf_kit.results import load_run
 from agentperf_kit.trajectories import default_trajectories, fit_context, trajectory_stats
 from tests.conftest import assert_live_run_measured
-from tests.sse_servers import SSEServer
+from tests.sse_servers import SSEServer, serving
 
 
 def test_run_sim_writes_the_same_files_as_a_live_run(tmp_path, capsys):
@@ -57,21 +55,8 @@ def test_fit_context_keeps_structure():
 
 @pytest.fixture
 def server_thread():
-    loop = asyncio.new_event_loop()
-    server = SSEServer(ttft_s=0.05, itl_s=0.002)
-    ready = threading.Event()
-
-    def serve():
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start())
-        ready.set()
-        loop.run_forever()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    ready.wait(10)
-    yield server
-    loop.call_soon_threadsafe(loop.stop)
+    with serving(SSEServer(ttft_s=0.05, itl_s=0.002)) as server:
+        yield server
 
 
 def test_sigkilled_live_run_leaves_readable_rows(tmp_path, server_thread):
@@ -105,7 +90,7 @@ def test_sigkilled_live_run_leaves_readable_rows(tmp_path, server_thread):
         time.sleep(0.1)
     time.sleep(1.0)  # let the writer flush
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()  # waits and closes the stderr pipe
     res = load_run(out)
     assert res.extra.get("interrupted")
     assert len(res.requests) >= 6

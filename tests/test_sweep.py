@@ -212,31 +212,17 @@ def test_cli_bad_input_is_named(capsys):
 
 
 def test_sweep_against_a_live_endpoint(tmp_path):
-    import asyncio
-    import threading
 
     from agentperf_kit.results import load_run
     from agentperf_kit.trajectories import SynthConfig, fit_context, save_trajectories, synthesize
-    from tests.sse_servers import SSEServer
+    from tests.sse_servers import SSEServer, serving
 
     trajs = fit_context(
         synthesize(SynthConfig(tool_delay_median_s=0.01, tool_delay_range_s=(0.005, 0.02)), count=8, seed=2),
         1500,
     )
     path = save_trajectories(trajs, tmp_path / "t.jsonl")
-    loop = asyncio.new_event_loop()
-    server = SSEServer(ttft_s=0.02, itl_s=0.001)
-    ready = threading.Event()
-
-    def serve():
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start())
-        ready.set()
-        loop.run_forever()
-
-    threading.Thread(target=serve, daemon=True).start()
-    ready.wait(10)
-    try:
+    with serving(SSEServer(ttft_s=0.02, itl_s=0.001)) as server:
         cfg = SweepConfig(
             target=server.base_url,
             model="m",
@@ -255,8 +241,6 @@ def test_sweep_against_a_live_endpoint(tmp_path):
             endpoint="completions",
         )
         res = run_sweep(cfg, progress=False)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
     assert list(res.levels.concurrency) == [1, 2]
     # every request the server saw is a row of some level's run: on a loaded machine a level whose verdict
     # is inconclusive is extended (levels/n00001_e1...), and the sweep's table keeps the last extension

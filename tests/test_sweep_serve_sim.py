@@ -60,7 +60,7 @@ def test_sweep_against_the_real_time_simulated_server(tmp_path):
         res = run_sweep(cfg, progress=False)
     finally:
         proc.terminate()
-        proc.wait(10)
+        proc.communicate(timeout=10)  # waits and closes the stderr pipe
     assert list(res.levels["concurrency"]) == [1, 2]
     assert res.requests["ok"].all() and len(res.requests) > 0
     assert res.summary["tiers"][0]["max_agents"] == 2

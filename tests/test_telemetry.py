@@ -40,7 +40,7 @@ from agentperf_kit.telemetry import (
 from agentperf_kit.telemetry.sampler import TELEMETRY_COLUMNS, TELEMETRY_JSONL, _frame
 from agentperf_kit.trajectories.model import Trajectory, Turn
 from tests.conftest import assert_live_run_measured
-from tests.sse_servers import SSEServer
+from tests.sse_servers import SSEServer, serving
 
 RULES = RunRules(
     warmup_s=0.3,
@@ -297,36 +297,6 @@ class MetricsServer:
         return web.Response(text=_dcgm_text(self.watts, self.t0, self.energy, self.extra_gpu_w))
 
 
-class _Threaded:
-    """Run aiohttp servers on a loop in a background thread (for the synchronous sweep and CLI)."""
-
-    def __init__(self, *servers):
-        self.servers = servers
-        self.loop = asyncio.new_event_loop()
-
-    def __enter__(self):
-        ready = threading.Event()
-
-        def serve():
-            asyncio.set_event_loop(self.loop)
-            for s in self.servers:
-                self.loop.run_until_complete(s.start())
-            ready.set()
-            self.loop.run_forever()
-
-        threading.Thread(target=serve, daemon=True).start()
-        assert ready.wait(10)
-        return self.servers
-
-    def __exit__(self, *exc):
-        async def stop():
-            for s in self.servers:
-                await s.stop()
-
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-
-
 def _live(tmp_path, telemetry, *, server=None, extra=(), n=4, trajs=None, rules=RULES):
     async def go():
         srv = server or await SimServer(time_scale=10).start()
@@ -467,7 +437,7 @@ def _fast_trajectory_file(tmp_path):
 def test_sweep_uses_the_measured_power_for_agents_per_mw(tmp_path):
     llm = SSEServer(ttft_s=0.02, itl_s=0.001)
     dcgm = MetricsServer(watts=(350.0, 350.0), energy=False)
-    with _Threaded(llm, dcgm):
+    with serving(llm, dcgm):
         cfg = SweepConfig(
             target=llm.base_url,
             model="m",
@@ -507,7 +477,7 @@ def test_sweep_uses_the_measured_power_for_agents_per_mw(tmp_path):
 
 def test_sweep_falls_back_to_declared_power_when_nothing_is_measured(tmp_path):
     llm = SSEServer(ttft_s=0.02, itl_s=0.001)
-    with _Threaded(llm):
+    with serving(llm):
         cfg = SweepConfig(
             target=llm.base_url,
             model="m",
@@ -695,7 +665,7 @@ def test_cli_run_measures_power_from_a_dcgm_url(tmp_path, capsys):
 
     llm = SSEServer(ttft_s=0.02, itl_s=0.001)
     dcgm = MetricsServer(watts=(350.0, 350.0))
-    with _Threaded(llm, dcgm):
+    with serving(llm, dcgm):
         rc = main(
             [
                 "run",

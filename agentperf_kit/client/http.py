@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import email.utils
 import functools
+import inspect
 import json
 import random
 import re
@@ -303,6 +304,10 @@ def encode_body(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+# aiohttp 3.14 has ``resume_reading(resume_parser=True)``; 3.9 to 3.12 take no argument.
+_RESUME_TAKES_PARSER = "resume_parser" in inspect.signature(ResponseHandler.resume_reading).parameters
+
+
 class SinkResponseHandler(ResponseHandler):
     """aiohttp's connection protocol, plus a way to hand a response body to a :class:`_BodySink` as its
     bytes arrive, so that reading a stream costs no task wake-up per chunk and every block is stamped
@@ -348,7 +353,10 @@ class SinkResponseHandler(ResponseHandler):
             or getattr(self, "_buffer_paused", True)
             or getattr(self, "_upgraded", True)
         ):
-            super().resume_reading(resume_parser)
+            if _RESUME_TAKES_PARSER:
+                super().resume_reading(resume_parser)
+            else:  # an aiohttp without the flag (3.9 to 3.12)
+                super().resume_reading()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
