@@ -672,6 +672,12 @@ def run_fault_rows(port: int) -> None:
     )
 
 
+def sweep_rows(out: Path) -> pd.DataFrame | None:
+    """Every level's rows of a sweep (each level keeps its own levels/*/requests.parquet)."""
+    files = sorted(out.glob("levels/*/requests.parquet")) or sorted(out.glob("requests.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else None
+
+
 def sweep_cfg(fault: str, port: int, *lines: str) -> Path:
     """A live sweep with short levels (N = 1, 2) against one fault."""
     f = TMP / f"sweep_{fault}_{len(RESULTS)}.toml"
@@ -703,7 +709,7 @@ def run_sweep_rows(port: int) -> None:
         cfg = sweep_cfg(fault, port, "abort_after_s = 0", *lines)
         p = cli("sweep", "--config", str(cfg), "--no-preflight", "--out", str(out), timeout=180)
         st = STATS.get(fault, Stats())
-        df = pd.read_parquet(out / "requests.parquet") if (out / "requests.parquet").exists() else None
+        df = sweep_rows(out)
         n_rows = 0 if df is None else len(df)
         passing = "still passing" in p.stdout + p.stderr
         ok = p.returncode == 3 and not passing and n_rows == st.streamed and "Traceback" not in p.stderr
@@ -732,7 +738,7 @@ def run_sweep_rows(port: int) -> None:
         got = tier["max_agents"]
     except (OSError, KeyError, IndexError, ValueError) as exc:
         got = f"no summary ({exc})"
-    df = pd.read_parquet(out / "requests.parquet") if (out / "requests.parquet").exists() else None
+    df = sweep_rows(out)
     n_rows = 0 if df is None else len(df)
     ok = got in (0, None) and n_rows == st.streamed and p.returncode in (0, 3)
     record(
