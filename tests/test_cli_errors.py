@@ -4,6 +4,7 @@ could not be measured exits 3; Ctrl-C exits 130 keeping the files; a closed stdo
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import signal
