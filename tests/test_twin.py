@@ -356,6 +356,78 @@ def test_profile_real_llama_server(tmp_path):
     assert dep.step_low.step_s >= dep.step_mid.step_s >= dep.step_high.step_s
 
 
+def _real_server_cmd(kind: str, port: int) -> list[str]:
+    """The command that starts a real server of ``kind`` (``llama`` or ``vllm``, as
+    ../shared/real-servers/start_*.sh do) on ``port``; skips the test where it is not set up."""
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get("AGENTPERF_REAL_SERVERS", Path.home() / ".cache/agentperf-real-servers"))
+    if kind == "llama":
+        binary, model = root / "llama-build/bin/llama-server", root / "model/tiny.gguf"
+        if not (binary.exists() and model.exists()):
+            pytest.skip(
+                f"llama-server not set up under {root} (../shared/real-servers/setup_llama_server.sh)"
+            )
+        return [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "--alias",
+                "tiny", "--metrics", "-np", "4", "-c", "16384", "-t", "2"]  # fmt: skip
+    python, model = root / "venv-vllm/bin/python", root / "model/hf"
+    if not (python.exists() and model.exists()):
+        pytest.skip(f"vLLM CPU not set up under {root} (../shared/real-servers/setup_vllm_cpu.sh)")
+    return [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+            "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+            "--max-model-len", "4096", "--enable-prefix-caching",
+            "--enable-prompt-tokens-details"]  # fmt: skip
+
+
+@pytest.mark.realserver
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["llama", "vllm"])
+def test_real_server_validation_runs_end_to_end(tmp_path, kind):
+    """benchmarks/twin_validate.py live, short (profile, a measured sweep of 3 short levels, the twin's
+    three sweeps) against a real server started here: every tier gets a measured and a predicted answer
+    and the twin is a file a sweep reads. Accuracy is reported by the benchmark (its figures depend on
+    the machine's load), not asserted here."""
+    import os
+    from pathlib import Path
+
+    port = _free_port()
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    quiet = subprocess.DEVNULL
+    proc = subprocess.Popen(_real_server_cmd(kind, port), stdout=quiet, stderr=quiet, env=env)
+    out = tmp_path / "validate"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, f"{kind} server did not come up"
+                time.sleep(0.5)
+        bench = Path(__file__).resolve().parents[1] / "benchmarks" / "twin_validate.py"
+        cmd = [sys.executable, str(bench), "live", "--target", f"http://127.0.0.1:{port}/v1", "--model",
+               "tiny", "--max-context", "1024", "--chunk-tokens", "2048", "--decode-tokens", "48",
+               "--repeats", "2", "--budget", "60", "--tiers", "fast=100/0.5,slow=10/3",
+               "--level-duration", "15", "--warmup", "3", "--max-agents", "4", "--min-trajectories", "0",
+               "--min-trajectories-per-agent", "0", "--max-extensions", "0", "--drain-timeout", "5",
+               "--out", str(out)]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    report = json.loads((out / "validation.json").read_text())
+    assert report["profile"]["wall_s"] <= 300  # the issue's 5-minute profile
+    for eff in ("measured", "twin_mid", "twin_low", "twin_high"):
+        assert set(report[eff]["tiers"]) == {"fast", "slow"}, eff
+        assert all(isinstance(n, int) and n >= 0 for n in report[eff]["tiers"].values()), eff
+    assert report["measured"]["levels"], "the measured sweep ran no level"
+    assert "max agents per tier" in done.stdout
+    dep = load_twin(out / "twin.toml")
+    assert dep.request_s >= 0 and 0.0 <= dep.step_mid.overlap <= 1.0
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     from agentperf_kit.cli import main
 

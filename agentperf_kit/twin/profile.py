@@ -347,8 +347,7 @@ async def profile_server(cfg: ProfileConfig) -> ProfileResult:
         # 4. mixed steps: a prefill arriving while streams decode (how much of the two overlaps)
         top = min(max_b - 1, max(batches))
         mixed_b = sorted({b for b in (min(4, top), top) if b >= 1})
-        mixed_p = [s for s in sizes if 128 <= s <= chunk - top][-3:]
-        for prefill in mixed_p:
+        for prefill in _mixed_sizes(obs, chunk - top):
             for b in mixed_b:
                 if time.perf_counter() - t_wall0 > cfg.budget_s:
                     notes.append(f"budget {cfg.budget_s:g} s spent: mixed step P={prefill} B={b} skipped")
@@ -357,7 +356,7 @@ async def profile_server(cfg: ProfileConfig) -> ProfileResult:
                     limits.get("kv_capacity_tokens") or math.inf
                 ):
                     continue
-                for _ in range(max(1, cfg.repeats - 1)):
+                for _ in range(max(1, cfg.repeats)):
                     row = await _mixed(p, b, prefill, cfg.decode_tokens, chunk)
                     if row is not None:
                         obs.append(row)
@@ -451,6 +450,21 @@ async def _streams(
                 caps.append(b * (prompt + out / 2.0) / share)
     outs = await asyncio.gather(*tasks)
     return list(outs), caps
+
+
+def _mixed_sizes(obs: list[Observation], largest: int) -> list[int]:
+    """Prefill sizes for the mixed steps: where a prefill chunk takes about as long as a decode step
+    (``P*`` = median pure-decode step / the cold prefill's seconds per token), the sizes at which the
+    two parts' overlap shows most, as ``P*/2``, ``P*``, ``2 P*`` within 16 .. ``largest`` tokens."""
+    import statistics
+
+    dec = [o.seconds for o in obs if o.kind == "decode"]
+    cold = sorted((o.x["prefill_token_s"], o.seconds) for o in obs if o.kind == "prefill")
+    if not dec or len(cold) < 2 or cold[-1][0] <= cold[0][0]:
+        return [n for n in (128, 512, 2048) if n <= largest]
+    per_token = max(1e-12, (cold[-1][1] - cold[0][1]) / (cold[-1][0] - cold[0][0]))
+    star = statistics.median(dec) / per_token
+    return sorted({int(min(largest, max(16, f * star))) for f in (0.5, 1.0, 2.0)})
 
 
 async def _mixed(p: _Prober, b: int, prefill: int, out: int, chunk: int) -> Observation | None:
