@@ -163,8 +163,25 @@ class StudyConfig:
     def _build_points(self) -> list[StudyPoint]:
         import itertools
 
+        from .sim.presets import get_deployment
+        from .slo import get_tier_preset
         from .sweep_config import SweepConfig, SweepConfigError
 
+        for dep in self.deployments:
+            try:
+                get_deployment(self._path(dep) if dep.lower().endswith(".toml") else dep)
+            except (ConfigError, KeyError, OSError, ValueError) as exc:
+                why = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+                raise self._error(
+                    f"[study] deployments {dep!r}: {why} (a preset name, agentperf presets, or a twin "
+                    "PATH.toml relative to the study file)"
+                ) from None
+        for tiers in self.tiers:
+            try:
+                get_tier_preset(tiers)
+            except (ConfigError, KeyError, ValueError) as exc:
+                why = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+                raise self._error(f"[study] tiers {tiers!r}: {why}") from None
         points = []
         for i, (dep, tiers, traj, eff, wi) in enumerate(
             itertools.product(self.deployments, self.tiers, self.trajectories, self.efficiency, self.what_if)
@@ -180,23 +197,10 @@ class StudyConfig:
             )
             try:
                 SweepConfig(**kwargs)
-            except SweepConfigError as exc:
-                raise self._error(self._which(str(exc), dep, tiers)) from None
-            except ConfigError as exc:  # an unknown deployment or tier preset
-                raise self._error(self._which(str(exc), dep, tiers)) from None
-            except TypeError as exc:
-                raise self._error(f"[sweep]: {exc}") from None
+            except (SweepConfigError, ConfigError) as exc:  # the axes are checked: a [sweep] value
+                raise self._error(f"[sweep] {exc}") from None
             points.append(StudyPoint(i, dep, tiers, traj, eff, wi, kwargs))
         return points
-
-    def _which(self, msg: str, dep: str, tiers: str) -> str:
-        """Point a SweepConfig message at the key of the file it came from."""
-        low = msg.lower()
-        if "deployment" in low or "target" in low or dep in msg:
-            return f"[study] deployments {dep!r}: {msg}"
-        if "tier" in low:
-            return f"[study] tiers {tiers!r}: {msg}"
-        return f"[sweep] {msg}"
 
     # -- the grid -----------------------------------------------------------------------------------------
 
