@@ -333,3 +333,10 @@ def test_executor_choice_and_its_errors(monkeypatch):
         resolve_executor("ray", None)
     with pytest.raises(ConfigError, match=r"pip install 'agentperf-kit\[ray\]'"):
         resolve_executor("auto", "ray://head:10001")
+
+
+def test_the_sample_study_file_is_valid():
+    path = Path(__file__).resolve().parents[1] / "sample_data" / "study_example.toml"
+    cfg = StudyConfig.from_toml(path)
+    assert len(cfg.points()) == 4
+    assert {p.efficiency for p in cfg.points()} == {"low", "high"}
