@@ -77,11 +77,13 @@ def run_point(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def ray_available() -> bool:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether Ray is installed, without importing it (``import ray`` takes seconds)."""
+    import importlib.util
+    import sys
+
+    if "ray" in sys.modules:
+        return sys.modules["ray"] is not None
+    return importlib.util.find_spec("ray") is not None
 
 
 def resolve_executor(executor: str, ray_address: str | None) -> str:
@@ -133,7 +135,8 @@ def _pool(payloads: list[dict[str, Any]], workers: int | None) -> Iterator[dict[
     n = min(workers or os.cpu_count() or 1, len(payloads))
     pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"))
     try:
-        futures = {pool.submit(run_point, p): p for p in payloads}
+        with _main_not_rerun():  # the workers start during the first submits
+            futures = {pool.submit(run_point, p): p for p in payloads}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -142,8 +145,12 @@ def _pool(payloads: list[dict[str, Any]], workers: int | None) -> Iterator[dict[
                     yield f.result()
                 except Exception as exc:  # a worker process died (BrokenProcessPool) or could not start
                     yield _failed(futures[f], f"worker process failed: {type(exc).__name__}: {exc}")
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:  # closed early (an error, Ctrl-C in a notebook): stop the sweeps running now
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()  # their sweeps resume from their measured levels on the next run
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def start_local_ray(num_cpus: int, *, attempts: int = 3) -> None:
@@ -179,6 +186,27 @@ def start_local_ray(num_cpus: int, *, attempts: int = 3) -> None:
     finally:
         for k in added:
             os.environ.pop(k, None)
+
+
+@contextlib.contextmanager
+def _main_not_rerun() -> Iterator[None]:
+    """Workers started inside this block do not import the driver's ``__main__`` (``spawn`` re-runs a
+    script's top level in every worker, which breaks a script without a ``__main__`` guard, or one read
+    from stdin): :func:`run_point` lives in this package, so the workers start as a notebook's do."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__spec__ = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+            if "__spec__" not in saved:
+                main.__dict__.pop("__spec__", None)
 
 
 @contextlib.contextmanager

@@ -340,3 +340,20 @@ def test_the_sample_study_file_is_valid():
     cfg = StudyConfig.from_toml(path)
     assert len(cfg.points()) == 4
     assert {p.efficiency for p in cfg.points()} == {"low", "high"}
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_runs_a_process_pool_study(tmp_path):
+    """``spawn`` would re-run such a script's top level in every worker; the workers skip ``__main__``."""
+    script = tmp_path / "noguard.py"
+    out = tmp_path / "out"
+    script.write_text(
+        "from agentperf_kit import StudyConfig, run_study\n"
+        f"cfg = StudyConfig(sweep={{**{TINY!r}, 'max_agents': 2}})\n"
+        f"df = run_study(cfg, {str(out)!r}, executor='process', workers=1, progress=print)\n"
+        "print('rows', len(df))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("study: 1 sweeps") == 1 and "rows 3" in proc.stdout
