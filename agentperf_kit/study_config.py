@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,7 +226,7 @@ class StudyConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> StudyConfig:
+    def from_toml(cls, path: str | os.PathLike) -> StudyConfig:
         """Load ``[study]`` (the axes) and ``[sweep]`` (shared sweep fields) from a TOML file."""
         path = Path(path)
         try:
