@@ -86,11 +86,12 @@ STUDY_COLUMNS: dict[str, str] = {
     "sweep_dir": "string",
     "config_hash": "string",
     "sweep_wall_s": "float64",
+    "sweep_cpu_s": "float64",
     "worker": "string",
 }
 
 #: columns that say where and how fast a point ran, not what it measured (they differ between runs)
-RUN_COLUMNS = ("sweep_wall_s", "worker")
+RUN_COLUMNS = ("sweep_wall_s", "sweep_cpu_s", "worker")
 
 _STUDY_ENTRIES = {"study.json", "results.parquet", "results.json", "sweeps"}
 
@@ -349,7 +350,7 @@ def run_study(
         failed_row = {**p.coordinates(), "error": res["error"], "sweep_dir": f"sweeps/{p.point_id}"}
         rows = res["rows"] or [failed_row]
         for r in rows:
-            r["sweep_wall_s"], r["worker"] = res.get("wall_s"), res.get("worker")
+            r.update(sweep_wall_s=res.get("wall_s"), sweep_cpu_s=res.get("cpu_s"), worker=res.get("worker"))
         new = _frame(rows)
         table = _sorted(pd.concat([table, new], ignore_index=True) if len(table) else new, order)
         _write_table(out_dir, table, cfg.config_hash())

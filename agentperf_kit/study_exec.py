@@ -49,10 +49,11 @@ _SLOW_START_ENV = {
 
 def run_point(payload: dict[str, Any]) -> dict[str, Any]:
     """Run one grid point's sweep (``payload``: ``point``, ``coordinates``, ``sweep`` (SweepConfig fields),
-    ``out``) and return ``{"point", "rows", "error", "worker", "wall_s", "toolkit_version"}``: ``rows``
+    ``out``) and return ``{"point", "rows", "error", "worker", "wall_s", "cpu_s", "toolkit_version"}``
+    (``wall_s``, ``cpu_s``: the sweep's wall and CPU seconds in this process): ``rows``
     are the point's table rows (:func:`agentperf_kit.study.point_rows`), ``error`` a one-line reason when
     the sweep raised (``rows`` then empty)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out: dict[str, Any] = {
         "point": payload["point"],
         "rows": [],
@@ -73,6 +74,7 @@ def run_point(payload: dict[str, Any]) -> dict[str, Any]:
         last = traceback.format_exception_only(type(exc), exc)[-1].strip()
         out["error"] = " ".join(last.split())
     out["wall_s"] = time.perf_counter() - t0
+    out["cpu_s"] = time.process_time() - c0
     return out
 
 

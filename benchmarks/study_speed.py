@@ -67,12 +67,15 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         seq_answers = {}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for p in points:
             res = run_sweep(SweepConfig(**p.sweep, out=f"{tmp}/seq/{p.point_id}"), progress=False)
             seq_answers[p.point_id] = [t["max_agents"] for t in res.summary["tiers"]]
-        seq = time.perf_counter() - t0
-        say(f"sequential: {seq:.1f} s ({seq / len(points):.1f} s per sweep)  load {_load()}")
+        seq, seq_cpu = time.perf_counter() - t0, time.process_time() - c0
+        say(
+            f"sequential: {seq:.1f} s ({seq / len(points):.1f} s per sweep), CPU {seq_cpu:.1f} s  "
+            f"load {_load()}"
+        )
         for kind in ["process", "ray"] if args.executor == "both" else [args.executor]:
             start_s = 0.0
             if kind == "ray":
@@ -98,10 +101,11 @@ def main() -> None:
                 f"study on {kind}, {args.workers} workers: {wall:.1f} s{extra}  ratio {wall / seq:.2f} "
                 f"(target <= 0.60)  answers equal to sequential: {'yes' if same else 'NO'}  load {_load()}"
             )
-            slowest = df.drop_duplicates("point")["sweep_wall_s"]
+            per = df.drop_duplicates("point")
             say(
-                f"  per-sweep wall in the workers: mean {slowest.mean():.1f} s, max {slowest.max():.1f} s; "
-                f"workers used: {df['worker'].nunique()}"
+                f"  in the workers: per-sweep wall mean {per['sweep_wall_s'].mean():.1f} s, max "
+                f"{per['sweep_wall_s'].max():.1f} s; CPU of all sweeps {per['sweep_cpu_s'].sum():.1f} s "
+                f"(sequential {seq_cpu:.1f} s); workers used: {df['worker'].nunique()}"
             )
     if args.save:
         path = Path(args.save)
