@@ -28,7 +28,7 @@ from ..trajectories.model import Trajectory
 from .engine import Engine
 from .presets import Deployment, efficiency
 
-__all__ = ["CAP_MARGIN", "decode_capacity", "estimate_max_agents"]
+__all__ = ["CAP_MARGIN", "decode_capacity", "estimate_agents", "estimate_max_agents"]
 
 CAP_MARGIN = 1.5
 
@@ -54,6 +54,26 @@ def decode_capacity(dep: Deployment, eff_name: str, floor_tps: float, context: f
     return lo
 
 
+def estimate_agents(
+    dep: Deployment, eff_name: str, trajectories: Sequence[Trajectory], floor_tps: float
+) -> float:
+    """The model's agents ``N = B / f`` (steps 1-4 of the module docstring, without margin or rounding)
+    for ``dep`` under the efficiency set ``eff_name`` and the speed floor ``floor_tps`` (tok/s); 0.0 when
+    the trajectories have no output. The band (:mod:`agentperf_kit.sweep_band`) uses ratios of it."""
+    out = ctx_w = decode_s = tool_s = 0.0
+    for t in trajectories:
+        for u in t.turns:
+            o = float(u.output_tokens)
+            out += o
+            ctx_w += o * (u.input_tokens + o / 2.0)
+            decode_s += o / floor_tps
+            tool_s += u.tool_delay_s
+    if out <= 0 or decode_s <= 0:
+        return 0.0
+    b = decode_capacity(dep, eff_name, floor_tps, ctx_w / out)
+    return b / (decode_s / (decode_s + tool_s))
+
+
 def estimate_max_agents(
     dep: Deployment,
     eff_name: str,
@@ -65,17 +85,5 @@ def estimate_max_agents(
 ) -> int:
     """The sweep's starting cap (agents) for ``dep`` under the loosest speed floor ``floor_tps`` (tok/s);
     the method is in the module docstring."""
-    out = ctx_w = decode_s = tool_s = 0.0
-    for t in trajectories:
-        for u in t.turns:
-            o = float(u.output_tokens)
-            out += o
-            ctx_w += o * (u.input_tokens + o / 2.0)
-            decode_s += o / floor_tps
-            tool_s += u.tool_delay_s
-    if out <= 0 or decode_s <= 0:
-        return minimum
-    b = decode_capacity(dep, eff_name, floor_tps, ctx_w / out)
-    share = decode_s / (decode_s + tool_s)
-    n = margin * b / share
+    n = margin * estimate_agents(dep, eff_name, trajectories, floor_tps)
     return max(minimum, 64 * math.ceil(n / 64))
