@@ -759,6 +759,7 @@ def _finish_sweep(config: SweepConfig, target: Target, out: Path, sw: _Sweeper, 
     # each level's own run records the order it was measured in; the sweep's `level` is the index by N
     # (as in levels.csv), so a resumed sweep and an uninterrupted one write the same table
     n_requests = _count_requests([sw.results[n][0] for n in sorted(sw.results)])
+    unloaded = jobs.result("baseline") if jobs is not None else None
     stale = out / "requests.parquet"  # the merged copy an older version wrote: the level files are the rows
     if stale.exists():
         stale.unlink()
@@ -794,13 +795,16 @@ def _finish_sweep(config: SweepConfig, target: Target, out: Path, sw: _Sweeper, 
         "max_agents_cap_source": cap_source,
         "simulated_requests": n_requests if target.virtual_time else None,
         "levels_measured_this_run": sw.n_measured_now,
+        "side_job_workers": jobs.n_workers if jobs is not None else 0,
+        "side_job_cpu_s": jobs.cpu_s if jobs is not None else 0.0,
+        "side_job_peak_rss_mb": jobs.peak_rss_mb if jobs is not None else 0.0,
         "wall_s": time.perf_counter() - wall0,
     }
     (out / "summary.json").write_text(strict_json_dumps(summary, indent=2) + "\n")
     from .tasks import write_sweep_tasks
 
     # tasks.parquet, tasks.csv: task completion times and slowdown (docs/frontier.md)
-    write_sweep_tasks(out, unloaded=jobs.result("baseline") if jobs is not None else None)
+    write_sweep_tasks(out, unloaded=unloaded)
     summary = json.loads(strict_json_dumps(summary))
     return SweepResult(levels, summary, None, out, tiers)
 

@@ -9,8 +9,12 @@ levels, and (when two CPUs are free) beside the sweep's own bisection (:mod:`age
    F (under the sweep's set), the N where the tier's binding margin (log ratio of the binding statistic
    to its threshold, > 0 on the good side) crosses 0, interpolated linearly in log N between P and F, and
    the margin's slope per unit of log N there (:func:`ramp_anchor`).
-2. **First probe**: the anchor times the model's ratio of the set's capacity to the sweep set's
-   (:func:`agentperf_kit.sim.capacity.estimate_agents` at the tier's speed floor).
+2. **First probe**: where the margin would cross 0 if the set only scaled the step time: with
+   rho = the sweep set's decode step time / the band set's (step-time model, at the decode batch the
+   anchor implies, anchor x the decoding share at the tier's speed floor, and the trajectories' mean
+   context: :func:`agentperf_kit.sim.capacity.decode_step_ratio`), every margin shifts by log rho, so
+   the crossing moves to anchor x rho^(1 / slope). (On the default system this predicted 26.8 and
+   73.5 agents for slo1's low and high ends, measured 27 and 72.)
 3. **Next probes** (:func:`search_end`): the margin's zero predicted from the measured margins (secant
    between the bracket's ends, else the last probe and the ramp's slope); the next probe goes to the
    far side of it from the last one: the level that would close the bracket when the prediction allows
@@ -188,7 +192,7 @@ def ramp_anchor(rows: Mapping[int, Mapping[str, Any]], tier: str) -> tuple[float
 def plan_band(cfg, rows: Mapping[int, Mapping[str, Any]], cap: int, trajectories) -> dict[str, list[EndPlan]]:
     """Per efficiency set (``low``, ``high``; not the sweep's own): each tier's :class:`EndPlan`, from the
     ramp's levels ``rows`` (N -> level row), the sweep's cap and the model's capacity ratio."""
-    from .sim.capacity import estimate_agents
+    from .sim.capacity import decode_profile, decode_step_ratio
     from .slo import get_tier_preset
 
     dep = getattr(cfg.target_object, "deployment", None)
@@ -199,21 +203,18 @@ def plan_band(cfg, rows: Mapping[int, Mapping[str, Any]], cap: int, trajectories
         out = []
         for t in get_tier_preset(cfg.tiers).tiers:
             anchor, slope, p, f = ramp_anchor(rows, t.name)
-            ratio = 1.0
-            if dep is not None:
-                base = estimate_agents(dep, cfg.efficiency, trajectories, t.min_output_speed_tps)
-                est = estimate_agents(dep, eff, trajectories, t.min_output_speed_tps)
-                if base > 0 and est > 0:
-                    ratio = est / base
+            guess = anchor
+            if dep is not None and anchor > 0:
+                c, share = decode_profile(trajectories, t.min_output_speed_tps)
+                if share > 0:
+                    rho = decode_step_ratio(dep, cfg.efficiency, eff, round(anchor * share), c)
+                    guess = anchor * rho ** (1.0 / slope)
             if eff == "low":
-                ratio = min(ratio, 1.0)
-                plan = EndPlan(t.name, math.floor(anchor * ratio), slope, 0, f, f - 1 if f else cap)
+                top = f - 1 if f else cap
+                plan = EndPlan(t.name, min(math.floor(guess), top), slope, 0, f, top)
             else:
-                ratio = max(ratio, 1.0)
                 top = max(BAND_MAX_FACTOR * max(p, 1), cap)
-                plan = EndPlan(t.name, max(math.ceil(anchor * ratio), 1), slope, p, None, top)
-            if anchor <= 0 and eff == "low":
-                plan = dataclasses.replace(plan, guess=0, lo=0, hi=1, top=0)  # N = 1 fails: nothing to do
+                plan = EndPlan(t.name, max(math.ceil(guess), p + 1), slope, p, None, top)
             out.append(plan)
         plans[eff] = out
     return plans

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
@@ -54,16 +55,19 @@ def workers() -> int:
 
 class SideJobs:
     """Named jobs: :meth:`submit` starts one (in a worker, or deferred), :meth:`result` waits for it
-    (running a deferred one now); :meth:`close` stops the workers (call it in a ``finally``)."""
+    (running a deferred one now); :meth:`close` stops the workers (call it in a ``finally``).
+    ``cpu_s`` (CPU seconds the jobs took in workers) and ``peak_rss_mb`` (the largest worker's peak
+    resident memory, MB) say what the workers cost; both stay 0 inline."""
 
     def __init__(self, n_workers: int | None = None) -> None:
         n = workers() if n_workers is None else n_workers
+        self.n_workers = n
         self._pool: ProcessPoolExecutor | None = None
         if n > 0:
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(_PRELOAD)
-            self._pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx)
+            self._pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"))
         self._jobs: dict[str, Future | tuple[Callable[..., Any], tuple[Any, ...]]] = {}
+        self.cpu_s = 0.0
+        self.peak_rss_mb = 0.0
 
     @property
     def parallel(self) -> bool:
@@ -71,7 +75,7 @@ class SideJobs:
 
     def submit(self, name: str, fn: Callable[..., Any], *args: Any) -> None:
         if self._pool is not None:
-            self._jobs[name] = self._pool.submit(fn, *args)
+            self._jobs[name] = self._pool.submit(_timed, fn, *args)
         else:
             self._jobs[name] = (fn, args)
 
@@ -81,7 +85,13 @@ class SideJobs:
     def result(self, name: str) -> Any:
         job = self._jobs[name]
         if isinstance(job, Future):
-            return job.result()
+            value = job.result()
+            if isinstance(value, _Timed):
+                self.cpu_s += value.cpu_s
+                self.peak_rss_mb = max(self.peak_rss_mb, value.peak_rss_mb)
+                value = value.value
+                self._jobs[name] = _done(value)
+            return value
         fn, args = job
         value = fn(*args)
         self._jobs[name] = _done(value)
@@ -91,6 +101,25 @@ class SideJobs:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+class _Timed:
+    """A job's value with the CPU time it took and its worker's peak resident memory."""
+
+    def __init__(self, value: Any, cpu_s: float, peak_rss_mb: float) -> None:
+        self.value, self.cpu_s, self.peak_rss_mb = value, cpu_s, peak_rss_mb
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> _Timed:
+    cpu0 = time.process_time()
+    value = fn(*args)
+    try:
+        import resource
+
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    except ImportError:  # not on this platform
+        rss_mb = 0.0
+    return _Timed(value, time.process_time() - cpu0, rss_mb)
 
 
 def _done(value: Any) -> Future:

@@ -179,7 +179,7 @@ class Engine:
         """Run engine steps until the clock reaches ``limit``, the engine runs out of work, or a request
         finishes (its callback may schedule an earlier event, so control returns to the driver)."""
         self._finished = False
-        while self.now < limit and self.has_work and not self._finished:
+        while self.now < limit and (self.waiting or self.prefilling or self.b) and not self._finished:
             if self.waiting:
                 self._admit()
             if self.prefilling:
@@ -477,12 +477,14 @@ class Engine:
         return a, dt_dctx * self.b
 
     def _advance_decode(self, limit: float) -> None:
-        a, slope = self._decode_line()
+        b = self.b
+        a, dt_dctx = self._decode_parts(b, self.s + b * self.g)  # _decode_line(), inlined
+        slope = dt_dctx * b
         m = self._decode[0][0] - self.g  # steps to the next finish (>= 1)
         if self.preempt:
             # steps until the decoders' growth (b tokens per step) exceeds the KV cache (idle entries
             # are evicted lazily, at the end of the segment, before anything else reads the cache)
-            room = self._cap - self.kv_running()
+            room = self._cap - (self.prefill_alloc + self.s + self.b * self.g)
             fit = room // self.b
             if fit < 1:
                 self._fit_kv()
@@ -506,13 +508,17 @@ class Engine:
         self.busy_s += total
         self.steps += steps
         self.g += steps
-        self._finish_due()
+        heap = self._decode
+        if heap and heap[0][0] <= self.g:
+            self._finish_due()
         if self.preempt:
             self._fit_kv()
 
     def _finish_due(self) -> None:
         heap = self._decode
         g = self.g
+        if not heap or heap[0][0] > g:
+            return
         while heap and heap[0][0] <= g:
             _, _, req = heapq.heappop(heap)
             req.gen0, req.in_decode = req.output, False
@@ -527,6 +533,9 @@ class Engine:
         """``preempt`` policy: evict idle prefix-cache entries (LRU), then preempt the newest running
         requests by recompute, until running + idle KV fits the cache (and the decoders can grow)."""
         cap = self._cap
+        running = self.prefill_alloc + self.s + self.b * self.g  # kv_running() of the preempt policy
+        if running + self.idle_tokens <= cap and running + self.b <= cap:
+            return  # the common case: nothing to evict or preempt
         while self.kv_running() + self.idle_tokens > cap and self.cache:
             _, (mem, _) = self.cache.popitem(last=False)
             self.idle_tokens -= mem
