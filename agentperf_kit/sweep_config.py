@@ -74,6 +74,8 @@ class SweepConfig:
     ci_method: str = "agent+time"
     max_unmeasured_share: float = 0.05
     what_if: str | None = None
+    workers: int = 1  # live: worker processes per level (Ray when > 1; docs/scale-out.md)
+    ray_address: str | None = None  # live: a Ray cluster for the workers
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -121,6 +123,8 @@ class SweepConfig:
                 efficiency=self.efficiency,
                 endpoint_options=self._endpoint_options(),
                 telemetry=self._telemetry_config(),
+                workers=self.workers,
+                ray_address=self.ray_address,
             )
         except ConfigError as exc:
             if type(exc) is not ConfigError:
@@ -298,6 +302,8 @@ class SweepConfig:
         """The fields that change what is measured (``out`` excluded): hashed for resume checks."""
         d = dataclasses.asdict(self)
         d.pop("out")
+        d.pop("workers")  # how the load is generated, not what is measured: a sweep may resume with
+        d.pop("ray_address")  # more workers or on another cluster
         if d.get("band", True):
             d.pop("band", None)  # at its default: left out, so older sweeps' hashes still match
         if d.get("what_if") is None:
@@ -436,6 +442,7 @@ _RANGES: tuple[tuple[str, float, bool], ...] = (
     ("first_token_timeout_s", 0.0, False),
     ("abort_after_s", 0.0, True),
     ("telemetry_interval_s", 0.0, False),
+    ("workers", 1, True),
 )
 
 

@@ -182,10 +182,15 @@ class Engine:
         while self.now < limit and (self.waiting or self.prefilling or self.b) and not self._finished:
             if self.waiting:
                 self._admit()
+            # a request submitted ahead of its arrival (a twin delays arrivals by the request's fixed
+            # cost) is an event: decode runs up to it, an idle engine waits for it
+            t_next = self.waiting[0].t_arrival if self.waiting else math.inf
             if self.prefilling:
                 self._mixed_step()
             elif self.b:
-                self._advance_decode(limit)
+                self._advance_decode(min(limit, t_next) if t_next > self.now else limit)
+            elif t_next > self.now:
+                self.now = min(limit, t_next)
             else:  # waiting requests that cannot be admitted and nothing running: cannot happen
                 raise RuntimeError("engine stalled: queued requests but nothing running")
 
