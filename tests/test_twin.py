@@ -191,11 +191,11 @@ def test_twin_band_brackets_the_estimate(tmp_path):
     step = {"step_s": 0.01, "prefill_token_s": 1e-4, "decode_seq_s": 2e-3, "context_token_s": 0.0}
     se = {"step_s": 0.001, "prefill_token_s": 1e-5, "decode_seq_s": 0.002, "context_token_s": 1e-7}
     dep = load_twin(_write_twin(tmp_path / "t.toml", step, se))
-    # multiplicative interval: 0.01 x exp(+-2 x 0.001 / 0.01)
-    assert dep.step_low.step_s == pytest.approx(0.01 * math.exp(0.2))
-    assert dep.step_high.step_s == pytest.approx(0.01 * math.exp(-0.2))
+    # slow end: the upper bound 0.01 + 2 x 0.001; fast end: 0.01 / (1 + 2 x 0.001 / 0.01)
+    assert dep.step_low.step_s == pytest.approx(0.012)
+    assert dep.step_high.step_s == pytest.approx(0.01 / 1.2)
     # an SE as large as the estimate: the fast end stays positive (a step is never free)
-    assert dep.step_high.decode_seq_s == pytest.approx(2e-3 * math.exp(-2.0))
+    assert dep.step_high.decode_seq_s == pytest.approx(2e-3 / 3.0)
     # estimated at 0: 0 .. z x SE
     assert dep.step_low.context_token_s == pytest.approx(2e-7) and dep.step_high.context_token_s == 0.0
     for lo, mid, hi in zip(
@@ -205,6 +205,25 @@ def test_twin_band_brackets_the_estimate(tmp_path):
         strict=True,
     ):
         assert lo >= mid >= hi >= 0
+
+
+def test_a_poorly_determined_twin_still_sweeps(tmp_path):
+    # SEs 40-100 times the estimates (a profile on a loaded machine): both ends of the band stay finite
+    # and a level under each ends (an exponential interval put step_s at 1e8 s and the run never ended)
+    from agentperf_kit.agents import RunRules
+    from agentperf_kit.sim.virtual import run_sim_level
+    from agentperf_kit.trajectories import default_trajectories
+
+    step = {"step_s": 1e-3, "prefill_token_s": 1e-4, "decode_seq_s": 7e-4}
+    se = {"step_s": 0.04, "prefill_token_s": 6e-3, "decode_seq_s": 0.016}
+    path = _write_twin(tmp_path / "t.toml", step, se, max_context_tokens=100_000)
+    dep = load_twin(path)
+    assert dep.step_low.step_s == pytest.approx(1e-3 + 2 * 0.04)
+    assert 0 < dep.step_high.step_s < 1e-3
+    rules = RunRules(warmup_s=0, duration_s=60, min_trajectories=1, min_trajectories_per_agent=0)
+    for eff in ("low", "high"):
+        res = run_sim_level(default_trajectories()[:3], 2, rules, deployment=path, efficiency=eff, seed=1)
+        assert len(res.requests) > 0
 
 
 def test_twin_file_errors_name_the_file_and_the_fix(tmp_path):

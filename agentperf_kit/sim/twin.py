@@ -22,9 +22,9 @@ simulator delays each request's arrival at the engine by it, so it is part of ev
 
 Each coefficient carries its standard error from the least-squares fit (:mod:`agentperf_kit.twin.fit`);
 the efficiency sets of a sweep map to the band: ``mid`` = the point estimate, ``low`` = every time
-coefficient at its slow end (estimate x exp(``z`` x SE / estimate)) and ``overlap`` at estimate - ``z`` x
-SE, ``high`` = at their fast ends; a time coefficient estimated at 0 spans 0 .. ``z`` x SE, ``overlap``
-stays within 0..1.
+coefficient at its slow end (estimate + ``z`` x SE) and ``overlap`` at estimate - ``z`` x SE, ``high`` =
+at their fast ends (estimate / (1 + ``z`` x SE / estimate), overlap + ``z`` x SE); a time coefficient
+estimated at 0 spans 0 .. ``z`` x SE, ``overlap`` stays within 0..1 (:func:`_band`).
 
 ``agentperf sweep --target sim:PATH.toml`` resolves such a file through
 :func:`agentperf_kit.sim.presets.get_deployment`; :func:`agentperf_kit.sim.disagg.make_engine` gives it a
@@ -145,15 +145,17 @@ def is_twin_path(name: str) -> bool:
 
 
 def _band(point: StepModel, se: dict[str, float], z: float, sign: int) -> StepModel:
-    """One end of the band: each time coefficient ``c`` with standard error ``s`` moved to ``c x exp(+-z
-    s / c)`` (a multiplicative interval: a positive time never reaches 0, which would make steps free); a
-    coefficient estimated at 0 moves to ``z s`` (slow end) or stays 0 (fast end); ``overlap`` moves by
-    ``-+z s`` within 0..1 (less overlap is slower)."""
+    """One end of the band: each time coefficient ``c`` with standard error ``s`` moved to its upper 95 %
+    bound ``c + z s`` (slow end) or to ``c / (1 + z s / c)`` (fast end: the reciprocal counterpart, which
+    stays positive, so a step is never free, and equals ``c - z s`` to first order); a coefficient
+    estimated at 0 spans 0 .. ``z s``; ``overlap`` moves by ``-+z s`` within 0..1 (less overlap is
+    slower). Both ends stay finite however poorly a term is determined (an exponential interval put a
+    term with ``s`` = 40 ``c`` at 1e17 ``c``, and a virtual clock at 1e20 s never ends a level)."""
     vals = {}
     for t in (*TERMS, "mem_s"):
         c, s = getattr(point, t), float(se.get(t, 0.0))
         if c > 0:
-            vals[t] = c * math.exp(sign * min(50.0, z * s / c))
+            vals[t] = c + z * s if sign > 0 else c / (1.0 + z * s / c)
         else:
             vals[t] = z * s if sign > 0 else 0.0
     ov = point.overlap - sign * z * float(se.get("overlap", 0.0))

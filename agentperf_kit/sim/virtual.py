@@ -223,8 +223,8 @@ class _SimLevel:
                 break
             now = engine.now
             if math.isnan(t_closed):
-                while next_tick <= now:
-                    next_tick += _TICK_S
+                if next_tick <= now:  # the next tick after now (one step may span many ticks)
+                    next_tick = (math.floor(now / _TICK_S) + 1) * _TICK_S
                 if not fleet.may_send(now):
                     t_closed = fleet.window_end_s
             elif now >= t_closed + drain_timeout_s:
