@@ -699,10 +699,14 @@ def run_sweep(
     sw.say(f"sweep {target.description} -> {out}{' (resuming)' if resumed else ''}")
     jobs = _start_side_jobs(config, sw, side_workers) if sim_target else None
     try:
-        return _finish_sweep(config, target, out, sw, cap_source, jobs, wall0)
-    finally:
+        res = _finish_sweep(config, target, out, sw, cap_source, jobs, wall0)
+    except BaseException:  # an error or Ctrl-C: stop the workers now (their levels on disk resume)
         if jobs is not None:
-            jobs.close()
+            jobs.close(kill=True)
+        raise
+    if jobs is not None:
+        jobs.close()
+    return res
 
 
 def _start_side_jobs(config: SweepConfig, sw: _Sweeper, n_workers: int | None):

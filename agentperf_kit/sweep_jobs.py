@@ -88,7 +88,9 @@ class _Worker:
             ) from None
         return self.pending.pop(0), reply
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        if kill:
+            self.proc.kill()
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()  # end of jobs: the worker exits
@@ -145,9 +147,10 @@ class SideJobs:
             raise value
         return value
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        """Stop the workers: after their jobs (``kill=False``), or now (an error or an interrupt)."""
         for w in self._workers:
-            w.close()
+            w.close(kill)
         self._workers = []
 
 
