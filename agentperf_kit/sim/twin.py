@@ -133,9 +133,8 @@ class TwinEngine(Engine):
         return self.model.time_slope(max(0.0, tokens - n_dec * q), n_dec, ctx + pkv, pairs)
 
     def _decode_parts(self, b: int, ctx: float) -> tuple[float, float]:
-        """Pure decode of ``b`` sequences over context sum ``ctx``: (step seconds, d seconds / d context
-        token), the seam the engine's decode segments (``_advance_decode``, ``_decode_line``) and
-        ``decode_step_time`` time every pure decode step through."""
+        """Pure decode of ``b`` sequences at context sum ``ctx``: (step seconds, d seconds / d context),
+        the seam the engine's decode segments and ``decode_step_time`` read."""
         return self.model.time_slope(0.0, b, ctx, 0.0)
 
 
