@@ -181,7 +181,6 @@ class SweepConfig:
         object.__setattr__(self, "what_if", what_if_string(knobs))
 
     def _check_client(self) -> None:
-        from .client.http import parse_extra_body
         from .credentials import merge_headers
 
         for name in ("headers", "public_headers"):
@@ -195,7 +194,10 @@ class SweepConfig:
             object.__setattr__(self, name, float(getattr(self, name)))
         try:
             merge_headers(self.headers, self.public_headers)
-            parse_extra_body(self.extra_body)
+            if self.extra_body is not None:  # the HTTP client's module (aiohttp) only when there is one
+                from .client.http import parse_extra_body
+
+                parse_extra_body(self.extra_body)
         except ValueError as exc:
             raise SweepConfigError(str(exc)) from None
 
@@ -203,8 +205,13 @@ class SweepConfig:
         """Keyword arguments of a live target's :class:`~agentperf_kit.client.http.Endpoint` (every header
         a secret except ``public_headers``; an ``Authorization`` header yields to ``api_key_env``, with a
         warning)."""
-        from .client.http import parse_extra_body
         from .credentials import dedupe_auth, merge_headers
+
+        extra: dict[str, Any] = {}
+        if self.extra_body is not None:  # the HTTP client's module (aiohttp) only when there is one
+            from .client.http import parse_extra_body
+
+            extra = parse_extra_body(self.extra_body)
 
         headers, public = merge_headers(self.headers, self.public_headers)
         return dict(
@@ -217,7 +224,7 @@ class SweepConfig:
             first_token_timeout_s=self.first_token_timeout_s,
             headers=dedupe_auth(headers, self.api_key_env),
             public_header_names=public,
-            extra_body=parse_extra_body(self.extra_body),
+            extra_body=extra,
         )
 
     def endpoint_for(self) -> Any:
