@@ -314,3 +314,37 @@ def test_cli_run_with_two_workers_writes_the_worker_column(ray_head, tmp_path):
     assert_live_run_measured(rc, out)
     df = load_run(out).requests
     assert len(df) == server.requests and set(df["worker"]) == {0, 1}
+
+
+def test_cross_host_clock_drift_is_taken_off_and_flagged():
+    """A worker on another host whose clock drifted 10 ms over the level: its rows are corrected linearly
+    (half the drift at the middle), and a drift or uncertainty above the budget fails the self-check;
+    workers on the driver's host are left alone."""
+    import pandas as pd
+
+    from agentperf_kit.scaleout.clock import ClockOffset
+    from agentperf_kit.scaleout.driver import _Driver, _Worker
+
+    d = _Driver(None, 2, "ray://head:10001", None, None, 0.005, 0.2, 60.0)
+    d.origin_ns = 0
+    here = _Worker(0, None, same_host=True, stats={"loop_lag_p95_s": 0.001})
+    there = _Worker(1, None, same_host=False, stats={"loop_lag_p95_s": 0.001})
+    there.clock_start = ClockOffset(3.0, 0.0002, 0.0004, 16, 0)
+    there.clock_end = ClockOffset(3.010, 0.0002, 0.0004, 16, 100_000_000_000)
+    here.clock_start = ClockOffset(0.0, 0.0002, 0.0004, 16, 0)
+    here.clock_end = ClockOffset(0.020, 0.0002, 0.0004, 16, 100_000_000_000)  # ignored: one clock
+    d.workers = [here, there]
+    raw = pd.DataFrame(
+        {
+            "agent": [0, 1],
+            "worker": [0, 1],
+            **{c: [50.0, 50.0] for c in ("t_scheduled_s", "t_send_s", "t_first_s", "t_first_answer_s")},
+            **{c: [50.0, 50.0] for c in ("t_last_s", "t_end_s")},
+        }
+    )
+    out = d._correct_drift(raw.copy())
+    assert out.loc[0, "t_send_s"] == 50.0
+    assert out.loc[1, "t_send_s"] == pytest.approx(50.0 - 0.005)
+    check = d._self_check(out.assign(t_send_s=out["t_scheduled_s"]))
+    assert check["client_ok"] is False
+    assert check["client_check"]["reasons"] == ["worker 1: clock drift 10.0 ms over the level > budget"]
