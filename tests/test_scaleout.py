@@ -54,8 +54,9 @@ def _trajs(n=6, turns=3, out=12, delay=0.02):
 def test_split_fleets_give_each_agent_what_one_fleet_gives_it():
     """K sub-fleets together start the same agents, trajectories, turns and ramp times as one fleet;
     phase ids and markers never repeat across workers."""
-    trajs, n, k = _trajs(n=7, turns=5), 10, 3
-    one = AgentFleet(trajs, n, RULES, seed=4, sink=lambda r: None).start(0.0)
+    trajs, n, k = _trajs(n=6, turns=5), 10, 3  # gcd(10, 6) > 1: a stride of 11
+    whole = AgentFleet(trajs, n, RULES, seed=4, sink=lambda r: None)
+    one = whole.start(0.0)
     subs = [
         SubFleet(trajs, n, RULES, seed=4, sink=lambda r: None, marker_nonce=worker_nonce(99, w)).split(
             w, k, 0.0
@@ -75,6 +76,8 @@ def test_split_fleets_give_each_agent_what_one_fleet_gives_it():
             markers.add(p.marker)
             for _ in range(6):
                 s._take_trajectory(s._agents[p.agent])
+                whole._take_trajectory(whole._agents[p.agent])  # the same next trajectories as one fleet
+                assert s._agents[p.agent].traj_index == whole._agents[p.agent].traj_index
                 nxt = s._plan(s._agents[p.agent], 1.0, force_fresh=True)
                 assert nxt.phase_id % k == (n + w) % k and nxt.phase_id >= n
                 assert nxt.phase_id not in ids and nxt.marker not in markers
