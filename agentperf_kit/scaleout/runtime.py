@@ -51,10 +51,15 @@ def connect(address: str | None, workers: int) -> Any:
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, Exception...
-        where = "a local Ray runtime" if address is None else f"the Ray cluster at {address!r}"
+        if address is None:
+            raise TargetError(
+                f"a local Ray runtime for workers={workers} did not start (Ray's node must register within "
+                "its fixed start-up limits; the machine may be overloaded): try again, or use workers=1 "
+                "(in-process)"
+            ) from None
         first = str(exc).splitlines()[0][:300] if str(exc) else ""
         raise TargetError(
-            f"could not start or join {where}: {type(exc).__name__}: {first}"
-            + ("" if address is None else "; check the address (ray status on the head node shows it)")
+            f"could not join the Ray cluster at {address!r}: {type(exc).__name__}: {first}; check the "
+            "address (ray status on the head node shows it)"
         ) from None
     return ray
