@@ -275,11 +275,15 @@ def main() -> None:
                 say(describe(r))
                 if r["ok"]:
                     best[workers] = mid
-    one, two = best[0], best.get(2, 0)
-    ratio = two / one if one else math.nan
+    one = best[0]
+    if 2 in best:
+        ratio = best[2] / one if one else math.nan
+        two = f"2 workers {best[2]:,}: {ratio:.2f}x (target >= 1.7x)"
+    else:
+        two = "2 workers not measured (Ray did not start)"
     say(
-        f"-- largest N: 1 worker {one:,}, 2 workers {two:,}: {ratio:.2f}x (target >= 1.7x); whole run "
-        f"{time.perf_counter() - t_all:.0f} s, load average (1 min) {os.getloadavg()[0]:.2f}"
+        f"-- largest N: 1 worker {one:,}, {two}; whole run {time.perf_counter() - t_all:.0f} s, load "
+        f"average (1 min) {os.getloadavg()[0]:.2f}"
     )
     if not args.no_append:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
