@@ -61,6 +61,7 @@ class _Worker:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[1])  # the toolkit this process imported
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        env["AGENTPERF_SWEEP_PARENT"] = str(os.getpid())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agentperf_kit.sweep_jobs"],
             stdin=subprocess.PIPE,
@@ -88,7 +89,9 @@ class _Worker:
             ) from None
         return self.pending.pop(0), reply
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        if kill:
+            self.proc.kill()
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()  # end of jobs: the worker exits
@@ -145,9 +148,10 @@ class SideJobs:
             raise value
         return value
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        """Stop the workers: after their jobs (``kill=False``), or now (an error or an interrupt)."""
         for w in self._workers:
-            w.close()
+            w.close(kill)
         self._workers = []
 
 
@@ -180,7 +184,22 @@ def _serve(jobs: BinaryIO, replies: BinaryIO) -> None:
         replies.flush()
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: a worker whose sweep process dies (killed, e.g. by ``timeout``) gets SIGTERM, instead of
+    finishing its job as an orphan (elsewhere it stops at its next job: its stdin closes)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call
+        os._exit(1)
+
+
 if __name__ == "__main__":
+    _die_with_parent(int(os.environ.get("AGENTPERF_SWEEP_PARENT", "0")) or os.getppid())
     # stdout carries the replies only: anything printed goes to stderr
     _replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)

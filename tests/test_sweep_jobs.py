@@ -39,3 +39,13 @@ def test_worker_count_from_the_environment(monkeypatch):
         workers()
     monkeypatch.delenv("AGENTPERF_SWEEP_WORKERS")
     assert workers() == max(0, min(2, (os.cpu_count() or 1) - 1))
+
+
+def test_close_with_kill_stops_a_busy_worker_at_once():
+    import time
+
+    jobs = SideJobs(1)
+    jobs.submit("sleep", time.sleep, 120)
+    t0 = time.perf_counter()
+    jobs.close(kill=True)
+    assert time.perf_counter() - t0 < 60

@@ -101,7 +101,8 @@ def estimate_agents(
 
 def decode_step_ratio(dep: Deployment, eff_a: str, eff_b: str, batch: int, context: float) -> float:
     """Pure decode step time under the efficiency set ``eff_a`` over that under ``eff_b``, for ``batch``
-    sequences at mean context ``context`` (tokens); the decode pool of a disaggregated deployment."""
+    sequences at mean context ``context`` (tokens); the decode pool of a disaggregated deployment; 1.0
+    when either step time is not positive."""
     pool = dep.decode_pool if dep.decode_pool is not None else dep
     b = max(1, int(batch))
 
@@ -109,7 +110,8 @@ def decode_step_ratio(dep: Deployment, eff_a: str, eff_b: str, batch: int, conte
         eng = _engine(pool, eff)
         return eng.decode_step_time(b, b * context)
 
-    return step(eff_a) / step(eff_b)
+    a, b_ = step(eff_a), step(eff_b)
+    return a / b_ if a > 0 and b_ > 0 else 1.0  # a model without a step time: no ratio
 
 
 def estimate_max_agents(
