@@ -52,9 +52,11 @@ def ray_head():
     ray = pytest.importorskip("ray")
     from agentperf_kit.study_exec import start_local_ray
 
+    started = not ray.is_initialized()  # another module's head may still be up: it is reused
     start_local_ray(2)
     yield ray
-    ray.shutdown()
+    if started:
+        ray.shutdown()
 
 
 def _measured(df: pd.DataFrame) -> pd.DataFrame:
