@@ -7,11 +7,13 @@ The Ray tests share one local Ray head per module (loopback only, 2 CPUs, no das
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -53,7 +55,12 @@ def ray_head():
     from agentperf_kit.study_exec import start_local_ray
 
     started = not ray.is_initialized()  # another module's head may still be up: it is reused
-    start_local_ray(2)
+    with warnings.catch_warnings():
+        # a start that missed Ray's start-up limit is retried; Ray drops the first attempt's Popen objects
+        # with their processes still exiting (a ResourceWarning when collected): collect them here
+        warnings.simplefilter("ignore", ResourceWarning)
+        start_local_ray(2)
+        gc.collect()
     yield ray
     if started:
         ray.shutdown()
