@@ -151,7 +151,8 @@ class Engine:
         self._watermark = int(0.01 * self._cap) if self.preempt else 0
         self._ov = 1.0 - dep.overlap
         self._kv_ctx = dep.kv_read_bytes_per_ctx
-        self._dm = dep.kv_read_bytes_per_ctx / self._be
+        # (a twin's deployment has no bandwidth: TwinEngine replaces the step-time model that reads this)
+        self._dm = dep.kv_read_bytes_per_ctx / self._be if self._be > 0 else 0.0
         self._dcache: dict[int, tuple[float, ...]] = {}  # decode batch -> _decode_coeffs
 
     # -- public -----------------------------------------------------------------------------------------
