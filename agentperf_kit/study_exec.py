@@ -21,7 +21,6 @@ set, never an exception out of :func:`execute`: the other points go on.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 import time
@@ -30,9 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ._version import __version__
-from .errors import AgentperfError, ConfigError
-
-log = logging.getLogger(__name__)
+from .errors import ConfigError
 
 __all__ = ["EXECUTORS", "execute", "resolve_executor", "run_point", "start_local_ray"]
 
@@ -155,36 +152,17 @@ def _pool(payloads: list[dict[str, Any]], workers: int | None) -> Iterator[dict[
     pool.shutdown(wait=True)
 
 
-def start_local_ray(num_cpus: int, *, attempts: int = 3) -> None:
-    """Start a private local Ray head in this process: ``num_cpus`` CPUs, bound to loopback, no
-    dashboard, workers' output not forwarded. On a loaded machine Ray's own start-up limits (its raylet
-    must register within 30 s) are sometimes missed; the start is tried ``attempts`` times (about 15-40 s
-    each on the shared 2-core machine) before :class:`~agentperf_kit.errors.AgentperfError` is raised."""
-    import ray
+def start_local_ray(num_cpus: int) -> None:
+    """Start a private local Ray head in this process (``scaleout.runtime.connect``: ``num_cpus`` CPUs at
+    least, bound to loopback, no dashboard, tried up to 3 times on a loaded machine), with the raylet's own
+    wait for its agents raised too (:data:`_SLOW_START_ENV`). Raises
+    :class:`~agentperf_kit.errors.TargetError` when it does not start."""
+    from .scaleout.runtime import connect
 
     added = [k for k in _SLOW_START_ENV if k not in os.environ]
     os.environ.update({k: _SLOW_START_ENV[k] for k in added})  # the raylet inherits them
     try:
-        for attempt in range(1, attempts + 1):
-            try:
-                ray.init(
-                    num_cpus=num_cpus,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    _node_ip_address="127.0.0.1",
-                )
-                return
-            except Exception as exc:  # Ray raises a bare Exception when its node misses its start-up limit
-                with contextlib.suppress(Exception):
-                    ray.shutdown()
-                if attempt == attempts:
-                    raise AgentperfError(
-                        f"a local Ray head did not start after {attempts} attempts ({exc}); the machine may "
-                        "be overloaded: try again, or use the local process pool (executor 'process')"
-                    ) from None
-                log.warning(
-                    "a local Ray head did not start (%s); trying again (%d/%d)", exc, attempt + 1, attempts
-                )
+        connect(None, num_cpus)
     finally:
         for k in added:
             os.environ.pop(k, None)
@@ -223,13 +201,9 @@ def _ray_runtime(workers: int | None, ray_address: str | None) -> Iterator[Any]:
         yield ray
         return
     if ray_address is not None:
-        try:
-            ray.init(address=ray_address, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ConfigError(
-                f"ray_address {ray_address!r}: cannot connect to the Ray cluster ({exc}); check the address "
-                "(auto, ray://HOST:10001 or HOST:6379) and that the cluster runs"
-            ) from None
+        from .scaleout.runtime import connect
+
+        connect(ray_address, workers or 1)  # TargetError naming the address when it cannot be reached
     else:
         start_local_ray(workers or os.cpu_count() or 1)
     try:
