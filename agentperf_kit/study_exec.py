@@ -31,19 +31,12 @@ from typing import Any
 from ._version import __version__
 from .errors import ConfigError
 
-__all__ = ["EXECUTORS", "execute", "resolve_executor", "run_point", "start_local_ray"]
+__all__ = ["EXECUTORS", "execute", "resolve_executor", "run_point"]
 
 EXECUTORS = ("auto", "ray", "process")
 
+
 #: Ray settings (RayConfig overrides, read from the environment as ``RAY_<name>``) for a local head: its
-#: raylet waits this long for its agents to start; Ray's defaults (15 s) are too short on a loaded 2-core
-#: machine, where the dashboard agent alone can take longer to start (the raylet then aborts)
-_SLOW_START_ENV = {
-    "RAY_" + "raylet_start_wait_time_s": "120",
-    "RAY_" + "agent_register_timeout_ms": "120000",
-}
-
-
 def run_point(payload: dict[str, Any]) -> dict[str, Any]:
     """Run one grid point's sweep (``payload``: ``point``, ``coordinates``, ``sweep`` (SweepConfig fields),
     ``out``) and return ``{"point", "rows", "error", "worker", "wall_s", "cpu_s", "toolkit_version"}``
@@ -152,22 +145,6 @@ def _pool(payloads: list[dict[str, Any]], workers: int | None) -> Iterator[dict[
     pool.shutdown(wait=True)
 
 
-def start_local_ray(num_cpus: int) -> None:
-    """Start a private local Ray head in this process (``scaleout.runtime.connect``: ``num_cpus`` CPUs at
-    least, bound to loopback, no dashboard, tried up to 3 times on a loaded machine), with the raylet's own
-    wait for its agents raised too (:data:`_SLOW_START_ENV`). Raises
-    :class:`~agentperf_kit.errors.TargetError` when it does not start."""
-    from .scaleout.runtime import connect
-
-    added = [k for k in _SLOW_START_ENV if k not in os.environ]
-    os.environ.update({k: _SLOW_START_ENV[k] for k in added})  # the raylet inherits them
-    try:
-        connect(None, num_cpus)
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
-
-
 @contextlib.contextmanager
 def _main_not_rerun() -> Iterator[None]:
     """Workers started inside this block do not import the driver's ``__main__`` (``spawn`` re-runs a
@@ -200,9 +177,9 @@ def _ray_runtime(workers: int | None, ray_address: str | None) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    if ray_address is not None:
-        from .scaleout.runtime import connect
+    from .scaleout.runtime import connect, start_local_ray
 
+    if ray_address is not None:
         connect(ray_address, workers or 1)  # TargetError naming the address when it cannot be reached
     else:
         start_local_ray(workers or os.cpu_count() or 1)

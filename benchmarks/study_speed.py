@@ -88,7 +88,7 @@ def main() -> None:
             if kind == "ray":
                 import ray
 
-                from agentperf_kit.study_exec import start_local_ray
+                from agentperf_kit.scaleout.runtime import start_local_ray
 
                 t0 = time.perf_counter()
                 try:

@@ -1,7 +1,7 @@
 """Scale-out live levels on Ray workers against loopback SSE servers (issue 14, docs/scale-out.md).
 
-One local Ray head for the module (``ray.init`` takes 10-25 s on the CI machine); every test that needs it
-is slow. The parts that need no Ray (the split fleet, the ledger, the clock, the no-Ray path) run in the
+One local Ray head shared with test_ray_study.py (conftest.py's ``ray_head``); every test that needs it is
+slow. The parts that need no Ray (the split fleet, the ledger, the clock, the no-Ray path) run in the
 fast lane.
 """
 
@@ -182,19 +182,6 @@ def test_workers_without_ray_is_one_line_naming_the_extra(tmp_path):
 
 
 # -- a real local Ray head -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ray_head():
-    ray = pytest.importorskip("ray")
-    from agentperf_kit.scaleout.runtime import connect
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started = not ray.is_initialized()
-    connect(None, 2)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def _level(server, tmp_path, n, k, rules=RULES, **kw):

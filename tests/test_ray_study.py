@@ -7,13 +7,11 @@ The Ray tests share one local Ray head per module (loopback only, 2 CPUs, no das
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -46,27 +44,6 @@ def _write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "study.toml"
     p.write_text(textwrap.dedent(text))
     return p
-
-
-@pytest.fixture(scope="module")
-def ray_head():
-    """One local Ray head for the module: loopback only, 2 CPUs, no dashboard."""
-    ray = pytest.importorskip("ray")
-    from agentperf_kit.study_exec import start_local_ray
-
-    started = not ray.is_initialized()  # another module's head may still be up: it is reused
-    with warnings.catch_warnings():
-        # a start that missed Ray's start-up limit is retried; Ray drops the first attempt's Popen objects
-        # with their processes still exiting (a ResourceWarning when collected): collect them here
-        warnings.simplefilter("ignore", ResourceWarning)
-        start_local_ray(2)
-        gc.collect()
-    yield ray
-    if started:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            ray.shutdown()
-            gc.collect()
 
 
 # Ray drops the handles of its processes (a failed start's, and at shutdown) while they are still exiting;
