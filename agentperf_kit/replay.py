@@ -300,7 +300,13 @@ class _LiveLevel:
                 connector = session.connector
                 assert isinstance(connector, RunConnector)  # open_session's
                 self.conn_waits = connector.queue_waits_s
-                self.body_reader = "protocol" if connector.sink_capable else "readany"
+                self.body_reader = (
+                    "wire"
+                    if connector.wire is not None and connector.wire.accepts(self.endpoint.url)
+                    else "protocol"
+                    if connector.sink_capable
+                    else "readany"
+                )
                 await self._set_up(session)
                 prepare(self.endpoint)  # the shared prompt stream, built before the first send
                 async with self._lag_monitor(), self._sampler():
