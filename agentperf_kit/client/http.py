@@ -30,8 +30,8 @@ together).
 Reading the body: with a session from :func:`open_session` (``wire=True``, the default), requests to
 ``http://`` endpoints go through the lean client of :mod:`.wire` (its own connections; blocks stamped
 and fed to :class:`StreamState` inside its protocol's ``data_received``). Otherwise aiohttp does the HTTP
-(connections, request, status, headers, chunked encoding). With a session from
-:func:`open_session` (``wire=False``, or ``https``), each block of the body is taken from the response's ``StreamReader``
+(connections, request, status, headers, chunked encoding). With a session from :func:`open_session`
+(``wire=False``, or ``https``), each block of the body is taken from the response's ``StreamReader``
 inside the connection's ``data_received`` (:class:`SinkResponseHandler`), stamped on arrival and fed to
 :class:`StreamState` there: the request's task wakes once at the end of the stream instead of once per
 chunk, and a busy event loop no longer delays the stamps. With any other session the task reads blocks
@@ -547,6 +547,41 @@ class StreamState:
     def feed(self, data: bytes, now: int) -> bool:
         """Take a block read at ``now``; True once the stream is over (``[DONE]`` or an error object).
         Raises :class:`.sse.MalformedChunk` for a ``data:`` payload that is not JSON."""
+        scanner = self.scanner
+        if (
+            scanner is not None
+            and (hot := scanner.hot) is not None
+            and not self._pending
+            and data.find(b"\n") == len(data) - 2
+            and data[-1] == 10
+        ):  # one event, one line (the usual block of a stream): the newest template's inline path
+            line = data[:-2]
+            if line.startswith(hot[0]) and line.endswith(hot[1]):
+                q = len(line) - hot[3]
+                if q == hot[2]:
+                    info, nb = hot[4], 0
+                elif (
+                    q > hot[2]
+                    and BODY_MATCH(line, hot[2], q) is not None
+                    and (line.isascii() or utf8_ok(line))
+                ):
+                    info, nb = hot[5], q - hot[2]
+                else:
+                    info = None
+                if info is not None:  # as _lines does for a line that fits the template
+                    if info.visible:
+                        self.n_chunks += 1
+                        self.text_bytes += nb
+                        self.t_last = now
+                        if not self.t_first:
+                            self.t_first = now
+                        if info.answer and not self.t_first_answer:
+                            self.t_first_answer = now
+                        if info.tool_call:
+                            self.has_tool_calls = True
+                        if self.chunk_log is not None:
+                            self.chunk_log.append((now, 1))
+                    return False
         if self._pending:
             data = self._pending + data
         lines = data.split(b"\n")

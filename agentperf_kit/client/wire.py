@@ -60,6 +60,7 @@ class WireResponse:
         "_crlf",
         "_decomp",
         "_discarded",
+        "_fast",
         "_framing",
         "_phase",
         "_remaining",
@@ -94,6 +95,7 @@ class WireResponse:
         self._crlf = False  # a chunk's data is read, its CRLF is not
         self._decomp: Any = None
         self._discarded = 0
+        self._fast = False  # chunked SSE, not compressed, not over, no partial chunk: data()'s fast path
 
     # -- what the task reads ---------------------------------------------------------------------------
 
@@ -109,6 +111,21 @@ class WireResponse:
     # -- fed by the connection ---------------------------------------------------------------------------
 
     def data(self, data: bytes, now: int) -> None:
+        if self._fast:  # the common block of a stream: whole chunks, nothing pending
+            eol = data.find(b"\r\n", 0, 18)
+            if eol > 0 and data[-2:] == b"\r\n":
+                try:
+                    size = int(data[:eol], 16)
+                except ValueError:
+                    size = -1
+                if size > 0 and eol + 4 + size == len(data):  # exactly one chunk
+                    try:
+                        if self.state.feed(data[eol + 2 : -2], now):
+                            self._fast = False
+                            self._finish()
+                    except Exception as exc:  # a malformed chunk: handed to the task
+                        self.fail(exc)
+                    return
         try:
             if self._phase == 0:
                 data = self._head(data, now)
@@ -135,12 +152,14 @@ class WireResponse:
 
     def fail(self, exc: BaseException) -> None:
         self._phase = 2
+        self._fast = False
         if not self.waiter.done():
             self.exc = exc
             self.waiter.set_result(None)
         self.conn.drop(self)
 
     def _finish(self) -> None:
+        self._fast = False
         if not self.waiter.done():
             self.waiter.set_result(None)
 
@@ -198,6 +217,7 @@ class WireResponse:
         self._phase = 1
         if self._framing == "length" and self._remaining == 0:
             self._message_end(now)
+        self._fast = self.sse and self._framing == "chunked" and self._decomp is None
         return buf
 
     def _body(self, data: bytes, now: int) -> None:
@@ -286,6 +306,10 @@ class WireResponse:
                 pos = end + 2
         finally:
             self._buf = buf[pos:] if pos < n else b""
+            if self._fast and (self._buf or self._chunk_left or self._crlf):
+                self._fast = False  # a chunk goes on in the next block: the general path until it ends
+            elif not self._fast and self.sse and self._decomp is None and self._phase == 1:
+                self._fast = not (self._buf or self._chunk_left or self._crlf or self.waiter.done())
             if parts:
                 self._payload(parts[0] if len(parts) == 1 else b"".join(parts), now)
         if end_of_message and self._phase == 1:
@@ -319,6 +343,7 @@ class WireResponse:
         if self._phase != 1:
             return
         self._phase = 2
+        self._fast = False
         if self.sse and not self.waiter.done():
             try:
                 self.state.close(now)  # a last line without a newline still counts
