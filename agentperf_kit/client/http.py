@@ -548,24 +548,16 @@ class StreamState:
         """Take a block read at ``now``; True once the stream is over (``[DONE]`` or an error object).
         Raises :class:`.sse.MalformedChunk` for a ``data:`` payload that is not JSON."""
         scanner = self.scanner
-        if (
-            scanner is not None
-            and (hot := scanner.hot) is not None
-            and not self._pending
-            and data.find(b"\n") == len(data) - 2
-            and data[-1] == 10
-        ):  # one event, one line (the usual block of a stream): the newest template's inline path
-            line = data[:-2]
-            if line.startswith(hot[0]) and line.endswith(hot[1]):
-                q = len(line) - hot[3]
-                if q == hot[2]:
+        if scanner is not None and not self._pending:
+            hot = scanner.hot
+            if hot is not None and data.startswith(hot[0]) and data.endswith(hot[6]):
+                # one event of the newest template, alone in its block (a stream's usual block): the
+                # text between head and tail is a JSON string body (no newline), so this is one line
+                h, q = hot[2], len(data) - hot[7]
+                if q == h:
                     info, nb = hot[4], 0
-                elif (
-                    q > hot[2]
-                    and BODY_MATCH(line, hot[2], q) is not None
-                    and (line.isascii() or utf8_ok(line))
-                ):
-                    info, nb = hot[5], q - hot[2]
+                elif q > h and BODY_MATCH(data, h, q) is not None and (data.isascii() or utf8_ok(data)):
+                    info, nb = hot[5], q - h
                 else:
                     info = None
                 if info is not None:  # as _lines does for a line that fits the template

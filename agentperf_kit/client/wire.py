@@ -38,6 +38,7 @@ from yarl import URL
 
 __all__ = ["WireError", "WirePool", "WireResponse"]
 
+_clock = time.perf_counter_ns
 _MAX_HEAD = 64 << 10  # response status line + headers, bytes
 _MAX_SIZE_LINE = 1 << 10  # a chunk-size line (with extensions)
 _EXCERPT = 1200  # bytes of a non-SSE body kept for the row's detail
@@ -111,17 +112,16 @@ class WireResponse:
     # -- fed by the connection ---------------------------------------------------------------------------
 
     def data(self, data: bytes, now: int) -> None:
-        if self._fast:  # the common block of a stream: whole chunks, nothing pending
+        if self._fast:  # the common block of a stream: one whole chunk, nothing pending
             eol = data.find(b"\r\n", 0, 18)
-            if eol > 0 and data[-2:] == b"\r\n":
+            if eol > 0 and data.endswith(b"\r\n"):
                 try:
                     size = int(data[:eol], 16)
                 except ValueError:
                     size = -1
-                if size > 0 and eol + 4 + size == len(data):  # exactly one chunk
+                if size > 0 and eol + 4 + size == len(data):
                     try:
                         if self.state.feed(data[eol + 2 : -2], now):
-                            self._fast = False
                             self._finish()
                     except Exception as exc:  # a malformed chunk: handed to the task
                         self.fail(exc)
@@ -407,11 +407,12 @@ class _Conn(asyncio.Protocol):
         t.set_write_buffer_limits(high=0)  # told when a buffered body has left (resume_writing)
 
     def data_received(self, data: bytes) -> None:
+        now = _clock()
         resp = self.resp
         if resp is None:  # bytes on an idle connection: the server is confused, do not reuse it
             self.close()
             return
-        resp.data(data, time.perf_counter_ns())
+        resp.data(data, now)
 
     def eof_received(self) -> bool:
         return False  # close the transport: connection_lost follows
