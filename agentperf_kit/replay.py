@@ -277,6 +277,7 @@ class _LiveLevel:
         self.gc_pauses: list[float] = []
         self.conn_waits: list[float] = []
         self.body_reader = "readany"
+        self.event_loop = "asyncio"  # the running loop's package: "uvloop" where run_live_sync used it
         self.sampler: TelemetrySampler | None = None
         self.bar: Any = None
         self.ttfts: list[float] = []
@@ -291,6 +292,7 @@ class _LiveLevel:
     async def drive(self) -> None:
         """The whole level, every resource released on the way out (normal end, error or cancellation):
         agent tasks cancelled and awaited, sampler and session closed, row files finished."""
+        self.event_loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
         try:
             async with (
                 open_session(self.limit, self.headers) as session,
@@ -547,6 +549,7 @@ class _LiveLevel:
                 "connection_waits": len(waits),
                 "max_in_flight": self.max_in_flight,
                 "body_reader": self.body_reader,
+                "event_loop": self.event_loop,
                 "gc_pauses": len(self.gc_pauses),
                 "gc_pause_max_s": max(self.gc_pauses, default=0.0),
                 "gc_pause_total_s": sum(self.gc_pauses),

@@ -190,3 +190,38 @@ def test_a_cancelled_request_closes_its_connection():
     out, in_flight, open_conns = asyncio.run(go())
     assert out.error == "stall_timeout" and out.http_status == 200 and out.n_chunks > 0
     assert in_flight == 0 and open_conns == 0
+
+
+def test_a_live_run_reads_through_the_wire_client_and_says_so():
+    """``run_live`` sends through the lean client; the manifest names it and the event loop."""
+    import tempfile
+
+    from agentperf_kit.agents import RunRules
+    from agentperf_kit.replay import run_live
+    from agentperf_kit.trajectories.model import Trajectory
+
+    rules = RunRules(
+        warmup_s=0.1,
+        duration_s=0.6,
+        min_trajectories=0,
+        min_trajectories_per_agent=0,
+        ramp_s=0.05,
+        drain_timeout_s=2,
+        random_start_turn=False,
+        abort_after_s=0,
+    )
+    trajs = [Trajectory(f"t{i}", [Turn(k, 0, 30, 6, tool_delay_s=0.05) for k in range(3)]) for i in range(2)]
+
+    async def go():
+        server = await SSEServer(ttft_s=0.01, itl_s=0.002).start()
+        try:
+            ep = Endpoint(server.base_url, "test-model", api="completions")
+            return await run_live(ep, trajs, 2, rules, out_dir=tempfile.mkdtemp(), progress=False)
+        finally:
+            await server.stop()
+
+    res = asyncio.run(go())
+    check = res.manifest["client_check"]
+    assert check["body_reader"] == "wire" and check["event_loop"] == "asyncio"
+    done = res.requests[res.requests.error != "cancelled_at_end"]
+    assert len(done) >= 4 and done.ok.all() and (done.output_tokens == 6).all()
