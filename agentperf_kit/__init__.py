@@ -6,6 +6,9 @@ The short public API (everything else lives in its module: ``agentperf_kit.metri
     result = run_sweep(SweepConfig(target="sim:h200x8-dsv4pro"))
     result.summary["tiers"]
 
+    from agentperf_kit import run_study
+    table = run_study("study.toml", out="runs/study")   # a grid of sweeps: one row per sweep and tier
+
 Names are imported on first use (PEP 562), so ``import agentperf_kit`` stays cheap: pandas, scipy and
 aiohttp load only when a name that needs them is touched (``benchmarks/import_time.py`` measures it).
 """
@@ -44,6 +47,11 @@ _LAZY: dict[str, str] = {
     "SweepResult": ".sweep",
     "load_sweep": ".sweep",
     "run_sweep": ".sweep",
+    "StudyConfig": ".study_config",
+    "load_study": ".study",
+    "run_study": ".study",
+    "Target": ".targets",
+    "parse_target": ".targets",
     "SynthConfig": ".trajectories",
     "Trajectory": ".trajectories",
     "TrajectoryFormatError": ".trajectories",
@@ -66,9 +74,11 @@ __all__ = [
     "RequestPlan",
     "RunResult",
     "RunRules",
+    "StudyConfig",
     "SweepConfig",
     "SweepResult",
     "SynthConfig",
+    "Target",
     "TargetError",
     "Tier",
     "TierPreset",
@@ -84,13 +94,16 @@ __all__ = [
     "level_verdicts",
     "list_deployments",
     "load_run",
+    "load_study",
     "load_sweep",
     "load_trajectories",
     "max_agents",
+    "parse_target",
     "percentile",
     "percentile_ci",
     "run_live",
     "run_sim_level",
+    "run_study",
     "run_sweep",
     "save_trajectories",
     "synthesize",
@@ -129,6 +142,8 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real names
         max_agents,
         tier_preset_names,
     )
+    from .study import load_study, run_study
+    from .study_config import StudyConfig
     from .sweep import SweepConfig, SweepResult, load_sweep, run_sweep
     from .trajectories import (
         SynthConfig,

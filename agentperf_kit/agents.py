@@ -16,8 +16,12 @@ reports the rest with ``fleet.cancel(plan, now)`` (error ``cancelled_at_end``; c
 when sent in it, judged on what it showed: docs/metrics.md).
 
 Agent behaviour (docs/replay.md): N agents, each sequential. Agent ``a`` takes trajectories
-``perm[(a + k*N) mod T]`` for k = 0, 1, ... (``perm`` a seeded permutation of the set), so the assignment
-does not depend on timings. Every phase instance gets a fresh 32-digit random marker (and a run-unique
+``perm[(a + k*S) mod T]`` for k = 0, 1, ... (``perm`` a seeded permutation of the set; the stride S is the
+smallest integer >= N that shares no factor with T), so the assignment does not depend on timings, each
+round of N agents starts N neighbouring trajectories of the permutation, and every agent walks through all
+T trajectories before it repeats one (with S = N, agents of a level with gcd(N, T) > 1 would see only
+T / gcd(N, T) of them: one trajectory forever when N is a multiple of T). Every phase instance gets a
+fresh 32-digit random marker (and a run-unique
 ``phase_id``) that the target puts at the very start of the prompt. Agents start staggered: agent a's
 first request is scheduled at ``t0 + ramp_s * rank / N`` (a seeded rank), and with ``random_start_turn``
 at a seeded random turn of its first trajectory (a fresh phase instance whose prefix the server has not
@@ -195,6 +199,15 @@ class RequestOutcome:
 RowSink = Callable[[tuple], None]
 
 
+def trajectory_stride(n_agents: int, n_trajectories: int) -> int:
+    """The step S between an agent's successive trajectories in the permutation: the smallest integer
+    >= ``n_agents`` that is coprime with ``n_trajectories``, so that ``a + k*S (mod T)`` visits all T."""
+    stride = n_agents
+    while math.gcd(stride, n_trajectories) != 1:
+        stride += 1
+    return stride
+
+
 @dataclass(slots=True)
 class _Agent:
     index: int
@@ -262,6 +275,7 @@ class AgentFleet:
         self._rng = random.Random(self.seed)
         self._perm = list(range(len(usable)))
         self._rng.shuffle(self._perm)
+        self._stride = trajectory_stride(self.n_agents, len(usable))
         self._agents = [_Agent(i) for i in range(self.n_agents)]
 
     # -- protocol ---------------------------------------------------------------------------------------
@@ -493,7 +507,7 @@ class AgentFleet:
 
     def _take_trajectory(self, agent: _Agent) -> None:
         n = len(self.trajectories)
-        agent.traj_index = self._perm[(agent.index + agent.k * self.n_agents) % n]
+        agent.traj_index = self._perm[(agent.index + agent.k * self._stride) % n]
         agent.k += 1
         agent.turn_index = 0
         agent.phase = -1

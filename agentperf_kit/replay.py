@@ -252,6 +252,7 @@ class _LiveLevel:
         progress: bool,
         run_id: str,
         level: int,
+        writer: Any = None,
     ) -> None:
         self.endpoint = endpoint
         self.secrets = endpoint_secrets(endpoint, key)
@@ -266,7 +267,8 @@ class _LiveLevel:
         self.fast_parse = fast_parse
         self.progress = progress
         self.origin_ns = time.perf_counter_ns()
-        self.writer = RunWriter(out_dir, flush_rows=256, flush_s=0.5)  # live: rows on disk within 0.5 s
+        # live: rows on disk within 0.5 s; a scale-out worker passes its own sink (agentperf_kit.scaleout)
+        self.writer = writer if writer is not None else RunWriter(out_dir, flush_rows=256, flush_s=0.5)
         self.chunks = (
             ChunkWriter(out_dir, self.origin_ns, run_id=run_id, level=level) if record_chunks else None
         )

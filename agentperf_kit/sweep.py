@@ -76,6 +76,7 @@ def search_levels(
     max_agents_: int,
     *,
     resolution: int = 1,
+    on_ramp_done: Callable[[dict[int, dict[str, str]]], None] | None = None,
 ) -> dict[int, dict[str, str]]:
     """The search policy: which agent counts N to measure, given each level's tier verdicts.
 
@@ -91,6 +92,7 @@ def search_levels(
 
     Every tier is judged on the same levels: a level measured for one tier's bisection moves the others'
     brackets too. The result per tier is :func:`agentperf_kit.slo.max_agents` of these verdicts.
+    ``on_ramp_done(verdicts)`` is called once, between the two steps (the simulator's band starts there).
     """
     if max_agents_ < 1:
         raise ValueError(f"max_agents must be >= 1, got {max_agents_}")
@@ -106,6 +108,8 @@ def search_levels(
         at(n)
         if all(any(v[t] == "fail" for v in verdicts.values()) for t in tiers):
             break
+    if on_ramp_done is not None:
+        on_ramp_done(dict(verdicts))
     while (mid := _next_bisection_point(verdicts, tiers, resolution)) is not None:
         at(mid)
     return verdicts
@@ -365,14 +369,16 @@ class _Sweeper:
 
     # -- search -----------------------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self, on_ramp_done: Callable[[dict[int, dict[str, str]]], None] | None = None) -> None:
         tiers = [t.name for t in self.preset.tiers]
 
         def measure(n: int) -> dict[str, str]:
             row = self.level(n)
             return {t: row[f"verdict_{t}"] for t in tiers}
 
-        search_levels(measure, tiers, self.max_agents, resolution=self.cfg.resolution)
+        search_levels(
+            measure, tiers, self.max_agents, resolution=self.cfg.resolution, on_ramp_done=on_ramp_done
+        )
 
 
 def _drop_raw_stream(level_dir: Path) -> None:
@@ -684,15 +690,45 @@ def run_sweep(
             )
     sim_target = target is config.target_object and config.is_sim
     sw.max_agents, cap_source = resolve_max_agents(config, sw.trajectories() if sim_target else None)
-    acc, acc_type = sw.accelerators()
     sw.say(f"sweep {target.description} -> {out}{' (resuming)' if resumed else ''}")
-    sw.run()
+    jobs = _start_side_jobs(config, out, sw) if sim_target else None
+    try:
+        return _finish_sweep(config, target, out, sw, cap_source, jobs, wall0)
+    finally:
+        if jobs is not None:
+            jobs.close()
+
+
+def _start_side_jobs(config: SweepConfig, out: Path, sw: _Sweeper):
+    """Simulator: start the unloaded replay for the task slowdowns beside the search
+    (:mod:`agentperf_kit.sweep_jobs`); the band's searches start when the ramp ends (``_finish_sweep``)."""
+    from .sweep_jobs import SideJobs
+    from .tasks import sweep_unloaded_baseline
+
+    jobs = SideJobs()
+    jobs.submit("baseline", sweep_unloaded_baseline, config)
+    return jobs
+
+
+def _finish_sweep(config: SweepConfig, target: Target, out: Path, sw: _Sweeper, cap_source: str, jobs, wall0):
+    """The search, then the band, the tier table, ``levels.csv``, ``summary.json`` and the task tables."""
+    on_ramp = None
+    if jobs is not None and config.band:
+        from .sweep_band import plan_band, run_band_end
+
+        def on_ramp(_verdicts) -> None:
+            plans = plan_band(config, sw.rows, sw.max_agents, sw.trajectories())
+            for eff, plan in plans.items():
+                jobs.submit(f"band_{eff}", run_band_end, config, out, eff, plan)
+
+    sw.run(on_ramp)
+    acc, acc_type = sw.accelerators()
     levels = sw.levels_frame()
     preset = sw.preset
 
     tiers, scope, summary_power_w, notes = _power(config, sw, levels, acc, acc_type)
-    if sim_target:
-        _add_band(tiers, config, out, sw, acc, acc_type, progress)
+    if jobs is not None:
+        _add_band(tiers, config, out, sw, acc, acc_type, jobs)
     notes = list(sw.notes) + notes
     levels["decides_answer"] = _deciding_levels(levels, tiers)
     deciding = levels[levels["decides_answer"]]
@@ -723,6 +759,7 @@ def run_sweep(
     # each level's own run records the order it was measured in; the sweep's `level` is the index by N
     # (as in levels.csv), so a resumed sweep and an uninterrupted one write the same table
     n_requests = _count_requests([sw.results[n][0] for n in sorted(sw.results)])
+    unloaded = jobs.result("baseline") if jobs is not None else None
     stale = out / "requests.parquet"  # the merged copy an older version wrote: the level files are the rows
     if stale.exists():
         stale.unlink()
@@ -758,26 +795,35 @@ def run_sweep(
         "max_agents_cap_source": cap_source,
         "simulated_requests": n_requests if target.virtual_time else None,
         "levels_measured_this_run": sw.n_measured_now,
+        "side_job_workers": jobs.n_workers if jobs is not None else 0,
+        "side_job_cpu_s": jobs.cpu_s if jobs is not None else 0.0,
+        "side_job_peak_rss_mb": jobs.peak_rss_mb if jobs is not None else 0.0,
         "wall_s": time.perf_counter() - wall0,
     }
     (out / "summary.json").write_text(strict_json_dumps(summary, indent=2) + "\n")
     from .tasks import write_sweep_tasks
 
-    write_sweep_tasks(out)  # tasks.parquet, tasks.csv: task completion times and slowdown (docs/frontier.md)
+    # tasks.parquet, tasks.csv: task completion times and slowdown (docs/frontier.md)
+    write_sweep_tasks(out, unloaded=unloaded)
     summary = json.loads(strict_json_dumps(summary))
     return SweepResult(levels, summary, None, out, tiers)
 
 
-def _add_band(
-    tiers: pd.DataFrame, config, out: Path, sw, acc, acc_type, progress: bool | Callable[[str], None]
-) -> None:
-    """Simulator: the low-high band of each tier's answer (``band=True``) and AA's published figure for the
-    system where one exists, as columns of the tier table (:mod:`agentperf_kit.sweep_band`)."""
-    from .sweep_band import band_answers, published_for
+def _add_band(tiers: pd.DataFrame, config, out: Path, sw, acc, acc_type, jobs: Any = None) -> None:
+    """Simulator: the low-high band of each tier's answer (``band=True``; the ends from the side
+    ``jobs`` started when the ramp ended, :mod:`agentperf_kit.sweep_jobs`) and AA's published figure for
+    the system where one exists, as columns of the tier table (:mod:`agentperf_kit.sweep_band`)."""
+    from .sweep_band import band_columns, published_for
 
     model = sw.results[min(sw.results)][1].get("config", {}).get("model") if sw.results else None
     if config.band:
-        band = band_answers(config, out, tiers, sw.max_agents, progress)
+        ends = {}
+        for eff in ("low", "high"):
+            if jobs is not None and f"band_{eff}" in jobs:
+                ends[eff] = jobs.result(f"band_{eff}")
+                for line in ends[eff]["lines"]:
+                    sw.say(line)
+        band = band_columns(config, tiers, ends)
         for col in (
             "band_low_agents",
             "band_high_agents",

@@ -74,6 +74,8 @@ class SweepConfig:
     ci_method: str = "agent+time"
     max_unmeasured_share: float = 0.05
     what_if: str | None = None
+    workers: int = 1  # live: worker processes per level (Ray when > 1; docs/scale-out.md)
+    ray_address: str | None = None  # live: a Ray cluster for the workers
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -121,6 +123,8 @@ class SweepConfig:
                 efficiency=self.efficiency,
                 endpoint_options=self._endpoint_options(),
                 telemetry=self._telemetry_config(),
+                workers=self.workers,
+                ray_address=self.ray_address,
             )
         except ConfigError as exc:
             if type(exc) is not ConfigError:
@@ -177,7 +181,6 @@ class SweepConfig:
         object.__setattr__(self, "what_if", what_if_string(knobs))
 
     def _check_client(self) -> None:
-        from .client.http import parse_extra_body
         from .credentials import merge_headers
 
         for name in ("headers", "public_headers"):
@@ -191,7 +194,10 @@ class SweepConfig:
             object.__setattr__(self, name, float(getattr(self, name)))
         try:
             merge_headers(self.headers, self.public_headers)
-            parse_extra_body(self.extra_body)
+            if self.extra_body is not None:  # the HTTP client's module (aiohttp) only when there is one
+                from .client.http import parse_extra_body
+
+                parse_extra_body(self.extra_body)
         except ValueError as exc:
             raise SweepConfigError(str(exc)) from None
 
@@ -199,8 +205,13 @@ class SweepConfig:
         """Keyword arguments of a live target's :class:`~agentperf_kit.client.http.Endpoint` (every header
         a secret except ``public_headers``; an ``Authorization`` header yields to ``api_key_env``, with a
         warning)."""
-        from .client.http import parse_extra_body
         from .credentials import dedupe_auth, merge_headers
+
+        extra: dict[str, Any] = {}
+        if self.extra_body is not None:  # the HTTP client's module (aiohttp) only when there is one
+            from .client.http import parse_extra_body
+
+            extra = parse_extra_body(self.extra_body)
 
         headers, public = merge_headers(self.headers, self.public_headers)
         return dict(
@@ -213,7 +224,7 @@ class SweepConfig:
             first_token_timeout_s=self.first_token_timeout_s,
             headers=dedupe_auth(headers, self.api_key_env),
             public_header_names=public,
-            extra_body=parse_extra_body(self.extra_body),
+            extra_body=extra,
         )
 
     def endpoint_for(self) -> Any:
@@ -291,6 +302,8 @@ class SweepConfig:
         """The fields that change what is measured (``out`` excluded): hashed for resume checks."""
         d = dataclasses.asdict(self)
         d.pop("out")
+        d.pop("workers")  # how the load is generated, not what is measured: a sweep may resume with
+        d.pop("ray_address")  # more workers or on another cluster
         if d.get("band", True):
             d.pop("band", None)  # at its default: left out, so older sweeps' hashes still match
         if d.get("what_if") is None:
@@ -429,6 +442,7 @@ _RANGES: tuple[tuple[str, float, bool], ...] = (
     ("first_token_timeout_s", 0.0, False),
     ("abort_after_s", 0.0, True),
     ("telemetry_interval_s", 0.0, False),
+    ("workers", 1, True),
 )
 
 

@@ -163,6 +163,10 @@ class LiveTarget:
         telemetry: what to sample during each level (None: nothing).
         api_key: the key itself (default: the variable ``endpoint.api_key_env`` names); never written.
         record_chunks: also write every chunk's time and token count (``chunks.parquet``).
+        workers: worker processes that run each level's agents (1: in this process, no Ray; more: Ray
+            actors, :mod:`agentperf_kit.scaleout`).
+        ray_address: a Ray cluster to place the workers on (``auto``, ``ray://host:port``); None: a local
+            Ray runtime when ``workers`` > 1. Given with ``workers=1``, the one worker runs on the cluster.
     """
 
     endpoint: Endpoint
@@ -171,7 +175,29 @@ class LiveTarget:
     telemetry: TelemetryConfig | None = None
     api_key: str | None = field(default=None, repr=False)
     record_chunks: bool = False
+    workers: int = 1
+    ray_address: str | None = None
     virtual_time: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
+            raise ConfigError(f"workers must be an integer >= 1, got {self.workers!r}")
+        if self.ray_address is not None and not str(self.ray_address).strip():
+            raise ConfigError("ray_address must be 'auto', 'ray://HOST:PORT' or a head's HOST:PORT, got ''")
+        if self.scale_out:
+            if self.record_chunks:
+                raise ConfigError(
+                    f"record_chunks is not available with workers={self.workers} or a ray_address; "
+                    "record chunks with workers=1 (in-process)"
+                )
+            from .scaleout.runtime import require_ray
+
+            require_ray(f"workers={self.workers}" if self.ray_address is None else "ray_address")
+
+    @property
+    def scale_out(self) -> bool:
+        """True when the levels run on Ray workers (``workers`` > 1 or a ``ray_address``)."""
+        return self.workers > 1 or self.ray_address is not None
 
     @property
     def spec(self) -> str:
@@ -218,7 +244,29 @@ class LiveTarget:
         run_id: str | None = None,
         progress: bool = True,
     ) -> RunResult:
-        """:func:`agentperf_kit.replay.run_live_sync` against this endpoint (a Jupyter cell included)."""
+        """:func:`agentperf_kit.replay.run_live_sync` against this endpoint (a Jupyter cell included), or
+        with ``workers``/``ray_address`` :func:`agentperf_kit.scaleout.run_live_workers`."""
+        telemetry = self.telemetry if self.telemetry is not None and self.telemetry.active else None
+        target_info = {"accelerators": self.accelerators, "accelerator_type": self.accelerator_type}
+        if self.scale_out:
+            from .scaleout import run_live_workers
+
+            return run_live_workers(
+                self.endpoint,
+                trajectories,
+                n_agents,
+                rules,
+                workers=self.workers,
+                ray_address=self.ray_address,
+                seed=seed % 2**32,
+                out_dir=out_dir,
+                level=level,
+                run_id=run_id,
+                progress=progress,
+                api_key=self.api_key,
+                telemetry=telemetry,
+                target_info=target_info,
+            )
         from .replay import run_live_sync
 
         return run_live_sync(
@@ -232,9 +280,9 @@ class LiveTarget:
             run_id=run_id,
             progress=progress,
             api_key=self.api_key,
-            telemetry=self.telemetry if self.telemetry is not None and self.telemetry.active else None,
+            telemetry=telemetry,
             record_chunks=self.record_chunks,
-            target_info={"accelerators": self.accelerators, "accelerator_type": self.accelerator_type},
+            target_info=target_info,
         )
 
 
@@ -249,6 +297,8 @@ def parse_target(
     telemetry: TelemetryConfig | None = None,
     api_key: str | None = None,
     record_chunks: bool = False,
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> Target:
     """The target a spec names, the only place specs are read.
 
@@ -258,7 +308,8 @@ def parse_target(
     API (e.g. ``http://127.0.0.1:8000/v1``), which needs ``model``. A :class:`Target` object is returned
     as it is. Options that do not apply to the kind of target named are ignored: ``efficiency`` (sim);
     ``endpoint_options`` (keyword arguments of :class:`~agentperf_kit.client.http.Endpoint`), ``telemetry``,
-    ``api_key``, ``record_chunks`` (live). ``accelerators``/``accelerator_type`` override a preset's.
+    ``api_key``, ``record_chunks``, ``workers``, ``ray_address`` (live; docs/scale-out.md).
+    ``accelerators``/``accelerator_type`` override a preset's.
 
     Raises:
         ConfigError: an empty or unknown spec, an unknown preset (``UnknownNameError``, listing the known
@@ -291,4 +342,6 @@ def parse_target(
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"target {text}: {exc}") from None
-    return LiveTarget(endpoint, accelerators, accelerator_type, telemetry, api_key, record_chunks)
+    return LiveTarget(
+        endpoint, accelerators, accelerator_type, telemetry, api_key, record_chunks, workers, ray_address
+    )

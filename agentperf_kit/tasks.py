@@ -47,6 +47,7 @@ __all__ = [
     "TASK_LEVEL_COLUMNS",
     "load_sweep_tasks",
     "n1_baseline",
+    "sweep_unloaded_baseline",
     "task_level_stats",
     "task_table",
     "unloaded_baseline",
@@ -180,6 +181,17 @@ def unloaded_baseline(
     return tasks.groupby("trajectory_id")["completion_s"].median()
 
 
+def sweep_unloaded_baseline(config: Any) -> pd.Series:
+    """:func:`unloaded_baseline` for a simulated sweep's configuration (its trajectory set, deployment and
+    efficiency set), the one :func:`write_sweep_tasks` computes from the sweep's ``summary.json``: a
+    sweep starts it beside its search (:mod:`agentperf_kit.sweep_jobs`) and passes it as ``unloaded``."""
+    from .sweep import _Sweeper
+
+    trajs = list(_Sweeper(config, Path("."), False).trajectories())
+    dep = getattr(config.target_object, "deployment", None)
+    return unloaded_baseline(trajs, deployment=dep, efficiency=config.efficiency)
+
+
 def _with_baseline(tasks: pd.DataFrame, baseline: pd.Series, source: str) -> pd.DataFrame:
     out = tasks.copy()
     out["baseline_s"] = out["trajectory_id"].map(baseline).astype(float)
@@ -238,11 +250,14 @@ def _sweep_trajectories(summary: Mapping[str, Any]) -> list[Any]:
     return list(_Sweeper(cfg, Path("."), False).trajectories())
 
 
-def write_sweep_tasks(directory: str | Path, *, baseline: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame]:
+def write_sweep_tasks(
+    directory: str | Path, *, baseline: str = "auto", unloaded: pd.Series | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Compute a finished sweep's task tables and write ``tasks.parquet`` (one row per task) and
     ``tasks.csv`` (one row per level). ``baseline``: ``sim_unloaded``, ``sweep_n1`` or ``auto`` (the
-    simulated unloaded replay for a simulated target, else the N = 1 level). Returns (tasks, per level).
-    Memory: one level's requests at a time."""
+    simulated unloaded replay for a simulated target, else the N = 1 level); ``unloaded``: that replay
+    already computed (:func:`sweep_unloaded_baseline` of the sweep's configuration), else it is run here.
+    Returns (tasks, per level). Memory: one level's requests at a time."""
     d = Path(directory)
     summary = json.loads((d / "summary.json").read_text())
     levels = pd.read_csv(d / "levels.csv")
@@ -284,7 +299,9 @@ def write_sweep_tasks(directory: str | Path, *, baseline: str = "auto") -> tuple
         )
         del rows
     tasks = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=TASK_COLUMNS)
-    if baseline == "sim_unloaded":
+    if baseline == "sim_unloaded" and unloaded is not None:
+        base = unloaded
+    elif baseline == "sim_unloaded":
         base = unloaded_baseline(
             trajs,
             deployment=swept.deployment if isinstance(swept, SimTarget) else None,

@@ -2,8 +2,9 @@
 
     python benchmarks/mooncake_levels.py [--agents 40 48 50]
 
-Per level (AA's rules, the default preset, mid set): distinct trajectories each agent replays (agent a
-takes ``perm[(a + k*N) mod T]``, so it sees T / gcd(N, T) of the T trajectories), requests in the window,
+Per level (AA's rules, the default preset, mid set): distinct trajectories each agent replayed (fewest and
+most over the agents; agent a takes ``perm[(a + k*S) mod T]`` with S the smallest integer >= N coprime
+with T, so it walks through all T; with S = N it would see only T / gcd(N, T)), requests in the window,
 their median output, how many have a measurable speed (output > 1 token), P25 output speed, and the
 requests per trajectory. The fixture's 10 conversations include six single-turn ones with 1-9 output
 tokens and no think time.
@@ -41,9 +42,11 @@ def main() -> None:
         w = res.requests[res.requests["in_window"]]
         sp = w["output_speed_tps"].to_numpy(dtype=float)
         st = level_stats(res.requests, window_start_s=win["window_start_s"], window_end_s=win["window_end_s"])
+        seen = res.requests.groupby("agent")["trajectory_id"].nunique()
         per = w.groupby("trajectory_id").size().sort_values(ascending=False)
         print(
-            f"N={n}: {t // math.gcd(n, t)} of {t} trajectories per agent; {len(w):,} requests in the window, "
+            f"N={n} (gcd(N, T) = {math.gcd(n, t)}): {seen.min()}-{seen.max()} of {t} trajectories per agent; "
+            f"{len(w):,} requests in the window, "
             f"median output {w['output_tokens'].median():g} tokens, {int(np.isfinite(sp).sum()):,} with a "
             f"speed; P25 speed {st['p25_output_speed_tps']:.1f} tok/s; requests per trajectory "
             f"{ {k: int(v) for k, v in per.head(4).items()} }"

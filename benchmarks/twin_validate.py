@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-context", type=int, default=None, help="fit trajectories (and profile) to this")
     ap.add_argument("--chunk-tokens", type=int, default=None, help="profile: the server's prefill chunk")
     ap.add_argument("--decode-tokens", type=int, default=128, help="profile: tokens per decode stream")
+    ap.add_argument("--repeats", type=int, default=3, help="profile: repeats per measurement (default 3)")
+    ap.add_argument("--budget", type=float, default=240.0, help="profile: s before optional parts stop")
     ap.add_argument("--tiers", default="aa-dsv4pro")
     ap.add_argument("--level-duration", type=float, default=600.0)
     ap.add_argument("--warmup", type=float, default=60.0)
@@ -151,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                     max_context=args.max_context,
                     chunk_tokens=args.chunk_tokens,
                     decode_tokens=args.decode_tokens,
+                    repeats=args.repeats,
+                    budget_s=args.budget,
                 )
             )
             write_twin(res, twin)
@@ -159,12 +163,18 @@ def main(argv: list[str] | None = None) -> int:
                 "coef": res.fit.coef,
                 "se": res.fit.se,
                 "rms_rel_residual": res.fit.rms_rel,
+                "form": res.fit.form,
+                "overlap_f_test_p": res.fit.overlap_p_value,
+                "mixed_rows": sum(o.kind == "mixed" for o in res.observations),
                 "limits": res.limits,
                 "loadavg_after": _load(),
             }
+            pr = report["profile"]
             print(
-                f"profiled in {report['profile']['wall_s']} s -> {twin} "
-                f"(load {report['profile']['loadavg_after']})"
+                f"profiled in {pr['wall_s']} s -> {twin} (load {pr['loadavg_after']}); fit form {pr['form']} "
+                f"(F test p {pr['overlap_f_test_p']:.3g}, {pr['mixed_rows']} mixed-step rows), overlap "
+                f"{pr['coef']['overlap']:.3f} +- {pr['se']['overlap']:.3f}, request_s "
+                f"{pr['coef']['request_s'] * 1e3:.2f} ms, RMS relative residual {pr['rms_rel_residual']:.3f}"
             )
         # 2. the measured sweep (live) while the server is up
         if args.mode == "live":

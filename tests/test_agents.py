@@ -190,6 +190,21 @@ def test_assignment_is_deterministic_for_a_seed_and_differs_across_seeds():
     assert not run(3).equals(run(4))
 
 
+@pytest.mark.parametrize(("n", "t"), [(5, 5), (10, 5), (4, 6), (3, 7)])
+def test_every_agent_walks_through_every_trajectory_whatever_gcd_of_n_and_t(n, t):
+    """With a stride of N, N a multiple of T would make every agent replay one trajectory forever."""
+    trajs = [_traj(f"t{i}", phases=1, turns_per_phase=1, delay=0.0) for i in range(t)]
+    rules = RunRules(warmup_s=0, duration_s=20 * t, min_trajectories=0, random_start_turn=False, ramp_s=0)
+    fleet, rows = _fleet(n=n, rules=rules, trajs=trajs)
+    _drive(fleet, service_s=1.0)
+    df = _frame(rows).sort_values("t_send_s", kind="stable")
+    for agent, g in df.groupby("agent"):
+        first_t = g.trajectory_id.iloc[:t]
+        assert first_t.nunique() == t, (agent, list(first_t))  # all T before any repeats
+    first_round = df.groupby("agent").trajectory_id.first()
+    assert first_round.value_counts().max() - first_round.value_counts().min() <= math.ceil(n / t)
+
+
 def test_abandon_policy_moves_to_the_next_trajectory_after_a_failure():
     rules = RunRules(
         warmup_s=0,

@@ -21,12 +21,13 @@ def test_ruff_clean():
 
 PUBLIC_API = {
     "AgentFleet", "AgentperfError", "ConfigError", "InputFormatError", "MeasurementError", "OutputError",
-    "RequestOutcome", "RequestPlan", "RunResult", "RunRules", "SweepConfig", "SweepResult", "SynthConfig",
-    "TargetError", "Tier", "TierPreset", "Trajectory", "TrajectoryFormatError", "Turn", "__version__",
-    "default_trajectories", "derive_request_metrics", "evaluate_level", "get_tier_preset", "level_stats",
-    "level_verdicts", "list_deployments", "load_run", "load_sweep", "load_trajectories", "max_agents",
-    "percentile", "percentile_ci", "run_live", "run_sim_level", "run_sweep", "save_trajectories",
-    "synthesize", "tier_preset_names", "trajectory_stats",
+    "RequestOutcome", "RequestPlan", "RunResult", "RunRules", "StudyConfig", "SweepConfig", "SweepResult",
+    "SynthConfig", "Target", "TargetError", "Tier", "TierPreset", "Trajectory", "TrajectoryFormatError",
+    "Turn", "default_trajectories", "derive_request_metrics", "evaluate_level", "get_tier_preset",
+    "level_stats", "level_verdicts", "list_deployments", "load_run", "load_study", "load_sweep",
+    "load_trajectories", "max_agents", "parse_target", "percentile", "percentile_ci", "run_live",
+    "run_sim_level", "run_study", "run_sweep", "save_trajectories", "synthesize", "tier_preset_names",
+    "trajectory_stats", "__version__",
 }  # fmt: skip
 
 

@@ -3,43 +3,91 @@
 from __future__ import annotations
 
 import json
+import math
 
+import pandas as pd
 import pytest
 
 from agentperf_kit.sweep import SweepConfig, format_summary, load_sweep, run_sweep
-from agentperf_kit.sweep_band import BAND_RESOLUTION, high_answer, low_answer, published_for
+from agentperf_kit.sweep_band import (
+    BAND_RESOLUTION,
+    GUIDED_PROBES,
+    EndPlan,
+    published_for,
+    ramp_anchor,
+    search_end,
+)
 
 
-def _counting(boundary: int):
+def _probe(boundary: int, slope: float = 0.6):
+    """A monotone level: passes up to ``boundary``; margin slope x log((boundary + 0.5) / n)."""
     seen: list[int] = []
 
-    def passes(n: int) -> bool:
+    def probe(n: int) -> tuple[bool, float]:
+        assert n >= 1 and n not in seen, (n, seen)  # a level is measured once
         seen.append(n)
-        return n <= boundary
+        return n <= boundary, slope * math.log((boundary + 0.5) / n)
 
-    return passes, seen
+    return probe, seen
+
+
+def _within(answer: int, boundary: int) -> bool:
+    return answer <= boundary and boundary - answer <= max(1, math.floor(answer * BAND_RESOLUTION))
 
 
 @pytest.mark.parametrize("boundary", [0, 1, 5, 37, 100, 250])
-def test_low_end_is_bracketed_to_the_resolution_below_the_answer(boundary):
-    answer = 100
-    passes, seen = _counting(boundary)
-    low = low_answer(passes, answer)
-    want = min(boundary, answer)
-    assert low <= want and want - low <= max(1, int(low * BAND_RESOLUTION))
-    assert low == 0 or low <= boundary  # the band's end is a measured pass
-    assert len(seen) <= 10
+@pytest.mark.parametrize("guess_factor", [0.3, 0.9, 1.0, 1.4, 3.0])
+def test_an_end_is_bracketed_to_the_resolution_whatever_the_first_guess(boundary, guess_factor):
+    probe, seen = _probe(boundary)
+    guess = max(1, round(max(boundary, 1) * guess_factor))
+    ans, lb = search_end(probe, EndPlan("t", guess, 0.6, lo=0, hi=None, top=4096))
+    assert not lb and _within(ans, boundary)
+    assert ans == 0 or ans in seen  # the end is a measured pass
+    assert len(seen) <= GUIDED_PROBES + 12
 
 
-@pytest.mark.parametrize("boundary", [100, 101, 150, 330, 700])
-def test_high_end_doubles_from_the_lowest_failure_then_bisects(boundary):
-    passes, seen = _counting(boundary)
-    high, lower_bound = high_answer(passes, 100, 101, cap=128)
-    assert not lower_bound
-    assert high <= boundary and boundary - high <= max(1, int(high * BAND_RESOLUTION))
-    assert seen[0] == 101  # the sweep's lowest failure is measured first
-    passes, _ = _counting(10**9)
-    assert high_answer(passes, 100, 101, cap=128)[1]  # never fails: a lower bound
+@pytest.mark.parametrize("boundary", [40, 72, 300])
+def test_a_good_guess_and_margins_close_the_bracket_in_few_levels(boundary):
+    probe, seen = _probe(boundary)
+    ans, _ = search_end(probe, EndPlan("t", round(boundary * 1.1), 0.6, lo=0, hi=None, top=4096))
+    assert _within(ans, boundary) and len(seen) <= 3, seen
+
+
+def test_assumed_bounds_and_the_top():
+    probe, seen = _probe(10**9)
+    assert search_end(probe, EndPlan("t", 50, 0.6, lo=32, hi=None, top=256)) == (256, True)
+    assert max(seen) == 256  # never above the top: a lower bound there
+    probe, seen = _probe(30)
+    ans, lb = search_end(probe, EndPlan("t", 10, 0.6, lo=0, hi=40, top=39))
+    assert _within(ans, 30) and not lb and max(seen) < 40  # hi is assumed to fail, never measured
+    probe, seen = _probe(0)
+    assert search_end(probe, EndPlan("t", 0, 0.6, lo=0, hi=1, top=0)) == (0, False) and seen == []
+
+
+def test_margins_that_predict_nothing_fall_back_to_doubling_and_bisection():
+    seen: list[int] = []
+
+    def probe(n: int) -> tuple[bool, float]:
+        seen.append(n)
+        return n <= 77, math.nan
+
+    ans, lb = search_end(probe, EndPlan("t", 20, 0.6, lo=0, hi=None, top=4096))
+    assert not lb and _within(ans, 77) and len(seen) <= 12
+
+
+def test_ramp_anchor_interpolates_the_margin_in_log_n():
+    def row(v: str, m: float) -> dict:
+        return {"verdict_t": v, "t_margin_speed": m, "t_margin_ttft": 5.0}
+
+    rows = {16: row("pass", 0.6), 32: row("pass", 0.2), 64: row("fail", -0.2)}
+    anchor, slope, p, f = ramp_anchor(rows, "t")
+    assert (
+        (p, f) == (32, 64)
+        and anchor == pytest.approx(32 * math.sqrt(2))
+        and slope == pytest.approx(0.4 / math.log(2))
+    )
+    assert ramp_anchor({1: row("fail", -1.0)}, "t")[0] == 0
+    assert ramp_anchor({1: row("pass", 1.0), 2: row("pass", 0.5)}, "t")[:3] == (2.0, 1.0, 2)
 
 
 def test_published_figure_only_for_the_same_accelerator_model_and_aa_tiers():
@@ -51,10 +99,25 @@ def test_published_figure_only_for_the_same_accelerator_model_and_aa_tiers():
     assert published_for("H200", "deepseek-v4-pro", "aa-dsv4pro", "slo1")["published_agents_per_mw"] == 2594
 
 
-def test_simulated_sweep_carries_its_band_and_prints_it(tmp_path):
+def test_simulated_sweep_carries_its_band_and_prints_it(tmp_path, monkeypatch):
     fast = dict(level_duration_s=60, warmup_s=10, min_trajectories=5, min_trajectories_per_agent=1)
     out = tmp_path / "s"
+    monkeypatch.setenv("AGENTPERF_SWEEP_WORKERS", "2")  # the band beside the search, in worker processes
     res = run_sweep(SweepConfig(out=str(out), max_agents=64, **fast), progress=False)
+    # inline (no workers): the same levels measured and the same band
+    monkeypatch.setenv("AGENTPERF_SWEEP_WORKERS", "0")
+    inline = run_sweep(SweepConfig(out=str(tmp_path / "i"), max_agents=64, **fast), progress=False)
+    band_cols = ["band_low_agents", "band_high_agents", "band_low_is_lower_bound", "band_high_is_lower_bound"]
+    assert [{c: t[c] for c in band_cols} for t in inline.summary["tiers"]] == [
+        {c: t[c] for c in band_cols} for t in res.summary["tiers"]
+    ]
+    for eff in ("low", "high"):
+        ns = [
+            pd.read_csv(d / "band" / eff / "levels.csv")["concurrency"].tolist()
+            for d in (out, tmp_path / "i")
+        ]
+        assert ns[0] == ns[1]
+    assert pd.read_csv(out / "tasks.csv").equals(pd.read_csv(tmp_path / "i" / "tasks.csv"))
     for t in res.summary["tiers"]:
         lo, mid, hi = t["band_low_agents"], t["max_agents"], t["band_high_agents"]
         assert lo <= mid <= hi, t

@@ -17,7 +17,7 @@ import pytest
 from agentperf_kit.errors import ConfigError, MeasurementError
 from agentperf_kit.sim.engine import SimRequest
 from agentperf_kit.sim.presets import efficiency, get_deployment
-from agentperf_kit.sim.twin import TwinEngine, dump_toml, load_twin
+from agentperf_kit.sim.twin import StepModel, TwinEngine, dump_toml, load_twin
 from agentperf_kit.twin.fit import Observation, fit_step_time
 
 TRUE = {"step_s": 0.01, "prefill_token_s": 1e-4, "decode_seq_s": 2e-3, "context_token_s": 1e-6}
@@ -56,6 +56,59 @@ def test_fit_standard_errors_cover_the_truth_under_noise():
     for term, value in TRUE.items():
         assert fit.se[term] > 0
         assert abs(fit.coef[term] - value) <= 1.96 * fit.se[term] + 1e-12, term
+
+
+def test_additive_data_keep_the_additive_form():
+    # rows made by the additive form: the overlap form's 2 extra terms cannot improve on them
+    fit = fit_step_time(_obs())
+    assert fit.form == "additive"
+    assert fit.coef["mem_s"] == 0 and fit.coef["overlap"] == 0 and "overlap" not in fit.identified
+
+
+# a step model whose mixed steps overlap (a roofline-like engine: weights streamed while a prefill computes)
+OVER = StepModel(step_s=0.002, prefill_token_s=4e-5, decode_seq_s=1e-4, context_token_s=2e-8,
+                 prefill_pair_s=1e-10, mem_s=0.005, overlap=0.8)  # fmt: skip
+
+
+def _over_obs(noise: float = 0.0) -> list[Observation]:
+    """Rows the profiler makes (prefill requests with a fixed request cost, pure decode steps, mixed
+    steps), timed by hand through :meth:`StepModel.time` (one step each; + 0.003 s per request)."""
+    rows = []
+    for i, p in enumerate((32, 128, 512, 2048, 4096, 8000)):
+        x = {"step_s": 1, "prefill_token_s": p, "prefill_pair_s": p * p / 2, "context_token_s": p,
+             "request_s": 1}  # fmt: skip
+        rows.append(("prefill", x, 0.003 + OVER.time(p, 0, p, p * p / 2), i))
+    for i, (b, c) in enumerate(((1, 100), (4, 800), (16, 5000), (32, 40000), (64, 200000))):
+        rows.append(
+            ("decode", {"step_s": 1, "decode_seq_s": b, "context_token_s": c}, OVER.time(0, b, c, 0), i)
+        )
+    for i, (b, p) in enumerate(((4, 128), (4, 512), (32, 128), (32, 512), (32, 2048), (4, 2048))):
+        c = b * 100
+        x = {"step_s": 1, "decode_seq_s": b, "prefill_token_s": p, "prefill_pair_s": p * p / 2,
+             "context_token_s": c + p}  # fmt: skip
+        rows.append(("mixed", x, OVER.time(p, b, c + p, p * p / 2), i))
+    return [Observation(k, x, y * (1 + noise * (-1) ** i)) for k, x, y, i in rows]
+
+
+def test_fit_recovers_the_overlap_of_mixed_steps():
+    fit = fit_step_time(_over_obs())
+    assert fit.form == "overlap" and fit.overlap_p_value < 0.05
+    for term in ("step_s", "mem_s", "prefill_token_s", "decode_seq_s", "overlap"):
+        assert fit.coef[term] == pytest.approx(getattr(OVER, term), rel=1e-3), term
+    assert fit.coef["request_s"] == pytest.approx(0.003, rel=1e-3)
+    assert fit.rms_rel < 1e-4
+    # the additive form cannot: a mixed step of 32 decoders and a 2,048-token prefill is not the sum
+    add = fit_step_time([o for o in _over_obs() if o.kind != "mixed"])
+    mixed = OVER.time(2048, 32, 3200 + 2048, 2048**2 / 2)
+    assert abs(fit.model.time(2048, 32, 3200 + 2048, 2048**2 / 2) / mixed - 1) < 1e-3
+    assert add.form == "overlap" or abs(add.model.time(2048, 32, 5248, 2048**2 / 2) / mixed - 1) > 0.01
+
+
+def test_overlap_fit_intervals_hold_the_truth_under_noise():
+    fit = fit_step_time(_over_obs(0.02) + _over_obs(-0.01))
+    assert fit.form == "overlap"
+    for term in ("overlap", "prefill_token_s", "decode_seq_s"):
+        assert abs(fit.coef[term] - getattr(OVER, term)) <= 1.96 * fit.se[term] + 1e-12, term
 
 
 def test_fit_needs_more_rows_than_terms():
@@ -98,6 +151,40 @@ def test_twin_engine_step_time_is_the_fitted_model(tmp_path):
     t2 = 0.01 + 2e-3 + 1e-6 * 101
     t3 = 0.01 + 2e-3 + 1e-6 * 102
     assert done == [pytest.approx(t1 + t2 + t3, rel=1e-12)]
+
+
+def test_twin_engine_mixed_step_hides_the_overlap(tmp_path):
+    # one step: 10 decoders (context 1,000) and a 1,000-token prefill on nothing cached
+    step = {"step_s": 0.001, "prefill_token_s": 2e-5, "decode_seq_s": 1e-4, "context_token_s": 1e-6,
+            "mem_s": 0.004, "overlap": 0.75}  # fmt: skip
+    dep = get_deployment(_write_twin(tmp_path / "t.toml", step))
+    eng = TwinEngine(dep, efficiency("mid"), lambda *a: None, lambda *a: None)
+    m = 0.004 + 1e-4 * 10 + 1e-6 * (1000 + 1000)  # memory side: weights, decoders, KV read
+    x = 2e-5 * 1000  # prefill compute (the larger part): a quarter of m shows
+    t, slope = eng._step(1010, 10, 1.0, 1000, 1000 * 1000 / 2, 1000)
+    assert t == pytest.approx(0.001 + x + 0.25 * m, rel=1e-12)
+    assert slope == pytest.approx(0.25 * 1e-6)
+    # pure decode: the memory side in full
+    assert eng.decode_step_time(10, 1000) == pytest.approx(0.001 + 0.004 + 1e-3 + 1e-3, rel=1e-12)
+
+
+def test_request_cost_is_part_of_the_simulated_ttft(tmp_path):
+    from agentperf_kit.agents import RunRules
+    from agentperf_kit.sim.virtual import run_sim_level
+    from agentperf_kit.trajectories import default_trajectories
+
+    step = {"step_s": 0.01, "prefill_token_s": 1e-5, "decode_seq_s": 2e-3}
+    ttft = {}
+    for cost in (0.0, 0.25):
+        path = _write_twin(tmp_path / f"t{cost}.toml", step, max_context_tokens=100_000)
+        with open(path, "a") as f:
+            f.write(f"\n[fit]\nrequest_s = {cost}\n")
+        assert load_twin(path).request_s == cost
+        rules = RunRules(warmup_s=0, duration_s=30, min_trajectories=1, min_trajectories_per_agent=0)
+        res = run_sim_level(default_trajectories()[:3], 1, rules, deployment=path, seed=1)
+        ttft[cost] = res.requests["ttft_s"].to_numpy()[:5]
+    # one agent: every request waits the request cost more before the engine sees it, nothing else changes
+    assert ttft[0.25] - ttft[0.0] == pytest.approx([0.25] * 5, abs=1e-9)
 
 
 def test_twin_band_brackets_the_estimate(tmp_path):
@@ -267,6 +354,78 @@ def test_profile_real_llama_server(tmp_path):
     assert data["provenance"]["server"]["props"]["total_slots"] == 4
     dep = load_twin(out)
     assert dep.step_low.step_s >= dep.step_mid.step_s >= dep.step_high.step_s
+
+
+def _real_server_cmd(kind: str, port: int) -> list[str]:
+    """The command that starts a real server of ``kind`` (``llama`` or ``vllm``, as
+    ../shared/real-servers/start_*.sh do) on ``port``; skips the test where it is not set up."""
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get("AGENTPERF_REAL_SERVERS", Path.home() / ".cache/agentperf-real-servers"))
+    if kind == "llama":
+        binary, model = root / "llama-build/bin/llama-server", root / "model/tiny.gguf"
+        if not (binary.exists() and model.exists()):
+            pytest.skip(
+                f"llama-server not set up under {root} (../shared/real-servers/setup_llama_server.sh)"
+            )
+        return [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "--alias",
+                "tiny", "--metrics", "-np", "4", "-c", "16384", "-t", "2"]  # fmt: skip
+    python, model = root / "venv-vllm/bin/python", root / "model/hf"
+    if not (python.exists() and model.exists()):
+        pytest.skip(f"vLLM CPU not set up under {root} (../shared/real-servers/setup_vllm_cpu.sh)")
+    return [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+            "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+            "--max-model-len", "4096", "--enable-prefix-caching",
+            "--enable-prompt-tokens-details"]  # fmt: skip
+
+
+@pytest.mark.realserver
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["llama", "vllm"])
+def test_real_server_validation_runs_end_to_end(tmp_path, kind):
+    """benchmarks/twin_validate.py live, short (profile, a measured sweep of 3 short levels, the twin's
+    three sweeps) against a real server started here: every tier gets a measured and a predicted answer
+    and the twin is a file a sweep reads. Accuracy is reported by the benchmark (its figures depend on
+    the machine's load), not asserted here."""
+    import os
+    from pathlib import Path
+
+    port = _free_port()
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    quiet = subprocess.DEVNULL
+    proc = subprocess.Popen(_real_server_cmd(kind, port), stdout=quiet, stderr=quiet, env=env)
+    out = tmp_path / "validate"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, f"{kind} server did not come up"
+                time.sleep(0.5)
+        bench = Path(__file__).resolve().parents[1] / "benchmarks" / "twin_validate.py"
+        cmd = [sys.executable, str(bench), "live", "--target", f"http://127.0.0.1:{port}/v1", "--model",
+               "tiny", "--max-context", "1024", "--chunk-tokens", "2048", "--decode-tokens", "48",
+               "--repeats", "2", "--budget", "60", "--tiers", "fast=100/0.5,slow=10/3",
+               "--level-duration", "15", "--warmup", "3", "--max-agents", "4", "--min-trajectories", "0",
+               "--min-trajectories-per-agent", "0", "--max-extensions", "0", "--drain-timeout", "5",
+               "--out", str(out)]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    report = json.loads((out / "validation.json").read_text())
+    assert report["profile"]["wall_s"] <= 300  # the issue's 5-minute profile
+    for eff in ("measured", "twin_mid", "twin_low", "twin_high"):
+        assert set(report[eff]["tiers"]) == {"fast", "slow"}, eff
+        assert all(isinstance(n, int) and n >= 0 for n in report[eff]["tiers"].values()), eff
+    assert report["measured"]["levels"], "the measured sweep ran no level"
+    assert "max agents per tier" in done.stdout
+    dep = load_twin(out / "twin.toml")
+    assert dep.request_s >= 0 and 0.0 <= dep.step_mid.overlap <= 1.0
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -26,6 +26,7 @@ from ..errors import AgentperfError, ConfigError
 # command modules under agentperf_kit.cli, in the order their commands appear in --help
 _COMMAND_MODULES = (
     "sweep",
+    "study",
     "run",
     "serve_sim",
     "profile",

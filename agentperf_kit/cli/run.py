@@ -91,8 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write every chunk's time and token count to chunks.parquet (live targets)",
     )
-    from .sweep import add_telemetry_flags
+    from .sweep import add_telemetry_flags, add_worker_flags
 
+    add_worker_flags(p, defaults=True)
     add_telemetry_flags(p, defaults=True)
     p.set_defaults(func=_run)
 
@@ -265,6 +266,8 @@ def _target(args: argparse.Namespace):
         telemetry=telemetry,
         api_key=key,
         record_chunks=args.record_chunks,
+        workers=args.workers,
+        ray_address=args.ray_address,
     )
 
 

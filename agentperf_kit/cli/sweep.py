@@ -102,6 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--no-preflight", action="store_true", help="skip the check of a live target before the first level"
     )
+    add_worker_flags(c)
     add_telemetry_flags(p)
     p.add_argument(
         "--out",
@@ -149,6 +150,8 @@ def _config(args: argparse.Namespace):
         continuous_usage=True if args.continuous_usage else None,
         band=False if args.no_band else None,
         what_if=",".join(args.what_if) if args.what_if else None,
+        workers=args.workers,
+        ray_address=args.ray_address,
         failure_policy=args.failure_policy,
         ci_method=args.ci_method,
         out=args.out,
@@ -243,6 +246,23 @@ def sweep_not_measured_reason(summary: dict) -> str | None:
             f"({first.get('n_requests') or 0} requests)"
         )
     return None
+
+
+def add_worker_flags(p: argparse._ActionsContainer, *, defaults: bool = False) -> None:
+    """``--workers`` and ``--ray-address`` (live targets; docs/scale-out.md)."""
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1 if defaults else None,
+        help="worker processes that run each level's agents (default 1: this process; more: Ray actors, "
+        "pip install 'agentperf-kit[ray]')",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="place the workers on this Ray cluster: auto (ray start on this host) or ray://HOST:PORT "
+        "(default: a local Ray runtime when --workers > 1)",
+    )
 
 
 def add_telemetry_flags(p: argparse.ArgumentParser, *, defaults: bool = False) -> None:

@@ -28,7 +28,14 @@ from ..trajectories.model import Trajectory
 from .engine import Engine
 from .presets import Deployment, efficiency
 
-__all__ = ["CAP_MARGIN", "decode_capacity", "estimate_max_agents"]
+__all__ = [
+    "CAP_MARGIN",
+    "decode_capacity",
+    "decode_profile",
+    "decode_step_ratio",
+    "estimate_agents",
+    "estimate_max_agents",
+]
 
 CAP_MARGIN = 1.5
 
@@ -54,6 +61,48 @@ def decode_capacity(dep: Deployment, eff_name: str, floor_tps: float, context: f
     return lo
 
 
+def decode_profile(trajectories: Sequence[Trajectory], floor_tps: float) -> tuple[float, float]:
+    """(``c``, ``f``) of steps 1 and 3 of the module docstring: the mean context a decoded token sees
+    (tokens) and the share of an agent's time spent decoding at ``floor_tps`` (tok/s); (0.0, 0.0) when
+    the trajectories have no output."""
+    out = ctx_w = decode_s = tool_s = 0.0
+    for t in trajectories:
+        for u in t.turns:
+            o = float(u.output_tokens)
+            out += o
+            ctx_w += o * (u.input_tokens + o / 2.0)
+            decode_s += o / floor_tps
+            tool_s += u.tool_delay_s
+    if out <= 0 or decode_s <= 0:
+        return 0.0, 0.0
+    return ctx_w / out, decode_s / (decode_s + tool_s)
+
+
+def estimate_agents(
+    dep: Deployment, eff_name: str, trajectories: Sequence[Trajectory], floor_tps: float
+) -> float:
+    """The model's agents ``N = B / f`` (steps 1-4 of the module docstring, without margin or rounding)
+    for ``dep`` under the efficiency set ``eff_name`` and the speed floor ``floor_tps`` (tok/s); 0.0 when
+    the trajectories have no output."""
+    c, f = decode_profile(trajectories, floor_tps)
+    if f <= 0:
+        return 0.0
+    return decode_capacity(dep, eff_name, floor_tps, c) / f
+
+
+def decode_step_ratio(dep: Deployment, eff_a: str, eff_b: str, batch: int, context: float) -> float:
+    """Pure decode step time under the efficiency set ``eff_a`` over that under ``eff_b``, for ``batch``
+    sequences at mean context ``context`` (tokens); the decode pool of a disaggregated deployment."""
+    pool = dep.decode_pool if dep.decode_pool is not None else dep
+    b = max(1, int(batch))
+
+    def step(eff: str) -> float:
+        eng = Engine(pool, efficiency(eff), lambda *a: None, lambda *a: None)
+        return eng.decode_step_time(b, b * context)
+
+    return step(eff_a) / step(eff_b)
+
+
 def estimate_max_agents(
     dep: Deployment,
     eff_name: str,
@@ -65,17 +114,5 @@ def estimate_max_agents(
 ) -> int:
     """The sweep's starting cap (agents) for ``dep`` under the loosest speed floor ``floor_tps`` (tok/s);
     the method is in the module docstring."""
-    out = ctx_w = decode_s = tool_s = 0.0
-    for t in trajectories:
-        for u in t.turns:
-            o = float(u.output_tokens)
-            out += o
-            ctx_w += o * (u.input_tokens + o / 2.0)
-            decode_s += o / floor_tps
-            tool_s += u.tool_delay_s
-    if out <= 0 or decode_s <= 0:
-        return minimum
-    b = decode_capacity(dep, eff_name, floor_tps, ctx_w / out)
-    share = decode_s / (decode_s + tool_s)
-    n = margin * b / share
+    n = margin * estimate_agents(dep, eff_name, trajectories, floor_tps)
     return max(minimum, 64 * math.ceil(n / 64))

@@ -149,6 +149,10 @@ class Engine:
         self._cap = dep.kv_capacity_tokens
         # preempt policy: admission leaves 1 % of the cache free (vLLM's watermark), against thrashing
         self._watermark = int(0.01 * self._cap) if self.preempt else 0
+        self._ov = 1.0 - dep.overlap
+        self._kv_ctx = dep.kv_read_bytes_per_ctx
+        self._dm = dep.kv_read_bytes_per_ctx / self._be
+        self._dcache: dict[int, tuple[float, ...]] = {}  # decode batch -> _decode_coeffs
 
     # -- public -----------------------------------------------------------------------------------------
 
@@ -175,13 +179,18 @@ class Engine:
         """Run engine steps until the clock reaches ``limit``, the engine runs out of work, or a request
         finishes (its callback may schedule an earlier event, so control returns to the driver)."""
         self._finished = False
-        while self.now < limit and self.has_work and not self._finished:
+        while self.now < limit and (self.waiting or self.prefilling or self.b) and not self._finished:
             if self.waiting:
                 self._admit()
+            # a request submitted ahead of its arrival (a twin delays arrivals by the request's fixed
+            # cost) is an event: decode runs up to it, an idle engine waits for it
+            t_next = self.waiting[0].t_arrival if self.waiting else math.inf
             if self.prefilling:
                 self._mixed_step()
             elif self.b:
-                self._advance_decode(limit)
+                self._advance_decode(min(limit, t_next) if t_next > self.now else limit)
+            elif t_next > self.now:
+                self.now = min(limit, t_next)
             else:  # waiting requests that cannot be admitted and nothing running: cannot happen
                 raise RuntimeError("engine stalled: queued requests but nothing running")
 
@@ -292,11 +301,44 @@ class Engine:
         return self._decode_parts(batch, decode_ctx)[0]
 
     def _decode_parts(self, b: int, ctx: float) -> tuple[float, float]:
+        c = self._dcache.get(b)
+        if c is None:
+            c = self._dcache[b] = self._decode_coeffs(b)
+        # the same operations, in the same order, as _step(b x q, b, q, ctx, 0, 0): bit-identical
+        c_lin, c_q, dq, kvq, x_mem, tail, gain = c
+        t_cmp = c_lin + (c_q + dq * ctx + 0.0) / self._fa
+        t_mem = (self._dense + self._kv_ctx * ctx + kvq + 0.0) / self._be + x_mem
+        dc, dm = dq / self._fa, self._dm
+        if t_cmp >= t_mem:
+            t, slope = self._fixed + (t_cmp + self._ov * t_mem) + tail, dc + self._ov * dm
+        else:
+            t, slope = self._fixed + (t_mem + self._ov * t_cmp) + tail, dm + self._ov * dc
+        return t / gain, slope / gain
+
+    def _decode_coeffs(self, b: int) -> tuple[float, ...]:
+        """The parts of a pure decode step of ``b`` sequences that do not depend on the context sum."""
         d = self.dep
         q = 1.0 + d.mtp_draft_tokens
-        t, dt_dctx = self._step(b * q, b, q, ctx, 0.0, 0.0)
+        tokens = b * q
+        c_lin = 2.0 * (d.active_params - d.expert_active_params) * tokens / self._fe
+        c_lin += 2.0 * d.expert_active_params * tokens * d.expert_imbalance / self._fx
         gain = 1.0 + d.mtp_acceptance if d.mtp else 1.0
-        return t / gain, dt_dctx / gain
+        return (
+            c_lin,
+            d.attn_flops_per_query * tokens,
+            d.attn_flops_decode_per_pair * q,
+            d.kv_read_bytes_per_query * b,
+            self._expert_mem(tokens),
+            self._comm(tokens),
+            gain,
+        )
+
+    def _expert_mem(self, tokens: float) -> float:
+        d = self.dep
+        if not d.routed_experts:
+            return 0.0
+        touched = d.routed_experts * (1.0 - (1.0 - d.experts_per_token / d.routed_experts) ** tokens)
+        return d.expert_weight_bytes_per_layer * d.moe_layers * touched * d.expert_imbalance / self._bx
 
     def _step(
         self, tokens: float, n_dec: float, q: float, ctx: float, pairs: float, pkv: float
@@ -316,13 +358,10 @@ class Engine:
         # memory: dense weights (per copy read), KV read, routed experts touched (busiest rank)
         nbytes = self._dense + d.kv_read_bytes_per_ctx * ctx + d.kv_read_bytes_per_query * n_dec
         nbytes += d.kv_bytes_per_token * pkv
-        t_mem = nbytes / self._be
-        if d.routed_experts:
-            touched = d.routed_experts * (1.0 - (1.0 - d.experts_per_token / d.routed_experts) ** tokens)
-            t_mem += d.expert_weight_bytes_per_layer * d.moe_layers * touched * d.expert_imbalance / self._bx
-        dm = d.kv_read_bytes_per_ctx / self._be
+        t_mem = nbytes / self._be + self._expert_mem(tokens)
+        dm = self._dm
         # partial overlap of compute and memory
-        ov = 1.0 - d.overlap
+        ov = self._ov
         if t_cmp >= t_mem:
             t_roof, slope = t_cmp + ov * t_mem, dc + ov * dm
         else:
@@ -443,12 +482,14 @@ class Engine:
         return a, dt_dctx * self.b
 
     def _advance_decode(self, limit: float) -> None:
-        a, slope = self._decode_line()
+        b = self.b
+        a, dt_dctx = self._decode_parts(b, self.s + b * self.g)  # _decode_line(), inlined
+        slope = dt_dctx * b
         m = self._decode[0][0] - self.g  # steps to the next finish (>= 1)
         if self.preempt:
             # steps until the decoders' growth (b tokens per step) exceeds the KV cache (idle entries
             # are evicted lazily, at the end of the segment, before anything else reads the cache)
-            room = self._cap - self.kv_running()
+            room = self._cap - (self.prefill_alloc + self.s + self.b * self.g)
             fit = room // self.b
             if fit < 1:
                 self._fit_kv()
@@ -472,13 +513,17 @@ class Engine:
         self.busy_s += total
         self.steps += steps
         self.g += steps
-        self._finish_due()
+        heap = self._decode
+        if heap and heap[0][0] <= self.g:
+            self._finish_due()
         if self.preempt:
             self._fit_kv()
 
     def _finish_due(self) -> None:
         heap = self._decode
         g = self.g
+        if not heap or heap[0][0] > g:
+            return
         while heap and heap[0][0] <= g:
             _, _, req = heapq.heappop(heap)
             req.gen0, req.in_decode = req.output, False
@@ -493,6 +538,9 @@ class Engine:
         """``preempt`` policy: evict idle prefix-cache entries (LRU), then preempt the newest running
         requests by recompute, until running + idle KV fits the cache (and the decoders can grow)."""
         cap = self._cap
+        running = self.prefill_alloc + self.s + self.b * self.g  # kv_running() of the preempt policy
+        if running + self.idle_tokens <= cap and running + self.b <= cap:
+            return  # the common case: nothing to evict or preempt
         while self.kv_running() + self.idle_tokens > cap and self.cache:
             _, (mem, _) = self.cache.popitem(last=False)
             self.idle_tokens -= mem

@@ -4,16 +4,27 @@ A twin preset (``twin.toml``, written by ``agentperf profile``) describes one re
 needs it: engine limits (largest batch, prefill chunk, KV capacity in tokens) and a **fitted step-time
 model** in place of the roofline. One engine step that runs ``B`` decoding sequences (whose contexts sum
 to ``C`` tokens) and prefill chunks of ``P`` new tokens in total (``A`` attention pairs, ``K`` KV tokens
-read by the chunks) takes, in seconds::
+read by the chunks) has a memory-side part ``M`` and a prefill-compute part ``X`` (seconds)::
 
-    t = step_s + prefill_token_s * P + decode_seq_s * B + context_token_s * (C + K) + prefill_pair_s * A
+    M = mem_s + decode_seq_s * B + context_token_s * (C + K)
+    X = prefill_token_s * P + prefill_pair_s * A
+    t = step_s + max(M, X) + (1 - overlap) * min(M, X)
 
-with the same definitions of ``C``, ``A`` and ``K`` as the roofline engine
-(:meth:`agentperf_kit.sim.engine.Engine.step_time`). Each coefficient carries its standard error from the
-least-squares fit (:mod:`agentperf_kit.twin.fit`); the efficiency sets of a sweep map to the band:
-``mid`` = the point estimate, ``low`` = every coefficient at its slow end (estimate x exp(``z`` x SE /
-estimate)), ``high`` = at its fast end (estimate / exp(``z`` x SE / estimate)); a coefficient estimated
-at 0 spans 0 .. ``z`` x SE.
+``overlap`` (0..1) is the share of the smaller part hidden under the larger one when a step carries
+both (a GPU streams weights and KV while its tensor cores run the prefill; the roofline engine's
+``overlap`` of compute and memory); with ``overlap`` = 0 the two parts add and ``step_s + mem_s`` is the
+fixed cost of a step (the linear form of twin files written before ``mem_s`` and ``overlap`` existed,
+which load unchanged). A pure decode step is ``step_s + M``; a pure prefill step ``step_s + X + (1 -
+overlap) x (mem_s + context_token_s x K)`` once X is the larger part. ``C``, ``A`` and ``K`` have the
+roofline engine's definitions (:meth:`agentperf_kit.sim.engine.Engine.step_time`). ``request_s`` (from
+the fit) is the fixed cost of one request the engine does not see (HTTP round trip, request set-up): the
+simulator delays each request's arrival at the engine by it, so it is part of every simulated TTFT.
+
+Each coefficient carries its standard error from the least-squares fit (:mod:`agentperf_kit.twin.fit`);
+the efficiency sets of a sweep map to the band: ``mid`` = the point estimate, ``low`` = every time
+coefficient at its slow end (estimate x exp(``z`` x SE / estimate)) and ``overlap`` at estimate - ``z`` x
+SE, ``high`` = at their fast ends; a time coefficient estimated at 0 spans 0 .. ``z`` x SE, ``overlap``
+stays within 0..1.
 
 ``agentperf sweep --target sim:PATH.toml`` resolves such a file through
 :func:`agentperf_kit.sim.presets.get_deployment`; :func:`agentperf_kit.sim.disagg.make_engine` gives it a
@@ -33,6 +44,7 @@ from .engine import Engine
 from .presets import Deployment, Efficiency
 
 __all__ = [
+    "SHAPE",
     "TERMS",
     "StepModel",
     "TwinDeployment",
@@ -44,29 +56,44 @@ __all__ = [
 
 TWIN_KIND = "agentperf-twin"
 # coefficient names, in seconds per unit: step, prefill token, decode sequence, context token, prefill pair
+# (the work amounts an observation carries, :mod:`agentperf_kit.twin.fit`)
 TERMS = ("step_s", "prefill_token_s", "decode_seq_s", "context_token_s", "prefill_pair_s")
+# the shape terms of the mixed-step form: memory-side seconds per step, overlap share (0..1)
+SHAPE = ("mem_s", "overlap")
 
 
 @dataclass(frozen=True, slots=True)
 class StepModel:
-    """Linear step-time coefficients (seconds per step / prefill token / decode sequence / context token
-    read / prefill attention pair)."""
+    """Fitted step-time coefficients (seconds per step / prefill token / decode sequence / context token
+    read / prefill attention pair, memory-side seconds per step, overlap share 0..1); the form is in the
+    module docstring."""
 
     step_s: float
     prefill_token_s: float = 0.0
     decode_seq_s: float = 0.0
     context_token_s: float = 0.0
     prefill_pair_s: float = 0.0
+    mem_s: float = 0.0
+    overlap: float = 0.0
+
+    def parts(self, prefill: float, decode_seqs: float, context: float, pairs: float) -> tuple[float, float]:
+        """(memory-side seconds ``M``, prefill-compute seconds ``X``) of one step."""
+        m = self.mem_s + self.decode_seq_s * decode_seqs + self.context_token_s * context
+        return m, self.prefill_token_s * prefill + self.prefill_pair_s * pairs
 
     def time(self, prefill: float, decode_seqs: float, context: float, pairs: float) -> float:
         """Seconds for one step (see the module docstring for the terms)."""
-        return (
-            self.step_s
-            + self.prefill_token_s * prefill
-            + self.decode_seq_s * decode_seqs
-            + self.context_token_s * context
-            + self.prefill_pair_s * pairs
-        )
+        return self.time_slope(prefill, decode_seqs, context, pairs)[0]
+
+    def time_slope(
+        self, prefill: float, decode_seqs: float, context: float, pairs: float
+    ) -> tuple[float, float]:
+        """(seconds for one step, d seconds / d context token)."""
+        m, x = self.parts(prefill, decode_seqs, context, pairs)
+        hidden = 1.0 - self.overlap
+        if m >= x:
+            return self.step_s + m + hidden * x, self.context_token_s
+        return self.step_s + x + hidden * m, hidden * self.context_token_s
 
     def as_dict(self) -> dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -77,6 +104,7 @@ class TwinDeployment(Deployment):
     """A :class:`Deployment` whose step time is a fitted :class:`StepModel` (one per efficiency set)."""
 
     twin_path: str = ""
+    request_s: float = 0.0  # fixed cost of a request the engine does not see (s): delays its arrival
     step_mid: StepModel | None = None
     step_low: StepModel | None = None
     step_high: StepModel | None = None
@@ -102,9 +130,7 @@ class TwinEngine(Engine):
         """(step seconds, d seconds / d decode context): ``tokens`` = ``n_dec`` decoding sequences x ``q``
         queries each + prefill tokens; ``ctx`` the decode context sum, ``pkv`` the KV tokens the prefill
         chunks read, ``pairs`` their attention pairs (the engine's seam for every step it times)."""
-        m = self.model
-        t = m.time(max(0.0, tokens - n_dec * q), n_dec, ctx + pkv, pairs)
-        return t, m.context_token_s
+        return self.model.time_slope(max(0.0, tokens - n_dec * q), n_dec, ctx + pkv, pairs)
 
     def _decode_line(self) -> tuple[float, float]:
         """Pure decode: step time now and its growth per step (the context grows by ``b`` per step)."""
@@ -118,16 +144,19 @@ def is_twin_path(name: str) -> bool:
 
 
 def _band(point: StepModel, se: dict[str, float], z: float, sign: int) -> StepModel:
-    """One end of the band: each coefficient ``c`` with standard error ``s`` moved to ``c x exp(+-z s /
-    c)`` (a multiplicative interval: a positive time never reaches 0, which would make steps free); a
-    coefficient estimated at 0 moves to ``z s`` (slow end) or stays 0 (fast end)."""
+    """One end of the band: each time coefficient ``c`` with standard error ``s`` moved to ``c x exp(+-z
+    s / c)`` (a multiplicative interval: a positive time never reaches 0, which would make steps free); a
+    coefficient estimated at 0 moves to ``z s`` (slow end) or stays 0 (fast end); ``overlap`` moves by
+    ``-+z s`` within 0..1 (less overlap is slower)."""
     vals = {}
-    for t in TERMS:
+    for t in (*TERMS, "mem_s"):
         c, s = getattr(point, t), float(se.get(t, 0.0))
         if c > 0:
             vals[t] = c * math.exp(sign * min(50.0, z * s / c))
         else:
             vals[t] = z * s if sign > 0 else 0.0
+    ov = point.overlap - sign * z * float(se.get("overlap", 0.0))
+    vals["overlap"] = min(1.0, max(0.0, ov))
     return StepModel(**vals)
 
 
@@ -152,7 +181,9 @@ def load_twin(path: str | Path) -> TwinDeployment:
         eng = data["engine"]
         step = data["step"]
         se = data.get("step_se", {})
-        point = StepModel(**{t: float(step.get(t, 0.0)) for t in TERMS})
+        point = StepModel(**{t: float(step.get(t, 0.0)) for t in (*TERMS, *SHAPE)})
+        if not 0.0 <= point.overlap <= 1.0:
+            raise ValueError(f"step.overlap must be within 0..1, got {point.overlap}")
         z = float(data.get("band", {}).get("z", 1.96))
         count = int(data.get("accelerator_count", 1))
         cap = int(eng["kv_capacity_tokens"])
@@ -188,6 +219,7 @@ def load_twin(path: str | Path) -> TwinDeployment:
             projection=False,
             kv_policy=str(eng.get("kv_policy", "preempt")),
             twin_path=str(p),
+            request_s=float(data.get("fit", {}).get("request_s", 0.0)),
             step_mid=point,
             step_low=_band(point, se, z, +1),
             step_high=_band(point, se, z, -1),

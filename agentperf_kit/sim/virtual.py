@@ -193,8 +193,12 @@ class _SimLevel:
         turn = plan.turn
         self.in_flight[id(plan)] = plan
         prefix = 0 if plan.fresh_phase else turn.prefix_tokens + MARKER_TOKENS
+        # a twin's fixed request cost (HTTP round trip, set-up; 0 elsewhere) delays the engine's arrival
+        t_arrival = t + getattr(self.dep, "request_s", 0.0)
         self.engine.submit(
-            SimRequest(plan, plan.phase_id, turn.input_tokens + MARKER_TOKENS, prefix, turn.output_tokens, t)
+            SimRequest(
+                plan, plan.phase_id, turn.input_tokens + MARKER_TOKENS, prefix, turn.output_tokens, t_arrival
+            )
         )
 
     def run(self, drain_timeout_s: float) -> None:

@@ -12,7 +12,9 @@ request, so nothing is cached unless meant to be; every request streamed through
 3. **Decode step time against batch size**: ``B`` streams started together (short and long prompts);
    between the last stream's first token and the first stream's end every step is pure decode, so the
    mean gap between chunks there is one decode step at a known batch and context.
-4. **Engine limits**: the largest batch (llama.cpp ``/props`` ``total_slots``; else a probe with
+4. **Mixed steps**: ``B`` streams decoding when a one-chunk prompt arrives; the gap in the streams
+   around its first token is the one step that ran both (how far prefill and decode overlap).
+5. **Engine limits**: the largest batch (llama.cpp ``/props`` ``total_slots``; else a probe with
    ``probe_streams`` streams reading ``num_requests_running`` / ``num_requests_waiting`` from
    ``/metrics``), the KV capacity in tokens (vLLM ``cache_config_info`` blocks x block size; llama.cpp
    ``/props`` ``n_ctx``; else ``kv_cache_usage_perc`` under a request of known size), the context limit
@@ -45,7 +47,7 @@ from .._version import __version__
 from ..agents import RequestPlan
 from ..client.http import Endpoint, open_session, send_request
 from ..errors import MeasurementError, TargetError
-from ..sim.twin import TERMS, TWIN_KIND, dump_toml
+from ..sim.twin import SHAPE, TERMS, TWIN_KIND, dump_toml
 from ..trajectories.model import Turn
 from .fit import Observation, StepFit, fit_step_time
 
@@ -184,7 +186,11 @@ class _Prober:
         lo, hi = self.cfg.token_id_range
         return [self.rng.randrange(lo, hi) for _ in range(n)]
 
-    async def send(self, prompt: list[int], out: int) -> tuple[Any, list[tuple[int, int]]]:
+    async def send(
+        self, prompt: list[int], out: int, chunk_log: list[tuple[int, int]] | None = None
+    ) -> tuple[Any, list[tuple[int, int]]]:
+        """Stream one request; returns its outcome and its chunks' ``(t_ns, tokens)`` (``chunk_log``, when
+        given, is filled as they arrive)."""
         turn = Turn(phase=0, prefix_tokens=0, new_tokens=len(prompt), output_tokens=out)
         plan = RequestPlan(0, 0, "profile", 0, turn, 0, "profile", True, 0.0)
         body = {
@@ -198,7 +204,8 @@ class _Prober:
             "temperature": 0.0,
         }
         for _attempt in range(3):  # a kept-alive connection the server closed fails before it is sent
-            log_: list[tuple[int, int]] = []
+            log_: list[tuple[int, int]] = chunk_log if chunk_log is not None else []
+            log_.clear()
             o = await send_request(self.session, self.ep, plan, body, self.origin, chunk_log=log_)
             if o.ok or o.error != "connect_error":
                 break
@@ -337,6 +344,24 @@ async def profile_server(cfg: ProfileConfig) -> ProfileResult:
                     row = _decode_row(outs, prompt, p.origin, scale)
                     if row is not None:
                         obs.append(row)
+        # 4. mixed steps: a prefill arriving while streams decode (how much of the two overlaps)
+        top = min(max_b - 1, max(batches))
+        mixed_b = sorted({b for b in (min(4, top), top) if b >= 1})
+        for prefill in _mixed_sizes(obs, chunk - top):
+            for b in mixed_b:
+                if time.perf_counter() - t_wall0 > cfg.budget_s:
+                    notes.append(f"budget {cfg.budget_s:g} s spent: mixed step P={prefill} B={b} skipped")
+                    continue
+                if b * (64 + cfg.decode_tokens + 16) + prefill > (
+                    limits.get("kv_capacity_tokens") or math.inf
+                ):
+                    continue
+                for _ in range(max(1, cfg.repeats)):
+                    row = await _mixed(p, b, prefill, cfg.decode_tokens, chunk)
+                    if row is not None:
+                        obs.append(row)
+                    else:
+                        notes.append(f"mixed step P={prefill} B={b}: no clean step seen (skipped)")
         if limits.get("kv_capacity_tokens") is None:
             if kv_probe:
                 limits["kv_capacity_tokens"] = int(sorted(kv_probe)[len(kv_probe) // 2])
@@ -425,6 +450,57 @@ async def _streams(
                 caps.append(b * (prompt + out / 2.0) / share)
     outs = await asyncio.gather(*tasks)
     return list(outs), caps
+
+
+def _mixed_sizes(obs: list[Observation], largest: int) -> list[int]:
+    """Prefill sizes for the mixed steps: where a prefill chunk takes about as long as a decode step
+    (``P*`` = median pure-decode step / the cold prefill's seconds per token), the sizes at which the
+    two parts' overlap shows most, as ``P*/2``, ``P*``, ``2 P*`` within 16 .. ``largest`` tokens."""
+    import statistics
+
+    dec = [o.seconds for o in obs if o.kind == "decode"]
+    cold = sorted((o.x["prefill_token_s"], o.seconds) for o in obs if o.kind == "prefill")
+    if not dec or len(cold) < 2 or cold[-1][0] <= cold[0][0]:
+        return [n for n in (128, 512, 2048) if n <= largest]
+    per_token = max(1e-12, (cold[-1][1] - cold[0][1]) / (cold[-1][0] - cold[0][0]))
+    star = statistics.median(dec) / per_token
+    return sorted({int(min(largest, max(16, f * star))) for f in (0.5, 1.0, 2.0)})
+
+
+async def _mixed(p: _Prober, b: int, prefill: int, out: int, chunk: int) -> Observation | None:
+    """One mixed step: ``b`` streams (64-token prompts) decoding when a ``prefill``-token prompt arrives.
+    Its prefill (one chunk) runs in the same engine step as their next tokens, so that step is the gap in
+    each stream between the chunk nearest the prefill's first token and the one before it (the median
+    over the streams). None when the prefill did not land inside every stream's decoding."""
+    prompt = 64
+    logs: list[list[tuple[int, int]]] = [[] for _ in range(b)]
+    tasks = [asyncio.ensure_future(p.send(p.ids(prompt), out, logs[i])) for i in range(b)]
+    deadline = time.perf_counter() + p.cfg.request_timeout_s
+    while not all(len(g) >= 3 for g in logs) and time.perf_counter() < deadline:
+        if any(t.done() for t in tasks):
+            break
+        await asyncio.sleep(0.002)
+    o, _ = await p.send(p.ids(prefill), 2)
+    outs = await asyncio.gather(*tasks)
+    tf = p.origin + int(o.t_first_s * 1e9)
+    gaps, ctx = [], 0.0
+    for (od, _), log_ in zip(outs, logs, strict=True):
+        times = [t for t, _ in log_]
+        if len(times) < 4:
+            return None
+        i = min(range(len(times)), key=lambda k: abs(times[k] - tf))
+        if i < 2 or i >= len(times) - 1:
+            return None  # the prefill landed before the stream decoded or after it ended
+        gaps.append((times[i] - times[i - 1]) / 1e9 * p.scale)
+        ratio = (od.output_tokens or len(times)) / max(1, len(times))
+        ctx += prompt + i * ratio
+    x = prefill_work(prefill, int(o.cached_prompt_tokens or 0), chunk)
+    if x["step_s"] != 1:
+        return None
+    x["decode_seq_s"] = float(b)
+    x["context_token_s"] += ctx
+    gaps.sort()
+    return Observation("mixed", x, gaps[len(gaps) // 2], f"B={b} prefill={prefill}")
 
 
 async def _probe_batch(p: _Prober, root: str, cfg: ProfileConfig) -> tuple[int, str]:
@@ -539,12 +615,14 @@ def write_twin(res: ProfileResult, path: str | os.PathLike, *, z: float = 1.96) 
             "max_context_tokens": int(res.limits["max_context_tokens"]),
             "kv_policy": "preempt",
         },
-        "step": {t: fit.coef[t] for t in TERMS},
-        "step_se": {t: fit.se[t] for t in TERMS},
+        "step": {t: fit.coef[t] for t in (*TERMS, *SHAPE)},
+        "step_se": {t: fit.se[t] for t in (*TERMS, *SHAPE)},
         "band": {"z": z, "note": "low = coefficients at estimate + z x SE, high = estimate - z x SE (>= 0)"},
         "fit": {
             "observations": len(res.observations),
             "identified": list(fit.identified),
+            "form": fit.form,
+            "overlap_f_test_p": fit.overlap_p_value,
             "request_s": fit.coef["request_s"],
             "request_s_se": fit.se["request_s"],
             "rms_rel_residual": fit.rms_rel,
@@ -580,7 +658,8 @@ def write_twin(res: ProfileResult, path: str | os.PathLike, *, z: float = 1.96) 
         data,
         comments={
             "engine": "engine limits (tokens); where each came from: [provenance.limit_sources]",
-            "step": "fitted step time, s per step / prefill token / decode sequence / context token / pair",
+            "step": "fitted step time, s per step / prefill token / decode sequence / context token / pair / "
+            "memory-side s per step; overlap share (agentperf_kit.sim.twin)",
             "step_se": "standard errors of [step]",
             "observation": "measurements behind the fit (seconds; the work amounts by term)",
         },

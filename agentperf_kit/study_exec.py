@@ -1,0 +1,265 @@
+"""Where a study's sweeps run: Ray tasks (a local Ray head, or a cluster) or a local process pool.
+
+:func:`run_point` is the unit of work, one grid point's sweep; it is a top-level function of this module,
+so both a ``spawn`` process pool and Ray import it by name (nothing from the driver's ``__main__`` is
+needed: a notebook or a script without a ``__main__`` guard works). :func:`execute` runs a list of points
+and yields each result as it finishes, in completion order.
+
+Executors (``executor``):
+
+- ``"ray"``: one Ray task per point (``num_cpus=1``). With ``ray_address`` (``auto``, ``ray://host:port``,
+  ``host:port``) it connects to that cluster; when Ray is already initialized in this process (a notebook,
+  a test's head) it uses it; otherwise it starts a private local head bound to loopback with ``workers``
+  CPUs and shuts it down at the end. At most ``workers`` tasks are in flight when ``workers`` is given.
+- ``"process"``: a ``concurrent.futures`` pool of ``workers`` processes started with ``spawn``.
+- ``"auto"``: Ray when an address is given, Ray is already initialized or Ray is installed; else the pool.
+
+A worker's failure (an exception in the sweep, a crashed process or node) is a result with ``error``
+set, never an exception out of :func:`execute`: the other points go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+from ._version import __version__
+from .errors import AgentperfError, ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EXECUTORS", "execute", "resolve_executor", "run_point", "start_local_ray"]
+
+EXECUTORS = ("auto", "ray", "process")
+
+#: Ray settings (RayConfig overrides, read from the environment as ``RAY_<name>``) for a local head: its
+#: raylet waits this long for its agents to start; Ray's defaults (15 s) are too short on a loaded 2-core
+#: machine, where the dashboard agent alone can take longer to start (the raylet then aborts)
+_SLOW_START_ENV = {
+    "RAY_" + "raylet_start_wait_time_s": "120",
+    "RAY_" + "agent_register_timeout_ms": "120000",
+}
+
+
+def run_point(payload: dict[str, Any]) -> dict[str, Any]:
+    """Run one grid point's sweep (``payload``: ``point``, ``coordinates``, ``sweep`` (SweepConfig fields),
+    ``out``) and return ``{"point", "rows", "error", "worker", "wall_s", "cpu_s", "toolkit_version"}``
+    (``wall_s``, ``cpu_s``: the sweep's wall and CPU seconds in this process): ``rows``
+    are the point's table rows (:func:`agentperf_kit.study.point_rows`), ``error`` a one-line reason when
+    the sweep raised (``rows`` then empty)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    out: dict[str, Any] = {
+        "point": payload["point"],
+        "rows": [],
+        "error": None,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "toolkit_version": __version__,
+    }
+    try:
+        from .study import point_rows
+        from .sweep import SweepConfig, run_sweep
+
+        cfg = SweepConfig(**payload["sweep"], out=payload["out"])
+        res = run_sweep(cfg, progress=False)
+        out["rows"] = point_rows(
+            payload["coordinates"], res.summary, payload.get("sweep_dir"), cfg.config_hash()
+        )
+    except Exception as exc:  # a result, not a lost exception: the study records it and goes on
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        out["error"] = " ".join(last.split())
+    out["wall_s"] = time.perf_counter() - t0
+    out["cpu_s"] = time.process_time() - c0
+    return out
+
+
+def ray_available() -> bool:
+    """Whether Ray is installed, without importing it (``import ray`` takes seconds)."""
+    import importlib.util
+    import sys
+
+    if "ray" in sys.modules:
+        return sys.modules["ray"] is not None
+    return importlib.util.find_spec("ray") is not None
+
+
+def resolve_executor(executor: str, ray_address: str | None) -> str:
+    """``"ray"`` or ``"process"`` for ``executor`` (``auto``, ``ray``, ``process``); a request for Ray
+    without Ray installed raises :class:`~agentperf_kit.errors.ConfigError` naming the install."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if ray_address is not None and executor == "process":
+        raise ConfigError(
+            f"ray_address {ray_address!r} needs the Ray executor, got executor 'process'; drop one of them"
+        )
+    if executor == "process":
+        return "process"
+    if ray_available():
+        return "ray"
+    if executor == "ray" or ray_address is not None:
+        raise ConfigError(
+            "Ray is not installed: pip install 'agentperf-kit[ray]' (or run the study on the local "
+            "process pool: executor 'process', agentperf study --executor process)"
+        )
+    return "process"
+
+
+def execute(
+    payloads: list[dict[str, Any]],
+    executor: str,
+    *,
+    workers: int | None = None,
+    ray_address: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Run :func:`run_point` on every payload; yield each result as it finishes (completion order). Closing
+    the generator (an exception, Ctrl-C) cancels the points not started and stops what it started."""
+    if not payloads:
+        return
+    if executor == "ray":
+        yield from _ray(payloads, workers, ray_address)
+    else:
+        yield from _pool(payloads, workers)
+
+
+def _failed(payload: dict[str, Any], why: str) -> dict[str, Any]:
+    return {"point": payload["point"], "rows": [], "error": why, "worker": None, "wall_s": None}
+
+
+def _pool(payloads: list[dict[str, Any]], workers: int | None) -> Iterator[dict[str, Any]]:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    n = min(workers or os.cpu_count() or 1, len(payloads))
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        with _main_not_rerun():  # the workers start during the first submits
+            futures = {pool.submit(run_point, p): p for p in payloads}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                try:
+                    yield f.result()
+                except Exception as exc:  # a worker process died (BrokenProcessPool) or could not start
+                    yield _failed(futures[f], f"worker process failed: {type(exc).__name__}: {exc}")
+    except BaseException:  # closed early (an error, Ctrl-C in a notebook): stop the sweeps running now
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()  # their sweeps resume from their measured levels on the next run
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def start_local_ray(num_cpus: int, *, attempts: int = 3) -> None:
+    """Start a private local Ray head in this process: ``num_cpus`` CPUs, bound to loopback, no
+    dashboard, workers' output not forwarded. On a loaded machine Ray's own start-up limits (its raylet
+    must register within 30 s) are sometimes missed; the start is tried ``attempts`` times (about 15-40 s
+    each on the shared 2-core machine) before :class:`~agentperf_kit.errors.AgentperfError` is raised."""
+    import ray
+
+    added = [k for k in _SLOW_START_ENV if k not in os.environ]
+    os.environ.update({k: _SLOW_START_ENV[k] for k in added})  # the raylet inherits them
+    try:
+        for attempt in range(1, attempts + 1):
+            try:
+                ray.init(
+                    num_cpus=num_cpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    _node_ip_address="127.0.0.1",
+                )
+                return
+            except Exception as exc:  # Ray raises a bare Exception when its node misses its start-up limit
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+                if attempt == attempts:
+                    raise AgentperfError(
+                        f"a local Ray head did not start after {attempts} attempts ({exc}); the machine may "
+                        "be overloaded: try again, or use the local process pool (executor 'process')"
+                    ) from None
+                log.warning(
+                    "a local Ray head did not start (%s); trying again (%d/%d)", exc, attempt + 1, attempts
+                )
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+@contextlib.contextmanager
+def _main_not_rerun() -> Iterator[None]:
+    """Workers started inside this block do not import the driver's ``__main__`` (``spawn`` re-runs a
+    script's top level in every worker, which breaks a script without a ``__main__`` guard, or one read
+    from stdin): :func:`run_point` lives in this package, so the workers start as a notebook's do."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    saved: dict[str, Any] = {
+        k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__
+    }
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__spec__ = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+            if "__spec__" not in saved:
+                main.__dict__.pop("__spec__", None)
+
+
+@contextlib.contextmanager
+def _ray_runtime(workers: int | None, ray_address: str | None) -> Iterator[Any]:
+    """Ray, initialized: the given cluster, the runtime this process already has, or a private local head
+    (loopback, ``workers`` CPUs, no dashboard) that is shut down on exit."""
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    if ray_address is not None:
+        try:
+            ray.init(address=ray_address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(
+                f"ray_address {ray_address!r}: cannot connect to the Ray cluster ({exc}); check the address "
+                "(auto, ray://HOST:10001 or HOST:6379) and that the cluster runs"
+            ) from None
+    else:
+        start_local_ray(workers or os.cpu_count() or 1)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _ray(
+    payloads: list[dict[str, Any]], workers: int | None, ray_address: str | None
+) -> Iterator[dict[str, Any]]:
+    with _ray_runtime(workers, ray_address) as ray:
+        task = ray.remote(num_cpus=1, max_retries=1)(run_point)
+        queue = list(payloads)
+        limit = workers or len(payloads)
+        running: dict[Any, dict[str, Any]] = {}
+        try:
+            while queue or running:
+                while queue and len(running) < limit:
+                    p = queue.pop(0)
+                    running[task.remote(p)] = p
+                done, _ = ray.wait(list(running), num_returns=1)
+                for ref in done:
+                    p = running.pop(ref)
+                    try:
+                        yield ray.get(ref)
+                    except Exception as exc:  # the task's worker or node died, or it could not start
+                        why = " ".join(str(exc).split())[:300]
+                        yield _failed(p, f"Ray task failed: {type(exc).__name__}: {why}")
+        finally:
+            for ref in running:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)

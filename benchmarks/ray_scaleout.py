@@ -1,0 +1,265 @@
+"""Scale-out on Ray (issue 14): agents per worker count, and the cost of the Ray path, side by side.
+
+Against ``fast_sse_server.c`` (one C process per level, TTFT 200 ms, 20 ms between tokens = 50 tok/s per
+stream, with its truth log: the true time of every request's first token on CLOCK_MONOTONIC, the clock the
+client's stamps are on), with the default AA-shaped synthetic trajectories (completions endpoint):
+
+1. **Largest N** for 1 worker (the in-process path, ``--workers 1``) and for 2 Ray workers
+   (``--workers 2``): N climbs a ladder (x1.5 from ``--start``) until a level fails one of: ``client_ok``
+   (every worker's self-check), rows == requests the server saw (its truth log's lines), P95 TTFT error
+   <= 20 ms (client TTFT - the server's true TTFT, requests matched by phase marker and order, over the
+   steady window). Target: 2 workers reach >= 1.7x the agents of 1 worker.
+2. **CPU per 1M tokens**, Ray path at ``--workers 1`` against in-process, same N, same level: in-process =
+   this process's CPU during the level; Ray = the driver's CPU + the worker process's + Ray's own processes
+   (GCS, raylet, agents) during the level. Target: within 5 %.
+
+    python benchmarks/ray_scaleout.py --quick       # <= 8 min: short levels
+    python benchmarks/ray_scaleout.py               # longer levels
+
+Prints the figures with the 1-min load average before and after each level and appends the report to
+``benchmarks/results/ray_scaleout.txt`` (``--no-append`` to only print). Latency figures depend on what
+else runs on the machine: compare figures taken at a similar load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from client_outside import _pct, git_commit, match_truth
+from fast_sse_server import FastSSEServer, compile_server, read_truth_log
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "ray_scaleout.txt"
+TTFT_MS, ITL_MS = 200.0, 20.0
+TTFT_ERR_MAX_S = 0.020
+
+
+def markers_of(trajs, n: int, seed: int, nonce: int, workers: int, n_phases: int, rules) -> dict[int, str]:
+    """Each ``phase_id``'s marker as the run's fleet(s) drew it: in one process (``workers`` 0) the fleet's
+    draws; with K Ray workers each worker's :class:`SubFleet` (its own nonce; its later phases are
+    ``N + w + j*K``)."""
+    from agentperf_kit.agents import AgentFleet
+    from agentperf_kit.scaleout.fleets import SubFleet, worker_nonce
+
+    out: dict[int, str] = {}
+    if workers == 0:
+        fleet = AgentFleet(trajs, n, rules, seed=seed, sink=lambda r: None, marker_nonce=nonce)
+        out = {p.phase_id: p.marker for p in fleet.start(0.0)}
+        for pid in range(n, n_phases):
+            out[pid] = f"{(fleet._rng.getrandbits(107) ^ nonce) % 10**32:032d}"
+        return out
+    for w in range(workers):
+        wn = worker_nonce(nonce, w)
+        sub = SubFleet(trajs, n, rules, seed=seed, sink=lambda r: None, marker_nonce=wn).split(
+            w, workers, 0.0
+        )
+        out.update({p.phase_id: p.marker for p in sub.start(0.0)})
+        for pid in range(n + w, n_phases, workers):
+            out[pid] = f"{(sub._rng.getrandbits(107) ^ wn) % 10**32:032d}"
+    return out
+
+
+def descendants_cpu_s(exclude: set[int] = frozenset()) -> float:  # type: ignore[assignment]
+    """CPU seconds (user + system, and of their reaped children) of this process's live descendants."""
+    import psutil
+
+    total = 0.0
+    for p in psutil.Process().children(recursive=True):
+        if p.pid in exclude:
+            continue
+        try:
+            c = p.cpu_times()
+            total += c.user + c.system + c.children_user + c.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_level(binary, trajs, n: int, workers: int, args, tmp: Path, tag: str) -> dict:
+    """One level against a fresh server; ``workers`` 0 = in-process. Returns its figures."""
+    from agentperf_kit.agents import RunRules
+    from agentperf_kit.client.http import Endpoint
+    from agentperf_kit.replay import run_live_sync
+    from agentperf_kit.scaleout import run_live_workers
+
+    rules = RunRules(
+        warmup_s=args.warmup,
+        duration_s=args.duration,
+        min_trajectories=0,
+        min_trajectories_per_agent=0,
+        ramp_s=args.ramp,
+        drain_timeout_s=args.drain,
+    )
+    truth_path = tmp / f"{tag}.truth"
+    out = tmp / tag
+    load0 = os.getloadavg()[0]
+    with FastSSEServer(TTFT_MS, ITL_MS, binary=binary, log=truth_path) as srv:
+        ep = Endpoint(srv.base_url, "fast", api="completions")
+        self0 = resource.getrusage(resource.RUSAGE_SELF)
+        ray0 = descendants_cpu_s(exclude={srv.proc.pid}) if workers else 0.0
+        t0 = time.perf_counter()
+        kw = dict(seed=args.seed, out_dir=out, progress=False)
+        if workers == 0:
+            res = run_live_sync(ep, trajs, n, rules, **kw)
+        else:
+            res = run_live_workers(ep, trajs, n, rules, workers=workers, **kw)
+        wall = time.perf_counter() - t0
+        self1 = resource.getrusage(resource.RUSAGE_SELF)
+        ray1 = descendants_cpu_s(exclude={srv.proc.pid}) if workers else 0.0
+    load1 = os.getloadavg()[0]
+    df, m = res.requests, res.manifest
+    truth = read_truth_log(truth_path)
+    cpu_self = (self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)
+    ws = (m.get("workers") or {}).get("workers", [])
+    cpu_workers = sum((w.get("stats") or {}).get("cpu_process_s", 0.0) for w in ws)
+    # Ray's own processes (GCS, raylet, agents): their CPU over the level; the workers' own is reported
+    # by the workers themselves (their processes are gone when the level ends)
+    cpu_ray = max(0.0, ray1 - ray0)
+    tokens = float(df["output_tokens"].fillna(df["n_chunks"]).sum())
+    nonce = int(m["config"]["marker_nonce"], 16)
+    n_phases = int(df["phase_id"].max()) + 1 if len(df) else 0
+    markers = markers_of(trajs, n, args.seed, nonce, workers, n_phases, rules)
+    win = df[df["in_window"] & df["ok"]]
+    pairs = match_truth(win, truth, markers)
+    errs = [
+        (row["t_first_s"] - row["t_send_s"]) - (line["t_first"] - line["t_req"])
+        for row, line in pairs
+        if line["t_first"] > 0
+    ]
+    p95_err = _pct(errs, 95)
+    rows_ok = len(df) == len(truth)
+    ok = bool(m.get("client_ok")) and rows_ok and p95_err <= TTFT_ERR_MAX_S and len(errs) > 0
+    return {
+        "tag": tag,
+        "n": n,
+        "workers": workers,
+        "ok": ok,
+        "client_ok": m.get("client_ok"),
+        "reasons": m.get("client_check", {}).get("reasons", []),
+        "rows": len(df),
+        "server_requests": len(truth),
+        "matched": len(errs),
+        "in_window": int(df["in_window"].sum()),
+        "p50_err_ms": _pct(errs, 50) * 1e3,
+        "p95_err_ms": p95_err * 1e3,
+        "tokens": tokens,
+        "cpu_self_s": cpu_self,
+        "cpu_workers_s": cpu_workers,
+        "cpu_ray_s": cpu_ray,
+        "cpu_total_s": cpu_self + cpu_workers + cpu_ray,
+        "wall_s": wall,
+        "load": (load0, load1),
+        "aborted": m.get("aborted_reason"),
+    }
+
+
+def describe(r: dict) -> str:
+    who = "in-process" if r["workers"] == 0 else f"{r['workers']} Ray worker(s)"
+    cpu = r["cpu_total_s"] / r["tokens"] * 1e6 if r["tokens"] else math.nan
+    why = (
+        ""
+        if r["ok"]
+        else "  FAIL: "
+        + "; ".join(
+            [*(r["reasons"][:2]), *(["rows != server requests"] if r["rows"] != r["server_requests"] else [])]
+            + ([f"P95 TTFT error {r['p95_err_ms']:.1f} ms > 20"] if not r["p95_err_ms"] <= 20 else [])
+            + ([f"ended early: {r['aborted']}"] if r["aborted"] else [])
+        )
+    )
+    return (
+        f"   N={r['n']:>5} {who:<18} rows {r['rows']:,} / server {r['server_requests']:,}, TTFT error "
+        f"P50 {r['p50_err_ms']:.1f} ms P95 {r['p95_err_ms']:.1f} ms ({r['matched']:,} matched), "
+        f"client_ok={r['client_ok']}, CPU {r['cpu_total_s']:.1f} s (driver {r['cpu_self_s']:.1f}, workers "
+        f"{r['cpu_workers_s']:.1f}, Ray {r['cpu_ray_s']:.1f}) = {cpu:.1f} CPU-s/1M tokens, wall "
+        f"{r['wall_s']:.0f} s, load {r['load'][0]:.2f} -> {r['load'][1]:.2f}{why}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="short levels: the whole run in <= 8 min")
+    ap.add_argument("--start", type=int, default=256, help="first N of the ladder (default 256)")
+    ap.add_argument("--max-agents", type=int, default=8192)
+    ap.add_argument("--cpu-agents", type=int, default=256, help="N of the CPU comparison (default 256)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-append", action="store_true")
+    args = ap.parse_args()
+    args.duration, args.warmup, args.ramp, args.drain = (
+        (10.0, 3.0, 5.0, 5.0) if args.quick else (30, 5, 10, 10)
+    )
+    logging.basicConfig(level=logging.ERROR)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from agentperf_kit.trajectories import default_trajectories
+
+    lines: list[str] = []
+
+    def say(s: str = "") -> None:
+        lines.append(s)
+        print(s, flush=True)
+
+    trajs = default_trajectories()
+    say(
+        f"== ray_scaleout{' --quick' if args.quick else ''}: server TTFT {TTFT_MS:g} ms, {1e3 / ITL_MS:g} "
+        f"tok/s, AA-shaped default trajectories, levels: ramp {args.ramp:g} s, warm-up {args.warmup:g} s, "
+        f"window {args.duration:g} s, drain {args.drain:g} s; "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; "
+        f"commit {git_commit()}; cpus {os.cpu_count()}, load average (1 min) {os.getloadavg()[0]:.2f}"
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="ray_scaleout_"))
+    binary = compile_server(tmp)
+    t_all = time.perf_counter()
+
+    # CPU per 1M tokens: in-process first (before Ray exists in this process), then Ray at --workers 1
+    say(f"-- CPU per 1M tokens at N={args.cpu_agents}: in-process vs the Ray path at --workers 1")
+    cpu_in = run_level(binary, trajs, args.cpu_agents, 0, args, tmp, "cpu-inproc")
+    say(describe(cpu_in))
+    t = time.perf_counter()
+    from agentperf_kit.scaleout.runtime import connect
+
+    connect(None, 2)
+    say(f"   (local Ray runtime started in {time.perf_counter() - t:.0f} s, not counted)")
+    cpu_ray = run_level(binary, trajs, args.cpu_agents, 1, args, tmp, "cpu-ray1")
+    say(describe(cpu_ray))
+    a = cpu_in["cpu_total_s"] / cpu_in["tokens"] * 1e6
+    b = cpu_ray["cpu_total_s"] / cpu_ray["tokens"] * 1e6
+    say(
+        f"   Ray path at --workers 1: {b:.1f} vs in-process {a:.1f} CPU-s per 1M tokens: {b / a - 1:+.1%} "
+        "(target within 5%)"
+    )
+
+    best: dict[int, int] = {}
+    for workers in (0, 2):
+        label = "1 worker (in-process)" if workers == 0 else f"{workers} Ray workers"
+        say(f"-- largest N, {label}")
+        n, best[workers] = args.start, 0
+        while n <= args.max_agents:
+            r = run_level(binary, trajs, n, workers, args, tmp, f"w{workers}-n{n}")
+            say(describe(r))
+            if not r["ok"]:
+                break
+            best[workers] = n
+            n = int(n * 1.5)
+    one, two = best[0], best[2]
+    ratio = two / one if one else math.nan
+    say(
+        f"-- largest N: 1 worker {one:,}, 2 workers {two:,}: {ratio:.2f}x (target >= 1.7x); whole run "
+        f"{time.perf_counter() - t_all:.0f} s, load average (1 min) {os.getloadavg()[0]:.2f}"
+    )
+    if not args.no_append:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with open(RESULTS, "a") as f:
+            f.write("\n".join(lines) + "\n\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Scale-out live levels on Ray workers against loopback SSE servers (issue 14, docs/scale-out.md).
+
+One local Ray head for the module (``ray.init`` takes 10-25 s on the CI machine); every test that needs it
+is slow. The parts that need no Ray (the split fleet, the ledger, the clock, the no-Ray path) run in the
+fast lane.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from agentperf_kit.agents import AgentFleet, RunRules
+from agentperf_kit.client.http import Endpoint
+from agentperf_kit.scaleout.clock import measure_offset
+from agentperf_kit.scaleout.fleets import Ledger, SubFleet, worker_nonce
+from agentperf_kit.trajectories.model import Trajectory, Turn
+from tests.sse_servers import SSEServer, serving
+
+# Ray's node leaves Popen objects of processes it stopped itself to the collector
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:subprocess .* is still running:ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
+RULES = RunRules(
+    warmup_s=0.3,
+    duration_s=2.0,
+    min_trajectories=4,
+    min_trajectories_per_agent=1,
+    ramp_s=0.3,
+    drain_timeout_s=3,
+    random_start_turn=True,
+)
+
+
+def _trajs(n=6, turns=3, out=12, delay=0.02):
+    res = []
+    for i in range(n):
+        ts = [Turn(0, 40 * k, 40, out, tool_delay_s=delay) for k in range(turns)]
+        res.append(Trajectory(f"t{i}", ts))
+    return res
+
+
+# -- no Ray: the split fleet, the ledger, the clock ------------------------------------------------------
+
+
+def test_split_fleets_give_each_agent_what_one_fleet_gives_it():
+    """K sub-fleets together start the same agents, trajectories, turns and ramp times as one fleet;
+    phase ids and markers never repeat across workers."""
+    trajs, n, k = _trajs(n=7, turns=5), 10, 3
+    one = AgentFleet(trajs, n, RULES, seed=4, sink=lambda r: None).start(0.0)
+    subs = [
+        SubFleet(trajs, n, RULES, seed=4, sink=lambda r: None, marker_nonce=worker_nonce(99, w)).split(
+            w, k, 0.0
+        )
+        for w in range(k)
+    ]
+    per_worker = [s.start(123.0) for s in subs]  # t0 comes from split(), not from the call
+    assert all(p.agent % k == w for w, ps in enumerate(per_worker) for p in ps)
+    plans = [p for ps in per_worker for p in ps]
+    key = lambda p: (p.agent, p.trajectory_id, p.turn_index, p.t_scheduled_s)  # noqa: E731
+    assert sorted(map(key, plans)) == sorted(map(key, one))
+    # later phases: ids N + w + j*K, unique over all workers; markers unique too
+    ids, markers = set(), set()
+    for w, s in enumerate(subs):
+        for p in [q for q in plans if q.agent % k == w]:
+            ids.add(p.phase_id)
+            markers.add(p.marker)
+            for _ in range(6):
+                s._take_trajectory(s._agents[p.agent])
+                nxt = s._plan(s._agents[p.agent], 1.0, force_fresh=True)
+                assert nxt.phase_id % k == (n + w) % k and nxt.phase_id >= n
+                assert nxt.phase_id not in ids and nxt.marker not in markers
+                ids.add(nxt.phase_id)
+                markers.add(nxt.marker)
+
+
+def test_ledger_opens_the_window_after_the_latest_first_send_and_counts_all_workers():
+    trajs = _trajs(n=2, turns=2)
+    rules = RunRules(warmup_s=1.0, duration_s=2.0, min_trajectories=2, min_trajectories_per_agent=1)
+    led = Ledger(trajs, 2, rules, seed=0, sink=lambda r: None)
+    led.note_first_send(1, 0.5)
+    assert not led.window_known
+    led.note_first_send(0, 0.2)  # reported later, sent earlier: the latest send opens the window
+    assert led.window_start_s == pytest.approx(1.5)
+
+    def row(agent, traj, turn, t_send, t_end, ok=True):
+        r = [None] * 32
+        r[3], r[4], r[7], r[9], r[13], r[25], r[27], r[30] = agent, traj, turn, t_send, t_end, ok, "", False
+        return tuple(r)
+
+    led.record([row(0, "t0", 1, 1.6, 2.0), row(1, "t1", 0, 1.7, 2.1)])  # agent 1 mid-trajectory
+    assert led.completed_in_window == 1 and led.may_send(4.0)  # counts not met: window stays open
+    led.record([row(1, "t1", 1, 2.2, 2.5)])
+    assert not led.may_send(3.6) and led.window_end_s == pytest.approx(3.5)
+    w = led.window_summary()
+    assert w["trajectories_completed_in_window"] == 2 and w["min_trajectories_per_agent_in_window"] == 1
+
+
+def test_ledger_ends_the_level_when_every_worker_only_fails():
+    rules = RunRules(
+        warmup_s=0.0, duration_s=100.0, min_trajectories=0, min_trajectories_per_agent=0, abort_after_s=5
+    )
+    led = Ledger(_trajs(n=2), 2, rules, seed=0, sink=lambda r: None)
+    led.note_first_send(0, 0.0)
+    led.note_first_send(1, 0.0)
+
+    def fail(agent, t):
+        r = [None] * 32
+        r[3], r[4], r[7], r[9], r[13], r[25], r[27], r[30] = (
+            agent,
+            "t0",
+            0,
+            t - 0.1,
+            t,
+            False,
+            "http_500",
+            False,
+        )
+        return tuple(r)
+
+    led.record([fail(a, t) for t in range(1, 7) for a in (0, 1)])
+    assert not led.may_send(7.0)
+    assert "every request failed" in led.window_summary()["aborted_reason"]
+
+
+def test_clock_offset_by_min_rtt_finds_a_known_offset():
+    """A 'remote' clock 2.5 s ahead, read after a random delay: the offset is found within its
+    uncertainty, and the uncertainty is half the best round trip."""
+    import random
+
+    def remote() -> int:
+        time.sleep(random.uniform(0, 0.002))
+        t = time.perf_counter_ns() + 2_500_000_000
+        time.sleep(random.uniform(0, 0.002))
+        return t
+
+    off = measure_offset(remote, rounds=12)
+    assert abs(off.offset_s - 2.5) <= off.uncertainty_s + 1e-6
+    assert off.uncertainty_s == pytest.approx(off.rtt_min_s / 2)
+
+
+def test_workers_without_ray_is_one_line_naming_the_extra(tmp_path):
+    """``--workers 2`` where Ray cannot be imported: exit 2, one line naming the extra; ``--workers 1``
+    does not import Ray at all."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "ray.py").write_text("raise ImportError('no ray here')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim), os.getcwd()])}
+    args = [
+        sys.executable,
+        "-m",
+        "agentperf_kit.cli",
+        "run",
+        "--target",
+        "http://127.0.0.1:9/v1",
+        "--model",
+        "m",
+    ]
+    args += ["-n", "2", "--out", str(tmp_path / "o"), "--no-preflight", "--workers", "2"]
+    p = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'agentperf-kit[ray]'" in lines[0], p.stderr
+    code = (
+        "import sys; from agentperf_kit.targets import parse_target; "
+        "t = parse_target('http://127.0.0.1:9/v1', model='m', workers=1); "
+        "assert 'ray' not in sys.modules and not t.scale_out; print('ok')"
+    )
+    q = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert q.stdout.strip() == "ok", q.stderr
+
+
+# -- a real local Ray head -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    ray = pytest.importorskip("ray")
+    from agentperf_kit.scaleout.runtime import connect
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = not ray.is_initialized()
+    connect(None, 2)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def _level(server, tmp_path, n, k, rules=RULES, **kw):
+    from agentperf_kit.scaleout import run_live_workers
+
+    ep = Endpoint(server.base_url, "m", api="completions", request_timeout_s=20, stall_timeout_s=5)
+    return run_live_workers(ep, _trajs(), n, rules, workers=k, out_dir=tmp_path / "run", progress=False, **kw)
+
+
+@pytest.mark.slow
+def test_a_level_on_two_workers_is_one_level(ray_head, tmp_path):
+    """Two workers, 8 agents: one requests.parquet with a row for every request the server saw, the
+    worker column, in-flight never above N counted over both workers, the window by the rules over all
+    agents, and one clock (the workers' offsets measured and within their uncertainty of 0)."""
+    from agentperf_kit.metrics import level_stats
+
+    server = SSEServer(ttft_s=0.05, itl_s=0.01)
+    with serving(server):
+        res = _level(server, tmp_path, 8, 2)
+    df, m = res.requests, res.manifest
+    assert len(df) == server.requests  # every request the server saw, exactly one row
+    assert df.ok.all(), df.error_detail.unique()[:3]
+    assert set(df["worker"]) == {0, 1} and (df["worker"] == df["agent"] % 2).all()
+    assert server.max_in_flight <= 8 and m["client_check"]["max_in_flight"] <= 8
+    assert df.groupby(["phase_id"])["agent"].nunique().max() == 1  # a phase id is one agent's
+    w = m["window"]
+    # the latest first send over both workers (as the fleet stamps it: just before the request's own stamp)
+    last_first = df.groupby("agent")["t_send_s"].min().max()
+    assert last_first - 0.05 <= w["window_start_s"] - RULES.warmup_s <= last_first
+    assert w["trajectories_completed_in_window"] >= RULES.min_trajectories
+    assert w["min_trajectories_per_agent_in_window"] >= 1
+    s = level_stats(df, window_start_s=w["window_start_s"], window_end_s=w["window_end_s"])
+    assert s["n_requests"] > 0 and s["max_in_flight"] <= 8
+    ws = m["workers"]["workers"]
+    assert [x["worker"] for x in ws] == [0, 1] and sum(x["rows"] for x in ws) == len(df)
+    for x in ws:
+        c = x["clock"]
+        assert c["shared_monotonic_clock"] and c["origin_shift_s"] == 0
+        assert abs(c["start"]["offset_s"]) <= c["start"]["uncertainty_s"] + 1e-4  # one CLOCK_MONOTONIC
+        assert x["stats"]["pid"] != os.getpid()
+    per = m["client_check"]["workers"]
+    assert m["client_ok"] == all(p["client_ok"] for p in per)  # the conjunction
+    # the server's own TTFT (50 ms) is what the rows show, on the workers' clocks
+    assert df["ttft_s"].median() >= 0.05
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_ends_the_level_with_its_rows_kept(ray_head, tmp_path):
+    """SIGKILL one worker's process mid-level: the run ends (no hang), the level is invalid with the
+    reason, the rows both workers handed over are in requests.parquet."""
+    server = SSEServer(ttft_s=0.05, itl_s=0.02)
+    rules = RunRules(
+        warmup_s=0.2,
+        duration_s=60,
+        min_trajectories=0,
+        min_trajectories_per_agent=0,
+        ramp_s=0.2,
+        drain_timeout_s=2,
+    )
+    killed: list[int] = []
+
+    def killer() -> None:
+        # the worker pids: Ray actors whose class is LevelWorker, found through the state API
+        from ray.util.state import list_actors
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            alive = [
+                a for a in list_actors(filters=[("class_name", "=", "LevelWorker"), ("state", "=", "ALIVE")])
+            ]
+            if len(alive) == 2 and server.requests >= 20:
+                os.kill(alive[1]["pid"], signal.SIGKILL)
+                killed.append(alive[1]["pid"])
+                return
+            time.sleep(0.2)
+
+    t = threading.Thread(target=killer, daemon=True)
+    with serving(server):
+        t.start()
+        t0 = time.monotonic()
+        res = _level(server, tmp_path, 6, 2, rules=rules, worker_timeout_s=20)
+        took = time.monotonic() - t0
+    t.join(5)
+    assert killed, "no worker was killed"
+    m, df = res.manifest, res.requests
+    assert took < 50, took  # ended long before the 60 s window
+    assert m["meets_aa_rules"] is False
+    assert "worker" in m["aborted_reason"] and "failed" in m["aborted_reason"]
+    dead = [x for x in m["workers"]["workers"] if x["failed"]]
+    assert len(dead) == 1
+    assert set(df["worker"]) == {0, 1}  # the dead worker's rows so far are kept
+    assert m["client_ok"] is False and any(
+        r.startswith(f"worker {dead[0]['worker']}") for r in m["client_check"]["reasons"]
+    )
+    assert len(df) <= server.requests
+
+
+@pytest.mark.slow
+def test_cli_run_with_two_workers_writes_the_worker_column(ray_head, tmp_path):
+    """``agentperf run --workers 2`` in this process (the module's Ray head): exit 0 or 3 (a busy machine's
+    self-check), one requests.parquet with ``worker``."""
+    from agentperf_kit.cli import main
+    from agentperf_kit.results import load_run
+    from tests.conftest import assert_live_run_measured
+
+    server = SSEServer(ttft_s=0.05, itl_s=0.01)
+    out = tmp_path / "cli"
+    with serving(server):
+        rc = main(
+            ["run", "--target", server.base_url, "--model", "m", "-n", "4", "--workers", "2",
+             "--duration", "1", "--warmup", "0.2", "--min-trajectories", "0",
+             "--min-trajectories-per-agent", "0", "--ramp", "0.2", "--drain-timeout", "3", "--out", str(out),
+             "--quiet", "--no-scrape-metrics"]
+        )  # fmt: skip
+    assert_live_run_measured(rc, out)
+    df = load_run(out).requests
+    assert len(df) == server.requests and set(df["worker"]) == {0, 1}
