@@ -66,7 +66,7 @@ def run_point(payload: dict[str, Any]) -> dict[str, Any]:
         from .sweep import SweepConfig, run_sweep
 
         cfg = SweepConfig(**payload["sweep"], out=payload["out"])
-        res = run_sweep(cfg, progress=False)
+        res = run_sweep(cfg, progress=False, side_workers=0)  # the study runs sweeps side by side
         out["rows"] = point_rows(
             payload["coordinates"], res.summary, payload.get("sweep_dir"), cfg.config_hash()
         )

@@ -650,6 +650,7 @@ def run_sweep(
     *,
     progress: bool | Callable[[str], None] = True,
     target: Target | None = None,
+    side_workers: int | None = None,
 ) -> SweepResult:
     """Run (or resume) a sweep; writes ``levels/`` (each level's run: its ``requests.parquet`` is the one
     copy of its rows), ``levels.csv`` and ``summary.json``.
@@ -662,7 +663,12 @@ def run_sweep(
     ``progress``: False is silent; True shows a live level's progress bar and logs one line per level
     (and one at the start) to the ``agentperf_kit.sweep`` logger at INFO, which the CLI prints (in a
     notebook: ``logging.basicConfig(level=logging.INFO)``); a callable (e.g. ``print``) receives those
-    lines instead of the logger."""
+    lines instead of the logger.
+
+    ``side_workers``: worker processes for a simulated sweep's band and task baseline, which run beside
+    the search (:mod:`agentperf_kit.sweep_jobs`; default: ``AGENTPERF_SWEEP_WORKERS``, else one CPU fewer
+    than the machine's, at most 2); 0 runs them in this process (a caller that already runs sweeps in
+    parallel). The results are the same either way."""
     wall0 = time.perf_counter()
     target = target if target is not None else config.target_object
     if not target.accelerators:
@@ -691,21 +697,25 @@ def run_sweep(
     sim_target = target is config.target_object and config.is_sim
     sw.max_agents, cap_source = resolve_max_agents(config, sw.trajectories() if sim_target else None)
     sw.say(f"sweep {target.description} -> {out}{' (resuming)' if resumed else ''}")
-    jobs = _start_side_jobs(config, out, sw) if sim_target else None
+    jobs = _start_side_jobs(config, sw, side_workers) if sim_target else None
     try:
-        return _finish_sweep(config, target, out, sw, cap_source, jobs, wall0)
-    finally:
+        res = _finish_sweep(config, target, out, sw, cap_source, jobs, wall0)
+    except BaseException:  # an error or Ctrl-C: stop the workers now (their levels on disk resume)
         if jobs is not None:
-            jobs.close()
+            jobs.close(kill=True)
+        raise
+    if jobs is not None:
+        jobs.close()
+    return res
 
 
-def _start_side_jobs(config: SweepConfig, out: Path, sw: _Sweeper):
+def _start_side_jobs(config: SweepConfig, sw: _Sweeper, n_workers: int | None):
     """Simulator: start the unloaded replay for the task slowdowns beside the search
     (:mod:`agentperf_kit.sweep_jobs`); the band's searches start when the ramp ends (``_finish_sweep``)."""
     from .sweep_jobs import SideJobs
     from .tasks import sweep_unloaded_baseline
 
-    jobs = SideJobs()
+    jobs = SideJobs(n_workers)
     jobs.submit("baseline", sweep_unloaded_baseline, config)
     return jobs
 

@@ -164,8 +164,8 @@ def search_end(probe: Probe, plan: EndPlan) -> tuple[int, bool]:
 
 def _margin(row: Mapping[str, Any], tier: str) -> float:
     """The binding margin of ``tier`` in a level's row: the smaller of its speed and TTFT margins."""
-    ms = [row.get(f"{tier}_margin_{k}") for k in ("speed", "ttft")]
-    ms = [float(m) for m in ms if m is not None and not (isinstance(m, float) and math.isnan(m))]
+    raw = [row.get(f"{tier}_margin_{k}") for k in ("speed", "ttft")]
+    ms = [float(m) for m in raw if m is not None and not (isinstance(m, float) and math.isnan(m))]
     return min(ms) if ms else math.nan
 
 

@@ -3,37 +3,38 @@
 A sweep on the simulator has work that does not depend on its bisection: the band's ``low`` and
 ``high`` searches (:mod:`agentperf_kit.sweep_band`, which need only the ramp's levels) and the unloaded
 replay behind the task slowdowns (:func:`agentperf_kit.tasks.unloaded_baseline`, which needs nothing
-measured). :class:`SideJobs` runs them in a pool of worker processes (``forkserver``: a clean process
-with the toolkit imported once, forked per worker) while the main process bisects, or, when
+measured). :class:`SideJobs` runs them in worker processes while the main process bisects, or, when
 :func:`workers` is 0, inline when their result is asked for. Each job is a pure function of the sweep's
 configuration and the levels on disk, so both ways give the same results and write the same files.
 
-Workers: ``AGENTPERF_SWEEP_WORKERS`` (an integer; 0 runs everything inline), else 2 when the machine has
-at least 2 CPUs, else 0.
+A worker is ``python -m agentperf_kit.sweep_jobs``, started at once (it imports the toolkit while the
+ramp runs), reading pickled jobs ``(function, arguments)`` on its stdin and writing each result on its
+stdout in order. Unlike ``multiprocessing``'s spawn it never re-imports the caller's ``__main__``, so a
+script that calls :func:`~agentperf_kit.sweep.run_sweep` at its top level works as before.
+
+Workers: ``AGENTPERF_SWEEP_WORKERS`` (an integer; 0 runs everything inline), else one CPU fewer than
+the machine has, at most 2 (the band's two searches): on 2 CPUs one worker, whose jobs (the baseline,
+then the ``low`` and ``high`` searches) take about as long as the main process's bisection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import multiprocessing
 import os
+import pickle
+import subprocess
+import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SideJobs", "workers"]
-
-_PRELOAD = [
-    "agentperf_kit.sweep",
-    "agentperf_kit.sim.virtual",
-    "agentperf_kit.tasks",
-    "agentperf_kit.metrics",
-]
 
 
 def workers() -> int:
@@ -50,7 +51,57 @@ def workers() -> int:
         if n < 0:
             raise ConfigError(f"AGENTPERF_SWEEP_WORKERS must be >= 0, got {n}")
         return n
-    return 2 if (os.cpu_count() or 1) >= 2 else 0
+    return max(0, min(2, (os.cpu_count() or 1) - 1))
+
+
+class _Worker:
+    """One worker process and the names of the jobs sent to it, in order."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[1])  # the toolkit this process imported
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        env["AGENTPERF_SWEEP_PARENT"] = str(os.getpid())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agentperf_kit.sweep_jobs"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        self.pending: list[str] = []
+
+    def send(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        assert self.proc.stdin is not None
+        pickle.dump((fn, args), self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self.proc.stdin.flush()
+        self.pending.append(name)
+
+    def receive(self) -> tuple[str, tuple[bool, Any, float, float]]:
+        assert self.proc.stdout is not None
+        try:
+            reply = pickle.load(self.proc.stdout)
+        except EOFError:
+            code = self.proc.wait()
+            raise RuntimeError(
+                f"a sweep worker process (agentperf_kit.sweep_jobs) exited with status {code} before "
+                f"finishing {self.pending[0]!r}; its error is on stderr above. Set "
+                "AGENTPERF_SWEEP_WORKERS=0 to run the sweep's side jobs in this process."
+            ) from None
+        return self.pending.pop(0), reply
+
+    def close(self, kill: bool = False) -> None:
+        if kill:
+            self.proc.kill()
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()  # end of jobs: the worker exits
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 class SideJobs:
@@ -60,69 +111,96 @@ class SideJobs:
     resident memory, MB) say what the workers cost; both stay 0 inline."""
 
     def __init__(self, n_workers: int | None = None) -> None:
-        n = workers() if n_workers is None else n_workers
-        self.n_workers = n
-        self._pool: ProcessPoolExecutor | None = None
-        if n > 0:
-            self._pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"))
-        self._jobs: dict[str, Future | tuple[Callable[..., Any], tuple[Any, ...]]] = {}
+        self.n_workers = workers() if n_workers is None else n_workers
+        self._workers = [_Worker() for _ in range(self.n_workers)]
+        self._where: dict[str, _Worker] = {}
+        self._deferred: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
+        self._results: dict[str, tuple[bool, Any]] = {}
         self.cpu_s = 0.0
         self.peak_rss_mb = 0.0
 
     @property
     def parallel(self) -> bool:
-        return self._pool is not None
+        return bool(self._workers)
 
     def submit(self, name: str, fn: Callable[..., Any], *args: Any) -> None:
-        if self._pool is not None:
-            self._jobs[name] = self._pool.submit(_timed, fn, *args)
-        else:
-            self._jobs[name] = (fn, args)
+        if not self._workers:
+            self._deferred[name] = (fn, args)
+            return
+        w = min(self._workers, key=lambda w: len(w.pending))
+        w.send(name, fn, args)
+        self._where[name] = w
 
     def __contains__(self, name: str) -> bool:
-        return name in self._jobs
+        return name in self._where or name in self._deferred or name in self._results
 
     def result(self, name: str) -> Any:
-        job = self._jobs[name]
-        if isinstance(job, Future):
-            value = job.result()
-            if isinstance(value, _Timed):
-                self.cpu_s += value.cpu_s
-                self.peak_rss_mb = max(self.peak_rss_mb, value.peak_rss_mb)
-                value = value.value
-                self._jobs[name] = _done(value)
-            return value
-        fn, args = job
-        value = fn(*args)
-        self._jobs[name] = _done(value)
+        if name in self._deferred:
+            fn, args = self._deferred.pop(name)
+            self._results[name] = (True, fn(*args))
+        while name not in self._results:
+            got, (ok, value, cpu_s, rss_mb) = self._where[name].receive()
+            self.cpu_s += cpu_s
+            self.peak_rss_mb = max(self.peak_rss_mb, rss_mb)
+            self._results[got] = (ok, value)
+        ok, value = self._results[name]
+        if not ok:
+            raise value
         return value
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def close(self, kill: bool = False) -> None:
+        """Stop the workers: after their jobs (``kill=False``), or now (an error or an interrupt)."""
+        for w in self._workers:
+            w.close(kill)
+        self._workers = []
 
 
-class _Timed:
-    """A job's value with the CPU time it took and its worker's peak resident memory."""
+def _serve(jobs: BinaryIO, replies: BinaryIO) -> None:
+    """The worker's loop: run each pickled job, reply (ok, value or exception, CPU s, peak RSS MB)."""
+    while True:
+        try:
+            fn, args = pickle.load(jobs)
+        except EOFError:
+            return
+        cpu0 = time.process_time()
+        try:
+            ok, value = True, fn(*args)
+        except Exception as exc:  # sent back, raised by SideJobs.result in the sweep's process
+            ok, value = False, exc
+        cpu = time.process_time() - cpu0
+        try:
+            import resource
 
-    def __init__(self, value: Any, cpu_s: float, peak_rss_mb: float) -> None:
-        self.value, self.cpu_s, self.peak_rss_mb = value, cpu_s, peak_rss_mb
+            rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        except ImportError:  # not on this platform
+            rss_mb = 0.0
+        try:
+            data = pickle.dumps((ok, value, cpu, rss_mb), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # an unpicklable value or exception
+            data = pickle.dumps(
+                (False, RuntimeError(f"{type(value).__name__}: {value} ({exc})"), cpu, rss_mb)
+            )
+        replies.write(data)
+        replies.flush()
 
 
-def _timed(fn: Callable[..., Any], *args: Any) -> _Timed:
-    cpu0 = time.process_time()
-    value = fn(*args)
+def _die_with_parent(parent: int) -> None:
+    """Linux: a worker whose sweep process dies (killed, e.g. by ``timeout``) gets SIGTERM, instead of
+    finishing its job as an orphan (elsewhere it stops at its next job: its stdin closes)."""
     try:
-        import resource
+        import ctypes
+        import signal
 
-        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    except ImportError:  # not on this platform
-        rss_mb = 0.0
-    return _Timed(value, time.process_time() - cpu0, rss_mb)
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call
+        os._exit(1)
 
 
-def _done(value: Any) -> Future:
-    f: Future = Future()
-    f.set_result(value)
-    return f
+if __name__ == "__main__":
+    _die_with_parent(int(os.environ.get("AGENTPERF_SWEEP_PARENT", "0")) or os.getppid())
+    # stdout carries the replies only: anything printed goes to stderr
+    _replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    _serve(sys.stdin.buffer, _replies)

@@ -2,8 +2,9 @@
 
 Runs ``agentperf sweep --target sim:PRESET --out DIR`` (defaults otherwise: AA's validity rules, the
 estimated cap) in a child process per system and prints, per system: wall time, peak RSS of the child
-(``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``, the largest child so far), bytes on disk in the sweep
-directory, the child's CPU time (user + system: less sensitive to other load than wall time), the levels
+(``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``, the largest child so far, its side-job worker
+included), bytes on disk in the sweep directory, the child's CPU time (user + system, its worker's
+included: less sensitive to other load than wall time), the levels
 measured, the answers with their band, and the 1-minute load average before and after (the machine may
 be shared: compare figures only at a similar load). ``-- --no-band`` measures the sweep without the band.
 Targets (issue 12): GB300 NVL72 <= 120 s wall,
@@ -70,7 +71,10 @@ def main() -> None:
                 return f" (target <= {fmt.format(target)})" if target else ""
 
             print(f"{system}  load average {load0:.1f} -> {load1:.1f} (1 min, {os.cpu_count()} CPUs)")
-            print(f"  wall time {wall:,.1f} s{vs(want_wall, '{:.0f} s')}, CPU time {cpu:,.1f} s")
+            print(
+                f"  wall time {wall:,.1f} s{vs(want_wall, '{:.0f} s')}, CPU time {cpu:,.1f} s (of which "
+                f"{s.get('side_job_cpu_s') or 0:,.1f} s in {s.get('side_job_workers') or 0} side-job workers)"
+            )
             print(
                 f"  peak RSS (largest child so far) {rss / 1e9:.2f} GB"
                 f"{vs(want_rss and want_rss / 1e9, '{:.1f} GB')}"
@@ -83,8 +87,11 @@ def main() -> None:
             )
             for t in s["tiers"]:
                 lb = ">=" if t["max_agents_is_lower_bound"] else ""
-                band = t.get("band") or {}
-                extra = f"  band low {band.get('low')} / high {band.get('high')}" if band else ""
+                extra = (
+                    f"  band low {t['band_low_agents']} / high {t['band_high_agents']}"
+                    if "band_low_agents" in t
+                    else ""
+                )
                 print(
                     f"  {t['name']}: {lb}{t['max_agents']} agents, "
                     f"{t['agents_per_accelerator']:.2f}/GPU{extra}"

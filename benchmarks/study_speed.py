@@ -69,7 +69,9 @@ def main() -> None:
         seq_answers = {}
         t0, c0 = time.perf_counter(), time.process_time()
         for p in points:
-            res = run_sweep(SweepConfig(**p.sweep, out=f"{tmp}/seq/{p.point_id}"), progress=False)
+            res = run_sweep(
+                SweepConfig(**p.sweep, out=f"{tmp}/seq/{p.point_id}"), progress=False, side_workers=0
+            )  # as the study runs each sweep
             seq_answers[p.point_id] = [t["max_agents"] for t in res.summary["tiers"]]
         seq, seq_cpu = time.perf_counter() - t0, time.process_time() - c0
         say(

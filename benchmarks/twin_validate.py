@@ -83,6 +83,7 @@ def _sweep(target: str, args: argparse.Namespace, out: Path, **kw) -> dict:
         max_extensions=args.max_extensions,
         drain_timeout_s=args.drain_timeout,
         out=str(out),
+        band=False,  # the twin's band is its own low / high sweeps; the truth needs none
         **kw,
     )
     t0 = time.perf_counter()
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-context", type=int, default=None, help="fit trajectories (and profile) to this")
     ap.add_argument("--chunk-tokens", type=int, default=None, help="profile: the server's prefill chunk")
     ap.add_argument("--decode-tokens", type=int, default=128, help="profile: tokens per decode stream")
+    ap.add_argument("--max-batch", type=int, default=None, help="profile: the server's largest batch")
     ap.add_argument("--repeats", type=int, default=3, help="profile: repeats per measurement (default 3)")
     ap.add_argument("--budget", type=float, default=240.0, help="profile: s before optional parts stop")
     ap.add_argument("--tiers", default="aa-dsv4pro")
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                     chunk_tokens=args.chunk_tokens,
                     decode_tokens=args.decode_tokens,
                     repeats=args.repeats,
+                    max_batch=args.max_batch,
                     budget_s=args.budget,
                 )
             )

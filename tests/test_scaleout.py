@@ -254,17 +254,21 @@ def test_a_worker_that_dies_ends_the_level_with_its_rows_kept(ray_head, tmp_path
     killed: list[int] = []
 
     def killer() -> None:
-        # the worker pids: Ray actors whose class is LevelWorker, found through the state API
-        from ray.util.state import list_actors
+        # the worker processes: this process's local Ray runtime's workers titled ray::LevelWorker
+        import psutil
 
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            alive = [
-                a for a in list_actors(filters=[("class_name", "=", "LevelWorker"), ("state", "=", "ALIVE")])
-            ]
-            if len(alive) == 2 and server.requests >= 20:
-                os.kill(alive[1]["pid"], signal.SIGKILL)
-                killed.append(alive[1]["pid"])
+            procs = []
+            for p in psutil.Process().children(recursive=True):
+                try:
+                    if "LevelWorker" in " ".join(p.cmdline()):
+                        procs.append(p.pid)
+                except psutil.Error:
+                    pass
+            if len(procs) == 2 and server.requests >= 20:
+                os.kill(max(procs), signal.SIGKILL)
+                killed.append(max(procs))
                 return
             time.sleep(0.2)
 
@@ -292,7 +296,8 @@ def test_a_worker_that_dies_ends_the_level_with_its_rows_kept(ray_head, tmp_path
 @pytest.mark.slow
 def test_cli_run_with_two_workers_writes_the_worker_column(ray_head, tmp_path):
     """``agentperf run --workers 2`` in this process (the module's Ray head): exit 0 or 3 (a busy machine's
-    self-check), one requests.parquet with ``worker``."""
+    self-check), one requests.parquet with ``worker`` and a row for every request the server saw (no
+    preflight, no chat-filler probes: completions)."""
     from agentperf_kit.cli import main
     from agentperf_kit.results import load_run
     from tests.conftest import assert_live_run_measured
@@ -304,7 +309,7 @@ def test_cli_run_with_two_workers_writes_the_worker_column(ray_head, tmp_path):
             ["run", "--target", server.base_url, "--model", "m", "-n", "4", "--workers", "2",
              "--duration", "1", "--warmup", "0.2", "--min-trajectories", "0",
              "--min-trajectories-per-agent", "0", "--ramp", "0.2", "--drain-timeout", "3", "--out", str(out),
-             "--quiet", "--no-scrape-metrics"]
+             "--quiet", "--no-scrape-metrics", "--endpoint", "completions", "--no-preflight"]
         )  # fmt: skip
     assert_live_run_measured(rc, out)
     df = load_run(out).requests

@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "profile",
         help="profile a live server and write its digital twin (a preset for --target sim:PATH.toml)",
         description=(
-            "Measure prefill (cold and on a cached prefix), decode step time against batch size and the "
+            "Measure prefill (cold and on a cached prefix), decode step time against batch size, mixed "
+            "steps (a prefill arriving while streams decode) and the "
             "engine limits of an OpenAI-compatible server (streaming /v1/completions with token-id "
             "prompts), fit a step-time model with standard errors and write a twin preset TOML that "
             "'agentperf sweep --target sim:PATH.toml' runs in virtual time (docs/simulator.md)."
@@ -68,7 +69,10 @@ def _profile(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({len(res.observations)} observations in {res.wall_s:.0f} s)")
     for t in f.coef:
         print(f"  {t:16s} {f.coef[t]:.4g} +- {f.se[t]:.2g}")
-    print(f"  fit: RMS relative residual {f.rms_rel:.3f}, max {f.max_abs_rel:.3f}")
+    print(
+        f"  fit: {f.form} form (F test p {f.overlap_p_value:.3g}), RMS relative residual {f.rms_rel:.3f}, "
+        f"max {f.max_abs_rel:.3f}"
+    )
     for k, v in res.limits.items():
         print(f"  {k} = {v}  ({res.limit_sources.get(k, '')})")
     for n in res.notes:

@@ -25,6 +25,7 @@ import math
 from collections.abc import Sequence
 
 from ..trajectories.model import Trajectory
+from .disagg import make_engine
 from .engine import Engine
 from .presets import Deployment, efficiency
 
@@ -40,11 +41,19 @@ __all__ = [
 CAP_MARGIN = 1.5
 
 
+def _engine(pool: Deployment, eff_name: str) -> Engine:
+    """An idle engine of one (non-disaggregated) pool, to read step times from: a twin's pool gets the
+    twin's fitted step time (``make_engine``), any other the roofline."""
+    eng = make_engine(pool, efficiency(eff_name), lambda *a: None, lambda *a: None)
+    assert isinstance(eng, Engine), "a pool is never disaggregated"
+    return eng
+
+
 def decode_capacity(dep: Deployment, eff_name: str, floor_tps: float, context: float) -> int:
     """Largest decode batch (sequences) whose per-sequence speed at mean context ``context`` (tokens)
     meets ``floor_tps`` (tok/s), within ``max_num_seqs`` and the KV cache; 0 when even one is too slow."""
     pool = dep.decode_pool if dep.decode_pool is not None else dep
-    eng = Engine(pool, efficiency(eff_name), lambda *a: None, lambda *a: None)
+    eng = _engine(pool, eff_name)
     hi_cap = min(pool.max_num_seqs, max(1, int(pool.kv_capacity_tokens // max(context, 1.0))))
 
     def fast_enough(b: int) -> bool:
@@ -92,15 +101,17 @@ def estimate_agents(
 
 def decode_step_ratio(dep: Deployment, eff_a: str, eff_b: str, batch: int, context: float) -> float:
     """Pure decode step time under the efficiency set ``eff_a`` over that under ``eff_b``, for ``batch``
-    sequences at mean context ``context`` (tokens); the decode pool of a disaggregated deployment."""
+    sequences at mean context ``context`` (tokens); the decode pool of a disaggregated deployment; 1.0
+    when either step time is not positive."""
     pool = dep.decode_pool if dep.decode_pool is not None else dep
     b = max(1, int(batch))
 
     def step(eff: str) -> float:
-        eng = Engine(pool, efficiency(eff), lambda *a: None, lambda *a: None)
+        eng = _engine(pool, eff)
         return eng.decode_step_time(b, b * context)
 
-    return step(eff_a) / step(eff_b)
+    a, b_ = step(eff_a), step(eff_b)
+    return a / b_ if a > 0 and b_ > 0 else 1.0  # a model without a step time: no ratio
 
 
 def estimate_max_agents(

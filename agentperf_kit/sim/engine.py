@@ -151,7 +151,8 @@ class Engine:
         self._watermark = int(0.01 * self._cap) if self.preempt else 0
         self._ov = 1.0 - dep.overlap
         self._kv_ctx = dep.kv_read_bytes_per_ctx
-        self._dm = dep.kv_read_bytes_per_ctx / self._be
+        # (a twin's deployment has no bandwidth: TwinEngine replaces the step-time model that reads this)
+        self._dm = dep.kv_read_bytes_per_ctx / self._be if self._be > 0 else 0.0
         self._dcache: dict[int, tuple[float, ...]] = {}  # decode batch -> _decode_coeffs
 
     # -- public -----------------------------------------------------------------------------------------
@@ -475,15 +476,11 @@ class Engine:
                 req.in_decode = True
                 heapq.heappush(self._decode, (req.finish_step, self._n, req))
 
-    def _decode_line(self) -> tuple[float, float]:
-        """Step time at the current step index (a) and its growth per step (slope), pure decode: the
-        context sum grows by b tokens per step, and the step time is piecewise linear in it."""
-        a, dt_dctx = self._decode_parts(self.b, self.s + self.b * self.g)
-        return a, dt_dctx * self.b
-
     def _advance_decode(self, limit: float) -> None:
         b = self.b
-        a, dt_dctx = self._decode_parts(b, self.s + b * self.g)  # _decode_line(), inlined
+        # step time now (a) and its growth per step (slope): pure decode, the context sum grows by b tokens
+        # per step and the step time is piecewise linear in it
+        a, dt_dctx = self._decode_parts(b, self.s + b * self.g)
         slope = dt_dctx * b
         m = self._decode[0][0] - self.g  # steps to the next finish (>= 1)
         if self.preempt:

@@ -132,10 +132,10 @@ class TwinEngine(Engine):
         chunks read, ``pairs`` their attention pairs (the engine's seam for every step it times)."""
         return self.model.time_slope(max(0.0, tokens - n_dec * q), n_dec, ctx + pkv, pairs)
 
-    def _decode_line(self) -> tuple[float, float]:
-        """Pure decode: step time now and its growth per step (the context grows by ``b`` per step)."""
-        b = self.b
-        return self.model.time(0, b, self.s + b * self.g, 0.0), self.model.context_token_s * b
+    def _decode_parts(self, b: int, ctx: float) -> tuple[float, float]:
+        """Pure decode of ``b`` sequences at context sum ``ctx``: (step seconds, d seconds / d context),
+        the seam the engine's decode segments and ``decode_step_time`` read."""
+        return self.model.time_slope(0.0, b, ctx, 0.0)
 
 
 def is_twin_path(name: str) -> bool:
