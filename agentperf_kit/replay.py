@@ -279,6 +279,7 @@ class _LiveLevel:
         self.gc_pauses: list[float] = []
         self.conn_waits: list[float] = []
         self.body_reader = "readany"
+        self.event_loop = "asyncio"  # the running loop's package: "uvloop" where run_live_sync used it
         self.sampler: TelemetrySampler | None = None
         self.bar: Any = None
         self.ttfts: list[float] = []
@@ -293,6 +294,7 @@ class _LiveLevel:
     async def drive(self) -> None:
         """The whole level, every resource released on the way out (normal end, error or cancellation):
         agent tasks cancelled and awaited, sampler and session closed, row files finished."""
+        self.event_loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
         try:
             async with (
                 open_session(self.limit, self.headers) as session,
@@ -302,7 +304,13 @@ class _LiveLevel:
                 connector = session.connector
                 assert isinstance(connector, RunConnector)  # open_session's
                 self.conn_waits = connector.queue_waits_s
-                self.body_reader = "protocol" if connector.sink_capable else "readany"
+                self.body_reader = (
+                    "wire"
+                    if connector.wire is not None and connector.wire.accepts(self.endpoint.url)
+                    else "protocol"
+                    if connector.sink_capable
+                    else "readany"
+                )
                 await self._set_up(session)
                 prepare(self.endpoint)  # the shared prompt stream, built before the first send
                 async with self._lag_monitor(), self._sampler():
@@ -543,6 +551,7 @@ class _LiveLevel:
                 "connection_waits": len(waits),
                 "max_in_flight": self.max_in_flight,
                 "body_reader": self.body_reader,
+                "event_loop": self.event_loop,
                 "gc_pauses": len(self.gc_pauses),
                 "gc_pause_max_s": max(self.gc_pauses, default=0.0),
                 "gc_pause_total_s": sum(self.gc_pauses),

@@ -320,7 +320,7 @@ def run_study(
     order = {p.point_id: p.index for p in points}
     finished = set(table.loc[table["error"].isna(), "point"])
     table = table[table["point"].isin(finished)]
-    todo = [p for p in points if p.point_id not in finished]
+    todo = _largest_first([p for p in points if p.point_id not in finished])
     where = f"Ray ({ray_address})" if kind == "ray" and ray_address else kind
     if kind == "process" or not ray_address:
         where += f", {workers or os.cpu_count()} workers"
@@ -372,6 +372,28 @@ def run_study(
     table = _sorted(table, order)
     table.attrs["directory"] = str(out_dir)
     return table
+
+
+def _largest_first(points: list) -> list:
+    """The points in the order they are handed to the workers: the largest expected sweeps first (the cap
+    of each sweep's search, :func:`~agentperf_kit.sweep.resolve_max_agents`, estimated for the built-in
+    trajectories: more agents, more simulated requests), so that a worker is not left running the
+    biggest sweep alone at the end; grid order among equals. A cap that cannot be estimated counts as
+    equal to the others."""
+    from .sweep import resolve_max_agents
+    from .sweep_config import SweepConfig
+
+    def key(p) -> tuple:
+        return (p.deployment, p.tiers, p.efficiency, p.sweep.get("max_agents"))
+
+    caps: dict[tuple, int] = {}
+    for p in points:
+        if key(p) not in caps:
+            try:
+                caps[key(p)] = resolve_max_agents(SweepConfig(**{**p.sweep, "trajectories": None}))[0]
+            except Exception:  # an estimate only: never a reason to fail
+                caps[key(p)] = 0
+    return sorted(points, key=lambda p: -caps[key(p)])
 
 
 def _check_trajectory_files(cfg: StudyConfig) -> None:

@@ -21,7 +21,6 @@ set, never an exception out of :func:`execute`: the other points go on.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 import time
@@ -30,23 +29,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from ._version import __version__
-from .errors import AgentperfError, ConfigError
+from .errors import ConfigError
 
-log = logging.getLogger(__name__)
-
-__all__ = ["EXECUTORS", "execute", "resolve_executor", "run_point", "start_local_ray"]
+__all__ = ["EXECUTORS", "execute", "resolve_executor", "run_point"]
 
 EXECUTORS = ("auto", "ray", "process")
 
+
 #: Ray settings (RayConfig overrides, read from the environment as ``RAY_<name>``) for a local head: its
-#: raylet waits this long for its agents to start; Ray's defaults (15 s) are too short on a loaded 2-core
-#: machine, where the dashboard agent alone can take longer to start (the raylet then aborts)
-_SLOW_START_ENV = {
-    "RAY_" + "raylet_start_wait_time_s": "120",
-    "RAY_" + "agent_register_timeout_ms": "120000",
-}
-
-
 def run_point(payload: dict[str, Any]) -> dict[str, Any]:
     """Run one grid point's sweep (``payload``: ``point``, ``coordinates``, ``sweep`` (SweepConfig fields),
     ``out``) and return ``{"point", "rows", "error", "worker", "wall_s", "cpu_s", "toolkit_version"}``
@@ -155,41 +145,6 @@ def _pool(payloads: list[dict[str, Any]], workers: int | None) -> Iterator[dict[
     pool.shutdown(wait=True)
 
 
-def start_local_ray(num_cpus: int, *, attempts: int = 3) -> None:
-    """Start a private local Ray head in this process: ``num_cpus`` CPUs, bound to loopback, no
-    dashboard, workers' output not forwarded. On a loaded machine Ray's own start-up limits (its raylet
-    must register within 30 s) are sometimes missed; the start is tried ``attempts`` times (about 15-40 s
-    each on the shared 2-core machine) before :class:`~agentperf_kit.errors.AgentperfError` is raised."""
-    import ray
-
-    added = [k for k in _SLOW_START_ENV if k not in os.environ]
-    os.environ.update({k: _SLOW_START_ENV[k] for k in added})  # the raylet inherits them
-    try:
-        for attempt in range(1, attempts + 1):
-            try:
-                ray.init(
-                    num_cpus=num_cpus,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    _node_ip_address="127.0.0.1",
-                )
-                return
-            except Exception as exc:  # Ray raises a bare Exception when its node misses its start-up limit
-                with contextlib.suppress(Exception):
-                    ray.shutdown()
-                if attempt == attempts:
-                    raise AgentperfError(
-                        f"a local Ray head did not start after {attempts} attempts ({exc}); the machine may "
-                        "be overloaded: try again, or use the local process pool (executor 'process')"
-                    ) from None
-                log.warning(
-                    "a local Ray head did not start (%s); trying again (%d/%d)", exc, attempt + 1, attempts
-                )
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
-
-
 @contextlib.contextmanager
 def _main_not_rerun() -> Iterator[None]:
     """Workers started inside this block do not import the driver's ``__main__`` (``spawn`` re-runs a
@@ -222,14 +177,10 @@ def _ray_runtime(workers: int | None, ray_address: str | None) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
+    from .scaleout.runtime import connect, start_local_ray
+
     if ray_address is not None:
-        try:
-            ray.init(address=ray_address, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ConfigError(
-                f"ray_address {ray_address!r}: cannot connect to the Ray cluster ({exc}); check the address "
-                "(auto, ray://HOST:10001 or HOST:6379) and that the cluster runs"
-            ) from None
+        connect(ray_address, workers or 1)  # TargetError naming the address when it cannot be reached
     else:
         start_local_ray(workers or os.cpu_count() or 1)
     try:

@@ -59,6 +59,45 @@ def main() -> None:
     st.feed(ev, 0)
     per = _best(lambda: st.feed(block, 1), 400, repeats=7) / 250
     print(f"StreamState.feed (fast parser): {per * 1e9:.0f} ns per event (blocks of 250 events)")
+    one = StreamState(True, None)
+    one.feed(ev, 0)
+    one.feed(ev, 0)
+    per = _best(lambda: one.feed(ev, 1), 20000, repeats=7)
+    print(f"StreamState.feed (fast parser): {per * 1e9:.0f} ns per event (one event per block)")
+    _wire(ev)
+
+
+def _wire(ev: bytes) -> None:
+    """The run's lean client (``client.wire``): response framing + SSE per event, chunked encoding."""
+    import asyncio
+
+    from agentperf_kit.client.wire import WireResponse
+
+    class _Conn:  # what a response needs of its connection
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            self.loop = loop
+
+        def done(self, resp: WireResponse) -> None:
+            pass
+
+        def drop(self, resp: WireResponse) -> None:
+            pass
+
+    loop = asyncio.new_event_loop()
+    chunk = b"%x\r\n%s\r\n" % (len(ev), ev)
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for per_block, reps in ((1, 20000), (250, 80)):
+        st = StreamState(True, None)
+        resp = WireResponse(_Conn(loop), st)  # type: ignore[arg-type]
+        resp.data(head + chunk, 0)
+        resp.data(chunk, 0)
+        block = chunk * per_block
+        per = _best(lambda resp=resp, block=block: resp.data(block, 1), reps, repeats=7) / per_block
+        print(
+            f"wire: WireResponse.data (chunked framing + StreamState.feed): {per * 1e9:.0f} ns per event "
+            f"({per_block} chunk{'s' if per_block > 1 else ''} per block)"
+        )
+    loop.close()
 
 
 if __name__ == "__main__":

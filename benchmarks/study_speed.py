@@ -26,6 +26,7 @@ import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
+from agentperf_kit.errors import AgentperfError
 from agentperf_kit.study import run_study
 from agentperf_kit.study_config import StudyConfig
 from agentperf_kit.sweep import SweepConfig, run_sweep
@@ -52,11 +53,15 @@ def main() -> None:
     ap.add_argument("--band", action="store_true", help="measure each sweep's band too (off by default)")
     ap.add_argument("--save", default="benchmarks/results/study_speed.txt", help="append the output here")
     args = ap.parse_args()
-    buf = io.StringIO()
+    save = Path(args.save) if args.save else None
+    if save:
+        save.parent.mkdir(parents=True, exist_ok=True)
 
-    def say(line: str = "") -> None:
+    def say(line: str = "") -> None:  # printed, and appended to --save as it comes (a failure keeps it)
         print(line, flush=True)
-        buf.write(line + "\n")
+        if save:
+            with save.open("a") as fh:
+                fh.write(line + "\n")
 
     cfg = _grid(args.what_ifs, args.efficiency.split(","), args.level_duration, args.band)
     points = cfg.points()
@@ -83,10 +88,14 @@ def main() -> None:
             if kind == "ray":
                 import ray
 
-                from agentperf_kit.study_exec import start_local_ray
+                from agentperf_kit.scaleout.runtime import start_local_ray
 
                 t0 = time.perf_counter()
-                start_local_ray(args.workers)
+                try:
+                    start_local_ray(args.workers)
+                except AgentperfError as exc:
+                    say(f"study on ray: the local head did not start ({exc})  load {_load()}")
+                    continue
                 start_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             with redirect_stdout(io.StringIO()):
@@ -109,12 +118,9 @@ def main() -> None:
                 f"{per['sweep_wall_s'].max():.1f} s; CPU of all sweeps {per['sweep_cpu_s'].sum():.1f} s "
                 f"(sequential {seq_cpu:.1f} s); workers used: {df['worker'].nunique()}"
             )
-    if args.save:
-        path = Path(args.save)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as fh:
-            fh.write(buf.getvalue() + "\n")
-        print(f"appended to {path}")
+    if save:
+        say("")
+        print(f"appended to {save}")
 
 
 def _load() -> str:

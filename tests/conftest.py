@@ -1,5 +1,10 @@
 """Shared pytest configuration."""
 
+import gc
+import os
+import sys
+import warnings
+
 import pytest
 
 
@@ -176,3 +181,43 @@ def pytest_collection_modifyitems(config, items):
             or "small_sweep" in getattr(item, "fixturenames", ())
         ):
             item.add_marker(pytest.mark.slow)
+
+
+# -- one local Ray head for the Ray test modules ------------------------------------------------------------
+# Starting one takes 10-40 s on the 2-core CI machine, so the Ray modules (test_ray_*.py, adjacent in
+# the run's order) share it; it is shut down after the last test of the last of them, so that its processes
+# do not run beside the rest of the suite.
+RAY_MODULES = ("test_ray_scaleout.py", "test_ray_study.py")
+
+
+@pytest.fixture
+def ray_head():
+    """A local Ray head (loopback, 2 CPUs, no dashboard), started on first use. Skips, with the load
+    average, when Ray's own fixed start-up limits are missed three times (an overloaded machine)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        from agentperf_kit.errors import AgentperfError
+        from agentperf_kit.scaleout.runtime import start_local_ray
+
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        with warnings.catch_warnings():
+            # a retried start leaves the first attempt's Popen handles, still exiting, to be collected
+            warnings.simplefilter("ignore", ResourceWarning)
+            try:
+                start_local_ray(2)
+            except AgentperfError as exc:
+                pytest.skip(f"no local Ray head (load average {os.getloadavg()}): {exc}")
+            finally:
+                gc.collect()
+    return ray
+
+
+def pytest_runtest_teardown(item, nextitem):
+    ray = sys.modules.get("ray")
+    if ray is None or item.path.name not in RAY_MODULES:
+        return
+    if (nextitem is None or nextitem.path.name not in RAY_MODULES) and ray.is_initialized():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            ray.shutdown()
+            gc.collect()

@@ -1,5 +1,6 @@
 """The run's HTTP session: bodies leave inside ``session.post``, the body is read in the connection's
-protocol, and both give what the plain aiohttp path gives, on real loopback servers."""
+protocol (the lean client of ``client.wire``, and aiohttp's with ``wire=False``), and both give what the
+plain aiohttp path gives, on real loopback servers."""
 
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ def test_eager_writes_are_installed_only_inside_and_restore_the_factory():
     asyncio.run(go())
 
 
-def test_a_large_body_that_waits_for_the_socket_is_sent_whole_and_stamped_when_written():
+@pytest.mark.parametrize("wire", [True, False])
+def test_a_large_body_that_waits_for_the_socket_is_sent_whole_and_stamped_when_written(wire):
     """A body larger than the socket buffers, to a server that reads it late: the write waits (the
     rest of the eager write continues in a task) and ``t_send_s`` is when its last byte was written."""
     got: list[int] = []
@@ -122,7 +124,7 @@ def test_a_large_body_that_waits_for_the_socket_is_sent_whole_and_stamped_when_w
         app = web.Application(client_max_size=64 << 20)
         app.router.add_post("/v1/completions", handler)
         body = {"model": "m", "stream": True, "max_tokens": 1, "prompt": [7] * 4_000_000}
-        async with _serve(app) as base, open_session(4) as s:
+        async with _serve(app) as base, open_session(4, wire=wire) as s:
             ep = Endpoint(base, "m", api="completions")
             t0 = time.perf_counter_ns() / 1e9
             return t0, await send_request(s, ep, _plan(1), body, 0)
@@ -151,7 +153,7 @@ def test_a_body_that_arrives_before_the_reader_is_attached_is_read_whole(monkeyp
         server = await SSEServer(ttft_s=0.0, itl_s=0.05).start()
         ep = Endpoint(server.base_url, "test-model", api="completions")
         try:
-            async with open_session(4) as s:
+            async with open_session(4, wire=False) as s:  # aiohttp's protocol: the sink's early path
                 loop = asyncio.get_running_loop()
                 loop.call_later(0.005, time.sleep, block_s)  # blocks the loop just after the send
                 return await send_request(s, ep, _plan(6), ep.body(_plan(6)), 0)
@@ -176,15 +178,16 @@ def test_run_session_has_no_session_time_limit():
     assert timeout.total is None and timeout.sock_read is None
 
 
+@pytest.mark.parametrize("wire", [True, False])
 @pytest.mark.parametrize("fault", ["stall", "cut"])
-def test_request_and_stall_limits_share_one_timer(fault):
+def test_request_and_stall_limits_share_one_timer(fault, wire):
     """The stall limit ends a silent stream; the request limit ends a slow one that never stalls."""
 
     async def go(stall_s, request_s):
         server = await SSEServer(ttft_s=0.01, itl_s=0.05, fault=fault if fault == "stall" else None).start()
         ep = Endpoint(server.base_url, "test-model", stall_timeout_s=stall_s, request_timeout_s=request_s)
         try:
-            async with open_session(4) as s:
+            async with open_session(4, wire=wire) as s:
                 return await send_request(s, ep, _plan(40), ep.body(_plan(40)), 0)
         finally:
             await server.stop()
@@ -252,7 +255,8 @@ def test_idle_connections_are_dropped_before_the_server_would_close_them():
     assert asyncio.run(go(0.6)) == 3
 
 
-def test_a_compressed_stream_reads_the_same_through_the_protocol_reader():
+@pytest.mark.parametrize("wire", [True, False])
+def test_a_compressed_stream_reads_the_same_through_the_protocol_reader(wire):
     """gzip-encoded SSE (aiohttp decompresses, and may pause and resume decompression): the protocol
     reader gets every event, as the plain ``readany`` path does."""
     n = 400
@@ -278,7 +282,8 @@ def test_a_compressed_stream_reads_the_same_through_the_protocol_reader():
     async def go(run_session: bool):
         app = web.Application()
         app.router.add_post("/v1/completions", handler)
-        async with _serve(app) as base, open_session(4) if run_session else aiohttp.ClientSession() as s:
+        cm = open_session(4, wire=wire) if run_session else aiohttp.ClientSession()
+        async with _serve(app) as base, cm as s:
             ep = Endpoint(base, "m", api="completions", request_timeout_s=10)
             return await send_request(s, ep, _plan(n), ep.body(_plan(n)), 0)
 
@@ -288,7 +293,8 @@ def test_a_compressed_stream_reads_the_same_through_the_protocol_reader():
     assert a.finish_reason == b.finish_reason == "length"
 
 
-def test_a_body_ended_by_closing_the_connection_reads_the_same_through_the_protocol_reader():
+@pytest.mark.parametrize("wire", [True, False])
+def test_a_body_ended_by_closing_the_connection_reads_the_same_through_the_protocol_reader(wire):
     """No chunked encoding, no length: the body ends when the server closes the connection (HTTP/1.0
     style). The protocol reader sees the end through ``connection_lost``, as ``readany`` sees EOF."""
 
@@ -312,7 +318,7 @@ def test_a_body_ended_by_closing_the_connection_reads_the_same_through_the_proto
         port = server.sockets[0].getsockname()[1]
         ep = Endpoint(f"http://127.0.0.1:{port}/v1", "m", api="completions", request_timeout_s=5)
         try:
-            cm = open_session(4) if run_session else aiohttp.ClientSession()
+            cm = open_session(4, wire=wire) if run_session else aiohttp.ClientSession()
             async with cm as s:
                 return await send_request(s, ep, _plan(5), ep.body(_plan(5)), 0)
         finally:

@@ -1,5 +1,6 @@
-"""A stream far larger than aiohttp's read buffer, sent in one write: the protocol sink
-(``SinkResponseHandler``, which skips aiohttp's resume call after each read when reading was not paused)
+"""A stream far larger than aiohttp's read buffer, sent in one write: the run's lean client
+(``client.wire``) and the aiohttp protocol sink (``SinkResponseHandler``, which skips aiohttp's resume
+call after each read when reading was not paused)
 gets every chunk and agrees with the plain ``readany`` session; the request goes out as the bytes
 ``body_bytes`` builds. (The sink drains each block as it is parsed, so the buffer stays below aiohttp's
 high-water mark and reading is never paused; a paused connection takes aiohttp's full resume path.)"""
@@ -10,6 +11,7 @@ import asyncio
 import json
 
 import aiohttp
+import pytest
 
 from agentperf_kit.agents import RequestPlan
 from agentperf_kit.client.bodies import body_bytes
@@ -33,13 +35,14 @@ def _script(i: int, body: dict) -> bytes:
     return b"".join(lines)
 
 
-def test_a_huge_burst_through_the_sink_is_read_whole():
+@pytest.mark.parametrize("wire", [True, False])
+def test_a_huge_burst_through_the_sink_is_read_whole(wire):
     async def main():
         server = await SSEServer(script=_script).start()
         try:
             ep = Endpoint(server.base_url, "m", api="completions", stall_timeout_s=30)
             plan = RequestPlan(0, 0, "t", 0, Turn(0, 0, 100, N_TOKENS), 0, "1" * 32, True, 0.0)
-            async with open_session(4) as s:
+            async with open_session(4, wire=wire) as s:
                 sink = await send_request(s, ep, plan, body_bytes(ep, plan), 0)
             async with aiohttp.ClientSession() as s:
                 plain = await send_request(s, ep, plan, ep.body(plan), 0)

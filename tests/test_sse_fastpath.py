@@ -135,30 +135,36 @@ def test_the_fast_path_really_skips_decoding(monkeypatch):
 @pytest.mark.parametrize(("dialect", "api"), DIALECTS)
 @pytest.mark.parametrize("fault", [*FAULTS, "http500", "http429"])
 def test_send_request_fast_and_full_give_the_same_outcome(dialect, api, fault):
-    """Fast scanner and full JSON, each read by the protocol sink (``open_session``) and by ``readany``
-    (a plain session): all four give the reference outcome (full JSON, ``readany``)."""
+    """Fast scanner and full JSON, read by the run's lean client (``open_session``), by aiohttp's
+    protocol sink (``open_session(wire=False)``) and by ``readany`` (a plain session): all give the
+    reference outcome (full JSON, ``readany``)."""
 
-    async def go(fast, sink):
+    async def go(fast, reader):
         server = await SSEServer(dialect=dialect, fault=fault, ttft_s=0.01, itl_s=0.001).start()
         ep = Endpoint(server.base_url, "test-model", api=api, stall_timeout_s=0.3, request_timeout_s=5)
         log: list = []
         try:
-            async with open_session(16) if sink else aiohttp.ClientSession() as s:
-                assert not sink or s.connector.sink_capable
+            if reader == "plain":
+                cm = aiohttp.ClientSession()
+            else:
+                cm = open_session(16, wire=reader == "wire")
+            async with cm as s:
+                assert reader == "plain" or s.connector.sink_capable
+                assert (reader == "wire") == (getattr(s.connector, "wire", None) is not None)
                 return await send_request(s, ep, _plan(), ep.body(_plan()), 0, fast=fast, chunk_log=log), log
         finally:
             await server.stop()
 
-    b, lb = asyncio.run(go(False, False))
+    b, lb = asyncio.run(go(False, "plain"))
     times = ("t_send_s", "t_end_s", "t_first_s", "t_first_answer_s", "t_last_s")
-    for fast, sink in ((True, True), (False, True), (True, False)):
-        a, la = asyncio.run(go(fast, sink))
+    for fast, reader in ((True, "wire"), (False, "wire"), (True, "sink"), (True, "plain")):
+        a, la = asyncio.run(go(fast, reader))
         da, db = asdict(a), asdict(b)
         for t in times:
-            assert math.isnan(da.pop(t)) == math.isnan(db.pop(t)), (t, fast, sink)
+            assert math.isnan(da.pop(t)) == math.isnan(db.pop(t)), (t, fast, reader)
         if fault in ("cut", "stall"):  # the detail names the exception / the time, same class either way
             assert da.pop("error_detail").split(":")[0] == db.pop("error_detail").split(":")[0]
-        assert da == db, (fast, sink)
+        assert da == db, (fast, reader)
         assert len(la) == len(lb) == a.n_chunks
     if fault == "stall":
         assert b.error == a.error == "stall_timeout"

@@ -27,8 +27,11 @@ wait for a connection or a busy loop before the write is client lag (``t_send - 
 The other times are taken once per block of bytes read from the socket (every event in a block arrived
 together).
 
-Reading the body: aiohttp does the HTTP (connections, request, status, headers, chunked encoding). With a
-session from :func:`open_session`, each block of the body is taken from the response's ``StreamReader``
+Reading the body: with a session from :func:`open_session` (``wire=True``, the default), requests to
+``http://`` endpoints go through the lean client of :mod:`.wire` (its own connections; blocks stamped
+and fed to :class:`StreamState` inside its protocol's ``data_received``). Otherwise aiohttp does the HTTP
+(connections, request, status, headers, chunked encoding). With a session from :func:`open_session`
+(``wire=False``, or ``https``), each block of the body is taken from the response's ``StreamReader``
 inside the connection's ``data_received`` (:class:`SinkResponseHandler`), stamped on arrival and fed to
 :class:`StreamState` there: the request's task wakes once at the end of the stream instead of once per
 chunk, and a busy event loop no longer delays the stamps. With any other session the task reads blocks
@@ -65,6 +68,7 @@ from .bodies import target_prompt_tokens
 from .eager import eager_body_writes
 from .prompts import MARKER_TOKENS, chat_messages, chat_probe_messages, completion_prompt
 from .sse import BODY_MATCH, DONE, FastScanner, MalformedChunk, parse_event, text_bytes, utf8_ok
+from .wire import WirePool, WireResponse
 
 __all__ = [
     "Endpoint",
@@ -421,6 +425,7 @@ class RunConnector(aiohttp.TCPConnector):
                 SinkResponseHandler, *factory.args, **factory.keywords
             )
         self.queue_waits_s: list[float] = []
+        self.wire: WirePool | None = None  # the run's lean client (open_session), used for http:// posts
 
     async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
         limit = self.limit
@@ -435,7 +440,7 @@ class RunConnector(aiohttp.TCPConnector):
 
 @contextlib.asynccontextmanager
 async def open_session(
-    limit: int, headers: dict[str, str] | None = None, *, keepalive_s: float = KEEPALIVE_S
+    limit: int, headers: dict[str, str] | None = None, *, keepalive_s: float = KEEPALIVE_S, wire: bool = True
 ) -> AsyncIterator[aiohttp.ClientSession]:
     """``async with open_session(limit) as session``: a client session for a run.
 
@@ -451,17 +456,31 @@ async def open_session(
     server is closing at that moment fails before reaching it (seen once against llama.cpp: a
     ``connect_error`` row). Agents whose tool calls last longer than this reconnect for the next turn;
     the connection set-up is client lag (before ``t_send_s``), not TTFT.
+
+    ``wire`` (default True): :func:`send_request` posts to ``http://`` endpoints through the lean client
+    of :mod:`.wire` (its own ``limit`` connections, the same ``headers`` and ``keepalive_s``; its waits
+    for a connection go to the same ``queue_waits_s``), which costs a fraction of aiohttp's CPU per
+    request and per block; everything else (and ``https``) goes through aiohttp. ``wire=False``: every
+    request through aiohttp, the body read by :class:`SinkResponseHandler`.
     """
     connector = RunConnector(limit=limit, limit_per_host=limit, keepalive_timeout=keepalive_s)
+    if wire:
+        connector.wire = WirePool(
+            limit, headers, keepalive_s=keepalive_s, queue_waits_s=connector.queue_waits_s
+        )
     session = aiohttp.ClientSession(
         connector=connector,
         headers=headers,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
         cookie_jar=aiohttp.DummyCookieJar(),
     )
-    with eager_body_writes():
-        async with session:
-            yield session
+    try:
+        with eager_body_writes():
+            async with session:
+                yield session
+    finally:
+        if connector.wire is not None:
+            connector.wire.close()
 
 
 def _int(v: Any) -> int | None:
@@ -528,6 +547,33 @@ class StreamState:
     def feed(self, data: bytes, now: int) -> bool:
         """Take a block read at ``now``; True once the stream is over (``[DONE]`` or an error object).
         Raises :class:`.sse.MalformedChunk` for a ``data:`` payload that is not JSON."""
+        scanner = self.scanner
+        if scanner is not None and not self._pending:
+            hot = scanner.hot
+            if hot is not None and data.startswith(hot[0]) and data.endswith(hot[6]):
+                # one event of the newest template, alone in its block (a stream's usual block): the
+                # text between head and tail is a JSON string body (no newline), so this is one line
+                h, q = hot[2], len(data) - hot[7]
+                if q == h:
+                    info, nb = hot[4], 0
+                elif q > h and BODY_MATCH(data, h, q) is not None and (data.isascii() or utf8_ok(data)):
+                    info, nb = hot[5], q - h
+                else:
+                    info = None
+                if info is not None:  # as _lines does for a line that fits the template
+                    if info.visible:
+                        self.n_chunks += 1
+                        self.text_bytes += nb
+                        self.t_last = now
+                        if not self.t_first:
+                            self.t_first = now
+                        if info.answer and not self.t_first_answer:
+                            self.t_first_answer = now
+                        if info.tool_call:
+                            self.has_tool_calls = True
+                        if self.chunk_log is not None:
+                            self.chunk_log.append((now, 1))
+                    return False
         if self._pending:
             data = self._pending + data
         lines = data.split(b"\n")
@@ -709,38 +755,32 @@ async def send_request(
     elif plan.turn.messages is None:
         out.target_prompt_tokens = plan.turn.input_tokens + MARKER_TOKENS
     st = StreamState(fast, chunk_log)
-    data = SentBody(body if isinstance(body, bytes) else encode_body(body))
+    raw = body if isinstance(body, bytes) else encode_body(body)
     watch = _Watch(endpoint.request_timeout_s, endpoint.first_token_timeout_s, endpoint.stall_timeout_s, st)
+    wire = getattr(session.connector, "wire", None)
+    wire_resp: list[WireResponse] = []
     headers_seen = False
     try:
-        async with session.post(endpoint.url, data=data) as resp:
-            headers_seen = True
-            if data.sent_ns:
-                out.t_send_s = (data.sent_ns - origin_ns) / 1e9
-            out.http_status = resp.status
-            ctype = resp.headers.get("Content-Type", "").partition(";")[0].strip().lower()
-            if resp.status != 200:
-                text = scrub(await _excerpt(resp), secrets)
-                out.ok = False
-                if resp.status == 429:
+        if wire is not None and wire.accepts(endpoint.url):
+            await _send_wire(wire, endpoint.url, raw, st, out, origin_ns, secrets, wire_resp)
+        else:
+            data = SentBody(raw)
+            async with session.post(endpoint.url, data=data) as resp:
+                headers_seen = True
+                if data.sent_ns:
+                    out.t_send_s = (data.sent_ns - origin_ns) / 1e9
+                out.http_status = resp.status
+                ctype = resp.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+                if resp.status != 200:
                     retry = resp.headers.get("Retry-After")
-                    out.retry_after_s = parse_retry_after(retry)
-                    out.error = "rate_limited"
-                    out.error_detail = scrub(f"429 Retry-After={retry}: {text}", secrets)
+                    _http_failure(out, resp.status, retry, await _excerpt(resp), secrets)
+                elif ctype not in _SSE_TYPES:
+                    _not_sse(out, resp.headers.get("Content-Type", ""), await _excerpt(resp), secrets)
                 else:
-                    out.error = "http_error"
-                    out.error_detail = f"{resp.status}: {text}"
-            elif ctype not in _SSE_TYPES:
-                out.ok, out.error = False, "not_sse"
-                shown = scrub(resp.headers.get("Content-Type", ""), secrets)
-                out.error_detail = f"200 with Content-Type {shown!r}, not text/event-stream: " + scrub(
-                    await _excerpt(resp), secrets
-                )
-            else:
-                await _read_body(resp, st)
-                if st.error is not None:
-                    out.ok, out.error = False, "stream_error"
-                    out.error_detail = scrub(st.error[:300], secrets)
+                    await _read_body(resp, st)
+        if st.error is not None:
+            out.ok, out.error = False, "stream_error"
+            out.error_detail = scrub(st.error[:300], secrets)
     except asyncio.CancelledError:
         if watch.fired is None or watch.task.uncancel() > 0:
             raise  # not ours (the run is ending), or ours and someone else's at once
@@ -754,6 +794,8 @@ async def send_request(
         out.ok, out.error, out.error_detail = False, "malformed_json", scrub(str(exc), secrets)
     except (aiohttp.ClientError, OSError) as exc:  # ClientConnectorError, ServerDisconnected, resets...
         out.ok = False
+        if wire_resp:
+            headers_seen = wire_resp[0].status is not None
         out.error = "stream_cut" if headers_seen else "connect_error"
         out.error_detail = scrub(f"{type(exc).__name__}: {exc}"[:300], secrets)
     except Exception as exc:  # a server must never end a run: the row names the exception
@@ -762,6 +804,11 @@ async def send_request(
     finally:
         watch.close()
         out.t_end_s = (clock() - origin_ns) / 1e9
+        if wire_resp:  # what the lean client saw, whatever ended the request
+            sent = wire_resp[0]
+            if sent.sent_ns:
+                out.t_send_s = (sent.sent_ns - origin_ns) / 1e9
+            out.http_status = sent.status
     finish_outcome(
         out,
         st,
@@ -770,6 +817,50 @@ async def send_request(
         exact_prompt=exact_prompt,
     )
     return out
+
+
+def _http_failure(
+    out: RequestOutcome, status: int, retry: str | None, excerpt: str, secrets: tuple[str, ...]
+) -> None:
+    """A non-200 response as the row's error (``rate_limited`` for 429, else ``http_error``)."""
+    text = scrub(excerpt, secrets)
+    out.ok = False
+    if status == 429:
+        out.retry_after_s = parse_retry_after(retry)
+        out.error = "rate_limited"
+        out.error_detail = scrub(f"429 Retry-After={retry}: {text}", secrets)
+    else:
+        out.error = "http_error"
+        out.error_detail = f"{status}: {text}"
+
+
+def _not_sse(out: RequestOutcome, ctype: str, excerpt: str, secrets: tuple[str, ...]) -> None:
+    out.ok, out.error = False, "not_sse"
+    shown = scrub(ctype, secrets)
+    out.error_detail = f"200 with Content-Type {shown!r}, not text/event-stream: " + scrub(excerpt, secrets)
+
+
+async def _send_wire(
+    wire: WirePool,
+    url: str,
+    body: bytes,
+    st: StreamState,
+    out: RequestOutcome,
+    origin_ns: int,
+    secrets: tuple[str, ...],
+    holder: list[WireResponse],
+) -> None:
+    """The request through the run's lean client (:mod:`.wire`): same outcome as the aiohttp path."""
+    resp = await wire.post(url, body, st, holder)
+    if resp.exc is not None:
+        raise resp.exc
+    assert resp.status is not None
+    if resp.status != 200:
+        excerpt = bytes(resp.excerpt).decode("utf-8", "replace")[:300]
+        _http_failure(out, resp.status, resp.headers.get("retry-after"), excerpt, secrets)
+    elif not resp.sse:
+        excerpt = bytes(resp.excerpt).decode("utf-8", "replace")[:300]
+        _not_sse(out, resp.headers.get("content-type", ""), excerpt, secrets)
 
 
 async def _read_body(resp: aiohttp.ClientResponse, st: StreamState) -> None:

@@ -284,7 +284,8 @@ class FastScanner:
     spaces after the JSON are fine) and returns what ``parse_event(line[5:])`` returns (:data:`DONE`, or
     a :class:`ChunkInfo` to be read, not modified), or raises :class:`MalformedChunk` where it does.
 
-    ``hot`` is ``(head, tail, len(head), len(tail), info_if_empty, info_if_not_empty)`` of the newest
+    ``hot`` is ``(head, tail, len(head), len(tail), info_if_empty, info_if_not_empty, tail + b"\\n\\n",
+    len(tail) + 2)`` of the newest
     one-cut template, for a caller's inline check: a line ``head + body + tail`` with ``BODY_MATCH(line,
     len(head), len(line) - len(tail))`` (and :func:`utf8_ok` when not ASCII) has that info; None when
     there is no such template. ``hits`` counts lines answered from a template by :meth:`scan`.
@@ -329,5 +330,6 @@ class FastScanner:
                     empty, full = tpl.info(0), tpl.info(1)
                     if empty is not None and full is not None:
                         head, tail = tpl.segs
-                        self.hot = (head, tail, len(head), len(tail), empty, full)
+                        end = tail + b"\n\n"  # the line as a whole block (StreamState.feed)
+                        self.hot = (head, tail, len(head), len(tail), empty, full, end, len(end))
         return info

@@ -340,8 +340,13 @@ class _Driver:
         for w in self.workers:
             if w.failed is not None:
                 continue
+            actor = w.actor
+
+            def read(actor: Any = actor) -> int:
+                return int(ray.get(actor.clock_ns.remote(), timeout=10))
+
             try:
-                off = measure_offset(lambda a=w.actor: ray.get(a.clock_ns.remote(), timeout=10))
+                off = measure_offset(read)
             except ray.exceptions.RayError as exc:
                 log.warning("worker %d: clock not measured (%s)", w.index, type(exc).__name__)
                 continue

@@ -61,20 +61,20 @@ class SubFleet(AgentFleet):
         self.worker, self.workers, self.t0_s = worker, workers, t0_s
         self.first_sends: deque[tuple[int, float]] = deque()
         self.traj_turns = {t.trajectory_id: len(t.turns) for t in self.trajectories}
-        self._stride = 1
+        self._phase_stride = 1
         return self
 
     def start(self, t0: float) -> list[RequestPlan]:
         """This worker's agents' first plans, from the driver's start time (``t0`` is ignored)."""
         plans = super().start(self.t0_s)  # the whole fleet's draws: the same as one process makes
-        self._next_phase_id, self._stride = self.n_agents + self.worker, self.workers
+        self._next_phase_id, self._phase_stride = self.n_agents + self.worker, self.workers
         return [p for p in plans if p.agent % self.workers == self.worker]
 
     def _plan(self, agent, t_scheduled: float, *, force_fresh: bool = False) -> RequestPlan:
         before = self._next_phase_id
         plan = super()._plan(agent, t_scheduled, force_fresh=force_fresh)
         if self._next_phase_id != before:
-            self._next_phase_id = before + self._stride
+            self._next_phase_id = before + self._phase_stride
         return plan
 
     def may_send(self, now: float) -> bool:

@@ -4,7 +4,8 @@
 ``pip install 'agentperf-kit[ray]'``. :func:`connect` uses the runtime this process already has
 (``ray.init`` called by the caller, e.g. a notebook or a test), else joins ``address`` (``auto``: the
 cluster ``ray start`` made on this host; ``ray://host:port``: a Ray client connection, e.g. to KubeRay's
-head service), else starts a local runtime for this process (loopback only, no dashboard, no usage
+head service), else starts a local runtime for this process (:func:`start_local_ray`: loopback only, no
+dashboard, Ray's start-up waits raised and the start retried on a loaded host; no usage
 statistics, token authentication off as nothing outside the host can reach it) that stays up until the
 process exits, so that the levels of a sweep share it.
 """
@@ -18,12 +19,18 @@ from typing import Any
 
 from ..errors import ConfigError, TargetError
 
-__all__ = ["connect", "require_ray"]
+__all__ = ["connect", "require_ray", "start_local_ray"]
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'agentperf-kit[ray]'"
-LOCAL_ATTEMPTS = 3  # starts of a local runtime before giving up (Ray waits a fixed 30 s for its raylet)
+
+#: the raylet waits this long for its agents to start; Ray's defaults (15 s) are too short on a loaded 2-core
+#: machine, where the dashboard agent alone can take longer to start (the raylet then aborts)
+_SLOW_START_ENV = {
+    "RAY_" + "raylet_start_wait_time_s": "120",
+    "RAY_" + "agent_register_timeout_ms": "120000",
+}
 
 
 def require_ray(why: str) -> Any:
@@ -42,40 +49,61 @@ def connect(address: str | None, workers: int) -> Any:
     ray = require_ray(f"workers={workers}" if address is None else f"ray_address={address!r}")
     if ray.is_initialized():
         return ray
-    for name, value in (
-        ("RAY_USAGE_STATS_ENABLED", "0"),
-        # the raylet waits 15 s by default for its agent processes; a loaded machine needs longer
-        ("RAY_agent_register_timeout_ms", "120000"),
-    ):
-        os.environ.setdefault(name, value)
-    attempts = LOCAL_ATTEMPTS if address is None else 1
-    for attempt in range(1, attempts + 1):
-        try:
-            _init(ray, address, workers)
-            break
-        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, Exception...
-            if attempt < attempts:  # a loaded host: the raylet missed Ray's fixed 30 s start-up wait
-                log.warning("Ray did not start (%s); trying again (%d of %d)", exc, attempt + 1, attempts)
-                with contextlib.suppress(Exception):
-                    ray.shutdown()
-                continue
-            where = "a local Ray runtime" if address is None else f"the Ray cluster at {address!r}"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        if address is None:
+            start_local_ray(max(workers, os.cpu_count() or 1))
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, Exception...
+        if address is None:
             raise TargetError(
-                f"could not start or join {where}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                + ("" if address is None else "; check the address (ray status on the head node shows it)")
+                f"a local Ray runtime for workers={workers} did not start (Ray's node must register within "
+                "its fixed start-up limits; the machine may be overloaded): try again, or use workers=1 "
+                "(in-process)"
             ) from None
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        raise TargetError(
+            f"could not join the Ray cluster at {address!r}: {type(exc).__name__}: {first}; check the "
+            "address (ray status on the head node shows it)"
+        ) from None
     return ray
 
 
-def _init(ray: Any, address: str | None, workers: int) -> None:
-    if address is None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local runtime on loopback
-        ray.init(
-            num_cpus=max(workers, os.cpu_count() or 1),
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            _node_ip_address="127.0.0.1",
-        )
-    else:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+def start_local_ray(num_cpus: int, *, attempts: int = 3) -> None:
+    """Start a private local Ray head in this process: ``num_cpus`` CPUs, bound to loopback, no dashboard,
+    workers' output not forwarded, token authentication off (nothing outside the host reaches it), the
+    raylet's waits for its agents raised (:data:`_SLOW_START_ENV`). Ray's own fixed limit (its raylet must
+    register within 30 s) is sometimes missed on a loaded machine, so the start is tried ``attempts`` times
+    before :class:`~agentperf_kit.errors.TargetError` is raised."""
+    ray = require_ray(f"a local Ray runtime of {num_cpus} CPUs")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    added = [k for k in _SLOW_START_ENV if k not in os.environ]
+    os.environ.update({k: _SLOW_START_ENV[k] for k in added})  # the raylet inherits them
+    try:
+        for attempt in range(1, attempts + 1):
+            try:
+                ray.init(
+                    num_cpus=num_cpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                    _node_ip_address="127.0.0.1",
+                )
+                return
+            except Exception as exc:  # Ray raises a bare Exception when its node misses a start-up limit
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+                if attempt == attempts:
+                    raise TargetError(
+                        f"a local Ray head did not start after {attempts} attempts ({exc}); the machine may "
+                        "be overloaded: try again, or run in this process (workers=1, or a study's executor "
+                        "'process')"
+                    ) from None
+                log.warning(
+                    "a local Ray head did not start (%s); trying again (%d/%d)", exc, attempt + 1, attempts
+                )
+    finally:
+        for k in added:
+            os.environ.pop(k, None)

@@ -1,7 +1,7 @@
 """Scale-out live levels on Ray workers against loopback SSE servers (issue 14, docs/scale-out.md).
 
-One local Ray head for the module (``ray.init`` takes 10-25 s on the CI machine); every test that needs it
-is slow. The parts that need no Ray (the split fleet, the ledger, the clock, the no-Ray path) run in the
+One local Ray head shared with test_ray_study.py (conftest.py's ``ray_head``); every test that needs it is
+slow. The parts that need no Ray (the split fleet, the ledger, the clock, the no-Ray path) run in the
 fast lane.
 """
 
@@ -54,8 +54,9 @@ def _trajs(n=6, turns=3, out=12, delay=0.02):
 def test_split_fleets_give_each_agent_what_one_fleet_gives_it():
     """K sub-fleets together start the same agents, trajectories, turns and ramp times as one fleet;
     phase ids and markers never repeat across workers."""
-    trajs, n, k = _trajs(n=7, turns=5), 10, 3
-    one = AgentFleet(trajs, n, RULES, seed=4, sink=lambda r: None).start(0.0)
+    trajs, n, k = _trajs(n=6, turns=5), 10, 3  # gcd(10, 6) > 1: a stride of 11
+    whole = AgentFleet(trajs, n, RULES, seed=4, sink=lambda r: None)
+    one = whole.start(0.0)
     subs = [
         SubFleet(trajs, n, RULES, seed=4, sink=lambda r: None, marker_nonce=worker_nonce(99, w)).split(
             w, k, 0.0
@@ -75,6 +76,8 @@ def test_split_fleets_give_each_agent_what_one_fleet_gives_it():
             markers.add(p.marker)
             for _ in range(6):
                 s._take_trajectory(s._agents[p.agent])
+                whole._take_trajectory(whole._agents[p.agent])  # the same next trajectories as one fleet
+                assert s._agents[p.agent].traj_index == whole._agents[p.agent].traj_index
                 nxt = s._plan(s._agents[p.agent], 1.0, force_fresh=True)
                 assert nxt.phase_id % k == (n + w) % k and nxt.phase_id >= n
                 assert nxt.phase_id not in ids and nxt.marker not in markers
@@ -179,19 +182,6 @@ def test_workers_without_ray_is_one_line_naming_the_extra(tmp_path):
 
 
 # -- a real local Ray head -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ray_head():
-    ray = pytest.importorskip("ray")
-    from agentperf_kit.scaleout.runtime import connect
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started = not ray.is_initialized()
-    connect(None, 2)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def _level(server, tmp_path, n, k, rules=RULES, **kw):
@@ -314,3 +304,37 @@ def test_cli_run_with_two_workers_writes_the_worker_column(ray_head, tmp_path):
     assert_live_run_measured(rc, out)
     df = load_run(out).requests
     assert len(df) == server.requests and set(df["worker"]) == {0, 1}
+
+
+def test_cross_host_clock_drift_is_taken_off_and_flagged():
+    """A worker on another host whose clock drifted 10 ms over the level: its rows are corrected linearly
+    (half the drift at the middle), and a drift or uncertainty above the budget fails the self-check;
+    workers on the driver's host are left alone."""
+    import pandas as pd
+
+    from agentperf_kit.scaleout.clock import ClockOffset
+    from agentperf_kit.scaleout.driver import _Driver, _Worker
+
+    d = _Driver(None, 2, "ray://head:10001", None, None, 0.005, 0.2, 60.0)
+    d.origin_ns = 0
+    here = _Worker(0, None, same_host=True, stats={"loop_lag_p95_s": 0.001})
+    there = _Worker(1, None, same_host=False, stats={"loop_lag_p95_s": 0.001})
+    there.clock_start = ClockOffset(3.0, 0.0002, 0.0004, 16, 0)
+    there.clock_end = ClockOffset(3.010, 0.0002, 0.0004, 16, 100_000_000_000)
+    here.clock_start = ClockOffset(0.0, 0.0002, 0.0004, 16, 0)
+    here.clock_end = ClockOffset(0.020, 0.0002, 0.0004, 16, 100_000_000_000)  # ignored: one clock
+    d.workers = [here, there]
+    raw = pd.DataFrame(
+        {
+            "agent": [0, 1],
+            "worker": [0, 1],
+            **{c: [50.0, 50.0] for c in ("t_scheduled_s", "t_send_s", "t_first_s", "t_first_answer_s")},
+            **{c: [50.0, 50.0] for c in ("t_last_s", "t_end_s")},
+        }
+    )
+    out = d._correct_drift(raw.copy())
+    assert out.loc[0, "t_send_s"] == 50.0
+    assert out.loc[1, "t_send_s"] == pytest.approx(50.0 - 0.005)
+    check = d._self_check(out.assign(t_send_s=out["t_scheduled_s"]))
+    assert check["client_ok"] is False
+    assert check["client_check"]["reasons"] == ["worker 1: clock drift 10.0 ms over the level > budget"]

@@ -1,0 +1,227 @@
+"""The run's lean HTTP/1.1 client (``client.wire``): response framing split at any byte, connection reuse,
+the connection limit, cancellation, and the real event loop the CLI uses (uvloop), on loopback servers."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agentperf_kit.agents import RequestPlan
+from agentperf_kit.client.http import Endpoint, open_session, send_request
+from agentperf_kit.client.wire import WirePool, WireResponse
+from agentperf_kit.trajectories.model import Turn
+from tests.sse_servers import SSEServer
+
+
+class _Sink:
+    """Stands in for a StreamState: keeps what it is fed."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+
+    def feed(self, data: bytes, now: int) -> bool:
+        self.data += data
+        return False
+
+    def close(self, now: int) -> bool:
+        self.closed = True
+        return False
+
+
+class _Conn:
+    """Stands in for a connection: records what the response did with it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.outcome: str | None = None
+
+    def done(self, resp: WireResponse) -> None:
+        self.outcome = "reusable" if resp.keep_alive else "closed"
+
+    def drop(self, resp: WireResponse) -> None:
+        self.outcome = "dropped"
+
+
+def _feed(raw: bytes, cuts: list[int]) -> tuple[WireResponse, _Sink, _Conn]:
+    loop = asyncio.new_event_loop()
+    try:
+        conn = _Conn(loop)
+        sink = _Sink()
+        resp = WireResponse(conn, sink)  # type: ignore[arg-type]
+        edges = sorted({0, len(raw), *(c % (len(raw) + 1) for c in cuts)})
+        for a, b in itertools.pairwise(edges):
+            resp.data(raw[a:b], 0)
+        return resp, sink, conn
+    finally:
+        loop.close()
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def _chunked(pieces: list[bytes], ext: bool, trailers: bool) -> bytes:
+    out = [b"%x%s\r\n%s\r\n" % (len(p), b";x=1" if ext else b"", p) for p in pieces if p]
+    out.append(b"0\r\nX-Trailer: 1\r\n\r\n" if trailers else b"0\r\n\r\n")
+    return b"".join(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pieces=st.lists(st.binary(min_size=0, max_size=70), max_size=12),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12),
+    ext=st.booleans(),
+    trailers=st.booleans(),
+    interim=st.booleans(),
+)
+def test_chunked_bodies_split_anywhere_read_whole(pieces, cuts, ext, trailers, interim):
+    raw = (b"HTTP/1.1 100 Continue\r\n\r\n" if interim else b"") + HEAD + _chunked(pieces, ext, trailers)
+    resp, sink, conn = _feed(raw, cuts)
+    assert resp.exc is None, resp.exc
+    assert bytes(sink.data) == b"".join(pieces)
+    assert resp.status == 200 and resp.sse and resp.finished and sink.closed
+    assert conn.outcome == "reusable"
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=3000), cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=8))
+def test_length_and_gzip_bodies_split_anywhere_read_whole(body, cuts):
+    packed = gzip.compress(body)
+    raw = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: gzip\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(packed), packed)
+    )
+    resp, sink, conn = _feed(raw, cuts)
+    assert resp.exc is None and bytes(sink.data) == body and conn.outcome == "reusable"
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (HEAD + b"zz\r\nabc\r\n0\r\n\r\n", "bad chunk size"),
+        (HEAD + b"-3\r\nabc\r\n0\r\n\r\n", "bad chunk size"),
+        (HEAD + b"3\r\nabcd\r\n0\r\n\r\n", "not followed by CRLF"),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "not an HTTP/1.x response"),
+        (b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 1\r\n\r\nx", "not supported"),
+    ],
+)
+def test_bad_framing_is_an_error_and_the_connection_is_dropped(raw, why):
+    resp, _, conn = _feed(raw, [])
+    assert resp.exc is not None and why in str(resp.exc), resp.exc
+    assert resp.finished and conn.outcome == "dropped"
+
+
+def test_connection_close_and_http10_are_not_reused():
+    raw = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi"
+    assert _feed(raw, [])[2].outcome == "closed"
+    raw = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    assert _feed(raw, [])[2].outcome == "closed"
+    raw = b"HTTP/1.1 429 Too Many\r\nRetry-After: 7\r\nContent-Length: 4\r\n\r\nslow"
+    resp, sink, conn = _feed(raw, [3])
+    assert resp.status == 429 and not resp.sse and bytes(resp.excerpt) == b"slow" and not sink.data
+    assert resp.headers["retry-after"] == "7" and conn.outcome == "reusable"
+
+
+def _plan(n_out: int = 8) -> RequestPlan:
+    return RequestPlan(0, 0, "t", 0, Turn(0, 0, 20, n_out), 0, "7" * 32, True, 0.0)
+
+
+def _go(coro_fn, loop_kind: str):
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        return uvloop.run(coro_fn())
+    return asyncio.run(coro_fn())
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_requests_reuse_connections_wait_for_the_limit_and_match_aiohttp(loop_kind):
+    """Six requests at once through a pool of two connections: all read whole, the server sees two
+    connections at most, four requests waited for one (recorded); a request after an idle gap longer than
+    the keep-alive limit still goes through."""
+
+    async def go():
+        server = await SSEServer(ttft_s=0.02, itl_s=0.002).start()
+        ep = Endpoint(server.base_url, "test-model", api="completions", request_timeout_s=10)
+        try:
+            async with open_session(2, keepalive_s=0.3) as s:
+                pool = s.connector.wire
+                assert isinstance(pool, WirePool)
+                outs = await asyncio.gather(
+                    *(send_request(s, ep, _plan(5), ep.body(_plan(5)), 0) for _ in range(6))
+                )
+                waits = list(pool.queue_waits_s)
+                await asyncio.sleep(0.5)
+                late = await send_request(s, ep, _plan(3), ep.body(_plan(3)), 0)
+                return outs, late, waits, server
+        finally:
+            await server.stop()
+
+    outs, late, waits, server = _go(go, loop_kind)
+    assert all(o.ok and o.output_tokens == 5 and o.n_chunks == 5 for o in outs), outs
+    assert all(o.t_send_s <= o.t_first_s <= o.t_last_s <= o.t_end_s for o in outs)
+    assert late.ok and late.output_tokens == 3
+    assert len(waits) == 4 and all(w > 0 for w in waits)
+    assert server.max_in_flight <= 2
+
+
+def test_a_cancelled_request_closes_its_connection():
+    """A stall timeout ends the request; the server sees its client go (the connection is closed, not
+    handed to the next request)."""
+
+    async def go():
+        server = await SSEServer(ttft_s=0.01, itl_s=0.01, fault="stall").start()
+        ep = Endpoint(server.base_url, "test-model", stall_timeout_s=0.2, request_timeout_s=5)
+        try:
+            async with open_session(2) as s:
+                out = await send_request(s, ep, _plan(20), ep.body(_plan(20)), 0)
+                for _ in range(100):
+                    if server.in_flight == 0:
+                        break
+                    await asyncio.sleep(0.02)
+                return out, server.in_flight, len(s.connector.wire._all)
+        finally:
+            await server.stop()
+
+    out, in_flight, open_conns = asyncio.run(go())
+    assert out.error == "stall_timeout" and out.http_status == 200 and out.n_chunks > 0
+    assert in_flight == 0 and open_conns == 0
+
+
+def test_a_live_run_reads_through_the_wire_client_and_says_so():
+    """``run_live`` sends through the lean client; the manifest names it and the event loop."""
+    import tempfile
+
+    from agentperf_kit.agents import RunRules
+    from agentperf_kit.replay import run_live
+    from agentperf_kit.trajectories.model import Trajectory
+
+    rules = RunRules(
+        warmup_s=0.1,
+        duration_s=0.6,
+        min_trajectories=0,
+        min_trajectories_per_agent=0,
+        ramp_s=0.05,
+        drain_timeout_s=2,
+        random_start_turn=False,
+        abort_after_s=0,
+    )
+    trajs = [Trajectory(f"t{i}", [Turn(k, 0, 30, 6, tool_delay_s=0.05) for k in range(3)]) for i in range(2)]
+
+    async def go():
+        server = await SSEServer(ttft_s=0.01, itl_s=0.002).start()
+        try:
+            ep = Endpoint(server.base_url, "test-model", api="completions")
+            return await run_live(ep, trajs, 2, rules, out_dir=tempfile.mkdtemp(), progress=False)
+        finally:
+            await server.stop()
+
+    res = asyncio.run(go())
+    check = res.manifest["client_check"]
+    assert check["body_reader"] == "wire" and check["event_loop"] == "asyncio"
+    done = res.requests[res.requests.error != "cancelled_at_end"]
+    assert len(done) >= 4 and done.ok.all() and (done.output_tokens == 6).all()
