@@ -986,9 +986,12 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"({summary['failure_policy']}), {d[other[0]]} ({other[0]})"
             )
     if has_band:
+        from .sweep_band import BAND_RESOLUTION
+
         lines.append(
-            "band: the answer under the low and high efficiency sets, bisected around this answer to 1/16 "
-            "(docs/sweep.md); AA: the published figure for this accelerator and model"
+            "band: the answer under the low and high efficiency sets, searched from this sweep's ramp to "
+            f"1/{round(1 / BAND_RESOLUTION)} (docs/sweep.md); AA: the published figure for this accelerator "
+            "and model"
         )
     lines.append(f"meets AA validity rules: {'yes' if summary['meets_aa_rules'] else 'no'}")
     lines += [f"note: {n}" for n in summary.get("notes", [])]
