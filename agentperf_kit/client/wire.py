@@ -120,6 +120,8 @@ class WireResponse:
 
     def data(self, data: bytes, now: int) -> None:
         if self._fast:  # the common block of a stream: one whole chunk, nothing pending
+            if self._runs is not None and self._runs.feed_chunk(data, now):
+                return  # one event of the stream's template (StreamState.feed_chunk)
             eol = data.find(b"\r\n", 0, 18)
             if eol > 0 and data.endswith(b"\r\n"):
                 try:
