@@ -496,6 +496,12 @@ def _count(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_COUNT else None
 
 
+# bodies (the text between a template's head and tail, as sent) that BODY_MATCH and utf8_ok accepted: a
+# token's text repeats across and within streams, and a set look-up costs less than the regex
+_VALID_BODIES: set[bytes] = set()
+_VALID_BODIES_MAX = 1 << 16
+
+
 def _chunk_head(n: int, head: bytes, k: int) -> bytes:
     """The start of an HTTP chunk ``n`` bytes long in all (size line, CRLF, data, CRLF) whose data is
     ``head + body + tail + b"\\n\\n"`` (``k``: ``len(head) + len(tail) + 2``): its size line, in lower-case
@@ -617,10 +623,14 @@ class StreamState:
         h, q = len(pre), n - len(end)
         if q == h:
             info, nb = hot[4], 0
-        elif BODY_MATCH(data, h, q) is not None and (data.isascii() or utf8_ok(data)):
-            info, nb = hot[5], q - h
         else:
-            return False
+            body = data[h:q]  # the head and tail are valid UTF-8 (cut from a decoded line at quotes)
+            if body not in _VALID_BODIES:
+                if BODY_MATCH(body) is None or not (body.isascii() or utf8_ok(body)):
+                    return False
+                if len(_VALID_BODIES) < _VALID_BODIES_MAX:
+                    _VALID_BODIES.add(body)
+            info, nb = hot[5], q - h
         if info.visible:
             self.n_chunks += 1
             self.text_bytes += nb
