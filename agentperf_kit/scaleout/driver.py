@@ -49,16 +49,8 @@ from ..client.http import Endpoint, calibrate_chat_filler, endpoint_secrets, ope
 from ..errors import TargetError
 from ..percentiles import percentile
 from ..recorder import RAW_PARTS_NAME, RunWriter, read_raw_rows
-from ..replay import _prompt_size_deviation, _server_info, _telemetry_manifest
-from ..results import (
-    RunResult,
-    finalize_run,
-    prepare_run_dir,
-    run_manifest,
-    window_manifest,
-    write_manifest,
-)
-from ..schema import json_safe
+from ..replay import _server_info, finish_level
+from ..results import RunResult, prepare_run_dir, run_manifest, with_worker_column, write_manifest
 from ..telemetry import TelemetryConfig, TelemetrySampler
 from ..trajectories.model import Trajectory
 from .clock import ClockOffset, measure_offset
@@ -455,26 +447,11 @@ class _Driver:
 
     def finish(self) -> RunResult:
         """``requests.parquet`` (with ``worker``) and the final manifest (module docstring)."""
-        manifest, out_dir = self.manifest, self.out_dir
-        window = self.ledger.window_summary()
-        manifest.update(window_manifest(window))
-        if self.sampler is not None:
-            manifest.update(_telemetry_manifest(self.sampler, window))
-        raw = read_raw_rows(out_dir, names=(RAW_PARTS_NAME,))
-        raw["worker"] = (raw["agent"] % self.k).astype("int64")
+        raw = with_worker_column(read_raw_rows(self.out_dir, names=(RAW_PARTS_NAME,)), self.k)
         raw = self._correct_drift(raw)
-        result = finalize_run(out_dir, manifest, raw=raw)
-        df = result.requests
-        manifest["workers"] = self._workers_manifest()
-        manifest.update(self._self_check(df))
-        manifest["prompt_size_deviation"] = _prompt_size_deviation(df)
-        write_manifest(out_dir, manifest)
-        reasons = manifest["client_check"]["reasons"]
-        if reasons:
-            log.warning("client self-check failed, TTFT may be distorted: %s", "; ".join(reasons))
-        if window["aborted_reason"]:
-            log.warning("level ended early: %s", window["aborted_reason"])
-        return RunResult(df, json_safe(manifest), result.directory)
+        self.manifest["workers"] = self._workers_manifest()
+        window = self.ledger.window_summary()
+        return finish_level(self.out_dir, self.manifest, window, self.sampler, self._self_check, raw=raw)
 
     def _correct_drift(self, raw: pd.DataFrame) -> pd.DataFrame:
         """Rows of a worker on another host whose clock drifted (end offset - start offset) by more than
