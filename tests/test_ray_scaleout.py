@@ -222,7 +222,9 @@ def test_a_level_on_two_workers_is_one_level(ray_head, tmp_path):
         c = x["clock"]
         assert c["shared_monotonic_clock"] and c["origin_shift_s"] == 0
         assert abs(c["start"]["offset_s"]) <= c["start"]["uncertainty_s"] + 1e-4  # one CLOCK_MONOTONIC
-        assert x["stats"]["pid"] != os.getpid()
+        assert x["stats"]["pid"] != os.getpid()  # the agents ran in the worker's level process
+        assert x["stats"]["actor_pid"] not in (os.getpid(), x["stats"]["pid"])
+        assert x["nice"] == os.nice(0)  # Ray's default would run workers at a lower priority
     per = m["client_check"]["workers"]
     assert m["client_ok"] == all(p["client_ok"] for p in per)  # the conjunction
     # the server's own TTFT (50 ms) is what the rows show, on the workers' clocks

@@ -72,15 +72,15 @@ def read_frame(f: BinaryIO) -> Any:
 
 
 def host_identity() -> dict[str, Any]:
-    """This process's host: name, pid and the kernel's boot id (equal boot ids: one
-    ``CLOCK_MONOTONIC``, which ``time.perf_counter_ns`` reads on Linux)."""
+    """This process's host: name, pid, the kernel's boot id (equal boot ids: one ``CLOCK_MONOTONIC``,
+    which ``time.perf_counter_ns`` reads on Linux) and its scheduling niceness (``nice``)."""
     import socket
 
     try:
         boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         boot_id = None
-    return {"hostname": socket.gethostname(), "pid": os.getpid(), "boot_id": boot_id}
+    return {"hostname": socket.gethostname(), "pid": os.getpid(), "boot_id": boot_id, "nice": os.nice(0)}
 
 
 class _RowSink:
@@ -155,8 +155,9 @@ def build_level(spec: dict[str, Any], trajectories: list, sink: _RowSink) -> _Ch
 
 def level_stats(level: _LiveLevel | None, cpu_s: float, thread_s: float) -> dict[str, Any]:
     """The worker's self-check figures (seconds): event-loop lag P95, connection waits, collector pauses,
-    the most requests in flight at once, CPU seconds of this process over the level (``cpu_process_s``)
-    and of its event loop's thread (``cpu_thread_s``), and this process's host and pid."""
+    the most requests in flight at once, CPU seconds of this process over the level (``cpu_level_s``,
+    from the start frame) and over its whole life (``cpu_process_s``: its start-up and imports too),
+    of its event loop's thread over the level (``cpu_thread_s``), and this process's host and pid."""
     if level is None:
         return {}
     waits = level.conn_waits
@@ -171,7 +172,8 @@ def level_stats(level: _LiveLevel | None, cpu_s: float, thread_s: float) -> dict
         "gc_pauses": len(level.gc_pauses),
         "gc_pause_max_s": max(level.gc_pauses, default=0.0),
         "stream_parser": "fast" if level.fast_parse else "json",
-        "cpu_process_s": cpu_s,
+        "cpu_level_s": cpu_s,
+        "cpu_process_s": time.process_time(),
         "cpu_thread_s": thread_s,
         **host_identity(),
     }

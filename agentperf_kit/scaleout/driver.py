@@ -322,6 +322,15 @@ class _Driver:
         for w, host in zip(self.workers, hosts):
             w.host = host
             w.same_host = host.get("boot_id") is not None and host.get("boot_id") == self.me.get("boot_id")
+        lower = [w.index for w in self.workers if w.host.get("nice", 0) > self.me.get("nice", 0)]
+        if lower:  # Ray's default for worker processes on a cluster started without RAY_worker_niceness=0
+            log.warning(
+                "workers %s run at a lower scheduling priority (nice %s) than the driver (nice %s): on a "
+                "busy host their event loops wake late; start the Ray nodes with RAY_worker_niceness=0",
+                lower,
+                self.workers[lower[0]].host.get("nice"),
+                self.me.get("nice"),
+            )
         self._measure_clocks(end=False)
         for w in self.workers:
             offset = w.clock_start.offset_s if w.clock_start is not None else 0.0
@@ -486,6 +495,7 @@ class _Driver:
                     "worker": w.index,
                     "hostname": w.host.get("hostname"),
                     "pid": w.host.get("pid"),
+                    "nice": w.host.get("nice"),
                     "agents": len(range(w.index, self.ledger.n_agents, self.k)),
                     "rows": w.rows,
                     "requests_sent": w.sent,

@@ -122,14 +122,16 @@ class LevelWorker:
 
     def stats(self) -> dict[str, Any]:
         """The level's process's self-check figures (:func:`.child.level_stats`: seconds; its pid and
-        CPU seconds over the level), plus this actor's pid and CPU seconds over the level
-        (``actor_pid``, ``cpu_actor_s``)."""
+        CPU seconds), plus this actor's pid and CPU seconds: over the level (``cpu_actor_s``, from
+        :meth:`start`) and over its process's whole life (``cpu_actor_process_s``)."""
         if not self._stats:
             return {}
+        cpu = time.process_time()
         return {
             **self._stats,
             "actor_pid": os.getpid(),
-            "cpu_actor_s": time.process_time() - self._cpu0,
+            "cpu_actor_s": cpu - self._cpu0,
+            "cpu_actor_process_s": cpu,
         }
 
     # -- the child --------------------------------------------------------------------------------------
