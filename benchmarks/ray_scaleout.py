@@ -98,6 +98,16 @@ def tree_cpu_s(exclude: set[int]) -> dict[int, tuple[str, float]]:
     return out
 
 
+def _cpu_of(pid: int) -> float:
+    import psutil
+
+    try:
+        c = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return c.user + c.system
+
+
 def _short(cmd: str) -> str:
     if "agentperf_kit.scaleout.child" in cmd:
         return "level process"
@@ -142,6 +152,7 @@ def run_level(binary, trajs, n: int, workers: int, args, tmp: Path, tag: str) ->
     with FastSSEServer(TTFT_MS, ITL_MS, binary=binary, log=truth_path) as srv:
         ep = Endpoint(srv.base_url, "fast", api="completions")
         before = tree_cpu_s({srv.proc.pid})
+        server0 = _cpu_of(srv.proc.pid)
         t0 = time.perf_counter()
         kw = dict(seed=args.seed, out_dir=out, progress=False)
         if workers == 0:
@@ -150,6 +161,7 @@ def run_level(binary, trajs, n: int, workers: int, args, tmp: Path, tag: str) ->
             res = run_live_workers(ep, trajs, n, rules, workers=workers, **kw)
         wall = time.perf_counter() - t0
         after = tree_cpu_s({srv.proc.pid})
+        cpu_server = _cpu_of(srv.proc.pid) - server0
     load1 = os.getloadavg()[0]
     df, m = res.requests, res.manifest
     truth = read_truth_log(truth_path)
@@ -202,6 +214,8 @@ def run_level(binary, trajs, n: int, workers: int, args, tmp: Path, tag: str) ->
         "cpu_ray_s": cpu_ray,
         "cpu_ray_detail": {k: v for k, v in sorted(by.items(), key=lambda kv: -kv[1]) if v >= 0.05},
         "cpu_total_s": cpu_self + cpu_workers + cpu_actors + cpu_ray,
+        "cpu_server_s": cpu_server,
+        "cpu_level_processes_s": sum((w.get("stats") or {}).get("cpu_level_s", 0.0) for w in ws),
         "worker_stats": [w.get("stats") or {} for w in ws],
         "wall_s": wall,
         "load": (load0, load1),
@@ -226,8 +240,9 @@ def describe(r: dict) -> str:
         f"   N={r['n']:>5} {who:<18} rows {r['rows']:,} / server {r['server_requests']:,}, TTFT error "
         f"P50 {r['p50_err_ms']:.1f} ms P95 {r['p95_err_ms']:.1f} ms ({r['matched']:,} matched), "
         f"client_ok={r['client_ok']}, CPU {r['cpu_total_s']:.1f} s ({cpu_parts(r)}) = {cpu:.1f} CPU-s/1M "
-        f"tokens, wall "
-        f"{r['wall_s']:.0f} s, load {r['load'][0]:.2f} -> {r['load'][1]:.2f}{why}"
+        f"tokens, wall {r['wall_s']:.0f} s; server CPU {r['cpu_server_s']:.1f} s; load generator + server "
+        f"{(r['cpu_total_s'] + r['cpu_server_s']) / r['wall_s']:.2f} of {os.cpu_count()} cores over the "
+        f"level; load {r['load'][0]:.2f} -> {r['load'][1]:.2f}{why}"
     )
 
 
@@ -306,6 +321,12 @@ def main() -> None:
         say(
             f"   Ray path at --workers 1: {b:.1f} vs in-process {a:.1f} CPU-s per 1M tokens: "
             f"{b / a - 1:+.1%} (target within 5%)"
+        )
+        c = cpu_ray["cpu_level_processes_s"] / cpu_ray["tokens"] * 1e6
+        say(
+            f"   of which the agents' own work (the level process from its start frame, no start-up): "
+            f"{c:.1f} CPU-s per 1M tokens ({c / a - 1:+.1%} of in-process); the rest is per level: "
+            "start-ups, actor, driver, Ray's processes"
         )
 
     best: dict[int, int] = {}
