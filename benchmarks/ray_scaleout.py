@@ -98,6 +98,14 @@ def tree_cpu_s(exclude: set[int]) -> dict[int, tuple[str, float]]:
     return out
 
 
+def _machine_busy_s() -> float:
+    """CPU seconds all of the machine's cores have been busy so far (everything but idle and iowait)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
 def _cpu_of(pid: int) -> float:
     import psutil
 
@@ -153,6 +161,7 @@ def run_level(binary, trajs, n: int, workers: int, args, tmp: Path, tag: str) ->
         ep = Endpoint(srv.base_url, "fast", api="completions")
         before = tree_cpu_s({srv.proc.pid})
         server0 = _cpu_of(srv.proc.pid)
+        busy0 = _machine_busy_s()
         t0 = time.perf_counter()
         kw = dict(seed=args.seed, out_dir=out, progress=False)
         if workers == 0:
@@ -162,6 +171,7 @@ def run_level(binary, trajs, n: int, workers: int, args, tmp: Path, tag: str) ->
         wall = time.perf_counter() - t0
         after = tree_cpu_s({srv.proc.pid})
         cpu_server = _cpu_of(srv.proc.pid) - server0
+        cpu_machine = _machine_busy_s() - busy0
     load1 = os.getloadavg()[0]
     df, m = res.requests, res.manifest
     truth = read_truth_log(truth_path)
@@ -215,6 +225,7 @@ def run_level(binary, trajs, n: int, workers: int, args, tmp: Path, tag: str) ->
         "cpu_ray_detail": {k: v for k, v in sorted(by.items(), key=lambda kv: -kv[1]) if v >= 0.05},
         "cpu_total_s": cpu_self + cpu_workers + cpu_actors + cpu_ray,
         "cpu_server_s": cpu_server,
+        "cpu_machine_s": cpu_machine,
         "cpu_level_processes_s": sum((w.get("stats") or {}).get("cpu_level_s", 0.0) for w in ws),
         "worker_stats": [w.get("stats") or {} for w in ws],
         "wall_s": wall,
@@ -241,8 +252,9 @@ def describe(r: dict) -> str:
         f"P50 {r['p50_err_ms']:.1f} ms P95 {r['p95_err_ms']:.1f} ms ({r['matched']:,} matched), "
         f"client_ok={r['client_ok']}, CPU {r['cpu_total_s']:.1f} s ({cpu_parts(r)}) = {cpu:.1f} CPU-s/1M "
         f"tokens, wall {r['wall_s']:.0f} s; server CPU {r['cpu_server_s']:.1f} s; load generator + server "
-        f"{(r['cpu_total_s'] + r['cpu_server_s']) / r['wall_s']:.2f} of {os.cpu_count()} cores over the "
-        f"level; load {r['load'][0]:.2f} -> {r['load'][1]:.2f}{why}"
+        f"{(r['cpu_total_s'] + r['cpu_server_s']) / r['wall_s']:.2f} and the whole machine "
+        f"{r['cpu_machine_s'] / r['wall_s']:.2f} of {os.cpu_count()} cores busy over the level; "
+        f"load {r['load'][0]:.2f} -> {r['load'][1]:.2f}{why}"
     )
 
 

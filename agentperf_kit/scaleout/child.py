@@ -222,8 +222,6 @@ async def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     out_t, out = await loop.connect_write_pipe(_Out, stdout)
     first: asyncio.Future = loop.create_future()
     level: _ChildLevel | None = None
-    main = asyncio.current_task()
-    assert main is not None
     stopped = False
 
     def on_frame(msg: tuple) -> None:
@@ -284,6 +282,8 @@ async def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await pumper
         batch()
+    except Exception as exc:  # before the agents ran (a bad spec): the driver reports it
+        error = error or f"{type(exc).__name__}: {exc}"[:500]
     finally:
         cpu = time.process_time() - p0
         out_t.write(frame(("done", level_stats(level, cpu, time.thread_time() - t0), error)))
@@ -313,10 +313,10 @@ def main() -> None:
     os.dup2(2, 1)  # stdout carries the frames only: anything printed goes to stderr
     try:
         import uvloop
-
-        uvloop.run(serve(stdin, stdout))
     except ImportError:
         asyncio.run(serve(stdin, stdout))
+    else:
+        uvloop.run(serve(stdin, stdout))
 
 
 if __name__ == "__main__":
