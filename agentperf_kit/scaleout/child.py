@@ -9,10 +9,11 @@ agents run with the live replay's own code (:class:`agentperf_kit.replay._LiveLe
 per-request and per-chunk path, HTTP session, event loop - uvloop when installed -, loop-lag monitor and
 collector settings as an in-process run), in a process with no thread beside its event loop.
 
-The pipes carry frames: an 8-byte little-endian length, then a pickle.
+The pipes carry frames (:mod:`.frames`): an 8-byte little-endian length, then a pickle.
 
-- **stdin** (from the actor): ``("start", spec, trajectories)`` first, then ``("go", t0_s)``,
-  ``("close", t_end_s)``, ``("stop",)``. End of file (the actor is gone) is ``stop``.
+- **stdin** (from the actor): ``("start", spec, trajectories)`` first (both pickled by the driver: the
+  actor passes them on without unpickling, so its process never imports the replay's modules), then
+  ``("go", t0_s)``, ``("close", t_end_s)``, ``("stop",)``. End of file (the actor is gone) is ``stop``.
 - **stdout** (to the actor): ``("ready",)`` once the HTTP session is open and the prompts are prepared;
   ``("batch", rows, first_sends, sent, in_flight)`` every :data:`FLUSH_S` while the agents run (rows
   finished since the last batch, as tuples of :data:`agentperf_kit.schema.RAW_COLUMNS`, agents' first
@@ -30,7 +31,6 @@ import contextlib
 import math
 import os
 import pickle
-import struct
 import sys
 import time
 from collections import deque
@@ -40,47 +40,11 @@ from typing import Any, BinaryIO
 from ..percentiles import percentile
 from ..replay import _LiveLevel
 from .fleets import SubFleet, worker_nonce
+from .frames import HEADER, frame, host_identity
 
-__all__ = ["FLUSH_S", "level_stats", "read_frame", "write_frame"]
+__all__ = ["FLUSH_S", "build_level", "level_stats", "serve"]
 
 FLUSH_S = 0.1  # how often rows go to the actor (the driver polls the actor every 0.2 s)
-_HEADER = struct.Struct("<Q")
-
-
-def frame(obj: Any) -> bytes:
-    """One frame: the length of the pickle, then the pickle."""
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(data)) + data
-
-
-def write_frame(f: BinaryIO, obj: Any) -> None:
-    """Write one frame to a blocking binary file and flush it."""
-    f.write(frame(obj))
-    f.flush()
-
-
-def read_frame(f: BinaryIO) -> Any:
-    """Read one frame from a blocking binary file; EOFError at the end (or a torn frame)."""
-    head = f.read(_HEADER.size)
-    if len(head) < _HEADER.size:
-        raise EOFError
-    (n,) = _HEADER.unpack(head)
-    data = f.read(n)
-    if len(data) < n:
-        raise EOFError
-    return pickle.loads(data)
-
-
-def host_identity() -> dict[str, Any]:
-    """This process's host: name, pid, the kernel's boot id (equal boot ids: one ``CLOCK_MONOTONIC``,
-    which ``time.perf_counter_ns`` reads on Linux) and its scheduling niceness (``nice``)."""
-    import socket
-
-    try:
-        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot_id = None
-    return {"hostname": socket.gethostname(), "pid": os.getpid(), "boot_id": boot_id, "nice": os.nice(0)}
 
 
 class _RowSink:
@@ -188,12 +152,12 @@ class _Frames(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        while len(self.buf) >= _HEADER.size:
-            (n,) = _HEADER.unpack_from(self.buf)
-            if len(self.buf) < _HEADER.size + n:
+        while len(self.buf) >= HEADER.size:
+            (n,) = HEADER.unpack_from(self.buf)
+            if len(self.buf) < HEADER.size + n:
                 return
-            obj = pickle.loads(bytes(self.buf[_HEADER.size : _HEADER.size + n]))
-            del self.buf[: _HEADER.size + n]
+            obj = pickle.loads(bytes(self.buf[HEADER.size : HEADER.size + n]))
+            del self.buf[: HEADER.size + n]
             self.on_frame(obj)
 
     def eof_received(self) -> bool:
@@ -248,9 +212,10 @@ async def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     p0, t0 = time.process_time(), time.thread_time()
     try:
         try:
-            _, spec, trajectories = await first
+            _, spec_pickle, trajectories_pickle = await first
         except asyncio.CancelledError:
             return
+        spec, trajectories = pickle.loads(spec_pickle), pickle.loads(trajectories_pickle)
         level = build_level(spec, trajectories, sink)
         level.on_ready = lambda: out_t.write(frame(("ready",)))
         fleet = level.fleet

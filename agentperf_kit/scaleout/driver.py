@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import pickle
 import random
 import threading
 import time
@@ -358,10 +359,12 @@ class _Driver:
 
     def _start(self, spec: dict[str, Any], trajectories: list, timeout_s: float) -> None:
         ray = self.ray
-        trajs_ref = ray.put(trajectories)
+        # pickled here: the actors pass them on to their level processes without importing their classes
+        trajs_ref = ray.put(pickle.dumps(trajectories, protocol=pickle.HIGHEST_PROTOCOL))
+        specs = [{**spec, "worker": w.index, "origin_ns": w.origin_ns} for w in self.workers]
         refs = [
-            w.actor.start.remote({**spec, "worker": w.index, "origin_ns": w.origin_ns}, trajs_ref)
-            for w in self.workers
+            w.actor.start.remote(pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL), trajs_ref)
+            for w, s in zip(self.workers, specs)
         ]
         try:
             ok = ray.get(refs, timeout=timeout_s)

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .child import host_identity, read_frame, write_frame
+from .frames import host_identity, read_frame, write_frame
 
 __all__ = ["LevelWorker", "host_identity"]
 
@@ -66,10 +66,11 @@ class LevelWorker:
         """This host's ``perf_counter_ns`` (the driver's offset measurement; the child shares it)."""
         return time.perf_counter_ns()
 
-    def start(self, spec: dict[str, Any], trajectories: list) -> bool:
-        """Start the level's process with the agents of ``spec`` (keys: :func:`.child.build_level`'s):
-        returns once its HTTP session is open and the prompts are prepared (True), or it failed
-        (False: :meth:`poll` says why); :meth:`go` starts the agents."""
+    def start(self, spec: bytes, trajectories: bytes) -> bool:
+        """Start the level's process with the agents of ``spec`` (pickled: the keys of
+        :func:`.child.build_level`) and the pickled list ``trajectories``: returns once its HTTP session
+        is open and the prompts are prepared (True), or it failed (False: :meth:`poll` says why);
+        :meth:`go` starts the agents."""
         if self._proc is not None:
             raise RuntimeError("this worker already ran a level")
         self._cpu0 = time.process_time()
