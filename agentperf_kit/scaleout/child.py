@@ -31,7 +31,6 @@ import contextlib
 import math
 import os
 import pickle
-import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -285,4 +284,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -10,7 +10,7 @@ import os
 import pickle
 import struct
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 __all__ = ["HEADER", "frame", "host_identity", "read_frame", "write_frame"]
 
@@ -23,13 +23,13 @@ def frame(obj: Any) -> bytes:
     return HEADER.pack(len(data)) + data
 
 
-def write_frame(f: BinaryIO, obj: Any) -> None:
+def write_frame(f: IO[bytes], obj: Any) -> None:
     """Write one frame to a blocking binary file and flush it."""
     f.write(frame(obj))
     f.flush()
 
 
-def read_frame(f: BinaryIO) -> Any:
+def read_frame(f: IO[bytes]) -> Any:
     """Read one frame from a blocking binary file; EOFError at the end (or a torn frame)."""
     head = f.read(HEADER.size)
     if len(head) < HEADER.size:
