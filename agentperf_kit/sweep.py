@@ -5,8 +5,8 @@ Search (docs/sweep.md): exponential ramp N = 1, 2, 4, ... until every tier has a
 failing N and that failing N, to ``resolution`` agents or ``relative_resolution`` of the bracket's
 lower end, whichever is coarser (default 1 agent and 1/32: the relative one binds from 64 agents up).
 Levels are measured once and shared: every tier is evaluated on the same levels. Odd cases (see
-:func:`agentperf_kit.slo.max_agents`): N = 1 failing gives 0; a tier still passing at ``max_agents`` is a lower bound; non-monotonic verdicts take the highest pass below
-the lowest fail and are reported.
+:func:`agentperf_kit.slo.max_agents`): N = 1 failing gives 0; a tier still passing at ``max_agents``
+is a lower bound; non-monotonic verdicts take the highest pass below the lowest fail and are reported.
 
 A level whose verdict is ``inconclusive`` at the set confidence (too few effective requests for the
 percentile's interval to clear the threshold, or an unsteady window; intervals by ``ci_method``, failures
@@ -91,8 +91,8 @@ def search_levels(
        (agents; a relative resolution spares big systems levels that only refine the answer by less than
        its own uncertainty: at 1/32, 5 bisection levels instead of 12 between 4,096 and 8,192). The
        point is the midpoint, or the unmeasured N nearest to it when the midpoint was measured and was
-       inconclusive for this tier (inconclusive counts as neither pass nor fail). A tier with no pass below its lowest failure
-       (N = 1 fails) needs no bisection: its result is 0.
+       inconclusive for this tier (inconclusive counts as neither pass nor fail). A tier with no pass
+       below its lowest failure (N = 1 fails) needs no bisection: its result is 0.
 
     Every tier is judged on the same levels: a level measured for one tier's bisection moves the others'
     brackets too. The result per tier is :func:`agentperf_kit.slo.max_agents` of these verdicts.
