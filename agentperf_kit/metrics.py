@@ -77,7 +77,12 @@ def derive_request_metrics(df: pd.DataFrame, *, failed_speed: float = 0.0) -> pd
     ``failed_speed`` is the speed given to a request that did not finish ok (default 0: a miss; use NaN to
     exclude failures from speed percentiles instead). Definitions: module docstring.
     """
-    out = df.copy()
+    return add_request_metrics(df.copy(), failed_speed=failed_speed)
+
+
+def add_request_metrics(out: pd.DataFrame, *, failed_speed: float = 0.0) -> pd.DataFrame:
+    """:func:`derive_request_metrics` adding the columns to ``out`` itself (no copy of the frame: what
+    :func:`agentperf_kit.results.finalize_frame` uses on the rows it owns); returns ``out``."""
     n = len(out)
     t_send = out["t_send_s"].to_numpy(dtype=float)
     t_first = out["t_first_s"].to_numpy(dtype=float)
