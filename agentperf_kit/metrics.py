@@ -165,6 +165,26 @@ def _in_flight(t_send: np.ndarray, t_end: np.ndarray, start: float, end: float) 
     return float((level * durations).sum() / (end - start)), float(level.max())
 
 
+#: the columns :func:`level_stats` reads (with those :func:`agentperf_kit.slo.level_intervals` reads)
+_STATS_COLUMNS = frozenset(
+    (
+        "in_window",
+        "ok",
+        "error",
+        "agent",
+        "t_send_s",
+        "t_end_s",
+        "t_scheduled_s",
+        "speed_unmeasurable",
+        "output_speed_tps",
+        "ttft_s",
+        "prompt_tokens",
+        "cached_prompt_tokens",
+        "output_tokens",
+    )
+)
+
+
 def level_stats(
     df: pd.DataFrame,
     *,
@@ -187,6 +207,8 @@ def level_stats(
     """
     from .slo import level_intervals, policy_frame
 
+    # only the columns read below: the row filter then copies these, not every column of the level
+    df = df[[c for c in df.columns if c in _STATS_COLUMNS]]
     w = df[df["in_window"].astype(bool)] if "in_window" in df else df
     n = len(w)
     ok = w["ok"].to_numpy(dtype=bool)
