@@ -595,7 +595,8 @@ def add_run_columns_inplace(out: pd.DataFrame, window_start_s: float, window_end
     t_end = out["t_end_s"].to_numpy(dtype=float)
     spans = (t_send < window_start_s) & ~(t_end < window_end_s)  # NaN end: still running
     out["in_window"] = ((t_send >= window_start_s) & (t_send < window_end_s)) | spans
-    if len(out) and out["run_id"].nunique(dropna=False) == 1 and out["level"].nunique(dropna=False) == 1:
+    one_run = out["run_id"].nunique(dropna=False) == 1 and out["level"].nunique(dropna=False) == 1
+    if len(out) and one_run and pd.api.types.is_integer_dtype(out["agent"]) and not out["agent"].hasnans:
         # the same order as the sort below (stable; NaN sends last within an agent), without copying rows
         agent = out["agent"].to_numpy()
         order = np.lexsort((t_send, agent))
