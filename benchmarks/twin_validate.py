@@ -160,6 +160,26 @@ def _sweep(target: str, args: argparse.Namespace, out: Path, *, live: bool = Fal
     }
 
 
+# --tiers single-stream: (name, speed divisor, TTFT multiple) of the twin's single-agent P25 speed / P95 TTFT
+_SINGLE_STREAM_TIERS = (("fast", 2, 10), ("mid", 4, 40), ("slow", 8, 200))
+
+
+def _sig2(x: float) -> str:
+    return f"{float(f'{x:.2g}'):g}"
+
+
+def _single_stream_tiers(twin: Path, args: argparse.Namespace, out: Path) -> str:
+    """Tiers derived from the twin alone, before any measurement: its one-agent level (virtual time, the
+    same trajectories) gives the P25 speed S1 and P95 TTFT T1; tier k asks for S1 / d_k and T1 x m_k
+    (``_SINGLE_STREAM_TIERS``: 1/2, 1/4, 1/8 of the speed; 10, 40, 200 times the TTFT), 2 significant
+    digits. So the tiers scale with the server, and they bind where agents start to queue for its slots."""
+    shutil.rmtree(out / "twin-single", ignore_errors=True)
+    one = argparse.Namespace(**{**vars(args), "tiers": "any=0.001/1000", "max_agents": 1})
+    r = _sweep(f"sim:{twin}", one, out / "twin-single", efficiency="mid")
+    t1, s1, _ = r["levels"][1]
+    return ",".join(f"{n}={_sig2(s1 / d)}/{_sig2(t1 * m)}" for n, d, m in _SINGLE_STREAM_TIERS)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=["serve-sim", "live"])
@@ -180,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch", type=int, default=None, help="profile: the server's largest batch")
     ap.add_argument("--repeats", type=int, default=3, help="profile: repeats per measurement (default 3)")
     ap.add_argument("--budget", type=float, default=240.0, help="profile: s before optional parts stop")
-    ap.add_argument("--tiers", default="aa-dsv4pro")
+    ap.add_argument(
+        "--tiers",
+        default="aa-dsv4pro",
+        help="tier preset or spec; 'single-stream': derived from the twin's one-agent level (see the code)",
+    )
     ap.add_argument("--level-duration", type=float, default=600.0)
     ap.add_argument("--warmup", type=float, default=60.0)
     ap.add_argument("--max-agents", type=int, default=4096)
@@ -249,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{pr['coef']['overlap']:.3f} +- {pr['se']['overlap']:.3f}, request_s "
                 f"{pr['coef']['request_s'] * 1e3:.2f} ms, RMS relative residual {pr['rms_rel_residual']:.3f}"
             )
+        if args.tiers == "single-stream":
+            args.tiers = report["tiers"] = _single_stream_tiers(twin, args, out)
+            print(f"tiers from the twin's single stream: {args.tiers}")
         # 2. the measured sweep (live) while the server is up
         if args.mode == "live":
             report["measured"] = _sweep(
