@@ -118,6 +118,7 @@ def _sweep(target: str, args: argparse.Namespace, out: Path, *, live: bool = Fal
         level_duration_s=args.level_duration,
         warmup_s=args.warmup,
         max_agents=args.max_agents,
+        resolution=args.resolution,
         seed=args.seed,
         min_trajectories=args.min_trajectories,
         min_trajectories_per_agent=args.min_trajectories_per_agent,
@@ -174,7 +175,7 @@ def _single_stream_tiers(twin: Path, args: argparse.Namespace, out: Path) -> str
     (``_SINGLE_STREAM_TIERS``: 1/2, 1/4, 1/8 of the speed; 10, 40, 200 times the TTFT), 2 significant
     digits. So the tiers scale with the server, and they bind where agents start to queue for its slots."""
     shutil.rmtree(out / "twin-single", ignore_errors=True)
-    one = argparse.Namespace(**{**vars(args), "tiers": "any=0.001/1000", "max_agents": 1})
+    one = argparse.Namespace(**{**vars(args), "tiers": "any=0.001/1000", "max_agents": 1, "resolution": 1})
     r = _sweep(f"sim:{twin}", one, out / "twin-single", efficiency="mid")
     t1, s1, _ = r["levels"][1]
     return ",".join(f"{n}={_sig2(s1 / d)}/{_sig2(t1 * m)}" for n, d, m in _SINGLE_STREAM_TIERS)
@@ -208,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--level-duration", type=float, default=600.0)
     ap.add_argument("--warmup", type=float, default=60.0)
     ap.add_argument("--max-agents", type=int, default=4096)
+    ap.add_argument(
+        "--resolution", type=int, default=1, help="sweep: the bisection stops at this many agents (default 1)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min-trajectories", type=int, default=30, help="sweep rule (default 30)")
     ap.add_argument("--min-trajectories-per-agent", type=int, default=3, help="sweep rule (default 3)")

@@ -247,8 +247,8 @@ def test_validation_workload_floors_outputs_and_tiers_scale_with_the_twin(tmp_pa
     tv = _twin_validate()
     args = argparse.Namespace(
         max_context=2048, min_output_tokens=32, tiers="single-stream", level_duration=20, warmup=2,
-        max_agents=8, seed=0, min_trajectories=0, min_trajectories_per_agent=0, max_extensions=0,
-        drain_timeout=5,
+        max_agents=8, resolution=1, seed=0, min_trajectories=0, min_trajectories_per_agent=0,
+        max_extensions=0, drain_timeout=5,
     )  # fmt: skip
     w = tv._workload(args, tmp_path)
     args.trajectories_file = w["path"]
