@@ -44,6 +44,7 @@ __all__ = [
     "run_manifest",
     "toolkit_provenance",
     "window_manifest",
+    "with_worker_column",
     "write_manifest",
 ]
 
@@ -206,6 +207,13 @@ def write_parquet_chunked(df: pd.DataFrame, path: str | os.PathLike) -> None:
             writer.write_table(pa.Table.from_pandas(chunk, preserve_index=False, schema=writer.schema))
 
 
+def with_worker_column(raw: pd.DataFrame, workers: int) -> pd.DataFrame:
+    """``raw`` with the scale-out column ``worker``: the worker process that ran the row's agent
+    (``agent % workers``, docs/scale-out.md)."""
+    raw["worker"] = (raw["agent"] % workers).astype("int64")
+    return raw
+
+
 def load_run(directory: str | os.PathLike) -> RunResult:
     """Load a run directory. A finished run gives its ``requests.parquet``; an interrupted one (no
     parquet yet) gives the raw rows it left, finalized with the window recorded so far (if any)."""
@@ -221,8 +229,12 @@ def load_run(directory: str | os.PathLike) -> RunResult:
     window = manifest.get("window") or {}
     start = window.get("window_start_s")
     end = window.get("window_end_s")
+    raw = read_raw_rows(directory, names=(RAW_PARTS_NAME,))
+    workers = (manifest.get("config") or {}).get("workers")
+    if workers is not None:  # a scale-out run (docs/scale-out.md): its rows say which worker ran them
+        raw = with_worker_column(raw, int(workers))
     df = finalize_frame(
-        read_raw_rows(directory, names=(RAW_PARTS_NAME,)),
+        raw,
         float("nan") if start is None else start,
         float("nan") if end is None else end,
     )
