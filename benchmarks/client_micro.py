@@ -4,7 +4,9 @@ best of several repeats, so a loaded machine inflates them less than wall-clock 
 - building one request body: ``encode_body(endpoint.body(plan))`` (the dict + ``json.dumps`` path) vs
   ``body_bytes(endpoint, plan)`` (what a run sends), ``completions`` and ``chat``, 1,000- and 26,000-token
   prompts;
-- ``StreamState.feed`` per event on a block of 250 vLLM-shaped completion chunks (the fast parser).
+- ``StreamState.feed`` per event on a block of 250 vLLM-shaped completion chunks (the fast parser);
+- the lean client's ``WireResponse.data`` (chunked framing + SSE) per event: one chunk per block (workload
+  B), 250 chunks per block, and a whole 1,024-token response in one block (workload A's usual block).
 
     python benchmarks/client_micro.py
 """
@@ -97,6 +99,23 @@ def _wire(ev: bytes) -> None:
             f"wire: WireResponse.data (chunked framing + StreamState.feed): {per * 1e9:.0f} ns per event "
             f"({per_block} chunk{'s' if per_block > 1 else ''} per block)"
         )
+    # workload A's usual block: a whole response (headers, 1,024 token chunks, finish, usage, [DONE])
+    fin = ev.replace(b'"finish_reason":null', b'"finish_reason":"length"')
+    usage = b'data: {"id":"cmpl-1","choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":1024}}\n\n'
+    events = [ev] * 1023 + [fin, usage, b"data: [DONE]\n\n"]
+    whole = head + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+    whole += b"0\r\n\r\n"
+
+    def one_response() -> None:
+        st = StreamState(True, None)
+        WireResponse(_Conn(loop), st).data(whole, 1)  # type: ignore[arg-type]
+        assert st.done and st.n_chunks == 1024
+
+    per = _best(one_response, 20, repeats=7) / 1024
+    print(
+        f"wire: WireResponse.data, a whole 1,024-token response in one block (workload A): "
+        f"{per * 1e9:.0f} ns per event"
+    )
     loop.close()
 
 

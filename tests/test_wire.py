@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import itertools
+import json
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentperf_kit.agents import RequestPlan
-from agentperf_kit.client.http import Endpoint, open_session, send_request
+from agentperf_kit.client.http import Endpoint, StreamState, open_session, send_request
 from agentperf_kit.client.wire import WirePool, WireResponse
 from agentperf_kit.trajectories.model import Turn
 from tests.sse_servers import SSEServer
@@ -225,3 +226,196 @@ def test_a_live_run_reads_through_the_wire_client_and_says_so():
     assert check["body_reader"] == "wire" and check["event_loop"] == "asyncio"
     done = res.requests[res.requests.error != "cancelled_at_end"]
     assert len(done) >= 4 and done.ok.all() and (done.output_tokens == 6).all()
+
+
+# -- runs of whole template events (WireResponse._events_run, StreamState.feed_events) ---------------------
+
+_CMPL_HEAD = (
+    b'data: {"id":"cmpl-9","object":"text_completion","created":1,"model":"m","choices":[{"index":0,"text":"'
+)
+_CMPL_TAIL = b'","logprobs":null,"finish_reason":null}]}'
+_CHAT_HEAD = (
+    b'data: {"id":"c-9","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"choices":[{"index":0,"delta":{"content":"'
+)
+_CHAT_TAIL = b'"},"logprobs":null,"finish_reason":null}]}'
+_FINISH = {
+    "completions": b'data: {"id":"cmpl-9","choices":[{"index":0,"text":"!","finish_reason":"length"}]}',
+    "chat": b'data: {"id":"c-9","choices":[{"index":0,"delta":{"content":"!"},"finish_reason":"length"}]}',
+}
+_USAGE = b'data: {"id":"x","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":%d}}'
+_RAW = [
+    b"a",
+    b" ",
+    b'"',
+    b"\\",
+    b"\\n",
+    b"\\u00e9",
+    b"\\u12",
+    b"\n",
+    b"\x01",
+    b"\xc3\xa9",
+    b"\xc3",
+    b"\xff",
+    b"z",
+    b"0",
+]
+
+
+class _CountingState(StreamState):
+    """A StreamState that counts the events it took in runs."""
+
+    __slots__ = ("taken",)
+
+    def __init__(self, fast: bool, log: list) -> None:
+        super().__init__(fast, log)
+        self.taken = 0
+
+    def feed_events(self, events: list[bytes], lens: list[int], now: int) -> bool:
+        ok = super().feed_events(events, lens, now)
+        self.taken += len(events) if ok else 0
+        return ok
+
+
+def _state_view(st: StreamState) -> tuple:
+    return (
+        st.n_chunks,
+        st.text_bytes,
+        st.t_first,
+        st.t_first_answer,
+        st.t_last,
+        st.t_finish,
+        st.finished,
+        st.done,
+        st.finish_reason,
+        st.usage,
+        st.error,
+        st.first_tokens,
+        st.has_tool_calls,
+        st.chunk_log,
+    )
+
+
+def _read(raw: bytes, cuts: list[int], *, runs: bool, fast: bool = True) -> tuple[tuple, int]:
+    """``raw`` fed to a WireResponse in blocks (block i at t = i + 1); what the response and its stream
+    state say, and how many events were taken in runs."""
+    loop = asyncio.new_event_loop()
+    try:
+        conn = _Conn(loop)
+        st = _CountingState(fast, [])
+        resp = WireResponse(conn, st)  # type: ignore[arg-type]
+        if not runs:
+            resp._runs = None
+        edges = sorted({0, len(raw), *(c % (len(raw) + 1) for c in cuts)})
+        for i, (a, b) in enumerate(itertools.pairwise(edges)):
+            resp.data(raw[a:b], i + 1)
+        exc = f"{type(resp.exc).__name__}: {resp.exc}" if resp.exc is not None else None
+        return (exc, resp.finished, conn.outcome, _state_view(st)), st.taken
+    finally:
+        loop.close()
+
+
+@st.composite
+def _sse_response(draw):
+    """A chunked SSE response: events of one template, with bodies valid or not; every ``rare``-th
+    event or chunk on average (never with 0) something else: another event, another line end, an invalid
+    body, several events in one chunk, a size line spelled otherwise; then finish, usage, [DONE]."""
+    api = draw(st.sampled_from(["completions", "chat"]))
+    head, tail = (_CMPL_HEAD, _CMPL_TAIL) if api == "completions" else (_CHAT_HEAD, _CHAT_TAIL)
+    rare = draw(st.sampled_from([0, 0, 40, 8, 2]))
+
+    def odd() -> bool:
+        return rare > 0 and draw(st.integers(0, rare - 1)) == 0
+
+    events = []
+    if api == "chat":
+        events.append(head + tail.replace(b'"}', b'","role":"assistant"}', 1) + b"\n\n")
+    valid = st.text(alphabet=st.sampled_from('ab "\\\n\u00e9\u2028\U0001f600<'), max_size=6).map(
+        lambda t: json.dumps(t, ensure_ascii=False)[1:-1].encode()
+    )
+    raw = st.lists(st.sampled_from(_RAW), max_size=4).map(b"".join)
+    other = st.sampled_from(
+        [b": keep-alive\n\n", b"data: {bad\n\n", b"event: x\n\n", _FINISH[api] + b"\n\n", b"\n"]
+    )
+    for _ in range(draw(st.integers(0, 80))):
+        if odd():
+            events.append(draw(other))
+        else:
+            body = draw(raw) if odd() else draw(st.one_of(valid, st.just(b""), st.just(b" tok")))
+            sep = draw(st.sampled_from([b"\r\n\r\n", b"\n", b"\n\n\n"])) if odd() else b"\n\n"
+            events.append(head + body + tail + sep)
+    events += [_FINISH[api] + b"\n\n", _USAGE % len(events) + b"\n\n", b"data: [DONE]\n\n"]
+    chunks, i = [], 0
+    while i < len(events):
+        k = draw(st.integers(2, 3)) if odd() else 1
+        data = b"".join(events[i : i + k])
+        i += k
+        size = draw(st.sampled_from([b"%X", b"0%x", b"%x;ext=1", b"%x "])) if odd() else b"%x"
+        chunks.append(size % len(data) + b"\r\n" + data + b"\r\n")
+    return HEAD + b"".join(chunks) + b"0\r\n\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=_sse_response(), cuts=st.lists(st.integers(min_value=0, max_value=20000), max_size=4))
+def test_runs_of_template_events_read_as_event_by_event(raw, cuts):
+    """Every field of the stream state, the chunk log, the error and the connection's fate are the same
+    with runs taken at once as with every chunk and line read one by one (and as with full JSON)."""
+    got, _ = _read(raw, cuts, runs=True)
+    ref, _ = _read(raw, cuts, runs=False)
+    assert got == ref
+    full, _ = _read(raw, cuts, runs=False, fast=False)
+    assert got == full
+
+
+def _tokens(n: int, bodies: list[bytes], at: dict[int, bytes] | None = None) -> bytes:
+    """A completions response of ``n`` token chunks: the first three of " tok", then ``bodies`` in turn;
+    ``at`` replaces chunk i (its whole HTTP chunk) by other bytes."""
+    evs = [_CMPL_HEAD + b + _CMPL_TAIL + b"\n\n" for b in [b" tok"] * 3]
+    evs += [_CMPL_HEAD + bodies[i % len(bodies)] + _CMPL_TAIL + b"\n\n" for i in range(n - 3)]
+    evs += [_FINISH["completions"] + b"\n\n", _USAGE % (n + 1) + b"\n\n", b"data: [DONE]\n\n"]
+    chunks = [b"%x\r\n%s\r\n" % (len(e), e) for e in evs]
+    for i, c in (at or {}).items():
+        chunks[i] = c
+    return HEAD + b"".join(chunks) + b"0\r\n\r\n"
+
+
+_EV = _CMPL_HEAD + b" tok" + _CMPL_TAIL + b"\n\n"
+_FIN4 = _EV.replace(b'"finish_reason":null', b'"finish_reason":"ab"')  # as long as a token chunk
+
+
+@pytest.mark.parametrize(
+    ("bodies", "at", "cuts", "taken", "error"),
+    [
+        ([b" tok"], None, [], 1021, None),  # a whole response in one block (workload A): all but 3 tokens
+        ([b" tok"], None, [60_000, 120_000], 1019, None),  # the 2 chunks cut by a block's end: one by one
+        ([b'\\n\\u00e9\\"\xc3\xa9', b""], None, [], 1021, None),  # escapes, UTF-8, empty bodies
+        ([b"\xc3"], None, [], 0, "MalformedChunk"),  # invalid UTF-8: one by one, the first is malformed
+        ([b'"'], None, [], 0, "MalformedChunk"),  # an unescaped quote: the same
+        # bodies valid only when glued together (the run starts and ends with an "x"): must not be glued
+        ([b"x", b"a\\", b"nx"], None, [], 0, "MalformedChunk"),
+        ([b"x", b"a\\u12", b"34x"], None, [], 0, "MalformedChunk"),
+        ([b"x", b"a\xc3", b"\xa9x"], None, [], 0, "MalformedChunk"),
+        # a chunk whose size line is one more than its data: a framing error, not a token
+        ([b" tok"], {500: b"%x\r\n%s\r\n" % (len(_EV) + 1, _EV)}, [], 0, "ClientPayloadError"),
+        # a size line in capitals or with leading zeros: the same chunk
+        (
+            [b" tok"],
+            {500: b"%X\r\n%s\r\n" % (len(_EV), _EV), 501: b"0%x\r\n%s\r\n" % (len(_EV), _EV)},
+            [],
+            1021,
+            None,
+        ),
+        # a chunk as long as a token chunk, with a finish reason, among the tokens: no run is taken
+        ([b" tok"], {500: b"%x\r\n%s\r\n" % (len(_FIN4), _FIN4)}, [], 0, None),
+    ],
+)
+def test_long_blocks_are_taken_in_runs(bodies, at, cuts, taken, error):
+    raw = _tokens(1024, bodies, at)
+    got, n = _read(raw, cuts, runs=True)
+    ref, _ = _read(raw, cuts, runs=False)
+    assert got == ref
+    assert n == taken
+    if error is None:
+        assert got[0] is None and got[3][7]  # [DONE]
+    else:
+        assert got[0].startswith(error) and got[2] == "dropped"

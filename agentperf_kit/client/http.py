@@ -580,6 +580,62 @@ class StreamState:
         self._pending = lines.pop()
         return self._lines(lines, now)
 
+    def event_end(self) -> bytes | None:
+        """The bytes that end every event :meth:`feed_events` can take (the newest one-cut template's
+        tail and the blank line), or None when it would take none (no such template, a line pending)."""
+        scanner = self.scanner
+        if scanner is None or self._pending or scanner.hot is None:
+            return None
+        return scanner.hot[6]
+
+    def feed_events(self, events: list[bytes], lens: list[int], now: int) -> bool:
+        """Take a run of whole events read at ``now`` (``lens``: their lengths), each one ``data:`` line
+        of the newest one-cut template and a blank line (``head + body + tail + b"\n\n"``, see
+        :attr:`.sse.FastScanner.hot`), as a block of many such events comes (a stream read faster than it
+        is sent): True once taken, with the same effect as ``feed(b"".join(events), now)``; False, with no
+        effect, when any of them is not such an event (the caller feeds them as usual then).
+
+        The checks run over the whole run at once (no Python per event): every event equals head + its
+        body + tail (one comparison of the joined events with the joined reconstruction, which also
+        rules out events shorter than head + tail), the bodies are JSON string bodies (one
+        ``BODY_MATCH`` over the bodies joined by ``z``: a letter that is neither an escape character nor
+        a hex digit, so no escape runs across two bodies and the joined text matches exactly when every
+        body does) and valid UTF-8 (ASCII, or the ``z``-joined bodies decode: an invalid or cut sequence
+        stays invalid next to a ``z``). The head and tail come from a line ``json.loads`` read, cut at
+        ASCII quotes, so they are valid and each event is exactly what :meth:`_lines` would answer from
+        the template: ``info_if_empty`` for an empty body, ``info_if_not_empty`` otherwise, one visible
+        chunk of ``len(body)`` text bytes and one token each where that info is visible."""
+        scanner = self.scanner
+        hot = scanner.hot if scanner is not None else None
+        if hot is None or self._pending:
+            return False
+        head, end, k, body_of, sep = hot[0], hot[6], hot[2] + hot[7], hot[8], hot[9]
+        bodies = list(map(body_of, events))
+        joined = b"".join(events)
+        if joined != head + sep.join(bodies) + end:
+            return False
+        glued = b"z".join(bodies)
+        if BODY_MATCH(glued) is None or not (joined.isascii() or utf8_ok(glued)):
+            return False
+        n = len(events)
+        n_empty = lens.count(k)
+        empty, full = hot[4], hot[5]
+        vis = (n_empty if empty.visible else 0) + (n - n_empty if full.visible else 0)
+        if vis:
+            self.n_chunks += vis
+            if full.visible:
+                self.text_bytes += len(joined) - n * k
+            self.t_last = now
+            if not self.t_first:
+                self.t_first = now
+            if self.chunk_log is not None:
+                self.chunk_log.extend([(now, 1)] * vis)
+        if not self.t_first_answer and ((n_empty and empty.answer) or (n > n_empty and full.answer)):
+            self.t_first_answer = now
+        if (n_empty and empty.tool_call) or (n > n_empty and full.tool_call):
+            self.has_tool_calls = True
+        return True
+
     def close(self, now: int) -> bool:
         """The body ended: a last line without a newline still counts."""
         if self._pending:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import json
+import operator
 import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -285,8 +286,9 @@ class FastScanner:
     a :class:`ChunkInfo` to be read, not modified), or raises :class:`MalformedChunk` where it does.
 
     ``hot`` is ``(head, tail, len(head), len(tail), info_if_empty, info_if_not_empty, tail + b"\\n\\n",
-    len(tail) + 2)`` of the newest
-    one-cut template, for a caller's inline check: a line ``head + body + tail`` with ``BODY_MATCH(line,
+    len(tail) + 2, body_of, tail + b"\\n\\n" + head)`` of the newest one-cut template (``body_of(event)``:
+    ``event[len(head):-len(tail) - 2]``, the body of an event ``head + body + tail + b"\\n\\n"``), for a
+    caller's inline check: a line ``head + body + tail`` with ``BODY_MATCH(line,
     len(head), len(line) - len(tail))`` (and :func:`utf8_ok` when not ASCII) has that info; None when
     there is no such template. ``hits`` counts lines answered from a template by :meth:`scan`.
     ``last_bytes`` is :func:`text_bytes` of the last line scanned when it was visible (0 otherwise).
@@ -331,5 +333,7 @@ class FastScanner:
                     if empty is not None and full is not None:
                         head, tail = tpl.segs
                         end = tail + b"\n\n"  # the line as a whole block (StreamState.feed)
-                        self.hot = (head, tail, len(head), len(tail), empty, full, end, len(end))
+                        body = operator.itemgetter(slice(len(head), -len(end)))
+                        h, t = len(head), len(tail)
+                        self.hot = (head, tail, h, t, empty, full, end, t + 2, body, end + head)
         return info

@@ -43,6 +43,10 @@ _MAX_HEAD = 64 << 10  # response status line + headers, bytes
 _MAX_SIZE_LINE = 1 << 10  # a chunk-size line (with extensions)
 _EXCERPT = 1200  # bytes of a non-SSE body kept for the row's detail
 _MAX_DISCARD = 1 << 20  # bytes read after the stream said it was over, before giving the connection up
+_MIN_RUN = 1024  # bytes left in a block from which a run of whole events is tried (WireResponse._events_run)
+# chunk-size lines as int(line, 16) reads them (lower-case hex up to 4095; others added as they come)
+_HEX: dict[bytes, int] = {b"%x" % i: i for i in range(1, 4096)}
+_HEX_MAX = 16384  # lines kept at most (other sizes take the general path)
 
 
 class WireError(aiohttp.ClientError):
@@ -65,6 +69,7 @@ class WireResponse:
         "_framing",
         "_phase",
         "_remaining",
+        "_runs",
         "conn",
         "exc",
         "excerpt",
@@ -97,6 +102,8 @@ class WireResponse:
         self._decomp: Any = None
         self._discarded = 0
         self._fast = False  # chunked SSE, not compressed, not over, no partial chunk: data()'s fast path
+        # runs of whole template events taken at once (_events_run); a StreamState has it, a plain sink not
+        self._runs: Any = state if hasattr(state, "feed_events") else None
 
     # -- what the task reads ---------------------------------------------------------------------------
 
@@ -264,7 +271,27 @@ class WireResponse:
                     raise aiohttp.ClientPayloadError("chunk not followed by CRLF")
                 pos += 2
                 self._crlf = False
+            # a long block: runs of whole template events are taken at once (_events_run), tried here and,
+            # when the stream had no template yet (its first block), once more after a few chunks
+            long = n - pos >= _MIN_RUN and self._runs is not None and self.sse and not self._decomp
+            tries = 0 if long else 2
             while pos < n:
+                if tries < 2 and (tries == 0 or len(parts) >= 3):
+                    tries += 1
+                    if parts:  # what came before goes first
+                        self._payload(parts[0] if len(parts) == 1 else b"".join(parts), now)
+                        parts.clear()
+                    if self._phase != 1:  # it failed: the connection is given up
+                        pos = n
+                        return
+                    if self.waiter.done():  # the stream is over: the rest is read as usual (discarded)
+                        tries = 2
+                        continue
+                    was = pos
+                    pos = self._events_run(buf, pos, now)
+                    if pos != was or n - pos < _MIN_RUN or self._runs.event_end() is not None:
+                        tries = 2  # taken, or a template that did not fit: no second try
+                    continue
                 eol = find(b"\r\n", pos)
                 if eol < 0:
                     if n - pos > _MAX_SIZE_LINE:
@@ -314,6 +341,44 @@ class WireResponse:
                 self._payload(parts[0] if len(parts) == 1 else b"".join(parts), now)
         if end_of_message and self._phase == 1:
             self._message_end(now)
+
+    def _events_run(self, buf: bytes, pos: int, now: int) -> int:
+        """Whole chunks from ``pos`` on, each one SSE event of the stream's newest template (a stream
+        read faster than the server sends it: hundreds of chunks per block), given to the stream state
+        in one call (:meth:`StreamState.feed_events`) instead of one Python pass per chunk and per line;
+        returns where the general path goes on (``pos`` when nothing was taken).
+
+        The run ends at the last chunk in the block that ends with the template's tail (what comes after
+        it, e.g. the finish and usage chunks, ``[DONE]``, a chunk cut by the block's end, takes the
+        general path). Split at every CRLF, the run must be ``size, data, size, data, ..., b""`` with each
+        ``size`` line read as :meth:`_chunked` reads it (``int(line, 16)``) equal to its data's length:
+        then the general path would cut the same chunks (it reads a size line up to its first CRLF, then
+        that many bytes, then a CRLF), and all that is left to check is the events themselves."""
+        state = self._runs
+        end = state.event_end()
+        if end is None:
+            return pos
+        cut = buf.rfind(end + b"\r\n", pos)
+        if cut < 0:
+            return pos
+        cut += len(end) + 2
+        parts = (buf[pos:cut] if pos or cut < len(buf) else buf).split(b"\r\n")
+        events = parts[1::2]  # parts ends with b"" (the run ends with CRLF), so pairs are whole
+        lens = list(map(len, events))
+        size_lines = parts[0:-1:2]
+        if list(map(_HEX.get, size_lines)) != lens:
+            if len(_HEX) >= _HEX_MAX:
+                return pos
+            for line in set(size_lines).difference(_HEX):
+                try:
+                    _HEX[line] = int(line, 16)
+                except ValueError:  # extensions or not a size: the general path reads it
+                    return pos
+            if list(map(_HEX.__getitem__, size_lines)) != lens:
+                return pos
+        if 0 in lens or not state.feed_events(events, lens, now):  # a size-0 chunk ends the body
+            return pos
+        return cut
 
     def _payload(self, data: bytes, now: int) -> None:
         if self._decomp is not None:
