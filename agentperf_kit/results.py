@@ -184,13 +184,6 @@ def finalize_run(
     return RunResult(df, json.loads(strict_json_dumps(manifest)), directory)
 
 
-def with_worker_column(raw: pd.DataFrame, workers: int) -> pd.DataFrame:
-    """``raw`` with the scale-out column ``worker``: the worker process that ran the row's agent
-    (``agent % workers``, docs/scale-out.md)."""
-    raw["worker"] = (raw["agent"] % workers).astype("int64")
-    return raw
-
-
 #: rows converted to Arrow and written at a time by :func:`write_parquet_chunked` (one row group each)
 PARQUET_CHUNK_ROWS = 1 << 18
 
@@ -212,6 +205,13 @@ def write_parquet_chunked(df: pd.DataFrame, path: str | os.PathLike) -> None:
         for start in range(PARQUET_CHUNK_ROWS, len(df), PARQUET_CHUNK_ROWS):
             chunk = df.iloc[start : start + PARQUET_CHUNK_ROWS]
             writer.write_table(pa.Table.from_pandas(chunk, preserve_index=False, schema=writer.schema))
+
+
+def with_worker_column(raw: pd.DataFrame, workers: int) -> pd.DataFrame:
+    """``raw`` with the scale-out column ``worker``: the worker process that ran the row's agent
+    (``agent % workers``, docs/scale-out.md)."""
+    raw["worker"] = (raw["agent"] % workers).astype("int64")
+    return raw
 
 
 def load_run(directory: str | os.PathLike) -> RunResult:
