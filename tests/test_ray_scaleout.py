@@ -331,8 +331,9 @@ def test_a_level_process_that_dies_ends_the_level_with_its_rows_kept(ray_head, t
 
 @pytest.mark.slow
 def test_an_interrupted_level_on_two_workers_loads_with_the_worker_column(ray_head, tmp_path):
-    """Ctrl-C in the driver mid-level: the workers are removed, the rows written so far stay readable,
-    and ``load_run`` of the interrupted run (no requests.parquet) gives the ``worker`` column too."""
+    """Ctrl-C in the driver mid-level: the workers (actors and level processes) are removed, the rows
+    written so far stay readable, and ``load_run`` of the interrupted run (no requests.parquet) gives the
+    ``worker`` column too."""
     import _thread
 
     from agentperf_kit.results import load_run
@@ -342,11 +343,19 @@ def test_an_interrupted_level_on_two_workers_loads_with_the_worker_column(ray_he
         warmup_s=0.2, duration_s=60, min_trajectories=0, min_trajectories_per_agent=0, ramp_s=0.2
     )
 
+    level_pids: set[int] = set()
+
     def interrupt() -> None:
+        import psutil
+
         deadline = time.monotonic() + 120
         while server.requests < 20 and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(1.0)  # the driver has polled and written rows of both workers
+        for p in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "agentperf_kit.scaleout.child" in " ".join(p.cmdline()):
+                    level_pids.add(p.pid)
         _thread.interrupt_main()
 
     t = threading.Thread(target=interrupt, daemon=True)
@@ -362,6 +371,11 @@ def test_an_interrupted_level_on_two_workers_loads_with_the_worker_column(ray_he
     assert res.extra.get("interrupted") and len(df) > 0
     assert set(df["worker"]) == {0, 1} and (df["worker"] == df["agent"] % 2).all()
     assert df["worker"].dtype == "int64"
+    assert len(level_pids) == 2  # the workers' level processes do not outlive the interrupted run
+    deadline = time.monotonic() + 30
+    while any(_running(p) for p in level_pids):
+        assert time.monotonic() < deadline, level_pids
+        time.sleep(0.5)
 
 
 @pytest.mark.slow
