@@ -584,13 +584,32 @@ def add_run_columns(df: pd.DataFrame, window_start_s: float, window_end_s: float
     ``tool_wait_s``: the same agent's next ``t_send_s`` minus this row's ``t_end_s`` (NaN for an agent's
     last request). Rows of several levels are handled per (run_id, level, agent).
     """
-    out = df.copy()
+    return add_run_columns_inplace(df.copy(), window_start_s, window_end_s)
+
+
+def add_run_columns_inplace(out: pd.DataFrame, window_start_s: float, window_end_s: float) -> pd.DataFrame:
+    """:func:`add_run_columns` adding the columns to ``out`` itself (no copy of the frame); returns ``out``.
+    One run's rows (one ``run_id`` and ``level``: every level a driver finalizes) take a numpy path in
+    O(rows) memory; several take pandas' group-by."""
     t_send = out["t_send_s"].to_numpy(dtype=float)
     t_end = out["t_end_s"].to_numpy(dtype=float)
     spans = (t_send < window_start_s) & ~(t_end < window_end_s)  # NaN end: still running
     out["in_window"] = ((t_send >= window_start_s) & (t_send < window_end_s)) | spans
-    order = out.sort_values(["run_id", "level", "agent", "t_send_s"], kind="stable").index
-    nxt = out.loc[order].groupby(["run_id", "level", "agent"], sort=False)["t_send_s"].shift(-1)
-    out["tool_wait_s"] = (nxt - out.loc[order, "t_end_s"]).reindex(out.index).astype(float)
+    one_run = out["run_id"].nunique(dropna=False) == 1 and out["level"].nunique(dropna=False) == 1
+    if len(out) and one_run and pd.api.types.is_integer_dtype(out["agent"]) and not out["agent"].hasnans:
+        # the same order as the sort below (stable; NaN sends last within an agent), without copying rows
+        agent = out["agent"].to_numpy()
+        order = np.lexsort((t_send, agent))
+        a_o, s_o = agent[order], t_send[order]
+        nxt = np.full(len(order), np.nan)
+        same = a_o[1:] == a_o[:-1]
+        nxt[:-1] = np.where(same, s_o[1:], np.nan)
+        wait = np.empty(len(order))
+        wait[order] = nxt - t_end[order]
+        out["tool_wait_s"] = wait
+    else:
+        order = out.sort_values(["run_id", "level", "agent", "t_send_s"], kind="stable").index
+        nxt = out.loc[order].groupby(["run_id", "level", "agent"], sort=False)["t_send_s"].shift(-1)
+        out["tool_wait_s"] = (nxt - out.loc[order, "t_end_s"]).reindex(out.index).astype(float)
     out.loc[np.isnan(t_send), "in_window"] = False
     return out

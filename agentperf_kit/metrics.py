@@ -77,7 +77,12 @@ def derive_request_metrics(df: pd.DataFrame, *, failed_speed: float = 0.0) -> pd
     ``failed_speed`` is the speed given to a request that did not finish ok (default 0: a miss; use NaN to
     exclude failures from speed percentiles instead). Definitions: module docstring.
     """
-    out = df.copy()
+    return add_request_metrics(df.copy(), failed_speed=failed_speed)
+
+
+def add_request_metrics(out: pd.DataFrame, *, failed_speed: float = 0.0) -> pd.DataFrame:
+    """:func:`derive_request_metrics` adding the columns to ``out`` itself (no copy of the frame: what
+    :func:`agentperf_kit.results.finalize_frame` uses on the rows it owns); returns ``out``."""
     n = len(out)
     t_send = out["t_send_s"].to_numpy(dtype=float)
     t_first = out["t_first_s"].to_numpy(dtype=float)
@@ -160,6 +165,26 @@ def _in_flight(t_send: np.ndarray, t_end: np.ndarray, start: float, end: float) 
     return float((level * durations).sum() / (end - start)), float(level.max())
 
 
+#: the columns :func:`level_stats` reads (with those :func:`agentperf_kit.slo.level_intervals` reads)
+_STATS_COLUMNS = frozenset(
+    (
+        "in_window",
+        "ok",
+        "error",
+        "agent",
+        "t_send_s",
+        "t_end_s",
+        "t_scheduled_s",
+        "speed_unmeasurable",
+        "output_speed_tps",
+        "ttft_s",
+        "prompt_tokens",
+        "cached_prompt_tokens",
+        "output_tokens",
+    )
+)
+
+
 def level_stats(
     df: pd.DataFrame,
     *,
@@ -182,6 +207,8 @@ def level_stats(
     """
     from .slo import level_intervals, policy_frame
 
+    # only the columns read below: the row filter then copies these, not every column of the level
+    df = df[[c for c in df.columns if c in _STATS_COLUMNS]]
     w = df[df["in_window"].astype(bool)] if "in_window" in df else df
     n = len(w)
     ok = w["ok"].to_numpy(dtype=bool)

@@ -273,8 +273,12 @@ def read_raw_rows(directory: str | os.PathLike, names: tuple[str, ...] | None = 
     paths = _stream_paths(directory, "requests", names)
     batches = [b for p in paths for b in _read_stream(p)]
     table = pa.Table.from_batches(batches, schema=RAW_ARROW_SCHEMA)
-    df = table.to_pandas()
-    return df.astype({name: REQUEST_COLUMNS[name].dtype for name in RAW_COLUMNS})
+    del batches  # the table holds the buffers; converted column by column and freed as it goes
+    df = table.to_pandas(split_blocks=True, self_destruct=True)
+    del table
+    cast = {name: REQUEST_COLUMNS[name].dtype for name in RAW_COLUMNS}
+    cast = {k: v for k, v in cast.items() if str(df[k].dtype) != str(pd.api.types.pandas_dtype(v))}
+    return df.astype(cast) if cast else df
 
 
 # one row per visible chunk; (run_id, agent, phase_id, turn) joins requests.parquet

@@ -24,8 +24,8 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -55,6 +55,9 @@ from .results import (
 from .schema import json_safe
 from .telemetry import TelemetryConfig, TelemetrySampler
 from .trajectories.model import Trajectory
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Endpoint", "run_live", "run_live_sync"]
 
@@ -505,21 +508,7 @@ class _LiveLevel:
         if self.chunks is not None:
             finalize_chunks(out_dir)
             manifest["chunks"] = {"file": "chunks.parquet", "rows": self.chunks.rows_written}
-        window = self.fleet.window_summary()
-        manifest.update(window_manifest(window))
-        if self.sampler is not None:
-            manifest.update(_telemetry_manifest(self.sampler, window))
-        result = finalize_run(out_dir, manifest)
-        df = result.requests
-        manifest.update(self._self_check(df))
-        manifest["prompt_size_deviation"] = _prompt_size_deviation(df)
-        write_manifest(out_dir, manifest)
-        reasons = manifest["client_check"]["reasons"]
-        if reasons:
-            log.warning("client self-check failed, TTFT may be distorted: %s", "; ".join(reasons))
-        if window["aborted_reason"]:
-            log.warning("level ended early: %s", window["aborted_reason"])
-        return RunResult(df, json_safe(manifest), result.directory)
+        return finish_level(out_dir, manifest, self.fleet.window_summary(), self.sampler, self._self_check)
 
     def _self_check(self, df: Any) -> dict[str, Any]:
         """``client_ok`` and ``client_check``: event-loop lag, scheduled-to-sent delay and connection
@@ -559,6 +548,35 @@ class _LiveLevel:
                 "reasons": reasons,
             },
         }
+
+
+def finish_level(
+    out_dir: os.PathLike,
+    manifest: dict[str, Any],
+    window: dict[str, Any],
+    sampler: TelemetrySampler | None,
+    self_check: Callable[[pd.DataFrame], dict[str, Any]],
+    *,
+    raw: pd.DataFrame | None = None,
+) -> RunResult:
+    """The end of a live level, in one process or over scale-out workers: the window (and telemetry)
+    into the manifest, ``requests.parquet`` from ``raw`` (default: the rows in ``out_dir``), the client
+    self-check (``self_check(df)``: ``client_ok`` and ``client_check``) and the prompt size deviation
+    into the final manifest; the self-check's reasons and an early end logged as warnings."""
+    manifest.update(window_manifest(window))
+    if sampler is not None:
+        manifest.update(_telemetry_manifest(sampler, window))
+    result = finalize_run(out_dir, manifest, raw=raw)
+    df = result.requests
+    manifest.update(self_check(df))
+    manifest["prompt_size_deviation"] = _prompt_size_deviation(df)
+    write_manifest(out_dir, manifest)
+    reasons = manifest["client_check"]["reasons"]
+    if reasons:
+        log.warning("client self-check failed, TTFT may be distorted: %s", "; ".join(reasons))
+    if window["aborted_reason"]:
+        log.warning("level ended early: %s", window["aborted_reason"])
+    return RunResult(df, json_safe(manifest), result.directory)
 
 
 def _retrieve(fut: asyncio.Future) -> None:

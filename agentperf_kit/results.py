@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from ._version import __version__
-from .agents import add_run_columns
+from .agents import add_run_columns_inplace
 from .errors import OutputError
 from .recorder import CHUNKS_PARTS_NAME, RAW_PARTS_NAME, read_chunk_rows, read_raw_rows
 from .schema import REQUEST_COLUMNS, SCHEMA_VERSION, check_schema_version, strict_json_dumps
@@ -44,6 +44,7 @@ __all__ = [
     "run_manifest",
     "toolkit_provenance",
     "window_manifest",
+    "with_worker_column",
     "write_manifest",
 ]
 
@@ -146,10 +147,13 @@ def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> Pa
 
 def finalize_frame(raw: pd.DataFrame, window_start_s: float, window_end_s: float) -> pd.DataFrame:
     """Raw rows -> tidy table: derived metrics, ``in_window`` and ``tool_wait_s``, schema column order."""
-    from .metrics import derive_request_metrics
+    from .metrics import add_request_metrics
 
-    df = derive_request_metrics(raw)
-    df = add_run_columns(df, window_start_s, window_end_s)
+    # a shallow copy (copy-on-write): the new columns go to it, ``raw`` is left as it was, and no row is
+    # copied (a simulated level of millions of requests is held once, not three times)
+    df = raw.copy(deep=False)
+    add_request_metrics(df)
+    add_run_columns_inplace(df, window_start_s, window_end_s)
     cols = [c for c in REQUEST_COLUMNS if c in df.columns]
     extra = [c for c in df.columns if c not in REQUEST_COLUMNS]
     return df[cols + extra].reset_index(drop=True)
@@ -175,9 +179,39 @@ def finalize_run(
     )
     write_manifest(directory, manifest)
     tmp = directory / (REQUESTS_NAME + ".tmp")
-    df.to_parquet(tmp, index=False)
+    write_parquet_chunked(df, tmp)
     os.replace(tmp, directory / REQUESTS_NAME)  # atomic: a parquet that exists is complete
     return RunResult(df, json.loads(strict_json_dumps(manifest)), directory)
+
+
+#: rows converted to Arrow and written at a time by :func:`write_parquet_chunked` (one row group each)
+PARQUET_CHUNK_ROWS = 1 << 18
+
+
+def write_parquet_chunked(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """``df.to_parquet(path, index=False)`` a row group of :data:`PARQUET_CHUNK_ROWS` at a time, so only
+    one chunk is ever held in Arrow form beside the frame (a whole-frame conversion doubles the memory
+    of a level of millions of requests). Same columns, types and pandas metadata; more row groups."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if len(df) <= PARQUET_CHUNK_ROWS:
+        df.to_parquet(path, index=False)
+        return
+    first = pa.Table.from_pandas(df.iloc[:PARQUET_CHUNK_ROWS], preserve_index=False)
+    with pq.ParquetWriter(path, first.schema) as writer:
+        writer.write_table(first)
+        del first
+        for start in range(PARQUET_CHUNK_ROWS, len(df), PARQUET_CHUNK_ROWS):
+            chunk = df.iloc[start : start + PARQUET_CHUNK_ROWS]
+            writer.write_table(pa.Table.from_pandas(chunk, preserve_index=False, schema=writer.schema))
+
+
+def with_worker_column(raw: pd.DataFrame, workers: int) -> pd.DataFrame:
+    """``raw`` with the scale-out column ``worker``: the worker process that ran the row's agent
+    (``agent % workers``, docs/scale-out.md)."""
+    raw["worker"] = (raw["agent"] % workers).astype("int64")
+    return raw
 
 
 def load_run(directory: str | os.PathLike) -> RunResult:
@@ -195,8 +229,12 @@ def load_run(directory: str | os.PathLike) -> RunResult:
     window = manifest.get("window") or {}
     start = window.get("window_start_s")
     end = window.get("window_end_s")
+    raw = read_raw_rows(directory, names=(RAW_PARTS_NAME,))
+    workers = (manifest.get("config") or {}).get("workers")
+    if workers is not None:  # a scale-out run (docs/scale-out.md): its rows say which worker ran them
+        raw = with_worker_column(raw, int(workers))
     df = finalize_frame(
-        read_raw_rows(directory, names=(RAW_PARTS_NAME,)),
+        raw,
         float("nan") if start is None else start,
         float("nan") if end is None else end,
     )

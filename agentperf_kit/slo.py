@@ -258,6 +258,12 @@ def level_intervals(
     return clustered_percentile_ci(w[column].to_numpy(dtype=float), q, confidence, clusters=labels)
 
 
+#: the columns :func:`evaluate_level` reads
+_EVAL_COLUMNS = frozenset(
+    ("in_window", "ok", "error", "agent", "t_send_s", "speed_unmeasurable", "output_speed_tps", "ttft_s")
+)
+
+
 def _halves(w: pd.DataFrame, bounds: tuple[float, float]) -> tuple[pd.DataFrame, pd.DataFrame, float]:
     mid = (bounds[0] + bounds[1]) / 2
     t = w["t_send_s"].to_numpy(dtype=float)
@@ -286,6 +292,8 @@ def evaluate_level(
     (by send time) have disjoint intervals; ``half1``/``half2`` are the halves' percentiles.
     """
     tiers = tiers.tiers if isinstance(tiers, TierPreset) else tuple(tiers)
+    # only the columns read below: the row filters then copy these, not every column of the level
+    df = df[[c for c in df.columns if c in _EVAL_COLUMNS]]
     window_rows = _window(df, in_window_only)
     w = policy_frame(window_rows, failure_policy)
     # every request of the window was a server failure (possible only under `exclude`): no SLO was met

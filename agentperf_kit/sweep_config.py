@@ -49,6 +49,8 @@ class SweepConfig:
     max_agents: int | None = None  # None: DEFAULT_MAX_AGENTS live, the model's estimate on the simulator
     band: bool = True  # simulator: measure the low-high band around each answer (sweep_band.py)
     resolution: int = 1
+    # bisection stops within max(resolution, floor(lo x relative_resolution)) agents (docs/sweep.md)
+    relative_resolution: float = 1 / 32
     seed: int = 0
     confidence: float = 0.95
     max_extensions: int = 2
@@ -371,6 +373,7 @@ _STATS_DEFAULTS: dict[str, Any] = {
     "failure_policy": "miss",
     "ci_method": "agent+time",
     "max_unmeasured_share": 0.05,
+    "relative_resolution": 1 / 32,
 }
 
 _TELEMETRY_DEFAULTS: dict[str, Any] = {
@@ -453,6 +456,8 @@ def _check_ranges(cfg: SweepConfig) -> None:
             continue
         if v < lo or (v == lo and not inclusive):
             raise SweepConfigError(f"{name} must be {'>=' if inclusive else '>'} {lo:g}, got {v!r}")
+    if not 0 <= cfg.relative_resolution < 1:
+        raise SweepConfigError(f"relative_resolution must be in [0, 1), got {cfg.relative_resolution!r}")
     if not 0 < cfg.confidence < 1:
         raise SweepConfigError(f"confidence must be in (0, 1), got {cfg.confidence!r}")
     if cfg.efficiency not in ("low", "mid", "high"):

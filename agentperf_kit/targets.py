@@ -247,43 +247,24 @@ class LiveTarget:
         """:func:`agentperf_kit.replay.run_live_sync` against this endpoint (a Jupyter cell included), or
         with ``workers``/``ray_address`` :func:`agentperf_kit.scaleout.run_live_workers`."""
         telemetry = self.telemetry if self.telemetry is not None and self.telemetry.active else None
-        target_info = {"accelerators": self.accelerators, "accelerator_type": self.accelerator_type}
+        args = (self.endpoint, trajectories, n_agents, rules)
+        kwargs: dict[str, Any] = {
+            "seed": seed % 2**32,
+            "out_dir": out_dir,
+            "level": level,
+            "run_id": run_id,
+            "progress": progress,
+            "api_key": self.api_key,
+            "telemetry": telemetry,
+            "target_info": {"accelerators": self.accelerators, "accelerator_type": self.accelerator_type},
+        }
         if self.scale_out:
             from .scaleout import run_live_workers
 
-            return run_live_workers(
-                self.endpoint,
-                trajectories,
-                n_agents,
-                rules,
-                workers=self.workers,
-                ray_address=self.ray_address,
-                seed=seed % 2**32,
-                out_dir=out_dir,
-                level=level,
-                run_id=run_id,
-                progress=progress,
-                api_key=self.api_key,
-                telemetry=telemetry,
-                target_info=target_info,
-            )
+            return run_live_workers(*args, workers=self.workers, ray_address=self.ray_address, **kwargs)
         from .replay import run_live_sync
 
-        return run_live_sync(
-            self.endpoint,
-            trajectories,
-            n_agents,
-            rules,
-            seed=seed % 2**32,
-            out_dir=out_dir,
-            level=level,
-            run_id=run_id,
-            progress=progress,
-            api_key=self.api_key,
-            telemetry=telemetry,
-            record_chunks=self.record_chunks,
-            target_info=target_info,
-        )
+        return run_live_sync(*args, record_chunks=self.record_chunks, **kwargs)
 
 
 def parse_target(

@@ -10,9 +10,17 @@ client's stamps are on), with the default AA-shaped synthetic trajectories (comp
    (every worker's self-check), rows == requests the server saw (its truth log's lines), P95 TTFT error
    <= 20 ms (client TTFT - the server's true TTFT, requests matched by phase marker and order, over the
    steady window). Target: 2 workers reach >= 1.7x the agents of 1 worker.
-2. **CPU per 1M tokens**, Ray path at ``--workers 1`` against in-process, same N, same level: in-process =
-   this process's CPU during the level; Ray = the driver's CPU + the worker process's + Ray's own processes
-   (GCS, raylet, agents) during the level. Target: within 5 %.
+2. **CPU per 1M tokens**, Ray path at ``--workers 1`` against in-process, same N, same level (the in-process
+   level first, before Ray is started in this process). What counts is the whole process tree of the load
+   generator over the level, user + system CPU, the server under test left out:
+   - in-process: this process (the load generator: its event loop, row writer, every thread);
+   - Ray: this process (the driver: polling, the row writer, Ray's driver-side threads), each worker's
+     level process (its whole life: start-up and imports too, as each level starts one), each worker's
+     actor process (over its life less what it had used before the level, when Ray reused an idle worker
+     process), and every other process of the local Ray runtime (GCS, raylet, its agents, idle worker
+     processes). Processes alive at the level's end count their CPU then minus at its start; a worker's
+     processes, gone by then, count the CPU they reported at their end (the manifest's worker ``stats``).
+   Target: within 5 %. ``--cpu-only`` runs only this comparison.
 
     python benchmarks/ray_scaleout.py --quick       # <= 8 min: short levels
     python benchmarks/ray_scaleout.py               # longer levels
@@ -28,7 +36,6 @@ import argparse
 import logging
 import math
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -70,24 +77,66 @@ def markers_of(trajs, n: int, seed: int, nonce: int, workers: int, n_phases: int
     return out
 
 
-def ray_system_cpu_s(exclude: set[int] = frozenset()) -> float:  # type: ignore[assignment]
-    """CPU seconds (user + system) of Ray's own processes among this process's descendants (GCS, raylet,
-    its agents and monitors; not the worker processes, titled ``ray::...``, which report their own CPU,
-    nor what the raylet reaped from them)."""
+def tree_cpu_s(exclude: set[int]) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) so far of this process and every process below it (the local Ray
+    runtime's GCS, raylet, agents and worker processes; the workers' level processes), by pid with a
+    short name; the pids in ``exclude`` (the server under test) left out."""
     import psutil
 
-    total = 0.0
-    for p in psutil.Process().children(recursive=True):
+    me = psutil.Process()
+    out: dict[int, tuple[str, float]] = {}
+    for p in [me, *me.children(recursive=True)]:
         if p.pid in exclude:
             continue
         try:
-            if " ".join(p.cmdline()).startswith("ray::"):
-                continue
             c = p.cpu_times()
-            total += c.user + c.system
+            cmd = " ".join(p.cmdline())
         except psutil.Error:
-            pass
-    return total
+            continue
+        name = "driver" if p.pid == me.pid else _short(cmd)
+        out[p.pid] = (name, c.user + c.system)
+    return out
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all of the machine's cores have been busy so far (everything but idle and iowait)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def _cpu_of(pid: int) -> float:
+    import psutil
+
+    try:
+        c = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return c.user + c.system
+
+
+def _short(cmd: str) -> str:
+    if "agentperf_kit.scaleout.child" in cmd:
+        return "level process"
+    if cmd.startswith("ray::"):
+        return cmd.split()[0]  # ray::LevelWorker, ray::IDLE
+    for part in ("gcs_server", "raylet", "dashboard_agent", "runtime_env_agent", "log_monitor", "monitor"):
+        if part in cmd:
+            return part
+    return cmd.split()[0].rsplit("/", 1)[-1] if cmd else "?"
+
+
+def level_cpu_s(before: dict, after: dict, reported: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each kind of process spent over a level: for a process alive at its end, its CPU then
+    minus its CPU at the level's start (0 for one started during it); for one that ended during the level
+    (a worker's actor and level process), the CPU it reported itself at its end (``reported``: pid -> (name,
+    CPU so far)), minus its CPU at the start when it existed then. Summed by name."""
+    by: dict[str, float] = {}
+    for pid, (name, cpu) in {**after, **reported}.items():
+        base = before.get(pid, ("", 0.0))[1]
+        by[name] = by.get(name, 0.0) + max(0.0, cpu - base)
+    return by
 
 
 def run_level(binary, trajs, n: int, workers: int, args, tmp: Path, tag: str) -> dict:
@@ -110,8 +159,9 @@ def run_level(binary, trajs, n: int, workers: int, args, tmp: Path, tag: str) ->
     load0 = os.getloadavg()[0]
     with FastSSEServer(TTFT_MS, ITL_MS, binary=binary, log=truth_path) as srv:
         ep = Endpoint(srv.base_url, "fast", api="completions")
-        self0 = resource.getrusage(resource.RUSAGE_SELF)
-        ray0 = ray_system_cpu_s(exclude={srv.proc.pid}) if workers else 0.0
+        before = tree_cpu_s({srv.proc.pid})
+        server0 = _cpu_of(srv.proc.pid)
+        busy0 = _machine_busy_s()
         t0 = time.perf_counter()
         kw = dict(seed=args.seed, out_dir=out, progress=False)
         if workers == 0:
@@ -119,17 +169,27 @@ def run_level(binary, trajs, n: int, workers: int, args, tmp: Path, tag: str) ->
         else:
             res = run_live_workers(ep, trajs, n, rules, workers=workers, **kw)
         wall = time.perf_counter() - t0
-        self1 = resource.getrusage(resource.RUSAGE_SELF)
-        ray1 = ray_system_cpu_s(exclude={srv.proc.pid}) if workers else 0.0
+        after = tree_cpu_s({srv.proc.pid})
+        cpu_server = _cpu_of(srv.proc.pid) - server0
+        cpu_machine = _machine_busy_s() - busy0
     load1 = os.getloadavg()[0]
     df, m = res.requests, res.manifest
     truth = read_truth_log(truth_path)
-    cpu_self = (self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)
     ws = (m.get("workers") or {}).get("workers", [])
-    cpu_workers = sum((w.get("stats") or {}).get("cpu_process_s", 0.0) for w in ws)
-    # Ray's own processes (GCS, raylet, agents): their CPU over the level; the workers' own is reported
-    # by the workers themselves (their processes are gone when the level ends)
-    cpu_ray = max(0.0, ray1 - ray0)
+    reported: dict[int, tuple[str, float]] = {}
+    for w in ws:  # a worker's processes are gone (or going) when the level ends: their own figures
+        st = w.get("stats") or {}
+        if "pid" in st:
+            reported[st["pid"]] = ("level process", st.get("cpu_process_s", 0.0))
+        if "actor_pid" in st:
+            reported[st["actor_pid"]] = ("ray::LevelWorker", st.get("cpu_actor_process_s", 0.0))
+    by = level_cpu_s(before, after, reported)
+    if workers == 0:  # the load generator is this process (Ray's processes, if any, idle beside it)
+        by = {"driver": by.get("driver", 0.0)}
+    cpu_self = by.pop("driver", 0.0)
+    cpu_workers = by.pop("level process", 0.0)
+    cpu_actors = by.pop("ray::LevelWorker", 0.0)
+    cpu_ray = sum(by.values())  # Ray's own processes: GCS, raylet, agents, idle workers
     tokens = float(df["output_tokens"].fillna(df["n_chunks"]).sum())
     nonce = int(m["config"]["marker_nonce"], 16)
     n_phases = int(df["phase_id"].max()) + 1 if len(df) else 0
@@ -160,8 +220,14 @@ def run_level(binary, trajs, n: int, workers: int, args, tmp: Path, tag: str) ->
         "tokens": tokens,
         "cpu_self_s": cpu_self,
         "cpu_workers_s": cpu_workers,
+        "cpu_actors_s": cpu_actors,
         "cpu_ray_s": cpu_ray,
-        "cpu_total_s": cpu_self + cpu_workers + cpu_ray,
+        "cpu_ray_detail": {k: v for k, v in sorted(by.items(), key=lambda kv: -kv[1]) if v >= 0.05},
+        "cpu_total_s": cpu_self + cpu_workers + cpu_actors + cpu_ray,
+        "cpu_server_s": cpu_server,
+        "cpu_machine_s": cpu_machine,
+        "cpu_level_processes_s": sum((w.get("stats") or {}).get("cpu_level_s", 0.0) for w in ws),
+        "worker_stats": [w.get("stats") or {} for w in ws],
         "wall_s": wall,
         "load": (load0, load1),
         "aborted": m.get("aborted_reason"),
@@ -184,9 +250,29 @@ def describe(r: dict) -> str:
     return (
         f"   N={r['n']:>5} {who:<18} rows {r['rows']:,} / server {r['server_requests']:,}, TTFT error "
         f"P50 {r['p50_err_ms']:.1f} ms P95 {r['p95_err_ms']:.1f} ms ({r['matched']:,} matched), "
-        f"client_ok={r['client_ok']}, CPU {r['cpu_total_s']:.1f} s (driver {r['cpu_self_s']:.1f}, workers "
-        f"{r['cpu_workers_s']:.1f}, Ray {r['cpu_ray_s']:.1f}) = {cpu:.1f} CPU-s/1M tokens, wall "
-        f"{r['wall_s']:.0f} s, load {r['load'][0]:.2f} -> {r['load'][1]:.2f}{why}"
+        f"client_ok={r['client_ok']}, CPU {r['cpu_total_s']:.1f} s ({cpu_parts(r)}) = {cpu:.1f} CPU-s/1M "
+        f"tokens, wall {r['wall_s']:.0f} s; server CPU {r['cpu_server_s']:.1f} s; load generator + server "
+        f"{(r['cpu_total_s'] + r['cpu_server_s']) / r['wall_s']:.2f} and the whole machine "
+        f"{r['cpu_machine_s'] / r['wall_s']:.2f} of {os.cpu_count()} cores busy over the level; "
+        f"load {r['load'][0]:.2f} -> {r['load'][1]:.2f}{why}"
+    )
+
+
+def cpu_parts(r: dict) -> str:
+    """Where a level's CPU went: the driver (in-process: the whole load generator), and on the Ray path
+    the workers' level processes, their actors and Ray's own processes (the busiest named)."""
+    if r["workers"] == 0:
+        return f"load generator {r['cpu_self_s']:.1f}"
+    ray = ", ".join(f"{k} {v:.1f}" for k, v in list(r["cpu_ray_detail"].items())[:4])
+    st = r["worker_stats"]
+    startup = sum(w.get("cpu_process_s", 0.0) - w.get("cpu_level_s", 0.0) for w in st)
+    actor_level = sum(w.get("cpu_actor_s", 0.0) for w in st)
+    each = " + ".join(f"{w.get('cpu_process_s', 0.0):.1f}" for w in st)  # one per worker
+    return (
+        f"driver {r['cpu_self_s']:.1f}, level processes {r['cpu_workers_s']:.1f} ({each}; start-up "
+        f"{startup:.1f}), "
+        f"actors {r['cpu_actors_s']:.1f} (from the level's start {actor_level:.1f}), Ray "
+        f"{r['cpu_ray_s']:.1f}: {ray}"
     )
 
 
@@ -198,6 +284,7 @@ def main() -> None:
     ap.add_argument("--cpu-agents", type=int, default=256, help="N of the CPU comparison (default 256)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--cpu-only", action="store_true", help="only the CPU comparison at --cpu-agents")
     args = ap.parse_args()
     args.duration, args.warmup, args.ramp, args.drain = (
         (10.0, 3.0, 5.0, 5.0) if args.quick else (30, 5, 10, 10)
@@ -249,9 +336,15 @@ def main() -> None:
             f"   Ray path at --workers 1: {b:.1f} vs in-process {a:.1f} CPU-s per 1M tokens: "
             f"{b / a - 1:+.1%} (target within 5%)"
         )
+        c = cpu_ray["cpu_level_processes_s"] / cpu_ray["tokens"] * 1e6
+        say(
+            f"   of which the agents' own work (the level process from its start frame, no start-up): "
+            f"{c:.1f} CPU-s per 1M tokens ({c / a - 1:+.1%} of in-process); the rest is per level: "
+            "start-ups, actor, driver, Ray's processes"
+        )
 
     best: dict[int, int] = {}
-    for workers in (0,) if getattr(args, "no_ray", False) else (0, 2):
+    for workers in () if args.cpu_only else (0,) if getattr(args, "no_ray", False) else (0, 2):
         label = "1 worker (in-process)" if workers == 0 else f"{workers} Ray workers"
         say(f"-- largest N, {label}")
         n, best[workers], failed = args.start, 0, 0
@@ -275,8 +368,10 @@ def main() -> None:
                 say(describe(r))
                 if r["ok"]:
                     best[workers] = mid
-    one = best[0]
-    if 2 in best:
+    one = best.get(0, 0)
+    if args.cpu_only:
+        two = "not measured (--cpu-only)"
+    elif 2 in best:
         ratio = best[2] / one if one else math.nan
         two = f"2 workers {best[2]:,}: {ratio:.2f}x (target >= 1.7x)"
     else:

@@ -7,9 +7,19 @@ Two modes, one command each (prints a table per tier and the TTFT / speed curves
     # virtual-time sweep (the engine serve-sim runs), so only the twin's error is measured
     python benchmarks/twin_validate.py serve-sim --preset h100x8-llama70b --max-context 16384
 
-    # a real server (e.g. llama.cpp from shared/real-servers, port 8200): the measured sweep runs live
+    # a real server (e.g. llama.cpp from shared/real-servers, port 8200): the measured sweep runs live;
+    # outputs floored at 32 tokens, tiers derived from the twin's one-agent level (docs/simulator.md)
     python benchmarks/twin_validate.py live --target http://127.0.0.1:8200/v1 --model tiny-random-llama \\
-        --max-context 2048 --tiers 'fast=40/1,slow=10/4' --level-duration 60 --warmup 10 --max-agents 16
+        --max-context 2048 --chunk-tokens 2048 --decode-tokens 300 --min-output-tokens 32 \\
+        --tiers single-stream --level-duration 15 --warmup 3 --max-agents 128 --resolution 4 \\
+        --min-trajectories 0 --min-trajectories-per-agent 0 --max-extensions 0 --drain-timeout 5
+
+Every sweep replays the same trajectory set, written to ``--out``/trajectories.jsonl: the built-in set
+fitted to ``--max-context`` (one scale factor), its outputs floored at ``--min-output-tokens``. On a fast
+small server give a floor (32 for the tiny llama.cpp model): scaled into 2,048 tokens the outputs shrink
+to 1-9 tokens, a 1-token output has no speed and a few tokens arrive within one client read (unmeasurable),
+and a level with more than 5 % unmeasurable speeds never passes. A live level's progress line carries the
+load average, and the curve table its client self-check and unmeasurable share.
 
 The measured sweep resumes from ``--out`` when run again with the same settings (a live one takes many
 minutes), the twin sweeps are always redone. The twin's answer is the ``mid`` sweep; ``low`` / ``high``
@@ -23,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -69,14 +80,48 @@ def _start_serve_sim(preset: str, time_scale: float) -> tuple[subprocess.Popen, 
             time.sleep(0.3)
 
 
-def _sweep(target: str, args: argparse.Namespace, out: Path, **kw) -> dict:
+def _workload(args: argparse.Namespace, out: Path) -> dict:
+    """Write the trajectory set every sweep of this validation replays (``out/trajectories.jsonl``): the
+    built-in set fitted to ``--max-context`` (scale mode) with outputs of at least ``--min-output-tokens``.
+    Returns its description for the report."""
+    import numpy as np
+
+    from agentperf_kit.trajectories import default_trajectories, fit_context, save_trajectories
+
+    trajs = default_trajectories()
+    if args.max_context:
+        trajs = fit_context(trajs, args.max_context, min_output_tokens=args.min_output_tokens)
+    path = save_trajectories(
+        trajs,
+        out / "trajectories.jsonl",
+        meta={
+            "fitted_from": "default",
+            "max_context_tokens": args.max_context,
+            "min_output_tokens": args.min_output_tokens,
+        },
+    )
+    turns = [t for tr in trajs for t in tr.turns]
+
+    def q(vals: list[int]) -> list[float]:
+        return [float(v) for v in np.percentile(vals, (5, 25, 50, 75, 95))]
+
+    return {
+        "path": str(path),
+        "output_tokens_p5_25_50_75_95": q([t.output_tokens for t in turns]),
+        "prompt_tokens_p5_25_50_75_95": q([t.input_tokens for t in turns]),
+        "tool_delay_s_mean": float(np.mean([t.tool_delay_s for t in turns])),
+    }
+
+
+def _sweep(target: str, args: argparse.Namespace, out: Path, *, live: bool = False, **kw) -> dict:
     cfg = SweepConfig(
         target=target,
         tiers=args.tiers,
-        max_context=args.max_context,
+        trajectories=args.trajectories_file,
         level_duration_s=args.level_duration,
         warmup_s=args.warmup,
         max_agents=args.max_agents,
+        resolution=args.resolution,
         seed=args.seed,
         min_trajectories=args.min_trajectories,
         min_trajectories_per_agent=args.min_trajectories_per_agent,
@@ -86,8 +131,16 @@ def _sweep(target: str, args: argparse.Namespace, out: Path, **kw) -> dict:
         band=False,  # the twin's band is its own low / high sweeps; the truth needs none
         **kw,
     )
+    load_at: dict[int, float] = {}  # a live level's 1-minute load average when it ended
+
+    def say(line: str) -> None:
+        m = re.match(r"\s*N=(\d+)\s", line)
+        if m:
+            load_at[int(m.group(1))] = _load()
+        print(f"  [{time.strftime('%H:%M:%S')} load {_load()}] {line.strip()}", flush=True)
+
     t0 = time.perf_counter()
-    res = run_sweep(cfg, progress=False)
+    res = run_sweep(cfg, progress=say if live else False)
     s = res.summary
     return {
         "target": target,
@@ -98,8 +151,37 @@ def _sweep(target: str, args: argparse.Namespace, out: Path, **kw) -> dict:
             int(lv["concurrency"]): (lv["p95_ttft_s"], lv["p25_output_speed_tps"], lv.get("meets_aa_rules"))
             for lv in s["levels"]
         },
+        # per level: the client's self-check, the share of unmeasurable speeds, the load when it ended
+        "checks": {
+            int(lv["concurrency"]): (
+                lv.get("client_ok"),
+                lv.get("speed_unmeasured_share"),
+                load_at.get(int(lv["concurrency"])),
+            )
+            for lv in s["levels"]
+        },
         "loadavg_after": _load(),
     }
+
+
+# --tiers single-stream: (name, speed divisor, TTFT multiple) of the twin's single-agent P25 speed / P95 TTFT
+_SINGLE_STREAM_TIERS = (("fast", 2, 10), ("mid", 4, 40), ("slow", 8, 200))
+
+
+def _sig2(x: float) -> str:
+    return f"{float(f'{x:.2g}'):g}"
+
+
+def _single_stream_tiers(twin: Path, args: argparse.Namespace, out: Path) -> str:
+    """Tiers derived from the twin alone, before any measurement: its one-agent level (virtual time, the
+    same trajectories) gives the P25 speed S1 and P95 TTFT T1; tier k asks for S1 / d_k and T1 x m_k
+    (``_SINGLE_STREAM_TIERS``: 1/2, 1/4, 1/8 of the speed; 10, 40, 200 times the TTFT), 2 significant
+    digits. So the tiers scale with the server, and they bind where agents start to queue for its slots."""
+    shutil.rmtree(out / "twin-single", ignore_errors=True)
+    one = argparse.Namespace(**{**vars(args), "tiers": "any=0.001/1000", "max_agents": 1, "resolution": 1})
+    r = _sweep(f"sim:{twin}", one, out / "twin-single", efficiency="mid")
+    t1, s1, _ = r["levels"][1]
+    return ",".join(f"{n}={_sig2(s1 / d)}/{_sig2(t1 * m)}" for n, d, m in _SINGLE_STREAM_TIERS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,15 +193,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", help="live mode: model name")
     ap.add_argument("--twin", help="reuse this twin preset (skip profiling)")
     ap.add_argument("--max-context", type=int, default=None, help="fit trajectories (and profile) to this")
+    ap.add_argument(
+        "--min-output-tokens",
+        type=int,
+        default=None,
+        help="fit: floor on each turn's output tokens, so that a fast server's speeds are measurable",
+    )
     ap.add_argument("--chunk-tokens", type=int, default=None, help="profile: the server's prefill chunk")
     ap.add_argument("--decode-tokens", type=int, default=128, help="profile: tokens per decode stream")
     ap.add_argument("--max-batch", type=int, default=None, help="profile: the server's largest batch")
     ap.add_argument("--repeats", type=int, default=3, help="profile: repeats per measurement (default 3)")
     ap.add_argument("--budget", type=float, default=240.0, help="profile: s before optional parts stop")
-    ap.add_argument("--tiers", default="aa-dsv4pro")
+    ap.add_argument(
+        "--tiers",
+        default="aa-dsv4pro",
+        help="tier preset or spec; 'single-stream': derived from the twin's one-agent level (see the code)",
+    )
     ap.add_argument("--level-duration", type=float, default=600.0)
     ap.add_argument("--warmup", type=float, default=60.0)
     ap.add_argument("--max-agents", type=int, default=4096)
+    ap.add_argument(
+        "--resolution", type=int, default=1, help="sweep: the bisection stops at this many agents (default 1)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min-trajectories", type=int, default=30, help="sweep rule (default 30)")
     ap.add_argument("--min-trajectories-per-agent", type=int, default=3, help="sweep rule (default 3)")
@@ -135,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     tol = args.tolerance if args.tolerance is not None else (0.10 if args.mode == "serve-sim" else 0.20)
     report: dict = {"mode": args.mode, "argv": sys.argv[1:], "loadavg_start": _load(), "tolerance": tol}
     print(f"load average (1 min) at start: {report['loadavg_start']}")
+    report["workload"] = w = _workload(args, out)
+    args.trajectories_file = w["path"]
+    print(
+        f"trajectories {w['path']}: output tokens P5/25/50/75/95 {w['output_tokens_p5_25_50_75_95']}, "
+        f"prompt tokens {w['prompt_tokens_p5_25_50_75_95']}, mean tool delay {w['tool_delay_s_mean']:.3f} s"
+    )
 
     # 1. profile -> twin
     twin = Path(args.twin) if args.twin else out / "twin.toml"
@@ -179,10 +280,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{pr['coef']['overlap']:.3f} +- {pr['se']['overlap']:.3f}, request_s "
                 f"{pr['coef']['request_s'] * 1e3:.2f} ms, RMS relative residual {pr['rms_rel_residual']:.3f}"
             )
+        if args.tiers == "single-stream":
+            args.tiers = report["tiers"] = _single_stream_tiers(twin, args, out)
+            print(f"tiers from the twin's single stream: {args.tiers}")
         # 2. the measured sweep (live) while the server is up
         if args.mode == "live":
             report["measured"] = _sweep(
-                base, args, out / "measured", model=model, accelerators=1, endpoint="completions"
+                base, args, out / "measured", live=True, model=model, accelerators=1, endpoint="completions"
             )
     finally:
         if proc is not None:
@@ -239,17 +343,22 @@ def _print(r: dict, tol: float) -> None:
         ok = "yes" if n and abs(err) <= tol else ("n/a (0)" if not n else "no")
         lb = " (lower bound)" if m["lower_bound"][t] else ""
         print(f"| {t} | {n}{lb} | {p} | {lo['tiers'][t]}..{hi['tiers'][t]} | {err:+.1%} | {ok} |")
-    print("\nP95 TTFT (s) and P25 output speed (tok/s) against N: measured | twin mid")
-    print("| N | TTFT measured | TTFT twin | speed measured | speed twin |")
-    print("|---|---|---|---|---|")
+    print("\nP95 TTFT (s) and P25 output speed (tok/s) against N: measured | twin mid; the measured level's")
+    print("client self-check, share of unmeasurable speeds and 1-minute load average when it ended")
+    print("| N | TTFT measured | TTFT twin | speed measured | speed twin | client ok | unmeasurable | load |")
+    print("|---|---|---|---|---|---|---|---|")
     for n in sorted(set(m["levels"]) | set(mid["levels"])):
         a = m["levels"].get(n, (None, None, None))
         b = mid["levels"].get(n, (None, None, None))
+        c = m.get("checks", {}).get(n, (None, None, None))
 
         def f(v, fmt):
             return "-" if v is None else format(v, fmt)
 
-        print(f"| {n} | {f(a[0], '.3f')} | {f(b[0], '.3f')} | {f(a[1], '.1f')} | {f(b[1], '.1f')} |")
+        print(
+            f"| {n} | {f(a[0], '.3f')} | {f(b[0], '.3f')} | {f(a[1], '.1f')} | {f(b[1], '.1f')} | "
+            f"{f(c[0], '')} | {f(c[1], '.1%')} | {f(c[2], '')} |"
+        )
     if "step_check" in r:
         print("\none step, the preset's engine vs the twin (ms)")
         print("| decoders | context | prefill | on prefix | engine | twin | error |")

@@ -7,6 +7,7 @@ fast lane.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -181,6 +182,75 @@ def test_workers_without_ray_is_one_line_naming_the_extra(tmp_path):
     assert q.stdout.strip() == "ok", q.stderr
 
 
+def _spec(server, n, rules, **kw):
+    import dataclasses
+    import pickle
+
+    ep = Endpoint(server.base_url, "m", api="completions", request_timeout_s=20, stall_timeout_s=5)
+    spec = {
+        "endpoint": ep,
+        "api_key": None,
+        "n_agents": n,
+        "rules": dataclasses.replace(rules, abort_after_s=0.0),
+        "seed": 0,
+        "marker_nonce": 7,
+        "run_id": "r",
+        "level": 0,
+        "workers": 1,
+        "worker": 0,
+        "lag_budget_s": 0.005,
+        "fast_parse": True,
+        "origin_ns": time.perf_counter_ns(),
+        **kw,
+    }
+    return spec, pickle.dumps(spec), pickle.dumps(_trajs())
+
+
+def test_a_worker_runs_its_agents_in_a_level_process_without_ray():
+    """The actor's body as a plain object (no Ray): its level process runs the agents, every request the
+    server saw comes back as a row, on the clock the driver gave, with the level process's figures."""
+    from agentperf_kit.scaleout.worker import LevelWorker
+
+    server = SSEServer(ttft_s=0.02, itl_s=0.01)
+    with serving(server):
+        spec, spec_b, trajs_b = _spec(server, 3, RULES)
+        w = LevelWorker()
+        assert w.start(spec_b, trajs_b)
+        w.go((time.perf_counter_ns() - spec["origin_ns"]) / 1e9 + 0.05)
+        rows, first, t_close = [], [], time.monotonic() + 1.5
+        while True:
+            res = w.poll()
+            rows += res["rows"]
+            first += res["first_sends"]
+            if res["done"]:
+                break
+            if t_close is not None and time.monotonic() > t_close:
+                w.close_window((time.perf_counter_ns() - spec["origin_ns"]) / 1e9)
+                t_close = None
+            time.sleep(0.05)
+    assert res["error"] is None and len(rows) == server.requests > 0
+    assert sorted(a for a, _ in first) == [0, 1, 2]
+    st = res["stats"]
+    assert st["pid"] != os.getpid() and st["actor_pid"] == os.getpid()
+    assert st["cpu_level_s"] > 0 and st["cpu_process_s"] >= st["cpu_level_s"]
+    now = (time.perf_counter_ns() - spec["origin_ns"]) / 1e9
+    from agentperf_kit.schema import RAW_COLUMNS
+
+    i = RAW_COLUMNS.index("t_send_s")
+    t_send = [r[i] for r in rows]  # on the driver's clock: one CLOCK_MONOTONIC
+    assert all(0 < t < now for t in t_send)
+
+
+def test_a_level_process_that_cannot_start_is_a_failed_worker(tmp_path, monkeypatch):
+    from agentperf_kit.scaleout import worker as worker_mod
+
+    monkeypatch.setattr(worker_mod.sys, "executable", str(tmp_path / "no-python"))
+    w = worker_mod.LevelWorker()
+    assert w.start(b"", b"") is False
+    res = w.poll()
+    assert res["done"] and "did not start" in res["error"] and "no-python" in res["error"]
+
+
 # -- a real local Ray head -------------------------------------------------------------------------------
 
 
@@ -221,18 +291,21 @@ def test_a_level_on_two_workers_is_one_level(ray_head, tmp_path):
         c = x["clock"]
         assert c["shared_monotonic_clock"] and c["origin_shift_s"] == 0
         assert abs(c["start"]["offset_s"]) <= c["start"]["uncertainty_s"] + 1e-4  # one CLOCK_MONOTONIC
-        assert x["stats"]["pid"] != os.getpid()
+        assert x["stats"]["pid"] != os.getpid()  # the agents ran in the worker's level process
+        assert x["stats"]["actor_pid"] not in (os.getpid(), x["stats"]["pid"])
+        assert x["nice"] == os.nice(0)  # Ray's default would run workers at a lower priority
     per = m["client_check"]["workers"]
     assert m["client_ok"] == all(p["client_ok"] for p in per)  # the conjunction
     # the server's own TTFT (50 ms) is what the rows show, on the workers' clocks
     assert df["ttft_s"].median() >= 0.05
 
 
-@pytest.mark.slow
-def test_a_worker_that_dies_ends_the_level_with_its_rows_kept(ray_head, tmp_path):
-    """SIGKILL one worker's process mid-level: the run ends (no hang), the level is invalid with the
-    reason, the rows both workers handed over are in requests.parquet."""
-    server = SSEServer(ttft_s=0.05, itl_s=0.02)
+def _kill_one_midlevel(server, tmp_path, pattern: str):
+    """A level of 6 agents on 2 workers whose window would last 60 s; once both processes whose command
+    line holds ``pattern`` run and the server has seen 20 requests, SIGKILL one of them. Returns the
+    result, the seconds the level took, the killed pid and its children's pids (when it was killed)."""
+    import psutil
+
     rules = RunRules(
         warmup_s=0.2,
         duration_s=60,
@@ -242,21 +315,21 @@ def test_a_worker_that_dies_ends_the_level_with_its_rows_kept(ray_head, tmp_path
         drain_timeout_s=2,
     )
     killed: list[int] = []
+    orphans: list[int] = []
 
     def killer() -> None:
-        # the worker processes: this process's local Ray runtime's workers titled ray::LevelWorker
-        import psutil
-
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             procs = []
             for p in psutil.Process().children(recursive=True):
                 try:
-                    if "LevelWorker" in " ".join(p.cmdline()):
+                    if pattern in " ".join(p.cmdline()):
                         procs.append(p.pid)
                 except psutil.Error:
                     pass
             if len(procs) == 2 and server.requests >= 20:
+                with contextlib.suppress(psutil.Error):
+                    orphans.extend(c.pid for c in psutil.Process(max(procs)).children())
                 os.kill(max(procs), signal.SIGKILL)
                 killed.append(max(procs))
                 return
@@ -269,9 +342,24 @@ def test_a_worker_that_dies_ends_the_level_with_its_rows_kept(ray_head, tmp_path
         res = _level(server, tmp_path, 6, 2, rules=rules, worker_timeout_s=20)
         took = time.monotonic() - t0
     t.join(5)
-    assert killed, "no worker was killed"
+    assert killed, f"no process matching {pattern!r} was killed"
+    return res, took, killed[0], orphans
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _assert_failed_worker_level(res, took, server):
+    """The run ended long before its 60 s window, invalid, one worker failed and named, both workers'
+    rows kept."""
     m, df = res.manifest, res.requests
-    assert took < 50, took  # ended long before the 60 s window
+    assert took < 50, took
     assert m["meets_aa_rules"] is False
     assert "worker" in m["aborted_reason"] and "failed" in m["aborted_reason"]
     dead = [x for x in m["workers"]["workers"] if x["failed"]]
@@ -281,6 +369,82 @@ def test_a_worker_that_dies_ends_the_level_with_its_rows_kept(ray_head, tmp_path
         r.startswith(f"worker {dead[0]['worker']}") for r in m["client_check"]["reasons"]
     )
     assert len(df) <= server.requests
+    return dead[0]
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_ends_the_level_with_its_rows_kept(ray_head, tmp_path):
+    """SIGKILL one worker's actor process (Ray's ``ray::LevelWorker``) mid-level: the run ends (no hang),
+    the level is invalid with the reason, the rows both workers handed over are in requests.parquet, and
+    the dead actor's level process goes with it."""
+
+    server = SSEServer(ttft_s=0.05, itl_s=0.02)
+    res, took, _, orphans = _kill_one_midlevel(server, tmp_path, "LevelWorker")
+    _assert_failed_worker_level(res, took, server)
+    assert orphans, "the killed actor ran no level process"
+    deadline = time.monotonic() + 30  # the killed actor's level process does not outlive it
+    while any(_running(p) for p in orphans):
+        assert time.monotonic() < deadline, orphans
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_a_level_process_that_dies_ends_the_level_with_its_rows_kept(ray_head, tmp_path):
+    """SIGKILL one worker's level process (the actor's child that runs the agents) mid-level: the actor
+    lives on and reports it; the level ends the same way, the reason naming the signal."""
+    server = SSEServer(ttft_s=0.05, itl_s=0.02)
+    res, took, pid, _ = _kill_one_midlevel(server, tmp_path, "agentperf_kit.scaleout.child")
+    dead = _assert_failed_worker_level(res, took, server)
+    assert f"pid {pid}" in dead["failed"] and "SIGKILL" in dead["failed"], dead["failed"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_level_on_two_workers_loads_with_the_worker_column(ray_head, tmp_path):
+    """Ctrl-C in the driver mid-level: the workers (actors and level processes) are removed, the rows
+    written so far stay readable, and ``load_run`` of the interrupted run (no requests.parquet) gives the
+    ``worker`` column too."""
+    import _thread
+
+    from agentperf_kit.results import load_run
+
+    server = SSEServer(ttft_s=0.05, itl_s=0.02)
+    rules = RunRules(
+        warmup_s=0.2, duration_s=60, min_trajectories=0, min_trajectories_per_agent=0, ramp_s=0.2
+    )
+
+    level_pids: set[int] = set()
+
+    def interrupt() -> None:
+        import psutil
+
+        deadline = time.monotonic() + 120
+        while server.requests < 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # the driver has polled and written rows of both workers
+        for p in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "agentperf_kit.scaleout.child" in " ".join(p.cmdline()):
+                    level_pids.add(p.pid)
+        _thread.interrupt_main()
+
+    t = threading.Thread(target=interrupt, daemon=True)
+    with serving(server):
+        t.start()
+        with pytest.raises(KeyboardInterrupt):
+            _level(server, tmp_path, 6, 2, rules=rules)
+    t.join(5)
+    out = tmp_path / "run"
+    assert not (out / "requests.parquet").exists()
+    res = load_run(out)
+    df = res.requests
+    assert res.extra.get("interrupted") and len(df) > 0
+    assert set(df["worker"]) == {0, 1} and (df["worker"] == df["agent"] % 2).all()
+    assert df["worker"].dtype == "int64"
+    assert len(level_pids) == 2  # the workers' level processes do not outlive the interrupted run
+    deadline = time.monotonic() + 30
+    while any(_running(p) for p in level_pids):
+        assert time.monotonic() < deadline, level_pids
+        time.sleep(0.5)
 
 
 @pytest.mark.slow

@@ -95,6 +95,28 @@ def test_resolution_stops_bisection_early():
     assert len(calls) < len(search_levels(_thresholds({"easy": 239, "hard": 0})[0], TIERS, 4096))
 
 
+@pytest.mark.parametrize("easy,hard", [(4357, 1412), (43, 6), (100, 63), (9000, 17)])
+def test_relative_resolution_binds_only_for_big_brackets(easy, hard):
+    """Within max(1, floor(lo / 32)) agents of each boundary; exact below 64 agents (the default system's
+    answers unchanged); at ~4,000 agents 5 bisection levels instead of 12."""
+    measure, calls = _thresholds({"easy": easy, "hard": hard})
+    verdicts = search_levels(measure, TIERS, 16384, relative_resolution=1 / 32)
+    res = _result(verdicts)
+    exact_calls = _thresholds({"easy": easy, "hard": hard})
+    exact = _result(search_levels(exact_calls[0], TIERS, 16384))
+    for t, lim in (("easy", easy), ("hard", hard)):
+        got, fail = res.loc[t, "max_agents"], res.loc[t, "lowest_failing_agents"]
+        assert got <= lim < fail
+        assert fail - got <= max(1, math.floor(got / 32))
+        if lim < 64:
+            assert got == exact.loc[t, "max_agents"] == lim
+    assert len(calls) <= len(exact_calls[1])
+    if easy == 4357:
+        ramp = 14  # 1 ... 8192
+        assert len(exact_calls[1]) - ramp == 12 + 10  # 1-agent bisection: 4096-8192 and 1024-2048
+        assert len(calls) - ramp == 5 + 5
+
+
 def test_inconclusive_levels_are_neither_and_the_search_still_ends():
     # N = 6 and 7 stay inconclusive (too few requests, say); the boundary is 8
     def measure(n):
@@ -121,3 +143,5 @@ def test_bad_arguments_are_named():
         search_levels(lambda n: {}, TIERS, 0)
     with pytest.raises(ValueError, match="resolution"):
         search_levels(lambda n: {}, TIERS, 8, resolution=0)
+    with pytest.raises(ValueError, match="relative_resolution"):
+        search_levels(lambda n: {}, TIERS, 8, relative_resolution=1.0)

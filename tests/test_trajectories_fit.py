@@ -62,6 +62,38 @@ def test_scale_with_an_output_cap_chooses_a_larger_factor():
     assert all(t.input_tokens + t.output_tokens <= 2000 for t in capped.turns)
 
 
+def test_scale_with_an_output_floor_keeps_outputs_measurable(tmp_path):
+    # scaled into 2,048 tokens the built-in set's outputs shrink to 1-9 tokens, too short for a fast
+    # server's speed to be measured; the floor keeps every output >= 32 tokens and the structure
+    src = default_trajectories()[:40]
+    plain = fit_context(src, 2048)
+    floored = fit_context(src, 2048, min_output_tokens=32)
+    _assert_valid(floored, tmp_path, 2048 - 64)
+    assert min(t.output_tokens for tr in plain for t in tr.turns) == 1
+    assert min(t.output_tokens for tr in floored for t in tr.turns) == 32
+    f0, f1 = plain[0].meta["context_scale"], floored[0].meta["context_scale"]
+    assert f1 <= f0 and f1 == pytest.approx(f0, rel=0.05)  # the floor costs the prompts little
+    for a, b in zip(src, floored):
+        for x, y in zip(a.turns, b.turns):
+            assert y.output_tokens == max(32, round(x.output_tokens * f1))  # scaled, then floored
+            assert (y.reasoning_tokens or 0) <= y.output_tokens
+    assert trajectory_stats(floored)["cached_fraction"] == pytest.approx(
+        trajectory_stats(src)["cached_fraction"], abs=0.01
+    )
+
+
+def test_output_floor_binds_the_factor_and_applies_in_cap_mode():
+    # a long prompt with a 1-token output: the factor leaves room for the floor's 100 tokens
+    traj = Trajectory("t", [Turn(0, 0, 4000, 1), Turn(0, 4000, 100, 10)])
+    out = fit_context([traj], 2064, min_output_tokens=100)[0]
+    assert [t.output_tokens for t in out.turns] == [100, 100]
+    assert out.turns[0].input_tokens + 100 <= 2000
+    assert out.turns[1].input_tokens + 100 <= 2000
+    capped = fit_context([traj], 2064, mode="cap", min_output_tokens=100)[0]
+    assert [t.output_tokens for t in capped.turns] == [100, 100]
+    assert max(t.input_tokens + t.output_tokens for t in capped.turns) <= 2000
+
+
 def test_cap_truncates_into_new_phases_and_keeps_what_fits(tmp_path):
     src = synthesize(SynthConfig(turns_median=60), count=12, seed=8)
     fitted = fit_context(src, 16_384, mode="cap", max_output_tokens=1024)
@@ -104,6 +136,10 @@ def test_refusals():
         fit_context(synthesize(count=1, seed=1), 4096, mode="squeeze")
     with pytest.raises(ValueError, match="max_output_tokens"):
         fit_context(synthesize(count=1, seed=1), 4096, max_output_tokens=0)
+    with pytest.raises(ValueError, match=r"min_output_tokens must be in 1\.\.100"):
+        fit_context(synthesize(count=1, seed=1), 4096, max_output_tokens=100, min_output_tokens=101)
+    with pytest.raises(ValueError, match="min_output_tokens"):
+        fit_context(synthesize(count=1, seed=1), 4096, min_output_tokens=0)
 
 
 def test_fit_cli(tmp_path, capsys):
@@ -116,6 +152,10 @@ def test_fit_cli(tmp_path, capsys):
     args = ["trajectories", "fit", str(out), "--max-context", "2048", "--mode", "cap", "--out", str(out2)]
     assert main(args) == 0
     assert trajectory_stats(load_trajectories(out2))["max_request_tokens"] <= 2048 - 64
+    out3 = tmp_path / "floored.jsonl"
+    args = ["trajectories", "fit", "default", "--max-context", "2048", "--min-output", "32"]
+    assert main([*args, "--out", str(out3)]) == 0
+    assert min(t.output_tokens for tr in load_trajectories(out3) for t in tr.turns) == 32
     assert (
         main(["trajectories", "fit", str(tmp_path / "nope.jsonl"), "--max-context", "10", "--out", str(out2)])
         == 2

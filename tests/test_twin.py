@@ -226,6 +226,51 @@ def test_a_poorly_determined_twin_still_sweeps(tmp_path):
         assert len(res.requests) > 0
 
 
+def _twin_validate():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "twin_validate.py"
+    spec = importlib.util.spec_from_file_location("twin_validate", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_validation_workload_floors_outputs_and_tiers_scale_with_the_twin(tmp_path):
+    # the validation's trajectory set keeps every output >= the floor (measurable speeds on a fast
+    # server), and --tiers single-stream scales with the twin: a twin twice as slow gets half the speeds
+    import argparse
+
+    from agentperf_kit.trajectories import load_trajectories
+
+    tv = _twin_validate()
+    args = argparse.Namespace(
+        max_context=2048, min_output_tokens=32, tiers="single-stream", level_duration=20, warmup=2,
+        max_agents=8, resolution=1, seed=0, min_trajectories=0, min_trajectories_per_agent=0,
+        max_extensions=0, drain_timeout=5,
+    )  # fmt: skip
+    w = tv._workload(args, tmp_path)
+    args.trajectories_file = w["path"]
+    trajs = load_trajectories(w["path"])
+    assert min(t.output_tokens for tr in trajs for t in tr.turns) == 32
+    assert max(t.input_tokens + t.output_tokens for tr in trajs for t in tr.turns) <= 2048 - 64
+    tiers = {}
+    for k in (1, 2):
+        step = {"step_s": 5e-4 * k, "prefill_token_s": 2e-6 * k, "decode_seq_s": 5e-4 * k}
+        twin = _write_twin(tmp_path / f"t{k}.toml", step, max_num_seqs=4, max_context_tokens=2048)
+        spec = tv._single_stream_tiers(twin, args, tmp_path / f"v{k}")
+        tiers[k] = {n: tuple(map(float, v.split("/"))) for n, v in (p.split("=") for p in spec.split(","))}
+    assert list(tiers[1]) == ["fast", "mid", "slow"]
+    one_stream = 1.0 / (5e-4 + 5e-4)  # tok/s: one sequence's decode step is step_s + decode_seq_s
+    assert tiers[1]["fast"][0] == pytest.approx(one_stream / 2, rel=0.05)
+    assert tiers[1]["mid"][0] == pytest.approx(tiers[1]["fast"][0] / 2, rel=0.05)
+    assert tiers[1]["slow"][1] == pytest.approx(tiers[1]["fast"][1] * 20, rel=0.05)
+    for name in ("fast", "mid", "slow"):
+        assert tiers[2][name][0] == pytest.approx(tiers[1][name][0] / 2, rel=0.05)
+        assert tiers[2][name][1] == pytest.approx(tiers[1][name][1] * 2, rel=0.05)
+
+
 def test_twin_file_errors_name_the_file_and_the_fix(tmp_path):
     with pytest.raises(ConfigError, match="agentperf profile"):
         get_deployment(str(tmp_path / "missing.toml"))
@@ -428,7 +473,7 @@ def test_real_server_validation_runs_end_to_end(tmp_path, kind):
         bench = Path(__file__).resolve().parents[1] / "benchmarks" / "twin_validate.py"
         cmd = [sys.executable, str(bench), "live", "--target", f"http://127.0.0.1:{port}/v1", "--model",
                "tiny", "--max-context", "1024", "--chunk-tokens", "2048", "--decode-tokens", "48",
-               "--repeats", "2", "--budget", "60", "--tiers", "fast=100/0.5,slow=10/3",
+               "--repeats", "2", "--budget", "60", "--tiers", "single-stream", "--min-output-tokens", "16",
                "--level-duration", "15", "--warmup", "3", "--max-agents", "4", "--min-trajectories", "0",
                "--min-trajectories-per-agent", "0", "--max-extensions", "0", "--drain-timeout", "5",
                "--out", str(out)]  # fmt: skip
@@ -439,9 +484,11 @@ def test_real_server_validation_runs_end_to_end(tmp_path, kind):
         proc.wait(timeout=30)
     report = json.loads((out / "validation.json").read_text())
     for eff in ("measured", "twin_mid", "twin_low", "twin_high"):
-        assert set(report[eff]["tiers"]) == {"fast", "slow"}, eff
+        assert set(report[eff]["tiers"]) == {"fast", "mid", "slow"}, eff
         assert all(isinstance(n, int) and n >= 0 for n in report[eff]["tiers"].values()), eff
     assert report["measured"]["levels"], "the measured sweep ran no level"
+    assert report["tiers"].startswith("fast=") and report["workload"]["output_tokens_p5_25_50_75_95"][0] >= 16
+    assert all(c[0] is not None for c in report["measured"]["checks"].values())  # each level's self-check
     assert "max agents per tier" in done.stdout
     dep = load_twin(out / "twin.toml")
     assert dep.request_s >= 0 and 0.0 <= dep.step_mid.overlap <= 1.0

@@ -177,7 +177,8 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(
             f"target {cfg.target}; tiers {cfg.tiers}; ramp levels {plan_levels(_cap(cfg, trajs))} until "
-            f"every tier fails, then bisection to {cfg.resolution} agent(s)"
+            f"every tier fails, then bisection to {cfg.resolution} agent(s) or "
+            f"{cfg.relative_resolution:.3g} of the bracket's lower end, whichever is coarser"
         )
         print(
             f"per level: warm-up {cfg.warmup_s:g} s after all agents are active, steady window >= "

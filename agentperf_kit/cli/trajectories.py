@@ -71,6 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--max-context", type=int, required=True, help="server context window in tokens")
     fit.add_argument("--mode", choices=("scale", "cap"), default="scale", help="default scale")
     fit.add_argument("--max-output", type=int, default=None, help="cap on output tokens per turn")
+    fit.add_argument(
+        "--min-output", type=int, default=None, help="floor on output tokens per turn (speed measurable)"
+    )
     fit.add_argument("--reserve", type=int, default=64, help="tokens kept free for marker and template (64)")
     fit.add_argument("--out", required=True, help="output file (.jsonl, .jsonl.gz or .parquet)")
     fit.set_defaults(func=_fit)
@@ -168,11 +171,14 @@ def _fit(args: argparse.Namespace) -> int:
             args.max_context,
             mode=args.mode,
             max_output_tokens=args.max_output,
+            min_output_tokens=args.min_output,
             reserve_tokens=args.reserve,
         )
     except (TrajectoryFormatError, FileNotFoundError, ValueError) as exc:
         _error(exc)
     meta = {"fitted_from": args.src, "max_context_tokens": args.max_context, "mode": args.mode}
+    if args.min_output is not None:
+        meta["min_output_tokens"] = args.min_output
     path = save_trajectories(trajs, args.out, meta=meta)
     s = trajectory_stats(trajs)
     print(

@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import pickle
 import random
 import threading
 import time
@@ -49,16 +50,8 @@ from ..client.http import Endpoint, calibrate_chat_filler, endpoint_secrets, ope
 from ..errors import TargetError
 from ..percentiles import percentile
 from ..recorder import RAW_PARTS_NAME, RunWriter, read_raw_rows
-from ..replay import _prompt_size_deviation, _server_info, _telemetry_manifest
-from ..results import (
-    RunResult,
-    finalize_run,
-    prepare_run_dir,
-    run_manifest,
-    window_manifest,
-    write_manifest,
-)
-from ..schema import json_safe
+from ..replay import _server_info, finish_level
+from ..results import RunResult, prepare_run_dir, run_manifest, with_worker_column, write_manifest
 from ..telemetry import TelemetryConfig, TelemetrySampler
 from ..trajectories.model import Trajectory
 from .clock import ClockOffset, measure_offset
@@ -330,6 +323,15 @@ class _Driver:
         for w, host in zip(self.workers, hosts):
             w.host = host
             w.same_host = host.get("boot_id") is not None and host.get("boot_id") == self.me.get("boot_id")
+        lower = [w.index for w in self.workers if w.host.get("nice", 0) > self.me.get("nice", 0)]
+        if lower:  # Ray's default for worker processes on a cluster started without RAY_worker_niceness=0
+            log.warning(
+                "workers %s run at a lower scheduling priority (nice %s) than the driver (nice %s): on a "
+                "busy host their event loops wake late; start the Ray nodes with RAY_worker_niceness=0",
+                lower,
+                self.workers[lower[0]].host.get("nice"),
+                self.me.get("nice"),
+            )
         self._measure_clocks(end=False)
         for w in self.workers:
             offset = w.clock_start.offset_s if w.clock_start is not None else 0.0
@@ -357,10 +359,12 @@ class _Driver:
 
     def _start(self, spec: dict[str, Any], trajectories: list, timeout_s: float) -> None:
         ray = self.ray
-        trajs_ref = ray.put(trajectories)
+        # pickled here: the actors pass them on to their level processes without importing their classes
+        trajs_ref = ray.put(pickle.dumps(trajectories, protocol=pickle.HIGHEST_PROTOCOL))
+        specs = [{**spec, "worker": w.index, "origin_ns": w.origin_ns} for w in self.workers]
         refs = [
-            w.actor.start.remote({**spec, "worker": w.index, "origin_ns": w.origin_ns}, trajs_ref)
-            for w in self.workers
+            w.actor.start.remote(pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL), trajs_ref)
+            for w, s in zip(self.workers, specs)
         ]
         try:
             ok = ray.get(refs, timeout=timeout_s)
@@ -455,26 +459,11 @@ class _Driver:
 
     def finish(self) -> RunResult:
         """``requests.parquet`` (with ``worker``) and the final manifest (module docstring)."""
-        manifest, out_dir = self.manifest, self.out_dir
-        window = self.ledger.window_summary()
-        manifest.update(window_manifest(window))
-        if self.sampler is not None:
-            manifest.update(_telemetry_manifest(self.sampler, window))
-        raw = read_raw_rows(out_dir, names=(RAW_PARTS_NAME,))
-        raw["worker"] = (raw["agent"] % self.k).astype("int64")
+        raw = with_worker_column(read_raw_rows(self.out_dir, names=(RAW_PARTS_NAME,)), self.k)
         raw = self._correct_drift(raw)
-        result = finalize_run(out_dir, manifest, raw=raw)
-        df = result.requests
-        manifest["workers"] = self._workers_manifest()
-        manifest.update(self._self_check(df))
-        manifest["prompt_size_deviation"] = _prompt_size_deviation(df)
-        write_manifest(out_dir, manifest)
-        reasons = manifest["client_check"]["reasons"]
-        if reasons:
-            log.warning("client self-check failed, TTFT may be distorted: %s", "; ".join(reasons))
-        if window["aborted_reason"]:
-            log.warning("level ended early: %s", window["aborted_reason"])
-        return RunResult(df, json_safe(manifest), result.directory)
+        self.manifest["workers"] = self._workers_manifest()
+        window = self.ledger.window_summary()
+        return finish_level(self.out_dir, self.manifest, window, self.sampler, self._self_check, raw=raw)
 
     def _correct_drift(self, raw: pd.DataFrame) -> pd.DataFrame:
         """Rows of a worker on another host whose clock drifted (end offset - start offset) by more than
@@ -509,6 +498,7 @@ class _Driver:
                     "worker": w.index,
                     "hostname": w.host.get("hostname"),
                     "pid": w.host.get("pid"),
+                    "nice": w.host.get("nice"),
                     "agents": len(range(w.index, self.ledger.n_agents, self.k)),
                     "rows": w.rows,
                     "requests_sent": w.sent,

@@ -32,6 +32,13 @@ _SLOW_START_ENV = {
     "RAY_" + "agent_register_timeout_ms": "120000",
 }
 
+#: Ray lowers its worker processes' scheduling priority by default (nice +15 over the raylet's): the load
+#: generator's workers, and the level processes they start, would then get the CPU only when nothing
+#: else wants it, and their event loops would wake late on a busy host (the send-delay self-check fails
+#: first). The local runtime keeps them at the driver's priority; on a cluster set it on every node
+#: (``RAY_worker_niceness=0 ray start ...``, docs/scale-out.md).
+WORKER_NICENESS_ENV = {"RAY_" + "worker_niceness": "0"}
+
 
 def require_ray(why: str) -> Any:
     """The ``ray`` module; ConfigError naming the extra when it is not installed (``why``: what needed it,
@@ -73,14 +80,16 @@ def connect(address: str | None, workers: int) -> Any:
 def start_local_ray(num_cpus: int, *, attempts: int = 3) -> None:
     """Start a private local Ray head in this process: ``num_cpus`` CPUs, bound to loopback, no dashboard,
     workers' output not forwarded, token authentication off (nothing outside the host reaches it), the
-    raylet's waits for its agents raised (:data:`_SLOW_START_ENV`). Ray's own fixed limit (its raylet must
+    raylet's waits for its agents raised (:data:`_SLOW_START_ENV`), the worker processes at this
+    process's scheduling priority (:data:`WORKER_NICENESS_ENV`). Ray's own fixed limit (its raylet must
     register within 30 s) is sometimes missed on a loaded machine, so the start is tried ``attempts`` times
     before :class:`~agentperf_kit.errors.TargetError` is raised."""
     ray = require_ray(f"a local Ray runtime of {num_cpus} CPUs")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    added = [k for k in _SLOW_START_ENV if k not in os.environ]
-    os.environ.update({k: _SLOW_START_ENV[k] for k in added})  # the raylet inherits them
+    env = {**_SLOW_START_ENV, **WORKER_NICENESS_ENV}
+    added = [k for k in env if k not in os.environ]
+    os.environ.update({k: env[k] for k in added})  # the raylet inherits them
     try:
         for attempt in range(1, attempts + 1):
             try:

@@ -154,6 +154,12 @@ class Engine:
         # (a twin's deployment has no bandwidth: TwinEngine replaces the step-time model that reads this)
         self._dm = dep.kv_read_bytes_per_ctx / self._be if self._be > 0 else 0.0
         self._dcache: dict[int, tuple[float, ...]] = {}  # decode batch -> _decode_coeffs
+        # the step time's constant factors, each the leading operations of the expression it replaces
+        # (left to right), so every step time is bit-identical to the expression written out in full
+        self._k_lin = 2.0 * (dep.active_params - dep.expert_active_params)
+        self._k_x = 2.0 * dep.expert_active_params
+        self._x_keep = 1.0 - dep.experts_per_token / dep.routed_experts if dep.routed_experts else 1.0
+        self._x_bytes = dep.expert_weight_bytes_per_layer * dep.moe_layers
 
     # -- public -----------------------------------------------------------------------------------------
 
@@ -338,8 +344,8 @@ class Engine:
         d = self.dep
         if not d.routed_experts:
             return 0.0
-        touched = d.routed_experts * (1.0 - (1.0 - d.experts_per_token / d.routed_experts) ** tokens)
-        return d.expert_weight_bytes_per_layer * d.moe_layers * touched * d.expert_imbalance / self._bx
+        touched = d.routed_experts * (1.0 - self._x_keep**tokens)
+        return self._x_bytes * touched * d.expert_imbalance / self._bx
 
     def _step(
         self, tokens: float, n_dec: float, q: float, ctx: float, pairs: float, pkv: float
@@ -348,8 +354,8 @@ class Engine:
         sequences (``n_dec``) each carry ``q`` queries over context sum ``ctx``."""
         d = self.dep
         # compute: non-expert linear layers, routed experts (busiest rank), attention
-        t_cmp = 2.0 * (d.active_params - d.expert_active_params) * tokens / self._fe
-        t_cmp += 2.0 * d.expert_active_params * tokens * d.expert_imbalance / self._fx
+        t_cmp = self._k_lin * tokens / self._fe
+        t_cmp += self._k_x * tokens * d.expert_imbalance / self._fx
         t_cmp += (
             d.attn_flops_per_query * tokens
             + d.attn_flops_decode_per_pair * q * ctx
@@ -455,8 +461,12 @@ class Engine:
             # remove exactly the requests completed in this step: a request admitted with nothing to
             # prefill that the loop did not reach (budget spent) completes in the next step (filtering on
             # ``prefilled < pe`` used to drop it without an answer: issue 12)
-            ids = {id(r) for r in done}
-            self.prefilling = [r for r in self.prefilling if id(r) not in ids]
+            pre = self.prefilling
+            if len(pre) == len(done) and pre[-1] is done[-1]:  # the common case: every prefill in
+                self.prefilling = []  # the step completed (both are heads of the admission order)
+            else:
+                ids = {id(r) for r in done}
+                self.prefilling = [r for r in pre if id(r) not in ids]
             for req in done:
                 self.prefill_alloc -= req.pe
                 if req.t_first != req.t_first:  # NaN: the first token of the first attempt
