@@ -500,6 +500,8 @@ def _count(v: Any) -> int | None:
 # token's text repeats across and within streams, and a set look-up costs less than the regex
 _VALID_BODIES: set[bytes] = set()
 _VALID_BODIES_MAX = 1 << 16
+_VALID_BODY_BYTES = 64  # longer bodies are checked every time (a token's text is short)
+_CHUNK_HEADS_MAX = 256  # per template: StreamState.feed_chunk's look-up of a block length's size line + head
 
 
 def _chunk_head(n: int, head: bytes, k: int) -> bytes:
@@ -616,7 +618,9 @@ class StreamState:
         heads = hot[10]
         pre = heads.get(n)
         if pre is None:
-            pre = heads[n] = _chunk_head(n, hot[0], hot[2] + hot[7]) if len(heads) < 4096 else b""
+            pre = _chunk_head(n, hot[0], hot[2] + hot[7])
+            if len(heads) < _CHUNK_HEADS_MAX:  # block lengths seen per template (tokens vary in length)
+                heads[n] = pre
         end = hot[11]
         if not pre or not data.startswith(pre) or not data.endswith(end):
             return False
@@ -628,7 +632,7 @@ class StreamState:
             if body not in _VALID_BODIES:
                 if BODY_MATCH(body) is None or not (body.isascii() or utf8_ok(body)):
                     return False
-                if len(_VALID_BODIES) < _VALID_BODIES_MAX:
+                if len(body) <= _VALID_BODY_BYTES and len(_VALID_BODIES) < _VALID_BODIES_MAX:
                     _VALID_BODIES.add(body)
             info, nb = hot[5], q - h
         if info.visible:

@@ -373,6 +373,8 @@ class WireResponse:
             if len(_HEX) >= _HEX_MAX:
                 return pos
             for line in set(size_lines).difference(_HEX):
+                if len(line) > 8:  # not a size this reader caches: the general path reads it
+                    return pos
                 try:
                     _HEX[line] = int(line, 16)
                 except ValueError:  # extensions or not a size: the general path reads it
