@@ -88,6 +88,15 @@ def _wire(ev: bytes) -> None:
     loop = asyncio.new_event_loop()
     chunk = b"%x\r\n%s\r\n" % (len(ev), ev)
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    from agentperf_kit.client.wire import _Conn as WireConn
+
+    st = StreamState(True, None)
+    conn = object.__new__(WireConn)  # a connection without a socket: only data_received is used
+    conn.resp = WireResponse(_Conn(loop), st)  # type: ignore[arg-type]
+    conn.resp.data(head + chunk, 0)
+    conn.resp.data(chunk, 0)
+    per = _best(lambda: conn.data_received(chunk), 20000, repeats=7)
+    print(f"wire: _Conn.data_received, one chunk per block (workload B): {per * 1e9:.0f} ns per event")
     for per_block, reps in ((1, 20000), (250, 80)):
         st = StreamState(True, None)
         resp = WireResponse(_Conn(loop), st)  # type: ignore[arg-type]

@@ -267,8 +267,10 @@ def cpu_parts(r: dict) -> str:
     st = r["worker_stats"]
     startup = sum(w.get("cpu_process_s", 0.0) - w.get("cpu_level_s", 0.0) for w in st)
     actor_level = sum(w.get("cpu_actor_s", 0.0) for w in st)
+    each = " + ".join(f"{w.get('cpu_process_s', 0.0):.1f}" for w in st)  # one per worker
     return (
-        f"driver {r['cpu_self_s']:.1f}, level processes {r['cpu_workers_s']:.1f} (start-up {startup:.1f}), "
+        f"driver {r['cpu_self_s']:.1f}, level processes {r['cpu_workers_s']:.1f} ({each}; start-up "
+        f"{startup:.1f}), "
         f"actors {r['cpu_actors_s']:.1f} (from the level's start {actor_level:.1f}), Ray "
         f"{r['cpu_ray_s']:.1f}: {ray}"
     )

@@ -7,9 +7,12 @@ Two modes, one command each (prints a table per tier and the TTFT / speed curves
     # virtual-time sweep (the engine serve-sim runs), so only the twin's error is measured
     python benchmarks/twin_validate.py serve-sim --preset h100x8-llama70b --max-context 16384
 
-    # a real server (e.g. llama.cpp from shared/real-servers, port 8200): the measured sweep runs live
+    # a real server (e.g. llama.cpp from shared/real-servers, port 8200): the measured sweep runs live;
+    # outputs floored at 32 tokens, tiers derived from the twin's one-agent level (docs/simulator.md)
     python benchmarks/twin_validate.py live --target http://127.0.0.1:8200/v1 --model tiny-random-llama \\
-        --max-context 2048 --tiers 'fast=40/1,slow=10/4' --level-duration 60 --warmup 10 --max-agents 16
+        --max-context 2048 --chunk-tokens 2048 --decode-tokens 300 --min-output-tokens 32 \\
+        --tiers single-stream --level-duration 15 --warmup 3 --max-agents 128 --resolution 4 \\
+        --min-trajectories 0 --min-trajectories-per-agent 0 --max-extensions 0 --drain-timeout 5
 
 Every sweep replays the same trajectory set, written to ``--out``/trajectories.jsonl: the built-in set
 fitted to ``--max-context`` (one scale factor), its outputs floored at ``--min-output-tokens``. On a fast

@@ -182,6 +182,75 @@ def test_workers_without_ray_is_one_line_naming_the_extra(tmp_path):
     assert q.stdout.strip() == "ok", q.stderr
 
 
+def _spec(server, n, rules, **kw):
+    import dataclasses
+    import pickle
+
+    ep = Endpoint(server.base_url, "m", api="completions", request_timeout_s=20, stall_timeout_s=5)
+    spec = {
+        "endpoint": ep,
+        "api_key": None,
+        "n_agents": n,
+        "rules": dataclasses.replace(rules, abort_after_s=0.0),
+        "seed": 0,
+        "marker_nonce": 7,
+        "run_id": "r",
+        "level": 0,
+        "workers": 1,
+        "worker": 0,
+        "lag_budget_s": 0.005,
+        "fast_parse": True,
+        "origin_ns": time.perf_counter_ns(),
+        **kw,
+    }
+    return spec, pickle.dumps(spec), pickle.dumps(_trajs())
+
+
+def test_a_worker_runs_its_agents_in_a_level_process_without_ray():
+    """The actor's body as a plain object (no Ray): its level process runs the agents, every request the
+    server saw comes back as a row, on the clock the driver gave, with the level process's figures."""
+    from agentperf_kit.scaleout.worker import LevelWorker
+
+    server = SSEServer(ttft_s=0.02, itl_s=0.01)
+    with serving(server):
+        spec, spec_b, trajs_b = _spec(server, 3, RULES)
+        w = LevelWorker()
+        assert w.start(spec_b, trajs_b)
+        w.go((time.perf_counter_ns() - spec["origin_ns"]) / 1e9 + 0.05)
+        rows, first, t_close = [], [], time.monotonic() + 1.5
+        while True:
+            res = w.poll()
+            rows += res["rows"]
+            first += res["first_sends"]
+            if res["done"]:
+                break
+            if t_close is not None and time.monotonic() > t_close:
+                w.close_window((time.perf_counter_ns() - spec["origin_ns"]) / 1e9)
+                t_close = None
+            time.sleep(0.05)
+    assert res["error"] is None and len(rows) == server.requests > 0
+    assert sorted(a for a, _ in first) == [0, 1, 2]
+    st = res["stats"]
+    assert st["pid"] != os.getpid() and st["actor_pid"] == os.getpid()
+    assert st["cpu_level_s"] > 0 and st["cpu_process_s"] >= st["cpu_level_s"]
+    now = (time.perf_counter_ns() - spec["origin_ns"]) / 1e9
+    from agentperf_kit.schema import RAW_COLUMNS
+
+    i = RAW_COLUMNS.index("t_send_s")
+    t_send = [r[i] for r in rows]  # on the driver's clock: one CLOCK_MONOTONIC
+    assert all(0 < t < now for t in t_send)
+
+
+def test_a_level_process_that_cannot_start_is_a_failed_worker(tmp_path, monkeypatch):
+    from agentperf_kit.scaleout import worker as worker_mod
+
+    monkeypatch.setattr(worker_mod.sys, "executable", str(tmp_path / "no-python"))
+    w = worker_mod.LevelWorker()
+    assert w.start(b"", b"") is False
+    res = w.poll()
+    assert res["done"] and "did not start" in res["error"] and "no-python" in res["error"]
+
+
 # -- a real local Ray head -------------------------------------------------------------------------------
 
 
@@ -331,8 +400,9 @@ def test_a_level_process_that_dies_ends_the_level_with_its_rows_kept(ray_head, t
 
 @pytest.mark.slow
 def test_an_interrupted_level_on_two_workers_loads_with_the_worker_column(ray_head, tmp_path):
-    """Ctrl-C in the driver mid-level: the workers are removed, the rows written so far stay readable,
-    and ``load_run`` of the interrupted run (no requests.parquet) gives the ``worker`` column too."""
+    """Ctrl-C in the driver mid-level: the workers (actors and level processes) are removed, the rows
+    written so far stay readable, and ``load_run`` of the interrupted run (no requests.parquet) gives the
+    ``worker`` column too."""
     import _thread
 
     from agentperf_kit.results import load_run
@@ -342,11 +412,19 @@ def test_an_interrupted_level_on_two_workers_loads_with_the_worker_column(ray_he
         warmup_s=0.2, duration_s=60, min_trajectories=0, min_trajectories_per_agent=0, ramp_s=0.2
     )
 
+    level_pids: set[int] = set()
+
     def interrupt() -> None:
+        import psutil
+
         deadline = time.monotonic() + 120
         while server.requests < 20 and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(1.0)  # the driver has polled and written rows of both workers
+        for p in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "agentperf_kit.scaleout.child" in " ".join(p.cmdline()):
+                    level_pids.add(p.pid)
         _thread.interrupt_main()
 
     t = threading.Thread(target=interrupt, daemon=True)
@@ -362,6 +440,11 @@ def test_an_interrupted_level_on_two_workers_loads_with_the_worker_column(ray_he
     assert res.extra.get("interrupted") and len(df) > 0
     assert set(df["worker"]) == {0, 1} and (df["worker"] == df["agent"] % 2).all()
     assert df["worker"].dtype == "int64"
+    assert len(level_pids) == 2  # the workers' level processes do not outlive the interrupted run
+    deadline = time.monotonic() + 30
+    while any(_running(p) for p in level_pids):
+        assert time.monotonic() < deadline, level_pids
+        time.sleep(0.5)
 
 
 @pytest.mark.slow

@@ -263,7 +263,7 @@ _RAW = [
 
 
 class _CountingState(StreamState):
-    """A StreamState that counts the events it took in runs."""
+    """A StreamState that counts the events it took in runs and as single chunks."""
 
     __slots__ = ("taken",)
 
@@ -274,6 +274,11 @@ class _CountingState(StreamState):
     def feed_events(self, events: list[bytes], lens: list[int], now: int) -> bool:
         ok = super().feed_events(events, lens, now)
         self.taken += len(events) if ok else 0
+        return ok
+
+    def feed_chunk(self, data: bytes, now: int) -> bool:
+        ok = super().feed_chunk(data, now)
+        self.taken += ok
         return ok
 
 
@@ -298,7 +303,7 @@ def _state_view(st: StreamState) -> tuple:
 
 def _read(raw: bytes, cuts: list[int], *, runs: bool, fast: bool = True) -> tuple[tuple, int]:
     """``raw`` fed to a WireResponse in blocks (block i at t = i + 1); what the response and its stream
-    state say, and how many events were taken in runs."""
+    state say, and how many events were taken in runs or as single chunks (``runs=False``: neither)."""
     loop = asyncio.new_event_loop()
     try:
         conn = _Conn(loop)
@@ -352,14 +357,22 @@ def _sse_response(draw):
         i += k
         size = draw(st.sampled_from([b"%X", b"0%x", b"%x;ext=1", b"%x "])) if odd() else b"%x"
         chunks.append(size % len(data) + b"\r\n" + data + b"\r\n")
-    return HEAD + b"".join(chunks) + b"0\r\n\r\n"
+    bounds = list(itertools.accumulate([len(HEAD), *map(len, chunks)]))
+    return HEAD + b"".join(chunks) + b"0\r\n\r\n", bounds
 
 
 @settings(max_examples=300, deadline=None)
-@given(raw=_sse_response(), cuts=st.lists(st.integers(min_value=0, max_value=20000), max_size=4))
-def test_runs_of_template_events_read_as_event_by_event(raw, cuts):
+@given(
+    response=_sse_response(),
+    cuts=st.lists(st.integers(min_value=0, max_value=20000), max_size=4),
+    per_chunk=st.booleans(),
+)
+def test_runs_of_template_events_read_as_event_by_event(response, cuts, per_chunk):
     """Every field of the stream state, the chunk log, the error and the connection's fate are the same
-    with runs taken at once as with every chunk and line read one by one (and as with full JSON)."""
+    with runs and single chunks taken at once as with every chunk and line read one by one (and as with
+    full JSON); blocks cut anywhere, or one HTTP chunk each (a stream read as it comes)."""
+    raw, bounds = response
+    cuts = bounds if per_chunk else cuts
     got, _ = _read(raw, cuts, runs=True)
     ref, _ = _read(raw, cuts, runs=False)
     assert got == ref
@@ -413,6 +426,43 @@ def test_long_blocks_are_taken_in_runs(bodies, at, cuts, taken, error):
     raw = _tokens(1024, bodies, at)
     got, n = _read(raw, cuts, runs=True)
     ref, _ = _read(raw, cuts, runs=False)
+    assert got == ref
+    assert n == taken
+    if error is None:
+        assert got[0] is None and got[3][7]  # [DONE]
+    else:
+        assert got[0].startswith(error) and got[2] == "dropped"
+
+
+@pytest.mark.parametrize(
+    ("bodies", "at", "taken", "error"),
+    [
+        ([b" tok"], None, 299, None),  # every token chunk after the first (it made the template)
+        ([b'\\n\\u00e9\\"\xc3\xa9', b""], None, 299, None),  # escapes, UTF-8, empty bodies
+        ([b"a\xc3"], None, 2, "MalformedChunk"),  # invalid UTF-8: read as usual, malformed
+        ([b'"'], None, 2, "MalformedChunk"),  # an unescaped quote: the same
+        # size lines with a leading zero or a trailing space: those chunks are read as usual
+        (
+            [b" tok"],
+            {100: b"0%x\r\n%s\r\n" % (len(_EV), _EV), 101: b"%x \r\n%s\r\n" % (len(_EV), _EV)},
+            297,
+            None,
+        ),
+        # a size line one more than its data: a framing error, after the tokens before it
+        ([b" tok"], {100: b"%x\r\n%s\r\n" % (len(_EV) + 1, _EV)}, 99, "ClientPayloadError"),
+    ],
+)
+def test_single_chunk_blocks_are_taken_one_call_each(bodies, at, taken, error):
+    """A stream read as it comes, one HTTP chunk per block: template events go through
+    ``StreamState.feed_chunk``, with the same outcome as read chunk by chunk and line by line."""
+    raw = _tokens(300, bodies, at)
+    bounds = [len(HEAD)]
+    while bounds[-1] < len(raw) - 5:  # chunk by chunk, by the size lines as written
+        eol = raw.index(b"\r\n", bounds[-1])
+        size = len(_EV) if raw[bounds[-1] : eol] == b"%x" % (len(_EV) + 1) else int(raw[bounds[-1] : eol], 16)
+        bounds.append(eol + 2 + size + 2)
+    got, n = _read(raw, bounds, runs=True)
+    ref, _ = _read(raw, bounds, runs=False)
     assert got == ref
     assert n == taken
     if error is None:

@@ -496,6 +496,24 @@ def _count(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_COUNT else None
 
 
+# bodies (the text between a template's head and tail, as sent) that BODY_MATCH and utf8_ok accepted: a
+# token's text repeats across and within streams, and a set look-up costs less than the regex
+_VALID_BODIES: set[bytes] = set()
+_VALID_BODIES_MAX = 1 << 16
+
+
+def _chunk_head(n: int, head: bytes, k: int) -> bytes:
+    """The start of an HTTP chunk ``n`` bytes long in all (size line, CRLF, data, CRLF) whose data is
+    ``head + body + tail + b"\\n\\n"`` (``k``: ``len(head) + len(tail) + 2``): its size line, in lower-case
+    hex without leading zeros, CRLF and ``head``; b"" when no such chunk is ``n`` bytes long. Only one
+    size fits a length: a longer size line leaves less data, whose hex is no longer."""
+    for digits in range(1, 9):
+        size = n - 4 - digits
+        if size >= k and len(b"%x" % size) == digits:
+            return b"%x\r\n" % size + head
+    return b""
+
+
 class StreamState:
     """What one response body has said so far: feed it blocks of bytes with their arrival time (ns).
 
@@ -579,6 +597,53 @@ class StreamState:
         lines = data.split(b"\n")
         self._pending = lines.pop()
         return self._lines(lines, now)
+
+    def feed_chunk(self, data: bytes, now: int) -> bool:
+        """Take one HTTP chunk of chunked transfer encoding read at ``now`` as a whole block (size line,
+        data, CRLF), when its data is one event of the newest one-cut template: True once taken (a
+        template event never ends the stream), with the same effect as reading the chunk's data with
+        :meth:`feed`; False, with no effect, otherwise (the caller reads it as usual then).
+
+        A stream's usual block when it is read as fast as it comes, so this is the per-token path: one
+        dictionary look-up gives the only size line a block of this length can have (the lower-case hex
+        of ``len(data)`` minus the line and the two CRLFs) followed by the template's head, two byte
+        comparisons match it and the tail, and the body is checked as :meth:`_lines` checks it."""
+        scanner = self.scanner
+        hot = scanner.hot if scanner is not None else None
+        if hot is None or self._pending:
+            return False
+        n = len(data)
+        heads = hot[10]
+        pre = heads.get(n)
+        if pre is None:
+            pre = heads[n] = _chunk_head(n, hot[0], hot[2] + hot[7]) if len(heads) < 4096 else b""
+        end = hot[11]
+        if not pre or not data.startswith(pre) or not data.endswith(end):
+            return False
+        h, q = len(pre), n - len(end)
+        if q == h:
+            info, nb = hot[4], 0
+        else:
+            body = data[h:q]  # the head and tail are valid UTF-8 (cut from a decoded line at quotes)
+            if body not in _VALID_BODIES:
+                if BODY_MATCH(body) is None or not (body.isascii() or utf8_ok(body)):
+                    return False
+                if len(_VALID_BODIES) < _VALID_BODIES_MAX:
+                    _VALID_BODIES.add(body)
+            info, nb = hot[5], q - h
+        if info.visible:
+            self.n_chunks += 1
+            self.text_bytes += nb
+            self.t_last = now
+            if not self.t_first:
+                self.t_first = now
+            if info.answer and not self.t_first_answer:
+                self.t_first_answer = now
+            if info.tool_call:
+                self.has_tool_calls = True
+            if self.chunk_log is not None:
+                self.chunk_log.append((now, 1))
+        return True
 
     def event_end(self) -> bytes | None:
         """The bytes that end every event :meth:`feed_events` can take (the newest one-cut template's

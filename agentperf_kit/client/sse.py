@@ -286,11 +286,12 @@ class FastScanner:
     a :class:`ChunkInfo` to be read, not modified), or raises :class:`MalformedChunk` where it does.
 
     ``hot`` is ``(head, tail, len(head), len(tail), info_if_empty, info_if_not_empty, tail + b"\\n\\n",
-    len(tail) + 2, body_of, tail + b"\\n\\n" + head)`` of the newest one-cut template (``body_of(event)``:
-    ``event[len(head):-len(tail) - 2]``, the body of an event ``head + body + tail + b"\\n\\n"``), for a
-    caller's inline check: a line ``head + body + tail`` with ``BODY_MATCH(line,
-    len(head), len(line) - len(tail))`` (and :func:`utf8_ok` when not ASCII) has that info; None when
-    there is no such template. ``hits`` counts lines answered from a template by :meth:`scan`.
+    len(tail) + 2, body_of, tail + b"\\n\\n" + head, chunk_heads, tail + b"\\n\\n\\r\\n")`` of the
+    newest one-cut template (``body_of(event)``: ``event[len(head):-len(tail) - 2]``, the body of an event
+    ``head + body + tail + b"\\n\\n"``; ``chunk_heads``: a cache for a reader of HTTP chunks, see
+    ``StreamState.feed_chunk``), for a caller's inline check: a line ``head + body + tail`` with
+    ``BODY_MATCH(line, len(head), len(line) - len(tail))`` (and :func:`utf8_ok` when not ASCII) has that
+    info; None when there is no such template. ``hits`` counts lines answered from a template by :meth:`scan`.
     ``last_bytes`` is :func:`text_bytes` of the last line scanned when it was visible (0 otherwise).
     """
 
@@ -335,5 +336,6 @@ class FastScanner:
                         end = tail + b"\n\n"  # the line as a whole block (StreamState.feed)
                         body = operator.itemgetter(slice(len(head), -len(end)))
                         h, t = len(head), len(tail)
-                        self.hot = (head, tail, h, t, empty, full, end, t + 2, body, end + head)
+                        crlf = end + b"\r\n"  # how an HTTP chunk of the line ends (feed_chunk)
+                        self.hot = (head, tail, h, t, empty, full, end, t + 2, body, end + head, {}, crlf)
         return info

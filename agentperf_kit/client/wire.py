@@ -118,8 +118,11 @@ class WireResponse:
 
     # -- fed by the connection ---------------------------------------------------------------------------
 
-    def data(self, data: bytes, now: int) -> None:
+    def data(self, data: bytes, now: int, tried: bool = False) -> None:
+        """A block read at ``now``; ``tried``: the caller offered it to ``StreamState.feed_chunk`` already."""
         if self._fast:  # the common block of a stream: one whole chunk, nothing pending
+            if not tried and self._runs is not None and self._runs.feed_chunk(data, now):
+                return  # one event of the stream's template (StreamState.feed_chunk)
             eol = data.find(b"\r\n", 0, 18)
             if eol > 0 and data.endswith(b"\r\n"):
                 try:
@@ -476,6 +479,12 @@ class _Conn(asyncio.Protocol):
         resp = self.resp
         if resp is None:  # bytes on an idle connection: the server is confused, do not reuse it
             self.close()
+            return
+        runs = resp._runs
+        if resp._fast and runs is not None:  # a stream's usual block: one template event (feed_chunk)
+            if runs.feed_chunk(data, now):
+                return
+            resp.data(data, now, True)
             return
         resp.data(data, now)
 

@@ -78,12 +78,17 @@ class LevelWorker:
         root = str(Path(__file__).resolve().parents[2])  # the toolkit this process imported
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
         env["AGENTPERF_LEVEL_PARENT"] = str(os.getpid())
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "agentperf_kit.scaleout.child"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "agentperf_kit.scaleout.child"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+            )
+        except OSError as exc:  # the driver reports it: the worker could not start
+            self._error = f"the level's process did not start: {type(exc).__name__}: {exc}"[:500]
+            self._done.set()
+            return False
         threading.Thread(target=self._read, daemon=True, name="level-frames").start()
         self._send(("start", spec, trajectories))
         while not self._ready.wait(0.1):
