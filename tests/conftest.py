@@ -7,6 +7,15 @@ import warnings
 
 import pytest
 
+# A simulated sweep's side jobs (the band's searches, the unloaded task baseline) run inline in the tests,
+# not in worker processes: on the 2-core CI machine every sweep's worker would re-import the toolkit (~5 s
+# wall under load) for jobs that take about a second, and the suite runs many sweeps. Both ways
+# give the same results and files (agentperf_kit/sweep_jobs.py); the worker path stays under test where a
+# test sets the variable itself (tests/test_sweep_jobs.py; tests/test_sweep_band.py compares a sweep with
+# workers against the same sweep inline). An AGENTPERF_SWEEP_WORKERS already set by the caller is kept.
+# Set here, at import, so that subprocesses (the CLI, notebook kernels, pool workers) inherit it.
+os.environ.setdefault("AGENTPERF_SWEEP_WORKERS", "0")
+
 
 @pytest.fixture(scope="session")
 def small_sweep(tmp_path_factory):

@@ -58,19 +58,27 @@ def _measured(df: pd.DataFrame) -> pd.DataFrame:
 # -- running -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_process_pool_study_is_one_row_per_sweep_and_tier_from_its_sweeps(tmp_path):
-    cfg = _tiny()
+@pytest.fixture(scope="module")
+def pool_study(tmp_path_factory):
+    """``_tiny()`` run once on a process pool of 2: (its directory, its table, its progress lines). Checked
+    as it is, and copied by the resume test (no test writes into this directory)."""
+    out = tmp_path_factory.mktemp("pool") / "s"
     lines: list[str] = []
-    df = run_study(cfg, tmp_path / "s", workers=2, executor="process", progress=lines.append)
+    df = run_study(_tiny(), out, workers=2, executor="process", progress=lines.append)
+    return out, df, lines
+
+
+@pytest.mark.slow
+def test_process_pool_study_is_one_row_per_sweep_and_tier_from_its_sweeps(pool_study):
+    study_dir, df, lines = pool_study
     assert list(df.columns) == list(STUDY_COLUMNS)
-    assert df.attrs["directory"] == str((tmp_path / "s").resolve())
+    assert df.attrs["directory"] == str(study_dir.resolve())
     # 2 points x the preset's 3 tiers, in grid order, each row as its sweep's summary says
     assert list(df["point"]) == ["p0000"] * 3 + ["p0001"] * 3
     assert list(df["efficiency"]) == ["low"] * 3 + ["high"] * 3
     assert df["error"].isna().all()
     for point, rows in df.groupby("point"):
-        s = load_sweep(tmp_path / "s" / "sweeps" / point)
+        s = load_sweep(study_dir / "sweeps" / point)
         assert s.summary["config"]["efficiency"] == rows["efficiency"].iloc[0]
         tiers = pd.DataFrame(s.summary["tiers"])
         assert list(rows["tier"]) == list(tiers["name"])
@@ -84,8 +92,8 @@ def test_process_pool_study_is_one_row_per_sweep_and_tier_from_its_sweeps(tmp_pa
     high = df[df["efficiency"] == "high"].set_index("tier")["max_agents"]
     assert (low <= high).all()
     # the files hold the same table
-    pd.testing.assert_frame_equal(load_study(tmp_path / "s"), df, check_like=False)
-    doc = json.loads((tmp_path / "s" / "results.json").read_text())
+    pd.testing.assert_frame_equal(load_study(study_dir), df, check_like=False)
+    doc = json.loads((study_dir / "results.json").read_text())
     assert doc["columns"] == list(STUDY_COLUMNS) and len(doc["rows"]) == len(df)
     assert lines[0].startswith("study: 2 sweeps (0 already done) on process, 2 workers")
     assert sum("[" in ln and "/2]" in ln for ln in lines) == 2
@@ -129,14 +137,15 @@ def test_a_study_runs_on_an_existing_ray_cluster_by_address(tmp_path, ray_head):
 
 
 @pytest.mark.slow
-def test_resume_runs_only_the_unfinished_points_and_gives_the_same_table(tmp_path):
-    cfg = _tiny()
-    out = tmp_path / "s"
-    full = run_study(cfg, out, workers=2, executor="process", progress=False)
-    # a study killed after its first sweep: the table holds p0000 only, p0001's sweep directory is gone
-    pd.read_parquet(out / "results.parquet").query("point == 'p0000'").to_parquet(out / "results.parquet")
+def test_resume_runs_only_the_unfinished_points_and_gives_the_same_table(tmp_path, pool_study):
     import shutil
 
+    cfg = _tiny()
+    out = tmp_path / "s"
+    shutil.copytree(pool_study[0], out)  # a copy of the finished study (same config), and its table
+    full = pool_study[1]
+    # a study killed after its first sweep: the table holds p0000 only, p0001's sweep directory is gone
+    pd.read_parquet(out / "results.parquet").query("point == 'p0000'").to_parquet(out / "results.parquet")
     shutil.rmtree(out / "sweeps" / "p0001")
     assert check_study_dir(cfg, out) == 1
     lines: list[str] = []

@@ -7,15 +7,16 @@ import pytest
 
 from agentperf_kit.cli import main
 from agentperf_kit.report import compare_runs
-from agentperf_kit.sweep import SweepConfig, run_sweep
+from agentperf_kit.sweep import SweepConfig, load_sweep, run_sweep
 
 FAST = dict(level_duration_s=30, warmup_s=5, min_trajectories=2, min_trajectories_per_agent=1, max_agents=64)
 
 
 @pytest.fixture(scope="module")
-def two_sweeps(tmp_path_factory):
+def two_sweeps(tmp_path_factory, small_sweep):
+    """The session's sweep of the 8x H200 system (aa-dsv4pro tiers) and a sweep of another model."""
     base = tmp_path_factory.mktemp("sweeps")
-    a = run_sweep(SweepConfig(out=str(base / "h200"), **FAST), progress=False)
+    a = load_sweep(small_sweep)
     b = run_sweep(
         SweepConfig(
             out=str(base / "gptoss"), target="sim:h200x8-gptoss120b", tiers="aa-gpt-oss-120b", **FAST

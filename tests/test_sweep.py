@@ -30,9 +30,16 @@ def test_plan_is_an_exponential_ramp_capped():
     assert plan_levels(1) == [1]
 
 
+@pytest.fixture(scope="module")
+def fast_sweep(tmp_path_factory):
+    """One fresh sweep with FAST's settings, shared: checked end to end, and the reference that a killed
+    and resumed sweep must reproduce (tests read it, none writes into its directory)."""
+    return run_sweep(SweepConfig(out=str(tmp_path_factory.mktemp("fast") / "s"), **FAST), progress=False)
+
+
 @pytest.mark.slow
-def test_sweep_end_to_end(tmp_path):
-    res = run_sweep(SweepConfig(out=str(tmp_path / "s"), **FAST), progress=False)
+def test_sweep_end_to_end(fast_sweep):
+    res = fast_sweep
     tiers = res.summary["tiers"]
     maxes = [t["max_agents"] for t in tiers]
     # stricter tiers never allow more agents
@@ -48,10 +55,10 @@ def test_sweep_end_to_end(tmp_path):
             assert lv.loc[n, f"verdict_{t['name']}"] == "pass"
             assert lv.loc[n + 1, f"verdict_{t['name']}"] == "fail"
     # files on disk agree with the returned result
-    loaded = load_sweep(tmp_path / "s")
+    loaded = load_sweep(res.directory)
     assert loaded.summary["tiers"] == json.loads(json.dumps(res.summary["tiers"]))
     assert set(loaded.requests.level) == set(range(len(res.levels)))
-    text = (tmp_path / "s" / "summary.json").read_text()
+    text = (res.directory / "summary.json").read_text()
     assert "Infinity" not in text and "NaN" not in text
     assert not res.summary["meets_aa_rules"]
 
@@ -139,7 +146,7 @@ def test_resume_compares_version_and_commit(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_sweep_resumes_to_the_same_result(tmp_path):
+def test_killed_sweep_resumes_to_the_same_result(tmp_path, fast_sweep):
     out = tmp_path / "killed"
     args = [
         sys.executable,
@@ -169,7 +176,7 @@ def test_killed_sweep_resumes_to_the_same_result(tmp_path):
     resumed = run_sweep(SweepConfig(out=str(out), **FAST), progress=False)
     runs_after = len(list((out / "levels").glob("*/requests.parquet")))  # levels + their extensions
     assert resumed.summary["levels_measured_this_run"] == runs_after - measured_before
-    fresh = run_sweep(SweepConfig(out=str(tmp_path / "fresh"), **FAST), progress=False)
+    fresh = fast_sweep  # the same configuration, run fresh in its own directory
     key = ["name", "max_agents", "max_agents_is_lower_bound", "binding_constraint"]
     assert pd.DataFrame(resumed.summary["tiers"])[key].equals(pd.DataFrame(fresh.summary["tiers"])[key])
     # not just the answer: every level and every request is the same (run ids name the directory)

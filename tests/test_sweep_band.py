@@ -99,14 +99,20 @@ def test_published_figure_only_for_the_same_accelerator_model_and_aa_tiers():
     assert published_for("H200", "deepseek-v4-pro", "aa-dsv4pro", "slo1")["published_agents_per_mw"] == 2594
 
 
-def test_simulated_sweep_carries_its_band_and_prints_it(tmp_path, monkeypatch):
+def test_simulated_sweep_carries_its_band_and_prints_it(tmp_path, monkeypatch, small_sweep):
+    # the session's small sweep has these settings and ran inline (tests/conftest.py sets
+    # AGENTPERF_SWEEP_WORKERS=0 unless the caller set it)
     fast = dict(level_duration_s=60, warmup_s=10, min_trajectories=5, min_trajectories_per_agent=1)
     out = tmp_path / "s"
     monkeypatch.setenv("AGENTPERF_SWEEP_WORKERS", "2")  # the band beside the search, in worker processes
-    res = run_sweep(SweepConfig(out=str(out), max_agents=64, **fast), progress=False)
+    res = run_sweep(SweepConfig(out=str(out), max_agents=32, **fast), progress=False)
     # inline (no workers): the same levels measured and the same band
-    monkeypatch.setenv("AGENTPERF_SWEEP_WORKERS", "0")
-    inline = run_sweep(SweepConfig(out=str(tmp_path / "i"), max_agents=64, **fast), progress=False)
+    inline = load_sweep(small_sweep)
+    if inline.summary["side_job_workers"]:  # the caller set AGENTPERF_SWEEP_WORKERS: run one inline here
+        monkeypatch.setenv("AGENTPERF_SWEEP_WORKERS", "0")
+        inline = run_sweep(SweepConfig(out=str(tmp_path / "i"), max_agents=32, **fast), progress=False)
+    assert inline.summary["side_job_workers"] == 0 and res.summary["side_job_workers"] == 2
+    assert inline.summary["config"] == res.summary["config"]
     band_cols = ["band_low_agents", "band_high_agents", "band_low_is_lower_bound", "band_high_is_lower_bound"]
     assert [{c: t[c] for c in band_cols} for t in inline.summary["tiers"]] == [
         {c: t[c] for c in band_cols} for t in res.summary["tiers"]
@@ -114,10 +120,10 @@ def test_simulated_sweep_carries_its_band_and_prints_it(tmp_path, monkeypatch):
     for eff in ("low", "high"):
         ns = [
             pd.read_csv(d / "band" / eff / "levels.csv")["concurrency"].tolist()
-            for d in (out, tmp_path / "i")
+            for d in (out, inline.directory)
         ]
         assert ns[0] == ns[1]
-    assert pd.read_csv(out / "tasks.csv").equals(pd.read_csv(tmp_path / "i" / "tasks.csv"))
+    assert pd.read_csv(out / "tasks.csv").equals(pd.read_csv(inline.directory / "tasks.csv"))
     for t in res.summary["tiers"]:
         lo, mid, hi = t["band_low_agents"], t["max_agents"], t["band_high_agents"]
         assert lo <= mid <= hi, t
@@ -127,7 +133,7 @@ def test_simulated_sweep_carries_its_band_and_prints_it(tmp_path, monkeypatch):
     assert slo1["published_agents_per_accelerator"] == 1.4  # AA's H200 figure
     # band levels are full levels of their own, written apart, and reused on resume
     assert (out / "band" / "low" / "levels.csv").exists() and (out / "band" / "high" / "levels.csv").exists()
-    again = run_sweep(SweepConfig(out=str(out), max_agents=64, **fast), progress=False)
+    again = run_sweep(SweepConfig(out=str(out), max_agents=32, **fast), progress=False)
     assert again.summary["levels_measured_this_run"] == 0
     assert [t["band_high_agents"] for t in again.summary["tiers"]] == [
         t["band_high_agents"] for t in res.summary["tiers"]
@@ -135,6 +141,6 @@ def test_simulated_sweep_carries_its_band_and_prints_it(tmp_path, monkeypatch):
     text = format_summary(load_sweep(out).summary)
     assert "band low-high" in text and "AA /accel" in text and "1.40" in text
     # without the band: no band columns, and the configuration still resumes
-    plain = run_sweep(SweepConfig(out=str(out), max_agents=64, band=False, **fast), progress=False)
+    plain = run_sweep(SweepConfig(out=str(out), max_agents=32, band=False, **fast), progress=False)
     assert "band_low_agents" not in plain.summary["tiers"][0]
     assert json.loads((out / "summary.json").read_text())["tiers"][0]["published_agents_per_mw"] == 2594

@@ -140,27 +140,15 @@ def test_random_tables_agree_with_slo():
     assert len(seen) >= 3  # the settings explored really moved the answer
 
 
-def test_explorer_reproduces_a_simulated_sweep(tmp_path):
-    from agentperf_kit import SweepConfig, run_sweep
+def test_explorer_reproduces_a_simulated_sweep(small_sweep):
+    from agentperf_kit.sweep import load_sweep
 
-    res = run_sweep(
-        SweepConfig(
-            target="sim:h200x8-dsv4pro",
-            level_duration_s=60,
-            warmup_s=15,
-            min_trajectories=2,
-            min_trajectories_per_agent=0,
-            max_agents=64,
-            max_extensions=0,
-            out=str(tmp_path / "s"),
-        ),
-        progress=False,
-    )
+    res = load_sweep(small_sweep)  # the session's simulated sweep (8x H200, aa-dsv4pro tiers)
     ex = SLOExplorer(res, draw=False)
     for t in res.tiers.itertuples():
         ex.speed_floor.value, ex.ttft_ceiling.value = t.min_output_speed_tps, t.max_ttft_s
         assert (ex.max_agents or 0) == t.max_agents, t.name
-    ex2 = SLOExplorer(tmp_path / "s", tier="slo2", draw=False)  # a directory works too
+    ex2 = SLOExplorer(small_sweep, tier="slo2", draw=False)  # a directory works too
     assert (ex2.max_agents or 0) == int(res.tiers.set_index("name").loc["slo2", "max_agents"])
 
 
