@@ -59,6 +59,8 @@ from .trajectories.model import Trajectory
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .client.wire import WirePool
+
 __all__ = ["Endpoint", "run_live", "run_live_sync"]
 
 log = logging.getLogger(__name__)
@@ -281,6 +283,7 @@ class _LiveLevel:
         self.lag: list[float] = []
         self.gc_pauses: list[float] = []
         self.conn_waits: list[float] = []
+        self.wire: WirePool | None = None  # the lean client's pool (what it learnt of the server)
         self.body_reader = "readany"
         self.event_loop = "asyncio"  # the running loop's package: "uvloop" where run_live_sync used it
         self.sampler: TelemetrySampler | None = None
@@ -307,6 +310,7 @@ class _LiveLevel:
                 connector = session.connector
                 assert isinstance(connector, RunConnector)  # open_session's
                 self.conn_waits = connector.queue_waits_s
+                self.wire = connector.wire
                 self.body_reader = (
                     "wire"
                     if connector.wire is not None and connector.wire.accepts(self.endpoint.url)
@@ -540,6 +544,9 @@ class _LiveLevel:
                 "connection_waits": len(waits),
                 "max_in_flight": self.max_in_flight,
                 "body_reader": self.body_reader,
+                # the server closes connections after each response although it says keep-alive
+                # (llama.cpp's llama-server after a streamed response): a new connection per request
+                "server_closes_connections": bool(self.wire is not None and self.wire.closes_after_response),
                 "event_loop": self.event_loop,
                 "gc_pauses": len(self.gc_pauses),
                 "gc_pause_max_s": max(self.gc_pauses, default=0.0),

@@ -469,3 +469,136 @@ def test_single_chunk_blocks_are_taken_one_call_each(bodies, at, taken, error):
         assert got[0] is None and got[3][7]  # [DONE]
     else:
         assert got[0].startswith(error) and got[2] == "dropped"
+
+
+class _ClosingServer:
+    """A raw HTTP/1.1 server answering ``/v1/completions`` with a short SSE stream whose headers promise
+    keep-alive. ``mode``: ``"after_stream"`` closes every connection right after its streamed response
+    (llama.cpp's ``llama-server`` does); ``"idle_race"`` keeps connections but closes one without a
+    byte of answer when it brings a second request (the server closing an idle connection as a request
+    goes out); ``"never"`` closes every connection on its first request, unanswered; ``"half"`` sends a
+    status line, then closes."""
+
+    def __init__(self, mode: str, tokens: int = 4) -> None:
+        self.mode = mode
+        self.tokens = tokens
+        self.connections = 0
+        self.answered = 0
+        self.dropped = 0
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> _ClosingServer:
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1"
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    def _body(self) -> bytes:
+        events = [
+            {"choices": [{"index": 0, "text": "x", "finish_reason": None}]} for _ in range(self.tokens - 1)
+        ]
+        usage = {"prompt_tokens": 20, "completion_tokens": self.tokens, "total_tokens": 20 + self.tokens}
+        events.append({"choices": [{"index": 0, "text": "x", "finish_reason": "length"}], "usage": usage})
+        out = b""
+        for e in events:
+            data = b"data: " + json.dumps(e).encode() + b"\n\n"
+            out += b"%x\r\n%s\r\n" % (len(data), data)
+        done = b"data: [DONE]\n\n"
+        return out + b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done)
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        served = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                if self.mode == "never" or (self.mode == "idle_race" and served == 1):
+                    self.dropped += 1
+                    return
+                if self.mode == "half":
+                    writer.write(b"HTTP/1.1 200 OK\r\n")
+                    await writer.drain()
+                    return
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+                    b"Keep-Alive: timeout=5, max=100\r\n\r\n" + self._body()
+                )
+                await writer.drain()
+                self.answered += 1
+                served += 1
+                if self.mode == "after_stream":
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+
+async def _through_closing_server(
+    mode: str, n: int, concurrent: int
+) -> tuple[list, WirePool, _ClosingServer]:
+    server = await _ClosingServer(mode).start()
+    ep = Endpoint(server.url, "test-model", api="completions", request_timeout_s=10)
+    outs = []
+    try:
+        async with open_session(concurrent) as s:
+            pool = s.connector.wire
+            assert isinstance(pool, WirePool)
+
+            async def agent() -> None:
+                for _ in range(n // concurrent):
+                    outs.append(await send_request(s, ep, _plan(4), ep.body(_plan(4)), 0))
+                    await asyncio.sleep(0.001)
+
+            await asyncio.gather(*(agent() for _ in range(concurrent)))
+            return outs, pool, server
+    finally:
+        await server.stop()
+
+
+def test_a_server_closing_after_each_stream_gets_a_fresh_connection_per_request():
+    """llama.cpp's ``llama-server`` closes the connection right after each streamed response although
+    its headers say ``Keep-Alive``: the pool notices and stops reusing that server's connections, so at
+    most the requests sent before it noticed can meet a closing connection; every request the server
+    answered is an ok row, every other a ``connect_error`` row (never a resend)."""
+    outs, pool, server = asyncio.run(_through_closing_server("after_stream", 60, 4))
+    assert len(outs) == 60
+    failed = [o for o in outs if not o.ok]
+    assert pool.closes_after_response, "the prompt close was not noticed"
+    assert all(o.output_tokens == 4 for o in outs if o.ok)
+    assert {o.error for o in failed} <= {"connect_error"} and len(failed) <= 4
+    assert server.answered == 60 - len(failed)
+
+
+def test_a_request_on_a_connection_the_server_is_closing_is_a_failed_row_and_the_pool_learns():
+    """The server drops a reused connection when its second request arrives, without a byte of answer
+    (it may have read it): that request is a ``connect_error`` row, not resent; the pool then gives
+    each request a fresh connection, so there are at most as many such rows as agents."""
+    outs, pool, server = asyncio.run(_through_closing_server("idle_race", 40, 2))
+    assert len(outs) == 40
+    failed = [o for o in outs if not o.ok]
+    assert server.dropped == len(failed) and 1 <= len(failed) <= 2
+    assert {o.error for o in failed} == {"connect_error"}
+    assert server.answered == 40 - len(failed) == sum(o.ok and o.output_tokens == 4 for o in outs)
+    assert pool.closes_after_response
+
+
+@pytest.mark.parametrize("mode", ["never", "half"])
+def test_a_server_that_never_answers_gives_failed_rows_one_request_each(mode):
+    """A connection closed unanswered, or an answer cut after its status line: a failed row per request,
+    and the server saw each request once."""
+    outs, _, server = asyncio.run(_through_closing_server(mode, 6, 2))
+    assert len(outs) == 6 and not any(o.ok for o in outs)
+    assert {o.error for o in outs} == {"connect_error"}
+    assert server.connections == 6

@@ -453,9 +453,10 @@ async def open_session(
     ``keepalive_s``: an idle connection is closed by the client after this long (default
     :data:`KEEPALIVE_S`), before the server would close it: uvicorn (vLLM, SGLang, ``trtllm-serve``) and
     llama.cpp's HTTP server close idle connections after 5 s, and a request sent on a connection the
-    server is closing at that moment fails before reaching it (seen once against llama.cpp: a
-    ``connect_error`` row). Agents whose tool calls last longer than this reconnect for the next turn;
-    the connection set-up is client lag (before ``t_send_s``), not TTFT.
+    server is closing at that moment fails before reaching it (a ``connect_error`` row; a server that
+    closes after every response gets a fresh connection per request: :mod:`.wire`). Agents whose tool
+    calls last longer than this reconnect for the next turn; the connection set-up is client lag (before
+    ``t_send_s``), not TTFT.
 
     ``wire`` (default True): :func:`send_request` posts to ``http://`` endpoints through the lean client
     of :mod:`.wire` (its own ``limit`` connections, the same ``headers`` and ``keepalive_s``; its waits

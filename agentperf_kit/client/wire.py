@@ -13,10 +13,15 @@ chat filler calibration, telemetry) and ``https`` endpoints.
 What it does of HTTP/1.1: ``POST`` with ``Content-Length``; responses framed by chunked transfer
 encoding, ``Content-Length`` or the connection's close; ``1xx`` interim responses skipped;
 ``Content-Encoding`` ``gzip`` / ``deflate`` decoded (the client asks for ``identity``); keep-alive
-(``Connection: close`` and HTTP/1.0 respected; an idle connection is not reused after ``keepalive_s``);
+(``Connection: close`` and HTTP/1.0 respected; an idle connection is not reused after ``keepalive_s``;
+a server seen closing connections right after a response without saying so, as llama.cpp's
+``llama-server`` does after every streamed response while its headers promise ``Keep-Alive``, gets a
+fresh connection per request from then on);
 at most ``limit`` connections, a request that finds them all busy waits (the wait is recorded, as
 :class:`~agentperf_kit.client.http.RunConnector` does). A connection whose response was not read to its
-end (a cancelled request, an error body cut short) is closed, never reused.
+end (a cancelled request, an error body cut short) is closed, never reused. A request is never sent
+twice: one that meets a connection the server is closing is a failed row (``connect_error``), as the
+server may have read it (a resend would hide a server that drops requests it has read).
 
 Errors raised to :func:`~agentperf_kit.client.http.send_request`, which classifies them as aiohttp's:
 ``OSError`` from connecting; ``aiohttp.ServerDisconnectedError`` when the connection closes before the
@@ -47,6 +52,9 @@ _MIN_RUN = 1024  # bytes left in a block from which a run of whole events is tri
 # chunk-size lines as int(line, 16) reads them (lower-case hex up to 4095; others added as they come)
 _HEX: dict[bytes, int] = {b"%x" % i: i for i in range(1, 4096)}
 _HEX_MAX = 16384  # lines kept at most (other sizes take the general path)
+# an idle connection the server closes sooner than this after a kept-alive response: the server closes
+# after every response, whatever its headers say (seconds; idle timeouts are seconds long)
+_PROMPT_CLOSE_S = 0.05
 
 
 class WireError(aiohttp.ClientError):
@@ -460,7 +468,7 @@ class _Conn(asyncio.Protocol):
     """One HTTP/1.1 connection: bytes go to the current :class:`WireResponse` with their arrival time
     (``perf_counter_ns``, taken once per block)."""
 
-    __slots__ = ("closed", "drained", "idle_since", "key", "loop", "pool", "resp", "transport")
+    __slots__ = ("closed", "drained", "idle_since", "key", "loop", "pool", "resp", "served", "transport")
 
     def __init__(self, pool: WirePool, key: tuple[str, int]) -> None:
         self.pool = pool
@@ -470,6 +478,7 @@ class _Conn(asyncio.Protocol):
         self.resp: WireResponse | None = None
         self.closed = False
         self.idle_since = 0.0
+        self.served = 0  # responses read to their end on this connection
         self.drained: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -494,11 +503,17 @@ class _Conn(asyncio.Protocol):
         return False  # close the transport: connection_lost follows
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        by_server = not self.closed
         self.closed = True
         resp = self.resp
         self.resp = None
+        prompt = by_server and self.served and self.loop.time() - self.idle_since < _PROMPT_CLOSE_S
         if resp is not None:
+            if prompt and resp.status is None and not resp._buf:  # a request met the close: no answer
+                self.pool.closes_after_response.add(self.key)
             resp.lost(exc, time.perf_counter_ns())
+        elif prompt:
+            self.pool.closes_after_response.add(self.key)  # closed right after a kept-alive response
         drained = self.drained
         if drained is not None and not drained.done():
             drained.set_result(None)  # the response (above) says what happened
@@ -518,7 +533,8 @@ class _Conn(asyncio.Protocol):
         """``resp``'s message is over: back to the pool when reusable, else closed."""
         if self.resp is resp:
             self.resp = None
-            if resp.keep_alive and not self.closed:
+            self.served += 1
+            if resp.keep_alive and not self.closed and self.key not in self.pool.closes_after_response:
                 self.pool._release(self)
             else:
                 self.close()
@@ -566,6 +582,9 @@ class WirePool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._heads: dict[str, tuple[tuple[str, int], bytes]] = {}
         self.closed = False
+        # (host, port) seen closing connections right after a response they said was kept alive: these
+        # get a fresh connection per request
+        self.closes_after_response: set[tuple[str, int]] = set()
 
     @staticmethod
     def accepts(url: str) -> bool:
