@@ -507,3 +507,92 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "--out must end in .toml" in capsys.readouterr().err
     assert main(["sweep", "--target", f"sim:{tmp_path / 'none.toml'}", "--dry-run"]) == 2
     assert "agentperf profile" in capsys.readouterr().err
+
+
+def test_admission_cost_is_paid_by_the_step_that_admits_and_by_its_decoders(tmp_path):
+    """``admit_s``: the step that admits a request is longer by it per admission (so the request ends
+    that much later), a stream decoding in that step waits for it too; pure decode steps do not pay it."""
+    step = {"step_s": 0.01, "prefill_token_s": 1e-4, "decode_seq_s": 2e-3, "context_token_s": 1e-6}
+    ends: dict[float, list[float]] = {}
+    engines = {}
+    for admit in (0.0, 0.005):
+        dep = get_deployment(_write_twin(tmp_path / f"a{admit}.toml", {**step, "admit_s": admit}))
+        got: list[float] = []
+        eng = TwinEngine(dep, efficiency("mid"), lambda r, t, got=got: got.append(t), lambda *a: None)
+        eng.submit(SimRequest("a", 1, 100, 0, 3, 0.0))
+        while eng.has_work:
+            eng.advance(math.inf)
+        ends[admit], engines[admit] = got, eng
+    assert ends[0.005][0] - ends[0.0][0] == pytest.approx(0.005, abs=1e-12)  # one admission
+    eng = engines[0.005]
+    assert eng.step_admits == 0
+    base = eng._step(1010, 10, 1.0, 1000, 1000 * 1000 / 2, 1000)[0]
+    eng.step_admits = 2  # a mixed step of 10 decoders that admits two requests
+    assert eng._step(1010, 10, 1.0, 1000, 1000 * 1000 / 2, 1000)[0] == pytest.approx(base + 0.010, rel=1e-12)
+    assert eng.decode_step_time(10, 1000) == pytest.approx(0.01 + 0.02 + 1e-3, rel=1e-12)
+
+
+def test_fit_separates_the_admission_cost_from_the_request_cost():
+    """Prefill rows carry one request and one admission, mixed rows one admission and no request:
+    the fit tells the two costs apart and recovers both."""
+    true = {
+        "step_s": 0.002,
+        "prefill_token_s": 2e-5,
+        "decode_seq_s": 1e-4,
+        "admit_s": 0.003,
+        "request_s": 0.001,
+    }
+
+    def secs(x):
+        return sum(true.get(k, 0.0) * v for k, v in x.items())
+
+    rows = []
+    for n in (32, 128, 512, 1024):
+        x = {"step_s": 1, "prefill_token_s": n, "request_s": 1, "admit_s": 1}
+        rows.append(Observation("prefill", x, secs(x)))
+    for b in (1, 4, 16):
+        x = {"step_s": 1, "decode_seq_s": b}
+        rows.append(Observation("decode", x, secs(x)))
+    for b, n in ((4, 16), (4, 64), (8, 32)):
+        x = {"step_s": 1, "decode_seq_s": b, "prefill_token_s": n, "admit_s": 1}
+        rows.append(Observation("mixed", x, secs(x)))
+    fit = fit_step_time(rows)
+    for term in ("admit_s", "request_s", "step_s"):
+        assert fit.coef[term] == pytest.approx(true[term], rel=1e-4), term
+    assert fit.model.admit_s == pytest.approx(true["admit_s"], rel=1e-4)
+
+
+def test_refit_reads_an_earlier_profile_under_the_current_form(tmp_path):
+    """A twin file written before ``admit_s`` (its rows without it) is fitted again: its prefill and
+    mixed rows get their admission, the engine limits and provenance stay, and the new file loads."""
+    from agentperf_kit.twin.profile import refit_twin
+
+    true = {
+        "step_s": 0.002,
+        "prefill_token_s": 2e-5,
+        "decode_seq_s": 1e-4,
+        "admit_s": 0.003,
+        "request_s": 0.001,
+    }
+    rows = []
+    for kind, x in (
+        *(("prefill", {"step_s": 1, "prefill_token_s": n, "request_s": 1}) for n in (32, 128, 512, 1024)),
+        *(("decode", {"step_s": 1, "decode_seq_s": b}) for b in (1, 4, 16)),
+        *(("mixed", {"step_s": 1, "decode_seq_s": b, "prefill_token_s": n}) for b, n in ((4, 16), (8, 32))),
+    ):
+        admits = 0 if kind == "decode" else 1
+        seconds = sum(true.get(k, 0.0) * v for k, v in x.items()) + true["admit_s"] * admits
+        rows.append({"kind": kind, "note": "", "seconds": seconds, "sigma_s": seconds, **x})
+    old = tmp_path / "old.toml"
+    path = _write_twin(old, {"step_s": 0.004}, kv_policy="preempt")
+    with open(path, "a") as f:
+        f.write('\n[provenance]\ndate_utc = "2026-11-30T00:00:00Z"\n\n')
+        f.write(dump_toml({"observation": rows}))
+    out, fit = refit_twin(old, tmp_path / "new.toml")
+    assert fit.coef["admit_s"] == pytest.approx(0.003, rel=1e-4)
+    dep = load_twin(out)
+    assert dep.step_model("mid").admit_s == pytest.approx(0.003, rel=1e-4)
+    assert dep.request_s == pytest.approx(0.001, rel=1e-3)
+    data = tomllib.loads(out.read_text())
+    assert data["engine"]["max_num_seqs"] == 8 and data["provenance"]["refit_of"] == str(old)
+    assert data["provenance"]["date_utc"] == "2026-11-30T00:00:00Z"

@@ -20,8 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
             "'agentperf sweep --target sim:PATH.toml' runs in virtual time (docs/simulator.md)."
         ),
     )
-    p.add_argument("--target", required=True, help="base URL, e.g. http://127.0.0.1:8200/v1")
-    p.add_argument("--model", required=True, help="model name the server answers to")
+    p.add_argument("--target", help="base URL, e.g. http://127.0.0.1:8200/v1 (not with --refit)")
+    p.add_argument("--model", help="model name the server answers to (not with --refit)")
+    p.add_argument(
+        "--refit",
+        metavar="TWIN.toml",
+        help="measure nothing: fit the current step-time model again to the observations stored in "
+        "TWIN.toml (a profile taken under an earlier form of the model) and write it to --out",
+    )
     p.add_argument("--out", required=True, help="twin preset to write (a path ending in .toml)")
     p.add_argument("--max-context", type=positive_int, help="largest prompt + output to send (tokens)")
     p.add_argument("--repeats", type=positive_int, default=3, help="repeats per prefill size (default 3)")
@@ -39,10 +45,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _profile(args: argparse.Namespace) -> int:
     from ..client.preflight import check_base_url
     from ..errors import ConfigError
-    from ..twin.profile import ProfileConfig, profile_sync, write_twin
+    from ..twin.profile import ProfileConfig, profile_sync, refit_twin, write_twin
 
     if not args.out.lower().endswith(".toml"):
         raise ConfigError(f"profile: --out must end in .toml (sweep reads sim:PATH.toml), got {args.out!r}")
+    if args.refit:
+        path, f = refit_twin(args.refit, args.out)
+        print(f"wrote {path} (refit of {args.refit}: {len(f.predicted)} observations)")
+        _print_fit(f)
+        print(f"sweep it: agentperf sweep --target sim:{path}", file=sys.stderr)
+        return 0
+    if not args.target or not args.model:
+        raise ConfigError("profile: --target and --model are required (or --refit TWIN.toml)")
     try:
         batches = tuple(int(b) for b in args.batch_sizes.split(","))
         if not batches or min(batches) < 1:
@@ -65,17 +79,20 @@ def _profile(args: argparse.Namespace) -> int:
     )
     res = profile_sync(cfg)
     path = write_twin(res, args.out)
-    f = res.fit
     print(f"wrote {path} ({len(res.observations)} observations in {res.wall_s:.0f} s)")
-    for t in f.coef:
-        print(f"  {t:16s} {f.coef[t]:.4g} +- {f.se[t]:.2g}")
-    print(
-        f"  fit: {f.form} form (F test p {f.overlap_p_value:.3g}), RMS relative residual {f.rms_rel:.3f}, "
-        f"max {f.max_abs_rel:.3f}"
-    )
+    _print_fit(res.fit)
     for k, v in res.limits.items():
         print(f"  {k} = {v}  ({res.limit_sources.get(k, '')})")
     for n in res.notes:
         print(f"  note: {n}")
     print(f"sweep it: agentperf sweep --target sim:{path}", file=sys.stderr)
     return 0
+
+
+def _print_fit(f) -> None:
+    for t in f.coef:
+        print(f"  {t:16s} {f.coef[t]:.4g} +- {f.se[t]:.2g}")
+    print(
+        f"  fit: {f.form} form (F test p {f.overlap_p_value:.3g}), RMS relative residual {f.rms_rel:.3f}, "
+        f"max {f.max_abs_rel:.3f}"
+    )

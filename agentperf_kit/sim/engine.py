@@ -116,6 +116,7 @@ class Engine:
         self.now = 0.0
         self.waiting: deque[SimRequest] = deque()
         self.prefilling: list[SimRequest] = []
+        self.step_admits = 0  # requests admitted since the last mixed step (a twin's step time reads it)
         self._decode: list[tuple[int, int, SimRequest]] = []
         self._n = 0  # tie-breaker
         self.g = 0  # global decode step index
@@ -428,6 +429,7 @@ class Engine:
             self.running_tokens += reserve
             self.prefill_alloc += req.pe
             self.prefilling.append(req)
+            self.step_admits += 1
 
     def _mixed_step(self) -> None:
         budget = self.dep.max_num_batched_tokens - self.b
@@ -449,6 +451,7 @@ class Engine:
             if req.prefilled >= req.pe:
                 done.append(req)
         dt = self._step(max(tokens, 1), self.b, 1.0, self.s + self.b * self.g, pairs, kv_read)[0]
+        self.step_admits = 0
         self.now += dt
         self.busy_s += dt
         self.steps += 1

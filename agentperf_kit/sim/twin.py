@@ -8,7 +8,11 @@ read by the chunks) has a memory-side part ``M`` and a prefill-compute part ``X`
 
     M = mem_s + decode_seq_s * B + context_token_s * (C + K)
     X = prefill_token_s * P + prefill_pair_s * A
-    t = step_s + max(M, X) + (1 - overlap) * min(M, X)
+    t = step_s + admit_s * N + max(M, X) + (1 - overlap) * min(M, X)
+
+``N`` is the number of requests the step admits (their first scheduling: a server's per-request work in
+its engine loop, e.g. slot or sequence set-up, sampling and detokeniser state, which every stream decoding
+in that step waits for; the profile's mixed steps measure it, twin files written before it load with 0).
 
 ``overlap`` (0..1) is the share of the smaller part hidden under the larger one when a step carries
 both (a GPU streams weights and KV while its tensor cores run the prefill; the roofline engine's
@@ -55,9 +59,10 @@ __all__ = [
 ]
 
 TWIN_KIND = "agentperf-twin"
-# coefficient names, in seconds per unit: step, prefill token, decode sequence, context token, prefill pair
-# (the work amounts an observation carries, :mod:`agentperf_kit.twin.fit`)
-TERMS = ("step_s", "prefill_token_s", "decode_seq_s", "context_token_s", "prefill_pair_s")
+# coefficient names, in seconds per unit: step, prefill token, decode sequence, context token, prefill pair,
+# admitted request (the work amounts an observation carries, :mod:`agentperf_kit.twin.fit`; ``step_s`` stays
+# first: the fit scales the overlap form's ``mem_s`` by it)
+TERMS = ("step_s", "prefill_token_s", "decode_seq_s", "context_token_s", "prefill_pair_s", "admit_s")
 # the shape terms of the mixed-step form: memory-side seconds per step, overlap share (0..1)
 SHAPE = ("mem_s", "overlap")
 
@@ -65,14 +70,15 @@ SHAPE = ("mem_s", "overlap")
 @dataclass(frozen=True, slots=True)
 class StepModel:
     """Fitted step-time coefficients (seconds per step / prefill token / decode sequence / context token
-    read / prefill attention pair, memory-side seconds per step, overlap share 0..1); the form is in the
-    module docstring."""
+    read / prefill attention pair / admitted request, memory-side seconds per step, overlap share 0..1);
+    the form is in the module docstring."""
 
     step_s: float
     prefill_token_s: float = 0.0
     decode_seq_s: float = 0.0
     context_token_s: float = 0.0
     prefill_pair_s: float = 0.0
+    admit_s: float = 0.0
     mem_s: float = 0.0
     overlap: float = 0.0
 
@@ -129,8 +135,10 @@ class TwinEngine(Engine):
     ) -> tuple[float, float]:
         """(step seconds, d seconds / d decode context): ``tokens`` = ``n_dec`` decoding sequences x ``q``
         queries each + prefill tokens; ``ctx`` the decode context sum, ``pkv`` the KV tokens the prefill
-        chunks read, ``pairs`` their attention pairs (the engine's seam for every step it times)."""
-        return self.model.time_slope(max(0.0, tokens - n_dec * q), n_dec, ctx + pkv, pairs)
+        chunks read, ``pairs`` their attention pairs (the engine's seam for every step it times); plus
+        ``admit_s`` for each request the step admits (``Engine.step_admits``)."""
+        t, slope = self.model.time_slope(max(0.0, tokens - n_dec * q), n_dec, ctx + pkv, pairs)
+        return t + self.model.admit_s * self.step_admits, slope
 
     def _decode_parts(self, b: int, ctx: float) -> tuple[float, float]:
         """Pure decode of ``b`` sequences at context sum ``ctx``: (step seconds, d seconds / d context),

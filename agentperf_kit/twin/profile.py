@@ -36,6 +36,7 @@ import math
 import os
 import random
 import time
+import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,12 +47,12 @@ import aiohttp
 from .._version import __version__
 from ..agents import RequestPlan
 from ..client.http import Endpoint, open_session, send_request
-from ..errors import MeasurementError, TargetError
+from ..errors import ConfigError, MeasurementError, TargetError
 from ..sim.twin import SHAPE, TERMS, TWIN_KIND, dump_toml
 from ..trajectories.model import Turn
-from .fit import Observation, StepFit, fit_step_time
+from .fit import COLUMNS, Observation, StepFit, fit_step_time
 
-__all__ = ["ProfileConfig", "ProfileResult", "profile_server", "profile_sync", "write_twin"]
+__all__ = ["ProfileConfig", "ProfileResult", "profile_server", "profile_sync", "refit_twin", "write_twin"]
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ async def profile_server(cfg: ProfileConfig) -> ProfileResult:
                 o, _ = await p.send(p.ids(n), out_n)
                 cached = int(o.cached_prompt_tokens or 0)
                 x = prefill_work(n - cached, cached, chunk)
-                x["request_s"] = 1.0
+                x["request_s"] = x["admit_s"] = 1.0
                 obs.append(Observation("prefill", x, p.ttft(o), f"prompt={n} cached={cached}"))
 
         # 2. prefill on a cached prefix
@@ -317,7 +318,7 @@ async def profile_server(cfg: ProfileConfig) -> ProfileResult:
                 o, _ = await p.send(base + p.ids(extra), out_n)
                 cached = int(o.cached_prompt_tokens or 0)
                 x = prefill_work(n + extra - cached, cached, chunk)
-                x["request_s"] = 1.0
+                x["request_s"] = x["admit_s"] = 1.0
                 obs.append(Observation("prefill_cached", x, p.ttft(o), f"prompt={n + extra} cached={cached}"))
 
         # 3. decode step against batch size (+ the KV probe by usage share where needed)
@@ -499,6 +500,7 @@ async def _mixed(p: _Prober, b: int, prefill: int, out: int, chunk: int) -> Obse
         return None
     x["decode_seq_s"] = float(b)
     x["context_token_s"] += ctx
+    x["admit_s"] = 1.0  # the arriving prompt's admission: the streams wait for it too
     gaps.sort()
     return Observation("mixed", x, gaps[len(gaps) // 2], f"B={b} prefill={prefill}")
 
@@ -668,3 +670,67 @@ def write_twin(res: ProfileResult, path: str | os.PathLike, *, z: float = 1.96) 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return out
+
+
+# kinds of observation whose measured span contains the admission of one request (the profile's own
+# rows: a cold or cached prefill's TTFT, a mixed step's arriving prompt)
+_ADMITS_ONE = ("prefill", "prefill_cached", "mixed")
+
+
+def refit_twin(src: str | os.PathLike, dst: str | os.PathLike, *, z: float = 1.96) -> tuple[Path, StepFit]:
+    """Fit the step-time model again to the observations stored in twin file ``src`` and write the result
+    to ``dst``: a profile taken under an earlier form of the model (before ``admit_s``: those rows get
+    their one admission) is re-read under the current one without measuring again. Engine limits,
+    provenance and observations are kept; ``[step]``, ``[step_se]``, ``[fit]`` and each observation's
+    prediction are the new fit's; ``[provenance] refit_of`` names ``src``."""
+    data = tomllib.loads(Path(src).read_text())
+    if data.get("kind") != TWIN_KIND:
+        raise ConfigError(f"{src}: not a twin preset (kind = {data.get('kind')!r}, expected {TWIN_KIND!r})")
+    rows = data.get("observation") or []
+    obs = []
+    for r in rows:
+        x = {c: float(r[c]) for c in COLUMNS if c in r}
+        if "admit_s" not in r and r.get("kind") in _ADMITS_ONE:
+            x["admit_s"] = 1.0
+        note = str(r.get("note", ""))
+        obs.append(Observation(str(r["kind"]), x, float(r["seconds"]), note, r.get("sigma_s")))
+    fit = fit_step_time(obs)
+    data["step"] = {t: fit.coef[t] for t in (*TERMS, *SHAPE)}
+    data["step_se"] = {t: fit.se[t] for t in (*TERMS, *SHAPE)}
+    data["band"] = {
+        "z": z,
+        "note": "low = coefficients at estimate + z x SE, high = estimate - z x SE (>= 0)",
+    }
+    data["fit"] = {
+        "observations": len(obs),
+        "identified": list(fit.identified),
+        "form": fit.form,
+        "overlap_f_test_p": fit.overlap_p_value,
+        "request_s": fit.coef["request_s"],
+        "request_s_se": fit.se["request_s"],
+        "rms_rel_residual": fit.rms_rel,
+        "max_abs_rel_residual": fit.max_abs_rel,
+    }
+    prov = dict(data.get("provenance") or {})
+    prov["refit_of"] = str(src)
+    prov["refit_tool"] = f"agentperf-kit {__version__} (agentperf profile --refit)"
+    prov["refit_date_utc"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    data["provenance"] = prov
+    data["observation"] = [
+        {
+            "kind": o.kind,
+            "note": o.note,
+            "seconds": o.seconds,
+            "predicted_s": pred,
+            "rel_residual": rel,
+            "sigma_s": o.sigma or o.seconds,
+            **{k: float(v) for k, v in o.x.items()},
+        }
+        for o, pred, rel in zip(
+            [o for o in obs if o.seconds > 0], fit.predicted, fit.rel_residuals, strict=True
+        )
+    ]
+    out = Path(dst)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(dump_toml(data))
+    return out, fit
