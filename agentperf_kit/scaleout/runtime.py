@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import ConfigError, TargetError
@@ -38,6 +39,30 @@ _SLOW_START_ENV = {
 #: first). The local runtime keeps them at the driver's priority; on a cluster set it on every node
 #: (``RAY_worker_niceness=0 ray start ...``, docs/scale-out.md).
 WORKER_NICENESS_ENV = {"RAY_" + "worker_niceness": "0"}
+
+#: A private local runtime that only hosts the load generator's workers needs none of Ray's bookkeeping for
+#: its dashboard and state API, whose timers cost CPU every second beside the agents (with one idle actor on
+#: the 2-core machine: 0.045 CPU-s/s for the whole runtime, 0.024 with these; docs/scale-out.md).
+#: No worker processes started ahead of need, and none kept idle (the workers are actors: each gets its own
+#: process; an idle one polled 0.01 CPU-s/s); no task events (the state API's task list) and no metrics
+#: export; the log monitor looks for new log files every 5 s instead of every 0.1 s (it still forwards
+#: nothing: ``log_to_driver=False``); the raylet's resource report, local disk, memory and collector checks
+#: every 1 s instead of every 0.1-0.25 s; the dashboard agent's node statistics every 60 s. Fewer
+#: processes starting at once also leaves the dashboard agent more of the CPU in its start-up window
+#: (:data:`_SLOW_START_ENV`).
+QUIET_RUNTIME_ENV = {
+    "RAY_" + "enable_worker_prestart": "0",
+    "RAY_" + "num_workers_soft_limit": "0",
+    "RAY_" + "task_events_report_interval_ms": "0",
+    "RAY_" + "enable_metrics_collection": "0",
+    "RAY_" + "LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
+    "LOG_NAME_UPDATE_INTERVAL_S": "5",
+    "RAY_" + "raylet_report_resources_period_milliseconds": "1000",
+    "RAY_" + "local_fs_monitor_interval_ms": "1000",
+    "RAY_" + "memory_monitor_refresh_ms": "1000",
+    "RAY_" + "raylet_check_gc_period_milliseconds": "1000",
+    "REPORTER_UPDATE_INTERVAL_MS": "60000",
+}
 
 
 def require_ray(why: str) -> Any:
@@ -81,25 +106,28 @@ def start_local_ray(num_cpus: int, *, attempts: int = 3) -> None:
     """Start a private local Ray head in this process: ``num_cpus`` CPUs, bound to loopback, no dashboard,
     workers' output not forwarded, token authentication off (nothing outside the host reaches it), the
     raylet's waits for its agents raised (:data:`_SLOW_START_ENV`), the worker processes at this
-    process's scheduling priority (:data:`WORKER_NICENESS_ENV`). Ray's own fixed limit (its raylet must
-    register within 30 s) is sometimes missed on a loaded machine, so the start is tried ``attempts`` times
-    before :class:`~agentperf_kit.errors.TargetError` is raised."""
+    process's scheduling priority (:data:`WORKER_NICENESS_ENV`), Ray's dashboard and state bookkeeping
+    quietened (:data:`QUIET_RUNTIME_ENV`), its agents' ports given up front and no log monitor or
+    autoscaler process (:func:`_head_params`). Ray's own fixed limit (its raylet must register within
+    30 s) can still be missed on a loaded machine, so the start is tried ``attempts`` times before
+    :class:`~agentperf_kit.errors.TargetError` is raised."""
     ray = require_ray(f"a local Ray runtime of {num_cpus} CPUs")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    env = {**_SLOW_START_ENV, **WORKER_NICENESS_ENV}
+    env = {**_SLOW_START_ENV, **WORKER_NICENESS_ENV, **QUIET_RUNTIME_ENV}
     added = [k for k in env if k not in os.environ]
     os.environ.update({k: env[k] for k in added})  # the raylet inherits them
     try:
         for attempt in range(1, attempts + 1):
             try:
-                ray.init(
-                    num_cpus=num_cpus,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    configure_logging=False,
-                    _node_ip_address="127.0.0.1",
-                )
+                with _head_params(ray):
+                    ray.init(
+                        num_cpus=num_cpus,
+                        include_dashboard=False,
+                        log_to_driver=False,
+                        configure_logging=False,
+                        _node_ip_address="127.0.0.1",
+                    )
                 return
             except Exception as exc:  # Ray raises a bare Exception when its node misses a start-up limit
                 with contextlib.suppress(Exception):
@@ -116,3 +144,69 @@ def start_local_ray(num_cpus: int, *, attempts: int = 3) -> None:
     finally:
         for k in added:
             os.environ.pop(k, None)
+
+
+#: what :func:`_head_params` sets on the head's parameters: the agents' ports, and which optional processes
+#: run (``ray start`` has these as options: ``--metrics-agent-port`` and the other agent ports,
+#: ``--include-log-monitor``, ``--no-monitor``)
+_AGENT_PORTS = (
+    "metrics_agent_port",
+    "metrics_export_port",
+    "runtime_env_agent_port",
+    "dashboard_agent_listen_port",
+)
+
+
+@contextlib.contextmanager
+def _head_params(ray: Any) -> Iterator[None]:
+    """During ``ray.init``: the head node's parameters with the agents' ports chosen up front (free loopback
+    ports) and without the log monitor (it forwards workers' output to the driver: ``log_to_driver=False``
+    reads none) or the autoscaler's monitor (a local node of fixed size).
+
+    Why the ports: Ray (2.60) lets its dashboard agent pick its own ports and write them to files, and the
+    raylet waits a fixed 15 s for those files (not one of its adjustable waits: ``raylet.out`` says
+    ``Timed out waiting for file .../metrics_agent_port_...`` and the raylet aborts). On a loaded 2-core
+    machine the agent's start-up (a Python process importing Ray) can take longer; given the ports, the
+    raylet does not wait for the agent and the agent joins when it is up. ``ray.init`` takes none of these
+    parameters, so its ``RayParams`` class is swapped for a subclass while it runs; with a Ray whose
+    ``RayParams`` differs, nothing is changed."""
+    module = getattr(getattr(ray, "_private", None), "parameter", None)
+    base = getattr(module, "RayParams", None)
+    if base is None or not all(hasattr(base(), name) for name in (*_AGENT_PORTS, "include_log_monitor")):
+        yield
+        return
+    ports = _free_ports(len(_AGENT_PORTS))
+
+    class _HeadParams(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            for name, port in zip(_AGENT_PORTS, ports):
+                if not getattr(self, name, None) or name == "dashboard_agent_listen_port":
+                    setattr(
+                        self, name, port
+                    )  # the agent's HTTP port's default (52365) is shared by all heads
+            if self.include_log_monitor is None:
+                self.include_log_monitor = False
+            self.no_monitor = True
+
+    module.RayParams = _HeadParams
+    try:
+        yield
+    finally:
+        module.RayParams = base
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free now (bound and released; the agents bind them a moment later)."""
+    import socket
+
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
