@@ -48,7 +48,7 @@ from .frames import HEADER, frame, host_identity
 
 __all__ = ["FLUSH_S", "build_level", "level_stats", "serve"]
 
-FLUSH_S = 0.1  # how often rows go to the actor (the driver polls the actor every 0.2 s)
+FLUSH_S = 0.25  # how often rows go to the actor (the driver polls the actor every 0.5 s)
 
 
 class _RowSink:

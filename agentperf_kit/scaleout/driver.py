@@ -90,7 +90,7 @@ def run_live_workers(
     overwrite: bool = False,
     target_info: dict[str, Any] | None = None,
     telemetry: TelemetryConfig | None = None,
-    poll_s: float = 0.2,
+    poll_s: float = 0.5,
     worker_timeout_s: float = 60.0,
     start_timeout_s: float = 300.0,
     pool: WorkerPool | None = None,
