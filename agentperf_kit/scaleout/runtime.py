@@ -42,17 +42,13 @@ WORKER_NICENESS_ENV = {"RAY_" + "worker_niceness": "0"}
 
 #: A private local runtime that only hosts the load generator's workers needs none of Ray's bookkeeping for
 #: its dashboard and state API, whose timers cost CPU every second beside the agents (with one idle actor on
-#: the 2-core machine: 0.045 CPU-s/s for the whole runtime, 0.024 with these; docs/scale-out.md).
-#: No worker processes started ahead of need, and none kept idle (the workers are actors: each gets its own
-#: process; an idle one polled 0.01 CPU-s/s); no task events (the state API's task list) and no metrics
-#: export; the log monitor looks for new log files every 5 s instead of every 0.1 s (it still forwards
-#: nothing: ``log_to_driver=False``); the raylet's resource report, local disk, memory and collector checks
-#: every 1 s instead of every 0.1-0.25 s; the dashboard agent's node statistics every 60 s. Fewer
-#: processes starting at once also leaves the dashboard agent more of the CPU in its start-up window
-#: (:data:`_SLOW_START_ENV`).
+#: the 2-core machine: 0.045 CPU-s/s for the whole runtime, 0.021 with these, :data:`NO_IDLE_WORKERS_ENV`
+#: and :func:`_head_params`; docs/scale-out.md). No task events (the state API's task list) and no metrics
+#: export; where Ray starts a log monitor (:func:`_head_params` asks it not to), it looks for new log files
+#: every 5 s instead of every 0.1 s (it forwards nothing: ``log_to_driver=False``); the raylet's resource
+#: report, local disk, memory and collector checks every 1 s instead of every 0.1-0.25 s; the dashboard
+#: agent's node statistics every 60 s.
 QUIET_RUNTIME_ENV = {
-    "RAY_" + "enable_worker_prestart": "0",
-    "RAY_" + "num_workers_soft_limit": "0",
     "RAY_" + "task_events_report_interval_ms": "0",
     "RAY_" + "enable_metrics_collection": "0",
     "RAY_" + "LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
@@ -63,6 +59,12 @@ QUIET_RUNTIME_ENV = {
     "RAY_" + "raylet_check_gc_period_milliseconds": "1000",
     "REPORTER_UPDATE_INTERVAL_MS": "60000",
 }
+
+#: Ray starts worker processes for tasks to come and keeps up to one idle per CPU (each took 0.01 CPU-s/s idle
+#: on the 2-core machine); the scale-out workers are actors, each with a process of its own, so a runtime
+#: started for them starts none ahead and keeps none idle (fewer processes starting beside its agents too). A
+#: study's tasks, which reuse idle workers, keep Ray's default.
+NO_IDLE_WORKERS_ENV = {"RAY_" + "enable_worker_prestart": "0", "RAY_" + "num_workers_soft_limit": "0"}
 
 
 def require_ray(why: str) -> Any:
@@ -84,7 +86,7 @@ def connect(address: str | None, workers: int) -> Any:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         if address is None:
-            start_local_ray(max(workers, os.cpu_count() or 1))
+            start_local_ray(max(workers, os.cpu_count() or 1), idle_workers=False)
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, Exception...
@@ -102,12 +104,13 @@ def connect(address: str | None, workers: int) -> Any:
     return ray
 
 
-def start_local_ray(num_cpus: int, *, attempts: int = 3) -> None:
+def start_local_ray(num_cpus: int, *, attempts: int = 3, idle_workers: bool = True) -> None:
     """Start a private local Ray head in this process: ``num_cpus`` CPUs, bound to loopback, no dashboard,
     workers' output not forwarded, token authentication off (nothing outside the host reaches it), the
     raylet's waits for its agents raised (:data:`_SLOW_START_ENV`), the worker processes at this
     process's scheduling priority (:data:`WORKER_NICENESS_ENV`), Ray's dashboard and state bookkeeping
-    quietened (:data:`QUIET_RUNTIME_ENV`), its agents' ports given up front and no log monitor or
+    quietened (:data:`QUIET_RUNTIME_ENV`; ``idle_workers`` False: no idle worker processes kept,
+    :data:`NO_IDLE_WORKERS_ENV`), its agents' ports given up front and no log monitor or
     autoscaler process (:func:`_head_params`). Ray's own fixed limit (its raylet must register within
     30 s) can still be missed on a loaded machine, so the start is tried ``attempts`` times before
     :class:`~agentperf_kit.errors.TargetError` is raised."""
@@ -115,6 +118,8 @@ def start_local_ray(num_cpus: int, *, attempts: int = 3) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env = {**_SLOW_START_ENV, **WORKER_NICENESS_ENV, **QUIET_RUNTIME_ENV}
+    if not idle_workers:
+        env.update(NO_IDLE_WORKERS_ENV)
     added = [k for k in env if k not in os.environ]
     os.environ.update({k: env[k] for k in added})  # the raylet inherits them
     try:
