@@ -566,6 +566,45 @@ def test_the_local_head_runs_without_optional_processes_and_restores_its_setting
         assert k not in os.environ or k in _ENV_BEFORE, k
 
 
+_SLOW_AGENT = """
+import os, sys, time
+if sys.argv and sys.argv[0].endswith(os.path.join("dashboard", "agent.py")):
+    open(os.environ["SLOW_AGENT_MARK"], "w").close()
+    time.sleep(float(os.environ["SLOW_AGENT_S"]))
+"""
+
+
+@pytest.mark.slow
+def test_a_local_head_starts_when_its_dashboard_agent_starts_slowly(tmp_path):
+    """Ray's raylet waits a fixed 15 s for each of its agents' port files and aborts after (what a loaded
+    machine ran into); the local runtime gives the ports up front, so a dashboard agent that takes 20 s to
+    start (delayed here by a sitecustomize, in a head of its own in a subprocess) does not fail the start,
+    and the node runs an actor."""
+    pytest.importorskip("ray")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_SLOW_AGENT)
+    mark = tmp_path / "agent-was-slow"
+    code = (
+        "import time, ray\n"
+        "from agentperf_kit.scaleout.runtime import start_local_ray\n"
+        "t = time.monotonic(); start_local_ray(1, attempts=1); took = time.monotonic() - t\n"
+        "A = ray.remote(num_cpus=1)(type('A', (), {'f': lambda self: 42}))\n"
+        "print('ok', ray.get(A.remote().f.remote(), timeout=120), round(took, 1))\n"
+        "ray.shutdown()\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.getcwd()]),
+        "SLOW_AGENT_S": "20",
+        "SLOW_AGENT_MARK": str(mark),
+        "RAY_AUTH_MODE": "disabled",
+    }
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert mark.exists(), "the dashboard agent was not delayed"
+    assert p.stdout.split()[:2] == ["ok", "42"], p.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_an_interrupted_level_on_two_workers_loads_with_the_worker_column(ray_head, tmp_path):
     """Ctrl-C in the driver mid-level: the workers (actors and level processes) are removed, the rows

@@ -13,6 +13,7 @@ process exits, so that the levels of a sweep share it.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 from collections.abc import Iterator
@@ -164,41 +165,60 @@ _AGENT_PORTS = (
 
 @contextlib.contextmanager
 def _head_params(ray: Any) -> Iterator[None]:
-    """During ``ray.init``: the head node's parameters with the agents' ports chosen up front (free loopback
-    ports) and without the log monitor (it forwards workers' output to the driver: ``log_to_driver=False``
-    reads none) or the autoscaler's monitor (a local node of fixed size).
+    """During ``ray.init``: the head node's agents' ports chosen up front (free loopback ports), and no log
+    monitor (it forwards workers' output to the driver: ``log_to_driver=False`` reads none) or autoscaler
+    monitor (a local node of fixed size).
 
-    Why the ports: Ray (2.60) lets its dashboard agent pick its own ports and write them to files, and the
-    raylet waits a fixed 15 s for those files (not one of its adjustable waits: ``raylet.out`` says
-    ``Timed out waiting for file .../metrics_agent_port_...`` and the raylet aborts). On a loaded 2-core
-    machine the agent's start-up (a Python process importing Ray) can take longer; given the ports, the
-    raylet does not wait for the agent and the agent joins when it is up. ``ray.init`` takes none of these
-    parameters, so its ``RayParams`` class is swapped for a subclass while it runs; with a Ray whose
-    ``RayParams`` differs, nothing is changed."""
+    Why the ports: Ray (2.60) lets its dashboard agent and runtime-environment agent pick their ports and
+    write them to files in the session directory, and the raylet waits a fixed 15 s for each file (not
+    one of its adjustable waits: ``raylet.out`` says ``Timed out waiting for file
+    .../metrics_agent_port_...`` and the raylet aborts). On a loaded 2-core machine an agent's start-up
+    (a Python process importing Ray) can take longer. Given a port, the raylet does not wait for its file;
+    the dashboard agent's HTTP port, which the raylet takes from no option, is written to its file here
+    just before the raylet starts (the value the agent itself writes: the port given to it, or -1 when
+    Ray is installed without the dashboard's packages and the agent serves no HTTP). The agents join when
+    they are up. ``ray.init`` takes none of these parameters, so its ``RayParams`` class and the raylet's
+    start are wrapped while it runs; with a Ray whose internals differ, nothing is changed."""
     module = getattr(getattr(ray, "_private", None), "parameter", None)
+    services = getattr(getattr(ray, "_private", None), "services", None)
     base = getattr(module, "RayParams", None)
-    if base is None or not all(hasattr(base(), name) for name in (*_AGENT_PORTS, "include_log_monitor")):
+    start_raylet = getattr(services, "start_raylet", None)
+    persist_port = getattr(getattr(ray, "_raylet", None), "persist_port", None)
+    listen_name = getattr(getattr(ray, "_raylet", None), "DASHBOARD_AGENT_LISTEN_PORT_NAME", None)
+    if (
+        base is None
+        or start_raylet is None
+        or persist_port is None
+        or listen_name is None
+        or not all(hasattr(base(), name) for name in (*_AGENT_PORTS, "include_log_monitor", "no_monitor"))
+    ):
         yield
         return
-    ports = _free_ports(len(_AGENT_PORTS))
+    ports = dict(zip(_AGENT_PORTS, _free_ports(len(_AGENT_PORTS))))
+    dependency_error = getattr(getattr(ray._private, "utils", None), "get_dashboard_dependency_error", None)
+    minimal = dependency_error is not None and dependency_error() is not None
+    listen = -1 if minimal else ports["dashboard_agent_listen_port"]
 
     class _HeadParams(base):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            for name, port in zip(_AGENT_PORTS, ports):
+            for name, port in ports.items():  # the agent's HTTP port's default (52365) is every head's
                 if not getattr(self, name, None) or name == "dashboard_agent_listen_port":
-                    setattr(
-                        self, name, port
-                    )  # the agent's HTTP port's default (52365) is shared by all heads
+                    setattr(self, name, port)
             if self.include_log_monitor is None:
                 self.include_log_monitor = False
             self.no_monitor = True
 
-    module.RayParams = _HeadParams
+    def _start_raylet(*args: Any, **kwargs: Any) -> Any:
+        bound = inspect.signature(start_raylet).bind(*args, **kwargs)
+        persist_port(bound.arguments["session_dir"], bound.arguments["node_id"], listen_name, listen)
+        return start_raylet(*args, **kwargs)
+
+    module.RayParams, services.start_raylet = _HeadParams, _start_raylet
     try:
         yield
     finally:
-        module.RayParams = base
+        module.RayParams, services.start_raylet = base, start_raylet
 
 
 def _free_ports(n: int) -> list[int]:
