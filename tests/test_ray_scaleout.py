@@ -261,9 +261,10 @@ def test_a_worker_runs_its_agents_in_a_level_process_without_ray():
     from agentperf_kit.scaleout.worker import LevelWorker
 
     server = SSEServer(ttft_s=0.02, itl_s=0.01)
-    with serving(server):
+    w = LevelWorker()
+    with serving(server), contextlib.ExitStack() as stack:
+        stack.callback(w.shutdown)  # its level process ends with the test
         spec, spec_b, trajs_b = _spec(server, 3, RULES)
-        w = LevelWorker()
         assert w.start(spec_b, trajs_b)
         w.go((time.perf_counter_ns() - spec["origin_ns"]) / 1e9 + 0.05)
         rows, first, t_close = [], [], time.monotonic() + 1.5
@@ -425,8 +426,8 @@ def _kill_one_midlevel(server, tmp_path, pattern: str, **kw):
         while time.monotonic() < deadline:
             procs = []
             for p in psutil.Process().children(recursive=True):
-                try:
-                    if pattern in " ".join(p.cmdline()):
+                try:  # a Ray worker's process (not one a test started here without Ray)
+                    if pattern in " ".join(p.cmdline()) and p.ppid() != os.getpid():
                         procs.append(p.pid)
                 except psutil.Error:
                     pass
