@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'agentperf-kit[ray]'"
 
-#: the raylet waits this long for its agents to start; Ray's defaults (15 s) are too short on a loaded 2-core
-#: machine, where the dashboard agent alone can take longer to start (the raylet then aborts)
+#: Ray's adjustable start-up waits, raised: a loaded 2-core machine starts Ray's processes slowly. (The
+#: raylet's fixed 15 s wait for its agents' port files is not one of them: :func:`_head_params` avoids it.)
 _SLOW_START_ENV = {
     "RAY_" + "raylet_start_wait_time_s": "120",
     "RAY_" + "agent_register_timeout_ms": "120000",
