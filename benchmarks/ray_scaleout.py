@@ -132,16 +132,19 @@ def _short(cmd: str) -> str:
     return cmd.split()[0].rsplit("/", 1)[-1] if cmd else "?"
 
 
-def level_cpu_s(before: dict, after: dict, reported: dict[int, tuple[str, float]]) -> dict[str, float]:
+def level_cpu_s(
+    before: dict, after: dict, reported: dict[int, tuple[str, float]], new: frozenset[int] = frozenset()
+) -> dict[str, float]:
     """CPU seconds each kind of process spent over a level: for a process alive at its end, its CPU then
     minus its CPU at the level's start (0 for one started during it); for one that ended during the level
     (a worker's actor and level process when they are not kept), the CPU it reported itself at its end
-    (``reported``: pid -> (name, CPU so far)), minus its CPU at the start when it existed then. Summed by
-    name."""
+    (``reported``: pid -> (name, CPU so far)), minus its CPU at the start when it existed then. A process in
+    ``new`` (a worker's actor or level process on its first level) counts its whole life: Ray may have
+    started the actor's process before the level, as an idle worker it then reused. Summed by name."""
     by: dict[str, float] = {}
     gone = {pid: v for pid, v in reported.items() if pid not in after}
     for pid, (name, cpu) in {**after, **gone}.items():
-        base = before.get(pid, ("", 0.0))[1]
+        base = 0.0 if pid in new else before.get(pid, ("", 0.0))[1]
         by[name] = by.get(name, 0.0) + max(0.0, cpu - base)
     return by
 
@@ -185,13 +188,18 @@ def run_level(binary, trajs, n: int, workers: int, args, tmp: Path, tag: str, po
     truth = read_truth_log(truth_path)
     ws = (m.get("workers") or {}).get("workers", [])
     reported: dict[int, tuple[str, float]] = {}
-    for w in ws:  # a worker's processes are gone (or going) when the level ends: their own figures
+    new: set[int] = set()
+    for w in ws:  # a worker's processes gone (or going) when the level ends: their own figures
         st = w.get("stats") or {}
         if "pid" in st:
             reported[st["pid"]] = ("level process", st.get("cpu_process_s", 0.0))
+            if st.get("levels") == 1:
+                new.add(st["pid"])
         if "actor_pid" in st:
             reported[st["actor_pid"]] = ("ray::LevelWorker", st.get("cpu_actor_process_s", 0.0))
-    by = level_cpu_s(before, after, reported)
+            if st.get("actor_levels") == 1:
+                new.add(st["actor_pid"])
+    by = level_cpu_s(before, after, reported, frozenset(new))
     if workers == 0:  # the load generator is this process (Ray's processes, if any, idle beside it)
         by = {"driver": by.get("driver", 0.0)}
     cpu_self = by.pop("driver", 0.0)

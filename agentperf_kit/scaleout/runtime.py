@@ -65,7 +65,11 @@ QUIET_RUNTIME_ENV = {
 #: on the 2-core machine); the scale-out workers are actors, each with a process of its own, so a runtime
 #: started for them starts none ahead and keeps none idle (fewer processes starting beside its agents too). A
 #: study's tasks, which reuse idle workers, keep Ray's default.
-NO_IDLE_WORKERS_ENV = {"RAY_" + "enable_worker_prestart": "0", "RAY_" + "num_workers_soft_limit": "0"}
+NO_IDLE_WORKERS_ENV = {
+    "RAY_" + "enable_worker_prestart": "0",
+    "RAY_" + "prestart_worker_first_driver": "0",  # else one is started when the driver connects, then killed
+    "RAY_" + "num_workers_soft_limit": "0",
+}
 
 
 def require_ray(why: str) -> Any:
