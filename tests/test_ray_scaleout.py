@@ -604,6 +604,7 @@ def test_a_local_head_starts_when_its_dashboard_agent_starts_slowly(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert mark.exists(), "the dashboard agent was not delayed"
     assert p.stdout.split()[:2] == ["ok", "42"], p.stderr[-2000:]
+    assert float(p.stdout.split()[2]) >= 20  # the start waited for the late agent (not beside a level)
 
 
 @pytest.mark.slow

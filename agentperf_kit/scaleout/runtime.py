@@ -16,6 +16,7 @@ import contextlib
 import inspect
 import logging
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -130,7 +131,7 @@ def start_local_ray(num_cpus: int, *, attempts: int = 3, idle_workers: bool = Tr
     try:
         for attempt in range(1, attempts + 1):
             try:
-                with _head_params(ray):
+                with _head_params(ray) as node:
                     ray.init(
                         num_cpus=num_cpus,
                         include_dashboard=False,
@@ -138,6 +139,7 @@ def start_local_ray(num_cpus: int, *, attempts: int = 3, idle_workers: bool = Tr
                         configure_logging=False,
                         _node_ip_address="127.0.0.1",
                     )
+                _wait_for_agents(ray, node)
                 return
             except Exception as exc:  # Ray raises a bare Exception when its node misses a start-up limit
                 with contextlib.suppress(Exception):
@@ -168,7 +170,7 @@ _AGENT_PORTS = (
 
 
 @contextlib.contextmanager
-def _head_params(ray: Any) -> Iterator[None]:
+def _head_params(ray: Any) -> Iterator[dict[str, str]]:
     """During ``ray.init``: the head node's agents' ports chosen up front (free loopback ports), and no log
     monitor (it forwards workers' output to the driver: ``log_to_driver=False`` reads none) or autoscaler
     monitor (a local node of fixed size).
@@ -181,8 +183,10 @@ def _head_params(ray: Any) -> Iterator[None]:
     the dashboard agent's HTTP port, which the raylet takes from no option, is written to its file here
     just before the raylet starts (the value the agent itself writes: the port given to it, or -1 when
     Ray is installed without the dashboard's packages and the agent serves no HTTP). The agents join when
-    they are up. ``ray.init`` takes none of these parameters, so its ``RayParams`` class and the raylet's
-    start are wrapped while it runs; with a Ray whose internals differ, nothing is changed."""
+    they are up (:func:`_wait_for_agents` waits for them, with a longer limit). ``ray.init`` takes none
+    of these parameters, so its ``RayParams`` class and the raylet's start are wrapped while it runs; with
+    a Ray whose internals differ, nothing is changed. Yields a dict that holds the node's ``session_dir``
+    and ``node_id`` once its raylet has been started."""
     module = getattr(getattr(ray, "_private", None), "parameter", None)
     services = getattr(getattr(ray, "_private", None), "services", None)
     base = getattr(module, "RayParams", None)
@@ -196,8 +200,9 @@ def _head_params(ray: Any) -> Iterator[None]:
         or listen_name is None
         or not all(hasattr(base(), name) for name in (*_AGENT_PORTS, "include_log_monitor", "no_monitor"))
     ):
-        yield
+        yield {}
         return
+    node: dict[str, str] = {}
     ports = dict(zip(_AGENT_PORTS, _free_ports(len(_AGENT_PORTS))))
     dependency_error = getattr(getattr(ray._private, "utils", None), "get_dashboard_dependency_error", None)
     minimal = dependency_error is not None and dependency_error() is not None
@@ -215,14 +220,34 @@ def _head_params(ray: Any) -> Iterator[None]:
 
     def _start_raylet(*args: Any, **kwargs: Any) -> Any:
         bound = inspect.signature(start_raylet).bind(*args, **kwargs)
-        persist_port(bound.arguments["session_dir"], bound.arguments["node_id"], listen_name, listen)
+        node.update(session_dir=bound.arguments["session_dir"], node_id=bound.arguments["node_id"])
+        persist_port(node["session_dir"], node["node_id"], listen_name, listen)
         return start_raylet(*args, **kwargs)
 
     module.RayParams, services.start_raylet = _HeadParams, _start_raylet
     try:
-        yield
+        yield node
     finally:
         module.RayParams, services.start_raylet = base, start_raylet
+
+
+def _wait_for_agents(ray: Any, node: dict[str, str], timeout_s: float = 120.0) -> None:
+    """Wait until the node's dashboard and runtime-environment agents have written their port files (they
+    are up): the raylet no longer waits for them (:func:`_head_params`), and their start-up (2-3 CPU-s
+    each on the 2-core machine) should not run beside a level's agents. Minutes on a loaded machine are
+    fine; after ``timeout_s`` the runtime is used without them (a warning): it runs the workers' actors
+    all the same."""
+    if not node:
+        return
+    raylet = getattr(ray, "_raylet", None)
+    names = [getattr(raylet, n, None) for n in ("METRICS_AGENT_PORT_NAME", "RUNTIME_ENV_AGENT_PORT_NAME")]
+    files = [os.path.join(node["session_dir"], f"{n}_{node['node_id']}") for n in names if n]
+    deadline = time.monotonic() + timeout_s
+    while not all(os.path.exists(f) for f in files):
+        if time.monotonic() > deadline:
+            log.warning("the local Ray runtime's agents did not start within %g s; going on", timeout_s)
+            return
+        time.sleep(0.1)
 
 
 def _free_ports(n: int) -> list[int]:
