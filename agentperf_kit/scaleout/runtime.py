@@ -44,12 +44,12 @@ WORKER_NICENESS_ENV = {"RAY_" + "worker_niceness": "0"}
 
 #: A private local runtime that only hosts the load generator's workers needs none of Ray's bookkeeping for
 #: its dashboard and state API, whose timers cost CPU every second beside the agents (with one idle actor on
-#: the 2-core machine: 0.045 CPU-s/s for the whole runtime, 0.021 with these, :data:`NO_IDLE_WORKERS_ENV`
-#: and :func:`_head_params`; docs/scale-out.md). No task events (the state API's task list) and no metrics
-#: export; where Ray starts a log monitor (:func:`_head_params` asks it not to), it looks for new log files
-#: every 5 s instead of every 0.1 s (it forwards nothing: ``log_to_driver=False``); the raylet's resource
-#: report, local disk, memory and collector checks every 1 s instead of every 0.1-0.25 s; the dashboard
-#: agent's node statistics every 60 s.
+#: the 2-core machine: 0.043 CPU-s/s for the whole runtime, 0.022 with these, :data:`NO_IDLE_WORKERS_ENV`
+#: and :func:`_head_params`: benchmarks/ray_idle_cpu.py). No task events (the state API's task list) and
+#: no metrics export; where Ray starts a log monitor (:func:`_head_params` asks it not to), it looks for
+#: new log files every 5 s, not every 0.1 s (it forwards nothing: ``log_to_driver=False``); the raylet's
+#: resource report, local disk, memory and collector checks every 1 s instead of every 0.1-0.25 s; the
+#: dashboard agent's node statistics every 60 s.
 QUIET_RUNTIME_ENV = {
     "RAY_" + "task_events_report_interval_ms": "0",
     "RAY_" + "enable_metrics_collection": "0",
