@@ -53,6 +53,7 @@ class LevelWorker:
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen | None = None
+        self._level_proc: subprocess.Popen | None = None  # the process the current level runs in
         self._lock = threading.Lock()  # the state the reader thread fills
         self._stdin_lock = threading.Lock()
         self._levels = 0  # levels started on this worker
@@ -87,12 +88,14 @@ class LevelWorker:
         (True), or it failed (False: :meth:`poll` says why); :meth:`go` starts the agents."""
         if self._running and not self._done.is_set():
             raise RuntimeError("this worker is running a level")
+        self._level_proc = None  # a reader of a process that ended before this level leaves it alone
         self._new_level()
         self._running = True
         self._levels += 1
         proc = self._proc
         if (proc is None or proc.poll() is not None) and not self._spawn():
             return False
+        self._level_proc = self._proc
         self._send(("start", spec, trajectories))
         self._answer.wait()  # the reader sets it (its end sets done)
         return self._ready.is_set() and self._error is None
@@ -229,7 +232,7 @@ class LevelWorker:
                 if proc.stdin is not None:
                     with contextlib.suppress(OSError):
                         proc.stdin.close()
-            if self._proc is proc and self._running and not self._done.is_set():
+            if self._level_proc is proc and not self._done.is_set():  # it died in a level: that level failed
                 self._finish_level({}, why or "the level's process ended")
 
 
