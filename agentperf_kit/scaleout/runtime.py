@@ -187,8 +187,8 @@ def _head_params(ray: Any) -> Iterator[dict[str, str]]:
     of these parameters, so its ``RayParams`` class and the raylet's start are wrapped while it runs; with
     a Ray whose internals differ, nothing is changed. Yields a dict that holds the node's ``session_dir``
     and ``node_id`` once its raylet has been started."""
-    module = getattr(getattr(ray, "_private", None), "parameter", None)
-    services = getattr(getattr(ray, "_private", None), "services", None)
+    module: Any = getattr(getattr(ray, "_private", None), "parameter", None)
+    services: Any = getattr(getattr(ray, "_private", None), "services", None)
     base = getattr(module, "RayParams", None)
     start_raylet = getattr(services, "start_raylet", None)
     persist_port = getattr(getattr(ray, "_raylet", None), "persist_port", None)
@@ -214,9 +214,9 @@ def _head_params(ray: Any) -> Iterator[dict[str, str]]:
             for name, port in ports.items():  # the agent's HTTP port's default (52365) is every head's
                 if not getattr(self, name, None) or name == "dashboard_agent_listen_port":
                     setattr(self, name, port)
-            if self.include_log_monitor is None:
-                self.include_log_monitor = False
-            self.no_monitor = True
+            if getattr(self, "include_log_monitor", None) is None:
+                setattr(self, "include_log_monitor", False)  # noqa: B010 (Ray's attribute, not typed)
+            setattr(self, "no_monitor", True)  # noqa: B010
 
     def _start_raylet(*args: Any, **kwargs: Any) -> Any:
         bound = inspect.signature(start_raylet).bind(*args, **kwargs)
