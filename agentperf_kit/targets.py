@@ -199,6 +199,10 @@ class LiveTarget:
 
             require_ray(f"workers={self.workers}" if self.ray_address is None else "ray_address")
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (or copied) without its workers: they belong to this process's Ray connection."""
+        return {**self.__dict__, "_pool": []}
+
     def __enter__(self) -> LiveTarget:
         return self
 
