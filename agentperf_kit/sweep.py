@@ -718,6 +718,10 @@ def run_sweep(
         if jobs is not None:
             jobs.close(kill=True)
         raise
+    finally:  # the workers a live target kept across the levels (Ray): the sweep's own target's only
+        close = getattr(target, "close", None) if target is config.target_object else None
+        if callable(close):
+            close()
     if jobs is not None:
         jobs.close()
     return res

@@ -167,6 +167,10 @@ class LiveTarget:
             actors, :mod:`agentperf_kit.scaleout`).
         ray_address: a Ray cluster to place the workers on (``auto``, ``ray://host:port``); None: a local
             Ray runtime when ``workers`` > 1. Given with ``workers=1``, the one worker runs on the cluster.
+
+    On Ray the target keeps its workers from one level to the next (a sweep starts them once:
+    :class:`agentperf_kit.scaleout.pool.WorkerPool`); :meth:`close` (or leaving ``with``) removes them, a
+    sweep does when it ends, and they go with the process otherwise.
     """
 
     endpoint: Endpoint
@@ -178,6 +182,7 @@ class LiveTarget:
     workers: int = 1
     ray_address: str | None = None
     virtual_time: bool = field(default=False, init=False)
+    _pool: list = field(default_factory=list, init=False, repr=False, compare=False)  # the WorkerPool, once
 
     def __post_init__(self) -> None:
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
@@ -193,6 +198,22 @@ class LiveTarget:
             from .scaleout.runtime import require_ray
 
             require_ray(f"workers={self.workers}" if self.ray_address is None else "ray_address")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (or copied) without its workers: they belong to this process's Ray connection."""
+        return {**self.__dict__, "_pool": []}
+
+    def __enter__(self) -> LiveTarget:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the Ray workers this target keeps between levels (none in-process); a next level places
+        new ones."""
+        while self._pool:
+            self._pool.pop().close()
 
     @property
     def scale_out(self) -> bool:
@@ -260,8 +281,13 @@ class LiveTarget:
         }
         if self.scale_out:
             from .scaleout import run_live_workers
+            from .scaleout.pool import WorkerPool
 
-            return run_live_workers(*args, workers=self.workers, ray_address=self.ray_address, **kwargs)
+            if not self._pool:
+                self._pool.append(WorkerPool(self.workers, self.ray_address))
+            return run_live_workers(
+                *args, workers=self.workers, ray_address=self.ray_address, pool=self._pool[0], **kwargs
+            )
         from .replay import run_live_sync
 
         return run_live_sync(*args, record_chunks=self.record_chunks, **kwargs)

@@ -10,17 +10,22 @@ client's stamps are on), with the default AA-shaped synthetic trajectories (comp
    (every worker's self-check), rows == requests the server saw (its truth log's lines), P95 TTFT error
    <= 20 ms (client TTFT - the server's true TTFT, requests matched by phase marker and order, over the
    steady window). Target: 2 workers reach >= 1.7x the agents of 1 worker.
-2. **CPU per 1M tokens**, Ray path at ``--workers 1`` against in-process, same N, same level (the in-process
-   level first, before Ray is started in this process). What counts is the whole process tree of the load
-   generator over the level, user + system CPU, the server under test left out:
+2. **CPU per 1M tokens**, Ray path at ``--workers 1`` against in-process, same N, same level (two in-process
+   levels first, before Ray is started in this process). The Ray path two ways: one level on a new worker
+   (its actor's and level process's start-ups counted in the level: what a single ``agentperf run`` pays),
+   and three consecutive levels on one kept worker (``WorkerPool``, as a sweep runs its levels: the
+   start-ups once, in the first), in all and its levels 2-3 alone. What counts is the whole process tree
+   of the load generator over each level, user + system CPU, the server under test left out:
    - in-process: this process (the load generator: its event loop, row writer, every thread);
    - Ray: this process (the driver: polling, the row writer, Ray's driver-side threads), each worker's
-     level process (its whole life: start-up and imports too, as each level starts one), each worker's
-     actor process (over its life less what it had used before the level, when Ray reused an idle worker
-     process), and every other process of the local Ray runtime (GCS, raylet, its agents, idle worker
-     processes). Processes alive at the level's end count their CPU then minus at its start; a worker's
-     processes, gone by then, count the CPU they reported at their end (the manifest's worker ``stats``).
+     level process and actor process (a new one's start-up and imports too), and every other process of
+     the local Ray runtime (GCS, raylet, its agents). Processes alive at the level's end count their CPU
+     then minus at its start (0 for one started during the level); a worker's processes gone by then
+     count the CPU they reported at their end (the manifest's worker ``stats``).
    Target: within 5 %. ``--cpu-only`` runs only this comparison.
+
+The 2-worker ladder runs on one kept pair of workers (a ``WorkerPool``, as a sweep does), started in its
+first level.
 
     python benchmarks/ray_scaleout.py --quick       # <= 8 min: short levels
     python benchmarks/ray_scaleout.py               # longer levels
@@ -127,20 +132,26 @@ def _short(cmd: str) -> str:
     return cmd.split()[0].rsplit("/", 1)[-1] if cmd else "?"
 
 
-def level_cpu_s(before: dict, after: dict, reported: dict[int, tuple[str, float]]) -> dict[str, float]:
+def level_cpu_s(
+    before: dict, after: dict, reported: dict[int, tuple[str, float]], new: frozenset[int] = frozenset()
+) -> dict[str, float]:
     """CPU seconds each kind of process spent over a level: for a process alive at its end, its CPU then
     minus its CPU at the level's start (0 for one started during it); for one that ended during the level
-    (a worker's actor and level process), the CPU it reported itself at its end (``reported``: pid -> (name,
-    CPU so far)), minus its CPU at the start when it existed then. Summed by name."""
+    (a worker's actor and level process when they are not kept), the CPU it reported itself at its end
+    (``reported``: pid -> (name, CPU so far)), minus its CPU at the start when it existed then. A process in
+    ``new`` (a worker's actor or level process on its first level) counts its whole life: Ray may have
+    started the actor's process before the level, as an idle worker it then reused. Summed by name."""
     by: dict[str, float] = {}
-    for pid, (name, cpu) in {**after, **reported}.items():
-        base = before.get(pid, ("", 0.0))[1]
+    gone = {pid: v for pid, v in reported.items() if pid not in after}
+    for pid, (name, cpu) in {**after, **gone}.items():
+        base = 0.0 if pid in new else before.get(pid, ("", 0.0))[1]
         by[name] = by.get(name, 0.0) + max(0.0, cpu - base)
     return by
 
 
-def run_level(binary, trajs, n: int, workers: int, args, tmp: Path, tag: str) -> dict:
-    """One level against a fresh server; ``workers`` 0 = in-process. Returns its figures."""
+def run_level(binary, trajs, n: int, workers: int, args, tmp: Path, tag: str, pool=None) -> dict:
+    """One level against a fresh server; ``workers`` 0 = in-process; ``pool``: the Ray workers to run on
+    (kept for the next levels; None: new ones for this level only). Returns its figures."""
     from agentperf_kit.agents import RunRules
     from agentperf_kit.client.http import Endpoint
     from agentperf_kit.replay import run_live_sync
@@ -167,7 +178,7 @@ def run_level(binary, trajs, n: int, workers: int, args, tmp: Path, tag: str) ->
         if workers == 0:
             res = run_live_sync(ep, trajs, n, rules, **kw)
         else:
-            res = run_live_workers(ep, trajs, n, rules, workers=workers, **kw)
+            res = run_live_workers(ep, trajs, n, rules, workers=workers, pool=pool, **kw)
         wall = time.perf_counter() - t0
         after = tree_cpu_s({srv.proc.pid})
         cpu_server = _cpu_of(srv.proc.pid) - server0
@@ -177,13 +188,18 @@ def run_level(binary, trajs, n: int, workers: int, args, tmp: Path, tag: str) ->
     truth = read_truth_log(truth_path)
     ws = (m.get("workers") or {}).get("workers", [])
     reported: dict[int, tuple[str, float]] = {}
-    for w in ws:  # a worker's processes are gone (or going) when the level ends: their own figures
+    new: set[int] = set()
+    for w in ws:  # a worker's processes gone (or going) when the level ends: their own figures
         st = w.get("stats") or {}
         if "pid" in st:
             reported[st["pid"]] = ("level process", st.get("cpu_process_s", 0.0))
+            if st.get("levels") == 1:
+                new.add(st["pid"])
         if "actor_pid" in st:
             reported[st["actor_pid"]] = ("ray::LevelWorker", st.get("cpu_actor_process_s", 0.0))
-    by = level_cpu_s(before, after, reported)
+            if st.get("actor_levels") == 1:
+                new.add(st["actor_pid"])
+    by = level_cpu_s(before, after, reported, frozenset(new))
     if workers == 0:  # the load generator is this process (Ray's processes, if any, idle beside it)
         by = {"driver": by.get("driver", 0.0)}
     cpu_self = by.pop("driver", 0.0)
@@ -265,15 +281,21 @@ def cpu_parts(r: dict) -> str:
         return f"load generator {r['cpu_self_s']:.1f}"
     ray = ", ".join(f"{k} {v:.1f}" for k, v in list(r["cpu_ray_detail"].items())[:4])
     st = r["worker_stats"]
-    startup = sum(w.get("cpu_process_s", 0.0) - w.get("cpu_level_s", 0.0) for w in st)
+    new = [w for w in st if w.get("levels") == 1]  # level processes started for this level
+    startup = sum(w.get("cpu_process_s", 0.0) - w.get("cpu_level_s", 0.0) for w in new)
     actor_level = sum(w.get("cpu_actor_s", 0.0) for w in st)
-    each = " + ".join(f"{w.get('cpu_process_s', 0.0):.1f}" for w in st)  # one per worker
+    kept = f"{len(st) - len(new)} of {len(st)} kept from the last level" if st else "none"
     return (
-        f"driver {r['cpu_self_s']:.1f}, level processes {r['cpu_workers_s']:.1f} ({each}; start-up "
-        f"{startup:.1f}), "
-        f"actors {r['cpu_actors_s']:.1f} (from the level's start {actor_level:.1f}), Ray "
-        f"{r['cpu_ray_s']:.1f}: {ray}"
+        f"driver {r['cpu_self_s']:.1f}, level processes {r['cpu_workers_s']:.1f} (start-up "
+        f"{startup:.1f}), actors {r['cpu_actors_s']:.1f} (from the level's start {actor_level:.1f}); "
+        f"workers: {kept}; Ray {r['cpu_ray_s']:.1f}: {ray}"
     )
+
+
+def per_1m(levels: list[dict]) -> float:
+    """CPU seconds per 1M output tokens over ``levels`` together."""
+    tokens = sum(r["tokens"] for r in levels)
+    return sum(r["cpu_total_s"] for r in levels) / tokens * 1e6 if tokens else math.nan
 
 
 def main() -> None:
@@ -313,9 +335,13 @@ def main() -> None:
     t_all = time.perf_counter()
 
     # CPU per 1M tokens: in-process first (before Ray exists in this process), then Ray at --workers 1
+    from agentperf_kit.scaleout.pool import WorkerPool
+
     say(f"-- CPU per 1M tokens at N={args.cpu_agents}: in-process vs the Ray path at --workers 1")
-    cpu_in = run_level(binary, trajs, args.cpu_agents, 0, args, tmp, "cpu-inproc")
-    say(describe(cpu_in))
+    cpu_in = []
+    for k in (1, 2):
+        cpu_in.append(run_level(binary, trajs, args.cpu_agents, 0, args, tmp, f"cpu-inproc{k}"))
+        say(describe(cpu_in[-1]))
     t = time.perf_counter()
     from agentperf_kit.errors import TargetError
     from agentperf_kit.scaleout.runtime import connect
@@ -328,28 +354,42 @@ def main() -> None:
         args.no_ray = True
     if not getattr(args, "no_ray", False):
         say(f"   (local Ray runtime started in {time.perf_counter() - t:.0f} s, not counted)")
-        cpu_ray = run_level(binary, trajs, args.cpu_agents, 1, args, tmp, "cpu-ray1")
+        a, a1 = per_1m(cpu_in), per_1m(cpu_in[:1])
+        cpu_ray = run_level(binary, trajs, args.cpu_agents, 1, args, tmp, "cpu-ray1-new")
         say(describe(cpu_ray))
-        a = cpu_in["cpu_total_s"] / cpu_in["tokens"] * 1e6
-        b = cpu_ray["cpu_total_s"] / cpu_ray["tokens"] * 1e6
+        b = per_1m([cpu_ray])
         say(
-            f"   Ray path at --workers 1: {b:.1f} vs in-process {a:.1f} CPU-s per 1M tokens: "
+            f"   Ray path at --workers 1, one level on a new worker (its start-ups counted): {b:.1f} vs "
+            f"in-process {a:.1f} CPU-s per 1M tokens (its 2 levels; the first alone {a1:.1f}): "
             f"{b / a - 1:+.1%} (target within 5%)"
         )
-        c = cpu_ray["cpu_level_processes_s"] / cpu_ray["tokens"] * 1e6
+        seq = []
+        with WorkerPool(1) as pool:  # a sweep-like sequence: one worker kept across three levels
+            for k in (1, 2, 3):
+                seq.append(run_level(binary, trajs, args.cpu_agents, 1, args, tmp, f"cpu-ray1-seq{k}", pool))
+                say(describe(seq[-1]))
+        c, d = per_1m(seq), per_1m(seq[1:])
         say(
-            f"   of which the agents' own work (the level process from its start frame, no start-up): "
-            f"{c:.1f} CPU-s per 1M tokens ({c / a - 1:+.1%} of in-process); the rest is per level: "
-            "start-ups, actor, driver, Ray's processes"
+            f"   Ray path at --workers 1, 3 consecutive levels on one kept worker (a sweep; start-ups once, "
+            f"in the first): {c:.1f} CPU-s per 1M tokens ({c / a - 1:+.1%}); levels 2-3 alone (what each "
+            f"further level of a sweep costs): {d:.1f} ({d / a - 1:+.1%}); in-process {a:.1f} "
+            "(target within 5%)"
+        )
+        e = sum(r["cpu_level_processes_s"] for r in seq[1:]) / sum(r["tokens"] for r in seq[1:]) * 1e6
+        say(
+            f"   of which the agents' own work (the level process from each start frame) in levels 2-3: "
+            f"{e:.1f} CPU-s per 1M tokens ({e / a - 1:+.1%} of in-process); the rest: the actor, the driver, "
+            "Ray's processes"
         )
 
     best: dict[int, int] = {}
     for workers in () if args.cpu_only else (0,) if getattr(args, "no_ray", False) else (0, 2):
-        label = "1 worker (in-process)" if workers == 0 else f"{workers} Ray workers"
+        label = "1 worker (in-process)" if workers == 0 else f"{workers} Ray workers (kept across the levels)"
         say(f"-- largest N, {label}")
+        pool = WorkerPool(workers) if workers else None
         n, best[workers], failed = args.start, 0, 0
         while n <= args.max_agents:
-            r = run_level(binary, trajs, n, workers, args, tmp, f"w{workers}-n{n}")
+            r = run_level(binary, trajs, n, workers, args, tmp, f"w{workers}-n{n}", pool)
             say(describe(r))
             if not r["ok"]:
                 failed = n
@@ -358,16 +398,18 @@ def main() -> None:
             n = int(n * args.step)
         while not best[workers] and failed > 32:  # the first level failed (a loaded machine): go down
             n = failed // 2
-            r = run_level(binary, trajs, n, workers, args, tmp, f"w{workers}-n{n}")
+            r = run_level(binary, trajs, n, workers, args, tmp, f"w{workers}-n{n}", pool)
             say(describe(r))
             best[workers], failed = (n, failed) if r["ok"] else (0, n)
         if best[workers] and failed:  # one level between the last pass and the first fail
             mid = round(math.sqrt(best[workers] * failed))
             if best[workers] < mid < failed:
-                r = run_level(binary, trajs, mid, workers, args, tmp, f"w{workers}-n{mid}")
+                r = run_level(binary, trajs, mid, workers, args, tmp, f"w{workers}-n{mid}", pool)
                 say(describe(r))
                 if r["ok"]:
                     best[workers] = mid
+        if pool is not None:
+            pool.close()
     one = best.get(0, 0)
     if args.cpu_only:
         two = "not measured (--cpu-only)"

@@ -30,6 +30,8 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
+_ENV_BEFORE = set(os.environ)  # what the tests' environment held before any Ray head started
+
 RULES = RunRules(
     warmup_s=0.3,
     duration_s=2.0,
@@ -106,6 +108,53 @@ def test_ledger_opens_the_window_after_the_latest_first_send_and_counts_all_work
     assert not led.may_send(3.6) and led.window_end_s == pytest.approx(3.5)
     w = led.window_summary()
     assert w["trajectories_completed_in_window"] == 2 and w["min_trajectories_per_agent_in_window"] == 1
+
+
+def test_ledger_plans_the_windows_end_and_a_sub_fleet_stops_at_it():
+    """The end the driver gives the workers: unknown before the window opens, the cap while the counts are
+    short, ``duration_s`` after the start once they are met (or the time they were met, when later);
+    a worker given it ahead of time sends until just before it and not at it, and a later time given
+    afterwards does not move it."""
+    import math
+
+    trajs = _trajs(n=2, turns=1)
+    rules = RunRules(
+        warmup_s=1.0, duration_s=2.0, max_duration_s=9.0, min_trajectories=2, min_trajectories_per_agent=1
+    )
+    led = Ledger(trajs, 2, rules, seed=0, sink=lambda r: None)
+    assert led.planned_end_s() == math.inf
+    led.note_first_send(0, 0.1)
+    led.note_first_send(1, 0.5)  # the window opens at 1.5
+    assert led.planned_end_s() == pytest.approx(1.5 + 9.0)  # counts short: the cap
+
+    def row(agent, t_send, t_end):
+        r = [None] * 32
+        r[3], r[4], r[7], r[9], r[13], r[25], r[27], r[30] = (
+            agent,
+            f"t{agent}",
+            0,
+            t_send,
+            t_end,
+            True,
+            "",
+            False,
+        )
+        return tuple(r)
+
+    led.record([row(0, 1.6, 2.0), row(1, 1.7, 2.2)])  # met at 2.2, before 1.5 + 2.0
+    assert led.planned_end_s() == pytest.approx(3.5)
+    late = Ledger(trajs, 2, rules, seed=0, sink=lambda r: None)
+    late.note_first_send(0, 0.0)
+    late.note_first_send(1, 0.0)
+    late.record([row(0, 1.1, 2.0), row(1, 3.1, 4.2)])  # met at 4.2, after 1.0 + 2.0
+    assert late.planned_end_s() == pytest.approx(4.2)
+    assert not late.may_send(4.3) and late.window_end_s == late.planned_end_s()  # the same rule
+
+    sub = SubFleet(trajs, 2, rules, seed=0, sink=lambda r: None).split(0, 2, 0.0)
+    sub.close_at(3.5)
+    assert sub.may_send(3.499) and not sub.window_closed
+    sub.close_at(7.0)  # later: changes nothing
+    assert not sub.may_send(3.5) and sub.window_end_s == 3.5
 
 
 def test_ledger_ends_the_level_when_every_worker_only_fails():
@@ -212,9 +261,10 @@ def test_a_worker_runs_its_agents_in_a_level_process_without_ray():
     from agentperf_kit.scaleout.worker import LevelWorker
 
     server = SSEServer(ttft_s=0.02, itl_s=0.01)
-    with serving(server):
+    w = LevelWorker()
+    with serving(server), contextlib.ExitStack() as stack:
+        stack.callback(w.shutdown)  # its level process ends with the test
         spec, spec_b, trajs_b = _spec(server, 3, RULES)
-        w = LevelWorker()
         assert w.start(spec_b, trajs_b)
         w.go((time.perf_counter_ns() - spec["origin_ns"]) / 1e9 + 0.05)
         rows, first, t_close = [], [], time.monotonic() + 1.5
@@ -239,6 +289,60 @@ def test_a_worker_runs_its_agents_in_a_level_process_without_ray():
     i = RAW_COLUMNS.index("t_send_s")
     t_send = [r[i] for r in rows]  # on the driver's clock: one CLOCK_MONOTONIC
     assert all(0 < t < now for t in t_send)
+
+
+def _one_level(w, server, close_after_s=1.0, ahead_s=None):
+    """One level of 3 agents on the plain worker ``w``: the window's end given ``ahead_s`` ahead of time
+    (None: once ``close_after_s`` has passed, as now). Returns (poll's last answer, rows, the end given)."""
+    spec, spec_b, trajs_b = _spec(server, 3, RULES)
+    assert w.start(spec_b, trajs_b)
+    now = lambda: (time.perf_counter_ns() - spec["origin_ns"]) / 1e9  # noqa: E731
+    w.go(now() + 0.05)
+    t_end = None
+    if ahead_s is not None:
+        t_end = now() + ahead_s
+        w.close_window(t_end)
+    rows, deadline = [], time.monotonic() + close_after_s
+    while True:
+        res = w.poll()
+        rows += res["rows"]
+        if res["done"]:
+            return res, rows, t_end
+        if t_end is None and time.monotonic() > deadline:
+            t_end = now()
+            w.close_window(t_end)
+        time.sleep(0.05)
+
+
+def test_a_worker_runs_levels_one_after_another_in_one_level_process():
+    """The plain worker (no Ray) runs a second level in the same level process (started once), a window's
+    end given ahead of time is where its agents stop sending, and a level process that died between
+    levels is replaced by the next level's start."""
+    from agentperf_kit.scaleout.worker import LevelWorker
+    from agentperf_kit.schema import RAW_COLUMNS
+
+    i = RAW_COLUMNS.index("t_send_s")
+    server = SSEServer(ttft_s=0.02, itl_s=0.01)
+    w = LevelWorker()
+    try:
+        with serving(server):
+            first, rows1, _ = _one_level(w, server)
+            second, rows2, t_end = _one_level(w, server, ahead_s=1.0)
+            assert first["error"] is None and second["error"] is None and rows1 and rows2
+            assert len(rows1) + len(rows2) == server.requests
+            a, b = first["stats"], second["stats"]
+            assert a["pid"] == b["pid"] and (a["levels"], b["levels"]) == (1, 2)
+            assert b["actor_levels"] == 2 and b["cpu_process_s"] > b["cpu_level_s"]  # its start-up: level 1's
+            assert max(r[i] for r in rows2) < t_end  # nothing sent at or after the end given ahead
+            os.kill(b["pid"], signal.SIGKILL)  # between levels
+            deadline = time.monotonic() + 10
+            while _running(b["pid"]) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            third, rows3, _ = _one_level(w, server, close_after_s=0.5)
+        assert third["error"] is None and rows3 and third["stats"]["pid"] != b["pid"]
+        assert third["stats"]["levels"] == 1  # a new level process
+    finally:
+        w.shutdown()
 
 
 def test_a_level_process_that_cannot_start_is_a_failed_worker(tmp_path, monkeypatch):
@@ -300,7 +404,7 @@ def test_a_level_on_two_workers_is_one_level(ray_head, tmp_path):
     assert df["ttft_s"].median() >= 0.05
 
 
-def _kill_one_midlevel(server, tmp_path, pattern: str):
+def _kill_one_midlevel(server, tmp_path, pattern: str, **kw):
     """A level of 6 agents on 2 workers whose window would last 60 s; once both processes whose command
     line holds ``pattern`` run and the server has seen 20 requests, SIGKILL one of them. Returns the
     result, the seconds the level took, the killed pid and its children's pids (when it was killed)."""
@@ -322,8 +426,8 @@ def _kill_one_midlevel(server, tmp_path, pattern: str):
         while time.monotonic() < deadline:
             procs = []
             for p in psutil.Process().children(recursive=True):
-                try:
-                    if pattern in " ".join(p.cmdline()):
+                try:  # a Ray worker's process (not one a test started here without Ray)
+                    if pattern in " ".join(p.cmdline()) and p.ppid() != os.getpid():
                         procs.append(p.pid)
                 except psutil.Error:
                     pass
@@ -339,7 +443,7 @@ def _kill_one_midlevel(server, tmp_path, pattern: str):
     with serving(server):
         t.start()
         t0 = time.monotonic()
-        res = _level(server, tmp_path, 6, 2, rules=rules, worker_timeout_s=20)
+        res = _level(server, tmp_path, 6, 2, rules=rules, worker_timeout_s=20, **kw)
         took = time.monotonic() - t0
     t.join(5)
     assert killed, f"no process matching {pattern!r} was killed"
@@ -396,6 +500,111 @@ def test_a_level_process_that_dies_ends_the_level_with_its_rows_kept(ray_head, t
     res, took, pid, _ = _kill_one_midlevel(server, tmp_path, "agentperf_kit.scaleout.child")
     dead = _assert_failed_worker_level(res, took, server)
     assert f"pid {pid}" in dead["failed"] and "SIGKILL" in dead["failed"], dead["failed"]
+
+
+def _pids(res) -> list[tuple[int, int]]:
+    """(actor pid, level process pid) of each worker of a level."""
+    return [(x["stats"]["actor_pid"], x["stats"]["pid"]) for x in res.manifest["workers"]["workers"]]
+
+
+@pytest.mark.slow
+def test_a_pool_keeps_its_workers_across_levels_and_replaces_failed_ones(ray_head, tmp_path):
+    """Levels on one WorkerPool: a level whose worker's level process is killed fails as without a pool;
+    the next level runs on a new worker in its place and the other worker kept (same actor and level
+    process); an actor killed between levels is replaced too; close() ends every worker's processes."""
+    from agentperf_kit.scaleout.pool import WorkerPool
+
+    with WorkerPool(2) as pool:
+        server = SSEServer(ttft_s=0.05, itl_s=0.02)
+        res, took, pid, _ = _kill_one_midlevel(
+            server, tmp_path / "l1", "agentperf_kit.scaleout.child", pool=pool
+        )
+        dead = _assert_failed_worker_level(res, took, server)
+        assert f"pid {pid}" in dead["failed"]
+        kept = 1 - dead["worker"]
+        before = res.manifest["workers"]["workers"][kept]["stats"]
+        levels = []
+        for k in (2, 3):
+            server = SSEServer(ttft_s=0.05, itl_s=0.01)
+            with serving(server):
+                levels.append(_level(server, tmp_path / f"l{k}", 8, 2, pool=pool))
+            assert len(levels[-1].requests) == server.requests > 0
+            assert not levels[-1].manifest["window"].get("aborted_reason")
+            if k == 2:  # between levels 2 and 3: the kept worker's actor dies
+                os.kill(before["actor_pid"], signal.SIGKILL)
+        two, three = _pids(levels[0]), _pids(levels[1])
+        assert two[kept] == (before["actor_pid"], before["pid"])  # kept: no start-up
+        assert two[dead["worker"]][1] != pid  # replaced
+        assert three[dead["worker"]] == two[dead["worker"]]  # kept since level 2
+        assert three[kept][0] != before["actor_pid"]  # the actor killed between levels: replaced
+        ws = levels[1].manifest["workers"]
+        assert ws["pool"] == {"workers_started": 4, "levels": 3}
+        on_worker = {x["worker"]: x["levels_on_worker"] for x in ws["workers"]}
+        assert on_worker == {kept: 1, dead["worker"]: 2}
+    deadline = time.monotonic() + 30  # closed: every worker's processes end
+    while any(_running(p) for pair in three for p in pair):
+        assert time.monotonic() < deadline, three
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_the_local_head_runs_without_optional_processes_and_restores_its_settings(ray_head):
+    """The head start_local_ray made (conftest's): no log monitor or autoscaler monitor process, no idle
+    worker kept, and nothing of its start left behind in this process (environment, Ray's RayParams)."""
+    import psutil
+    import ray._private.parameter as parameter
+
+    from agentperf_kit.scaleout import runtime
+
+    cmds = []
+    for p in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            cmds.append(" ".join(p.cmdline()))
+    assert any("raylet" in c for c in cmds), cmds  # this process's own head
+    assert not [c for c in cmds if "log_monitor.py" in c or c.endswith("monitor.py") or "/monitor.py " in c]
+    assert parameter.RayParams.__name__ == "RayParams"
+    for k in (*runtime.QUIET_RUNTIME_ENV, *runtime._SLOW_START_ENV):
+        assert k not in os.environ or k in _ENV_BEFORE, k
+
+
+_SLOW_AGENT = """
+import os, sys, time
+if sys.argv and sys.argv[0].endswith(os.path.join("dashboard", "agent.py")):
+    open(os.environ["SLOW_AGENT_MARK"], "w").close()
+    time.sleep(float(os.environ["SLOW_AGENT_S"]))
+"""
+
+
+@pytest.mark.slow
+def test_a_local_head_starts_when_its_dashboard_agent_starts_slowly(tmp_path):
+    """Ray's raylet waits a fixed 15 s for each of its agents' port files and aborts after (what a loaded
+    machine ran into); the local runtime gives the ports up front, so a dashboard agent that takes 20 s to
+    start (delayed here by a sitecustomize, in a head of its own in a subprocess) does not fail the start,
+    and the node runs an actor."""
+    pytest.importorskip("ray")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_SLOW_AGENT)
+    mark = tmp_path / "agent-was-slow"
+    code = (
+        "import time, ray\n"
+        "from agentperf_kit.scaleout.runtime import start_local_ray\n"
+        "t = time.monotonic(); start_local_ray(1, attempts=1); took = time.monotonic() - t\n"
+        "A = ray.remote(num_cpus=1)(type('A', (), {'f': lambda self: 42}))\n"
+        "print('ok', ray.get(A.remote().f.remote(), timeout=120), round(took, 1))\n"
+        "ray.shutdown()\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.getcwd()]),
+        "SLOW_AGENT_S": "20",
+        "SLOW_AGENT_MARK": str(mark),
+        "RAY_AUTH_MODE": "disabled",
+    }
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert mark.exists(), "the dashboard agent was not delayed"
+    assert p.stdout.split()[:2] == ["ok", "42"], p.stderr[-2000:]
+    assert float(p.stdout.split()[2]) >= 20  # the start waited for the late agent (not beside a level)
 
 
 @pytest.mark.slow

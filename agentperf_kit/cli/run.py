@@ -150,16 +150,21 @@ def _run(args: argparse.Namespace) -> int:
     # 3. the run
     _print_expected_window(trajs, args.concurrency, rules, virtual_time=target.virtual_time)
     prepare_run_dir(args.out, overwrite=args.overwrite)
-    res = target.run_level(
-        trajs,
-        args.concurrency,
-        rules,
-        seed=args.seed,
-        out_dir=args.out,
-        level=0,
-        run_id=None,
-        progress=not args.quiet,
-    )
+    try:
+        res = target.run_level(
+            trajs,
+            args.concurrency,
+            rules,
+            seed=args.seed,
+            out_dir=args.out,
+            level=0,
+            run_id=None,
+            progress=not args.quiet,
+        )
+    finally:  # a live target's Ray workers (none in-process)
+        close = getattr(target, "close", None)
+        if callable(close):
+            close()
     w = res.window
     s = level_stats(res.requests, window_start_s=w.get("window_start_s"), window_end_s=w.get("window_end_s"))
     print(f"target {args.target}  N={args.concurrency}  window {w.get('window_s') or 0:.1f} s")

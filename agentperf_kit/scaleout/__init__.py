@@ -6,6 +6,7 @@ use :func:`run_live_workers` (:mod:`.driver`); the modules, one job each:
 - :mod:`.runtime`: importing Ray (the extra ``agentperf-kit[ray]``), joining or starting a runtime;
 - :mod:`.fleets`: the fleet split in two: a worker's share of the agents, the driver's ledger of the rules;
 - :mod:`.worker`: the Ray actor that runs a share of the agents with the live replay's own code;
+- :mod:`.pool`: the workers kept from one level to the next (a sweep starts them once);
 - :mod:`.clock`: worker clock offsets by the min-RTT method;
 - :mod:`.driver`: the level: placement, start, polling, the window over all workers, failures, files.
 

@@ -9,16 +9,21 @@ agents run with the live replay's own code (:class:`agentperf_kit.replay._LiveLe
 per-request and per-chunk path, HTTP session, event loop - uvloop when installed -, loop-lag monitor and
 collector settings as an in-process run), in a process with no thread beside its event loop.
 
-The pipes carry frames (:mod:`.frames`): an 8-byte little-endian length, then a pickle.
+The process lives as long as its actor and runs the levels the actor gives it one after another (a
+sweep pays its start-up once per worker, not once per level). The pipes carry frames (:mod:`.frames`): an
+8-byte little-endian length, then a pickle.
 
-- **stdin** (from the actor): ``("start", spec, trajectories)`` first (both pickled by the driver: the
-  actor passes them on without unpickling, so its process never imports the replay's modules), then
-  ``("go", t0_s)``, ``("close", t_end_s)``, ``("stop",)``. End of file (the actor is gone) is ``stop``.
-- **stdout** (to the actor): ``("ready",)`` once the HTTP session is open and the prompts are prepared;
-  ``("batch", rows, first_sends, sent, in_flight)`` every :data:`FLUSH_S` while the agents run (rows
-  finished since the last batch, as tuples of :data:`agentperf_kit.schema.RAW_COLUMNS`, agents' first
-  sends, requests sent so far, requests in flight); last ``("done", stats, error)``: the self-check
-  figures (:func:`level_stats`) and None or why the level failed.
+- **stdin** (from the actor), per level: ``("start", spec, trajectories)`` first (both pickled by the
+  driver: the actor passes them on without unpickling, so its process never imports the replay's
+  modules), then ``("go", t0_s)``, ``("close", t_end_s)`` (the window's end, ahead of time or past; an
+  earlier one wins), ``("stop",)`` (cancel this level). End of file (the actor is gone or done) stops
+  the level and ends the process.
+- **stdout** (to the actor), per level: ``("ready",)`` once the HTTP session is open and the prompts are
+  prepared; ``("batch", rows, first_sends, sent, in_flight)`` every :data:`FLUSH_S` while the agents run
+  (rows finished since the last batch, as tuples of :data:`agentperf_kit.schema.RAW_COLUMNS`, agents'
+  first sends, requests sent so far, requests in flight); last ``("done", stats, error)``: the
+  self-check figures (:func:`level_stats`, with ``levels``: the levels this process has run) and None or
+  why the level failed.
 
 The writes are non-blocking (an asyncio pipe transport): a slow reader never stalls the event loop.
 On Linux the process gets SIGTERM when the actor's process dies (``PR_SET_PDEATHSIG``).
@@ -43,7 +48,7 @@ from .frames import HEADER, frame, host_identity
 
 __all__ = ["FLUSH_S", "build_level", "level_stats", "serve"]
 
-FLUSH_S = 0.1  # how often rows go to the actor (the driver polls the actor every 0.2 s)
+FLUSH_S = 0.25  # how often rows go to the actor (the driver polls the actor every 0.5 s)
 
 
 class _RowSink:
@@ -143,7 +148,7 @@ def level_stats(level: _LiveLevel | None, cpu_s: float, thread_s: float) -> dict
 
 
 class _Frames(asyncio.Protocol):
-    """Frames from the actor, decoded as they arrive; end of file becomes ``("stop",)``."""
+    """Frames from the actor, decoded as they arrive; end of file becomes ``("eof",)``."""
 
     def __init__(self, on_frame: Any) -> None:
         self.buf = bytearray()
@@ -160,11 +165,11 @@ class _Frames(asyncio.Protocol):
             self.on_frame(obj)
 
     def eof_received(self) -> bool:
-        self.on_frame(("stop",))
+        self.on_frame(("eof",))
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.on_frame(("stop",))
+        self.on_frame(("eof",))
 
 
 class _Out(asyncio.Protocol):
@@ -178,44 +183,71 @@ class _Out(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
+class _Current:
+    """The level this process runs now (between a start frame and its done frame), and how many it ran."""
+
+    def __init__(self) -> None:
+        self.active = False  # from its start frame to its done frame
+        self.stopped = False
+        self.level: _ChildLevel | None = None
+        self.task: asyncio.Task | None = None
+        self.levels = 0
+
+    def stop(self) -> None:
+        """Cancel the level now running (nothing between levels: a stop is about the level it was sent in)."""
+        if not self.active or self.stopped:
+            return
+        self.stopped = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
 async def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
-    """Run one level as the frames on ``stdin`` say, its rows and figures as frames on ``stdout``
-    (module docstring)."""
+    """Run levels one after another as the frames on ``stdin`` say, their rows and figures as frames on
+    ``stdout``, until end of file (module docstring)."""
     loop = asyncio.get_running_loop()
     out_t, out = await loop.connect_write_pipe(_Out, stdout)
-    first: asyncio.Future = loop.create_future()
-    level: _ChildLevel | None = None
-    stopped = False
+    starts: asyncio.Queue = asyncio.Queue()  # start frames; None at end of file
+    cur = _Current()
 
     def on_frame(msg: tuple) -> None:
-        nonlocal stopped
         kind = msg[0]
-        if kind == "start" and not first.done():
-            first.set_result(msg)
-        elif kind == "go" and level is not None:
-            level.fleet.t0_s = msg[1]  # type: ignore[attr-defined]
-            level.go.set()
-        elif kind == "close" and level is not None:
-            level.fleet.close_at(msg[1])  # type: ignore[attr-defined]
-        elif kind == "stop" and not stopped:
-            stopped = True
-            if not first.done():
-                first.cancel()
-            elif task is not None and not task.done():
-                task.cancel()
+        if kind == "start":
+            cur.active, cur.stopped = True, False
+            starts.put_nowait(msg)
+        elif kind == "go" and cur.level is not None:
+            cur.level.fleet.t0_s = msg[1]  # type: ignore[attr-defined]
+            cur.level.go.set()
+        elif kind == "close" and cur.level is not None:
+            cur.level.fleet.close_at(msg[1])  # type: ignore[attr-defined]
+        elif kind == "stop":
+            cur.stop()
+        elif kind == "eof":  # the actor is gone: stop the level, then end
+            cur.stop()
+            starts.put_nowait(None)
 
-    task: asyncio.Task | None = None
     in_t, _ = await loop.connect_read_pipe(lambda: _Frames(on_frame), stdin)
+    try:
+        while (msg := await starts.get()) is not None:
+            await _run_level(msg, out_t, cur)
+    finally:
+        in_t.close()
+        out_t.close()  # written out before the transport closes
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(out.lost, 30)
+
+
+async def _run_level(msg: tuple, out_t: asyncio.WriteTransport, cur: _Current) -> None:
+    """One level from its start frame to its done frame (the done frame is written on every path)."""
     sink = _RowSink()
     error: str | None = None
+    level: _ChildLevel | None = None
     p0, t0 = time.process_time(), time.thread_time()
+    cur.levels += 1
     try:
-        try:
-            _, spec_pickle, trajectories_pickle = await first
-        except asyncio.CancelledError:
-            return
+        _, spec_pickle, trajectories_pickle = msg
         spec, trajectories = pickle.loads(spec_pickle), pickle.loads(trajectories_pickle)
-        level = build_level(spec, trajectories, sink)
+        level = cur.level = build_level(spec, trajectories, sink)
         level.on_ready = lambda: out_t.write(frame(("ready",)))
         fleet = level.fleet
 
@@ -230,14 +262,14 @@ async def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
                 if sink.rows or fleet.first_sends:  # type: ignore[attr-defined]
                     batch()
 
-        task = asyncio.create_task(level.drive())
-        if stopped:  # a stop that came with the start frame
+        task = cur.task = asyncio.create_task(level.drive())
+        if cur.stopped:  # a stop that came with the start frame
             task.cancel()
         pumper = asyncio.create_task(pump())
         try:
             await task
         except asyncio.CancelledError:
-            if not stopped:
+            if not cur.stopped:
                 raise
         except Exception as exc:  # the driver reports it; the level becomes invalid
             error = f"{type(exc).__name__}: {exc}"[:500]
@@ -249,12 +281,11 @@ async def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     except Exception as exc:  # before the agents ran (a bad spec): the driver reports it
         error = error or f"{type(exc).__name__}: {exc}"[:500]
     finally:
-        cpu = time.process_time() - p0
-        out_t.write(frame(("done", level_stats(level, cpu, time.thread_time() - t0), error)))
-        in_t.close()
-        out_t.close()  # written out before the transport closes
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(out.lost, 30)
+        cur.active, cur.level, cur.task = False, None, None
+        stats = level_stats(level, time.process_time() - p0, time.thread_time() - t0)
+        if stats:
+            stats["levels"] = cur.levels
+        out_t.write(frame(("done", stats, error)))
 
 
 def _die_with_parent(parent: int) -> None:

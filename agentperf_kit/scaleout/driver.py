@@ -4,15 +4,18 @@
 worker processes (Ray actors, :class:`.worker.LevelWorker`); agent ``a`` runs in worker ``a % workers``.
 The driver:
 
-1. asks the server about itself and calibrates the chat filler once (as ``run_live`` does), places the
-   workers, measures each one's clock (:mod:`.clock`) and gives it the origin that puts its stamps on the
-   run's clock;
+1. asks the server about itself and calibrates the chat filler once (as ``run_live`` does), takes the
+   workers from a :class:`.pool.WorkerPool` (kept from the caller's previous level, or placed now),
+   measures each one's clock (:mod:`.clock`) and gives it the origin that puts its stamps on the run's
+   clock;
 2. starts every worker's agents from one start time (the ramp, seeded ranks and start turns are the whole
    fleet's, as in one process);
 3. polls the workers every ``poll_s``: their finished rows go to ``requests.arrow`` (one writer, one file),
    their agents' first sends and rows to the :class:`.fleets.Ledger`, which opens and closes the steady
-   window by AA's rules over all workers; when it closes, every worker is told (its agents stop sending,
-   in-flight requests drain for ``rules.drain_timeout_s``, the rest become ``cancelled_at_end`` rows);
+   window by AA's rules over all workers. As soon as the window's end is known (ahead of time in the
+   usual case, :meth:`.fleets.Ledger.planned_end_s`) every worker is given it: its agents do not send at
+   or after it, in-flight requests drain for ``rules.drain_timeout_s``, the rest become
+   ``cancelled_at_end`` rows;
 4. at the end measures the clocks again, writes ``requests.parquet`` (the columns of docs/schema.md plus
    ``worker``) and ``manifest.json`` with a ``workers`` section (placement, clock offsets, each worker's
    self-check figures) and the run's ``client_ok``: every worker's self-check passed (event-loop lag,
@@ -22,8 +25,9 @@ The driver:
 **Failures**: a worker that dies (its process killed, its node lost) or whose level raises, or that stops
 answering for ``worker_timeout_s``, ends the level as a fail (``aborted_reason`` names the worker and
 why): the other workers are told the window closed and drain as usual; the rows every worker handed over
-are kept (a dead worker loses only the rows of its last ``poll_s`` and its requests in flight). Ctrl-C or
-an error in the driver stops and removes every worker, keeps the rows written so far and re-raises.
+are kept (a dead worker loses only the rows of its last ``poll_s`` and its requests in flight); the failed
+worker leaves the pool (the next level gets a new one). Ctrl-C or an error in the driver stops and removes
+every worker, keeps the rows written so far and re-raises.
 """
 
 from __future__ import annotations
@@ -56,8 +60,8 @@ from ..telemetry import TelemetryConfig, TelemetrySampler
 from ..trajectories.model import Trajectory
 from .clock import ClockOffset, measure_offset
 from .fleets import Ledger
-from .runtime import connect
-from .worker import LevelWorker, host_identity
+from .pool import WorkerPool
+from .worker import host_identity
 
 __all__ = ["run_live_workers"]
 
@@ -86,9 +90,10 @@ def run_live_workers(
     overwrite: bool = False,
     target_info: dict[str, Any] | None = None,
     telemetry: TelemetryConfig | None = None,
-    poll_s: float = 0.2,
+    poll_s: float = 0.5,
     worker_timeout_s: float = 60.0,
     start_timeout_s: float = 300.0,
+    pool: WorkerPool | None = None,
 ) -> RunResult:
     """Run one live level with its agents split across ``workers`` Ray worker processes (module
     docstring); the same files as :func:`~agentperf_kit.replay.run_live` plus the ``worker`` column and
@@ -99,7 +104,9 @@ def run_live_workers(
     arguments are ``run_live``'s. ``poll_s``: how often the driver collects rows (the delay with which it
     sees the window's rules met). ``worker_timeout_s``: a worker that does not answer a poll for this long
     is taken for dead. ``telemetry`` is sampled by the driver, on the run's clock, as ``run_live`` does.
-    ``start_timeout_s``: how long the workers may take to be placed and ready.
+    ``start_timeout_s``: how long the workers may take to be placed and ready. ``pool``: the workers to
+    run on, kept for the caller's next levels (:class:`.pool.WorkerPool` of ``workers`` workers: a sweep
+    starts them once); None places workers for this level only and removes them at its end.
 
     Raises:
         ConfigError: Ray is not installed (the message names ``pip install 'agentperf-kit[ray]'``).
@@ -108,13 +115,20 @@ def run_live_workers(
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if pool is not None and pool.workers != workers:
+        raise ValueError(f"pool has {pool.workers} workers, the level asks for workers={workers}")
     key = api_key or (os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None)
     run_id = run_id or f"live-{uuid.uuid4().hex[:8]}"
     out = prepare_run_dir(out_dir or os.path.join("runs", run_id), overwrite=overwrite)
     if marker_nonce is None:
         marker_nonce = random.SystemRandom().getrandbits(107)
-    ray = connect(ray_address, workers)
-    level_ = _Driver(ray, workers, ray_address, endpoint, key, lag_budget_s, poll_s, worker_timeout_s)
+    own = pool is None
+    if pool is None:
+        pool = WorkerPool(workers, ray_address)
+    level_ = _Driver(
+        pool.ray, workers, pool.ray_address, endpoint, key, lag_budget_s, poll_s, worker_timeout_s
+    )
+    level_.pool = pool
     level_.out_dir = out
     level_.telemetry = telemetry if telemetry is not None and telemetry.active else None
     ledger = Ledger(trajectories, n_agents, rules, seed=seed, sink=_drop, run_id=run_id, level=level)
@@ -156,7 +170,11 @@ def run_live_workers(
         "lag_budget_s": lag_budget_s,
         "fast_parse": fast_parse,
     }
-    level_.drive(spec, list(ledger.trajectories), progress=progress, start_timeout_s=start_timeout_s)
+    try:
+        level_.drive(spec, list(ledger.trajectories), progress=progress, start_timeout_s=start_timeout_s)
+    finally:
+        if own:
+            pool.close()
     return level_.finish()
 
 
@@ -186,6 +204,7 @@ class _Driver:
     ledger: Ledger
     manifest: dict[str, Any]
     out_dir: Any
+    pool: WorkerPool
 
     def __init__(
         self,
@@ -209,7 +228,7 @@ class _Driver:
         self.origin_ns = time.perf_counter_ns()
         self.me = host_identity()
         self.workers: list[_Worker] = []
-        self.closed_told = False
+        self.told_end_s = float("inf")  # the window's end the workers were given
         self.t0_s = float("nan")
         self.telemetry: TelemetryConfig | None = None
         self.sampler: TelemetrySampler | None = None
@@ -222,14 +241,15 @@ class _Driver:
     def drive(
         self, spec: dict[str, Any], trajectories: list, *, progress: bool, start_timeout_s: float
     ) -> None:
-        """Set up, place and start the workers, poll them until every one is done; every worker is
-        removed however this ends."""
+        """Set up, place and start the workers, poll them until every one is done. At the end the
+        workers that failed are removed from the pool (all of them on an error or an interrupt)."""
         self._set_up()
         spec["endpoint"] = self.endpoint
         writer = RunWriter(self.out_dir, flush_rows=256, flush_s=0.5)
         bar = None
         stop_sampler = threading.Event()
         sampler_thread = None
+        ended = False
         try:
             self._place(start_timeout_s)
             if self.telemetry is not None:
@@ -242,11 +262,12 @@ class _Driver:
                 bar = tqdm(desc=f"N={self.ledger.n_agents} on {self.k} workers", unit="req", leave=False)
             self._poll_until_done(writer, bar)
             self._measure_clocks(end=True)
+            ended = True
         finally:
             if bar is not None:
                 bar.close()
             stop_sampler.set()
-            self._remove_workers()
+            self._end_workers(keep=ended)
             if sampler_thread is not None:
                 sampler_thread.join(30)
             writer.close()  # raises the write error, if any, once everything is stopped
@@ -308,21 +329,13 @@ class _Driver:
             pool.submit(asyncio.run, ask()).result()
 
     def _place(self, timeout_s: float) -> None:
-        """Create the K actors (spread over the cluster's nodes), learn their hosts, measure clocks."""
-        ray = self.ray
-        actor_cls = ray.remote(num_cpus=1, max_restarts=0, scheduling_strategy="SPREAD")(LevelWorker)
-        self.workers = [_Worker(i, actor_cls.remote()) for i in range(self.k)]
-        refs = [w.actor.host.remote() for w in self.workers]
-        try:
-            hosts = ray.get(refs, timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise TargetError(
-                f"the Ray cluster did not place {self.k} workers (1 CPU each) within {timeout_s:g} s; "
-                "check its free CPUs (ray status) or use fewer workers"
-            ) from None
-        for w, host in zip(self.workers, hosts):
-            w.host = host
-            w.same_host = host.get("boot_id") is not None and host.get("boot_id") == self.me.get("boot_id")
+        """The K workers from the pool (kept ones, or new ones spread over the cluster's nodes), their
+        hosts, their clocks."""
+        self.workers = [_Worker(i, actor, host=host) for i, actor, host in self.pool.acquire(timeout_s)]
+        for w in self.workers:
+            w.same_host = w.host.get("boot_id") is not None and w.host.get("boot_id") == self.me.get(
+                "boot_id"
+            )
         lower = [w.index for w in self.workers if w.host.get("nice", 0) > self.me.get("nice", 0)]
         if lower:  # Ray's default for worker processes on a cluster started without RAY_worker_niceness=0
             log.warning(
@@ -348,7 +361,8 @@ class _Driver:
                 return int(ray.get(actor.clock_ns.remote(), timeout=10))
 
             try:
-                off = measure_offset(read)
+                # one host, one CLOCK_MONOTONIC: the offset is a check (0), 4 round trips do; across hosts 16
+                off = measure_offset(read, rounds=4 if w.same_host else 16)
             except ray.exceptions.RayError as exc:
                 log.warning("worker %d: clock not measured (%s)", w.index, type(exc).__name__)
                 continue
@@ -424,11 +438,14 @@ class _Driver:
                 ledger.abort(now, f"worker {failed[0].index} failed: {failed[0].failed}")
             if writer.error is not None:
                 ledger.abort(now, str(writer.error))
-            if not self.closed_told and not ledger.may_send(now):
-                self.closed_told = True
+            open_ = ledger.may_send(now)  # closes the window when the rules say so (or after an abort)
+            end = ledger.planned_end_s()  # known ahead of time in the usual case: the workers stop on time
+            if end < self.told_end_s:
+                self.told_end_s = end
                 for w in self.workers:
                     if w.failed is None and not w.done:
-                        w.actor.close_window.remote(ledger.window_end_s)
+                        w.actor.close_window.remote(end)
+            if not open_ and drain_deadline == float("inf"):
                 drain_deadline = time.monotonic() + ledger.rules.drain_timeout_s + self.worker_timeout_s
             if time.monotonic() > drain_deadline:  # a worker that does not finish its drain
                 for w in self.workers:
@@ -445,15 +462,18 @@ class _Driver:
         w.failed = reason
         log.warning("worker %d failed: %s", w.index, reason)
 
-    def _remove_workers(self) -> None:
+    def _end_workers(self, *, keep: bool) -> None:
+        """Stop the levels still running; then (``keep``: the level ended) remove the workers that failed
+        from the pool and keep the others for the next level, or (an error, an interrupt) remove all."""
         ray = self.ray
         for w in self.workers:
             if not w.done and w.failed is None:
                 with contextlib.suppress(ray.exceptions.RayError):
                     ray.get(w.actor.stop.remote(), timeout=5)
-        for w in self.workers:
-            with contextlib.suppress(Exception):  # already gone
-                ray.kill(w.actor, no_restart=True)
+        if keep:
+            self.pool.release(w.index for w in self.workers if w.failed is not None or not w.done)
+        else:
+            self.pool.close()
 
     # -- results ----------------------------------------------------------------------------------------
 
@@ -503,15 +523,19 @@ class _Driver:
                     "rows": w.rows,
                     "requests_sent": w.sent,
                     "failed": w.failed,
+                    "levels_on_worker": w.stats.get("actor_levels"),  # this one included (1: a new worker)
                     "clock": clock,
                     "stats": w.stats,
                 }
             )
+        pool = getattr(self, "pool", None)
         return {
             "count": self.k,
             "ray_address": self.ray_address or "local",
             "assignment": "agent % workers",
             "driver": self.me,
+            # the pool's history: workers placed so far (K + replacements) and levels run on it, this one too
+            "pool": {"workers_started": pool.started, "levels": pool.levels} if pool is not None else None,
             "workers": out,
         }
 

@@ -7,17 +7,22 @@ owns the schedule and the AA rules over all of them.
   agents: the same seeded trajectory order, start turns and ramp as one process would give them (every
   worker draws the whole fleet's start, then keeps its own agents), phase ids unique across workers
   (worker ``w`` numbers its later phases ``N + w, N + w + K, ...``) and markers unique across workers (a
-  marker nonce per worker). It never closes the window itself: :meth:`SubFleet.close_at` does, when the
-  driver says so. It reports every agent's first send (:attr:`SubFleet.first_sends`).
+  marker nonce per worker). It never decides the window's end itself: the driver gives it a time
+  (:meth:`SubFleet.close_at`) and no agent sends at or after it. It reports every agent's first send
+  (:attr:`SubFleet.first_sends`).
 - :class:`Ledger` (in the driver) applies the window and validity rules of ``AgentFleet`` to the rows and
   first sends the workers stream back: the window opens ``warmup_s`` after the latest first send of all N
   agents, trajectory completions and the per-agent minimum are counted over all workers, and the "every
   request failed for ``abort_after_s``" rule is applied to all workers' rows together. Its
   :meth:`~agentperf_kit.agents.AgentFleet.window_summary` is the level's.
 
-The driver sees rows up to one poll interval late: the window's bounds are exact (they are times on the
-run's clock, computed from the rows), only the moment the workers hear "closed" lags by up to that
-interval; requests sent in between are after the window's end, so not in it.
+The driver sees rows up to one poll interval late. The window's bounds are exact either way (times on the
+run's clock, computed from the rows); what the lateness could change is when the workers stop sending.
+So the driver gives the workers the window's end as soon as it is known (:meth:`Ledger.planned_end_s`:
+``duration_s`` after the window's start once the trajectory counts are met, and ``max_duration_s`` after
+it at the latest), ahead of time in the usual case, and every worker stops at that time on its own clock,
+as one process does. Only when the counts are met after ``duration_s`` does the end lie in the past when
+the driver learns it; requests sent in between are after the window's end, so not in it.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class SubFleet(AgentFleet):
     worker: int = 0
     workers: int = 1
     t0_s: float = 0.0
+    _close_at_s: float = math.inf  # the window's end the driver gave (run seconds)
 
     def split(self, worker: int, workers: int, t0_s: float) -> SubFleet:
         """Make this the worker ``worker`` of ``workers``; its agents start at ``t0_s`` (run seconds)."""
@@ -62,6 +68,7 @@ class SubFleet(AgentFleet):
         self.first_sends: deque[tuple[int, float]] = deque()
         self.traj_turns = {t.trajectory_id: len(t.turns) for t in self.trajectories}
         self._phase_stride = 1
+        self._close_at_s = math.inf
         return self
 
     def start(self, t0: float) -> list[RequestPlan]:
@@ -78,7 +85,9 @@ class SubFleet(AgentFleet):
         return plan
 
     def may_send(self, now: float) -> bool:
-        """Until the driver closes the window (:meth:`close_at`)."""
+        """Until the time the driver gave (:meth:`close_at`)."""
+        if not self._closed and now >= self._close_at_s:
+            self._close(self._close_at_s)
         return not self._closed
 
     def on_send(self, plan: RequestPlan, t_send: float) -> None:
@@ -87,9 +96,9 @@ class SubFleet(AgentFleet):
         super().on_send(plan, t_send)
 
     def close_at(self, t_end: float) -> None:
-        """The driver closed the window at ``t_end`` (run seconds): no agent sends again."""
-        if not self._closed:
-            self._close(t_end)
+        """The driver says the window ends at ``t_end`` (run seconds; in the past or ahead): no agent sends
+        at or after it. An earlier time than one given before wins; a later one changes nothing."""
+        self._close_at_s = min(self._close_at_s, t_end)
 
 
 class Ledger(AgentFleet):
@@ -141,6 +150,22 @@ class Ledger(AgentFleet):
                 self.completed_in_window += 1
                 if self._t_counts_met != self._t_counts_met and self._counts_met_now():
                     self._t_counts_met = t_end
+
+    def planned_end_s(self) -> float:
+        """The window's end as far as it is known now (run seconds): ``inf`` before the window's start is
+        known; then ``max_duration_s`` after the start (the cap) until the trajectory counts are met, then
+        ``duration_s`` after the start or the time they were met, whichever is later; once closed (or
+        aborted), the end itself. The same rule as :meth:`~agentperf_kit.agents.AgentFleet.may_send`."""
+        if self._closed:
+            return self.window_end_s
+        start = self.window_start_s
+        if start != start:
+            return math.inf
+        cap = start + self.rules.max_duration_s
+        if not self._counts_met():
+            return cap
+        met = self._t_counts_met if self._t_counts_met == self._t_counts_met else -math.inf
+        return min(cap, max(start + self.rules.duration_s, met))
 
     def sent(self, n: int) -> None:
         """The workers have sent ``n`` requests in all (for the window summary)."""
