@@ -133,6 +133,7 @@ def level_stats(level: _LiveLevel | None, cpu_s: float, thread_s: float) -> dict
         "loop_lag_p95_s": percentile(level.lag, 95) if level.lag else float("nan"),
         "connection_limit": level.limit,
         "connection_waits": len(waits),
+        "server_closes_connections": bool(level.wire is not None and level.wire.closes_after_response),
         "connection_wait_max_s": max(waits, default=0.0),
         "max_in_flight": level.max_in_flight,
         "body_reader": level.body_reader,

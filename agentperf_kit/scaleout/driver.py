@@ -593,6 +593,7 @@ class _Driver:
                 "budget_s": budget,
                 "connection_limit": sum(s.get("connection_limit", 0) for s in stats),
                 "connection_waits": sum(s.get("connection_waits", 0) for s in stats),
+                "server_closes_connections": any(s.get("server_closes_connections") for s in stats),
                 "max_in_flight": max_in_flight(df),
                 "body_reader": ",".join(sorted({s.get("body_reader", "") for s in stats})),
                 "gc_pauses": sum(s.get("gc_pauses", 0) for s in stats),
