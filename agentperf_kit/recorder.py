@@ -25,6 +25,7 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ __all__ = [
     "RAW_PARTS_NAME",
     "ChunkWriter",
     "RunWriter",
+    "iter_raw_batches",
+    "raw_frame",
     "read_chunk_rows",
     "read_raw_rows",
     "sanitize_row",
@@ -242,21 +245,24 @@ def _batch(rows: list[tuple]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=RAW_ARROW_SCHEMA)
 
 
-def _read_stream(path: Path) -> list[pa.RecordBatch]:
-    batches: list[pa.RecordBatch] = []
+def _iter_stream(path: Path) -> Iterator[pa.RecordBatch]:
     with open(path, "rb") as f:
         try:
             reader = ipc.open_stream(f)
         except (pa.ArrowInvalid, OSError):
-            return batches  # killed before the schema was written
+            return  # killed before the schema was written
         while True:
             try:
-                batches.append(reader.read_next_batch())
+                batch = reader.read_next_batch()
             except StopIteration:
                 break
             except (pa.ArrowInvalid, OSError):
                 break  # a batch cut short by a kill: keep what came before it
-    return batches
+            yield batch
+
+
+def _read_stream(path: Path) -> list[pa.RecordBatch]:
+    return list(_iter_stream(path))
 
 
 def _stream_paths(directory: Path, stem: str, names: tuple[str, ...] | None) -> list[Path]:
@@ -269,11 +275,26 @@ def read_raw_rows(directory: str | os.PathLike, names: tuple[str, ...] | None = 
     """Read every complete raw row under ``directory`` (all ``requests*.arrow`` streams, or only the files
     ``names`` when given: what one run wrote), with the dtypes of
     :data:`agentperf_kit.schema.REQUEST_COLUMNS`. Works on the files of a killed run."""
-    directory = Path(directory)
-    paths = _stream_paths(directory, "requests", names)
-    batches = [b for p in paths for b in _read_stream(p)]
+    batches = list(iter_raw_batches(directory, names))
     table = pa.Table.from_batches(batches, schema=RAW_ARROW_SCHEMA)
     del batches  # the table holds the buffers; converted column by column and freed as it goes
+    return raw_frame(table)
+
+
+def iter_raw_batches(
+    directory: str | os.PathLike, names: tuple[str, ...] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """The complete record batches of raw rows under ``directory`` (as :func:`read_raw_rows` reads them),
+    one at a time: a level of millions of rows is never held whole (the streaming finalize of
+    :func:`agentperf_kit.results.finalize_run` reads them twice)."""
+    for path in _stream_paths(Path(directory), "requests", names):
+        yield from _iter_stream(path)
+
+
+def raw_frame(table: pa.Table) -> pd.DataFrame:
+    """Raw rows as Arrow (:data:`RAW_ARROW_SCHEMA`) -> the frame :func:`read_raw_rows` gives, with the
+    dtypes of :data:`agentperf_kit.schema.REQUEST_COLUMNS`; ``table`` is consumed (its buffers freed
+    column by column as they are converted)."""
     df = table.to_pandas(split_blocks=True, self_destruct=True)
     del table
     cast = {name: REQUEST_COLUMNS[name].dtype for name in RAW_COLUMNS}

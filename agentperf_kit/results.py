@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,25 +53,67 @@ REQUESTS_NAME = "requests.parquet"
 CHUNKS_NAME = "chunks.parquet"
 
 
-@dataclass
 class RunResult:
     """What a run (live or simulated) returns: the tidy per-request table and its manifest.
 
     Attributes:
-        requests: one row per request, columns of :data:`agentperf_kit.schema.REQUEST_COLUMNS`.
+        requests: one row per request, columns of :data:`agentperf_kit.schema.REQUEST_COLUMNS`. A saved
+            run may hold it on disk only (a big simulated level, :func:`load_run`): it is then read from
+            ``directory/requests.parquet`` on first use; :meth:`read_requests` reads only some columns.
         manifest: configuration, provenance, window and validity (JSON-safe dict).
         directory: where it was saved, or None for an in-memory run.
+        extra: what a loader adds (``interrupted``: True for the rows an interrupted run left).
     """
 
-    requests: pd.DataFrame
-    manifest: dict[str, Any]
-    directory: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    def __init__(
+        self,
+        requests: pd.DataFrame | None,
+        manifest: dict[str, Any],
+        directory: str | os.PathLike | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        if requests is None and directory is None:
+            raise ValueError("RunResult: requests=None needs the directory whose requests.parquet holds them")
+        self._requests = requests
+        self.manifest = manifest
+        self.directory = Path(directory) if directory is not None else None
+        self.extra = {} if extra is None else extra
+
+    @property
+    def requests(self) -> pd.DataFrame:
+        if self._requests is None:
+            assert self.directory is not None
+            self._requests = pd.read_parquet(self.directory / REQUESTS_NAME)
+        return self._requests
+
+    @requests.setter
+    def requests(self, df: pd.DataFrame) -> None:
+        self._requests = df
+
+    def read_requests(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The table, or only the ``columns`` it has (in the table's order): from memory when it is
+        loaded, else read from ``requests.parquet`` without loading (nor keeping) the rest, e.g. the
+        columns a level is judged on, a small part of a level of millions of requests."""
+        if columns is None or self._requests is not None:
+            df = self.requests
+            return df if columns is None else df[[c for c in df.columns if c in set(columns)]]
+        import pyarrow.parquet as pq
+
+        assert self.directory is not None
+        path = self.directory / REQUESTS_NAME
+        return pd.read_parquet(path, columns=[c for c in pq.read_schema(path).names if c in set(columns)])
 
     @property
     def window(self) -> dict[str, Any]:
         """The manifest's ``window`` section (bounds, counts, ``meets_aa_rules`` and reasons)."""
         return self.manifest.get("window", {})
+
+    def __repr__(self) -> str:
+        rows = "on disk" if self._requests is None else f"{len(self._requests):,} requests"
+        return (
+            f"<RunResult {self.manifest.get('run_id')!r} level {self.manifest.get('level')}: {rows}; "
+            f"{self.directory}>"
+        )
 
 
 def toolkit_provenance() -> dict[str, Any]:
@@ -164,24 +206,36 @@ def finalize_run(
     manifest: dict[str, Any],
     *,
     raw: pd.DataFrame | None = None,
+    load: bool = True,
 ) -> RunResult:
     """Finish a run directory: tidy ``requests.parquet`` + final ``manifest.json``.
 
     ``manifest["window"]`` must hold ``window_start_s`` and ``window_end_s`` (as
     :meth:`AgentFleet.window_summary` returns them). ``raw`` defaults to the rows in the directory.
+    ``load=False`` (rows from the directory only): the table is written a chunk at a time and never held
+    whole (memory: ~24 bytes per row and one chunk; what a simulated level of millions of requests uses),
+    and the result reads it from disk on first use (:class:`RunResult`); the file is the same.
     """
     directory = Path(directory)
+    window = manifest.get("window", {})
+    start = window.get("window_start_s", float("nan"))
+    end = window.get("window_end_s", float("nan"))
+    final = json.loads(strict_json_dumps(manifest))
+    if raw is None and not load:
+        write_manifest(directory, manifest)
+        tmp = directory / (REQUESTS_NAME + ".tmp")
+        if _finalize_stream(directory, start, end, tmp):
+            os.replace(tmp, directory / REQUESTS_NAME)  # atomic: a parquet that exists is complete
+            return RunResult(None, final, directory)
+        # not one run's rows (never a driver's own level): the whole-frame path
     if raw is None:
         raw = read_raw_rows(directory, names=(RAW_PARTS_NAME,))  # this run's rows only
-    window = manifest.get("window", {})
-    df = finalize_frame(
-        raw, window.get("window_start_s", float("nan")), window.get("window_end_s", float("nan"))
-    )
+    df = finalize_frame(raw, start, end)
     write_manifest(directory, manifest)
     tmp = directory / (REQUESTS_NAME + ".tmp")
     write_parquet_chunked(df, tmp)
     os.replace(tmp, directory / REQUESTS_NAME)  # atomic: a parquet that exists is complete
-    return RunResult(df, json.loads(strict_json_dumps(manifest)), directory)
+    return RunResult(df, final, directory)
 
 
 #: rows converted to Arrow and written at a time by :func:`write_parquet_chunked` (one row group each)
@@ -192,19 +246,100 @@ def write_parquet_chunked(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """``df.to_parquet(path, index=False)`` a row group of :data:`PARQUET_CHUNK_ROWS` at a time, so only
     one chunk is ever held in Arrow form beside the frame (a whole-frame conversion doubles the memory
     of a level of millions of requests). Same columns, types and pandas metadata; more row groups."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    with _ChunkedParquet(path) as out:
+        for start in range(0, max(len(df), 1), PARQUET_CHUNK_ROWS):
+            out.write(df.iloc[start : start + PARQUET_CHUNK_ROWS])
 
-    if len(df) <= PARQUET_CHUNK_ROWS:
-        df.to_parquet(path, index=False)
-        return
-    first = pa.Table.from_pandas(df.iloc[:PARQUET_CHUNK_ROWS], preserve_index=False)
-    with pq.ParquetWriter(path, first.schema) as writer:
-        writer.write_table(first)
-        del first
-        for start in range(PARQUET_CHUNK_ROWS, len(df), PARQUET_CHUNK_ROWS):
-            chunk = df.iloc[start : start + PARQUET_CHUNK_ROWS]
-            writer.write_table(pa.Table.from_pandas(chunk, preserve_index=False, schema=writer.schema))
+
+class _ChunkedParquet:
+    """A parquet file written one frame chunk (one row group) at a time, with the first chunk's schema
+    and pandas metadata."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = path
+        self._writer: Any = None
+
+    def write(self, chunk: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            table = pa.Table.from_pandas(chunk, preserve_index=False)
+            self._writer = pq.ParquetWriter(self.path, table.schema)
+        else:
+            table = pa.Table.from_pandas(chunk, preserve_index=False, schema=self._writer.schema)
+        self._writer.write_table(table)
+
+    def __enter__(self) -> _ChunkedParquet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _finalize_stream(directory: Path, window_start_s: float, window_end_s: float, path: Path) -> bool:
+    """``requests.parquet`` (at ``path``) from the run's ``requests.arrow`` without holding the table:
+    a first pass keeps each row's agent, send and end times (the tool waits join an agent's rows), a
+    second finalizes and writes :data:`PARQUET_CHUNK_ROWS` rows at a time. The same frame as
+    :func:`finalize_frame` of all the rows (``tests/test_finalize_memory.py``). False (nothing written)
+    when the rows are not one run's (one ``run_id`` and ``level``, every agent known) or there are none."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from .agents import in_window_mask, one_run_tool_wait
+    from .metrics import add_request_metrics
+    from .recorder import RAW_ARROW_SCHEMA, iter_raw_batches, raw_frame
+
+    names = (RAW_PARTS_NAME,)
+    agent, send, end = [], [], []
+    runs, levels = set(), set()
+    for b in iter_raw_batches(directory, names):
+        if b.column("agent").null_count:
+            return False
+        agent.append(b.column("agent").to_numpy().copy())
+        send.append(b.column("t_send_s").to_numpy(zero_copy_only=False).copy())
+        end.append(b.column("t_end_s").to_numpy(zero_copy_only=False).copy())
+        runs.update(pc.unique(b.column("run_id")).to_pylist())
+        levels.update(pc.unique(b.column("level")).to_pylist())
+    if not agent or len(runs) != 1 or len(levels) != 1:
+        return False
+    t_send, t_end = np.concatenate(send), np.concatenate(end)
+    del send, end
+    wait = one_run_tool_wait(np.concatenate(agent), t_send, t_end)
+    del agent
+    in_window = in_window_mask(t_send, t_end, window_start_s, window_end_s)
+    del t_send, t_end
+    order = None
+    done = 0
+
+    def write(batches: list[pa.RecordBatch]) -> None:
+        nonlocal done, order
+        df = raw_frame(pa.Table.from_batches(batches, schema=RAW_ARROW_SCHEMA))
+        batches.clear()
+        add_request_metrics(df)
+        n = len(df)
+        df["in_window"] = in_window[done : done + n]
+        df["tool_wait_s"] = wait[done : done + n]
+        if order is None:
+            order = [c for c in REQUEST_COLUMNS if c in df.columns]
+            order += [c for c in df.columns if c not in REQUEST_COLUMNS]
+        out.write(df[order])
+        done += n
+
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    with _ChunkedParquet(path) as out:
+        for b in iter_raw_batches(directory, names):
+            pending.append(b)
+            rows += b.num_rows
+            if rows >= PARQUET_CHUNK_ROWS:
+                write(pending)
+                rows = 0
+        if pending:
+            write(pending)
+    return True
 
 
 def with_worker_column(raw: pd.DataFrame, workers: int) -> pd.DataFrame:
@@ -215,8 +350,9 @@ def with_worker_column(raw: pd.DataFrame, workers: int) -> pd.DataFrame:
 
 
 def load_run(directory: str | os.PathLike) -> RunResult:
-    """Load a run directory. A finished run gives its ``requests.parquet``; an interrupted one (no
-    parquet yet) gives the raw rows it left, finalized with the window recorded so far (if any)."""
+    """Load a run directory. A finished run gives its ``requests.parquet`` (read on first use of
+    ``requests``); an interrupted one (no parquet yet) gives the raw rows it left, finalized with the
+    window recorded so far (if any)."""
     directory = Path(directory)
     manifest_path = directory / MANIFEST_NAME
     if not manifest_path.exists():
@@ -224,8 +360,8 @@ def load_run(directory: str | os.PathLike) -> RunResult:
     manifest = json.loads(manifest_path.read_text())
     check_schema_version(manifest.get("schema_version"), what=str(manifest_path))
     parquet = directory / REQUESTS_NAME
-    if parquet.exists():
-        return RunResult(pd.read_parquet(parquet), manifest, directory)
+    if parquet.exists():  # read on first use (RunResult.requests), or only some columns (read_requests)
+        return RunResult(None, manifest, directory)
     window = manifest.get("window") or {}
     start = window.get("window_start_s")
     end = window.get("window_end_s")
