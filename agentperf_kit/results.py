@@ -41,6 +41,7 @@ __all__ = [
     "load_chunks",
     "load_run",
     "prepare_run_dir",
+    "read_parquet_rows",
     "run_manifest",
     "toolkit_provenance",
     "window_manifest",
@@ -90,18 +91,25 @@ class RunResult:
     def requests(self, df: pd.DataFrame) -> None:
         self._requests = df
 
-    def read_requests(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        """The table, or only the ``columns`` it has (in the table's order): from memory when it is
-        loaded, else read from ``requests.parquet`` without loading (nor keeping) the rest, e.g. the
-        columns a level is judged on, a small part of a level of millions of requests."""
-        if columns is None or self._requests is not None:
+    def read_requests(
+        self, columns: Sequence[str] | None = None, *, in_window_only: bool = False
+    ) -> pd.DataFrame:
+        """The table, or only the ``columns`` it has (in the table's order), and with ``in_window_only``
+        only the rows of the steady window (``in_window``; what a level is judged on). From memory when
+        the table is loaded, else read from ``requests.parquet`` a row group at a time, without loading
+        (nor keeping) the rest: e.g. the columns a sweep judges, a small part of a level of millions of
+        requests. The index is a fresh range when rows are left out."""
+        if self._requests is not None or (columns is None and not in_window_only):
             df = self.requests
-            return df if columns is None else df[[c for c in df.columns if c in set(columns)]]
-        import pyarrow.parquet as pq
-
+            if columns is not None:
+                df = df[[c for c in df.columns if c in set(columns)]]
+            if in_window_only and "in_window" in df:
+                df = df[df["in_window"].astype(bool).to_numpy()].reset_index(drop=True)
+            return df
         assert self.directory is not None
-        path = self.directory / REQUESTS_NAME
-        return pd.read_parquet(path, columns=[c for c in pq.read_schema(path).names if c in set(columns)])
+        return read_parquet_rows(
+            self.directory / REQUESTS_NAME, columns, where="in_window" if in_window_only else None
+        )
 
     @property
     def window(self) -> dict[str, Any]:
@@ -340,6 +348,59 @@ def _finalize_stream(directory: Path, window_start_s: float, window_end_s: float
         if pending:
             write(pending)
     return True
+
+
+def read_parquet_rows(
+    path: str | os.PathLike, columns: Sequence[str] | None = None, *, where: str | None = None
+) -> pd.DataFrame:
+    """``pd.read_parquet(path)``'s frame, of the ``columns`` it has only (in the file's order) and, with
+    ``where`` (a bool column), of the rows where that column is true (index 0..n-1), read and converted
+    a row group at a time into arrays of the final length: the memory is the result's and one row
+    group's, not the file's in Arrow beside it nor the parts beside their concatenation."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    want = set(names if columns is None else columns)
+    cols = [c for c in names if c in want or c == where]
+    groups = range(pf.num_row_groups)
+    masks = None
+    if where in names:  # the rows kept, from that column alone (one byte a row at most)
+        masks = [pf.read_row_group(i, columns=[where]).column(0) for i in groups]
+        total = sum(int(pc.sum(m).as_py() or 0) for m in masks)
+    else:
+        total = pf.metadata.num_rows
+    flat: dict[str, np.ndarray] = {}  # numpy-typed columns, filled in place
+    parts: dict[str, list[pd.Series]] = {}  # extension-typed ones (Int64, string), joined at the end
+    pos = 0
+    for i in groups:
+        t = pf.read_row_group(i, columns=cols)
+        if masks is not None:
+            t = t.filter(masks[i])
+            masks[i] = None
+        part = t.to_pandas(split_blocks=True, self_destruct=True)
+        del t
+        k = len(part)
+        for c in cols:
+            col = part[c]
+            if isinstance(col.dtype, np.dtype):
+                if c not in flat:
+                    flat[c] = np.empty(total, dtype=col.dtype)
+                flat[c][pos : pos + k] = col.to_numpy()
+            else:
+                parts.setdefault(c, []).append(col)
+        pos += k
+        del part
+    if not cols or not groups:
+        df = pf.schema_arrow.empty_table().select(cols).to_pandas()
+    else:
+        data = {c: flat[c] if c in flat else pd.concat(parts.pop(c), ignore_index=True).array for c in cols}
+        df = pd.DataFrame(data, index=pd.RangeIndex(total), copy=False)
+    if where is not None and where not in want and where in df:
+        df = df.drop(columns=where)
+    return df
 
 
 def with_worker_column(raw: pd.DataFrame, workers: int) -> pd.DataFrame:

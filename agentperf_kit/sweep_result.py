@@ -257,7 +257,7 @@ class SweepResult:
             )
             if s.get("max_unmeasured_share") is not None:
                 kw["max_unmeasured_share"] = s["max_unmeasured_share"]
-            judged = run.read_requests(_EVAL_COLUMNS)  # a level's whole table can be GBs
+            judged = run.read_requests(_EVAL_COLUMNS, in_window_only=True)  # a level can be GBs
             ev = evaluate_level(judged, preset, confidence=s.get("confidence", 0.95), **kw)
             point = evaluate_level(judged, preset, confidence=None, **kw)
             row: dict[str, Any] = {"concurrency": int(n), **_tier_stat_columns(ev)}
