@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .results import read_parquet_rows
+
 __all__ = ["iter_sweep_requests", "level_dir", "read_sweep_requests"]
 
 
@@ -43,8 +45,8 @@ def iter_sweep_requests(
     cols = list(columns) if columns is not None else None
     for _, lv in levels.iterrows():
         path = level_dir(directory, lv["concurrency"], lv.get("extensions", 0)) / "requests.parquet"
-        if path.exists():
-            df = pd.read_parquet(path, columns=cols)
+        if path.exists():  # a row group at a time: the level's frame, without its Arrow copy beside it
+            df = read_parquet_rows(path, cols)
         elif merged.exists():
             df = pd.read_parquet(merged, columns=cols, filters=[("level", "==", int(lv["level"]))])
         else:
