@@ -290,9 +290,7 @@ class _ChunkedParquet:
         if self._writer is None:
             table = pa.Table.from_pandas(chunk, preserve_index=False)
             split = [
-                f.name
-                for f in table.schema
-                if f.name in SPLIT_FLOAT_COLUMNS and pa.types.is_floating(f.type)
+                f.name for f in table.schema if f.name in SPLIT_FLOAT_COLUMNS and pa.types.is_floating(f.type)
             ]
             self._writer = pq.ParquetWriter(
                 self.path,
