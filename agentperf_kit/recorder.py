@@ -1,9 +1,10 @@
 """Incremental, crash-safe storage of raw request rows.
 
-Rows are appended to ``DIR/requests.arrow`` as an Arrow IPC *stream* (record batches one after another),
-flushed every ``flush_rows`` rows or ``flush_s`` seconds. A stream can be read back up to its last complete
-batch even after the writer was killed (SIGKILL included), which Parquet cannot offer; at the end of a
-run :func:`agentperf_kit.results.finalize_run` (or the sweep) writes the tidy ``requests.parquet``.
+Rows are appended to ``DIR/requests.arrow`` as an Arrow IPC *stream* (record batches one after another,
+LZ4-compressed), flushed every ``flush_rows`` rows or ``flush_s`` seconds. A stream can be read back up
+to its last complete batch even after the writer was killed (SIGKILL included), which Parquet cannot
+offer; at the end of a run :func:`agentperf_kit.results.finalize_run` (or the sweep) writes the tidy
+``requests.parquet``.
 
 Cost per row is one tuple append; conversion happens per batch.
 
@@ -116,6 +117,11 @@ def sanitize_row(row: tuple) -> tuple:
     return tuple(fixed)
 
 
+# record batches are LZ4-compressed: a big simulated level's raw stream is ~3x smaller on disk (81 against
+# 235 bytes a row on a GB300 level) for no more CPU (less to write; readers decompress transparently)
+_IPC_OPTIONS = ipc.IpcWriteOptions(compression="lz4" if pa.Codec.is_available("lz4") else None)
+
+
 class _ArrowStreamWriter:
     """Shared life of the append-only Arrow IPC writers: opening (an ``OSError`` becomes a one-line
     :class:`~agentperf_kit.errors.OutputError`), a write failure kept in ``error`` (``_failed``) instead of
@@ -132,7 +138,7 @@ class _ArrowStreamWriter:
         try:
             directory.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
-            self._writer = ipc.new_stream(self._file, schema)
+            self._writer = ipc.new_stream(self._file, schema, options=_IPC_OPTIONS)
         except OSError as exc:
             raise OutputError(
                 f"cannot write {path}: {exc.strerror or exc}; choose an out_dir that can be written"
