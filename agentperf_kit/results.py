@@ -377,12 +377,17 @@ def _finalize_stream(directory: Path, window_start_s: float, window_end_s: float
 
 
 def read_parquet_rows(
-    path: str | os.PathLike, columns: Sequence[str] | None = None, *, where: str | None = None
+    path: str | os.PathLike,
+    columns: Sequence[str] | None = None,
+    *,
+    where: str | None = None,
+    agents: tuple[int, int] | None = None,
 ) -> pd.DataFrame:
     """``pd.read_parquet(path)``'s frame, of the ``columns`` it has only (in the file's order) and, with
-    ``where`` (a bool column), of the rows where that column is true (index 0..n-1), read and converted
-    a row group at a time into arrays of the final length: the memory is the result's and one row
-    group's, not the file's in Arrow beside it nor the parts beside their concatenation."""
+    ``where`` (a bool column), of the rows where that column is true, with ``agents`` = (lo, hi) of the
+    rows whose ``agent`` is in [lo, hi) (index 0..n-1), read and converted a row group at a time into
+    arrays of the final length: the memory is the result's and one row group's, not the file's in Arrow
+    beside it nor the parts beside their concatenation."""
     import numpy as np
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -393,8 +398,18 @@ def read_parquet_rows(
     cols = [c for c in names if c in want or c == where]
     groups = range(pf.num_row_groups)
     masks = None
-    if where in names:  # the rows kept, from that column alone (one byte a row at most)
-        masks = [pf.read_row_group(i, columns=[where]).column(0) for i in groups]
+    by = [c for c in (where, "agent" if agents is not None else None) if c in names]
+    if by:  # the rows kept, from those columns alone
+
+        def keep(t: Any) -> Any:
+            m = t.column(where) if where in names else None
+            if agents is not None and "agent" in names:
+                a = t.column("agent")
+                m2 = pc.and_(pc.greater_equal(a, agents[0]), pc.less(a, agents[1]))
+                m = m2 if m is None else pc.and_(m, m2)
+            return m
+
+        masks = [keep(pf.read_row_group(i, columns=by)) for i in groups]
         total = sum(int(pc.sum(m).as_py() or 0) for m in masks)
     else:
         total = pf.metadata.num_rows

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from agentperf_kit.agents import RunRules
 from agentperf_kit.metrics import level_stats
 from agentperf_kit.sim.virtual import run_sim_level
@@ -58,18 +60,20 @@ def main() -> None:
             ev = evaluate_level(judged, preset, failure_policy=policy, window=bounds)
             verdicts[policy] = dict(zip(ev["tier"], ev["tier_verdict"]))
         level_stats(judged, window_start_s=bounds[0], window_end_s=bounds[1], accelerators=1)
-        n = len(judged)
+        n_window = len(judged)
         del judged
         c2 = time.process_time()
-        disk = (Path(tmp) / "lv" / "requests.parquet").stat().st_size
+        path = Path(tmp) / "lv" / "requests.parquet"
+        disk = path.stat().st_size
+        n = pq.ParquetFile(path).metadata.num_rows
     peak = _rss_mb()
     print(
         f"{args.deployment}  N = {args.agents}  seed {args.seed}  load average (1 min) {load0:.1f} -> "
         f"{os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)"
     )
     print(
-        f"  requests {n:,}  virtual {res.manifest['sim']['virtual_s']:,.0f} s  window "
-        f"{w['window_s']:,.0f} s  meets AA rules {res.manifest['meets_aa_rules']}"
+        f"  requests {n:,} ({n_window:,} in the window)  virtual {res.manifest['sim']['virtual_s']:,.0f} s"
+        f"  window {w['window_s']:,.0f} s  meets AA rules {res.manifest['meets_aa_rules']}"
     )
     print(f"  CPU: level {c1 - c0:.1f} s ({(c1 - c0) / n * 1e6:.1f} us per request), judging {c2 - c1:.1f} s")
     print(

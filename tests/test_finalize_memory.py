@@ -171,3 +171,30 @@ def test_a_level_row_kept_alone_reads_back_exactly(tmp_path):
     assert math.isnan(back.pop("p25_output_speed_tps")) and math.isnan(row.pop("p25_output_speed_tps"))
     assert back == row
     assert read_level_row(tmp_path, 8) is None
+
+
+def test_judging_the_window_columns_equals_judging_the_whole_table(tmp_path):
+    """The sweep judges a level from the steady window's rows of the judged columns only: the verdict
+    tables (both failure policies, with and without intervals) and the levels.csv statistics are exactly
+    those of the whole table."""
+    from agentperf_kit.metrics import level_stats
+    from agentperf_kit.slo import evaluate_level, get_tier_preset
+    from agentperf_kit.sweep import _JUDGED_COLUMNS
+
+    res = _level(tmp_path, "lv", n=24, drain_timeout_s=0.5)
+    full = res.requests
+    judged = results.load_run(tmp_path / "lv").read_requests(_JUDGED_COLUMNS, in_window_only=True)
+    assert len(judged) < len(full) and judged["in_window"].all()
+    w = res.window
+    bounds = (w["window_start_s"], w["window_end_s"])
+    preset = get_tier_preset("aa-dsv4pro")
+    for policy in ("miss", "exclude"):
+        for confidence in (0.95, None):
+            kw = dict(failure_policy=policy, window=bounds, confidence=confidence)
+            pd.testing.assert_frame_equal(
+                evaluate_level(judged, preset, **kw), evaluate_level(full, preset, **kw), check_exact=True
+            )
+    kw = dict(window_start_s=bounds[0], window_end_s=bounds[1], accelerators=8)
+    a, b = level_stats(judged, **kw), level_stats(full, **kw)
+    assert a.keys() == b.keys()
+    assert all(a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a), (a, b)
