@@ -593,23 +593,35 @@ def add_run_columns_inplace(out: pd.DataFrame, window_start_s: float, window_end
     O(rows) memory; several take pandas' group-by."""
     t_send = out["t_send_s"].to_numpy(dtype=float)
     t_end = out["t_end_s"].to_numpy(dtype=float)
-    spans = (t_send < window_start_s) & ~(t_end < window_end_s)  # NaN end: still running
-    out["in_window"] = ((t_send >= window_start_s) & (t_send < window_end_s)) | spans
+    out["in_window"] = in_window_mask(t_send, t_end, window_start_s, window_end_s)
     one_run = out["run_id"].nunique(dropna=False) == 1 and out["level"].nunique(dropna=False) == 1
     if len(out) and one_run and pd.api.types.is_integer_dtype(out["agent"]) and not out["agent"].hasnans:
-        # the same order as the sort below (stable; NaN sends last within an agent), without copying rows
-        agent = out["agent"].to_numpy()
-        order = np.lexsort((t_send, agent))
-        a_o, s_o = agent[order], t_send[order]
-        nxt = np.full(len(order), np.nan)
-        same = a_o[1:] == a_o[:-1]
-        nxt[:-1] = np.where(same, s_o[1:], np.nan)
-        wait = np.empty(len(order))
-        wait[order] = nxt - t_end[order]
-        out["tool_wait_s"] = wait
+        out["tool_wait_s"] = one_run_tool_wait(out["agent"].to_numpy(), t_send, t_end)
     else:
         order = out.sort_values(["run_id", "level", "agent", "t_send_s"], kind="stable").index
         nxt = out.loc[order].groupby(["run_id", "level", "agent"], sort=False)["t_send_s"].shift(-1)
         out["tool_wait_s"] = (nxt - out.loc[order, "t_end_s"]).reindex(out.index).astype(float)
-    out.loc[np.isnan(t_send), "in_window"] = False
     return out
+
+
+def in_window_mask(
+    t_send: np.ndarray, t_end: np.ndarray, window_start_s: float, window_end_s: float
+) -> np.ndarray:
+    """``in_window`` of :func:`add_run_columns` for rows with these send and end times (seconds), row by
+    row (what a driver finalizing a level a chunk at a time uses)."""
+    spans = (t_send < window_start_s) & ~(t_end < window_end_s)  # NaN end: still running
+    return (((t_send >= window_start_s) & (t_send < window_end_s)) | spans) & ~np.isnan(t_send)
+
+
+def one_run_tool_wait(agent: np.ndarray, t_send: np.ndarray, t_end: np.ndarray) -> np.ndarray:
+    """``tool_wait_s`` of :func:`add_run_columns` for one run's rows (one ``run_id`` and ``level``;
+    ``agent`` integers without NA; times in seconds, NaN sends last within an agent): a numpy sort in
+    O(rows) memory, the same order as the group-by of several runs (stable)."""
+    order = np.lexsort((t_send, agent))
+    a_o, s_o = agent[order], t_send[order]
+    nxt = np.full(len(order), np.nan)
+    same = a_o[1:] == a_o[:-1]
+    nxt[:-1] = np.where(same, s_o[1:], np.nan)
+    wait = np.empty(len(order))
+    wait[order] = nxt - t_end[order]
+    return wait

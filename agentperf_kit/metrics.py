@@ -205,11 +205,11 @@ def level_stats(
     their intervals (``ci_method``, :func:`agentperf_kit.slo.level_intervals`) are over the rows the
     ``failure_policy`` judges; counts, error rate and rates over all in-window rows.
     """
-    from .slo import level_intervals, policy_frame
+    from .slo import _window, level_intervals, policy_frame
 
     # only the columns read below: the row filter then copies these, not every column of the level
     df = df[[c for c in df.columns if c in _STATS_COLUMNS]]
-    w = df[df["in_window"].astype(bool)] if "in_window" in df else df
+    w = _window(df, True)
     n = len(w)
     ok = w["ok"].to_numpy(dtype=bool)
     if window_start_s is None or window_end_s is None:

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ __all__ = [
     "load_chunks",
     "load_run",
     "prepare_run_dir",
+    "read_parquet_rows",
     "run_manifest",
     "toolkit_provenance",
     "window_manifest",
@@ -53,25 +54,74 @@ REQUESTS_NAME = "requests.parquet"
 CHUNKS_NAME = "chunks.parquet"
 
 
-@dataclass
 class RunResult:
     """What a run (live or simulated) returns: the tidy per-request table and its manifest.
 
     Attributes:
-        requests: one row per request, columns of :data:`agentperf_kit.schema.REQUEST_COLUMNS`.
+        requests: one row per request, columns of :data:`agentperf_kit.schema.REQUEST_COLUMNS`. A saved
+            run may hold it on disk only (a big simulated level, :func:`load_run`): it is then read from
+            ``directory/requests.parquet`` on first use; :meth:`read_requests` reads only some columns.
         manifest: configuration, provenance, window and validity (JSON-safe dict).
         directory: where it was saved, or None for an in-memory run.
+        extra: what a loader adds (``interrupted``: True for the rows an interrupted run left).
     """
 
-    requests: pd.DataFrame
-    manifest: dict[str, Any]
-    directory: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    def __init__(
+        self,
+        requests: pd.DataFrame | None,
+        manifest: dict[str, Any],
+        directory: str | os.PathLike | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        if requests is None and directory is None:
+            raise ValueError("RunResult: requests=None needs the directory whose requests.parquet holds them")
+        self._requests = requests
+        self.manifest = manifest
+        self.directory = Path(directory) if directory is not None else None
+        self.extra = {} if extra is None else extra
+
+    @property
+    def requests(self) -> pd.DataFrame:
+        if self._requests is None:
+            assert self.directory is not None
+            self._requests = pd.read_parquet(self.directory / REQUESTS_NAME)
+        return self._requests
+
+    @requests.setter
+    def requests(self, df: pd.DataFrame) -> None:
+        self._requests = df
+
+    def read_requests(
+        self, columns: Sequence[str] | None = None, *, in_window_only: bool = False
+    ) -> pd.DataFrame:
+        """The table, or only the ``columns`` it has (in the table's order), and with ``in_window_only``
+        only the rows of the steady window (``in_window``; what a level is judged on). From memory when
+        the table is loaded, else read from ``requests.parquet`` a row group at a time, without loading
+        (nor keeping) the rest: e.g. the columns a sweep judges, a small part of a level of millions of
+        requests. The index is a fresh range when rows are left out."""
+        if self._requests is not None or (columns is None and not in_window_only):
+            df = self.requests
+            if columns is not None:
+                df = df[[c for c in df.columns if c in set(columns)]]
+            if in_window_only and "in_window" in df:
+                df = df[df["in_window"].astype(bool).to_numpy()].reset_index(drop=True)
+            return df
+        assert self.directory is not None
+        return read_parquet_rows(
+            self.directory / REQUESTS_NAME, columns, where="in_window" if in_window_only else None
+        )
 
     @property
     def window(self) -> dict[str, Any]:
         """The manifest's ``window`` section (bounds, counts, ``meets_aa_rules`` and reasons)."""
         return self.manifest.get("window", {})
+
+    def __repr__(self) -> str:
+        rows = "on disk" if self._requests is None else f"{len(self._requests):,} requests"
+        return (
+            f"<RunResult {self.manifest.get('run_id')!r} level {self.manifest.get('level')}: {rows}; "
+            f"{self.directory}>"
+        )
 
 
 def toolkit_provenance() -> dict[str, Any]:
@@ -164,47 +214,234 @@ def finalize_run(
     manifest: dict[str, Any],
     *,
     raw: pd.DataFrame | None = None,
+    load: bool = True,
 ) -> RunResult:
     """Finish a run directory: tidy ``requests.parquet`` + final ``manifest.json``.
 
     ``manifest["window"]`` must hold ``window_start_s`` and ``window_end_s`` (as
     :meth:`AgentFleet.window_summary` returns them). ``raw`` defaults to the rows in the directory.
+    ``load=False`` (rows from the directory only): the table is written a chunk at a time and never held
+    whole (memory: ~24 bytes per row and one chunk; what a simulated level of millions of requests uses),
+    and the result reads it from disk on first use (:class:`RunResult`); the file is the same.
     """
     directory = Path(directory)
+    window = manifest.get("window", {})
+    start = window.get("window_start_s", float("nan"))
+    end = window.get("window_end_s", float("nan"))
+    final = json.loads(strict_json_dumps(manifest))
+    if raw is None and not load:
+        write_manifest(directory, manifest)
+        tmp = directory / (REQUESTS_NAME + ".tmp")
+        if _finalize_stream(directory, start, end, tmp):
+            os.replace(tmp, directory / REQUESTS_NAME)  # atomic: a parquet that exists is complete
+            return RunResult(None, final, directory)
+        # not one run's rows (never a driver's own level): the whole-frame path
     if raw is None:
         raw = read_raw_rows(directory, names=(RAW_PARTS_NAME,))  # this run's rows only
-    window = manifest.get("window", {})
-    df = finalize_frame(
-        raw, window.get("window_start_s", float("nan")), window.get("window_end_s", float("nan"))
-    )
+    df = finalize_frame(raw, start, end)
     write_manifest(directory, manifest)
     tmp = directory / (REQUESTS_NAME + ".tmp")
     write_parquet_chunked(df, tmp)
     os.replace(tmp, directory / REQUESTS_NAME)  # atomic: a parquet that exists is complete
-    return RunResult(df, json.loads(strict_json_dumps(manifest)), directory)
+    return RunResult(df, final, directory)
 
 
-#: rows converted to Arrow and written at a time by :func:`write_parquet_chunked` (one row group each)
-PARQUET_CHUNK_ROWS = 1 << 18
+#: rows converted to Arrow and written at a time by :func:`write_parquet_chunked` and the streaming
+#: finalize (one row group each): what finalizing holds beside the ~24 bytes a row of its first pass
+PARQUET_CHUNK_ROWS = 1 << 16
+
+#: float columns written with Parquet's BYTE_STREAM_SPLIT encoding (no dictionary): times and derived
+#: metrics whose values rarely repeat. The others keep dictionary encoding, which a simulated level's
+#: end times (engine step boundaries), token counts and ids compress well with. Every column is zstd
+#: compressed (level 1); values are unchanged (float64 kept: microseconds over hours need it).
+SPLIT_FLOAT_COLUMNS = (
+    "t_scheduled_s",
+    "t_send_s",
+    "t_first_answer_s",
+    "ttft_s",
+    "ttfo_s",
+    "e2e_s",
+    "output_speed_tps",
+)
 
 
 def write_parquet_chunked(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """``df.to_parquet(path, index=False)`` a row group of :data:`PARQUET_CHUNK_ROWS` at a time, so only
     one chunk is ever held in Arrow form beside the frame (a whole-frame conversion doubles the memory
-    of a level of millions of requests). Same columns, types and pandas metadata; more row groups."""
+    of a level of millions of requests). Same columns, types and pandas metadata; more row groups; the
+    encoding of :data:`SPLIT_FLOAT_COLUMNS` (zstd, byte-stream split floats)."""
+    with _ChunkedParquet(path) as out:
+        for start in range(0, max(len(df), 1), PARQUET_CHUNK_ROWS):
+            out.write(df.iloc[start : start + PARQUET_CHUNK_ROWS])
+
+
+class _ChunkedParquet:
+    """A parquet file written one frame chunk (one row group) at a time, with the first chunk's schema
+    and pandas metadata."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = path
+        self._writer: Any = None
+
+    def write(self, chunk: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            table = pa.Table.from_pandas(chunk, preserve_index=False)
+            split = [
+                f.name for f in table.schema if f.name in SPLIT_FLOAT_COLUMNS and pa.types.is_floating(f.type)
+            ]
+            self._writer = pq.ParquetWriter(
+                self.path,
+                table.schema,
+                compression="zstd",
+                compression_level=1,
+                use_dictionary=[n for n in table.schema.names if n not in split],
+                use_byte_stream_split=split or False,
+            )
+        else:
+            table = pa.Table.from_pandas(chunk, preserve_index=False, schema=self._writer.schema)
+        self._writer.write_table(table)
+
+    def __enter__(self) -> _ChunkedParquet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _finalize_stream(directory: Path, window_start_s: float, window_end_s: float, path: Path) -> bool:
+    """``requests.parquet`` (at ``path``) from the run's ``requests.arrow`` without holding the table:
+    a first pass keeps each row's agent, send and end times (the tool waits join an agent's rows), a
+    second finalizes and writes :data:`PARQUET_CHUNK_ROWS` rows at a time. The same frame as
+    :func:`finalize_frame` of all the rows (``tests/test_finalize_memory.py``). False (nothing written)
+    when the rows are not one run's (one ``run_id`` and ``level``, every agent known) or there are none."""
+    import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from .agents import in_window_mask, one_run_tool_wait
+    from .metrics import add_request_metrics
+    from .recorder import RAW_ARROW_SCHEMA, iter_raw_batches, raw_frame
+
+    names = (RAW_PARTS_NAME,)
+    agent, send, end = [], [], []
+    runs, levels = set(), set()
+    for b in iter_raw_batches(directory, names):
+        if b.column("agent").null_count:
+            return False
+        agent.append(b.column("agent").to_numpy().copy())
+        send.append(b.column("t_send_s").to_numpy(zero_copy_only=False).copy())
+        end.append(b.column("t_end_s").to_numpy(zero_copy_only=False).copy())
+        runs.update(pc.unique(b.column("run_id")).to_pylist())
+        levels.update(pc.unique(b.column("level")).to_pylist())
+    if not agent or len(runs) != 1 or len(levels) != 1:
+        return False
+    t_send, t_end = np.concatenate(send), np.concatenate(end)
+    del send, end
+    wait = one_run_tool_wait(np.concatenate(agent), t_send, t_end)
+    del agent
+    in_window = in_window_mask(t_send, t_end, window_start_s, window_end_s)
+    del t_send, t_end
+    order = None
+    done = 0
+
+    def write(batches: list[pa.RecordBatch]) -> None:
+        nonlocal done, order
+        df = raw_frame(pa.Table.from_batches(batches, schema=RAW_ARROW_SCHEMA))
+        batches.clear()
+        add_request_metrics(df)
+        n = len(df)
+        df["in_window"] = in_window[done : done + n]
+        df["tool_wait_s"] = wait[done : done + n]
+        if order is None:
+            order = [c for c in REQUEST_COLUMNS if c in df.columns]
+            order += [c for c in df.columns if c not in REQUEST_COLUMNS]
+        out.write(df[order])
+        done += n
+
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    with _ChunkedParquet(path) as out:
+        for b in iter_raw_batches(directory, names):
+            pending.append(b)
+            rows += b.num_rows
+            if rows >= PARQUET_CHUNK_ROWS:
+                write(pending)
+                rows = 0
+        if pending:
+            write(pending)
+    return True
+
+
+def read_parquet_rows(
+    path: str | os.PathLike,
+    columns: Sequence[str] | None = None,
+    *,
+    where: str | None = None,
+    agents: tuple[int, int] | None = None,
+) -> pd.DataFrame:
+    """``pd.read_parquet(path)``'s frame, of the ``columns`` it has only (in the file's order) and, with
+    ``where`` (a bool column), of the rows where that column is true, with ``agents`` = (lo, hi) of the
+    rows whose ``agent`` is in [lo, hi) (index 0..n-1), read and converted a row group at a time into
+    arrays of the final length: the memory is the result's and one row group's, not the file's in Arrow
+    beside it nor the parts beside their concatenation."""
+    import numpy as np
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    if len(df) <= PARQUET_CHUNK_ROWS:
-        df.to_parquet(path, index=False)
-        return
-    first = pa.Table.from_pandas(df.iloc[:PARQUET_CHUNK_ROWS], preserve_index=False)
-    with pq.ParquetWriter(path, first.schema) as writer:
-        writer.write_table(first)
-        del first
-        for start in range(PARQUET_CHUNK_ROWS, len(df), PARQUET_CHUNK_ROWS):
-            chunk = df.iloc[start : start + PARQUET_CHUNK_ROWS]
-            writer.write_table(pa.Table.from_pandas(chunk, preserve_index=False, schema=writer.schema))
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    want = set(names if columns is None else columns)
+    cols = [c for c in names if c in want or c == where]
+    groups = range(pf.num_row_groups)
+    masks = None
+    by = [c for c in (where, "agent" if agents is not None else None) if c in names]
+    if by:  # the rows kept, from those columns alone
+
+        def keep(t: Any) -> Any:
+            m = t.column(where) if where in names else None
+            if agents is not None and "agent" in names:
+                a = t.column("agent")
+                m2 = pc.and_(pc.greater_equal(a, agents[0]), pc.less(a, agents[1]))
+                m = m2 if m is None else pc.and_(m, m2)
+            return m
+
+        masks = [keep(pf.read_row_group(i, columns=by)) for i in groups]
+        total = sum(int(pc.sum(m).as_py() or 0) for m in masks)
+    else:
+        total = pf.metadata.num_rows
+    flat: dict[str, np.ndarray] = {}  # numpy-typed columns, filled in place
+    parts: dict[str, list[pd.Series]] = {}  # extension-typed ones (Int64, string), joined at the end
+    pos = 0
+    for i in groups:
+        t = pf.read_row_group(i, columns=cols)
+        if masks is not None:
+            t = t.filter(masks[i])
+            masks[i] = None
+        part = t.to_pandas(split_blocks=True, self_destruct=True)
+        del t
+        k = len(part)
+        for c in cols:
+            col = part[c]
+            if isinstance(col.dtype, np.dtype):
+                if c not in flat:
+                    flat[c] = np.empty(total, dtype=col.dtype)
+                flat[c][pos : pos + k] = col.to_numpy()
+            else:
+                parts.setdefault(c, []).append(col)
+        pos += k
+        del part
+    if not cols or not groups:
+        df = pf.schema_arrow.empty_table().select(cols).to_pandas()
+    else:
+        data = {c: flat[c] if c in flat else pd.concat(parts.pop(c), ignore_index=True).array for c in cols}
+        df = pd.DataFrame(data, index=pd.RangeIndex(total), copy=False)
+    if where is not None and where not in want and where in df:
+        df = df.drop(columns=where)
+    return df
 
 
 def with_worker_column(raw: pd.DataFrame, workers: int) -> pd.DataFrame:
@@ -215,8 +452,9 @@ def with_worker_column(raw: pd.DataFrame, workers: int) -> pd.DataFrame:
 
 
 def load_run(directory: str | os.PathLike) -> RunResult:
-    """Load a run directory. A finished run gives its ``requests.parquet``; an interrupted one (no
-    parquet yet) gives the raw rows it left, finalized with the window recorded so far (if any)."""
+    """Load a run directory. A finished run gives its ``requests.parquet`` (read on first use of
+    ``requests``); an interrupted one (no parquet yet) gives the raw rows it left, finalized with the
+    window recorded so far (if any)."""
     directory = Path(directory)
     manifest_path = directory / MANIFEST_NAME
     if not manifest_path.exists():
@@ -224,8 +462,8 @@ def load_run(directory: str | os.PathLike) -> RunResult:
     manifest = json.loads(manifest_path.read_text())
     check_schema_version(manifest.get("schema_version"), what=str(manifest_path))
     parquet = directory / REQUESTS_NAME
-    if parquet.exists():
-        return RunResult(pd.read_parquet(parquet), manifest, directory)
+    if parquet.exists():  # read on first use (RunResult.requests), or only some columns (read_requests)
+        return RunResult(None, manifest, directory)
     window = manifest.get("window") or {}
     start = window.get("window_start_s")
     end = window.get("window_end_s")

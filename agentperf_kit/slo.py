@@ -192,9 +192,15 @@ def _verdict(
     return "inconclusive"
 
 
+def _rows(df: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
+    """``df[mask]``; ``df`` itself when every row is kept (rows read for judging are often all in the
+    window: no copy of a level of millions of requests)."""
+    return df if mask.all() else df[mask]
+
+
 def _window(df: pd.DataFrame, in_window_only: bool) -> pd.DataFrame:
     if in_window_only and "in_window" in df:
-        return df[df["in_window"].astype(bool)]
+        return _rows(df, df["in_window"].astype(bool).to_numpy())
     return df
 
 
@@ -212,7 +218,7 @@ def policy_frame(df: pd.DataFrame, failure_policy: str = DEFAULT_FAILURE_POLICY)
         unfinished = df["error"].astype("string").isin(UNFINISHED_ERRORS).fillna(False).to_numpy(dtype=bool)
     else:
         unfinished = np.zeros(len(df), dtype=bool)
-    return df[ok | unfinished]
+    return _rows(df, ok | unfinished)
 
 
 def _bounds(w: pd.DataFrame, window: tuple[float | None, float | None] | None) -> tuple[float, float]:
@@ -264,6 +270,10 @@ _EVAL_COLUMNS = frozenset(
 )
 
 
+#: the columns of the window's halves (the steadiness check): the statistics and their cluster labels
+_HALF_COLUMNS = frozenset(("agent", "t_send_s", "output_speed_tps", "ttft_s"))
+
+
 def _halves(w: pd.DataFrame, bounds: tuple[float, float]) -> tuple[pd.DataFrame, pd.DataFrame, float]:
     mid = (bounds[0] + bounds[1]) / 2
     t = w["t_send_s"].to_numpy(dtype=float)
@@ -306,7 +316,8 @@ def evaluate_level(
         unmeasured = 0.0
     can_split = check_steady and confidence is not None and "t_send_s" in w and len(w) >= 4
     if can_split:
-        h1, h2, _ = _halves(w, bounds)
+        # only the columns the halves' intervals read are copied
+        h1, h2, _ = _halves(w[[c for c in w.columns if c in _HALF_COLUMNS]], bounds)
         l1 = _clusters(h1, ci_method, (bounds[0], (bounds[0] + bounds[1]) / 2))
         l2 = _clusters(h2, ci_method, ((bounds[0] + bounds[1]) / 2, bounds[1]))
     cache: dict[tuple[str, float], tuple[PercentileCI, PercentileCI | None, PercentileCI | None]] = {}

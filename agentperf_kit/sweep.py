@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 import warnings
@@ -36,11 +37,11 @@ from typing import Any
 import pandas as pd
 
 from ._version import __version__
-from .metrics import level_stats
+from .metrics import _STATS_COLUMNS, level_stats
 from .normalize import PowerSpec, agents_per_accelerator, agents_per_mw, provisioned_power_w
-from .results import RunResult, check_sweep_dir, load_run, toolkit_provenance
+from .results import MANIFEST_NAME, RunResult, check_sweep_dir, load_run, toolkit_provenance
 from .schema import SCHEMA_VERSION, check_schema_version, json_safe, strict_json_dumps
-from .slo import TierPreset, evaluate_level, get_tier_preset, max_agents
+from .slo import _EVAL_COLUMNS, TierPreset, evaluate_level, get_tier_preset, max_agents
 from .sweep_config import SweepConfig, SweepConfigError
 from .sweep_result import SweepResult
 from .targets import Target
@@ -180,6 +181,10 @@ def _without_cap(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in RESUMABLE_CHANGES}
 
 
+#: the request columns a level's verdicts and statistics read (``evaluate_level``, ``level_stats``)
+_JUDGED_COLUMNS = _EVAL_COLUMNS | _STATS_COLUMNS
+
+
 def _level_seed(seed: int, n: int, ext: int) -> int:
     return int(hashlib.sha256(f"{seed}:{n}:{ext}".encode()).hexdigest()[:12], 16)
 
@@ -191,8 +196,13 @@ class _Sweeper:
         out: Path,
         progress: bool | Callable[[str], None],
         target: Target | None = None,
+        *,
+        keep_rows: bool = True,
     ) -> None:
         self.cfg = cfg
+        # False (the band's levels): a judged level keeps its manifest and its levels.csv row
+        # (LEVEL_ROW_NAME), not its request rows; a resume reuses the row (docs/sweep.md "Disk")
+        self.keep_rows = keep_rows
         self.target = target if target is not None else cfg.target_object
         self.out = out
         self.progress = bool(progress)  # a live level's progress bar
@@ -259,6 +269,12 @@ class _Sweeper:
     def level(self, n: int) -> dict[str, Any]:
         if n in self.rows:
             return self.rows[n]
+        if not self.keep_rows:
+            kept = read_level_row(self.out, n)
+            if kept is not None:
+                d, row = kept
+                manifest = json.loads((d / MANIFEST_NAME).read_text())
+                return self._record(n, row, d, manifest)
         acc, _ = self.accelerators()
         cfg = self.cfg
         ext = 0
@@ -266,7 +282,9 @@ class _Sweeper:
             res = self._measure(n, ext, len(self.rows))
             window = res.manifest.get("window", {})
             bounds = (window.get("window_start_s"), window.get("window_end_s"))
-            ev = self._evaluate(res.requests, bounds, cfg.failure_policy, cfg.confidence)
+            # only the rows and columns the verdicts and statistics read (a level: millions of requests)
+            judged = res.read_requests(_JUDGED_COLUMNS, in_window_only=True)
+            ev = self._evaluate(judged, bounds, cfg.failure_policy, cfg.confidence)
             verdicts = dict(zip(ev["tier"], ev["tier_verdict"]))
             aborted = res.manifest.get("aborted_reason")
             if aborted:  # ended early (every request failing): a failed level, never extended
@@ -290,7 +308,7 @@ class _Sweeper:
                 break
             ext = nxt
         if "inconclusive" in verdicts.values():
-            pv = dict(zip(*self._point(res.requests, bounds)))
+            pv = dict(zip(*self._point(judged, bounds)))
             reasons = ev.groupby("tier")["reason"].agg(lambda r: ",".join(sorted({x for x in r if x})))
             for t, v in verdicts.items():
                 if v != "inconclusive":
@@ -307,7 +325,7 @@ class _Sweeper:
                 )
                 verdicts[t] = pv[t]
         stats = level_stats(
-            res.requests,
+            judged,
             window_start_s=window.get("window_start_s"),
             window_end_s=window.get("window_end_s"),
             accelerators=acc,
@@ -324,7 +342,8 @@ class _Sweeper:
             row[f"{col}_is_inf"] = bool(row.get(col) == float("inf"))
         row.update(_tier_stat_columns(ev))
         other = "exclude" if cfg.failure_policy == "miss" else "miss"
-        ev_other = self._evaluate(res.requests, bounds, other, cfg.confidence)
+        ev_other = self._evaluate(judged, bounds, other, cfg.confidence)
+        del judged
         for t, v in zip(ev_other["tier"], ev_other["tier_verdict"]):
             row[f"verdict_{t}_if_{other}"] = v
         row["meets_aa_rules"] = bool(res.manifest.get("meets_aa_rules", window.get("meets_aa_rules", False)))
@@ -341,12 +360,18 @@ class _Sweeper:
         for t in self.preset.tiers:
             row[f"verdict_{t.name}"] = verdicts[t.name]
             row[f"binding_{t.name}"] = ev.loc[ev["tier"] == t.name, "binding"].iloc[0]
-        self.rows[n] = row
         assert res.directory is not None, "a sweep's levels are saved"
-        self.results[n] = (Path(res.directory), res.manifest)  # the rows stay on disk
         _drop_raw_stream(Path(res.directory))
+        if not self.keep_rows:
+            _keep_row_only(Path(res.directory), row)
+        return self._record(n, row, Path(res.directory), res.manifest)
+
+    def _record(self, n: int, row: dict[str, Any], d: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Level ``n`` judged (``row``, its directory ``d`` and manifest): kept, written to levels.csv."""
+        self.rows[n] = row
+        self.results[n] = (d, manifest)  # the rows stay on disk
         self._write_partial()
-        v = " ".join(f"{t.name}={verdicts[t.name]}" for t in self.preset.tiers)
+        v = " ".join(f"{t.name}={row[f'verdict_{t.name}']}" for t in self.preset.tiers)
         self.say(
             f"  N={n:<5d} P25 speed {row['p25_output_speed_tps']:8.1f} tok/s  P95 TTFT "
             f"{row['p95_ttft_s']:7.2f} s  requests {row['n_requests']:>7,}  {v}"
@@ -393,6 +418,47 @@ class _Sweeper:
             relative_resolution=self.cfg.relative_resolution,
             on_ramp_done=on_ramp_done,
         )
+
+
+#: a level that keeps no request rows (the band's) keeps its levels.csv row here, in its directory
+LEVEL_ROW_NAME = "level.json"
+
+
+def _keep_row_only(level_dir: Path, row: Mapping[str, Any]) -> None:
+    """The band's levels keep their judged row (:data:`LEVEL_ROW_NAME`, written first, atomically) and
+    manifest, not their request rows: ``requests.parquet`` of the level and of its earlier extensions is
+    removed. Strict JSON; non-finite floats (an infinite P95 TTFT, a margin of -inf) are listed apart so
+    the row reads back exactly."""
+    nonfinite = {k: repr(float(v)) for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
+    data = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "agentperf-level-row",
+        "note": "the level's levels.csv row; its request rows were not kept (docs/sweep.md, Disk)",
+        "row": row,
+        "nonfinite": nonfinite,
+    }
+    tmp = level_dir / (LEVEL_ROW_NAME + ".tmp")
+    tmp.write_text(strict_json_dumps(data, indent=1) + "\n")
+    os.replace(tmp, level_dir / LEVEL_ROW_NAME)
+    for d in level_dir.parent.glob(level_dir.name.rsplit("_e", 1)[0] + "_e*"):
+        (d / "requests.parquet").unlink(missing_ok=True)
+
+
+def read_level_row(out: str | os.PathLike, n: int) -> tuple[Path, dict[str, Any]] | None:
+    """(directory, levels.csv row) of the level of ``n`` agents under the sweep directory ``out`` that
+    kept only its row (:data:`LEVEL_ROW_NAME`, the last extension's), or None."""
+    found = sorted(
+        Path(out).glob(f"levels/n{int(n):05d}_e*/{LEVEL_ROW_NAME}"),
+        key=lambda p: int(p.parent.name.rsplit("_e", 1)[1]),
+    )
+    if not found:
+        return None
+    data = json.loads(found[-1].read_text())
+    check_schema_version(data.get("schema_version"), what=str(found[-1]))
+    row = dict(data["row"])
+    for k, v in (data.get("nonfinite") or {}).items():
+        row[k] = float(v)
+    return found[-1].parent, row
 
 
 def _drop_raw_stream(level_dir: Path) -> None:

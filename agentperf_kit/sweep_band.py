@@ -223,13 +223,15 @@ def plan_band(cfg, rows: Mapping[int, Mapping[str, Any]], cap: int, trajectories
 def run_band_end(cfg, out: Path, eff: str, plans: list[EndPlan]) -> dict[str, Any]:
     """Search every tier's end under the set ``eff`` (levels under ``out/band/eff``, shared by the
     tiers); runs in a worker process or inline. Returns ``answers`` (tier -> (agents, is lower bound)),
-    ``levels`` (levels measured or reused under this set) and ``lines`` (progress lines)."""
+    ``levels`` (levels measured or reused under this set), ``measured`` (of which measured by this call)
+    and ``lines`` (progress lines). The levels keep their judged row, not their request rows."""
     from .sweep import _Sweeper
 
     lines: list[str] = []
     d = out / "band" / eff
     d.mkdir(parents=True, exist_ok=True)
-    sw = _Sweeper(dataclasses.replace(cfg, efficiency=eff), d, lines.append)
+    # the band's levels keep their judged rows, not their requests (docs/sweep.md "Disk")
+    sw = _Sweeper(dataclasses.replace(cfg, efficiency=eff), d, lines.append, keep_rows=False)
     sw.say(f"band: the {eff} efficiency set")
     answers: dict[str, tuple[int, bool]] = {}
     for plan in plans:
@@ -239,7 +241,7 @@ def run_band_end(cfg, out: Path, eff: str, plans: list[EndPlan]) -> dict[str, An
             return row[f"verdict_{tier}"] == "pass", _margin(row, tier)
 
         answers[plan.tier] = search_end(probe, plan)
-    return {"answers": answers, "levels": len(sw.rows), "lines": lines}
+    return {"answers": answers, "levels": len(sw.rows), "measured": sw.n_measured_now, "lines": lines}
 
 
 def band_columns(

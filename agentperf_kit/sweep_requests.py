@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .results import read_parquet_rows
+
 __all__ = ["iter_sweep_requests", "level_dir", "read_sweep_requests"]
 
 
@@ -31,11 +33,13 @@ def iter_sweep_requests(
     *,
     columns: Sequence[str] | None = None,
     levels: pd.DataFrame | None = None,
+    agents: tuple[int, int] | None = None,
 ) -> Iterator[tuple[pd.Series, pd.DataFrame]]:
     """Yield ``(levels.csv row, its requests)`` one level at a time (memory: one level).
 
     ``levels`` defaults to the sweep's ``levels.csv``; ``columns`` restricts the columns read (``level``
-    is always set when it is among them or ``columns`` is None)."""
+    is always set when it is among them or ``columns`` is None); ``agents`` = (lo, hi) to the rows of
+    agents lo..hi-1 (a part of a big level)."""
     directory = Path(directory)
     if levels is None:
         levels = pd.read_csv(directory / "levels.csv")
@@ -43,10 +47,13 @@ def iter_sweep_requests(
     cols = list(columns) if columns is not None else None
     for _, lv in levels.iterrows():
         path = level_dir(directory, lv["concurrency"], lv.get("extensions", 0)) / "requests.parquet"
-        if path.exists():
-            df = pd.read_parquet(path, columns=cols)
+        if path.exists():  # a row group at a time: the level's frame, without its Arrow copy beside it
+            df = read_parquet_rows(path, cols, agents=agents)
         elif merged.exists():
-            df = pd.read_parquet(merged, columns=cols, filters=[("level", "==", int(lv["level"]))])
+            where = [("level", "==", int(lv["level"]))]
+            if agents is not None:
+                where += [("agent", ">=", agents[0]), ("agent", "<", agents[1])]
+            df = pd.read_parquet(merged, columns=cols, filters=where)
         else:
             raise FileNotFoundError(
                 f"{directory}: no requests for the level of N={int(lv['concurrency'])} ({path} is missing); "
@@ -59,10 +66,15 @@ def iter_sweep_requests(
 
 
 def read_sweep_requests(
-    directory: str | os.PathLike, *, columns: Sequence[str] | None = None, levels: pd.DataFrame | None = None
+    directory: str | os.PathLike,
+    *,
+    columns: Sequence[str] | None = None,
+    levels: pd.DataFrame | None = None,
+    agents: tuple[int, int] | None = None,
 ) -> pd.DataFrame:
-    """All requests of a sweep's levels (the last extension of each N) in one frame, by level."""
-    parts = [df for _, df in iter_sweep_requests(directory, columns=columns, levels=levels)]
+    """All requests of a sweep's levels (the last extension of each N) in one frame, by level (``agents``:
+    as :func:`iter_sweep_requests`)."""
+    parts = [df for _, df in iter_sweep_requests(directory, columns=columns, levels=levels, agents=agents)]
     if not parts:
         return pd.DataFrame(columns=list(columns) if columns is not None else None)
     return pd.concat(parts, ignore_index=True)

@@ -241,7 +241,7 @@ class SweepResult:
         says where the bracket ends)."""
         from .normalize import PowerSpec
         from .results import load_run
-        from .slo import evaluate_level
+        from .slo import _EVAL_COLUMNS, evaluate_level
         from .sweep import _tier_stat_columns, _tier_table
 
         preset = as_tier_preset(tiers)
@@ -257,8 +257,9 @@ class SweepResult:
             )
             if s.get("max_unmeasured_share") is not None:
                 kw["max_unmeasured_share"] = s["max_unmeasured_share"]
-            ev = evaluate_level(run.requests, preset, confidence=s.get("confidence", 0.95), **kw)
-            point = evaluate_level(run.requests, preset, confidence=None, **kw)
+            judged = run.read_requests(_EVAL_COLUMNS, in_window_only=True)  # a level can be GBs
+            ev = evaluate_level(judged, preset, confidence=s.get("confidence", 0.95), **kw)
+            point = evaluate_level(judged, preset, confidence=None, **kw)
             row: dict[str, Any] = {"concurrency": int(n), **_tier_stat_columns(ev)}
             for t in preset.tiers:
                 e = ev[ev["tier"] == t.name]

@@ -250,6 +250,10 @@ def _sweep_trajectories(summary: Mapping[str, Any]) -> list[Any]:
     return list(_Sweeper(cfg, Path("."), False).trajectories())
 
 
+#: requests (of the steady window, as levels.csv counts them) tabled at a time by :func:`write_sweep_tasks`
+TASK_PART_REQUESTS = 500_000
+
+
 def write_sweep_tasks(
     directory: str | Path, *, baseline: str = "auto", unloaded: pd.Series | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -291,13 +295,29 @@ def write_sweep_tasks(
     for _, lv in levels.iterrows():
         man = _level_manifest(d, int(lv["concurrency"]), int(lv.get("extensions", 0)))
         win = man.get("window", {})
-        rows = read_sweep_requests(d, columns=need, levels=levels[levels["level"] == lv["level"]])
-        parts.append(
-            task_table(
-                rows, n_turns, window_start_s=win.get("window_start_s"), window_end_s=win.get("window_end_s")
+        # a task is one agent's: a big level is tabled by ranges of agents (the same rows, in the same
+        # order as one table of the level: by agent, then task), so memory is a part of the level
+        n = int(lv["concurrency"])
+        n_req = lv.get("n_requests")
+        k = 1 if n_req is None or pd.isna(n_req) else math.ceil(float(n_req) / TASK_PART_REQUESTS)
+        k = max(1, min(n, k))
+        level_parts = []
+        for j in range(k):
+            agents = (n * j // k, n * (j + 1) // k) if k > 1 else None
+            rows = read_sweep_requests(
+                d, columns=need, levels=levels[levels["level"] == lv["level"]], agents=agents
             )
-        )
-        del rows
+            if len(rows) or (j == k - 1 and not level_parts):  # an empty level: its empty table
+                level_parts.append(
+                    task_table(
+                        rows,
+                        n_turns,
+                        window_start_s=win.get("window_start_s"),
+                        window_end_s=win.get("window_end_s"),
+                    )
+                )
+            del rows
+        parts += level_parts
     tasks = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=TASK_COLUMNS)
     if baseline == "sim_unloaded" and unloaded is not None:
         base = unloaded

@@ -1,11 +1,13 @@
 """Cost of one level of a big simulated system under AA's rules: the proxy for a big sweep's levels.
 
 Runs one level (``run_sim_level``, AA's validity rules: >= 3 trajectories per agent, so a level of N
-agents simulates ~450 N requests) and judges it as a sweep does (``evaluate_level`` under both failure
-policies, ``level_stats``), then prints: requests, CPU time of the level and of judging it, CPU per
-request, and peak RSS (``ru_maxrss``) over the process's base after the trajectories are loaded, per
-request. A GB300 NVL72 default sweep measures ~25 such levels of 500-8,192 agents
-(``python benchmarks/big_sweep.py`` runs the whole sweep; docs/sweep.md "Big systems").
+agents simulates ~450 N requests) and judges it as a sweep does (the columns the sweep judges, read from
+the level's ``requests.parquet``: ``evaluate_level`` under both failure policies, ``level_stats``), then
+prints: requests, CPU time of the level and of judging it, CPU per request, peak RSS (``ru_maxrss``)
+after the level and after judging, over the process's base after the trajectories are loaded (per
+request), and the bytes of ``requests.parquet`` per request. A GB300 NVL72 default sweep measures ~25
+such levels of 500-8,192 agents (``python benchmarks/big_sweep.py`` runs the whole sweep; docs/sweep.md
+"Big systems").
 
     python benchmarks/big_level.py [--deployment gb300nvl72-dsv4pro] [--agents 4096] [--seed 1]
 """
@@ -17,11 +19,15 @@ import os
 import resource
 import tempfile
 import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
 
 from agentperf_kit.agents import RunRules
 from agentperf_kit.metrics import level_stats
 from agentperf_kit.sim.virtual import run_sim_level
 from agentperf_kit.slo import evaluate_level, get_tier_preset
+from agentperf_kit.sweep import _JUDGED_COLUMNS
 from agentperf_kit.trajectories import default_trajectories
 
 
@@ -48,27 +54,34 @@ def main() -> None:
         w = res.manifest["window"]
         bounds = (w["window_start_s"], w["window_end_s"])
         preset = get_tier_preset("aa-dsv4pro")
+        judged = res.read_requests(_JUDGED_COLUMNS, in_window_only=True)  # as sweep._Sweeper.level
         verdicts = {}
         for policy in ("miss", "exclude"):
-            ev = evaluate_level(res.requests, preset, failure_policy=policy, window=bounds)
+            ev = evaluate_level(judged, preset, failure_policy=policy, window=bounds)
             verdicts[policy] = dict(zip(ev["tier"], ev["tier_verdict"]))
-        level_stats(res.requests, window_start_s=bounds[0], window_end_s=bounds[1], accelerators=1)
+        level_stats(judged, window_start_s=bounds[0], window_end_s=bounds[1], accelerators=1)
+        n_window = len(judged)
+        del judged
         c2 = time.process_time()
-    n = len(res.requests)
+        path = Path(tmp) / "lv" / "requests.parquet"
+        disk = path.stat().st_size
+        n = pq.ParquetFile(path).metadata.num_rows
     peak = _rss_mb()
     print(
         f"{args.deployment}  N = {args.agents}  seed {args.seed}  load average (1 min) {load0:.1f} -> "
         f"{os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)"
     )
     print(
-        f"  requests {n:,}  virtual {res.manifest['sim']['virtual_s']:,.0f} s  window "
-        f"{w['window_s']:,.0f} s  meets AA rules {res.manifest['meets_aa_rules']}"
+        f"  requests {n:,} ({n_window:,} in the window)  virtual {res.manifest['sim']['virtual_s']:,.0f} s"
+        f"  window {w['window_s']:,.0f} s  meets AA rules {res.manifest['meets_aa_rules']}"
     )
     print(f"  CPU: level {c1 - c0:.1f} s ({(c1 - c0) / n * 1e6:.1f} us per request), judging {c2 - c1:.1f} s")
     print(
         f"  peak RSS {peak:,.0f} MB (base {base:,.0f} MB; after the level {peak_level:,.0f} MB): "
-        f"{(peak - base) * 1e6 / n:,.0f} B per request over the base"
+        f"{(peak - base) * 1e6 / n:,.0f} B per request over the base ({(peak_level - base) * 1e6 / n:,.0f} "
+        "after the level)"
     )
+    print(f"  requests.parquet {disk / 1e6:,.1f} MB: {disk / n:,.1f} B per request")
     print(f"  verdicts {verdicts['miss']}")
 
 

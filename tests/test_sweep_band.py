@@ -131,10 +131,21 @@ def test_simulated_sweep_carries_its_band_and_prints_it(tmp_path, monkeypatch, s
     slo1 = res.summary["tiers"][0]
     assert slo1["band_low_agents"] < slo1["band_high_agents"]  # the sets differ on the default system
     assert slo1["published_agents_per_accelerator"] == 1.4  # AA's H200 figure
-    # band levels are full levels of their own, written apart, and reused on resume
+    # band levels are full levels of their own, written apart, and reused on resume; they keep their
+    # manifest and judged row (level.json), not their request rows (docs/sweep.md "Disk")
     assert (out / "band" / "low" / "levels.csv").exists() and (out / "band" / "high" / "levels.csv").exists()
+    band_dirs = sorted((out / "band").glob("*/levels/n*_e*"))
+    assert band_dirs and not list((out / "band").rglob("requests.*"))
+    assert all((d / "manifest.json").exists() for d in band_dirs)
+    rows_before = {eff: pd.read_csv(out / "band" / eff / "levels.csv") for eff in ("low", "high")}
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "band").rglob("level.json")}
+    assert len(stamps) == sum(len(r) for r in rows_before.values())  # one per level row
     again = run_sweep(SweepConfig(out=str(out), max_agents=32, **fast), progress=False)
     assert again.summary["levels_measured_this_run"] == 0
+    # nothing measured again under either set: every band level's row reused as written
+    assert {p: p.stat().st_mtime_ns for p in (out / "band").rglob("level.json")} == stamps
+    for eff in ("low", "high"):  # the reused rows are the rows measured (the file read back as written)
+        pd.testing.assert_frame_equal(pd.read_csv(out / "band" / eff / "levels.csv"), rows_before[eff])
     assert [t["band_high_agents"] for t in again.summary["tiers"]] == [
         t["band_high_agents"] for t in res.summary["tiers"]
     ]

@@ -128,3 +128,21 @@ def test_sweep_n1_baseline_on_a_copy(small_sweep, tmp_path):
     assert per["n_tasks_without_baseline"].iloc[-1] > 0
     with pytest.raises(ValueError, match="baseline must be"):
         write_sweep_tasks(d, baseline="n2")
+
+
+def test_big_levels_are_tabled_by_ranges_of_agents_with_the_same_result(small_sweep, tmp_path, monkeypatch):
+    """write_sweep_tasks tables a level of many requests by ranges of its agents (memory: a part of the
+    level); the task tables are exactly those of one table per level."""
+    import shutil
+
+    import agentperf_kit.tasks as tasks_mod
+
+    d = tmp_path / "copy"
+    shutil.copytree(small_sweep, d)
+    whole, per_whole = tasks_mod.write_sweep_tasks(d, baseline="sweep_n1")
+    monkeypatch.setattr(tasks_mod, "TASK_PART_REQUESTS", 40)  # every level of more than 40 requests
+    levels = pd.read_csv(d / "levels.csv")
+    assert (levels["n_requests"] > 3 * 40).sum() >= 2
+    parts, per_parts = tasks_mod.write_sweep_tasks(d, baseline="sweep_n1")
+    pd.testing.assert_frame_equal(parts, whole, check_exact=True)
+    pd.testing.assert_frame_equal(per_parts, per_whole, check_exact=True)

@@ -118,7 +118,9 @@ def run_sim_level(
     manifest.update(sim.manifest_sections(time.perf_counter() - wall0))
     if writer is not None and out_dir is not None:
         writer.close()
-        return finalize_run(out_dir, manifest)
+        # the table is written a chunk at a time and read back on first use: a level of millions of
+        # requests is never held whole (RunResult.read_requests reads the columns a sweep judges)
+        return finalize_run(out_dir, manifest, load=False)
     return _in_memory_result(rows, manifest, window)
 
 
