@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ class RunResult:
         self._requests = df
 
     def read_requests(
-        self, columns: Sequence[str] | None = None, *, in_window_only: bool = False
+        self, columns: Collection[str] | None = None, *, in_window_only: bool = False
     ) -> pd.DataFrame:
         """The table, or only the ``columns`` it has (in the table's order), and with ``in_window_only``
         only the rows of the steady window (``in_window``; what a level is judged on). From memory when
@@ -378,7 +378,7 @@ def _finalize_stream(directory: Path, window_start_s: float, window_end_s: float
 
 def read_parquet_rows(
     path: str | os.PathLike,
-    columns: Sequence[str] | None = None,
+    columns: Collection[str] | None = None,
     *,
     where: str | None = None,
     agents: tuple[int, int] | None = None,

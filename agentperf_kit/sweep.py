@@ -333,7 +333,7 @@ class _Sweeper:
             ci_method=cfg.ci_method,
             failure_policy=cfg.failure_policy,
         )
-        row: dict[str, Any] = {"level": -1, "concurrency": n, "extensions": ext, **stats}
+        row = {"level": -1, "concurrency": n, "extensions": ext, **stats}
         row["failure_policy"] = cfg.failure_policy
         row["ci_method"] = cfg.ci_method
         row["steady"] = bool(ev["steady"].all())

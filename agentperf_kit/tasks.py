@@ -301,7 +301,7 @@ def write_sweep_tasks(
         n_req = lv.get("n_requests")
         k = 1 if n_req is None or pd.isna(n_req) else math.ceil(float(n_req) / TASK_PART_REQUESTS)
         k = max(1, min(n, k))
-        level_parts = []
+        level_parts: list[pd.DataFrame] = []
         for j in range(k):
             agents = (n * j // k, n * (j + 1) // k) if k > 1 else None
             rows = read_sweep_requests(
