@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import ConfigError
+from .orphans import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -184,22 +185,8 @@ def _serve(jobs: BinaryIO, replies: BinaryIO) -> None:
         replies.flush()
 
 
-def _die_with_parent(parent: int) -> None:
-    """Linux: a worker whose sweep process dies (killed, e.g. by ``timeout``) gets SIGTERM, instead of
-    finishing its job as an orphan (elsewhere it stops at its next job: its stdin closes)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the call
-        os._exit(1)
-
-
 if __name__ == "__main__":
-    _die_with_parent(int(os.environ.get("AGENTPERF_SWEEP_PARENT", "0")) or os.getppid())
+    die_with_parent(int(os.environ.get("AGENTPERF_SWEEP_PARENT", "0")) or os.getppid())
     # stdout carries the replies only: anything printed goes to stderr
     _replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)

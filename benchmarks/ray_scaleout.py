@@ -126,7 +126,15 @@ def _short(cmd: str) -> str:
         return "level process"
     if cmd.startswith("ray::"):
         return cmd.split()[0]  # ray::LevelWorker, ray::IDLE
-    for part in ("gcs_server", "raylet", "dashboard_agent", "runtime_env_agent", "log_monitor", "monitor"):
+    for part in (
+        "gcs_server",
+        "raylet",
+        "dashboard_agent",
+        "runtime_env_agent",
+        "dashboard.py",
+        "log_monitor",
+        "monitor",
+    ):
         if part in cmd:
             return part
     return cmd.split()[0].rsplit("/", 1)[-1] if cmd else "?"

@@ -532,34 +532,41 @@ def test_admission_cost_is_paid_by_the_step_that_admits_and_by_its_decoders(tmp_
     assert eng.decode_step_time(10, 1000) == pytest.approx(0.01 + 0.02 + 1e-3, rel=1e-12)
 
 
+ADMIT_TRUE = {
+    "step_s": 0.002,
+    "prefill_token_s": 2e-5,
+    "decode_seq_s": 1e-4,
+    "admit_s": 0.003,
+    "request_s": 0.001,
+}
+
+
+def _admission_rows() -> list[tuple[str, dict[str, float]]]:
+    """Prefill rows (one request, one admission), decode rows (neither), mixed rows (one admission)."""
+    return [
+        *(
+            ("prefill", {"step_s": 1, "prefill_token_s": n, "request_s": 1, "admit_s": 1})
+            for n in (32, 128, 512)
+        ),
+        *(("decode", {"step_s": 1, "decode_seq_s": b}) for b in (1, 4, 16)),
+        *(
+            ("mixed", {"step_s": 1, "decode_seq_s": b, "prefill_token_s": n, "admit_s": 1})
+            for b, n in ((4, 16), (8, 32))
+        ),
+    ]
+
+
+def _seconds(x: dict[str, float]) -> float:
+    return sum(ADMIT_TRUE.get(k, 0.0) * v for k, v in x.items())
+
+
 def test_fit_separates_the_admission_cost_from_the_request_cost():
     """Prefill rows carry one request and one admission, mixed rows one admission and no request:
     the fit tells the two costs apart and recovers both."""
-    true = {
-        "step_s": 0.002,
-        "prefill_token_s": 2e-5,
-        "decode_seq_s": 1e-4,
-        "admit_s": 0.003,
-        "request_s": 0.001,
-    }
-
-    def secs(x):
-        return sum(true.get(k, 0.0) * v for k, v in x.items())
-
-    rows = []
-    for n in (32, 128, 512, 1024):
-        x = {"step_s": 1, "prefill_token_s": n, "request_s": 1, "admit_s": 1}
-        rows.append(Observation("prefill", x, secs(x)))
-    for b in (1, 4, 16):
-        x = {"step_s": 1, "decode_seq_s": b}
-        rows.append(Observation("decode", x, secs(x)))
-    for b, n in ((4, 16), (4, 64), (8, 32)):
-        x = {"step_s": 1, "decode_seq_s": b, "prefill_token_s": n, "admit_s": 1}
-        rows.append(Observation("mixed", x, secs(x)))
-    fit = fit_step_time(rows)
+    fit = fit_step_time([Observation(kind, x, _seconds(x)) for kind, x in _admission_rows()])
     for term in ("admit_s", "request_s", "step_s"):
-        assert fit.coef[term] == pytest.approx(true[term], rel=1e-4), term
-    assert fit.model.admit_s == pytest.approx(true["admit_s"], rel=1e-4)
+        assert fit.coef[term] == pytest.approx(ADMIT_TRUE[term], rel=1e-4), term
+    assert fit.model.admit_s == pytest.approx(ADMIT_TRUE["admit_s"], rel=1e-4)
 
 
 def test_refit_reads_an_earlier_profile_under_the_current_form(tmp_path):
@@ -567,22 +574,11 @@ def test_refit_reads_an_earlier_profile_under_the_current_form(tmp_path):
     mixed rows get their admission, the engine limits and provenance stay, and the new file loads."""
     from agentperf_kit.twin.profile import refit_twin
 
-    true = {
-        "step_s": 0.002,
-        "prefill_token_s": 2e-5,
-        "decode_seq_s": 1e-4,
-        "admit_s": 0.003,
-        "request_s": 0.001,
-    }
     rows = []
-    for kind, x in (
-        *(("prefill", {"step_s": 1, "prefill_token_s": n, "request_s": 1}) for n in (32, 128, 512, 1024)),
-        *(("decode", {"step_s": 1, "decode_seq_s": b}) for b in (1, 4, 16)),
-        *(("mixed", {"step_s": 1, "decode_seq_s": b, "prefill_token_s": n}) for b, n in ((4, 16), (8, 32))),
-    ):
-        admits = 0 if kind == "decode" else 1
-        seconds = sum(true.get(k, 0.0) * v for k, v in x.items()) + true["admit_s"] * admits
-        rows.append({"kind": kind, "note": "", "seconds": seconds, "sigma_s": seconds, **x})
+    for kind, x in _admission_rows():
+        seconds = _seconds(x)
+        old_x = {k: v for k, v in x.items() if k != "admit_s"}  # the file of an earlier form
+        rows.append({"kind": kind, "note": "", "seconds": seconds, "sigma_s": seconds, **old_x})
     old = tmp_path / "old.toml"
     path = _write_twin(old, {"step_s": 0.004}, kv_policy="preempt")
     with open(path, "a") as f:

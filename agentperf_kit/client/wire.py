@@ -468,7 +468,18 @@ class _Conn(asyncio.Protocol):
     """One HTTP/1.1 connection: bytes go to the current :class:`WireResponse` with their arrival time
     (``perf_counter_ns``, taken once per block)."""
 
-    __slots__ = ("closed", "drained", "idle_since", "key", "loop", "pool", "resp", "served", "transport")
+    __slots__ = (
+        "closed",
+        "drained",
+        "idle_for",
+        "idle_since",
+        "key",
+        "loop",
+        "pool",
+        "resp",
+        "served",
+        "transport",
+    )
 
     def __init__(self, pool: WirePool, key: tuple[str, int]) -> None:
         self.pool = pool
@@ -479,6 +490,7 @@ class _Conn(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.served = 0  # responses read to their end on this connection
+        self.idle_for = 0.0  # how long it was idle before its current request (s; 0 for a new one)
         self.drained: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -507,13 +519,15 @@ class _Conn(asyncio.Protocol):
         self.closed = True
         resp = self.resp
         self.resp = None
-        prompt = by_server and self.served and self.loop.time() - self.idle_since < _PROMPT_CLOSE_S
-        if resp is not None:
-            if prompt and resp.status is None and not resp._buf:  # a request met the close: no answer
+        if by_server and self.served:
+            if resp is None:  # closed while idle, right after a response it said was kept alive
+                prompt = self.loop.time() - self.idle_since < _PROMPT_CLOSE_S
+            else:  # a request that met the close got no byte back, on a connection idle only briefly
+                prompt = resp.status is None and not resp._buf and self.idle_for < _PROMPT_CLOSE_S
+            if prompt:
                 self.pool.closes_after_response.add(self.key)
+        if resp is not None:
             resp.lost(exc, time.perf_counter_ns())
-        elif prompt:
-            self.pool.closes_after_response.add(self.key)  # closed right after a kept-alive response
         drained = self.drained
         if drained is not None and not drained.done():
             drained.set_result(None)  # the response (above) says what happened
@@ -647,6 +661,7 @@ class WirePool:
                 while idle:
                     conn = idle.pop()
                     if not conn.closed and now - conn.idle_since <= self.keepalive_s:
+                        conn.idle_for = now - conn.idle_since
                         return conn
                     conn.close()
                     self._all.discard(conn)

@@ -41,6 +41,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..orphans import die_with_parent
 from ..percentiles import percentile
 from ..replay import _LiveLevel
 from .fleets import SubFleet, worker_nonce
@@ -289,21 +290,8 @@ async def _run_level(msg: tuple, out_t: asyncio.WriteTransport, cur: _Current) -
         out_t.write(frame(("done", stats, error)))
 
 
-def _die_with_parent(parent: int) -> None:
-    """Linux: SIGTERM when the actor's process dies (elsewhere the closed stdin stops the level)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the call
-        os._exit(1)
-
-
 def main() -> None:
-    _die_with_parent(int(os.environ.get("AGENTPERF_LEVEL_PARENT", "0")) or os.getppid())
+    die_with_parent(int(os.environ.get("AGENTPERF_LEVEL_PARENT", "0")) or os.getppid())
     stdin = os.fdopen(os.dup(0), "rb", buffering=0)
     stdout = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # stdout carries the frames only: anything printed goes to stderr

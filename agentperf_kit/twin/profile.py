@@ -595,6 +595,50 @@ def profile_sync(cfg: ProfileConfig) -> ProfileResult:
     return asyncio.run(profile_server(cfg))
 
 
+# comments a twin file carries above its sections
+_COMMENTS = {
+    "engine": "engine limits (tokens); where each came from: [provenance.limit_sources]",
+    "step": "fitted step time, s per step / prefill token / decode sequence / context token / pair / "
+    "admitted request / memory-side s per step; overlap share (agentperf_kit.sim.twin)",
+    "step_se": "standard errors of [step]",
+    "observation": "measurements behind the fit (seconds; the work amounts by term)",
+}
+
+
+def _fit_sections(fit: StepFit, observations: list[Observation], z: float) -> dict[str, Any]:
+    """The twin file's sections that come from a fit: ``[step]``, ``[step_se]``, ``[band]``, ``[fit]``
+    and every observation with its prediction and residual."""
+    return {
+        "step": {t: fit.coef[t] for t in (*TERMS, *SHAPE)},
+        "step_se": {t: fit.se[t] for t in (*TERMS, *SHAPE)},
+        "band": {"z": z, "note": "low = coefficients at estimate + z x SE, high = estimate - z x SE (>= 0)"},
+        "fit": {
+            "observations": len(observations),
+            "identified": list(fit.identified),
+            "form": fit.form,
+            "overlap_f_test_p": fit.overlap_p_value,
+            "request_s": fit.coef["request_s"],
+            "request_s_se": fit.se["request_s"],
+            "rms_rel_residual": fit.rms_rel,
+            "max_abs_rel_residual": fit.max_abs_rel,
+        },
+        "observation": [
+            {
+                "kind": o.kind,
+                "note": o.note,
+                "seconds": o.seconds,
+                "predicted_s": pred,
+                "rel_residual": rel,
+                "sigma_s": o.sigma or o.seconds,
+                **{k: float(v) for k, v in o.x.items()},
+            }
+            for o, pred, rel in zip(
+                [o for o in observations if o.seconds > 0], fit.predicted, fit.rel_residuals, strict=True
+            )
+        ],
+    }
+
+
 def write_twin(res: ProfileResult, path: str | os.PathLike, *, z: float = 1.96) -> Path:
     """Write the twin preset TOML for ``res`` to ``path`` (see :mod:`agentperf_kit.sim.twin`)."""
     fit = res.fit
@@ -617,19 +661,6 @@ def write_twin(res: ProfileResult, path: str | os.PathLike, *, z: float = 1.96) 
             "max_context_tokens": int(res.limits["max_context_tokens"]),
             "kv_policy": "preempt",
         },
-        "step": {t: fit.coef[t] for t in (*TERMS, *SHAPE)},
-        "step_se": {t: fit.se[t] for t in (*TERMS, *SHAPE)},
-        "band": {"z": z, "note": "low = coefficients at estimate + z x SE, high = estimate - z x SE (>= 0)"},
-        "fit": {
-            "observations": len(res.observations),
-            "identified": list(fit.identified),
-            "form": fit.form,
-            "overlap_f_test_p": fit.overlap_p_value,
-            "request_s": fit.coef["request_s"],
-            "request_s_se": fit.se["request_s"],
-            "rms_rel_residual": fit.rms_rel,
-            "max_abs_rel_residual": fit.max_abs_rel,
-        },
         "provenance": {
             "tool": f"agentperf-kit {__version__} (agentperf profile)",
             "date_utc": res.started_utc,
@@ -641,31 +672,9 @@ def write_twin(res: ProfileResult, path: str | os.PathLike, *, z: float = 1.96) 
             "server": {k: v for k, v in res.server.items() if k != "models_card"},
             "models_card": {str(k): str(v) for k, v in res.server.get("models_card", {}).items()},
         },
-        "observation": [
-            {
-                "kind": o.kind,
-                "note": o.note,
-                "seconds": o.seconds,
-                "predicted_s": pred,
-                "rel_residual": rel,
-                "sigma_s": o.sigma or o.seconds,
-                **{k: float(v) for k, v in o.x.items()},
-            }
-            for o, pred, rel in zip(
-                [o for o in res.observations if o.seconds > 0], fit.predicted, fit.rel_residuals, strict=True
-            )
-        ],
+        **_fit_sections(fit, res.observations, z),
     }
-    text = dump_toml(
-        data,
-        comments={
-            "engine": "engine limits (tokens); where each came from: [provenance.limit_sources]",
-            "step": "fitted step time, s per step / prefill token / decode sequence / context token / pair / "
-            "memory-side s per step; overlap share (agentperf_kit.sim.twin)",
-            "step_se": "standard errors of [step]",
-            "observation": "measurements behind the fit (seconds; the work amounts by term)",
-        },
-    )
+    text = dump_toml(data, comments=_COMMENTS)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
@@ -695,42 +704,13 @@ def refit_twin(src: str | os.PathLike, dst: str | os.PathLike, *, z: float = 1.9
         note = str(r.get("note", ""))
         obs.append(Observation(str(r["kind"]), x, float(r["seconds"]), note, r.get("sigma_s")))
     fit = fit_step_time(obs)
-    data["step"] = {t: fit.coef[t] for t in (*TERMS, *SHAPE)}
-    data["step_se"] = {t: fit.se[t] for t in (*TERMS, *SHAPE)}
-    data["band"] = {
-        "z": z,
-        "note": "low = coefficients at estimate + z x SE, high = estimate - z x SE (>= 0)",
-    }
-    data["fit"] = {
-        "observations": len(obs),
-        "identified": list(fit.identified),
-        "form": fit.form,
-        "overlap_f_test_p": fit.overlap_p_value,
-        "request_s": fit.coef["request_s"],
-        "request_s_se": fit.se["request_s"],
-        "rms_rel_residual": fit.rms_rel,
-        "max_abs_rel_residual": fit.max_abs_rel,
-    }
+    data.update(_fit_sections(fit, obs, z))
     prov = dict(data.get("provenance") or {})
     prov["refit_of"] = str(src)
     prov["refit_tool"] = f"agentperf-kit {__version__} (agentperf profile --refit)"
     prov["refit_date_utc"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     data["provenance"] = prov
-    data["observation"] = [
-        {
-            "kind": o.kind,
-            "note": o.note,
-            "seconds": o.seconds,
-            "predicted_s": pred,
-            "rel_residual": rel,
-            "sigma_s": o.sigma or o.seconds,
-            **{k: float(v) for k, v in o.x.items()},
-        }
-        for o, pred, rel in zip(
-            [o for o in obs if o.seconds > 0], fit.predicted, fit.rel_residuals, strict=True
-        )
-    ]
     out = Path(dst)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(dump_toml(data))
+    out.write_text(dump_toml(data, comments=_COMMENTS))
     return out, fit
