@@ -334,13 +334,18 @@ def test_a_worker_runs_levels_one_after_another_in_one_level_process():
             assert a["pid"] == b["pid"] and (a["levels"], b["levels"]) == (1, 2)
             assert b["actor_levels"] == 2 and b["cpu_process_s"] > b["cpu_level_s"]  # its start-up: level 1's
             assert max(r[i] for r in rows2) < t_end  # nothing sent at or after the end given ahead
-            os.kill(b["pid"], signal.SIGKILL)  # between levels
+            os.kill(b["pid"], signal.SIGKILL)  # between levels, seen ended before the next start
             deadline = time.monotonic() + 10
             while _running(b["pid"]) and time.monotonic() < deadline:
                 time.sleep(0.05)
             third, rows3, _ = _one_level(w, server, close_after_s=0.5)
-        assert third["error"] is None and rows3 and third["stats"]["pid"] != b["pid"]
-        assert third["stats"]["levels"] == 1  # a new level process
+            c = third["stats"]
+            os.kill(c["pid"], signal.SIGKILL)  # and started at once: its end not yet seen by the worker
+            fourth, rows4, _ = _one_level(w, server, close_after_s=0.5)
+        assert third["error"] is None and rows3 and c["pid"] != b["pid"]
+        assert c["levels"] == 1  # a new level process
+        assert fourth["error"] is None and rows4 and fourth["stats"]["pid"] not in (b["pid"], c["pid"])
+        assert fourth["stats"]["levels"] == 1 and fourth["stats"]["actor_levels"] == 4
     finally:
         w.shutdown()
 

@@ -54,6 +54,7 @@ class LevelWorker:
     def __init__(self) -> None:
         self._proc: subprocess.Popen | None = None
         self._level_proc: subprocess.Popen | None = None  # the process the current level runs in
+        self._reader: threading.Thread | None = None  # the thread reading self._proc's frames
         self._lock = threading.Lock()  # the state the reader thread fills
         self._stdin_lock = threading.Lock()
         self._levels = 0  # levels started on this worker
@@ -88,17 +89,32 @@ class LevelWorker:
         (True), or it failed (False: :meth:`poll` says why); :meth:`go` starts the agents."""
         if self._running and not self._done.is_set():
             raise RuntimeError("this worker is running a level")
-        self._level_proc = None  # a reader of a process that ended before this level leaves it alone
-        self._new_level()
-        self._running = True
         self._levels += 1
-        proc = self._proc
-        if (proc is None or proc.poll() is not None) and not self._spawn():
-            return False
-        self._level_proc = self._proc
-        self._send(("start", spec, trajectories))
-        self._answer.wait()  # the reader sets it (its end sets done)
-        return self._ready.is_set() and self._error is None
+        for _ in range(2):
+            self._level_proc = None  # a reader of a process that ended before this level leaves it alone
+            self._new_level()
+            self._running = True
+            proc = self._proc
+            fresh = proc is None or proc.poll() is not None
+            if fresh and not self._spawn():
+                return False
+            self._level_proc, reader = self._proc, self._reader
+            self._send(("start", spec, trajectories))
+            # the reader sets it (its end sets done); a reader that ended before this level was its
+            # process's never will
+            while not self._answer.wait(0.25):
+                if not reader.is_alive() and not self._answer.is_set():
+                    code = self._level_proc.poll() if self._level_proc is not None else None
+                    why = f"the level's process ended before the level started (status {code})"
+                    self._finish_level({}, why)
+            if self._ready.is_set() and self._error is None:
+                return True
+            if fresh or self._ready.is_set():
+                return False
+            # the kept process died between levels without its end being seen yet (``poll`` can answer
+            # None while the reader thread waits on it): the level has not started; a new process runs it
+            self._proc = None
+        return False
 
     def _spawn(self) -> bool:
         """A new level process and its reader thread; False (the level failed) when it cannot start."""
@@ -119,7 +135,8 @@ class LevelWorker:
             self._answer.set()
             return False
         self._proc = proc
-        threading.Thread(target=self._read, args=(proc,), daemon=True, name="level-frames").start()
+        self._reader = threading.Thread(target=self._read, args=(proc,), daemon=True, name="level-frames")
+        self._reader.start()
         return True
 
     def go(self, t0_s: float) -> None:
