@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                     max_context=args.max_context,
                     chunk_tokens=args.chunk_tokens,
                     decode_tokens=args.decode_tokens,
+                    stream_tokens=args.min_output_tokens or 32,
                     repeats=args.repeats,
                     max_batch=args.max_batch,
                     budget_s=args.budget,

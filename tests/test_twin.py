@@ -337,6 +337,12 @@ def test_profile_serve_sim_writes_a_twin_that_a_sweep_runs(tmp_path):
     assert data["engine"]["kv_capacity_tokens"] == pytest.approx(truth.kv_capacity_tokens, rel=0.1)
     assert len(data["observation"]) >= 10 and data["fit"]["rms_rel_residual"] >= 0
     assert data["step"]["step_s"] > 0
+    # short streams and arrivals measured; the prefix cache's 16-token blocks read from cached counts
+    kinds = {o["kind"] for o in data["observation"]}
+    assert {"stream", "arrival", "prefill_cached"} <= kinds, kinds
+    assert "finish_s" in data["fit"]["identified"]
+    assert data["engine"]["cache_block_tokens"] == 16
+    assert "inferred" in data["provenance"]["limit_sources"]["cache_block_tokens"]
 
     answers, single_speed = {}, {}
     for eff in ("low", "mid", "high"):
@@ -592,3 +598,74 @@ def test_refit_reads_an_earlier_profile_under_the_current_form(tmp_path):
     data = tomllib.loads(out.read_text())
     assert data["engine"]["max_num_seqs"] == 8 and data["provenance"]["refit_of"] == str(old)
     assert data["provenance"]["date_utc"] == "2026-11-30T00:00:00Z"
+
+
+def test_finish_cost_delays_the_finishing_stream_and_the_next_step_of_the_others(tmp_path):
+    """``finish_s``: a request ends that much later than its last step, and a stream decoding beside it
+    waits for it once (the step after the finish starts later); no finish, no cost."""
+    step = {"step_s": 0.01, "prefill_token_s": 1e-4, "decode_seq_s": 2e-3, "context_token_s": 1e-6}
+    ends: dict[float, dict[str, float]] = {}
+    for finish in (0.0, 0.007):
+        dep = get_deployment(_write_twin(tmp_path / f"f{finish}.toml", {**step, "finish_s": finish}))
+        got: dict[str, float] = {}
+        eng = TwinEngine(dep, efficiency("mid"), lambda r, t, got=got: got.setdefault(r.phase_id, t),
+                         lambda *a: None)  # fmt: skip
+        eng.submit(SimRequest("short", 1, 100, 0, 3, 0.0))
+        eng.submit(SimRequest("long", 2, 100, 0, 20, 0.0))
+        while eng.has_work:
+            eng.advance(math.inf)
+        ends[finish] = got
+    assert ends[0.007][1] - ends[0.0][1] == pytest.approx(0.007, abs=1e-12)  # its own end
+    assert ends[0.007][2] - ends[0.0][2] == pytest.approx(0.014, abs=1e-12)  # the short's and its own
+
+
+def test_fit_recovers_the_finish_cost_from_short_streams_and_arrivals():
+    """Short streams carry one finish and no request, arrivals one admission and one finish, prefill rows
+    one request and one admission: the fit tells the three per-request costs apart."""
+    true = {**ADMIT_TRUE, "finish_s": 0.004, "context_token_s": 1e-7}
+    rows = [
+        *_admission_rows(),
+        *(("stream", {"step_s": 31, "decode_seq_s": 31, "context_token_s": 31 * (n + 17), "finish_s": 1})
+          for n in (64, 512)),
+        *(("arrival", {"step_s": 40, "decode_seq_s": b * 40 + 31, "context_token_s": b * 40 * 90,
+                       "prefill_token_s": n, "admit_s": 1, "finish_s": 1})
+          for b, n in ((1, 128), (4, 512))),
+    ]  # fmt: skip
+    obs = [Observation(k, x, sum(true.get(t, 0.0) * v for t, v in x.items())) for k, x in rows]
+    fit = fit_step_time(obs)
+    for term in ("finish_s", "admit_s", "request_s", "step_s", "decode_seq_s"):
+        assert fit.coef[term] == pytest.approx(true[term], rel=1e-3), term
+    assert fit.model.finish_s == pytest.approx(0.004, rel=1e-3)
+
+
+def test_cache_granularity_from_reported_cached_counts():
+    from agentperf_kit.twin.profile import cache_granularity
+
+    # llama.cpp: a slot reuses the common prefix token by token
+    assert cache_granularity([(767, 767), (1279, 1279)]) == 1
+    # vLLM CPU: 128-token blocks; serve-sim: 16-token blocks (the profile's bases are n + 255 tokens)
+    assert cache_granularity([(767, 640), (1279, 1152), (2303, 2176)]) == 128
+    assert cache_granularity([(767, 752), (1279, 1264)]) == 16
+    # nothing cached, or counts no block explains: unknown
+    assert cache_granularity([(767, 0)]) is None
+    assert cache_granularity([(767, 300)]) is None
+
+
+def test_twin_cache_block_sets_how_much_of_a_prefix_the_engine_reuses(tmp_path):
+    """The twin's engine reuses a phase's cached prefix rounded down to the server's granularity: with
+    128-token blocks a 300-token prefix reuses 256, token by token all 300."""
+    step = {"step_s": 0.01, "prefill_token_s": 1e-4, "decode_seq_s": 2e-3}
+    hits = {}
+    for block in (1, 128):
+        dep = get_deployment(_write_twin(tmp_path / f"b{block}.toml", step, cache_block_tokens=block))
+        assert dep.cache_block_tokens == block
+        eng = TwinEngine(dep, efficiency("mid"), lambda *a: None, lambda *a: None)
+        eng.submit(SimRequest("p", 1, 300, 0, 2, 0.0))
+        while eng.has_work:
+            eng.advance(math.inf)
+        second = SimRequest("p", 1, 340, 300, 2, eng.now)
+        eng.submit(second)
+        while eng.has_work:
+            eng.advance(math.inf)
+        hits[block] = second.hit
+    assert hits == {1: 300, 128: 256}

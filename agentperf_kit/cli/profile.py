@@ -35,6 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--decode-tokens", type=positive_int, default=128, help="tokens per decode stream (default 128)"
     )
+    p.add_argument(
+        "--stream-tokens",
+        type=positive_int,
+        default=32,
+        help="output tokens of the short streams and arrivals (an agent's short answer; default 32)",
+    )
     p.add_argument("--chunk-tokens", type=positive_int, help="the server's prefill chunk (tokens)")
     p.add_argument("--max-batch", type=positive_int, help="largest batch (skips the probe)")
     p.add_argument("--kv-capacity", type=positive_int, help="KV capacity in tokens (skips the probe)")
@@ -71,6 +77,7 @@ def _profile(args: argparse.Namespace) -> int:
         max_context=args.max_context,
         repeats=args.repeats,
         decode_tokens=args.decode_tokens,
+        stream_tokens=args.stream_tokens,
         batch_sizes=batches,
         chunk_tokens=args.chunk_tokens,
         max_batch=args.max_batch,

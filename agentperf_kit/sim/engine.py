@@ -117,6 +117,8 @@ class Engine:
         self.waiting: deque[SimRequest] = deque()
         self.prefilling: list[SimRequest] = []
         self.step_admits = 0  # requests admitted since the last mixed step (a twin's step time reads it)
+        # prefix-cache granularity (tokens): a twin's from its server, else the simulator's blocks
+        self._block = int(getattr(dep, "cache_block_tokens", 0) or BLOCK_TOKENS)
         self._decode: list[tuple[int, int, SimRequest]] = []
         self._n = 0  # tie-breaker
         self.g = 0  # global decode step index
@@ -417,7 +419,7 @@ class Engine:
             if req.kv_ready:
                 hit = req.pe
             elif entry is not None and req.prefix > 0:
-                hit = min(entry[1], req.prefix) // BLOCK_TOKENS * BLOCK_TOKENS
+                hit = min(entry[1], req.prefix) // self._block * self._block
             if req.preemptions == 0 and not req.kv_ready:
                 req.hit = hit
                 self.cached_tokens_total += hit

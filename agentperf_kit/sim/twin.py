@@ -8,11 +8,15 @@ read by the chunks) has a memory-side part ``M`` and a prefill-compute part ``X`
 
     M = mem_s + decode_seq_s * B + context_token_s * (C + K)
     X = prefill_token_s * P + prefill_pair_s * A
-    t = step_s + admit_s * N + max(M, X) + (1 - overlap) * min(M, X)
+    t = step_s + admit_s * N + finish_s * F + max(M, X) + (1 - overlap) * min(M, X)
 
 ``N`` is the number of requests the step admits (their first scheduling: a server's per-request work in
 its engine loop, e.g. slot or sequence set-up, sampling and detokeniser state, which every stream decoding
 in that step waits for; the profile's mixed steps measure it, twin files written before it load with 0).
+``F`` is the number of requests that finish in the step (their last token): a server's per-request work
+at the end (freeing the slot or blocks, saving the prompt to its cache, the final usage chunk), which the
+finishing stream's end and the next step of every other stream wait for; the profile's short streams
+(alone and arriving among decoding ones) measure it, older twin files load with 0.
 
 ``overlap`` (0..1) is the share of the smaller part hidden under the larger one when a step carries
 both (a GPU streams weights and KV while its tensor cores run the prefill; the roofline engine's
@@ -60,9 +64,17 @@ __all__ = [
 
 TWIN_KIND = "agentperf-twin"
 # coefficient names, in seconds per unit: step, prefill token, decode sequence, context token, prefill pair,
-# admitted request (the work amounts an observation carries, :mod:`agentperf_kit.twin.fit`; ``step_s`` stays
-# first: the fit scales the overlap form's ``mem_s`` by it)
-TERMS = ("step_s", "prefill_token_s", "decode_seq_s", "context_token_s", "prefill_pair_s", "admit_s")
+# admitted request, finished request (the work amounts an observation carries, :mod:`agentperf_kit.twin.fit`;
+# ``step_s`` stays first: the fit scales the overlap form's ``mem_s`` by it)
+TERMS = (
+    "step_s",
+    "prefill_token_s",
+    "decode_seq_s",
+    "context_token_s",
+    "prefill_pair_s",
+    "admit_s",
+    "finish_s",
+)
 # the shape terms of the mixed-step form: memory-side seconds per step, overlap share (0..1)
 SHAPE = ("mem_s", "overlap")
 
@@ -70,7 +82,8 @@ SHAPE = ("mem_s", "overlap")
 @dataclass(frozen=True, slots=True)
 class StepModel:
     """Fitted step-time coefficients (seconds per step / prefill token / decode sequence / context token
-    read / prefill attention pair / admitted request, memory-side seconds per step, overlap share 0..1);
+    read / prefill attention pair / admitted request / finished request, memory-side seconds per step,
+    overlap share 0..1);
     the form is in the module docstring."""
 
     step_s: float
@@ -79,6 +92,7 @@ class StepModel:
     context_token_s: float = 0.0
     prefill_pair_s: float = 0.0
     admit_s: float = 0.0
+    finish_s: float = 0.0
     mem_s: float = 0.0
     overlap: float = 0.0
 
@@ -110,6 +124,7 @@ class TwinDeployment(Deployment):
     """A :class:`Deployment` whose step time is a fitted :class:`StepModel` (one per efficiency set)."""
 
     twin_path: str = ""
+    cache_block_tokens: int = 16  # the server's prefix-cache granularity (tokens; 1: token by token)
     request_s: float = 0.0  # fixed cost of a request the engine does not see (s): delays its arrival
     step_mid: StepModel | None = None
     step_low: StepModel | None = None
@@ -139,6 +154,16 @@ class TwinEngine(Engine):
         ``admit_s`` for each request the step admits (``Engine.step_admits``)."""
         t, slope = self.model.time_slope(max(0.0, tokens - n_dec * q), n_dec, ctx + pkv, pairs)
         return t + self.model.admit_s * self.step_admits, slope
+
+    def _finish_due(self) -> None:
+        """The requests whose last token this step made finish ``finish_s`` each later (their end and the
+        next step of the others wait for it; the engine's finishes all pass here)."""
+        heap, g = self._decode, self.g
+        if self.model.finish_s and heap and heap[0][0] <= g:
+            dt = self.model.finish_s * sum(1 for e in heap if e[0] <= g)
+            self.now += dt
+            self.busy_s += dt
+        super()._finish_due()
 
     def _decode_parts(self, b: int, ctx: float) -> tuple[float, float]:
         """Pure decode of ``b`` sequences at context sum ``ctx``: (step seconds, d seconds / d context),
@@ -229,6 +254,7 @@ def load_twin(path: str | Path) -> TwinDeployment:
             projection=False,
             kv_policy=str(eng.get("kv_policy", "preempt")),
             twin_path=str(p),
+            cache_block_tokens=max(1, int(eng.get("cache_block_tokens", 16))),
             request_s=float(data.get("fit", {}).get("request_s", 0.0)),
             step_mid=point,
             step_low=_band(point, se, z, +1),

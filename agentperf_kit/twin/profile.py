@@ -14,11 +14,21 @@ request, so nothing is cached unless meant to be; every request streamed through
    mean gap between chunks there is one decode step at a known batch and context.
 4. **Mixed steps**: ``B`` streams decoding when a one-chunk prompt arrives; the gap in the streams
    around its first token is the one step that ran both (how far prefill and decode overlap).
-5. **Engine limits**: the largest batch (llama.cpp ``/props`` ``total_slots``; else a probe with
+5. **Short streams**: single requests of ``stream_tokens`` output tokens (an agent's short answer) at a
+   few prompt sizes; from the first token to the end of the stream are ``stream_tokens - 1`` decode steps
+   and the request's finish (freeing its slot, the final usage chunk), which 128-token decode windows
+   leave out.
+6. **Arrivals**: ``B`` long streams decoding while one short request (a prompt of ``P`` new tokens,
+   ``stream_tokens`` output) arrives, runs and finishes; the streams' time from their chunk before its
+   send to their chunk after its end holds every step it shared with them plus all its per-request work
+   (admission, prefill, finish), wherever in the engine loop that work lands.
+7. **Engine limits**: the largest batch (llama.cpp ``/props`` ``total_slots``; else a probe with
    ``probe_streams`` streams reading ``num_requests_running`` / ``num_requests_waiting`` from
    ``/metrics``), the KV capacity in tokens (vLLM ``cache_config_info`` blocks x block size; llama.cpp
    ``/props`` ``n_ctx``; else ``kv_cache_usage_perc`` under a request of known size), the context limit
-   (``max_model_len`` of ``/v1/models``, llama.cpp ``n_ctx`` per slot). Arguments override all three.
+   (``max_model_len`` of ``/v1/models``, llama.cpp ``n_ctx`` per slot), the prefix cache's granularity
+   (vLLM ``cache_config_info`` ``block_size``; else the smallest power of two that explains every cached
+   count the server reported in 2.). Arguments override the first three.
 
 Durations are converted to the server's own seconds where it says it runs scaled time (``agentperf
 serve-sim --time-scale X``: ``/v1/models`` ``agentperf_sim.time_scale``): measured x X.
@@ -52,7 +62,15 @@ from ..sim.twin import SHAPE, TERMS, TWIN_KIND, dump_toml
 from ..trajectories.model import Turn
 from .fit import COLUMNS, Observation, StepFit, fit_step_time
 
-__all__ = ["ProfileConfig", "ProfileResult", "profile_server", "profile_sync", "refit_twin", "write_twin"]
+__all__ = [
+    "ProfileConfig",
+    "ProfileResult",
+    "cache_granularity",
+    "profile_server",
+    "profile_sync",
+    "refit_twin",
+    "write_twin",
+]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +93,7 @@ class ProfileConfig:
     max_context: int | None = None
     repeats: int = 3
     decode_tokens: int = 128
+    stream_tokens: int = 32  # output tokens of the short streams and arrivals (an agent's short answer)
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     chunk_tokens: int | None = None
     max_batch: int | None = None
@@ -310,16 +329,40 @@ async def profile_server(cfg: ProfileConfig) -> ProfileResult:
                 obs.append(Observation("prefill", x, p.ttft(o), f"prompt={n} cached={cached}"))
 
         # 2. prefill on a cached prefix
-        extra = 64
-        for n in [s for s in sizes if s >= 128 and s + extra + out_n <= max_ctx][-3:]:
+        # a base of n + 255 tokens (n a multiple of 256): a cache of g-token blocks (g <= 256) reports
+        # n + 256 - g of it, so the granularity shows
+        extra, odd = 64, 255
+        reported: list[tuple[int, int]] = []  # (cacheable prefix, cached tokens reported)
+        for n in [s for s in sizes if s >= 128 and s + odd + extra + out_n <= max_ctx][-3:]:
             for _ in range(max(1, cfg.repeats - 1)):
-                base = p.ids(n)
+                base = p.ids(n + odd)
                 await p.send(base, out_n)
                 o, _ = await p.send(base + p.ids(extra), out_n)
                 cached = int(o.cached_prompt_tokens or 0)
-                x = prefill_work(n + extra - cached, cached, chunk)
+                if o.cached_prompt_tokens is not None:
+                    reported.append((len(base), cached))
+                x = prefill_work(len(base) + extra - cached, cached, chunk)
                 x["request_s"] = x["admit_s"] = 1.0
-                obs.append(Observation("prefill_cached", x, p.ttft(o), f"prompt={n + extra} cached={cached}"))
+                note = f"prompt={len(base) + extra} cached={cached}"
+                obs.append(Observation("prefill_cached", x, p.ttft(o), note))
+        if "cache_block_tokens" not in limits:
+            block = cache_granularity(reported)
+            if block is not None:
+                limits["cache_block_tokens"] = block
+                sources["cache_block_tokens"] = (
+                    f"inferred: the smallest power of two that explains the cached counts of {len(reported)} "
+                    "prompts on a cached prefix"
+                )
+
+        # short streams: decode steps of an agent's short answer and its finish
+        so = max(2, int(cfg.stream_tokens))
+        stream_sizes = sorted({s for s in (64, 512) if s + so <= max_ctx} or {max(8, max_ctx // 4)})
+        for _ in range(cfg.repeats):
+            for n in stream_sizes:
+                o, _ = await p.send(p.ids(n), so)
+                row = _stream_row(o, n, scale)
+                if row is not None:
+                    obs.append(row)
 
         # 3. decode step against batch size (+ the KV probe by usage share where needed)
         if limits.get("max_num_seqs") is None:
@@ -363,6 +406,25 @@ async def profile_server(cfg: ProfileConfig) -> ProfileResult:
                         obs.append(row)
                     else:
                         notes.append(f"mixed step P={prefill} B={b}: no clean step seen (skipped)")
+        # 6. arrivals: a short request's whole per-request cost to the streams decoding beside it
+        arrive_b = sorted({b for b in (1, min(4, top)) if b >= 1})
+        arrive_p = sorted({n for n in (128, 512) if n <= chunk - max(arrive_b) and n + so <= max_ctx})
+        bg_out = max(cfg.decode_tokens, 3 * so)  # the streams outlast the request's prefill and answer
+        for b in arrive_b:
+            for n in arrive_p:
+                if time.perf_counter() - t_wall0 > cfg.budget_s:
+                    notes.append(f"budget {cfg.budget_s:g} s spent: arrival P={n} B={b} skipped")
+                    continue
+                if b * (64 + cfg.decode_tokens + 16) + n + so > (
+                    limits.get("kv_capacity_tokens") or math.inf
+                ):
+                    continue
+                for _ in range(max(1, cfg.repeats)):
+                    row = await _arrival(p, b, n, so, bg_out, chunk)
+                    if row is not None:
+                        obs.append(row)
+                    else:
+                        notes.append(f"arrival P={n} B={b}: the streams ended before the request (skipped)")
         if limits.get("kv_capacity_tokens") is None:
             if kv_probe:
                 limits["kv_capacity_tokens"] = int(sorted(kv_probe)[len(kv_probe) // 2])
@@ -417,6 +479,9 @@ def _static_limits(
         lab = info[0][0]
         cap = int(float(lab["num_gpu_blocks"])) * int(float(lab.get("block_size", 16)))
         limits["kv_capacity_tokens"], src["kv_capacity_tokens"] = cap, "/metrics vllm:cache_config_info"
+    if info and info[0][0].get("block_size") and info[0][0].get("enable_prefix_caching", "True") != "False":
+        limits["cache_block_tokens"] = int(float(info[0][0]["block_size"]))
+        src["cache_block_tokens"] = "/metrics vllm:cache_config_info block_size"
     elif n_ctx_slot and slots:
         cap = int(n_ctx_slot) * int(slots)
         limits["kv_capacity_tokens"] = cap
@@ -505,6 +570,94 @@ async def _mixed(p: _Prober, b: int, prefill: int, out: int, chunk: int) -> Obse
     return Observation("mixed", x, gaps[len(gaps) // 2], f"B={b} prefill={prefill}")
 
 
+def _stream_row(o: Any, prompt: int, scale: float) -> Observation | None:
+    """A short stream alone: from its first token to its end are ``output - 1`` decode steps at batch 1
+    (context from ``prompt`` up) and its finish (None for fewer than 2 tokens)."""
+    n = int(o.output_tokens or 0)
+    if n < 2 or o.t_end_s <= o.t_first_s:
+        return None
+    steps = n - 1
+    x = {
+        "step_s": float(steps),
+        "decode_seq_s": float(steps),
+        "context_token_s": steps * (prompt + 1 + n / 2.0),
+        "finish_s": 1.0,
+    }
+    return Observation(
+        "stream", x, (o.t_end_s - o.t_first_s) * scale, f"prompt={prompt} out={n} steps={steps}"
+    )
+
+
+def _window(log_: list[tuple[int, int]], t0: int, t1: int) -> tuple[int, int] | None:
+    """Indexes (i, j) of a stream's last chunk at or before ``t0`` and first at or after ``t1`` (ns);
+    None when the stream does not span them with a chunk before and after."""
+    times = [t for t, _ in log_]
+    i = sum(1 for t in times if t <= t0) - 1
+    j = next((k for k, t in enumerate(times) if t >= t1), None)
+    if i < 1 or j is None or j >= len(times) - 1:
+        return None
+    return i, j
+
+
+async def _arrival(p: _Prober, b: int, new: int, out: int, bg_out: int, chunk: int) -> Observation | None:
+    """One arrival: ``b`` streams (64-token prompts, ``bg_out`` tokens) decoding when a request of ``new``
+    prompt tokens and ``out`` output tokens is sent; once it has ended, the streams' time from their last
+    chunk before its send to their first chunk after its end (the median stream) with the work in it:
+    their steps, its prefill, its ``out - 1`` decode steps beside them, one admission and one finish.
+    None when a stream ended before the request did."""
+    prompt = 64
+    logs: list[list[tuple[int, int]]] = [[] for _ in range(b)]
+    tasks = [asyncio.ensure_future(p.send(p.ids(prompt), bg_out, logs[i])) for i in range(b)]
+    deadline = time.perf_counter() + p.cfg.request_timeout_s
+    while not all(len(g) >= 3 for g in logs) and time.perf_counter() < deadline:
+        if any(t.done() for t in tasks):
+            break
+        await asyncio.sleep(0.002)
+    o, _ = await p.send(p.ids(new), out)
+    outs = await asyncio.gather(*tasks)
+    t0, t1 = p.origin + int(o.t_send_s * 1e9), p.origin + int(o.t_end_s * 1e9)
+    spans = []
+    for (od, _), log_ in zip(outs, logs, strict=True):
+        w = _window(log_, t0, t1)
+        if w is None:
+            return None
+        i, j = w
+        ratio = (od.output_tokens or len(log_)) / max(1, len(log_))
+        spans.append(((log_[j][0] - log_[i][0]) / 1e9 * p.scale, (j - i) * ratio, (i + j) / 2.0 * ratio))
+    spans.sort()
+    seconds, steps, mid = spans[len(spans) // 2]
+    n = int(o.output_tokens or out)
+    pre = prefill_work(new - int(o.cached_prompt_tokens or 0), int(o.cached_prompt_tokens or 0), chunk)
+    x = {
+        "step_s": steps,
+        "decode_seq_s": b * steps + (n - 1),
+        "context_token_s": b * steps * (prompt + mid)
+        + (n - 1) * (new + 1 + n / 2.0)
+        + pre["context_token_s"],
+        "prefill_token_s": pre["prefill_token_s"],
+        "prefill_pair_s": pre["prefill_pair_s"],
+        "admit_s": 1.0,
+        "finish_s": 1.0,
+    }
+    return Observation("arrival", x, seconds, f"B={b} prefill={new} out={n} steps={steps:.0f}")
+
+
+def cache_granularity(reported: list[tuple[int, int]], largest: int = 1024) -> int | None:
+    """The prefix cache's granularity (tokens) from ``(cacheable prefix, cached tokens reported)`` pairs:
+    the smallest power of two ``g`` <= ``largest`` with ``cached == prefix // g * g`` for every pair (1:
+    token by token, as llama.cpp's slots). None without a pair that caches anything, or when no power of
+    two explains them all (the server caches something else)."""
+    pairs = [(n, c) for n, c in reported if c > 0]
+    if not pairs:
+        return None
+    g = 1
+    while g <= largest:
+        if all(c == n // g * g for n, c in pairs):
+            return g
+        g *= 2
+    return None
+
+
 async def _probe_batch(p: _Prober, root: str, cfg: ProfileConfig) -> tuple[int, str]:
     """Largest batch: ``probe_streams`` short streams at once, polling running / waiting in /metrics."""
     n = cfg.probe_streams
@@ -583,6 +736,8 @@ def _with_noise(obs: list[Observation], scale: float, loop_lag_s: float = 0.0) -
         rel = 0.02 * o.seconds
         if o.x.get("request_s"):
             sigma = math.hypot(rel, jitter)
+        elif o.kind in ("stream", "arrival"):  # a whole span: both ends stamped by the client
+            sigma = math.hypot(rel, 2.0 * jitter)
         else:
             steps = float(o.note.split("steps=")[1].split()[0]) if "steps=" in o.note else 1.0
             sigma = math.hypot(rel, 2.0 * jitter / max(1.0, steps))
@@ -599,7 +754,7 @@ def profile_sync(cfg: ProfileConfig) -> ProfileResult:
 _COMMENTS = {
     "engine": "engine limits (tokens); where each came from: [provenance.limit_sources]",
     "step": "fitted step time, s per step / prefill token / decode sequence / context token / pair / "
-    "admitted request / memory-side s per step; overlap share (agentperf_kit.sim.twin)",
+    "admitted request / finished request / memory-side s per step; overlap share (agentperf_kit.sim.twin)",
     "step_se": "standard errors of [step]",
     "observation": "measurements behind the fit (seconds; the work amounts by term)",
 }
@@ -660,6 +815,11 @@ def write_twin(res: ProfileResult, path: str | os.PathLike, *, z: float = 1.96) 
             "kv_capacity_tokens": int(res.limits["kv_capacity_tokens"]),
             "max_context_tokens": int(res.limits["max_context_tokens"]),
             "kv_policy": "preempt",
+            **(
+                {"cache_block_tokens": int(res.limits["cache_block_tokens"])}
+                if res.limits.get("cache_block_tokens")
+                else {}
+            ),
         },
         "provenance": {
             "tool": f"agentperf-kit {__version__} (agentperf profile)",
