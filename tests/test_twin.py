@@ -12,6 +12,7 @@ import time
 import tomllib
 import urllib.request
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -669,3 +670,72 @@ def test_twin_cache_block_sets_how_much_of_a_prefix_the_engine_reuses(tmp_path):
             eng.advance(math.inf)
         hits[block] = second.hit
     assert hits == {1: 300, 128: 256}
+
+
+def _noise_twin(tmp_path, name, factors, hold_s, step=None) -> str:
+    step = step or {"step_s": 0.01, "prefill_token_s": 1e-4, "decode_seq_s": 2e-3, "finish_s": 0.003}
+    path = _write_twin(tmp_path / name, step)
+    if factors:
+        with open(path, "a") as f:
+            f.write("\n" + dump_toml({"noise": {"step_factors": list(factors), "hold_s": hold_s}}))
+    return path
+
+
+def test_server_noise_scales_every_step_by_the_factor_in_force(tmp_path):
+    """One factor (2.0): every step and finish takes twice as long, so a request ends at twice its
+    noise-free time; factors are read back from the file, bad ones named."""
+    ends = {}
+    for name, factors in (("quiet.toml", ()), ("slow.toml", (2.0,))):
+        dep = get_deployment(_noise_twin(tmp_path, name, factors, 0.001))
+        assert dep.noise_factors == tuple(factors)
+        got = []
+        eng = TwinEngine(dep, efficiency("mid"), lambda r, t: got.append(t), lambda *a: None)
+        eng.submit(SimRequest("k", 1, 100, 0, 40, 0.0))
+        while eng.has_work:
+            eng.advance(math.inf)
+        ends[name] = got[0]
+    assert ends["slow.toml"] == pytest.approx(2.0 * ends["quiet.toml"], rel=1e-12)
+    with pytest.raises(ConfigError, match="step_factors"):
+        load_twin(_noise_twin(tmp_path, "bad.toml", (1.0, -1.0), 0.1))
+
+
+def test_server_noise_spreads_one_agents_speeds_reproducibly(tmp_path):
+    """Without noise one agent's speeds are nearly equal (P25 = P50 within 2 %); with factors 0.7..1.6
+    held longer than a request (5 s) they spread (P25 well below P50), and two sweeps of the noisy twin
+    give the same table (a fixed seed)."""
+    from agentperf_kit.agents import RunRules
+    from agentperf_kit.sim.virtual import run_sim_level
+    from agentperf_kit.trajectories import default_trajectories
+
+    rules = RunRules(warmup_s=0, duration_s=900, min_trajectories=1, min_trajectories_per_agent=0)
+    speeds = {}
+    for name, factors in (("quiet.toml", ()), ("noisy.toml", (0.7, 0.85, 1.0, 1.2, 1.6))):
+        path = _noise_twin(tmp_path, name, factors, 5.0)
+        runs = [run_sim_level(default_trajectories()[:4], 1, rules, deployment=path, seed=3) for _ in range(2)]
+        a, b = (r.requests["output_speed_tps"].dropna().to_numpy() for r in runs)
+        assert len(a) > 20 and (a == b).all()
+        speeds[name] = a
+    q = speeds["quiet.toml"]
+    assert np.percentile(q, 25) > 0.98 * np.percentile(q, 50)
+    n = speeds["noisy.toml"]
+    assert np.percentile(n, 25) < 0.9 * np.percentile(n, 50)
+
+
+def test_noise_section_is_the_streams_spread_around_their_median():
+    from agentperf_kit.twin.profile import NOISE_MIN_STREAMS, noise_section
+
+    ratios = [0.8, 0.9, 1.0, 1.0, 1.1, 1.2, 1.5, 2.0, 1.0]
+    rows = [("decode", {"step_s": 1, "decode_seq_s": b}) for b in (1, 2, 4, 8)]
+    obs = [Observation(k, x, 0.002 + 1e-4 * x["decode_seq_s"]) for k, x in rows]
+    for r in ratios:  # streams of 31 steps at batch 1, slowed by r
+        x = {"step_s": 31, "decode_seq_s": 31}
+        obs.append(Observation("stream", x, r * 31 * 0.0021))
+    fit = fit_step_time(obs, robust=True)
+    sec = noise_section(fit, obs)
+    assert sec is not None and len(sec["step_factors"]) == len(ratios) >= NOISE_MIN_STREAMS
+    f = sec["step_factors"]
+    assert f == sorted(f) and f[len(f) // 2] == pytest.approx(1.0)
+    # the spread is the streams' own: max / min as measured
+    assert f[-1] / f[0] == pytest.approx(2.0 / 0.8, rel=1e-3)
+    few = obs[: 4 + NOISE_MIN_STREAMS - 1]
+    assert noise_section(fit_step_time(few), few) is None

@@ -28,6 +28,14 @@ roofline engine's definitions (:meth:`agentperf_kit.sim.engine.Engine.step_time`
 the fit) is the fixed cost of one request the engine does not see (HTTP round trip, request set-up): the
 simulator delays each request's arrival at the engine by it, so it is part of every simulated TTFT.
 
+**Server noise.** A real server's speed varies over time (other processes, the OS, its own threads):
+the profile's repeated short streams (identical work) differ by 10-40 % on a shared host, and a tier's
+P25 speed and P95 TTFT sit in that spread. A twin file may carry ``[noise]``: ``step_factors``, the
+measured / fitted ratios of those streams divided by their median (so the fit keeps the level and the
+noise only the spread), and ``hold_s``, the median stream's duration. The twin's engine multiplies every
+step (and finish) by a factor drawn from ``step_factors`` and held for ``hold_s`` of virtual time, then
+drawn again (a fixed seed: a sweep is reproducible); without ``[noise]`` every factor is 1.
+
 Each coefficient carries its standard error from the least-squares fit (:mod:`agentperf_kit.twin.fit`);
 the efficiency sets of a sweep map to the band: ``mid`` = the point estimate, ``low`` = every time
 coefficient at its slow end (estimate + ``z`` x SE) and ``overlap`` at estimate - ``z`` x SE, ``high`` =
@@ -42,6 +50,7 @@ estimated at 0 spans 0 .. ``z`` x SE, ``overlap`` stays within 0..1 (:func:`_ban
 from __future__ import annotations
 
 import math
+import random
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -126,6 +135,8 @@ class TwinDeployment(Deployment):
     twin_path: str = ""
     cache_block_tokens: int = 16  # the server's prefix-cache granularity (tokens; 1: token by token)
     request_s: float = 0.0  # fixed cost of a request the engine does not see (s): delays its arrival
+    noise_factors: tuple[float, ...] = ()  # server noise: step-time factors to draw from (module doc)
+    noise_hold_s: float = 0.0  # virtual seconds a drawn factor holds
     step_mid: StepModel | None = None
     step_low: StepModel | None = None
     step_high: StepModel | None = None
@@ -144,6 +155,19 @@ class TwinEngine(Engine):
     def __init__(self, dep: TwinDeployment, eff: Efficiency, *args: Any, **kwargs: Any) -> None:
         super().__init__(dep, eff, *args, **kwargs)
         self.model = dep.step_model(eff.name)
+        self._factors = tuple(dep.noise_factors)
+        self._hold = float(dep.noise_hold_s)
+        self._noisy = bool(self._factors) and self._hold > 0
+        self._rng = random.Random(20261201)
+        self._f = 1.0  # the server-noise factor in force
+        self._f_until = -math.inf if self._noisy else math.inf  # virtual time it holds until
+
+    def _factor(self) -> float:
+        """The server-noise factor at the engine's clock (a new draw once the last one's hold is over)."""
+        if self.now >= self._f_until:
+            self._f = self._rng.choice(self._factors)
+            self._f_until = self.now + self._hold
+        return self._f
 
     def _step(
         self, tokens: float, n_dec: float, q: float, ctx: float, pairs: float, pkv: float
@@ -151,9 +175,21 @@ class TwinEngine(Engine):
         """(step seconds, d seconds / d decode context): ``tokens`` = ``n_dec`` decoding sequences x ``q``
         queries each + prefill tokens; ``ctx`` the decode context sum, ``pkv`` the KV tokens the prefill
         chunks read, ``pairs`` their attention pairs (the engine's seam for every step it times); plus
-        ``admit_s`` for each request the step admits (``Engine.step_admits``)."""
+        ``admit_s`` for each request the step admits (``Engine.step_admits``); times the server-noise
+        factor in force."""
         t, slope = self.model.time_slope(max(0.0, tokens - n_dec * q), n_dec, ctx + pkv, pairs)
-        return t + self.model.admit_s * self.step_admits, slope
+        t += self.model.admit_s * self.step_admits
+        if self._noisy:
+            f = self._factor()
+            return t * f, slope * f
+        return t, slope
+
+    def _advance_decode(self, limit: float) -> None:
+        # a decode segment ends where the noise factor is drawn again (the next segment runs at the new one)
+        if self._noisy:
+            self._factor()
+            limit = min(limit, self._f_until)
+        super()._advance_decode(limit)
 
     def _finish_due(self) -> None:
         """The requests whose last token this step made finish ``finish_s`` each later (their end and the
@@ -161,14 +197,20 @@ class TwinEngine(Engine):
         heap, g = self._decode, self.g
         if self.model.finish_s and heap and heap[0][0] <= g:
             dt = self.model.finish_s * sum(1 for e in heap if e[0] <= g)
+            if self._noisy:
+                dt *= self._factor()
             self.now += dt
             self.busy_s += dt
         super()._finish_due()
 
     def _decode_parts(self, b: int, ctx: float) -> tuple[float, float]:
         """Pure decode of ``b`` sequences at context sum ``ctx``: (step seconds, d seconds / d context),
-        the seam the engine's decode segments and ``decode_step_time`` read."""
-        return self.model.time_slope(0.0, b, ctx, 0.0)
+        the seam the engine's decode segments and ``decode_step_time`` read (times the noise factor)."""
+        t, slope = self.model.time_slope(0.0, b, ctx, 0.0)
+        if self._noisy:
+            f = self._factor()
+            return t * f, slope * f
+        return t, slope
 
 
 def is_twin_path(name: str) -> bool:
@@ -256,12 +298,23 @@ def load_twin(path: str | Path) -> TwinDeployment:
             twin_path=str(p),
             cache_block_tokens=max(1, int(eng.get("cache_block_tokens", 16))),
             request_s=float(data.get("fit", {}).get("request_s", 0.0)),
+            noise_factors=_noise_factors(data.get("noise") or {}),
+            noise_hold_s=float((data.get("noise") or {}).get("hold_s", 0.0)),
             step_mid=point,
             step_low=_band(point, se, z, +1),
             step_high=_band(point, se, z, -1),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"twin preset {str(path)!r} is missing or has a bad field: {exc}") from None
+
+
+def _noise_factors(noise: dict[str, Any]) -> tuple[float, ...]:
+    """The ``[noise]`` section's ``step_factors`` (each > 0 and finite, else a ValueError naming it)."""
+    out = tuple(float(f) for f in noise.get("step_factors", ()))
+    bad = [f for f in out if not (f > 0 and math.isfinite(f))]
+    if bad:
+        raise ValueError(f"noise.step_factors must be positive and finite, got {bad[0]}")
+    return out
 
 
 # -- a small TOML writer (scalars, lists of scalars, tables, arrays of tables) ----------------------------

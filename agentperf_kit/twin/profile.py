@@ -75,6 +75,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _VLLM_DEFAULT_SEQS = 256
+NOISE_MIN_STREAMS = 8  # short streams needed for a [noise] section (their spread is the server's noise)
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,7 +358,7 @@ async def profile_server(cfg: ProfileConfig) -> ProfileResult:
         # short streams: decode steps of an agent's short answer and its finish
         so = max(2, int(cfg.stream_tokens))
         stream_sizes = sorted({s for s in (64, 512) if s + so <= max_ctx} or {max(8, max_ctx // 4)})
-        for _ in range(cfg.repeats):
+        for _ in range(max(cfg.repeats, NOISE_MIN_STREAMS // len(stream_sizes) + 1)):
             for n in stream_sizes:
                 o, _ = await p.send(p.ids(n), so)
                 row = _stream_row(o, n, scale)
@@ -719,8 +720,9 @@ class _LoopLag:
 
 def _with_noise(obs: list[Observation], scale: float, loop_lag_s: float = 0.0) -> list[Observation]:
     """Set each row's expected noise (seconds): 2 % of it, plus a timing jitter ``j`` = the largest of
-    1 ms, the client's event-loop lag (P95) and the standard deviation between repeats of the smallest
-    cold prompt (all in the server's seconds). A single request carries ``j`` once; a decode row is a
+    1 ms, the client's event-loop lag (P95) and the spread between repeats of the smallest cold prompt
+    (1.4826 x their median absolute deviation: the standard deviation where they are normal, unmoved by
+    one stalled repeat; all in the server's seconds). A single request carries ``j`` once; a decode row is a
     mean over its steps whose window ends are each off by up to ``j``, so it carries ``2 j / steps``."""
     import statistics
 
@@ -729,8 +731,9 @@ def _with_noise(obs: list[Observation], scale: float, loop_lag_s: float = 0.0) -
     if small:
         n0 = min(o.x["prefill_token_s"] for o in small)
         ys = [o.seconds for o in small if o.x["prefill_token_s"] == n0]
-        if len(ys) > 1:
-            jitter = max(jitter, statistics.stdev(ys))
+        if len(ys) > 1:  # robust: one repeat stalled by another process must not blur every row
+            med = statistics.median(ys)
+            jitter = max(jitter, 1.4826 * statistics.median(abs(y - med) for y in ys))
     out = []
     for o in obs:
         rel = 0.02 * o.seconds
@@ -756,14 +759,37 @@ _COMMENTS = {
     "step": "fitted step time, s per step / prefill token / decode sequence / context token / pair / "
     "admitted request / finished request / memory-side s per step; overlap share (agentperf_kit.sim.twin)",
     "step_se": "standard errors of [step]",
+    "noise": "server noise: step-time factors the twin draws from, each held hold_s (agentperf_kit.sim.twin)",
     "observation": "measurements behind the fit (seconds; the work amounts by term)",
 }
 
 
-def _fit_sections(fit: StepFit, observations: list[Observation], z: float) -> dict[str, Any]:
-    """The twin file's sections that come from a fit: ``[step]``, ``[step_se]``, ``[band]``, ``[fit]``
-    and every observation with its prediction and residual."""
+def noise_section(fit: StepFit, observations: list[Observation]) -> dict[str, Any] | None:
+    """The twin's ``[noise]`` (:mod:`agentperf_kit.sim.twin`): the short streams' measured / fitted
+    ratios divided by their median, sorted, and the median stream's seconds as the hold; None with
+    fewer than :data:`NOISE_MIN_STREAMS` streams."""
+    import statistics
+
+    used = [o for o in observations if o.seconds > 0]
+    pairs = [(o.seconds, p) for o, p in zip(used, fit.predicted, strict=True) if o.kind == "stream" and p > 0]
+    if len(pairs) < NOISE_MIN_STREAMS:
+        return None
+    ratios = [y / p for y, p in pairs]
+    med = statistics.median(ratios)
     return {
+        "step_factors": sorted(round(r / med, 4) for r in ratios),
+        "hold_s": statistics.median(y for y, _ in pairs),
+        "source": f"{len(pairs)} short streams of the profile (measured / fitted, over their median)",
+    }
+
+
+def _fit_sections(fit: StepFit, observations: list[Observation], z: float) -> dict[str, Any]:
+    """The twin file's sections that come from a fit: ``[step]``, ``[step_se]``, ``[band]``, ``[fit]``,
+    ``[noise]`` (where the profile has the streams for it) and every observation with its prediction and
+    residual."""
+    noise = noise_section(fit, observations)
+    return {
+        **({"noise": noise} if noise else {}),
         "step": {t: fit.coef[t] for t in (*TERMS, *SHAPE)},
         "step_se": {t: fit.se[t] for t in (*TERMS, *SHAPE)},
         "band": {"z": z, "note": "low = coefficients at estimate + z x SE, high = estimate - z x SE (>= 0)"},
