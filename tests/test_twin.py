@@ -688,8 +688,8 @@ def test_server_noise_scales_every_step_by_the_factor_in_force(tmp_path):
     for name, factors in (("quiet.toml", ()), ("slow.toml", (2.0,))):
         dep = get_deployment(_noise_twin(tmp_path, name, factors, 0.001))
         assert dep.noise_factors == tuple(factors)
-        got = []
-        eng = TwinEngine(dep, efficiency("mid"), lambda r, t: got.append(t), lambda *a: None)
+        got: list[float] = []
+        eng = TwinEngine(dep, efficiency("mid"), lambda r, t, got=got: got.append(t), lambda *a: None)
         eng.submit(SimRequest("k", 1, 100, 0, 40, 0.0))
         while eng.has_work:
             eng.advance(math.inf)
@@ -711,7 +711,8 @@ def test_server_noise_spreads_one_agents_speeds_reproducibly(tmp_path):
     speeds = {}
     for name, factors in (("quiet.toml", ()), ("noisy.toml", (0.7, 0.85, 1.0, 1.2, 1.6))):
         path = _noise_twin(tmp_path, name, factors, 5.0)
-        runs = [run_sim_level(default_trajectories()[:4], 1, rules, deployment=path, seed=3) for _ in range(2)]
+        trajs = default_trajectories()[:4]
+        runs = [run_sim_level(trajs, 1, rules, deployment=path, seed=3) for _ in range(2)]
         a, b = (r.requests["output_speed_tps"].dropna().to_numpy() for r in runs)
         assert len(a) > 20 and (a == b).all()
         speeds[name] = a
