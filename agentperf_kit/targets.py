@@ -270,7 +270,7 @@ class LiveTarget:
         telemetry = self.telemetry if self.telemetry is not None and self.telemetry.active else None
         args = (self.endpoint, trajectories, n_agents, rules)
         kwargs: dict[str, Any] = {
-            "seed": seed % 2**32,
+            "seed": seed,  # as a simulated target gets it: the same agents, turns and ramp
             "out_dir": out_dir,
             "level": level,
             "run_id": run_id,

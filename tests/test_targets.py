@@ -210,3 +210,28 @@ def test_a_twin_preset_file_is_a_sim_target(tmp_path):
     assert res.requests["ok"].any()
     with pytest.raises(ConfigError, match="not found"):
         parse_target(f"sim:{tmp_path / 'gone.toml'}")
+
+
+def test_a_live_and_a_simulated_target_replay_the_same_agents_for_one_seed(tmp_path):
+    """The same level seed gives the same trajectories, start turns and order of first sends on a live
+    target (a loopback server) as on a simulated one, so that a twin's sweep and the measured sweep it
+    is checked against replay one workload (a live target used to cut the seed to 32 bits)."""
+    from tests.sse_servers import SSEServer, serving
+
+    trajs = default_trajectories()[:12]
+    rules = RunRules(warmup_s=0, duration_s=1.0, min_trajectories=0, min_trajectories_per_agent=0,
+                     drain_timeout_s=2.0)  # fmt: skip
+    seed = 2**40 + 12345  # a sweep's level seeds are 48-bit
+    sim = parse_target("sim").run_level(trajs, 4, rules, seed=seed, out_dir=tmp_path / "sim", progress=False)
+    server = SSEServer(ttft_s=0.005, itl_s=0.001)
+    with serving(server):
+        live = parse_target(server.base_url, model="m").run_level(
+            trajs, 4, rules, seed=seed, out_dir=tmp_path / "live", progress=False
+        )
+
+    def first_sends(res):
+        df = res.requests.sort_values("t_scheduled_s")
+        return [tuple(r) for r in df.groupby("agent").head(1)[["agent", "trajectory_id", "turn"]].to_numpy()]
+
+    assert first_sends(live) == first_sends(sim)
+    assert live.manifest["config"]["seed"] == sim.manifest["config"]["seed"] == seed
