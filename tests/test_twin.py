@@ -621,12 +621,14 @@ def test_finish_cost_delays_the_finishing_stream_and_the_next_step_of_the_others
 
 
 def test_fit_recovers_the_finish_cost_from_short_streams_and_arrivals():
-    """Short streams carry one finish and no request, arrivals one admission and one finish, prefill rows
-    one request and one admission: the fit tells the three per-request costs apart."""
-    true = {**ADMIT_TRUE, "finish_s": 0.004, "context_token_s": 1e-7}
+    """Short streams carry one finish, their own end and no request, arrivals one admission and one finish
+    (the streams beside it do not wait for its end), prefill rows one request and one admission: the fit
+    tells the four per-request costs apart."""
+    true = {**ADMIT_TRUE, "finish_s": 0.004, "end_s": 0.0015, "context_token_s": 1e-7}
     rows = [
         *_admission_rows(),
-        *(("stream", {"step_s": 31, "decode_seq_s": 31, "context_token_s": 31 * (n + 17), "finish_s": 1})
+        *(("stream", {"step_s": 31, "decode_seq_s": 31, "context_token_s": 31 * (n + 17), "finish_s": 1,
+                      "end_s": 1})
           for n in (64, 512)),
         *(("arrival", {"step_s": 40, "decode_seq_s": b * 40 + 31, "context_token_s": b * 40 * 90,
                        "prefill_token_s": n, "admit_s": 1, "finish_s": 1})
@@ -634,7 +636,7 @@ def test_fit_recovers_the_finish_cost_from_short_streams_and_arrivals():
     ]  # fmt: skip
     obs = [Observation(k, x, sum(true.get(t, 0.0) * v for t, v in x.items())) for k, x in rows]
     fit = fit_step_time(obs)
-    for term in ("finish_s", "admit_s", "request_s", "step_s", "decode_seq_s"):
+    for term in ("finish_s", "end_s", "admit_s", "request_s", "step_s", "decode_seq_s"):
         assert fit.coef[term] == pytest.approx(true[term], rel=1e-3), term
     assert fit.model.finish_s == pytest.approx(0.004, rel=1e-3)
 
@@ -740,3 +742,22 @@ def test_noise_section_is_the_streams_spread_around_their_median():
     assert f[-1] / f[0] == pytest.approx(2.0 / 0.8, rel=1e-3)
     few = obs[: 4 + NOISE_MIN_STREAMS - 1]
     assert noise_section(fit_step_time(few), few) is None
+
+
+def test_a_requests_own_end_delays_only_its_reported_end(tmp_path):
+    """``end_s``: the finishing request's end is reported that much later; the engine's clock and the
+    stream beside it are not delayed."""
+    step = {"step_s": 0.01, "prefill_token_s": 1e-4, "decode_seq_s": 2e-3}
+    ends: dict[float, dict[int, float]] = {}
+    for end in (0.0, 0.006):
+        dep = get_deployment(_write_twin(tmp_path / f"e{end}.toml", {**step, "end_s": end}))
+        got: dict[int, float] = {}
+        eng = TwinEngine(dep, efficiency("mid"), lambda r, t, got=got: got.setdefault(r.phase_id, t),
+                         lambda *a: None)  # fmt: skip
+        eng.submit(SimRequest("short", 1, 100, 0, 3, 0.0))
+        eng.submit(SimRequest("long", 2, 100, 0, 20, 0.0))
+        while eng.has_work:
+            eng.advance(math.inf)
+        ends[end] = got
+    assert ends[0.006][1] - ends[0.0][1] == pytest.approx(0.006, abs=1e-12)
+    assert ends[0.006][2] - ends[0.0][2] == pytest.approx(0.006, abs=1e-12)  # its own end only

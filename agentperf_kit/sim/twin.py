@@ -14,9 +14,13 @@ read by the chunks) has a memory-side part ``M`` and a prefill-compute part ``X`
 its engine loop, e.g. slot or sequence set-up, sampling and detokeniser state, which every stream decoding
 in that step waits for; the profile's mixed steps measure it, twin files written before it load with 0).
 ``F`` is the number of requests that finish in the step (their last token): a server's per-request work
-at the end (freeing the slot or blocks, saving the prompt to its cache, the final usage chunk), which the
-finishing stream's end and the next step of every other stream wait for; the profile's short streams
-(alone and arriving among decoding ones) measure it, older twin files load with 0.
+at the end in its engine loop (freeing the slot or blocks, saving the prompt to its cache), which the
+finishing stream's end and the next step of every other stream wait for. ``end_s`` is the part of a
+request's end that only it waits for (the final usage chunk and the stream's close, in a front end that
+runs beside the engine): the simulator reports each request's end that much after its last step. The
+profile's short streams alone carry one of each, short streams arriving among decoding ones one
+``finish_s`` and no ``end_s`` (the streams beside it do not wait for its close), which tells them apart;
+older twin files load with 0.
 
 ``overlap`` (0..1) is the share of the smaller part hidden under the larger one when a step carries
 both (a GPU streams weights and KV while its tensor cores run the prefill; the roofline engine's
@@ -73,8 +77,8 @@ __all__ = [
 
 TWIN_KIND = "agentperf-twin"
 # coefficient names, in seconds per unit: step, prefill token, decode sequence, context token, prefill pair,
-# admitted request, finished request (the work amounts an observation carries, :mod:`agentperf_kit.twin.fit`;
-# ``step_s`` stays first: the fit scales the overlap form's ``mem_s`` by it)
+# admitted request, finished request, a request's own end (the work amounts an observation carries,
+# :mod:`agentperf_kit.twin.fit`; ``step_s`` stays first: the fit scales the overlap form's ``mem_s`` by it)
 TERMS = (
     "step_s",
     "prefill_token_s",
@@ -83,6 +87,7 @@ TERMS = (
     "prefill_pair_s",
     "admit_s",
     "finish_s",
+    "end_s",
 )
 # the shape terms of the mixed-step form: memory-side seconds per step, overlap share (0..1)
 SHAPE = ("mem_s", "overlap")
@@ -91,8 +96,8 @@ SHAPE = ("mem_s", "overlap")
 @dataclass(frozen=True, slots=True)
 class StepModel:
     """Fitted step-time coefficients (seconds per step / prefill token / decode sequence / context token
-    read / prefill attention pair / admitted request / finished request, memory-side seconds per step,
-    overlap share 0..1);
+    read / prefill attention pair / admitted request / finished request / a request's own end,
+    memory-side seconds per step, overlap share 0..1);
     the form is in the module docstring."""
 
     step_s: float
@@ -102,6 +107,7 @@ class StepModel:
     prefill_pair_s: float = 0.0
     admit_s: float = 0.0
     finish_s: float = 0.0
+    end_s: float = 0.0
     mem_s: float = 0.0
     overlap: float = 0.0
 
@@ -161,6 +167,13 @@ class TwinEngine(Engine):
         self._rng = random.Random(20261201)
         self._f = 1.0  # the server-noise factor in force
         self._f_until = -math.inf if self._noisy else math.inf  # virtual time it holds until
+        if self.model.end_s:  # each request's end is reported end_s (times the noise) after its last step
+            report, end_s = self.on_finish, self.model.end_s
+
+            def on_finish(req: Any, t: float) -> None:
+                report(req, t + end_s * (self._f if self._noisy else 1.0))
+
+            self.on_finish = on_finish
 
     def _factor(self) -> float:
         """The server-noise factor at the engine's clock (a new draw once the last one's hold is over)."""

@@ -3,7 +3,8 @@
 Each :class:`Observation` is one measured duration (seconds) and the amounts of work it contains, summed
 over the engine steps it spans: ``step_s`` = number of steps, ``prefill_token_s`` = prefill tokens,
 ``decode_seq_s`` = decode sequence-steps, ``context_token_s`` = context tokens read, ``prefill_pair_s`` =
-prefill attention pairs, ``admit_s`` = requests admitted, ``finish_s`` = requests finished (the terms of
+prefill attention pairs, ``admit_s`` = requests admitted, ``finish_s`` = requests finished, ``end_s`` =
+request ends the span waits for (the terms of
 :class:`agentperf_kit.sim.twin.StepModel`), plus ``request_s`` = 1
 for a duration measured from the client's send (the HTTP round trip and request set-up the engine does
 not see; 0 for an inter-token gap).
@@ -171,6 +172,7 @@ def _predict(theta: np.ndarray, names: Sequence[str], x: np.ndarray) -> np.ndarr
         + c.get("step_s", 0.0) * col["step_s"]
         + c.get("admit_s", 0.0) * col["admit_s"]
         + c.get("finish_s", 0.0) * col["finish_s"]
+        + c.get("end_s", 0.0) * col["end_s"]
         + np.maximum(mem, cmp_)
         + hidden * np.minimum(mem, cmp_)
     )

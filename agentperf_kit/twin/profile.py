@@ -573,7 +573,7 @@ async def _mixed(p: _Prober, b: int, prefill: int, out: int, chunk: int) -> Obse
 
 def _stream_row(o: Any, prompt: int, scale: float) -> Observation | None:
     """A short stream alone: from its first token to its end are ``output - 1`` decode steps at batch 1
-    (context from ``prompt`` up) and its finish (None for fewer than 2 tokens)."""
+    (context from ``prompt`` up), its finish and its own end (None for fewer than 2 tokens)."""
     n = int(o.output_tokens or 0)
     if n < 2 or o.t_end_s <= o.t_first_s:
         return None
@@ -583,6 +583,7 @@ def _stream_row(o: Any, prompt: int, scale: float) -> Observation | None:
         "decode_seq_s": float(steps),
         "context_token_s": steps * (prompt + 1 + n / 2.0),
         "finish_s": 1.0,
+        "end_s": 1.0,
     }
     return Observation(
         "stream", x, (o.t_end_s - o.t_first_s) * scale, f"prompt={prompt} out={n} steps={steps}"
@@ -757,7 +758,8 @@ def profile_sync(cfg: ProfileConfig) -> ProfileResult:
 _COMMENTS = {
     "engine": "engine limits (tokens); where each came from: [provenance.limit_sources]",
     "step": "fitted step time, s per step / prefill token / decode sequence / context token / pair / "
-    "admitted request / finished request / memory-side s per step; overlap share (agentperf_kit.sim.twin)",
+    "admitted request / finished request / own end / memory-side s per step; overlap share "
+    "(agentperf_kit.sim.twin)",
     "step_se": "standard errors of [step]",
     "noise": "server noise: step-time factors the twin draws from, each held hold_s (agentperf_kit.sim.twin)",
     "observation": "measurements behind the fit (seconds; the work amounts by term)",
@@ -875,9 +877,10 @@ _ADMITS_ONE = ("prefill", "prefill_cached", "mixed")
 def refit_twin(src: str | os.PathLike, dst: str | os.PathLike, *, z: float = 1.96) -> tuple[Path, StepFit]:
     """Fit the step-time model again to the observations stored in twin file ``src`` and write the result
     to ``dst``: a profile taken under an earlier form of the model (before ``admit_s``: those rows get
-    their one admission) is re-read under the current one without measuring again. Engine limits,
-    provenance and observations are kept; ``[step]``, ``[step_se]``, ``[fit]`` and each observation's
-    prediction are the new fit's; ``[provenance] refit_of`` names ``src``."""
+    their one admission; before ``end_s``: short streams get their own end) is re-read under the current
+    one without measuring again. Engine limits, provenance and observations are kept; ``[step]``,
+    ``[step_se]``, ``[fit]`` and each observation's prediction are the new fit's; ``[provenance]
+    refit_of`` names ``src``."""
     data = tomllib.loads(Path(src).read_text())
     if data.get("kind") != TWIN_KIND:
         raise ConfigError(f"{src}: not a twin preset (kind = {data.get('kind')!r}, expected {TWIN_KIND!r})")
@@ -887,6 +890,8 @@ def refit_twin(src: str | os.PathLike, dst: str | os.PathLike, *, z: float = 1.9
         x = {c: float(r[c]) for c in COLUMNS if c in r}
         if "admit_s" not in r and r.get("kind") in _ADMITS_ONE:
             x["admit_s"] = 1.0
+        if "end_s" not in r and r.get("kind") == "stream":  # a short stream's span ends with its own end
+            x["end_s"] = 1.0
         note = str(r.get("note", ""))
         obs.append(Observation(str(r["kind"]), x, float(r["seconds"]), note, r.get("sigma_s")))
     fit = fit_step_time(obs)
