@@ -761,3 +761,29 @@ def test_a_requests_own_end_delays_only_its_reported_end(tmp_path):
         ends[end] = got
     assert ends[0.006][1] - ends[0.0][1] == pytest.approx(0.006, abs=1e-12)
     assert ends[0.006][2] - ends[0.0][2] == pytest.approx(0.006, abs=1e-12)  # its own end only
+
+
+def test_a_host_prompt_cache_keeps_prefixes_the_kv_cache_evicted(tmp_path):
+    """A twin with ``host_cache_tokens``: a phase's prompt that other phases pushed out of the KV cache
+    is still a prefix hit (kept in host memory); without it, the same prompt is prefilled again."""
+    step = {"step_s": 0.001, "prefill_token_s": 1e-5, "decode_seq_s": 1e-4}
+    hits = {}
+    for host in (0, 100_000):
+        path = _write_twin(tmp_path / f"h{host}.toml", step, kv_capacity_tokens=4096,
+                           host_cache_tokens=host)  # fmt: skip
+        dep = get_deployment(path)
+        assert dep.host_cache_tokens == host
+        eng = TwinEngine(dep, efficiency("mid"), lambda *a: None, lambda *a: None)
+
+        def run(req, eng=eng):
+            eng.submit(req)
+            while eng.has_work:
+                eng.advance(math.inf)
+            return req
+
+        run(SimRequest("a", 1, 1000, 0, 2, 0.0))
+        for k in range(2, 8):  # six other phases of 1,000 tokens: 6,000 > the 4,096-token KV cache
+            run(SimRequest("o", k, 1000, 0, 2, eng.now))
+        hits[host] = run(SimRequest("a", 1, 1100, 1000, 2, eng.now)).hit
+        eng.check_conservation()
+    assert hits == {0: 0, 100_000: 992}  # 1,000 tokens in 16-token blocks

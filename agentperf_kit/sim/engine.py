@@ -125,6 +125,11 @@ class Engine:
         self.b = 0  # decoding sequences
         self.s = 0  # sum over decoders of (ctx0 - g0): context sum at step g is s + b * g
         self.cache: OrderedDict[int, tuple[int, int]] = OrderedDict()  # phase -> (mem, reusable)
+        # a host prompt cache beyond the device's KV (llama.cpp --cache-ram; a twin's host_cache_tokens):
+        # entries the device evicts stay reusable there, LRU within its capacity (tokens)
+        self._host_cap = int(getattr(dep, "host_cache_tokens", 0) or 0)
+        self.host_cache: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        self.host_tokens = 0
         self.idle_tokens = 0
         self.running_tokens = 0
         self.busy_s = 0.0
@@ -401,18 +406,25 @@ class Engine:
                 return
             req = self.waiting[0]
             entry = self.cache.pop(req.phase_id, None)
+            on_host = False
             if entry is not None:
                 self.idle_tokens -= entry[0]
+            elif self.host_cache:  # a prompt the device evicted, kept in host memory (a twin's server)
+                entry = self.host_cache.pop(req.phase_id, None)
+                if entry is not None:
+                    self.host_tokens -= entry[0]
+                    on_host = True
             reserve = req.pe if self.preempt else req.pe + req.oe
             need = self.kv_running() + self.idle_tokens + reserve + self._watermark - cap
             while need > 0 and self.cache:
-                _, (mem, _) = self.cache.popitem(last=False)
-                self.idle_tokens -= mem
-                need -= mem
+                need -= self._evict_lru()
             if need > 0:
                 if entry is not None:  # put the phase's entry back (most recently used)
-                    self.cache[req.phase_id] = entry
-                    self.idle_tokens += entry[0]
+                    if on_host:
+                        self._keep_on_host(req.phase_id, entry)
+                    else:
+                        self.cache[req.phase_id] = entry
+                        self.idle_tokens += entry[0]
                 return
             self.waiting.popleft()
             hit = 0
@@ -554,8 +566,7 @@ class Engine:
         if running + self.idle_tokens <= cap and running + self.b <= cap:
             return  # the common case: nothing to evict or preempt
         while self.kv_running() + self.idle_tokens > cap and self.cache:
-            _, (mem, _) = self.cache.popitem(last=False)
-            self.idle_tokens -= mem
+            self._evict_lru()
         # keep room for one more decode step, so the next segment can advance
         while self.b + len(self.prefilling) > 1 and self.kv_running() + self.b > cap:
             self._preempt_newest()
@@ -594,6 +605,27 @@ class Engine:
             self.cache[req.phase_id] = (kept, kept)
             self.idle_tokens += kept
         self.waiting.appendleft(req)
+
+    def _evict_lru(self) -> int:
+        """Evict the least recently used idle prefix-cache entry from the device; returns its tokens. A
+        server with a host prompt cache (``host_cache_tokens``) keeps it there."""
+        phase, entry = self.cache.popitem(last=False)
+        self.idle_tokens -= entry[0]
+        if self._host_cap:
+            self._keep_on_host(phase, entry)
+        return entry[0]
+
+    def _keep_on_host(self, phase: int, entry: tuple[int, int]) -> None:
+        """Keep ``entry`` in the host prompt cache (LRU, at most ``host_cache_tokens`` tokens)."""
+        host = self.host_cache
+        old = host.pop(phase, None)
+        if old is not None:
+            self.host_tokens -= old[0]
+        host[phase] = entry
+        self.host_tokens += entry[0]
+        while self.host_tokens > self._host_cap and host:
+            _, (mem, _) = host.popitem(last=False)
+            self.host_tokens -= mem
 
     def _release(self, req: SimRequest) -> None:
         self.running_tokens -= req.reserve

@@ -28,7 +28,9 @@ request, so nothing is cached unless meant to be; every request streamed through
    ``/props`` ``n_ctx``; else ``kv_cache_usage_perc`` under a request of known size), the context limit
    (``max_model_len`` of ``/v1/models``, llama.cpp ``n_ctx`` per slot), the prefix cache's granularity
    (vLLM ``cache_config_info`` ``block_size``; else the smallest power of two that explains every cached
-   count the server reported in 2.). Arguments override the first three.
+   count the server reported in 2.), and whether a prompt stays cached after 4x the KV capacity of other
+   prompts went through (a host prompt cache, llama.cpp ``--cache-ram``; probed where that takes at most
+   20 s). Arguments override the first three.
 
 Durations are converted to the server's own seconds where it says it runs scaled time (``agentperf
 serve-sim --time-scale X``: ``/v1/models`` ``agentperf_sim.time_scale``): measured x X.
@@ -389,6 +391,12 @@ async def profile_server(cfg: ProfileConfig) -> ProfileResult:
                     row = _decode_row(outs, prompt, p.origin, scale)
                     if row is not None:
                         obs.append(row)
+        # the prefix cache's reach beyond the KV capacity (a host prompt cache, llama.cpp --cache-ram)
+        if "host_cache_tokens" not in limits and limits.get("kv_capacity_tokens"):
+            reach = await _cache_reach(p, obs, int(limits["kv_capacity_tokens"]), max_ctx, chunk)
+            if reach is not None:
+                limits["host_cache_tokens"], sources["host_cache_tokens"] = reach
+
         # 4. mixed steps: a prefill arriving while streams decode (how much of the two overlaps)
         top = min(max_b - 1, max(batches))
         mixed_b = sorted({b for b in (min(4, top), top) if b >= 1})
@@ -644,6 +652,54 @@ async def _arrival(p: _Prober, b: int, new: int, out: int, bg_out: int, chunk: i
     return Observation("arrival", x, seconds, f"B={b} prefill={new} out={n} steps={steps:.0f}")
 
 
+CACHE_REACH_KV = 4  # the host-cache probe pushes this many KV capacities of other prompts through
+CACHE_REACH_BUDGET_S = 20.0  # ... when their prefill takes at most this long (else it is not probed)
+
+
+async def _cache_reach(
+    p: _Prober, obs: list[Observation], kv: int, max_ctx: int, chunk: int
+) -> tuple[int, str] | None:
+    """Whether a prompt stays cached after :data:`CACHE_REACH_KV` x the KV capacity of other prompts went
+    through the server (a host prompt cache): ``(host_cache_tokens, source)``, the tokens pushed through
+    as a lower bound of its size where it stayed, 0 where it was evicted; None where the push would take
+    longer than :data:`CACHE_REACH_BUDGET_S` (from the cold prefill rows) or the server reports no cached
+    counts."""
+    cold = [o for o in obs if o.kind == "prefill" and o.x.get("prefill_token_s", 0) >= 256]
+    if not cold:
+        return None
+    per_token = max(o.seconds / o.x["prefill_token_s"] for o in cold) / p.scale
+    size = max(64, min(max_ctx, chunk) - 70)
+    push = CACHE_REACH_KV * kv
+    if push * per_token > CACHE_REACH_BUDGET_S:
+        return None
+    base = p.ids(min(1024, max_ctx // 2) + 255)
+    await p.send(base, 2)
+    o, _ = await p.send(base + p.ids(64), 2)
+    if o.cached_prompt_tokens is None or int(o.cached_prompt_tokens) < len(base) // 2:
+        return None  # no cached counts, or the prompt is not cached even right away
+    before = int(o.cached_prompt_tokens)
+    pushed, kept, t0 = 0, 0, time.perf_counter()
+    # rounds of CACHE_REACH_KV x KV capacity while the prompt stays cached and the budget lasts: the
+    # last round it survived is the lower bound reported
+    while time.perf_counter() - t0 < CACHE_REACH_BUDGET_S:
+        target = pushed + push
+        while pushed < target:
+            await p.send(p.ids(size), 2)
+            pushed += size
+        o, _ = await p.send(base + p.ids(64), 2)
+        after = int(o.cached_prompt_tokens or 0)
+        if after < 0.9 * before:
+            break
+        kept = pushed
+    if kept:
+        return kept, (
+            f"probed: a prompt stayed cached after {kept} tokens of other prompts ({kept / kv:.0f} x the KV "
+            f"capacity) went through in {time.perf_counter() - t0:.0f} s: a host prompt cache of at least "
+            "that size"
+        )
+    return 0, f"probed: a prompt was evicted ({after} of {before} cached) after {pushed} tokens of others"
+
+
 def cache_granularity(reported: list[tuple[int, int]], largest: int = 1024) -> int | None:
     """The prefix cache's granularity (tokens) from ``(cacheable prefix, cached tokens reported)`` pairs:
     the smallest power of two ``g`` <= ``largest`` with ``cached == prefix // g * g`` for every pair (1:
@@ -843,11 +899,11 @@ def write_twin(res: ProfileResult, path: str | os.PathLike, *, z: float = 1.96) 
             "kv_capacity_tokens": int(res.limits["kv_capacity_tokens"]),
             "max_context_tokens": int(res.limits["max_context_tokens"]),
             "kv_policy": "preempt",
-            **(
-                {"cache_block_tokens": int(res.limits["cache_block_tokens"])}
-                if res.limits.get("cache_block_tokens")
-                else {}
-            ),
+            **{
+                k: int(res.limits[k])
+                for k in ("cache_block_tokens", "host_cache_tokens")
+                if res.limits.get(k) is not None
+            },
         },
         "provenance": {
             "tool": f"agentperf-kit {__version__} (agentperf profile)",
