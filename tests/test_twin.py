@@ -672,6 +672,15 @@ def test_twin_cache_block_sets_how_much_of_a_prefix_the_engine_reuses(tmp_path):
             eng.advance(math.inf)
         hits[block] = second.hit
     assert hits == {1: 300, 128: 256}
+    # a server that caches no prefix (the profile found 0 cached tokens, or vLLM said so)
+    dep = get_deployment(_write_twin(tmp_path / "none.toml", step, prefix_caching=False))
+    eng = TwinEngine(dep, efficiency("mid"), lambda *a: None, lambda *a: None)
+    for req in (SimRequest("p", 1, 300, 0, 2, 0.0), SimRequest("p", 1, 340, 300, 2, 0.0)):
+        req.t_arrival = eng.now
+        eng.submit(req)
+        while eng.has_work:
+            eng.advance(math.inf)
+    assert req.hit == 0 and not dep.prefix_caching
 
 
 def _noise_twin(tmp_path, name, factors, hold_s, step=None) -> str:

@@ -119,6 +119,8 @@ class Engine:
         self.step_admits = 0  # requests admitted since the last mixed step (a twin's step time reads it)
         # prefix-cache granularity (tokens): a twin's from its server, else the simulator's blocks
         self._block = int(getattr(dep, "cache_block_tokens", 0) or BLOCK_TOKENS)
+        if not getattr(dep, "prefix_caching", True):  # a server without prefix caching: no block is reused
+            self._block = 1 << 62
         self._decode: list[tuple[int, int, SimRequest]] = []
         self._n = 0  # tie-breaker
         self.g = 0  # global decode step index

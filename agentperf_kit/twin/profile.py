@@ -348,7 +348,12 @@ async def profile_server(cfg: ProfileConfig) -> ProfileResult:
                 x["request_s"] = x["admit_s"] = 1.0
                 note = f"prompt={len(base) + extra} cached={cached}"
                 obs.append(Observation("prefill_cached", x, p.ttft(o), note))
-        if "cache_block_tokens" not in limits:
+        if reported and not any(c for _, c in reported):  # counts reported, nothing ever cached
+            limits["prefix_caching"] = 0
+            sources["prefix_caching"] = (
+                f"probed: 0 tokens cached for each of {len(reported)} prompts on a prefix just sent"
+            )
+        elif "cache_block_tokens" not in limits:
             block = cache_granularity(reported)
             if block is not None:
                 limits["cache_block_tokens"] = block
@@ -488,9 +493,13 @@ def _static_limits(
         lab = info[0][0]
         cap = int(float(lab["num_gpu_blocks"])) * int(float(lab.get("block_size", 16)))
         limits["kv_capacity_tokens"], src["kv_capacity_tokens"] = cap, "/metrics vllm:cache_config_info"
-    if info and info[0][0].get("block_size") and info[0][0].get("enable_prefix_caching", "True") != "False":
-        limits["cache_block_tokens"] = int(float(info[0][0]["block_size"]))
-        src["cache_block_tokens"] = "/metrics vllm:cache_config_info block_size"
+    if info and info[0][0].get("block_size"):
+        if info[0][0].get("enable_prefix_caching", "True") == "False":
+            limits["prefix_caching"] = 0
+            src["prefix_caching"] = "/metrics vllm:cache_config_info enable_prefix_caching"
+        else:
+            limits["cache_block_tokens"] = int(float(info[0][0]["block_size"]))
+            src["cache_block_tokens"] = "/metrics vllm:cache_config_info block_size"
     elif n_ctx_slot and slots:
         cap = int(n_ctx_slot) * int(slots)
         limits["kv_capacity_tokens"] = cap
@@ -901,7 +910,7 @@ def write_twin(res: ProfileResult, path: str | os.PathLike, *, z: float = 1.96) 
             "kv_policy": "preempt",
             **{
                 k: int(res.limits[k])
-                for k in ("cache_block_tokens", "host_cache_tokens")
+                for k in ("cache_block_tokens", "host_cache_tokens", "prefix_caching")
                 if res.limits.get(k) is not None
             },
         },
