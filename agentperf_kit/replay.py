@@ -22,6 +22,8 @@ import gc
 import logging
 import os
 import random
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -291,6 +293,7 @@ class _LiveLevel:
         self.ttfts: list[float] = []
         self.speeds: list[float] = []
         self.errors = 0
+        self.interrupted = False  # a Ctrl-C seen while the level ran (:meth:`_interrupt_seen`)
 
     def now(self) -> float:
         return (time.perf_counter_ns() - self.origin_ns) / 1e9
@@ -302,28 +305,58 @@ class _LiveLevel:
         agent tasks cancelled and awaited, sampler and session closed, row files finished."""
         self.event_loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
         try:
-            async with (
-                open_session(self.limit, self.headers) as session,
-                _still_heap(self.gc_pauses),
-                self._progress_bar(),
-            ):
-                connector = session.connector
-                assert isinstance(connector, RunConnector)  # open_session's
-                self.conn_waits = connector.queue_waits_s
-                self.wire = connector.wire
-                self.body_reader = (
-                    "wire"
-                    if connector.wire is not None and connector.wire.accepts(self.endpoint.url)
-                    else "protocol"
-                    if connector.sink_capable
-                    else "readany"
-                )
-                await self._set_up(session)
-                prepare(self.endpoint)  # the shared prompt stream, built before the first send
-                async with self._lag_monitor(), self._sampler():
-                    await self._run_agents(session)
+            with self._interrupt_seen():
+                await self._drive()
         finally:
             self._close_writers()
+
+    async def _drive(self) -> None:
+        async with (
+            open_session(self.limit, self.headers) as session,
+            _still_heap(self.gc_pauses),
+            self._progress_bar(),
+        ):
+            connector = session.connector
+            assert isinstance(connector, RunConnector)  # open_session's
+            self.conn_waits = connector.queue_waits_s
+            self.wire = connector.wire
+            self.body_reader = (
+                "wire"
+                if connector.wire is not None and connector.wire.accepts(self.endpoint.url)
+                else "protocol"
+                if connector.sink_capable
+                else "readany"
+            )
+            await self._set_up(session)
+            prepare(self.endpoint)  # the shared prompt stream, built before the first send
+            async with self._lag_monitor(), self._sampler():
+                await self._run_agents(session)
+
+    @contextlib.contextmanager
+    def _interrupt_seen(self) -> Any:
+        """While the level runs in the main thread, note a Ctrl-C (SIGINT) besides what the handler in
+        place does (asyncio's runner cancels the run's task): the watch loop ends the level on the note
+        too, so an interrupt whose cancellation some await swallowed (Python 3.11's ``wait_for`` can) is
+        not lost and the run does not go on to the end of its window."""
+        self.interrupted = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+        if not callable(previous):
+            yield
+            return
+
+        def note(signum: int, frame: Any) -> None:
+            self.interrupted = True
+            previous(signum, frame)
+
+        signal.signal(signal.SIGINT, note)
+        try:
+            yield
+        finally:
+            if signal.getsignal(signal.SIGINT) is note:
+                signal.signal(signal.SIGINT, previous)
 
     @contextlib.asynccontextmanager
     async def _lag_monitor(self) -> Any:
@@ -416,6 +449,8 @@ class _LiveLevel:
         try:
             while not all_done.done():
                 await asyncio.wait({all_done}, timeout=0.2)
+                if self.interrupted:  # a Ctrl-C whose cancellation did not arrive: end the level now
+                    raise asyncio.CancelledError("interrupted")
                 failed = self.writer.error or (self.chunks.error if self.chunks is not None else None)
                 if failed is not None:  # results cannot be written: end the level, say why at the end
                     self.fleet.abort(self.now(), str(failed))
