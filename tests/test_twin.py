@@ -601,21 +601,28 @@ def test_refit_reads_an_earlier_profile_under_the_current_form(tmp_path):
     assert data["provenance"]["date_utc"] == "2026-11-30T00:00:00Z"
 
 
-def test_finish_cost_delays_the_finishing_stream_and_the_next_step_of_the_others(tmp_path):
-    """``finish_s``: a request ends that much later than its last step, and a stream decoding beside it
-    waits for it once (the step after the finish starts later); no finish, no cost."""
+def _short_and_long_ends(tmp_path, term: str, values: tuple[float, ...]) -> dict[float, dict[int, float]]:
+    """End times (by phase: 1 the 3-token request, 2 the 20-token one, both sent at 0) on twins whose
+    step model has ``term`` at each of ``values``."""
     step = {"step_s": 0.01, "prefill_token_s": 1e-4, "decode_seq_s": 2e-3, "context_token_s": 1e-6}
-    ends: dict[float, dict[str, float]] = {}
-    for finish in (0.0, 0.007):
-        dep = get_deployment(_write_twin(tmp_path / f"f{finish}.toml", {**step, "finish_s": finish}))
-        got: dict[str, float] = {}
+    ends: dict[float, dict[int, float]] = {}
+    for v in values:
+        dep = get_deployment(_write_twin(tmp_path / f"{term}{v}.toml", {**step, term: v}))
+        got: dict[int, float] = {}
         eng = TwinEngine(dep, efficiency("mid"), lambda r, t, got=got: got.setdefault(r.phase_id, t),
                          lambda *a: None)  # fmt: skip
         eng.submit(SimRequest("short", 1, 100, 0, 3, 0.0))
         eng.submit(SimRequest("long", 2, 100, 0, 20, 0.0))
         while eng.has_work:
             eng.advance(math.inf)
-        ends[finish] = got
+        ends[v] = got
+    return ends
+
+
+def test_finish_cost_delays_the_finishing_stream_and_the_next_step_of_the_others(tmp_path):
+    """``finish_s``: a request ends that much later than its last step, and a stream decoding beside it
+    waits for it once (the step after the finish starts later); no finish, no cost."""
+    ends = _short_and_long_ends(tmp_path, "finish_s", (0.0, 0.007))
     assert ends[0.007][1] - ends[0.0][1] == pytest.approx(0.007, abs=1e-12)  # its own end
     assert ends[0.007][2] - ends[0.0][2] == pytest.approx(0.014, abs=1e-12)  # the short's and its own
 
@@ -755,19 +762,8 @@ def test_noise_section_is_the_streams_spread_around_their_median():
 
 def test_a_requests_own_end_delays_only_its_reported_end(tmp_path):
     """``end_s``: the finishing request's end is reported that much later; the engine's clock and the
-    stream beside it are not delayed."""
-    step = {"step_s": 0.01, "prefill_token_s": 1e-4, "decode_seq_s": 2e-3}
-    ends: dict[float, dict[int, float]] = {}
-    for end in (0.0, 0.006):
-        dep = get_deployment(_write_twin(tmp_path / f"e{end}.toml", {**step, "end_s": end}))
-        got: dict[int, float] = {}
-        eng = TwinEngine(dep, efficiency("mid"), lambda r, t, got=got: got.setdefault(r.phase_id, t),
-                         lambda *a: None)  # fmt: skip
-        eng.submit(SimRequest("short", 1, 100, 0, 3, 0.0))
-        eng.submit(SimRequest("long", 2, 100, 0, 20, 0.0))
-        while eng.has_work:
-            eng.advance(math.inf)
-        ends[end] = got
+    stream beside it are not delayed (the long request's end moves by its own end only)."""
+    ends = _short_and_long_ends(tmp_path, "end_s", (0.0, 0.006))
     assert ends[0.006][1] - ends[0.0][1] == pytest.approx(0.006, abs=1e-12)
     assert ends[0.006][2] - ends[0.0][2] == pytest.approx(0.006, abs=1e-12)  # its own end only
 

@@ -551,21 +551,31 @@ def _mixed_sizes(obs: list[Observation], largest: int) -> list[int]:
     return sorted({int(min(largest, max(16, f * star))) for f in (0.5, 1.0, 2.0)})
 
 
+async def _beside_streams(
+    p: _Prober, b: int, prompt: int, stream_out: int, new: int, out: int
+) -> tuple[Any, list[tuple[Any, list[tuple[int, int]]]], list[list[tuple[int, int]]]]:
+    """``b`` streams (``prompt``-token prompts, ``stream_out`` tokens) started together; once each has
+    streamed 3 chunks (decoding), one request of ``new`` fresh prompt tokens and ``out`` output tokens is
+    sent. Returns its outcome, the streams' outcomes and their chunk logs ``(t_ns, tokens)``."""
+    logs: list[list[tuple[int, int]]] = [[] for _ in range(b)]
+    tasks = [asyncio.ensure_future(p.send(p.ids(prompt), stream_out, logs[i])) for i in range(b)]
+    deadline = time.perf_counter() + p.cfg.request_timeout_s
+    while not all(len(g) >= 3 for g in logs) and time.perf_counter() < deadline:
+        if any(t.done() for t in tasks):
+            break
+        await asyncio.sleep(0.002)
+    o, _ = await p.send(p.ids(new), out)
+    outs = await asyncio.gather(*tasks)
+    return o, list(outs), logs
+
+
 async def _mixed(p: _Prober, b: int, prefill: int, out: int, chunk: int) -> Observation | None:
     """One mixed step: ``b`` streams (64-token prompts) decoding when a ``prefill``-token prompt arrives.
     Its prefill (one chunk) runs in the same engine step as their next tokens, so that step is the gap in
     each stream between the chunk nearest the prefill's first token and the one before it (the median
     over the streams). None when the prefill did not land inside every stream's decoding."""
     prompt = 64
-    logs: list[list[tuple[int, int]]] = [[] for _ in range(b)]
-    tasks = [asyncio.ensure_future(p.send(p.ids(prompt), out, logs[i])) for i in range(b)]
-    deadline = time.perf_counter() + p.cfg.request_timeout_s
-    while not all(len(g) >= 3 for g in logs) and time.perf_counter() < deadline:
-        if any(t.done() for t in tasks):
-            break
-        await asyncio.sleep(0.002)
-    o, _ = await p.send(p.ids(prefill), 2)
-    outs = await asyncio.gather(*tasks)
+    o, outs, logs = await _beside_streams(p, b, prompt, out, prefill, 2)
     tf = p.origin + int(o.t_first_s * 1e9)
     gaps, ctx = [], 0.0
     for (od, _), log_ in zip(outs, logs, strict=True):
@@ -625,15 +635,7 @@ async def _arrival(p: _Prober, b: int, new: int, out: int, bg_out: int, chunk: i
     their steps, its prefill, its ``out - 1`` decode steps beside them, one admission and one finish.
     None when a stream ended before the request did."""
     prompt = 64
-    logs: list[list[tuple[int, int]]] = [[] for _ in range(b)]
-    tasks = [asyncio.ensure_future(p.send(p.ids(prompt), bg_out, logs[i])) for i in range(b)]
-    deadline = time.perf_counter() + p.cfg.request_timeout_s
-    while not all(len(g) >= 3 for g in logs) and time.perf_counter() < deadline:
-        if any(t.done() for t in tasks):
-            break
-        await asyncio.sleep(0.002)
-    o, _ = await p.send(p.ids(new), out)
-    outs = await asyncio.gather(*tasks)
+    o, outs, logs = await _beside_streams(p, b, prompt, bg_out, new, out)
     t0, t1 = p.origin + int(o.t_send_s * 1e9), p.origin + int(o.t_end_s * 1e9)
     spans = []
     for (od, _), log_ in zip(outs, logs, strict=True):
