@@ -99,6 +99,7 @@ class LevelWorker:
             if fresh and not self._spawn():
                 return False
             self._level_proc, reader = self._proc, self._reader
+            assert reader is not None  # _spawn started it with the process
             self._send(("start", spec, trajectories))
             # the reader sets it (its end sets done); a reader that ended before this level was its
             # process's never will
