@@ -42,6 +42,7 @@ __all__ = [
     "load_run",
     "prepare_run_dir",
     "read_parquet_rows",
+    "read_requests_file",
     "run_manifest",
     "toolkit_provenance",
     "window_manifest",
@@ -84,7 +85,7 @@ class RunResult:
     def requests(self) -> pd.DataFrame:
         if self._requests is None:
             assert self.directory is not None
-            self._requests = pd.read_parquet(self.directory / REQUESTS_NAME)
+            self._requests = read_requests_file(self.directory / REQUESTS_NAME)
         return self._requests
 
     @requests.setter
@@ -241,7 +242,7 @@ def finalize_run(
     df = finalize_frame(raw, start, end)
     write_manifest(directory, manifest)
     tmp = directory / (REQUESTS_NAME + ".tmp")
-    write_parquet_chunked(df, tmp)
+    write_parquet_chunked(df, tmp, derive_on_read=True)
     os.replace(tmp, directory / REQUESTS_NAME)  # atomic: a parquet that exists is complete
     return RunResult(df, final, directory)
 
@@ -265,30 +266,144 @@ SPLIT_FLOAT_COLUMNS = (
 )
 
 
-def write_parquet_chunked(df: pd.DataFrame, path: str | os.PathLike) -> None:
+#: columns of the request table that are functions of the row's own other columns
+#: (:func:`agentperf_kit.metrics.add_request_metrics`, default ``failed_speed``). A ``requests.parquet``
+#: written by :func:`finalize_run` does not store them (~26 of a simulated level's ~70 bytes a request);
+#: :func:`read_requests_file`, :func:`read_parquet_rows`, :func:`load_run` and :class:`RunResult` compute
+#: them from the stored columns a row group at a time, so the frame is the one finalized, bit for bit.
+#: ``in_window`` (bounds from the manifest) and ``tool_wait_s`` (across an agent's rows) stay stored.
+DERIVED_ON_READ = ("ttft_s", "ttfo_s", "e2e_s", "output_speed_tps", "speed_unmeasurable", "speed_formula")
+
+#: the stored columns :func:`agentperf_kit.metrics.add_request_metrics` reads (the first six it needs)
+_METRIC_INPUTS = (
+    "t_send_s",
+    "t_first_s",
+    "t_first_answer_s",
+    "t_last_s",
+    "t_end_s",
+    "ok",
+    "output_tokens",
+    "first_chunk_tokens",
+    "n_chunks",
+    "usage_mismatch",
+    "error",
+)
+
+#: columns that often equal another column in every row of a run (a simulated level sends when it
+#: schedules: ``t_scheduled_s`` = ``t_send_s``; without cancelled rows also the last token and the end,
+#: and the counts): where they do, bit for bit, the file stores the other column only and the reader
+#: copies it (with the column's own dtype)
+ALIAS_CANDIDATES = {
+    "t_scheduled_s": "t_send_s",
+    "t_last_s": "t_end_s",
+    "prompt_tokens": "target_prompt_tokens",
+    "output_tokens": "target_output_tokens",
+    "n_chunks": "target_output_tokens",
+}
+
+#: key of the parquet schema metadata (JSON) of a file whose :data:`DERIVED_ON_READ` columns are not
+#: stored: ``columns`` (the table's columns in order), ``derived`` (those computed on read) and
+#: ``aliases`` (column -> [the stored column it equals, its dtype])
+LAYOUT_KEY = b"agentperf.requests"
+
+
+def write_parquet_chunked(df: pd.DataFrame, path: str | os.PathLike, *, derive_on_read: bool = False) -> None:
     """``df.to_parquet(path, index=False)`` a row group of :data:`PARQUET_CHUNK_ROWS` at a time, so only
     one chunk is ever held in Arrow form beside the frame (a whole-frame conversion doubles the memory
     of a level of millions of requests). Same columns, types and pandas metadata; more row groups; the
-    encoding of :data:`SPLIT_FLOAT_COLUMNS` (zstd, byte-stream split floats)."""
-    with _ChunkedParquet(path) as out:
+    encoding of :data:`SPLIT_FLOAT_COLUMNS` (zstd, byte-stream split floats). ``derive_on_read``: a
+    request table whose :data:`DERIVED_ON_READ` columns are those :func:`finalize_frame` computed; they
+    are not stored (:func:`read_requests_file` computes them)."""
+    aliases = _Aliases()
+    if derive_on_read:
+        aliases.check(df)
+    with _ChunkedParquet(path, derive_on_read=derive_on_read, aliases=aliases.found()) as out:
         for start in range(0, max(len(df), 1), PARQUET_CHUNK_ROWS):
             out.write(df.iloc[start : start + PARQUET_CHUNK_ROWS])
 
 
+class _Aliases:
+    """Which :data:`ALIAS_CANDIDATES` equal their other column, bit for bit, in every row seen (frames
+    or Arrow record batches, fed by :meth:`check`); an integer column with a missing value never does."""
+
+    def __init__(self) -> None:
+        self._same: dict[str, bool] = {}
+
+    def check(self, rows: Any) -> None:
+        import numpy as np
+
+        names = list(rows.column_names if hasattr(rows, "column_names") else rows.columns)
+        for col, ref in ALIAS_CANDIDATES.items():
+            if self._same.get(col, True) and col in names and ref in names:
+                a, b = _bits(rows[col]), _bits(rows[ref])
+                self._same[col] = a is not None and b is not None and a.dtype == b.dtype
+                self._same[col] = self._same[col] and bool(np.array_equal(a, b))
+            else:
+                self._same[col] = False
+
+    def found(self) -> dict[str, str]:
+        return {c: ALIAS_CANDIDATES[c] for c, same in self._same.items() if same}
+
+
+def _bits(col: Any) -> Any:
+    """A column's values as int64 bits (floats by their bit pattern, NaN for a missing float), or None
+    when they cannot stand for the column (a missing integer, another type)."""
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(col, (pa.Array, pa.ChunkedArray)):
+        if pa.types.is_floating(col.type):
+            return col.to_numpy(zero_copy_only=False).astype(np.float64, copy=False).view(np.int64)
+        if pa.types.is_integer(col.type) and not col.null_count:
+            return col.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        return None
+    if col.dtype.kind == "f":
+        return col.to_numpy().astype(np.float64, copy=False).view(np.int64)
+    if pd.api.types.is_integer_dtype(col.dtype) and not col.hasnans:
+        return col.to_numpy(dtype=np.int64)
+    return None
+
+
+def _table_columns(columns: Collection[str]) -> list[str]:
+    """The finalized table's column order for a frame with ``columns`` and the derived metrics:
+    :data:`REQUEST_COLUMNS` order, then the others in their order (what :func:`finalize_frame` makes)."""
+    have = set(columns) | set(DERIVED_ON_READ)
+    return [c for c in REQUEST_COLUMNS if c in have] + [c for c in columns if c not in REQUEST_COLUMNS]
+
+
 class _ChunkedParquet:
     """A parquet file written one frame chunk (one row group) at a time, with the first chunk's schema
-    and pandas metadata."""
+    and pandas metadata. ``derive_on_read``: request rows (with or without their
+    :data:`DERIVED_ON_READ` columns) stored without those, the table's column order in the schema
+    metadata (:data:`LAYOUT_KEY`)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, derive_on_read: bool = False, aliases: dict[str, str] | None = None
+    ) -> None:
         self.path = path
         self._writer: Any = None
+        self._stored: list[str] | None = None
+        self._derive = derive_on_read
+        self._aliases = aliases or {}
 
     def write(self, chunk: pd.DataFrame) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        if self._stored is not None:
+            chunk = chunk[self._stored]
         if self._writer is None:
+            layout = None
+            if self._derive and set(_METRIC_INPUTS[:6]) <= set(chunk.columns):
+                full = _table_columns(chunk.columns)
+                aliases = {c: [r, str(chunk[c].dtype)] for c, r in self._aliases.items() if c in chunk}
+                self._stored = [c for c in full if c not in DERIVED_ON_READ and c not in aliases]
+                chunk = chunk[self._stored]
+                derived = [c for c in full if c in DERIVED_ON_READ]
+                layout = json.dumps({"columns": full, "derived": derived, "aliases": aliases}).encode()
             table = pa.Table.from_pandas(chunk, preserve_index=False)
+            if layout is not None:
+                table = table.replace_schema_metadata({**(table.schema.metadata or {}), LAYOUT_KEY: layout})
             split = [
                 f.name for f in table.schema if f.name in SPLIT_FLOAT_COLUMNS and pa.types.is_floating(f.type)
             ]
@@ -315,7 +430,8 @@ class _ChunkedParquet:
 def _finalize_stream(directory: Path, window_start_s: float, window_end_s: float, path: Path) -> bool:
     """``requests.parquet`` (at ``path``) from the run's ``requests.arrow`` without holding the table:
     a first pass keeps each row's agent, send and end times (the tool waits join an agent's rows), a
-    second finalizes and writes :data:`PARQUET_CHUNK_ROWS` rows at a time. The same frame as
+    second adds ``in_window`` and ``tool_wait_s`` and writes :data:`PARQUET_CHUNK_ROWS` rows at a time
+    (the :data:`DERIVED_ON_READ` metrics are computed when read). Read back, the same frame as
     :func:`finalize_frame` of all the rows (``tests/test_finalize_memory.py``). False (nothing written)
     when the rows are not one run's (one ``run_id`` and ``level``, every agent known) or there are none."""
     import numpy as np
@@ -323,15 +439,16 @@ def _finalize_stream(directory: Path, window_start_s: float, window_end_s: float
     import pyarrow.compute as pc
 
     from .agents import in_window_mask, one_run_tool_wait
-    from .metrics import add_request_metrics
     from .recorder import RAW_ARROW_SCHEMA, iter_raw_batches, raw_frame
 
     names = (RAW_PARTS_NAME,)
     agent, send, end = [], [], []
     runs, levels = set(), set()
+    aliases = _Aliases()
     for b in iter_raw_batches(directory, names):
         if b.column("agent").null_count:
             return False
+        aliases.check(b)
         agent.append(b.column("agent").to_numpy().copy())
         send.append(b.column("t_send_s").to_numpy(zero_copy_only=False).copy())
         end.append(b.column("t_end_s").to_numpy(zero_copy_only=False).copy())
@@ -345,26 +462,21 @@ def _finalize_stream(directory: Path, window_start_s: float, window_end_s: float
     del agent
     in_window = in_window_mask(t_send, t_end, window_start_s, window_end_s)
     del t_send, t_end
-    order = None
     done = 0
 
     def write(batches: list[pa.RecordBatch]) -> None:
-        nonlocal done, order
+        nonlocal done
         df = raw_frame(pa.Table.from_batches(batches, schema=RAW_ARROW_SCHEMA))
         batches.clear()
-        add_request_metrics(df)
         n = len(df)
         df["in_window"] = in_window[done : done + n]
         df["tool_wait_s"] = wait[done : done + n]
-        if order is None:
-            order = [c for c in REQUEST_COLUMNS if c in df.columns]
-            order += [c for c in df.columns if c not in REQUEST_COLUMNS]
-        out.write(df[order])
+        out.write(df)  # the derived metrics are computed on read (DERIVED_ON_READ)
         done += n
 
     pending: list[pa.RecordBatch] = []
     rows = 0
-    with _ChunkedParquet(path) as out:
+    with _ChunkedParquet(path, derive_on_read=True, aliases=aliases.found()) as out:
         for b in iter_raw_batches(directory, names):
             pending.append(b)
             rows += b.num_rows
@@ -374,6 +486,29 @@ def _finalize_stream(directory: Path, window_start_s: float, window_end_s: float
         if pending:
             write(pending)
     return True
+
+
+def _layout(schema: Any) -> tuple[list[str], list[str], dict[str, list[str]]] | None:
+    """(the table's columns, those computed on read, aliases: column -> [stored column, dtype]) of a
+    ``requests.parquet`` whose :data:`DERIVED_ON_READ` columns are not stored; None for a file that
+    stores every column (written before that layout, or not a request table)."""
+    meta = (schema.metadata or {}).get(LAYOUT_KEY)
+    if meta is None:
+        return None
+    layout = json.loads(meta)
+    return list(layout["columns"]), list(layout["derived"]), dict(layout.get("aliases") or {})
+
+
+def read_requests_file(path: str | os.PathLike, columns: Collection[str] | None = None) -> pd.DataFrame:
+    """A run's ``requests.parquet`` as the table it was finalized as (or only the ``columns`` it has, in
+    the table's order): the :data:`DERIVED_ON_READ` metrics computed from the stored columns where the
+    file does not store them, a row group at a time. Files that store every column (written before) are
+    read as they are. Use this (or :func:`load_run`) rather than ``pd.read_parquet`` on the file."""
+    import pyarrow.parquet as pq
+
+    if columns is None and _layout(pq.read_schema(path)) is None:
+        return pd.read_parquet(path)
+    return read_parquet_rows(path, columns)
 
 
 def read_parquet_rows(
@@ -387,23 +522,34 @@ def read_parquet_rows(
     ``where`` (a bool column), of the rows where that column is true, with ``agents`` = (lo, hi) of the
     rows whose ``agent`` is in [lo, hi) (index 0..n-1), read and converted a row group at a time into
     arrays of the final length: the memory is the result's and one row group's, not the file's in Arrow
-    beside it nor the parts beside their concatenation."""
+    beside it nor the parts beside their concatenation. A request table whose :data:`DERIVED_ON_READ`
+    columns are not stored gets them (those asked for) computed from its stored columns, row group by
+    row group, in the table's column order: the frame that was finalized."""
     import numpy as np
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
-    names = pf.schema_arrow.names
+    stored = pf.schema_arrow.names
+    layout = _layout(pf.schema_arrow)
+    names, derived, aliases = layout if layout is not None else (stored, [], {})
+    if where in derived or where in aliases:
+        raise ValueError(f"read_parquet_rows: where={where!r} must be a stored bool column of {path}")
     want = set(names if columns is None else columns)
     cols = [c for c in names if c in want or c == where]
+    derive = any(c in derived for c in cols)
+    needed = set(cols) | (set(_METRIC_INPUTS) if derive else set())
+    copies = {c: aliases[c] for c in names if c in aliases and c in needed}  # in the table's order
+    needed |= {ref for ref, _ in copies.values()}
+    read = [c for c in stored if c in needed]
     groups = range(pf.num_row_groups)
     masks = None
-    by = [c for c in (where, "agent" if agents is not None else None) if c in names]
+    by = [c for c in (where, "agent" if agents is not None else None) if c in stored]
     if by:  # the rows kept, from those columns alone
 
         def keep(t: Any) -> Any:
-            m = t.column(where) if where in names else None
-            if agents is not None and "agent" in names:
+            m = t.column(where) if where in stored else None
+            if agents is not None and "agent" in stored:
                 a = t.column("agent")
                 m2 = pc.and_(pc.greater_equal(a, agents[0]), pc.less(a, agents[1]))
                 m = m2 if m is None else pc.and_(m, m2)
@@ -417,12 +563,13 @@ def read_parquet_rows(
     parts: dict[str, list[pd.Series]] = {}  # extension-typed ones (Int64, string), joined at the end
     pos = 0
     for i in groups:
-        t = pf.read_row_group(i, columns=cols)
+        t = pf.read_row_group(i, columns=read)
         if masks is not None:
             t = t.filter(masks[i])
             masks[i] = None
         part = t.to_pandas(split_blocks=True, self_destruct=True)
         del t
+        _fill_in(part, copies, derive)
         k = len(part)
         for c in cols:
             col = part[c]
@@ -435,13 +582,25 @@ def read_parquet_rows(
         pos += k
         del part
     if not cols or not groups:
-        df = pf.schema_arrow.empty_table().select(cols).to_pandas()
+        part = pf.schema_arrow.empty_table().select(read).to_pandas()
+        df = _fill_in(part, copies, derive)[cols]
     else:
         data = {c: flat[c] if c in flat else pd.concat(parts.pop(c), ignore_index=True).array for c in cols}
         df = pd.DataFrame(data, index=pd.RangeIndex(total), copy=False)
     if where is not None and where not in want and where in df:
         df = df.drop(columns=where)
     return df
+
+
+def _fill_in(part: pd.DataFrame, copies: dict[str, list[str]], derive: bool) -> pd.DataFrame:
+    """The columns a ``requests.parquet`` does not store, added to ``part`` (a row group's stored
+    columns): aliases (column -> [the stored column it equals, its dtype]) then, with ``derive``, the
+    :data:`DERIVED_ON_READ` metrics. Returns ``part``."""
+    from .metrics import add_request_metrics
+
+    for col, (ref, dtype) in copies.items():
+        part[col] = part[ref].astype(dtype)
+    return add_request_metrics(part) if derive else part
 
 
 def with_worker_column(raw: pd.DataFrame, workers: int) -> pd.DataFrame:

@@ -273,10 +273,10 @@ def run(args: argparse.Namespace) -> str:
         if client.returncode not in (0, 3):  # 3: measured, but not validly (e.g. the self-check failed)
             say(f"   client exited with {client.returncode}:\n{out_text[-3000:]}")
             return "\n".join(lines)
-        import pandas as pd
+        from agentperf_kit.results import read_requests_file
 
         run_dir = tmp / "run"
-        df = pd.read_parquet(run_dir / "requests.parquet")
+        df = read_requests_file(run_dir / "requests.parquet")
         manifest = json.loads((run_dir / "manifest.json").read_text())
         truth = read_truth_log(truth_path)
         origin = manifest["clock"]["origin_ns"] / 1e9

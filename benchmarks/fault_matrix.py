@@ -293,7 +293,9 @@ def message_lines(p: subprocess.CompletedProcess) -> list[str]:
 
 def rows_of(out: Path) -> pd.DataFrame | None:
     if (out / "requests.parquet").exists():
-        return pd.read_parquet(out / "requests.parquet")
+        from agentperf_kit.results import read_requests_file
+
+        return read_requests_file(out / "requests.parquet")
     if (out / "requests.arrow").exists():
         from agentperf_kit.results import load_run
 
@@ -674,8 +676,10 @@ def run_fault_rows(port: int) -> None:
 
 def sweep_rows(out: Path) -> pd.DataFrame | None:
     """Every level's rows of a sweep (each level keeps its own levels/*/requests.parquet)."""
+    from agentperf_kit.results import read_requests_file
+
     files = sorted(out.glob("levels/*/requests.parquet")) or sorted(out.glob("requests.parquet"))
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else None
+    return pd.concat([read_requests_file(f) for f in files], ignore_index=True) if files else None
 
 
 def sweep_cfg(fault: str, port: int, *lines: str) -> Path:

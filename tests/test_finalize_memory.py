@@ -55,8 +55,8 @@ def test_chunked_parquet_equals_the_whole_frame(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "PARQUET_CHUNK_ROWS", 37)
     assert len(res.requests) > 3 * 37
     results.write_parquet_chunked(res.requests, tmp_path / "chunked.parquet")
-    back = pd.read_parquet(tmp_path / "chunked.parquet")
-    pd.testing.assert_frame_equal(back, pd.read_parquet(tmp_path / "whole" / "requests.parquet"))
+    back = pd.read_parquet(tmp_path / "chunked.parquet")  # every column stored (no derive_on_read)
+    pd.testing.assert_frame_equal(back, results.read_requests_file(tmp_path / "whole" / "requests.parquet"))
     pd.testing.assert_frame_equal(back, res.requests)
 
 
@@ -82,7 +82,7 @@ def test_streaming_finalize_writes_the_whole_frame_table(tmp_path, monkeypatch, 
     monkeypatch.setattr(results, "PARQUET_CHUNK_ROWS", chunk)
     res = _level(tmp_path, "lv", n=24, drain_timeout_s=0.5)
     assert res._requests is None  # not loaded: read from disk on first use
-    got = pd.read_parquet(tmp_path / "lv" / "requests.parquet")
+    got = results.read_requests_file(tmp_path / "lv" / "requests.parquet")
     w = res.window
     ref = results.finalize_frame(read_raw_rows(tmp_path / "lv"), w["window_start_s"], w["window_end_s"])
     assert len(got) > 3 * 37 and (got["error"] == "cancelled_at_end").any()
@@ -118,7 +118,7 @@ def test_read_parquet_rows_is_the_filtered_frame(tmp_path, monkeypatch):
     res = _level(tmp_path, "lv")
     path = tmp_path / "lv" / "requests.parquet"
     assert pq_row_groups(path) > 2
-    full = pd.read_parquet(path)
+    full = results.read_requests_file(path)
     assert not full["in_window"].all()  # the ramp's and the drain's rows are left out below
     for cols, where in [
         (None, None),
@@ -126,6 +126,8 @@ def test_read_parquet_rows_is_the_filtered_frame(tmp_path, monkeypatch):
         (sorted(_JUDGED_COLUMNS), "in_window"),
         (["ttft_s", "error", "prompt_tokens"], "in_window"),
         (["agent", "nope"], None),
+        (["speed_formula", "e2e_s", "agent"], None),
+        (["output_speed_tps"], "in_window"),
     ]:
         got = results.read_parquet_rows(path, cols, where=where)
         ref = full if cols is None else full[[c for c in full.columns if c in cols]]
