@@ -327,28 +327,94 @@ class AgentFleet:
 
     def complete(self, plan: RequestPlan, outcome: RequestOutcome) -> RequestPlan | None:
         """Record the outcome of ``plan`` and return the agent's next plan (None: the agent stops)."""
+        row = self._row(plan, outcome)
+        return self._complete(plan, row, outcome.t_end_s, outcome.ok, bool(outcome.usage_mismatch), outcome)
+
+    def complete_streamed(
+        self,
+        plan: RequestPlan,
+        t_end: float,
+        t_first: float,
+        t_first_answer: float,
+        prompt_tokens: int,
+        cached_prompt_tokens: int,
+        output_tokens: int,
+        reasoning_tokens: int | None,
+    ) -> RequestPlan | None:
+        """:meth:`complete` of a successful request that streamed its ``output_tokens`` one per chunk up to
+        ``t_end`` (its last token; finish ``length``, HTTP 200, first chunk 1 token, usage as reported,
+        prompt as asked, seconds and tokens): the same row and next plan as ``complete`` with that
+        :class:`RequestOutcome`, without building one (the simulator's answer to every request)."""
+        turn = plan.turn
+        row = (
+            self.run_id,
+            self.level,
+            self.n_agents,
+            plan.agent,
+            plan.trajectory_id,
+            turn.phase,
+            plan.phase_id,
+            plan.turn_index,
+            plan.t_scheduled_s,
+            plan.t_send_s,
+            t_first,
+            t_first_answer,
+            t_end,
+            t_end,
+            prompt_tokens,
+            cached_prompt_tokens,
+            output_tokens,
+            1,
+            reasoning_tokens,
+            prompt_tokens,
+            turn.output_tokens,
+            output_tokens,
+            "length",
+            turn.tool_calls,
+            turn.tool_delay_s,
+            True,
+            200,
+            "",
+            "",
+            _NAN,
+            False,
+            "",
+        )
+        return self._complete(plan, row, t_end, True, False, None)
+
+    def _complete(
+        self,
+        plan: RequestPlan,
+        row: tuple,
+        t_end: float,
+        ok: bool,
+        usage_mismatch: bool,
+        outcome: RequestOutcome | None,
+    ) -> RequestPlan | None:
         self.requests_done += 1
-        self.sink(self._row(plan, outcome))
+        self.sink(row)
         start, t_send = self.window_start_s, plan.t_send_s
         if t_send >= start and (not self._closed or t_send < self.window_end_s):  # in the window
             self.requests_in_window += 1
-            self.usage_mismatch_in_window += bool(outcome.usage_mismatch)
-        self._watch_failures(outcome)
+            self.usage_mismatch_in_window += usage_mismatch
+        if ok:
+            self._fail_since, self._fails = _NAN, 0
+        else:
+            assert outcome is not None
+            self._watch_failures(outcome)
         agent = self._agents[plan.agent]
         traj = self.trajectories[agent.traj_index]
         agent.turn_index += 1
         ended = agent.turn_index >= len(traj.turns)
-        if ended:
-            t_end = outcome.t_end_s
-            if not self._closed and t_end >= self.window_start_s:  # False while start is NaN
-                agent.completed_in_window += 1
-                self.completed_in_window += 1
-                if self._t_counts_met != self._t_counts_met and self._counts_met_now():
-                    self._t_counts_met = t_end
+        if ended and not self._closed and t_end >= self.window_start_s:  # False while start is NaN
+            agent.completed_in_window += 1
+            self.completed_in_window += 1
+            if self._t_counts_met != self._t_counts_met and self._counts_met_now():
+                self._t_counts_met = t_end
         if self._closed:
             return None
-        t_next = outcome.t_end_s + plan.turn.tool_delay_s
-        if ended or (not outcome.ok and self.rules.on_error == "abandon"):
+        t_next = t_end + plan.turn.tool_delay_s
+        if ended or (not ok and self.rules.on_error == "abandon"):
             self._take_trajectory(agent)
             return self._plan(agent, t_next, force_fresh=True)
         return self._plan(agent, t_next)
@@ -571,7 +637,7 @@ class AgentFleet:
         )
 
 
-assert len(RAW_COLUMNS) == 32, "AgentFleet._row must follow schema.RAW_COLUMNS"
+assert len(RAW_COLUMNS) == 32, "AgentFleet._row and complete_streamed must follow schema.RAW_COLUMNS"
 
 
 def add_run_columns(df: pd.DataFrame, window_start_s: float, window_end_s: float) -> pd.DataFrame:

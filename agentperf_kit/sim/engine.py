@@ -196,12 +196,16 @@ class Engine:
         """Run engine steps until the clock reaches ``limit``, the engine runs out of work, or a request
         finishes (its callback may schedule an earlier event, so control returns to the driver)."""
         self._finished = False
-        while self.now < limit and (self.waiting or self.prefilling or self.b) and not self._finished:
-            if self.waiting:
-                self._admit()
-            # a request submitted ahead of its arrival (a twin delays arrivals by the request's fixed
-            # cost) is an event: decode runs up to it, an idle engine waits for it
-            t_next = self.waiting[0].t_arrival if self.waiting else math.inf
+        waiting = self.waiting
+        while self.now < limit and (waiting or self.prefilling or self.b) and not self._finished:
+            if waiting:
+                if waiting[0].t_arrival <= self.now:
+                    self._admit()
+                # a request submitted ahead of its arrival (a twin delays arrivals by the request's fixed
+                # cost) is an event: decode runs up to it, an idle engine waits for it
+                t_next = waiting[0].t_arrival if waiting else math.inf
+            else:
+                t_next = math.inf
             if self.prefilling:
                 self._mixed_step()
             elif self.b:
@@ -403,35 +407,41 @@ class Engine:
     def _admit(self) -> None:
         cap = self._cap
         max_seqs = self.dep.max_num_seqs
-        while self.waiting and self.waiting[0].t_arrival <= self.now:
-            if self.b + len(self.prefilling) >= max_seqs:
+        waiting, cache, prefilling = self.waiting, self.cache, self.prefilling
+        preempt, now = self.preempt, self.now
+        while waiting and waiting[0].t_arrival <= now:
+            if self.b + len(prefilling) >= max_seqs:
                 return
-            req = self.waiting[0]
-            entry = self.cache.pop(req.phase_id, None)
+            req = waiting[0]
+            phase = req.phase_id
+            entry = cache.pop(phase, None)
             on_host = False
             if entry is not None:
                 self.idle_tokens -= entry[0]
             elif self.host_cache:  # a prompt the device evicted, kept in host memory (a twin's server)
-                entry = self.host_cache.pop(req.phase_id, None)
+                entry = self.host_cache.pop(phase, None)
                 if entry is not None:
                     self.host_tokens -= entry[0]
                     on_host = True
-            reserve = req.pe if self.preempt else req.pe + req.oe
-            need = self.kv_running() + self.idle_tokens + reserve + self._watermark - cap
-            while need > 0 and self.cache:
+            pe = req.pe
+            reserve = pe if preempt else pe + req.oe
+            # kv_running(), written out
+            running = self.prefill_alloc + self.s + self.b * self.g if preempt else self.running_tokens
+            need = running + self.idle_tokens + reserve + self._watermark - cap
+            while need > 0 and cache:
                 need -= self._evict_lru()
             if need > 0:
                 if entry is not None:  # put the phase's entry back (most recently used)
                     if on_host:
-                        self._keep_on_host(req.phase_id, entry)
+                        self._keep_on_host(phase, entry)
                     else:
-                        self.cache[req.phase_id] = entry
+                        cache[phase] = entry
                         self.idle_tokens += entry[0]
                 return
-            self.waiting.popleft()
+            waiting.popleft()
             hit = 0
             if req.kv_ready:
-                hit = req.pe
+                hit = pe
             elif entry is not None and req.prefix > 0:
                 hit = min(entry[1], req.prefix) // self._block * self._block
             if req.preemptions == 0 and not req.kv_ready:
@@ -443,37 +453,44 @@ class Engine:
             self._n += 1
             req.seq = self._n
             self.running_tokens += reserve
-            self.prefill_alloc += req.pe
-            self.prefilling.append(req)
+            self.prefill_alloc += pe
+            prefilling.append(req)
             self.step_admits += 1
 
     def _mixed_step(self) -> None:
-        budget = self.dep.max_num_batched_tokens - self.b
-        tokens = self.b
+        b = self.b
+        budget = self.dep.max_num_batched_tokens - b
+        tokens = b
         pairs = 0.0
         kv_read = 0.0
+        computed = 0
         done: list[SimRequest] = []
         for req in self.prefilling:
             if budget <= 0:
                 break
-            chunk = min(budget, req.pe - req.prefilled)
             p = req.prefilled
+            pe = req.pe
+            chunk = min(budget, pe - p)
             pairs += chunk * p + chunk * chunk / 2.0
             kv_read += p + chunk if chunk else 0  # KV handed over (P/D) is not read
-            req.prefilled += chunk
-            self.prefill_computed += chunk
+            p += chunk
+            req.prefilled = p
+            computed += chunk
             budget -= chunk
             tokens += chunk
-            if req.prefilled >= req.pe:
+            if p >= pe:
                 done.append(req)
-        dt = self._step(max(tokens, 1), self.b, 1.0, self.s + self.b * self.g, pairs, kv_read)[0]
+        self.prefill_computed += computed
+        dt = self._step(max(tokens, 1), b, 1.0, self.s + b * self.g, pairs, kv_read)[0]
         self.step_admits = 0
-        self.now += dt
+        now = self.now + dt
+        self.now = now
         self.busy_s += dt
         self.steps += 1
-        if self.b:
-            self.g += 1
-            self._finish_due()
+        if b:
+            g = self.g = self.g + 1
+            if self._decode[0][0] <= g:
+                self._finish_due()
             if self.preempt:
                 self._fit_kv()
         if done:
@@ -486,24 +503,27 @@ class Engine:
             else:
                 ids = {id(r) for r in done}
                 self.prefilling = [r for r in pre if id(r) not in ids]
+            decode = self._decode
             for req in done:
                 self.prefill_alloc -= req.pe
                 if req.t_first != req.t_first:  # NaN: the first token of the first attempt
-                    req.t_first = self.now
-                if req.oe <= 1:
+                    req.t_first = now
+                oe = req.oe
+                if oe <= 1:
                     req.gen0 = req.output
                     self._release(req)
                     self.finished_count += 1
-                    self.on_finish(req, self.now)
+                    self.on_finish(req, now)
                     self._finished = True
                     continue
-                req.finish_step = self.g + req.oe - 1
-                req.ctx0_minus_g = req.pe + 1 - self.g
-                self.s += req.ctx0_minus_g
+                g = self.g
+                req.finish_step = g + oe - 1
+                req.ctx0_minus_g = c = req.pe + 1 - g
+                self.s += c
                 self.b += 1
                 self._n += 1
                 req.in_decode = True
-                heapq.heappush(self._decode, (req.finish_step, self._n, req))
+                heapq.heappush(decode, (req.finish_step, self._n, req))
 
     def _advance_decode(self, limit: float) -> None:
         b = self.b
@@ -550,14 +570,24 @@ class Engine:
         g = self.g
         if not heap or heap[0][0] > g:
             return
+        now, cache, on_finish = self.now, self.cache, self.on_finish
+        pop = heapq.heappop
         while heap and heap[0][0] <= g:
-            _, _, req = heapq.heappop(heap)
+            _, _, req = pop(heap)
             req.gen0, req.in_decode = req.output, False
             self.b -= 1
             self.s -= req.ctx0_minus_g
-            self._release(req)
+            # _release(req), written out
+            self.running_tokens -= req.reserve
+            if not req.kv_ready:  # a decode pool keeps nothing: the next turn is prefilled elsewhere
+                mem = req.prompt + req.output
+                old = cache.pop(req.phase_id, None)
+                if old is not None:
+                    self.idle_tokens -= old[0]
+                cache[req.phase_id] = (mem, req.prompt)
+                self.idle_tokens += mem
             self.finished_count += 1
-            self.on_finish(req, self.now)
+            on_finish(req, now)
             self._finished = True
 
     def _fit_kv(self) -> None:

@@ -136,6 +136,8 @@ class _SimLevel:
         self.counter = 0
         self.engine = make_engine(dep, eff, self.finish, self.reject)
         self.t_end = 0.0
+        # a twin's fixed request cost (HTTP round trip, set-up; 0 elsewhere) delays the engine's arrival
+        self.request_s = getattr(dep, "request_s", 0.0)
 
     def schedule(self, plan: RequestPlan) -> None:
         self.counter += 1
@@ -146,30 +148,26 @@ class _SimLevel:
         plan = self.in_flight.pop(id(req.key))
         turn = plan.turn
         out = req.output
+        t_first = req.t_first
         reasoning = min(turn.reasoning_tokens or 0, out - 1) if out > 1 else 0
-        t_ans = req.t_first + (t_end - req.t_first) * reasoning / (out - 1) if out > 1 else req.t_first
-        nxt = self.fleet.complete(
+        t_ans = t_first + (t_end - t_first) * reasoning / (out - 1) if out > 1 else t_first
+        # RequestOutcome(t_end_s=t_end, t_first_s=t_first, t_first_answer_s=t_ans, t_last_s=t_end,
+        # prompt_tokens=req.prompt, cached_prompt_tokens=req.hit, output_tokens=out, first_chunk_tokens=1,
+        # reasoning_tokens=..., n_chunks=out, finish_reason="length", has_tool_calls=turn.tool_calls,
+        # http_status=200, target_prompt_tokens=req.prompt), without building it
+        nxt = self.fleet.complete_streamed(
             plan,
-            RequestOutcome(
-                t_send_s=plan.t_send_s,
-                t_end_s=t_end,
-                t_first_s=req.t_first,
-                t_first_answer_s=t_ans,
-                t_last_s=t_end,
-                prompt_tokens=req.prompt,
-                cached_prompt_tokens=req.hit,
-                output_tokens=out,
-                first_chunk_tokens=1,
-                reasoning_tokens=reasoning if turn.reasoning_tokens is not None else None,
-                n_chunks=out,
-                finish_reason="length",
-                has_tool_calls=turn.tool_calls,
-                http_status=200,
-                target_prompt_tokens=req.prompt,
-            ),
+            t_end,
+            t_first,
+            t_ans,
+            req.prompt,
+            req.hit,
+            out,
+            reasoning if turn.reasoning_tokens is not None else None,
         )
         if nxt is not None:
-            self.schedule(nxt)
+            self.counter += 1
+            heapq.heappush(self.sends, (nxt.t_scheduled_s, self.counter, nxt))
 
     def reject(self, req: SimRequest, t: float, detail: str) -> None:
         """The engine refused ``req`` (e.g. longer than its context): a failed row, as a 400."""
@@ -195,8 +193,7 @@ class _SimLevel:
         turn = plan.turn
         self.in_flight[id(plan)] = plan
         prefix = 0 if plan.fresh_phase else turn.prefix_tokens + MARKER_TOKENS
-        # a twin's fixed request cost (HTTP round trip, set-up; 0 elsewhere) delays the engine's arrival
-        t_arrival = t + getattr(self.dep, "request_s", 0.0)
+        t_arrival = t + self.request_s
         self.engine.submit(
             SimRequest(
                 plan, plan.phase_id, turn.input_tokens + MARKER_TOKENS, prefix, turn.output_tokens, t_arrival
@@ -211,34 +208,36 @@ class _SimLevel:
             self.schedule(plan)
         next_tick = _TICK_S
         t_closed = math.nan
+        isnan, inf, heappop = math.isnan, math.inf, heapq.heappop
+        may_send, submit, advance = fleet.may_send, self.submit, engine.advance
         while True:
-            t_send = sends[0][0] if sends else math.inf
-            if math.isnan(t_closed):
+            t_send = sends[0][0] if sends else inf
+            if isnan(t_closed):
                 t_event = min(t_send, next_tick)
             else:
                 t_event = min(t_send, t_closed + drain_timeout_s)
             if engine.has_work:
-                engine.advance(t_event)  # may stop early when the engine runs out of work
-            elif math.isfinite(t_event):
+                advance(t_event)  # may stop early when the engine runs out of work
+            elif t_event < inf:  # finite (never NaN)
                 engine.now = max(engine.now, t_event)
             else:
                 break
             now = engine.now
-            if math.isnan(t_closed):
+            if isnan(t_closed):
                 if next_tick <= now:  # the next tick after now (one step may span many ticks)
                     next_tick = (math.floor(now / _TICK_S) + 1) * _TICK_S
-                if not fleet.may_send(now):
+                if not may_send(now):
                     t_closed = fleet.window_end_s
             elif now >= t_closed + drain_timeout_s:
                 break
             while sends and sends[0][0] <= now:
-                _, _, plan = heapq.heappop(sends)
-                if not fleet.may_send(plan.t_scheduled_s):
-                    if math.isnan(t_closed):
+                plan = heappop(sends)[2]
+                if not may_send(plan.t_scheduled_s):
+                    if isnan(t_closed):
                         t_closed = fleet.window_end_s
                     continue
-                self.submit(plan)
-            if not math.isnan(t_closed) and not engine.has_work and not sends:
+                submit(plan)
+            if not isnan(t_closed) and not engine.has_work and not sends:
                 break
         self.t_end = engine.now
         for req in engine.cancel_all():  # checks the engine's conservation of requests
