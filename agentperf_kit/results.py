@@ -357,7 +357,7 @@ def _bits(col: Any) -> Any:
         if pa.types.is_integer(col.type) and not col.null_count:
             return col.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
         return None
-    if col.dtype.kind == "f":
+    if isinstance(col.dtype, np.dtype) and col.dtype.kind == "f":
         return col.to_numpy().astype(np.float64, copy=False).view(np.int64)
     if pd.api.types.is_integer_dtype(col.dtype) and not col.hasnans:
         return col.to_numpy(dtype=np.int64)
