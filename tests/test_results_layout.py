@@ -20,7 +20,7 @@ from agentperf_kit.metrics import add_request_metrics
 from agentperf_kit.sim.virtual import run_sim_level
 from agentperf_kit.trajectories import default_trajectories
 
-#: a run directory written by the commit before this layout (eb71c2f: every column stored)
+#: a run directory written by the code before this layout (main at 50a4f44: every column stored)
 OLD_RUN = Path(__file__).parent / "fixtures" / "run_before_derive_on_read"
 
 RULES = RunRules(
@@ -87,7 +87,7 @@ def test_a_simulated_level_stores_no_derived_metric_and_reads_back_the_finalized
 
 
 def test_a_run_written_before_this_layout_reads_as_it_did(tmp_path):
-    """The fixture (commit eb71c2f) stores every column: it reads the same way through every reader, and
+    """The fixture (main at 50a4f44) stores every column: it reads the same way through every reader, and
     rewritten in the new layout it reads back identically."""
     path = OLD_RUN / "requests.parquet"
     assert set(results.DERIVED_ON_READ) <= set(pq.read_schema(path).names)

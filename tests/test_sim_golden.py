@@ -73,7 +73,7 @@ CASES = {
     "gb300": (lambda: _dep("gb300nvl72-dsv4pro"), 96, "mid", default_trajectories, RULES),
 }
 
-#: sha256 of :func:`table_hash` per case, recorded on commit 50a4f44 (before the speed work)
+#: sha256 of :func:`table_hash` per case, recorded on main at 50a4f44, before the speed and layout work
 GOLDEN = {
     "gb300": "93fc37e1bc8337e80ec8c9475dcb5e206ce47044e178aa6490073d89694ecfec",
     "h200-mtp": "ac716202424c7e1d25f849816bf04a0d448297cc8c88f3833b63269b1378eba6",
