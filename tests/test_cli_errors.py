@@ -572,6 +572,13 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
+def _ctrl_c_reaches_the_child() -> None:
+    """In the child before it runs: Ctrl-C handled as at a terminal. A suite started in the background of
+    a shell without job control ignores SIGINT, and a child inherits an ignored signal (Python then keeps
+    ignoring it), so the run under test would never see the interrupt and go on to its window's end."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_is_one_line_exit_130_and_keeps_the_files(tmp_path):
     with serving(SSEServer(ttft_s=0.02, itl_s=0.01)) as srv:
         out = tmp_path / "o"
@@ -583,6 +590,7 @@ def test_ctrl_c_is_one_line_exit_130_and_keeps_the_files(tmp_path):
             stderr=subprocess.PIPE,
             text=True,
             env=_env(),
+            preexec_fn=_ctrl_c_reaches_the_child,
         )
         deadline = time.monotonic() + 120
         while len(srv.bodies) < 5 and time.monotonic() < deadline and proc.poll() is None:
