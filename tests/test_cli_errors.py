@@ -335,10 +335,19 @@ def test_preflight_refuses_a_closed_port_in_seconds(tmp_path, capsys):
 
 
 class StuckModelServer(ModelServer):
-    """Accepts connections, never answers ``/v1/models`` (a server stuck or still loading)."""
+    """Accepts connections, never answers ``/v1/models`` (a server stuck or still loading) until it is
+    stopped; then the stuck handler ends, so that the server's cleanup need not wait for it."""
+
+    async def start(self) -> None:
+        self.stopping = asyncio.Event()
+        await super().start()
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        await super().stop()
 
     async def _models(self, request: web.Request) -> web.Response:
-        await asyncio.sleep(5)  # past the test's 2 s limit; short, so that the server's cleanup ends
+        await self.stopping.wait()
         return web.json_response({"object": "list", "data": []})
 
 

@@ -184,7 +184,10 @@ def test_request_and_stall_limits_share_one_timer(fault, wire):
     """The stall limit ends a silent stream; the request limit ends a slow one that never stalls."""
 
     async def go(stall_s, request_s):
-        server = await SSEServer(ttft_s=0.01, itl_s=0.05, fault=fault if fault == "stall" else None).start()
+        # the stalling stream goes silent after its first 20 tokens: 10 ms apart there (its silence is what
+        # is timed), 50 ms apart in the slow one (never silent for the 0.2 s stall limit)
+        itl_s = 0.01 if fault == "stall" else 0.05
+        server = await SSEServer(ttft_s=0.01, itl_s=itl_s, fault=fault if fault == "stall" else None).start()
         ep = Endpoint(server.base_url, "test-model", stall_timeout_s=stall_s, request_timeout_s=request_s)
         try:
             async with open_session(4, wire=wire) as s:

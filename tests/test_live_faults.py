@@ -9,6 +9,7 @@ flight never above N (client and server), and the verdict effect where there is 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -39,6 +40,10 @@ RULES = RunRules(
     random_start_turn=False,
     abort_after_s=0,
 )
+# Where no time limit is involved (the fault answers at once, or the stream is clean), a shorter window
+# still gives every agent several requests, each followed by its tool delay; the timeouts keep RULES.
+QUICK = dataclasses.replace(RULES, duration_s=0.6)
+TIMEOUTS = ("first_token_timeout", "stall_timeout")
 
 
 def _trajs(n=4, turns=3, out=12, delay=DELAY):
@@ -112,7 +117,8 @@ FAILS = [
 
 @pytest.mark.parametrize(("fault", "error", "detail"), FAILS)
 def test_every_fault_is_a_timed_row_and_the_agent_waits(fault, error, detail):
-    res, server = _run({"fault": fault, "ttft_s": 0.01, "itl_s": 0.002})
+    rules = RULES if error in TIMEOUTS else QUICK
+    res, server = _run({"fault": fault, "ttft_s": 0.01, "itl_s": 0.002}, rules=rules)
     done = _check_rows(res, server)
     assert set(done.error) == {error}, done[["error", "error_detail"]].drop_duplicates().to_string()
     assert done.error_detail.str.contains(detail, regex=False).all(), done.error_detail.iloc[0]
@@ -122,7 +128,7 @@ def test_every_fault_is_a_timed_row_and_the_agent_waits(fault, error, detail):
         assert (done.retry_after_s == 7).all()
     else:
         assert done.retry_after_s.isna().all()
-    if error in ("first_token_timeout", "stall_timeout"):  # timed out at the limit, not at the end
+    if error in TIMEOUTS:  # timed out at the limit, not at the end
         lag = res.manifest["client_check"]["loop_lag_p95_s"]  # the run's own measure of its lateness
         assert (done.e2e_s < 0.8 + 0.5 + 20 * lag).all(), (done.e2e_s.max(), lag)
     cancelled = res.requests[res.requests.error == "cancelled_at_end"]
@@ -148,7 +154,7 @@ LIES = [
 
 @pytest.mark.parametrize(("fault", "note"), LIES)
 def test_usage_that_disagrees_is_flagged_and_not_trusted(fault, note):
-    res, server = _run({"fault": fault, "ttft_s": 0.01, "itl_s": 0.01})
+    res, server = _run({"fault": fault, "ttft_s": 0.01, "itl_s": 0.01}, rules=QUICK)
     done = _check_rows(res, server)
     assert done.ok.all()
     assert done.usage_mismatch.all()
@@ -163,14 +169,14 @@ def test_usage_that_disagrees_is_flagged_and_not_trusted(fault, note):
 
 
 def test_clean_usage_is_not_flagged():
-    res, server = _run({"ttft_s": 0.01, "itl_s": 0.002}, api="completions")
+    res, server = _run({"ttft_s": 0.01, "itl_s": 0.002}, api="completions", rules=QUICK)
     done = _check_rows(res, server)
     assert done.ok.all() and not done.usage_mismatch.any() and (done.note == "").all()
     assert res.manifest["window"]["usage_mismatch_in_window"] == 0
 
 
 def test_an_object_as_finish_reason_is_kept_as_text():
-    res, server = _run({"fault": "finish_object", "ttft_s": 0.01, "itl_s": 0.002})
+    res, server = _run({"fault": "finish_object", "ttft_s": 0.01, "itl_s": 0.002}, rules=QUICK)
     done = _check_rows(res, server)
     assert done.ok.all()
     assert (done.finish_reason == '{"reason":"length","n":[1,2]}').all()
@@ -223,6 +229,7 @@ def test_secrets_never_reach_error_details_or_files():
     try:
         res, server = _run(
             {"fault": "http500_echo"},
+            rules=QUICK,
             ep_kw={"api_key_env": "AGENTPERF_FAULT_KEY", "headers": {"X-Auth-Token": token}},
         )
     finally:
@@ -296,7 +303,9 @@ def test_tenfold_usage_without_forced_output_is_caught_by_the_text_streamed():
     bytes of text) and reports 120 is flagged because 120 tokens cannot fit in 48 bytes of text; its
     speed comes from the 12 chunks, not from the claim (10.8 times higher)."""
     res, server = _run(
-        {"fault": "usage_10x", "ttft_s": 0.01, "itl_s": 0.01}, ep_kw={"force_output_fields": False}
+        {"fault": "usage_10x", "ttft_s": 0.01, "itl_s": 0.01},
+        rules=QUICK,
+        ep_kw={"force_output_fields": False},
     )
     done = _check_rows(res, server)
     assert done.ok.all() and done.usage_mismatch.all()

@@ -270,6 +270,7 @@ def test_report_figures_feed_the_html_report(tmp_path):
             min_trajectories_per_agent=0,
             max_agents=8,
             max_extensions=0,
+            band=False,  # no report figure draws it (tests/test_sweep_band.py)
             out=str(out),
         ),
         progress=False,

@@ -9,7 +9,15 @@ from agentperf_kit.cli import main
 from agentperf_kit.report import compare_runs
 from agentperf_kit.sweep import SweepConfig, load_sweep, run_sweep
 
-FAST = dict(level_duration_s=30, warmup_s=5, min_trajectories=2, min_trajectories_per_agent=1, max_agents=64)
+# the band (tests/test_sweep_band.py) is left out: report and compare do not read it
+FAST = dict(
+    level_duration_s=30,
+    warmup_s=5,
+    min_trajectories=2,
+    min_trajectories_per_agent=1,
+    max_agents=64,
+    band=False,
+)
 
 
 @pytest.fixture(scope="module")

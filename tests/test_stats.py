@@ -323,6 +323,7 @@ def test_levels_csv_and_summary_store_each_tiers_own_statistics(tmp_path):
         max_extensions=0,
         tiers="fast=100/2/10/99,easy=1/60",
         failure_policy="exclude",
+        band=False,  # tests/test_sweep_band.py
     )
     res = run_sweep(cfg, progress=False)
     lv = pd.read_csv(tmp_path / "s" / "levels.csv")
