@@ -33,10 +33,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-import pandas as pd
 
 from agentperf_kit.client.http import open_session
-from agentperf_kit.metrics import derive_request_metrics
+from agentperf_kit.results import read_requests_file
 from agentperf_kit.twin.fit import COLUMNS, _predict
 from agentperf_kit.twin.profile import ProfileConfig, _arrival, _Prober
 
@@ -47,7 +46,7 @@ def _load() -> str:
 
 def insitu(level_dir: str) -> dict[str, float]:
     """The regression of the module docstring over the ok requests of one level directory."""
-    d = derive_request_metrics(pd.read_parquet(Path(level_dir) / "requests.parquet"))
+    d = read_requests_file(Path(level_dir) / "requests.parquet")  # every column, derived ones included
     d = d[d.ok & (d.output_tokens >= 2)].copy()
     d["new"] = d.prompt_tokens - d.cached_prompt_tokens.fillna(0)
     first, end = d.t_first_s.to_numpy(), d.t_end_s.to_numpy()
