@@ -33,8 +33,8 @@ the fit) is the fixed cost of one request the engine does not see (HTTP round tr
 simulator delays each request's arrival at the engine by it, so it is part of every simulated TTFT.
 
 **Server noise.** A real server's speed varies over time (other processes, the OS, its own threads):
-the profile's repeated short streams (identical work) differ by 10-40 % on a shared host, and a tier's
-P25 speed and P95 TTFT sit in that spread. A twin file may carry ``[noise]``: ``step_factors``, the
+the profile's repeated short streams (identical work) differ by tens of percent on a shared host (the
+profiles in docs/simulator.md), and a tier's P25 speed and P95 TTFT sit in that spread. A twin file may carry ``[noise]``: ``step_factors``, the
 measured / fitted ratios of those streams divided by their median (so the fit keeps the level and the
 noise only the spread), and ``hold_s``, the median stream's duration. The twin's engine multiplies every
 step (and finish) by a factor drawn from ``step_factors`` and held for ``hold_s`` of virtual time, then
