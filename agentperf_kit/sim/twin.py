@@ -32,13 +32,14 @@ roofline engine's definitions (:meth:`agentperf_kit.sim.engine.Engine.step_time`
 the fit) is the fixed cost of one request the engine does not see (HTTP round trip, request set-up): the
 simulator delays each request's arrival at the engine by it, so it is part of every simulated TTFT.
 
-**Server noise.** A real server's speed varies over time (other processes, the OS, its own threads):
-the profile's repeated short streams (identical work) differ by tens of percent on a shared host (the
-profiles in docs/simulator.md), and a tier's P25 speed and P95 TTFT sit in that spread. A twin file may
-carry ``[noise]``: ``step_factors``, the measured / fitted ratios of those streams divided by their median (so the fit keeps the level and the
-noise only the spread), and ``hold_s``, the median stream's duration. The twin's engine multiplies every
-step (and finish) by a factor drawn from ``step_factors`` and held for ``hold_s`` of virtual time, then
-drawn again (a fixed seed: a sweep is reproducible); without ``[noise]`` every factor is 1.
+**Server noise.** A real server's speed varies over time (other processes, the OS, its own threads): the
+profile's repeated short streams (identical work) differ by tens of percent on a shared host (the profiles
+in docs/simulator.md), and a tier's P25 speed and P95 TTFT sit in that spread. A twin file may carry
+``[noise]``: ``step_factors``, the measured / fitted ratios of those streams divided by their median (so
+the fit keeps the level and the noise only the spread), and ``hold_s``, the median stream's duration. The
+twin's engine multiplies every step (and finish) by a factor drawn from ``step_factors`` and held for
+``hold_s`` of virtual time, then drawn again (a fixed seed: a sweep is reproducible); without ``[noise]``
+every factor is 1.
 
 Each coefficient carries its standard error from the least-squares fit (:mod:`agentperf_kit.twin.fit`);
 the efficiency sets of a sweep map to the band: ``mid`` = the point estimate, ``low`` = every time
