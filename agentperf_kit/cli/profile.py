@@ -28,6 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="measure nothing: fit the current step-time model again to the observations stored in "
         "TWIN.toml (a profile taken under an earlier form of the model) and write it to --out",
     )
+    p.add_argument(
+        "--insitu",
+        metavar="DIR",
+        help="fit the per-request engine work (admit_s, finish_s) in situ, from the decode spans of a "
+        "replay of your workload against the same server (the directory of 'agentperf run --out DIR' or "
+        "of a sweep level); with --refit or after profiling (docs/simulator.md, 'In situ')",
+    )
     p.add_argument("--out", required=True, help="twin preset to write (a path ending in .toml)")
     p.add_argument("--max-context", type=positive_int, help="largest prompt + output to send (tokens)")
     p.add_argument("--repeats", type=positive_int, default=3, help="repeats per prefill size (default 3)")
@@ -59,6 +66,7 @@ def _profile(args: argparse.Namespace) -> int:
         path, f = refit_twin(args.refit, args.out)
         print(f"wrote {path} (refit of {args.refit}: {len(f.predicted)} observations)")
         _print_fit(f)
+        _apply_insitu(args, path)
         print(f"sweep it: agentperf sweep --target sim:{path}", file=sys.stderr)
         return 0
     if not args.target or not args.model:
@@ -92,8 +100,24 @@ def _profile(args: argparse.Namespace) -> int:
         print(f"  {k} = {v}  ({res.limit_sources.get(k, '')})")
     for n in res.notes:
         print(f"  note: {n}")
+    _apply_insitu(args, path)
     print(f"sweep it: agentperf sweep --target sim:{path}", file=sys.stderr)
     return 0
+
+
+def _apply_insitu(args: argparse.Namespace, path) -> None:
+    from ..twin.insitu import insitu_twin
+
+    if not args.insitu:
+        return
+    _, f = insitu_twin(path, args.insitu, path)
+    print(
+        f"in situ ({f.spans} decode spans of {args.insitu}; {f.arrivals_per_span:.2f} arrivals and "
+        f"{f.finishes_per_span:.2f} finishes per span):"
+    )
+    print(f"  {'admit_s':16s} {f.admit_s:.4g} +- {f.admit_s_se:.2g}")
+    print(f"  {'finish_s':16s} {f.finish_s:.4g} +- {f.finish_s_se:.2g}")
+    print(f"  left per step    {f.leftover_per_step_s:.3g} s (not used; > 0: slower steps in situ)")
 
 
 def _print_fit(f) -> None:

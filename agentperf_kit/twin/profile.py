@@ -947,7 +947,7 @@ def refit_twin(src: str | os.PathLike, dst: str | os.PathLike, *, z: float = 1.9
     their one admission; before ``end_s``: short streams get their own end) is re-read under the current
     one without measuring again. Engine limits, provenance and observations are kept; ``[step]``,
     ``[step_se]``, ``[fit]`` and each observation's prediction are the new fit's; ``[provenance]
-    refit_of`` names ``src``."""
+    refit_of`` names ``src``; an ``[insitu]`` fit (fitted on the old coefficients) is dropped."""
     data = tomllib.loads(Path(src).read_text())
     if data.get("kind") != TWIN_KIND:
         raise ConfigError(f"{src}: not a twin preset (kind = {data.get('kind')!r}, expected {TWIN_KIND!r})")
@@ -964,6 +964,8 @@ def refit_twin(src: str | os.PathLike, dst: str | os.PathLike, *, z: float = 1.9
     fit = fit_step_time(obs)
     data.update(_fit_sections(fit, obs, z))
     prov = dict(data.get("provenance") or {})
+    if data.pop("insitu", None) is not None:  # fitted on the old coefficients: apply --insitu again
+        prov["insitu_dropped"] = "the refit replaced the in-situ admit_s and finish_s; apply --insitu again"
     prov["refit_of"] = str(src)
     prov["refit_tool"] = f"agentperf-kit {__version__} (agentperf profile --refit)"
     prov["refit_date_utc"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

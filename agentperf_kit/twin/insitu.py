@@ -1,0 +1,198 @@
+"""Per-request engine work measured in situ: from a short replay of the workload itself.
+
+The profile's isolated probes time a request's set-up and end on an otherwise quiet server (one short
+request arriving beside 1 or 4 decoding streams). On a real server that work depends on what the server
+holds and does at load: llama.cpp's server restores each arriving prompt from its host prompt cache and
+saves the idle slots' prompts there, all in the one thread that also runs the decode steps (measured: an
+arrival stalls the other streams ~7 ms in a replay of 16-32 agents against 1.7 ms in the isolated probe);
+vLLM's API server does much of its per-request work in another process beside the engine, so that the
+isolated probe overstates what the steps wait for at load. The in-situ fit measures it where it matters.
+
+Definitions (one level of a replay, the client's rows; times in seconds): a request's **decode span** is
+``t_end_s - t_first_s`` (first to last token), over ``steps = output_tokens - 1`` engine steps. During it,
+``w_j`` is the share of the span that request ``j`` was decoding too (overlap of its own span), so the
+span's step work, in the twin's terms (:mod:`agentperf_kit.twin.fit`), is ``step_s = steps``,
+``decode_seq_s = steps x (1 + sum w_j)``, ``context_token_s = steps x (c + sum w_j c_j)`` with ``c`` a
+request's mean context (prompt tokens + output tokens / 2), plus the prefill work of every other request
+whose first token came inside the span (:func:`agentperf_kit.twin.profile.prefill_work` of its new and
+cached prompt tokens, without extra steps: a prefill rides in steps that run anyway). **Arrivals** are
+those other requests; **finishes** are the others whose last token came inside the span, plus the
+request's own end (a profile's stream rows count it the same way).
+
+The fit: each span's residual over the twin's step terms (its ``admit_s``, ``finish_s`` and ``end_s``
+left out) is regressed, by non-negative least squares without intercept, on ``[arrivals, finishes]``
+(seconds per arrival and per finish: the new ``admit_s`` and ``finish_s``), with standard errors
+``s^2 (X^T X)^-1``. What the two terms leave, per step, is reported (``leftover_per_step_s``) and not
+used: a positive one says the server's steps are slower in situ than in the isolated probes.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError, MeasurementError
+from .fit import COLUMNS, _predict
+
+__all__ = ["InsituFit", "fit_insitu", "insitu_twin", "insitu_work"]
+
+MIN_SPANS = 30  # fewer decode spans than this cannot separate arrivals from finishes
+
+
+@dataclass(frozen=True, slots=True)
+class InsituFit:
+    """Per-arrival and per-finish engine work (seconds, with standard errors) from ``spans`` decode spans
+    of one replay; ``leftover_per_step_s`` = mean residual per step after both terms (diagnostic);
+    ``arrivals_per_span`` / ``finishes_per_span`` = their means (how much the data exercise them)."""
+
+    admit_s: float
+    admit_s_se: float
+    finish_s: float
+    finish_s_se: float
+    spans: int
+    leftover_per_step_s: float
+    arrivals_per_span: float
+    finishes_per_span: float
+
+    def as_dict(self) -> dict[str, float]:
+        """The fields as a flat dict (for a TOML section)."""
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+def insitu_work(rows: pd.DataFrame, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The decode spans of ``rows`` (ok requests with >= 2 output tokens), their work amounts (columns
+    :data:`~agentperf_kit.twin.fit.COLUMNS`; ``admit_s`` = arrivals, ``finish_s`` = finishes) and their
+    step counts, by the module's definitions. ``chunk``: the server's prefill chunk (tokens)."""
+    from .profile import prefill_work
+
+    d = rows[rows["ok"].astype(bool) & (rows["output_tokens"] >= 2)]
+    first = d["t_first_s"].to_numpy(float)
+    end = d["t_end_s"].to_numpy(float)
+    keep = end > first
+    d, first, end = d[keep], first[keep], end[keep]
+    out = d["output_tokens"].to_numpy(float)
+    prompt = d["prompt_tokens"].to_numpy(float)
+    cached = d["cached_prompt_tokens"].fillna(0).to_numpy(float).clip(0, prompt)
+    ctx = prompt + out / 2.0
+    pre = np.array(
+        [
+            [prefill_work(int(n), int(c), chunk).get(col, 0.0) for col in COLUMNS]
+            for n, c in zip(prompt - cached, cached, strict=True)
+        ]
+    ).reshape(len(d), len(COLUMNS))
+    pre[:, COLUMNS.index("step_s")] = 0.0
+    steps = out - 1.0
+    x = np.zeros((len(d), len(COLUMNS)))
+    col = {n: j for j, n in enumerate(COLUMNS)}
+    for k in range(len(d)):
+        a, b = first[k], end[k]
+        w = (np.minimum(end, b) - np.maximum(first, a)).clip(min=0.0) / (b - a)
+        w[k] = 0.0
+        inside = (first > a) & (first < b)
+        inside[k] = False
+        ends = (end > a) & (end < b)
+        ends[k] = False
+        x[k] = pre[inside].sum(axis=0)
+        x[k, col["step_s"]] = steps[k]
+        x[k, col["decode_seq_s"]] = steps[k] * (1.0 + w.sum())
+        x[k, col["context_token_s"]] += steps[k] * (ctx[k] + float(w @ ctx))
+        x[k, col["admit_s"]] = inside.sum()
+        x[k, col["finish_s"]] = 1.0 + ends.sum()
+    return end - first, x, steps
+
+
+def fit_insitu(rows: pd.DataFrame, step: dict[str, float], chunk: int) -> InsituFit:
+    """Fit ``admit_s`` and ``finish_s`` from a replay's ``rows`` given the twin's other coefficients
+    ``step`` (its ``[step]`` table; ``admit_s``, ``finish_s``, ``end_s`` ignored). Raises
+    :class:`~agentperf_kit.errors.MeasurementError` with fewer than :data:`MIN_SPANS` spans."""
+    from scipy.optimize import nnls
+
+    span, x, steps = insitu_work(rows, chunk)
+    if len(span) < MIN_SPANS:
+        raise MeasurementError(
+            f"the in-situ replay gave {len(span)} decode spans, fewer than {MIN_SPANS}: "
+            "run it with more agents or for longer (--insitu-agents, --insitu-s)"
+        )
+    names = [n for n in COLUMNS if n in step and n not in ("admit_s", "finish_s", "end_s")]
+    theta = np.array([float(step[n]) for n in names])
+    resid = span - _predict(theta, names, x)
+    design = x[:, [COLUMNS.index("admit_s"), COLUMNS.index("finish_s")]]
+    coef, _ = nnls(design, resid)
+    left = resid - design @ coef
+    dof = max(1, len(span) - 2)
+    s2 = float(left @ left) / dof
+    try:
+        cov = s2 * np.linalg.inv(design.T @ design)
+        se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    except np.linalg.LinAlgError:
+        se = np.array([np.inf, np.inf])
+    return InsituFit(
+        admit_s=float(coef[0]),
+        admit_s_se=float(se[0]),
+        finish_s=float(coef[1]),
+        finish_s_se=float(se[1]),
+        spans=len(span),
+        leftover_per_step_s=float(left.sum() / steps.sum()),
+        arrivals_per_span=float(design[:, 0].mean()),
+        finishes_per_span=float(design[:, 1].mean()),
+    )
+
+
+def _read_rows(source: str | os.PathLike) -> pd.DataFrame:
+    from ..results import read_requests_file
+
+    p = Path(source)
+    file = p / "requests.parquet" if p.is_dir() else p
+    if not file.is_file():
+        raise ConfigError(
+            f"{source}: no requests.parquet there; give the directory of a replay "
+            "('agentperf run --out DIR', or a sweep level DIR/levels/nNNNNN_e0)"
+        )
+    return read_requests_file(file)
+
+
+def insitu_twin(
+    src: str | os.PathLike,
+    replay: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    rows: pd.DataFrame | None = None,
+) -> tuple[Path, InsituFit]:
+    """Write twin ``dst``: twin ``src`` with ``admit_s`` and ``finish_s`` (and their standard errors)
+    fitted in situ from the replay in directory ``replay`` (:func:`fit_insitu`; ``rows`` instead of
+    reading it). ``end_s`` becomes 0 (the in-situ finish includes a request's own end); the fit's figures
+    and the replay's path go to ``[insitu]``, the isolated probes' values to ``[insitu] probe_admit_s``
+    and ``probe_finish_s``."""
+    from ..sim.twin import TWIN_KIND, dump_toml
+    from .profile import _COMMENTS
+
+    data = tomllib.loads(Path(src).read_text())
+    if data.get("kind") != TWIN_KIND:
+        raise ConfigError(f"{src}: not a twin preset (kind = {data.get('kind')!r}, expected {TWIN_KIND!r})")
+    if rows is None:
+        rows = _read_rows(replay)
+    step = dict(data.get("step") or {})
+    se = dict(data.get("step_se") or {})
+    chunk = int(data["engine"]["max_num_batched_tokens"])
+    f = fit_insitu(rows, step, chunk)
+    old = dict(data.get("insitu") or {})
+    section = {
+        "source": str(replay),
+        "probe_admit_s": old.get("probe_admit_s", float(step.get("admit_s", 0.0))),
+        "probe_finish_s": old.get("probe_finish_s", float(step.get("finish_s", 0.0))),
+        **f.as_dict(),
+        "fitted_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    step.update(admit_s=f.admit_s, finish_s=f.finish_s, end_s=0.0)
+    se.update(admit_s=f.admit_s_se, finish_s=f.finish_s_se, end_s=0.0)
+    data["step"], data["step_se"], data["insitu"] = step, se, section
+    out = Path(dst)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(dump_toml(data, comments=_COMMENTS))
+    return out, f
