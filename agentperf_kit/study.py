@@ -296,8 +296,9 @@ def run_study(
 
     ``config``: a :class:`StudyConfig` or the path of a ``study.toml``. ``out``: the study directory
     (default: a new one under ``runs/``). ``workers``: sweeps run at once (default: this machine's CPUs;
-    on a Ray cluster, as many as its CPUs allow). ``executor``: ``"auto"`` (Ray when installed, else a
-    local process pool), ``"ray"`` or ``"process"`` (:mod:`agentperf_kit.study_exec`); ``ray_address``
+    on a Ray cluster, as many as its CPUs allow). ``executor``: ``"auto"`` (Ray where there is a
+    cluster to use, else a local process pool: :func:`~agentperf_kit.study_exec.resolve_executor`),
+    ``"ray"`` or ``"process"``; ``ray_address``
     places the sweeps on an existing Ray cluster (``"auto"``, ``"ray://HOST:10001"``). ``overwrite``:
     a directory holding a study with another configuration is emptied of the study's files instead of
     refused. ``progress``: as :func:`~agentperf_kit.sweep.run_sweep` (True: one line per finished sweep

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -71,7 +72,6 @@ def run_point(payload: dict[str, Any]) -> dict[str, Any]:
 def ray_available() -> bool:
     """Whether Ray is installed, without importing it (``import ray`` takes seconds)."""
     import importlib.util
-    import sys
 
     if "ray" in sys.modules:
         return sys.modules["ray"] is not None
@@ -80,7 +80,13 @@ def ray_available() -> bool:
 
 def resolve_executor(executor: str, ray_address: str | None) -> str:
     """``"ray"`` or ``"process"`` for ``executor`` (``auto``, ``ray``, ``process``); a request for Ray
-    without Ray installed raises :class:`~agentperf_kit.errors.ConfigError` naming the install."""
+    without Ray installed raises :class:`~agentperf_kit.errors.ConfigError` naming the install.
+
+    ``auto`` takes Ray only where there is a cluster to use: ``ray_address`` given, ``RAY_ADDRESS`` set,
+    or a Ray runtime already started in this process (a notebook that ran ``ray.init()``); otherwise the
+    local process pool, since on one machine a private Ray head adds only its start-up (~9 s on the 2-core
+    machine, docs/study.md) to what the pool does. ``ray`` always takes Ray (a private local head when no
+    cluster is given)."""
     if executor not in EXECUTORS:
         raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if ray_address is not None and executor == "process":
@@ -89,9 +95,15 @@ def resolve_executor(executor: str, ray_address: str | None) -> str:
         )
     if executor == "process":
         return "process"
+    wants_ray = executor == "ray" or ray_address is not None
+    if executor == "auto" and not wants_ray:
+        running = sys.modules.get("ray")
+        started = running is not None and getattr(running, "is_initialized", lambda: False)()
+        if not (started or os.environ.get("RAY_ADDRESS")):
+            return "process"
     if ray_available():
         return "ray"
-    if executor == "ray" or ray_address is not None:
+    if wants_ray:
         raise ConfigError(
             "Ray is not installed: pip install 'agentperf-kit[ray]' (or run the study on the local "
             "process pool: executor 'process', agentperf study --executor process)"

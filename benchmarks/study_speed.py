@@ -9,8 +9,9 @@ local head: also printed apart). The study's answers must equal the sequential o
 study <= 0.6x the sequential time on the 2-core machine.
 
     python benchmarks/study_speed.py [--what-ifs 4] [--efficiency low,mid,high] [--level-duration 600]
-        [--executor process|ray|both] [--workers 2] [--band] [--save benchmarks/results/study_speed.txt]
+        [--executor process|ray|both|auto] [--workers 2] [--band] [--save benchmarks/results/study_speed.txt]
 
+        (auto: what `agentperf study` picks by default: the process pool unless a Ray cluster is given)
 Quick check (4 short sweeps): ``--what-ifs 2 --efficiency low,high --level-duration 120``. Prints the load
 average before and after: other work on the machine slows both sides, and not equally (the sequential side
 runs first).
@@ -48,7 +49,7 @@ def main() -> None:
     ap.add_argument("--what-ifs", type=int, default=4, choices=[1, 2, 3, 4], help="what-if sets (default 4)")
     ap.add_argument("--efficiency", default="low,mid,high", help="efficiency sets (default low,mid,high)")
     ap.add_argument("--level-duration", type=float, default=600.0, help="level_duration_s (default 600)")
-    ap.add_argument("--executor", choices=["process", "ray", "both"], default="process")
+    ap.add_argument("--executor", choices=["process", "ray", "both", "auto"], default="process")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--band", action="store_true", help="measure each sweep's band too (off by default)")
     ap.add_argument("--save", default="benchmarks/results/study_speed.txt", help="append the output here")
@@ -108,6 +109,10 @@ def main() -> None:
             got = {pt: list(g["max_agents"]) for pt, g in df.groupby("point")}
             same = all(got.get(p.point_id) == seq_answers[p.point_id] for p in points)
             extra = f" (local Ray head start {start_s:.1f} s included)" if kind == "ray" else ""
+            if kind == "auto":
+                from agentperf_kit.study_exec import resolve_executor
+
+                extra = f" (auto chose {resolve_executor('auto', None)})"
             say(
                 f"study on {kind}, {args.workers} workers: {wall:.1f} s{extra}  ratio {wall / seq:.2f} "
                 f"(target <= 0.60)  answers equal to sequential: {'yes' if same else 'NO'}  load {_load()}"

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pandas as pd
@@ -332,6 +333,19 @@ def test_executor_choice_and_its_errors(monkeypatch):
         resolve_executor("process", "auto")
     with pytest.raises(ConfigError, match="executor must be one of auto, ray, process, got 'dask'"):
         resolve_executor("dask", None)
+    # auto: Ray only where there is a cluster to use (an address, RAY_ADDRESS, a runtime started here)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    started = [False]
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: started[0]))
+    assert resolve_executor("auto", None) == "process"
+    started[0] = True  # a notebook that ran ray.init()
+    assert resolve_executor("auto", None) == "ray"
+    started[0] = False
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert resolve_executor("auto", None) == "ray"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert resolve_executor("auto", "ray://head:10001") == "ray"
+    assert resolve_executor("ray", None) == "ray"
     monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
     assert resolve_executor("auto", None) == "process"
     with pytest.raises(ConfigError, match=r"pip install 'agentperf-kit\[ray\]'"):

@@ -44,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--executor",
         choices=["auto", "ray", "process"],
         default="auto",
-        help="auto (default: Ray when installed, else a local process pool), ray, or process",
+        help="auto (default: Ray where there is a cluster to use: --ray-address, RAY_ADDRESS or a runtime "
+        "started in this process; else a local process pool), ray (a private local head without an "
+        "address), or process",
     )
     p.add_argument(
         "--overwrite",
