@@ -11,7 +11,8 @@ study <= 0.6x the sequential time on the 2-core machine.
     python benchmarks/study_speed.py [--what-ifs 4] [--efficiency low,mid,high] [--level-duration 600]
         [--executor process|ray|both|auto] [--workers 2] [--band] [--save benchmarks/results/study_speed.txt]
 
-        (auto: what `agentperf study` picks by default: the process pool unless a Ray cluster is given)
+``--executor auto``: what `agentperf study` picks by default (the process pool unless a Ray cluster is
+given).
 Quick check (4 short sweeps): ``--what-ifs 2 --efficiency low,high --level-duration 120``. Prints the load
 average before and after: other work on the machine slows both sides, and not equally (the sequential side
 runs first).
