@@ -24,8 +24,11 @@ load average, and the curve table its client self-check and unmeasurable share.
 The measured sweep resumes from ``--out`` when run again with the same settings (a live one takes many
 minutes), the twin sweeps are always redone. The twin's answer is the ``mid`` sweep; ``low`` / ``high``
 sweeps (coefficients at their 95 % bounds) give the band. Pass ``--twin PATH`` to skip profiling and
-reuse a twin. The 1-minute load average is printed before and after each phase: the figures depend on
-it on a shared machine.
+reuse a twin. ``--insitu-agents N`` (``--insitu-s S``, default 30) fits the twin's per-request work in
+situ before the sweeps: ``agentperf run`` replays the same trajectories at N agents for S seconds (a seed
+of its own) and ``agentperf profile --insitu`` takes admit_s and finish_s from its decode spans
+(``agentperf_kit.twin.insitu``); the twins swept are then ``--out``/twin_insitu.toml. The 1-minute load
+average is printed before and after each phase: the figures depend on it on a shared machine.
 """
 
 from __future__ import annotations
@@ -164,6 +167,39 @@ def _sweep(target: str, args: argparse.Namespace, out: Path, *, live: bool = Fal
     }
 
 
+def _insitu(twin: Path, base: str, model: str, args: argparse.Namespace, out: Path, report: dict) -> Path:
+    """Replay the workload at ``--insitu-agents`` agents for ``--insitu-s`` seconds (its own seed, not the
+    sweep's) with ``agentperf run``, fit the per-request work from it (``agentperf profile --insitu``) and
+    return the twin with it (``out/twin_insitu.toml``; the profiled twin is left as it was)."""
+    from agentperf_kit.twin.insitu import insitu_twin
+
+    replay = out / "insitu-replay"
+    cmd = [
+        sys.executable, "-m", "agentperf_kit.cli", "run", "--target", base, "--model", model,
+        "-n", str(args.insitu_agents), "--duration", str(args.insitu_s), "--warmup", "3",
+        "--min-trajectories", "0", "--min-trajectories-per-agent", "0", "--drain-timeout", "5",
+        "--trajectories", args.trajectories_file, "--endpoint", "completions", "--seed",
+        str(args.seed + 7919), "--out", str(replay), "--overwrite", "--quiet",
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    dst, f = insitu_twin(twin, replay, out / "twin_insitu.toml")
+    report["insitu"] = {
+        "agents": args.insitu_agents,
+        "window_s": args.insitu_s,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        **f.as_dict(),
+        "loadavg_after": _load(),
+    }
+    print(
+        f"in situ: {args.insitu_agents} agents, {f.spans} decode spans ({f.arrivals_per_span:.2f} "
+        f"arrivals per span): admit_s {f.admit_s * 1e3:.2f} +- {f.admit_s_se * 1e3:.2f} ms, finish_s "
+        f"{f.finish_s * 1e3:.2f} +- {f.finish_s_se * 1e3:.2f} ms, left per step "
+        f"{f.leftover_per_step_s * 1e3:.3f} ms -> {dst} (load {_load()})"
+    )
+    return dst
+
+
 # --tiers single-stream: (name, speed divisor, TTFT multiple) of the twin's single-agent P25 speed / P95 TTFT
 _SINGLE_STREAM_TIERS = (("fast", 2, 10), ("mid", 4, 40), ("slow", 8, 200))
 
@@ -223,6 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--tolerance", type=float, default=None, help="pass band (default 0.10 serve-sim, 0.20 live)"
     )
+    ap.add_argument(
+        "--insitu-agents",
+        type=int,
+        default=0,
+        help="fit the per-request work in situ from a replay of this many agents (0: off)",
+    )
+    ap.add_argument(
+        "--insitu-s", type=float, default=30.0, help="the in-situ replay's window, s (default 30)"
+    )
     ap.add_argument("--out", default="runs/twin-validate")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -281,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{pr['coef']['overlap']:.3f} +- {pr['se']['overlap']:.3f}, request_s "
                 f"{pr['coef']['request_s'] * 1e3:.2f} ms, RMS relative residual {pr['rms_rel_residual']:.3f}"
             )
+        if args.insitu_agents:
+            twin = _insitu(twin, base, model, args, out, report)
         if args.tiers == "single-stream":
             args.tiers = report["tiers"] = _single_stream_tiers(twin, args, out)
             print(f"tiers from the twin's single stream: {args.tiers}")

@@ -62,6 +62,10 @@ def _profile(args: argparse.Namespace) -> int:
 
     if not args.out.lower().endswith(".toml"):
         raise ConfigError(f"profile: --out must end in .toml (sweep reads sim:PATH.toml), got {args.out!r}")
+    if args.insitu:
+        from ..twin.insitu import replay_file
+
+        replay_file(args.insitu)  # before anything is measured or written
     if args.refit:
         path, f = refit_twin(args.refit, args.out)
         print(f"wrote {path} (refit of {args.refit}: {len(f.predicted)} observations)")

@@ -40,7 +40,7 @@ import pandas as pd
 from ..errors import ConfigError, MeasurementError
 from .fit import COLUMNS, _predict
 
-__all__ = ["InsituFit", "fit_insitu", "insitu_twin", "insitu_work"]
+__all__ = ["InsituFit", "fit_insitu", "insitu_twin", "insitu_work", "replay_file"]
 
 MIN_SPANS = 30  # fewer decode spans than this cannot separate arrivals from finishes
 
@@ -117,7 +117,7 @@ def fit_insitu(rows: pd.DataFrame, step: dict[str, float], chunk: int) -> Insitu
     if len(span) < MIN_SPANS:
         raise MeasurementError(
             f"the in-situ replay gave {len(span)} decode spans, fewer than {MIN_SPANS}: "
-            "run it with more agents or for longer (--insitu-agents, --insitu-s)"
+            "replay more agents or for longer (agentperf run -n N --duration S)"
         )
     names = [n for n in COLUMNS if n in step and n not in ("admit_s", "finish_s", "end_s")]
     theta = np.array([float(step[n]) for n in names])
@@ -144,9 +144,9 @@ def fit_insitu(rows: pd.DataFrame, step: dict[str, float], chunk: int) -> Insitu
     )
 
 
-def _read_rows(source: str | os.PathLike) -> pd.DataFrame:
-    from ..results import read_requests_file
-
+def replay_file(source: str | os.PathLike) -> Path:
+    """The ``requests.parquet`` of replay directory (or file) ``source``; a
+    :class:`~agentperf_kit.errors.ConfigError` naming what to give when there is none."""
     p = Path(source)
     file = p / "requests.parquet" if p.is_dir() else p
     if not file.is_file():
@@ -154,7 +154,13 @@ def _read_rows(source: str | os.PathLike) -> pd.DataFrame:
             f"{source}: no requests.parquet there; give the directory of a replay "
             "('agentperf run --out DIR', or a sweep level DIR/levels/nNNNNN_e0)"
         )
-    return read_requests_file(file)
+    return file
+
+
+def _read_rows(source: str | os.PathLike) -> pd.DataFrame:
+    from ..results import read_requests_file
+
+    return read_requests_file(replay_file(source))
 
 
 def insitu_twin(

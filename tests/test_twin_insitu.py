@@ -1,0 +1,109 @@
+"""In-situ fit of the twin's per-request engine work (``agentperf_kit.twin.insitu``, ``agentperf profile
+--insitu``): on replays of twins whose admission and finish costs are known, run in virtual time."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from agentperf_kit.agents import RunRules
+from agentperf_kit.cli import main
+from agentperf_kit.errors import MeasurementError
+from agentperf_kit.sim.twin import dump_toml
+from agentperf_kit.sim.virtual import run_sim_level
+from agentperf_kit.trajectories import default_trajectories
+from agentperf_kit.trajectories.transform import fit_context
+from agentperf_kit.twin.insitu import fit_insitu, insitu_twin
+
+ROOT = Path(__file__).resolve().parents[1]
+# a llama.cpp-like server (4 slots, one 2,048-token prefill chunk; coefficients of the order the profile
+# measured on the real one) and its agents' short answers
+STEP = {"step_s": 1e-4, "prefill_token_s": 1.6e-5, "decode_seq_s": 1.2e-4, "context_token_s": 2e-7}
+RULES = RunRules(warmup_s=0, duration_s=60, min_trajectories=1, min_trajectories_per_agent=0)
+
+
+def _trajectories():
+    return fit_context(default_trajectories()[:60], 2048, min_output_tokens=32)
+
+
+def _twin(path: Path, admit_s: float, finish_s: float) -> tuple[str, dict]:
+    step = {**STEP, "admit_s": admit_s, "finish_s": finish_s}
+    data = {
+        "kind": "agentperf-twin",
+        "version": 1,
+        "model": "m",
+        "engine": {"max_num_seqs": 4, "max_num_batched_tokens": 2048, "kv_capacity_tokens": 10_000_000,
+                   "max_context_tokens": 2048},
+        "step": step,
+        "step_se": {},
+        "band": {"z": 2.0},
+    }  # fmt: skip
+    path.write_text(dump_toml(data))
+    return str(path), step
+
+
+@pytest.mark.parametrize(("admit_s", "finish_s"), [(0.004, 0.002), (0.010, 0.0)])
+def test_fit_recovers_the_per_request_costs_of_a_replay(tmp_path, admit_s, finish_s):
+    # 32 agents on 4 slots: the client's decode spans alone (first to last token, others' first and
+    # last tokens inside) give back the costs the twin charged, within the proxies' bias (an admission
+    # is counted by the other request's first token)
+    path, step = _twin(tmp_path / "t.toml", admit_s, finish_s)
+    rows = run_sim_level(_trajectories(), 32, RULES, deployment=path, seed=2).requests
+    f = fit_insitu(rows, step, 2048)
+    assert f.spans > 1000 and f.arrivals_per_span > 0.3
+    assert f.admit_s == pytest.approx(admit_s, rel=0.25)
+    assert f.finish_s == pytest.approx(finish_s, rel=0.25, abs=5e-4)
+
+
+def test_no_per_request_cost_fits_as_none(tmp_path):
+    path, step = _twin(tmp_path / "t.toml", 0.0, 0.0)
+    rows = run_sim_level(_trajectories(), 32, RULES, deployment=path, seed=2).requests
+    f = fit_insitu(rows, step, 2048)
+    assert f.admit_s < 5e-4 and f.finish_s < 5e-4
+    assert abs(f.leftover_per_step_s) < 0.05 * STEP["decode_seq_s"] * 4
+
+
+def test_too_short_a_replay_says_what_to_run(tmp_path):
+    path, step = _twin(tmp_path / "t.toml", 0.004, 0.0)
+    rules = RunRules(warmup_s=0, duration_s=0.05, min_trajectories=0, min_trajectories_per_agent=0)
+    rows = run_sim_level(_trajectories()[:2], 1, rules, deployment=path, seed=2).requests
+    with pytest.raises(MeasurementError, match=r"fewer than 30: replay more agents or for longer"):
+        fit_insitu(rows, step, 2048)
+
+
+def test_profile_insitu_writes_a_twin_with_the_fitted_terms(tmp_path, capsys):
+    # the committed profile of the real llama.cpp server, refitted; its in-situ terms from a replay of a
+    # twin that charges 6 ms per arrival and 2.5 ms per finish
+    src = ROOT / "benchmarks" / "results" / "twin" / "llama_t1_quiet_2026-12-01d.twin.toml"
+    path, _ = _twin(tmp_path / "truth.toml", 0.006, 0.0025)
+    run_sim_level(_trajectories(), 32, RULES, deployment=path, seed=5, out_dir=tmp_path / "replay")
+    out = tmp_path / "insitu.toml"
+    assert (
+        main(["profile", "--refit", str(src), "--insitu", str(tmp_path / "replay"), "--out", str(out)]) == 0
+    )
+    assert "in situ (" in capsys.readouterr().out
+    data = tomllib.loads(out.read_text())
+    probe = tomllib.loads(src.read_text())["step"]
+    assert data["insitu"]["probe_admit_s"] != data["step"]["admit_s"]
+    assert data["step"]["admit_s"] == data["insitu"]["admit_s"] > 0.003  # the probe's was 0.9 ms
+    assert data["step"]["end_s"] == 0.0 and data["step_se"]["admit_s"] == data["insitu"]["admit_s_se"]
+    assert data["step"]["decode_seq_s"] == pytest.approx(probe["decode_seq_s"], rel=0.2)
+    # a sweep runs it; a refit drops the in-situ fit (made on the old coefficients) and says so
+    assert main(["sweep", "--target", f"sim:{out}", "--dry-run"]) == 0
+    again = tmp_path / "again.toml"
+    assert main(["profile", "--refit", str(out), "--out", str(again)]) == 0
+    redone = tomllib.loads(again.read_text())
+    assert "insitu" not in redone and "apply --insitu again" in redone["provenance"]["insitu_dropped"]
+
+
+def test_insitu_without_a_replay_is_one_clear_error(tmp_path, capsys):
+    path, _ = _twin(tmp_path / "t.toml", 0.0, 0.0)
+    (tmp_path / "empty").mkdir()
+    assert main(["profile", "--refit", path, "--insitu", str(tmp_path / "empty"), "--out", "x.toml"]) == 2
+    err = capsys.readouterr().err
+    assert "no requests.parquet there" in err and "agentperf run --out DIR" in err
+    with pytest.raises(MeasurementError):
+        insitu_twin(path, tmp_path, tmp_path / "y.toml", rows=run_sim_level(
+            _trajectories()[:1], 1, RULES, deployment=path, seed=1).requests.head(3))  # fmt: skip
