@@ -24,9 +24,10 @@ load average, and the curve table its client self-check and unmeasurable share.
 The measured sweep resumes from ``--out`` when run again with the same settings (a live one takes many
 minutes), the twin sweeps are always redone. The twin's answer is the ``mid`` sweep; ``low`` / ``high``
 sweeps (coefficients at their 95 % bounds) give the band. Pass ``--twin PATH`` to skip profiling and
-reuse a twin. ``--insitu-agents N`` (``--insitu-s S``, default 30) fits the twin's per-request work in
-situ before the sweeps: ``agentperf run`` replays the same trajectories at N agents for S seconds (a seed
-of its own) and ``agentperf profile --insitu`` takes admit_s and finish_s from its decode spans
+reuse a twin. ``--insitu-agents N`` fits the twin's per-request work in situ before the sweeps:
+``agentperf run`` replays the same trajectories at N agents (a seed of its own) for ``--insitu-s``
+seconds (default 30) after ``--insitu-warmup`` (default 30, so the server is in a served state), and
+``agentperf profile --insitu`` takes admit_s and finish_s from its decode spans
 (``agentperf_kit.twin.insitu``); the twins swept are then ``--out``/twin_insitu.toml. The 1-minute load
 average is printed before and after each phase: the figures depend on it on a shared machine.
 """
@@ -176,7 +177,7 @@ def _insitu(twin: Path, base: str, model: str, args: argparse.Namespace, out: Pa
     replay = out / "insitu-replay"
     cmd = [
         sys.executable, "-m", "agentperf_kit.cli", "run", "--target", base, "--model", model,
-        "-n", str(args.insitu_agents), "--duration", str(args.insitu_s), "--warmup", "3",
+        "-n", str(args.insitu_agents), "--duration", str(args.insitu_s), "--warmup", str(args.insitu_warmup),
         "--min-trajectories", "0", "--min-trajectories-per-agent", "0", "--drain-timeout", "5",
         "--trajectories", args.trajectories_file, "--endpoint", "completions", "--seed",
         str(args.seed + 7919), "--out", str(replay), "--overwrite", "--quiet",

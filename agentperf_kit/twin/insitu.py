@@ -7,6 +7,9 @@ saves the idle slots' prompts there, all in the one thread that also runs the de
 arrival stalls the other streams ~7 ms in a replay of 16-32 agents against 1.7 ms in the isolated probe);
 vLLM's API server does much of its per-request work in another process beside the engine, so that the
 isolated probe overstates what the steps wait for at load. The in-situ fit measures it where it matters.
+It can also depend on the server's history: on llama.cpp (-t 1, 32 agents of the validation workload) an
+arrival cost 3.8 ms on a freshly started server and 5.2-5.5 ms in three replays after it (its host prompt
+cache had filled), so replay with a warm-up long enough to bring the server to the state it serves in.
 
 Definitions (one level of a replay, the client's rows; times in seconds): a request's **decode span** is
 ``t_end_s - t_first_s`` (first to last token), over ``steps = output_tokens - 1`` engine steps. During it,
@@ -19,8 +22,9 @@ cached prompt tokens, without extra steps: a prefill rides in steps that run any
 those other requests; **finishes** are the others whose last token came inside the span, plus the
 request's own end (a profile's stream rows count it the same way).
 
-The fit: each span's residual over the twin's step terms (its ``admit_s``, ``finish_s`` and ``end_s``
-left out) is regressed, by non-negative least squares without intercept, on ``[arrivals, finishes]``
+The fit: each span of the steady window (``in_window``, when it holds at least 30; every span otherwise)
+has its residual over the twin's step terms (its ``admit_s``, ``finish_s`` and ``end_s``
+left out) regressed, by non-negative least squares without intercept, on ``[arrivals, finishes]``
 (seconds per arrival and per finish: the new ``admit_s`` and ``finish_s``), with standard errors
 ``s^2 (X^T X)^-1``. What the two terms leave, per step, is reported (``leftover_per_step_s``) and not
 used: a positive one says the server's steps are slower in situ than in the isolated probes.
@@ -65,10 +69,11 @@ class InsituFit:
         return {k: getattr(self, k) for k in self.__slots__}
 
 
-def insitu_work(rows: pd.DataFrame, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def insitu_work(rows: pd.DataFrame, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The decode spans of ``rows`` (ok requests with >= 2 output tokens), their work amounts (columns
-    :data:`~agentperf_kit.twin.fit.COLUMNS`; ``admit_s`` = arrivals, ``finish_s`` = finishes) and their
-    step counts, by the module's definitions. ``chunk``: the server's prefill chunk (tokens)."""
+    :data:`~agentperf_kit.twin.fit.COLUMNS`; ``admit_s`` = arrivals, ``finish_s`` = finishes), their
+    step counts and whether each is in the steady window (``in_window``; all True without the column),
+    by the module's definitions. ``chunk``: the server's prefill chunk (tokens)."""
     from .profile import prefill_work
 
     d = rows[rows["ok"].astype(bool) & (rows["output_tokens"] >= 2)]
@@ -76,6 +81,7 @@ def insitu_work(rows: pd.DataFrame, chunk: int) -> tuple[np.ndarray, np.ndarray,
     end = d["t_end_s"].to_numpy(float)
     keep = end > first
     d, first, end = d[keep], first[keep], end[keep]
+    window = d["in_window"].to_numpy(bool) if "in_window" in d else np.ones(len(d), bool)
     out = d["output_tokens"].to_numpy(float)
     prompt = d["prompt_tokens"].to_numpy(float)
     cached = d["cached_prompt_tokens"].fillna(0).to_numpy(float).clip(0, prompt)
@@ -104,7 +110,7 @@ def insitu_work(rows: pd.DataFrame, chunk: int) -> tuple[np.ndarray, np.ndarray,
         x[k, col["context_token_s"]] += steps[k] * (ctx[k] + float(w @ ctx))
         x[k, col["admit_s"]] = inside.sum()
         x[k, col["finish_s"]] = 1.0 + ends.sum()
-    return end - first, x, steps
+    return end - first, x, steps, window
 
 
 def fit_insitu(rows: pd.DataFrame, step: dict[str, float], chunk: int) -> InsituFit:
@@ -113,7 +119,9 @@ def fit_insitu(rows: pd.DataFrame, step: dict[str, float], chunk: int) -> Insitu
     :class:`~agentperf_kit.errors.MeasurementError` with fewer than :data:`MIN_SPANS` spans."""
     from scipy.optimize import nnls
 
-    span, x, steps = insitu_work(rows, chunk)
+    span, x, steps, window = insitu_work(rows, chunk)
+    if window.sum() >= MIN_SPANS:  # the steady window's spans (others in the warm-up still count as load)
+        span, x, steps = span[window], x[window], steps[window]
     if len(span) < MIN_SPANS:
         raise MeasurementError(
             f"the in-situ replay gave {len(span)} decode spans, fewer than {MIN_SPANS}: "
