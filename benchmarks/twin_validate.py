@@ -269,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--insitu-s", type=float, default=30.0, help="the in-situ replay's window, s (default 30)"
     )
+    ap.add_argument(
+        "--insitu-warmup",
+        type=float,
+        default=30.0,
+        help="the in-situ replay's warm-up, s (default 30: brings the server to a served state)",
+    )
     ap.add_argument("--out", default="runs/twin-validate")
     args = ap.parse_args(argv)
     out = Path(args.out)
