@@ -28,8 +28,8 @@ def _trajectories():
     return fit_context(default_trajectories()[:60], 2048, min_output_tokens=32)
 
 
-def _twin(path: Path, admit_s: float, finish_s: float) -> tuple[str, dict]:
-    step = {**STEP, "admit_s": admit_s, "finish_s": finish_s}
+def _twin(path: Path, admit_s: float, finish_s: float, end_s: float = 0.0, release_s: float = 0.0):
+    step = {**STEP, "admit_s": admit_s, "finish_s": finish_s, "end_s": end_s, "release_s": release_s}
     data = {
         "kind": "agentperf-twin",
         "version": 1,
@@ -44,24 +44,33 @@ def _twin(path: Path, admit_s: float, finish_s: float) -> tuple[str, dict]:
     return str(path), step
 
 
-@pytest.mark.parametrize(("admit_s", "finish_s"), [(0.004, 0.002), (0.010, 0.0)])
-def test_fit_recovers_the_per_request_costs_of_a_replay(tmp_path, admit_s, finish_s):
-    # 32 agents on 4 slots: the client's decode spans alone (first to last token, others' first and
-    # last tokens inside) give back the costs the twin charged, within the proxies' bias (an admission
-    # is counted by the other request's first token)
-    path, step = _twin(tmp_path / "t.toml", admit_s, finish_s)
+@pytest.mark.parametrize(
+    ("admit_s", "finish_s", "end_s", "release_s"),
+    [(0.004, 0.002, 0.0, 0.0), (0.004, 0.0005, 0.0, 0.002), (0.006, 0.001, 0.002, 0.0)],
+)
+def test_fit_recovers_the_per_request_costs_of_a_replay(tmp_path, admit_s, finish_s, end_s, release_s):
+    # 32 agents on 4 slots: the client's decode spans alone (first to last token, the others' first and
+    # last tokens inside) give back what a request costs the others and what its end costs itself. On
+    # full slots a request is admitted in the step where another finishes, so the split between the
+    # two is looser than their sum (an admission is seen through the other request's first token)
+    path, step = _twin(tmp_path / "t.toml", admit_s, finish_s, end_s, release_s)
     rows = run_sim_level(_trajectories(), 32, RULES, deployment=path, seed=2).requests
     f = fit_insitu(rows, step, 2048)
     assert f.spans > 1000 and f.arrivals_per_span > 0.3
-    assert f.admit_s == pytest.approx(admit_s, rel=0.25)
-    assert f.finish_s == pytest.approx(finish_s, rel=0.25, abs=5e-4)
+    assert f.admit_s + f.other_finish_s == pytest.approx(admit_s + finish_s + release_s, rel=0.1)
+    assert f.own_end_s == pytest.approx(finish_s + end_s, rel=0.15, abs=3e-4)
+    assert f.admit_s == pytest.approx(admit_s, rel=0.15)
+    # the twin's terms rebuild both costs exactly
+    assert f.finish_s + f.release_s == pytest.approx(f.other_finish_s)
+    assert f.finish_s + f.end_s == pytest.approx(f.own_end_s)
+    assert min(f.end_s, f.release_s) == 0.0
 
 
 def test_no_per_request_cost_fits_as_none(tmp_path):
     path, step = _twin(tmp_path / "t.toml", 0.0, 0.0)
     rows = run_sim_level(_trajectories(), 32, RULES, deployment=path, seed=2).requests
     f = fit_insitu(rows, step, 2048)
-    assert f.admit_s < 5e-4 and f.finish_s < 5e-4
+    assert f.admit_s < 5e-4 and f.other_finish_s < 5e-4 and f.own_end_s < 5e-4
     assert abs(f.leftover_per_step_s) < 0.05 * STEP["decode_seq_s"] * 4
 
 
@@ -75,9 +84,9 @@ def test_too_short_a_replay_says_what_to_run(tmp_path):
 
 def test_profile_insitu_writes_a_twin_with_the_fitted_terms(tmp_path, capsys):
     # the committed profile of the real llama.cpp server, refitted; its in-situ terms from a replay of a
-    # twin that charges 6 ms per arrival and 2.5 ms per finish
+    # twin that charges 6 ms per arrival, 0.5 ms per finish and 2 ms per release
     src = ROOT / "benchmarks" / "results" / "twin" / "llama_t1_quiet_2026-12-01d.twin.toml"
-    path, _ = _twin(tmp_path / "truth.toml", 0.006, 0.0025)
+    path, _ = _twin(tmp_path / "truth.toml", 0.006, 0.0005, release_s=0.002)
     run_sim_level(_trajectories(), 32, RULES, deployment=path, seed=5, out_dir=tmp_path / "replay")
     out = tmp_path / "insitu.toml"
     assert (
@@ -88,7 +97,8 @@ def test_profile_insitu_writes_a_twin_with_the_fitted_terms(tmp_path, capsys):
     probe = tomllib.loads(src.read_text())["step"]
     assert data["insitu"]["probe_admit_s"] != data["step"]["admit_s"]
     assert data["step"]["admit_s"] == data["insitu"]["admit_s"] > 0.003  # the probe's was 0.9 ms
-    assert data["step"]["end_s"] == 0.0 and data["step_se"]["admit_s"] == data["insitu"]["admit_s_se"]
+    assert data["step_se"]["admit_s"] == data["insitu"]["admit_s_se"]
+    assert data["step"]["release_s"] == data["insitu"]["release_s"] > 0.001 and data["step"]["end_s"] == 0.0
     assert data["step"]["decode_seq_s"] == pytest.approx(probe["decode_seq_s"], rel=0.2)
     # a sweep runs it; a refit drops the in-situ fit (made on the old coefficients) and says so
     assert main(["sweep", "--target", f"sim:{out}", "--dry-run"]) == 0

@@ -117,10 +117,12 @@ def _apply_insitu(args: argparse.Namespace, path) -> None:
     _, f = insitu_twin(path, args.insitu, path)
     print(
         f"in situ ({f.spans} decode spans of {args.insitu}; {f.arrivals_per_span:.2f} arrivals and "
-        f"{f.finishes_per_span:.2f} finishes per span):"
+        f"{f.finishes_per_span:.2f} finishes per span; a request's end costs the others "
+        f"{f.other_finish_s:.3g} s, itself {f.own_end_s:.3g} s):"
     )
     print(f"  {'admit_s':16s} {f.admit_s:.4g} +- {f.admit_s_se:.2g}")
-    print(f"  {'finish_s':16s} {f.finish_s:.4g} +- {f.finish_s_se:.2g}")
+    for name in ("finish_s", "end_s", "release_s"):
+        print(f"  {name:16s} {getattr(f, name):.4g} +- {getattr(f, name + '_se'):.2g}")
     print(f"  left per step    {f.leftover_per_step_s:.3g} s (not used; > 0: slower steps in situ)")
 
 

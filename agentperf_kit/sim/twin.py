@@ -20,7 +20,10 @@ request's end that only it waits for (the final usage chunk and the stream's clo
 runs beside the engine): the simulator reports each request's end that much after its last step. The
 profile's short streams alone carry one of each, short streams arriving among decoding ones one
 ``finish_s`` and no ``end_s`` (the streams beside it do not wait for its close), which tells them apart;
-older twin files load with 0.
+older twin files load with 0. ``release_s`` is engine-loop work after a request's end has been reported
+(llama.cpp releases the slot after the final chunk is sent): the other streams' next step waits for it,
+the finished request does not. The isolated probes cannot see it apart from ``finish_s``; the in-situ
+fit (:mod:`agentperf_kit.twin.insitu`) can, from the other requests' ends during a stream.
 
 ``overlap`` (0..1) is the share of the smaller part hidden under the larger one when a step carries
 both (a GPU streams weights and KV while its tensor cores run the prefill; the roofline engine's
@@ -78,8 +81,9 @@ __all__ = [
 
 TWIN_KIND = "agentperf-twin"
 # coefficient names, in seconds per unit: step, prefill token, decode sequence, context token, prefill pair,
-# admitted request, finished request, a request's own end (the work amounts an observation carries,
-# :mod:`agentperf_kit.twin.fit`; ``step_s`` stays first: the fit scales the overlap form's ``mem_s`` by it)
+# admitted request, finished request, a request's own end, a finished request's release (the work amounts
+# an observation carries, :mod:`agentperf_kit.twin.fit`; ``step_s`` stays first: the fit scales the
+# overlap form's ``mem_s`` by it)
 TERMS = (
     "step_s",
     "prefill_token_s",
@@ -89,6 +93,7 @@ TERMS = (
     "admit_s",
     "finish_s",
     "end_s",
+    "release_s",
 )
 # the shape terms of the mixed-step form: memory-side seconds per step, overlap share (0..1)
 SHAPE = ("mem_s", "overlap")
@@ -97,8 +102,8 @@ SHAPE = ("mem_s", "overlap")
 @dataclass(frozen=True, slots=True)
 class StepModel:
     """Fitted step-time coefficients (seconds per step / prefill token / decode sequence / context token
-    read / prefill attention pair / admitted request / finished request / a request's own end,
-    memory-side seconds per step, overlap share 0..1);
+    read / prefill attention pair / admitted request / finished request / a request's own end / a
+    finished request's release, memory-side seconds per step, overlap share 0..1);
     the form is in the module docstring."""
 
     step_s: float
@@ -109,6 +114,7 @@ class StepModel:
     admit_s: float = 0.0
     finish_s: float = 0.0
     end_s: float = 0.0
+    release_s: float = 0.0
     mem_s: float = 0.0
     overlap: float = 0.0
 
@@ -209,15 +215,26 @@ class TwinEngine(Engine):
 
     def _finish_due(self) -> None:
         """The requests whose last token this step made finish ``finish_s`` each later (their end and the
-        next step of the others wait for it; the engine's finishes all pass here)."""
+        next step of the others wait for it; the engine's finishes all pass here), and the others' next
+        step waits ``release_s`` each more after their ends."""
         heap, g = self._decode, self.g
-        if self.model.finish_s and heap and heap[0][0] <= g:
-            dt = self.model.finish_s * sum(1 for e in heap if e[0] <= g)
+        m = self.model
+        n = (
+            sum(1 for e in heap if e[0] <= g)
+            if (m.finish_s or m.release_s) and heap and heap[0][0] <= g
+            else 0
+        )
+        if n and m.finish_s:
+            dt = m.finish_s * n
             if self._noisy:
                 dt *= self._factor()
             self.now += dt
             self.busy_s += dt
         super()._finish_due()
+        if n and m.release_s:  # after their ends were reported: only the others' next step waits
+            dt = m.release_s * n * (self._factor() if self._noisy else 1.0)
+            self.now += dt
+            self.busy_s += dt
 
     def _decode_parts(self, b: int, ctx: float) -> tuple[float, float]:
         """Pure decode of ``b`` sequences at context sum ``ctx``: (step seconds, d seconds / d context),

@@ -19,15 +19,18 @@ span's step work, in the twin's terms (:mod:`agentperf_kit.twin.fit`), is ``step
 request's mean context (prompt tokens + output tokens / 2), plus the prefill work of every other request
 whose first token came inside the span (:func:`agentperf_kit.twin.profile.prefill_work` of its new and
 cached prompt tokens, without extra steps: a prefill rides in steps that run anyway). **Arrivals** are
-those other requests; **finishes** are the others whose last token came inside the span, plus the
-request's own end (a profile's stream rows count it the same way).
+those other requests; **other finishes** are the others whose last token came inside the span.
 
 The fit: each span of the steady window (``in_window``, when it holds at least 30; every span otherwise)
-has its residual over the twin's step terms (its ``admit_s``, ``finish_s`` and ``end_s``
-left out) regressed, by non-negative least squares without intercept, on ``[arrivals, finishes]``
-(seconds per arrival and per finish: the new ``admit_s`` and ``finish_s``), with standard errors
-``s^2 (X^T X)^-1``. What the two terms leave, per step, is reported (``leftover_per_step_s``) and not
-used: a positive one says the server's steps are slower in situ than in the isolated probes.
+has its residual over the twin's step terms (its per-request terms left out) regressed, by non-negative
+least squares, on ``[arrivals, other finishes, 1]``: seconds per arrival (the new ``admit_s``), per other
+request's end (``o``: what the others wait for when a request ends) and per span (``e``: what a stream
+waits for at its own end), with standard errors ``s^2 (X^T X)^-1``. In the twin the others wait
+``finish_s + release_s`` and the finishing stream ``finish_s + end_s``, so the shared part is
+``finish_s = min(o, e)`` and the rest is ``release_s = o - e`` (llama.cpp: the slot is released after the
+final chunk is sent) or ``end_s = e - o``. What the terms leave, per step, is reported
+(``leftover_per_step_s``) and not used: a positive one says the server's steps are slower in situ than
+in the isolated probes.
 """
 
 from __future__ import annotations
@@ -47,18 +50,29 @@ from .fit import COLUMNS, _predict
 __all__ = ["InsituFit", "fit_insitu", "insitu_twin", "insitu_work", "replay_file"]
 
 MIN_SPANS = 30  # fewer decode spans than this cannot separate arrivals from finishes
+PER_REQUEST = ("admit_s", "finish_s", "end_s", "release_s")  # the terms the in-situ fit replaces
 
 
 @dataclass(frozen=True, slots=True)
 class InsituFit:
-    """Per-arrival and per-finish engine work (seconds, with standard errors) from ``spans`` decode spans
-    of one replay; ``leftover_per_step_s`` = mean residual per step after both terms (diagnostic);
-    ``arrivals_per_span`` / ``finishes_per_span`` = their means (how much the data exercise them)."""
+    """Per-request engine work (seconds, with standard errors) from ``spans`` decode spans of one replay,
+    in the twin's terms: ``admit_s`` per arrival, ``finish_s`` per finish (the finishing stream and the
+    others wait), ``end_s`` (only the finishing stream waits) and ``release_s`` (only the others wait);
+    ``other_finish_s`` / ``own_end_s`` are the regression's raw per-finish costs to the others and to the
+    finishing stream itself; ``leftover_per_step_s`` = mean residual per step after the terms
+    (diagnostic); ``arrivals_per_span`` / ``finishes_per_span`` = their means over the spans (others' ends
+    plus its own: how much the data exercise them)."""
 
     admit_s: float
     admit_s_se: float
     finish_s: float
     finish_s_se: float
+    end_s: float
+    end_s_se: float
+    release_s: float
+    release_s_se: float
+    other_finish_s: float
+    own_end_s: float
     spans: int
     leftover_per_step_s: float
     arrivals_per_span: float
@@ -115,7 +129,8 @@ def insitu_work(rows: pd.DataFrame, chunk: int) -> tuple[np.ndarray, np.ndarray,
 
 def fit_insitu(rows: pd.DataFrame, step: dict[str, float], chunk: int) -> InsituFit:
     """Fit ``admit_s`` and ``finish_s`` from a replay's ``rows`` given the twin's other coefficients
-    ``step`` (its ``[step]`` table; ``admit_s``, ``finish_s``, ``end_s`` ignored). Raises
+    ``step`` (its ``[step]`` table; :data:`PER_REQUEST` ignored) and ``end_s`` and ``release_s`` with
+    them (the module's mapping). Raises
     :class:`~agentperf_kit.errors.MeasurementError` with fewer than :data:`MIN_SPANS` spans."""
     from scipy.optimize import nnls
 
@@ -127,28 +142,42 @@ def fit_insitu(rows: pd.DataFrame, step: dict[str, float], chunk: int) -> Insitu
             f"the in-situ replay gave {len(span)} decode spans, fewer than {MIN_SPANS}: "
             "replay more agents or for longer (agentperf run -n N --duration S)"
         )
-    names = [n for n in COLUMNS if n in step and n not in ("admit_s", "finish_s", "end_s")]
+    names = [n for n in COLUMNS if n in step and n not in PER_REQUEST]
     theta = np.array([float(step[n]) for n in names])
     resid = span - _predict(theta, names, x)
-    design = x[:, [COLUMNS.index("admit_s"), COLUMNS.index("finish_s")]]
+    arrivals = x[:, COLUMNS.index("admit_s")]
+    others = x[:, COLUMNS.index("finish_s")] - 1.0  # the other requests' ends inside the span
+    design = np.column_stack([arrivals, others, np.ones(len(span))])
     coef, _ = nnls(design, resid)
     left = resid - design @ coef
-    dof = max(1, len(span) - 2)
-    s2 = float(left @ left) / dof
+    s2 = float(left @ left) / max(1, len(span) - 3)
     try:
         cov = s2 * np.linalg.inv(design.T @ design)
-        se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     except np.linalg.LinAlgError:
-        se = np.array([np.inf, np.inf])
+        cov = np.full((3, 3), np.inf)
+    a, o, e = (float(c) for c in coef)
+    var = np.diag(cov)
+    diff_se = float(np.sqrt(max(0.0, var[1] + var[2] - 2.0 * cov[1, 2])))
+    # others wait finish_s + release_s, the finishing stream finish_s + end_s: the shared part is finish_s
+    if e <= o:
+        finish, finish_se, end, end_se, release, release_se = e, var[2] ** 0.5, 0.0, 0.0, o - e, diff_se
+    else:
+        finish, finish_se, end, end_se, release, release_se = o, var[1] ** 0.5, e - o, diff_se, 0.0, 0.0
     return InsituFit(
-        admit_s=float(coef[0]),
-        admit_s_se=float(se[0]),
-        finish_s=float(coef[1]),
-        finish_s_se=float(se[1]),
+        admit_s=a,
+        admit_s_se=float(var[0] ** 0.5),
+        finish_s=finish,
+        finish_s_se=float(finish_se),
+        end_s=end,
+        end_s_se=end_se,
+        release_s=release,
+        release_s_se=release_se,
+        other_finish_s=o,
+        own_end_s=e,
         spans=len(span),
         leftover_per_step_s=float(left.sum() / steps.sum()),
-        arrivals_per_span=float(design[:, 0].mean()),
-        finishes_per_span=float(design[:, 1].mean()),
+        arrivals_per_span=float(arrivals.mean()),
+        finishes_per_span=float(others.mean() + 1.0),
     )
 
 
@@ -178,11 +207,10 @@ def insitu_twin(
     *,
     rows: pd.DataFrame | None = None,
 ) -> tuple[Path, InsituFit]:
-    """Write twin ``dst``: twin ``src`` with ``admit_s`` and ``finish_s`` (and their standard errors)
-    fitted in situ from the replay in directory ``replay`` (:func:`fit_insitu`; ``rows`` instead of
-    reading it). ``end_s`` becomes 0 (the in-situ finish includes a request's own end); the fit's figures
-    and the replay's path go to ``[insitu]``, the isolated probes' values to ``[insitu] probe_admit_s``
-    and ``probe_finish_s``."""
+    """Write twin ``dst``: twin ``src`` with ``admit_s``, ``finish_s``, ``end_s`` and ``release_s`` (and
+    their standard errors) fitted in situ from the replay in directory ``replay`` (:func:`fit_insitu`;
+    ``rows`` instead of reading it); the fit's figures and the replay's path go to ``[insitu]``, the
+    isolated probes' values to ``[insitu] probe_admit_s``, ``probe_finish_s`` and ``probe_end_s``."""
     from ..sim.twin import TWIN_KIND, dump_toml
     from .profile import _COMMENTS
 
@@ -200,11 +228,12 @@ def insitu_twin(
         "source": str(replay),
         "probe_admit_s": old.get("probe_admit_s", float(step.get("admit_s", 0.0))),
         "probe_finish_s": old.get("probe_finish_s", float(step.get("finish_s", 0.0))),
+        "probe_end_s": old.get("probe_end_s", float(step.get("end_s", 0.0))),
         **f.as_dict(),
         "fitted_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    step.update(admit_s=f.admit_s, finish_s=f.finish_s, end_s=0.0)
-    se.update(admit_s=f.admit_s_se, finish_s=f.finish_s_se, end_s=0.0)
+    step.update(admit_s=f.admit_s, finish_s=f.finish_s, end_s=f.end_s, release_s=f.release_s)
+    se.update(admit_s=f.admit_s_se, finish_s=f.finish_s_se, end_s=f.end_s_se, release_s=f.release_s_se)
     data["step"], data["step_se"], data["insitu"] = step, se, section
     out = Path(dst)
     out.parent.mkdir(parents=True, exist_ok=True)
