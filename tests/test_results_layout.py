@@ -212,7 +212,7 @@ def test_a_simulated_level_without_cancelled_rows_stores_none_of_the_alias_candi
     """A level that drains every request (no cancelled row): each candidate equals its column in every
     row, the file stores none of them, its layout lists exactly those, and every reader gives back the
     finalized table bit for bit (the copies with their own dtype)."""
-    rules = dataclasses.replace(RULES, drain_timeout_s=60)
+    rules = dataclasses.replace(RULES, max_duration_s=600, drain_timeout_s=600)
     ref = _level(rules=rules).requests
     assert len(ref) > 200 and (ref["error"] == "").all()
     _level(tmp_path / "lv", rules=rules)
