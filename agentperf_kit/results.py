@@ -216,6 +216,7 @@ def finalize_run(
     *,
     raw: pd.DataFrame | None = None,
     load: bool = True,
+    simulated: bool = False,
 ) -> RunResult:
     """Finish a run directory: tidy ``requests.parquet`` + final ``manifest.json``.
 
@@ -224,6 +225,9 @@ def finalize_run(
     ``load=False`` (rows from the directory only): the table is written a chunk at a time and never held
     whole (memory: ~24 bytes per row and one chunk; what a simulated level of millions of requests uses),
     and the result reads it from disk on first use (:class:`RunResult`); the file is the same.
+    ``simulated``: a virtual-time level (:func:`~agentperf_kit.sim.virtual.run_sim_level`); its file does
+    not store the :data:`ALIAS_CANDIDATES` that equal their column in every row (a live run's file stores
+    every base column, so files of live runs always have the same columns; docs/schema.md).
     """
     directory = Path(directory)
     window = manifest.get("window", {})
@@ -233,7 +237,7 @@ def finalize_run(
     if raw is None and not load:
         write_manifest(directory, manifest)
         tmp = directory / (REQUESTS_NAME + ".tmp")
-        if _finalize_stream(directory, start, end, tmp):
+        if _finalize_stream(directory, start, end, tmp, alias=simulated):
             os.replace(tmp, directory / REQUESTS_NAME)  # atomic: a parquet that exists is complete
             return RunResult(None, final, directory)
         # not one run's rows (never a driver's own level): the whole-frame path
@@ -242,7 +246,7 @@ def finalize_run(
     df = finalize_frame(raw, start, end)
     write_manifest(directory, manifest)
     tmp = directory / (REQUESTS_NAME + ".tmp")
-    write_parquet_chunked(df, tmp, derive_on_read=True)
+    write_parquet_chunked(df, tmp, derive_on_read=True, alias=simulated)
     os.replace(tmp, directory / REQUESTS_NAME)  # atomic: a parquet that exists is complete
     return RunResult(df, final, directory)
 
@@ -289,10 +293,11 @@ _METRIC_INPUTS = (
     "error",
 )
 
-#: columns that often equal another column in every row of a run (a simulated level sends when it
+#: columns that often equal another column in every row of a simulated level (it sends when it
 #: schedules: ``t_scheduled_s`` = ``t_send_s``; without cancelled rows also the last token and the end,
-#: and the counts): where they do, bit for bit, the file stores the other column only and the reader
-#: copies it (with the column's own dtype)
+#: and the counts): in a simulated level's file (``finalize_run(simulated=True)``), where they do, bit for
+#: bit, the file stores the other column only and the reader copies it (with the column's own dtype); a
+#: candidate that differs in one row is stored. A live run's file stores every one of them, always.
 ALIAS_CANDIDATES = {
     "t_scheduled_s": "t_send_s",
     "t_last_s": "t_end_s",
@@ -307,15 +312,19 @@ ALIAS_CANDIDATES = {
 LAYOUT_KEY = b"agentperf.requests"
 
 
-def write_parquet_chunked(df: pd.DataFrame, path: str | os.PathLike, *, derive_on_read: bool = False) -> None:
+def write_parquet_chunked(
+    df: pd.DataFrame, path: str | os.PathLike, *, derive_on_read: bool = False, alias: bool = False
+) -> None:
     """``df.to_parquet(path, index=False)`` a row group of :data:`PARQUET_CHUNK_ROWS` at a time, so only
     one chunk is ever held in Arrow form beside the frame (a whole-frame conversion doubles the memory
     of a level of millions of requests). Same columns, types and pandas metadata; more row groups; the
     encoding of :data:`SPLIT_FLOAT_COLUMNS` (zstd, byte-stream split floats). ``derive_on_read``: a
     request table whose :data:`DERIVED_ON_READ` columns are those :func:`finalize_frame` computed; they
-    are not stored (:func:`read_requests_file` computes them)."""
+    are not stored (:func:`read_requests_file` computes them). ``alias`` (with ``derive_on_read``, a
+    simulated level's table): the :data:`ALIAS_CANDIDATES` equal to their column in every row are not
+    stored either (the reader copies them)."""
     aliases = _Aliases()
-    if derive_on_read:
+    if derive_on_read and alias:
         aliases.check(df)
     with _ChunkedParquet(path, derive_on_read=derive_on_read, aliases=aliases.found()) as out:
         for start in range(0, max(len(df), 1), PARQUET_CHUNK_ROWS):
@@ -427,13 +436,16 @@ class _ChunkedParquet:
             self._writer.close()
 
 
-def _finalize_stream(directory: Path, window_start_s: float, window_end_s: float, path: Path) -> bool:
+def _finalize_stream(
+    directory: Path, window_start_s: float, window_end_s: float, path: Path, *, alias: bool = False
+) -> bool:
     """``requests.parquet`` (at ``path``) from the run's ``requests.arrow`` without holding the table:
     a first pass keeps each row's agent, send and end times (the tool waits join an agent's rows), a
     second adds ``in_window`` and ``tool_wait_s`` and writes :data:`PARQUET_CHUNK_ROWS` rows at a time
     (the :data:`DERIVED_ON_READ` metrics are computed when read). Read back, the same frame as
     :func:`finalize_frame` of all the rows (``tests/test_finalize_memory.py``). False (nothing written)
-    when the rows are not one run's (one ``run_id`` and ``level``, every agent known) or there are none."""
+    when the rows are not one run's (one ``run_id`` and ``level``, every agent known) or there are none.
+    ``alias``: a simulated level's rows (:data:`ALIAS_CANDIDATES` equal to their column not stored)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -448,7 +460,8 @@ def _finalize_stream(directory: Path, window_start_s: float, window_end_s: float
     for b in iter_raw_batches(directory, names):
         if b.column("agent").null_count:
             return False
-        aliases.check(b)
+        if alias:
+            aliases.check(b)
         agent.append(b.column("agent").to_numpy().copy())
         send.append(b.column("t_send_s").to_numpy(zero_copy_only=False).copy())
         end.append(b.column("t_end_s").to_numpy(zero_copy_only=False).copy())

@@ -120,7 +120,7 @@ def run_sim_level(
         writer.close()
         # the table is written a chunk at a time and read back on first use: a level of millions of
         # requests is never held whole (RunResult.read_requests reads the columns a sweep judges)
-        return finalize_run(out_dir, manifest, load=False)
+        return finalize_run(out_dir, manifest, load=False, simulated=True)
     return _in_memory_result(rows, manifest, window)
 
 
