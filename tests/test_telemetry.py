@@ -435,7 +435,7 @@ def _fast_trajectory_file(tmp_path):
 
 
 def test_sweep_uses_the_measured_power_for_agents_per_mw(tmp_path):
-    llm = SSEServer(ttft_s=0.02, itl_s=0.001)
+    llm = SSEServer(ttft_s=0.02, itl_s=0.005)
     dcgm = MetricsServer(watts=(350.0, 350.0), energy=False)
     with serving(llm, dcgm):
         cfg = SweepConfig(
@@ -444,7 +444,7 @@ def test_sweep_uses_the_measured_power_for_agents_per_mw(tmp_path):
             accelerators=2,
             accelerator_type="H200",
             trajectories=_fast_trajectory_file(tmp_path),
-            level_duration_s=1.0,
+            level_duration_s=1.5,
             warmup_s=0.2,
             min_trajectories=0,
             min_trajectories_per_agent=0,
@@ -476,14 +476,14 @@ def test_sweep_uses_the_measured_power_for_agents_per_mw(tmp_path):
 
 
 def test_sweep_falls_back_to_declared_power_when_nothing_is_measured(tmp_path):
-    llm = SSEServer(ttft_s=0.02, itl_s=0.001)
+    llm = SSEServer(ttft_s=0.02, itl_s=0.005)
     with serving(llm):
         cfg = SweepConfig(
             target=llm.base_url,
             model="m",
             accelerators=1,
             trajectories=_fast_trajectory_file(tmp_path),
-            level_duration_s=0.8,
+            level_duration_s=1.5,
             warmup_s=0.2,
             min_trajectories=0,
             min_trajectories_per_agent=0,
