@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--insitu",
         metavar="DIR",
-        help="fit the per-request engine work (admit_s, finish_s) in situ, from the decode spans of a "
+        help="fit the per-request engine work (admit_s, finish_s, end_s, release_s) in situ, from the "
+        "decode spans of a "
         "replay of your workload against the same server (the directory of 'agentperf run --out DIR' or "
         "of a sweep level); with --refit or after profiling (docs/simulator.md, 'In situ')",
     )

@@ -4,7 +4,8 @@ The profile's isolated probes time a request's set-up and end on an otherwise qu
 request arriving beside 1 or 4 decoding streams). On a real server that work depends on what the server
 holds and does at load: llama.cpp's server restores each arriving prompt from its host prompt cache and
 saves the idle slots' prompts there, all in the one thread that also runs the decode steps (measured: an
-arrival stalls the other streams ~7 ms in a replay of 16-32 agents against 1.7 ms in the isolated probe);
+arrival stalls the other streams 6.5 ms in a 32-agent replay where the same server's isolated probes fit
+0 ms; docs/simulator.md, "Fourth pass");
 vLLM's API server does much of its per-request work in another process beside the engine, so that the
 isolated probe overstates what the steps wait for at load. The in-situ fit measures it where it matters.
 It can also depend on the server's history: on llama.cpp (-t 1, 32 agents of the validation workload) an
@@ -85,7 +86,8 @@ class InsituFit:
 
 def insitu_work(rows: pd.DataFrame, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The decode spans of ``rows`` (ok requests with >= 2 output tokens), their work amounts (columns
-    :data:`~agentperf_kit.twin.fit.COLUMNS`; ``admit_s`` = arrivals, ``finish_s`` = finishes), their
+    :data:`~agentperf_kit.twin.fit.COLUMNS`; ``admit_s`` = arrivals, ``finish_s`` = the other finishes
+    plus 1, its own end), their
     step counts and whether each is in the steady window (``in_window``; all True without the column),
     by the module's definitions. ``chunk``: the server's prefill chunk (tokens)."""
     from .profile import prefill_work
