@@ -24,11 +24,13 @@ load average, and the curve table its client self-check and unmeasurable share.
 The measured sweep resumes from ``--out`` when run again with the same settings (a live one takes many
 minutes), the twin sweeps are always redone. The twin's answer is the ``mid`` sweep; ``low`` / ``high``
 sweeps (coefficients at their 95 % bounds) give the band. Pass ``--twin PATH`` to skip profiling and
-reuse a twin. ``--insitu-agents N`` fits the twin's per-request work in situ before the sweeps:
-``agentperf run`` replays the same trajectories at N agents (a seed of its own) for ``--insitu-s``
+reuse a twin. ``--insitu-agents N[,M...]`` fits the twin's per-request work in situ before the sweeps:
+``agentperf run`` replays the same trajectories at each N agents (a seed of its own) for ``--insitu-s``
 seconds (default 30) after ``--insitu-warmup`` (default 30, so the server is in a served state), and
-``agentperf profile --insitu`` takes admit_s and finish_s from its decode spans
-(``agentperf_kit.twin.insitu``); the twins swept are then ``--out``/twin_insitu.toml. The 1-minute load
+``agentperf profile --insitu DIR ...`` takes admit_s and finish_s from their decode spans, pooled
+(``agentperf_kit.twin.insitu``; a low and a high load of the range swept, e.g. ``32,96`` for
+``--max-agents 128``: what a request costs the others moves with load on vLLM, so a fit at one load holds
+near it only); the twins swept are then ``--out``/twin_insitu.toml. The 1-minute load
 average is printed before and after each phase: the figures depend on it on a shared machine.
 """
 
@@ -169,36 +171,53 @@ def _sweep(target: str, args: argparse.Namespace, out: Path, *, live: bool = Fal
 
 
 def _insitu(twin: Path, base: str, model: str, args: argparse.Namespace, out: Path, report: dict) -> Path:
-    """Replay the workload at ``--insitu-agents`` agents for ``--insitu-s`` seconds (its own seed, not the
-    sweep's) with ``agentperf run``, fit the per-request work from it (``agentperf profile --insitu``) and
-    return the twin with it (``out/twin_insitu.toml``; the profiled twin is left as it was)."""
+    """Replay the workload at each of ``--insitu-agents`` agent counts for ``--insitu-s`` seconds (a seed
+    of its own, not the sweep's) with ``agentperf run``, fit the per-request work from the replays pooled
+    (``agentperf profile --insitu DIR ...``) and return the twin with it (``out/twin_insitu.toml``; the
+    profiled twin is left as it was)."""
     from agentperf_kit.twin.insitu import insitu_twin
 
-    replay = out / "insitu-replay"
-    cmd = [
-        sys.executable, "-m", "agentperf_kit.cli", "run", "--target", base, "--model", model,
-        "-n", str(args.insitu_agents), "--duration", str(args.insitu_s), "--warmup", str(args.insitu_warmup),
-        "--min-trajectories", "0", "--min-trajectories-per-agent", "0", "--drain-timeout", "5",
-        "--trajectories", args.trajectories_file, "--endpoint", "completions", "--seed",
-        str(args.seed + 7919), "--out", str(replay), "--overwrite", "--quiet",
-    ]  # fmt: skip
+    replays = []
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    dst, f = insitu_twin(twin, replay, out / "twin_insitu.toml")
+    for n in args.insitu_agents:
+        replay = out / f"insitu-replay-n{n}"
+        cmd = [
+            sys.executable, "-m", "agentperf_kit.cli", "run", "--target", base, "--model", model,
+            "-n", str(n), "--duration", str(args.insitu_s), "--warmup", str(args.insitu_warmup),
+            "--min-trajectories", "0", "--min-trajectories-per-agent", "0", "--drain-timeout", "5",
+            "--trajectories", args.trajectories_file, "--endpoint", "completions", "--seed",
+            str(args.seed + 7919 + n), "--out", str(replay), "--overwrite", "--quiet",
+        ]  # fmt: skip
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        print(f"in situ: replayed {n} agents -> {replay} (load {_load()})")
+        replays.append(replay)
+    dst, f = insitu_twin(twin, replays, out / "twin_insitu.toml")
     report["insitu"] = {
-        "agents": args.insitu_agents,
+        "agents": list(args.insitu_agents),
         "window_s": args.insitu_s,
         "wall_s": round(time.perf_counter() - t0, 1),
         **f.as_dict(),
         "loadavg_after": _load(),
     }
+    agents = ", ".join(str(n) for n in args.insitu_agents)
     print(
-        f"in situ: {args.insitu_agents} agents, {f.spans} decode spans ({f.arrivals_per_span:.2f} "
+        f"in situ: {agents} agents pooled, {f.spans} decode spans ({f.arrivals_per_span:.2f} "
         f"arrivals per span): admit_s {f.admit_s * 1e3:.2f} +- {f.admit_s_se * 1e3:.2f} ms, finish_s "
         f"{f.finish_s * 1e3:.2f}, end_s {f.end_s * 1e3:.2f}, release_s {f.release_s * 1e3:.2f} ms, left per "
         f"step {f.leftover_per_step_s * 1e3:.3f} ms -> {dst} (load {_load()})"
     )
     return dst
+
+
+def _agent_counts(text: str) -> list[int]:
+    """``--insitu-agents``: agent counts separated by commas (``32,96``); ``0`` = off."""
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"agent counts like 32,96 expected, got {text!r}") from None
+    if any(n < 0 for n in counts):
+        raise argparse.ArgumentTypeError(f"agent counts must be >= 0, got {text!r}")
+    return [n for n in counts if n > 0]
 
 
 # --tiers single-stream: (name, speed divisor, TTFT multiple) of the twin's single-agent P25 speed / P95 TTFT
@@ -262,9 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--insitu-agents",
-        type=int,
-        default=0,
-        help="fit the per-request work in situ from a replay of this many agents (0: off)",
+        type=_agent_counts,
+        default=[],
+        help="fit the per-request work in situ from replays of these many agents, pooled (e.g. 32,96: a "
+        "low and a high load of the sweep's range; 0: off)",
     )
     ap.add_argument(
         "--insitu-s", type=float, default=30.0, help="the in-situ replay's window, s (default 30)"

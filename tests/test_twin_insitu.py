@@ -6,6 +6,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from agentperf_kit.agents import RunRules
@@ -117,3 +118,42 @@ def test_insitu_without_a_replay_is_one_clear_error(tmp_path, capsys):
     with pytest.raises(MeasurementError):
         insitu_twin(path, tmp_path, tmp_path / "y.toml", rows=run_sim_level(
             _trajectories()[:1], 1, RULES, deployment=path, seed=1).requests.head(3))  # fmt: skip
+
+
+def test_replays_at_two_loads_pool_into_one_fit(tmp_path):
+    # two replays (8 and 32 agents), each on its own clock from 0: pooled, every span is judged against
+    # its own replay's requests only (concatenating the rows would lay the two runs over each other and
+    # count the other run's requests as arrivals and finishes), and the fit gives the known costs back
+    path, step = _twin(tmp_path / "t.toml", 0.004, 0.0005, release_s=0.002)
+    low = run_sim_level(_trajectories(), 8, RULES, deployment=path, seed=3).requests
+    high = run_sim_level(_trajectories(), 32, RULES, deployment=path, seed=4).requests
+    one_low, one_high = fit_insitu(low, step, 2048), fit_insitu(high, step, 2048)
+    f = fit_insitu([low, high], step, 2048)
+    assert f.replays == 2 and f.spans == one_low.spans + one_high.spans
+    assert min(one_low.arrivals_per_span, one_high.arrivals_per_span) < f.arrivals_per_span
+    assert f.arrivals_per_span < max(one_low.arrivals_per_span, one_high.arrivals_per_span)
+    assert f.admit_s == pytest.approx(0.004, rel=0.15)
+    assert f.admit_s + f.other_finish_s == pytest.approx(0.004 + 0.0005 + 0.002, rel=0.1)
+    laid_over = fit_insitu(pd.concat([low, high], ignore_index=True), step, 2048)
+    assert laid_over.arrivals_per_span > 1.2 * f.arrivals_per_span  # what pooling by replay avoids
+
+
+def test_profile_insitu_takes_several_replays_and_names_a_short_one(tmp_path, capsys):
+    path, _ = _twin(tmp_path / "truth.toml", 0.004, 0.0005)
+    for n, seed in ((8, 3), (32, 4)):
+        run_sim_level(_trajectories(), n, RULES, deployment=path, seed=seed, out_dir=tmp_path / f"r{n}")
+    out = tmp_path / "pooled.toml"
+    src = ROOT / "benchmarks" / "results" / "twin" / "llama_t1_quiet_2026-12-01d.twin.toml"
+    argv = ["profile", "--refit", str(src), "--insitu", str(tmp_path / "r8"), str(tmp_path / "r32")]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert f"{tmp_path / 'r8'}, {tmp_path / 'r32'}" in capsys.readouterr().out
+    data = tomllib.loads(out.read_text())
+    assert data["insitu"]["source"] == [str(tmp_path / "r8"), str(tmp_path / "r32")]
+    assert data["insitu"]["replays"] == 2 and data["step"]["admit_s"] > 0.002  # the probe's: 0.9 ms
+    short = run_sim_level(
+        _trajectories()[:2], 1, RunRules(warmup_s=0, duration_s=0.05, min_trajectories=0,
+                                          min_trajectories_per_agent=0), deployment=path, seed=2
+    ).requests  # fmt: skip
+    full = run_sim_level(_trajectories(), 8, RULES, deployment=path, seed=3).requests
+    with pytest.raises(MeasurementError, match=r"replay 2 of 2 gave \d+ decode spans, fewer than 30"):
+        fit_insitu([full, short], {**STEP}, 2048)

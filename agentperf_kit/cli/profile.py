@@ -31,10 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--insitu",
         metavar="DIR",
+        nargs="+",
         help="fit the per-request engine work (admit_s, finish_s, end_s, release_s) in situ, from the "
-        "decode spans of a "
-        "replay of your workload against the same server (the directory of 'agentperf run --out DIR' or "
-        "of a sweep level); with --refit or after profiling (docs/simulator.md, 'In situ')",
+        "decode spans of a replay of your workload against the same server (the directory of "
+        "'agentperf run --out DIR' or of a sweep level); several replays (e.g. at a low and a high load) "
+        "are pooled into one fit; with --refit or after profiling (docs/simulator.md, 'In situ')",
     )
     p.add_argument("--out", required=True, help="twin preset to write (a path ending in .toml)")
     p.add_argument("--max-context", type=positive_int, help="largest prompt + output to send (tokens)")
@@ -66,7 +67,8 @@ def _profile(args: argparse.Namespace) -> int:
     if args.insitu:
         from ..twin.insitu import replay_file
 
-        replay_file(args.insitu)  # before anything is measured or written
+        for replay in args.insitu:  # before anything is measured or written
+            replay_file(replay)
     if args.refit:
         path, f = refit_twin(args.refit, args.out)
         print(f"wrote {path} (refit of {args.refit}: {len(f.predicted)} observations)")
@@ -117,8 +119,8 @@ def _apply_insitu(args: argparse.Namespace, path) -> None:
         return
     _, f = insitu_twin(path, args.insitu, path)
     print(
-        f"in situ ({f.spans} decode spans of {args.insitu}; {f.arrivals_per_span:.2f} arrivals and "
-        f"{f.finishes_per_span:.2f} finishes per span; a request's end costs the others "
+        f"in situ ({f.spans} decode spans of {', '.join(args.insitu)}; {f.arrivals_per_span:.2f} arrivals "
+        f"and {f.finishes_per_span:.2f} finishes per span; a request's end costs the others "
         f"{f.other_finish_s:.3g} s, itself {f.own_end_s:.3g} s):"
     )
     print(f"  {'admit_s':16s} {f.admit_s:.4g} +- {f.admit_s_se:.2g}")

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,9 +61,9 @@ class InsituFit:
     in the twin's terms: ``admit_s`` per arrival, ``finish_s`` per finish (the finishing stream and the
     others wait), ``end_s`` (only the finishing stream waits) and ``release_s`` (only the others wait);
     ``other_finish_s`` / ``own_end_s`` are the regression's raw per-finish costs to the others and to the
-    finishing stream itself; ``leftover_per_step_s`` = mean residual per step after the terms
-    (diagnostic); ``arrivals_per_span`` / ``finishes_per_span`` = their means over the spans (others' ends
-    plus its own: how much the data exercise them)."""
+    finishing stream itself; ``replays`` = the replays pooled; ``leftover_per_step_s`` = mean residual
+    per step after the terms (diagnostic); ``arrivals_per_span`` / ``finishes_per_span`` = their means
+    over the spans (others' ends plus its own: how much the data exercise them)."""
 
     admit_s: float
     admit_s_se: float
@@ -75,6 +76,7 @@ class InsituFit:
     other_finish_s: float
     own_end_s: float
     spans: int
+    replays: int
     leftover_per_step_s: float
     arrivals_per_span: float
     finishes_per_span: float
@@ -129,21 +131,33 @@ def insitu_work(rows: pd.DataFrame, chunk: int) -> tuple[np.ndarray, np.ndarray,
     return end - first, x, steps, window
 
 
-def fit_insitu(rows: pd.DataFrame, step: dict[str, float], chunk: int) -> InsituFit:
+def fit_insitu(rows: pd.DataFrame | Sequence[pd.DataFrame], step: dict[str, float], chunk: int) -> InsituFit:
     """Fit ``admit_s`` and ``finish_s`` from a replay's ``rows`` given the twin's other coefficients
     ``step`` (its ``[step]`` table; :data:`PER_REQUEST` ignored) and ``end_s`` and ``release_s`` with
-    them (the module's mapping). Raises
-    :class:`~agentperf_kit.errors.MeasurementError` with fewer than :data:`MIN_SPANS` spans."""
+    them (the module's mapping). ``rows`` may be several replays (each on its own clock, e.g. at a low and
+    a high load): their spans are pooled into one fit, so that the terms hold over the loads replayed
+    rather than at one. Raises :class:`~agentperf_kit.errors.MeasurementError` with fewer than
+    :data:`MIN_SPANS` spans in any replay."""
     from scipy.optimize import nnls
 
-    span, x, steps, window = insitu_work(rows, chunk)
-    if window.sum() >= MIN_SPANS:  # the steady window's spans (others in the warm-up still count as load)
-        span, x, steps = span[window], x[window], steps[window]
-    if len(span) < MIN_SPANS:
-        raise MeasurementError(
-            f"the in-situ replay gave {len(span)} decode spans, fewer than {MIN_SPANS}: "
-            "replay more agents or for longer (agentperf run -n N --duration S)"
-        )
+    frames = [rows] if isinstance(rows, pd.DataFrame) else list(rows)
+    if not frames:
+        raise MeasurementError("the in-situ fit needs at least one replay")
+    parts = []
+    for i, frame in enumerate(frames):
+        span, x, steps, window = insitu_work(frame, chunk)
+        if window.sum() >= MIN_SPANS:  # the steady window's spans (others in the warm-up still count)
+            span, x, steps = span[window], x[window], steps[window]
+        if len(span) < MIN_SPANS:
+            which = f"replay {i + 1} of {len(frames)}" if len(frames) > 1 else "the in-situ replay"
+            raise MeasurementError(
+                f"{which} gave {len(span)} decode spans, fewer than {MIN_SPANS}: "
+                "replay more agents or for longer (agentperf run -n N --duration S)"
+            )
+        parts.append((span, x, steps))
+    span = np.concatenate([p[0] for p in parts])
+    x = np.vstack([p[1] for p in parts])
+    steps = np.concatenate([p[2] for p in parts])
     names = [n for n in COLUMNS if n in step and n not in PER_REQUEST]
     theta = np.array([float(step[n]) for n in names])
     resid = span - _predict(theta, names, x)
@@ -177,6 +191,7 @@ def fit_insitu(rows: pd.DataFrame, step: dict[str, float], chunk: int) -> Insitu
         other_finish_s=o,
         own_end_s=e,
         spans=len(span),
+        replays=len(frames),
         leftover_per_step_s=float(left.sum() / steps.sum()),
         arrivals_per_span=float(arrivals.mean()),
         finishes_per_span=float(others.mean() + 1.0),
@@ -204,30 +219,32 @@ def _read_rows(source: str | os.PathLike) -> pd.DataFrame:
 
 def insitu_twin(
     src: str | os.PathLike,
-    replay: str | os.PathLike,
+    replay: str | os.PathLike | Sequence[str | os.PathLike],
     dst: str | os.PathLike,
     *,
-    rows: pd.DataFrame | None = None,
+    rows: pd.DataFrame | Sequence[pd.DataFrame] | None = None,
 ) -> tuple[Path, InsituFit]:
     """Write twin ``dst``: twin ``src`` with ``admit_s``, ``finish_s``, ``end_s`` and ``release_s`` (and
-    their standard errors) fitted in situ from the replay in directory ``replay`` (:func:`fit_insitu`;
-    ``rows`` instead of reading it); the fit's figures and the replay's path go to ``[insitu]``, the
-    isolated probes' values to ``[insitu] probe_admit_s``, ``probe_finish_s`` and ``probe_end_s``."""
+    their standard errors) fitted in situ from the replay in directory ``replay``, or pooled over several
+    replays (:func:`fit_insitu`; ``rows`` instead of reading them); the fit's figures and the replays'
+    paths go to ``[insitu]``, the isolated probes' values to ``[insitu] probe_admit_s``,
+    ``probe_finish_s`` and ``probe_end_s``."""
     from ..sim.twin import TWIN_KIND, dump_toml
     from .profile import _COMMENTS
 
     data = tomllib.loads(Path(src).read_text())
     if data.get("kind") != TWIN_KIND:
         raise ConfigError(f"{src}: not a twin preset (kind = {data.get('kind')!r}, expected {TWIN_KIND!r})")
+    replays = [replay] if isinstance(replay, str | os.PathLike) else list(replay)
     if rows is None:
-        rows = _read_rows(replay)
+        rows = [_read_rows(r) for r in replays]
     step = dict(data.get("step") or {})
     se = dict(data.get("step_se") or {})
     chunk = int(data["engine"]["max_num_batched_tokens"])
     f = fit_insitu(rows, step, chunk)
     old = dict(data.get("insitu") or {})
     section = {
-        "source": str(replay),
+        "source": str(replays[0]) if len(replays) == 1 else [str(r) for r in replays],
         "probe_admit_s": old.get("probe_admit_s", float(step.get("admit_s", 0.0))),
         "probe_finish_s": old.get("probe_finish_s", float(step.get("finish_s", 0.0))),
         "probe_end_s": old.get("probe_end_s", float(step.get("end_s", 0.0))),
