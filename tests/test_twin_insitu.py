@@ -157,3 +157,27 @@ def test_profile_insitu_takes_several_replays_and_names_a_short_one(tmp_path, ca
     full = run_sim_level(_trajectories(), 8, RULES, deployment=path, seed=3).requests
     with pytest.raises(MeasurementError, match=r"replay 2 of 2 gave \d+ decode spans, fewer than 30"):
         fit_insitu([full, short], {**STEP}, 2048)
+
+
+def test_queued_steps_cost_only_while_a_request_waits_and_the_fit_finds_it(tmp_path):
+    # llama.cpp's server steps slower while requests wait for its slots (docs/simulator.md): the twin adds
+    # queued_step_s to a step only then. 2 agents on 4 slots never queue: the table is the same with or
+    # without the term; 128 agents queue, their streams slow, and the in-situ fit (given the slots) finds
+    # the term beside the arrival cost
+    quiet, step = _twin(tmp_path / "q0.toml", 0.004, 0.0005)
+    data = tomllib.loads((tmp_path / "q0.toml").read_text())
+    data["step"]["queued_step_s"] = 0.0008
+    (tmp_path / "q1.toml").write_text(dump_toml(data))
+    slow = str(tmp_path / "q1.toml")
+    few = [run_sim_level(_trajectories(), 2, RULES, deployment=p, seed=1).requests for p in (quiet, slow)]
+    pd.testing.assert_frame_equal(few[0].drop(columns="run_id"), few[1].drop(columns="run_id"))
+    many = [run_sim_level(_trajectories(), 128, RULES, deployment=p, seed=1).requests for p in (quiet, slow)]
+    assert many[1]["output_speed_tps"].median() < 0.8 * many[0]["output_speed_tps"].median()
+    f = fit_insitu(many[1], step, 2048, slots=4)
+    assert f.queued_steps_share > 0.3
+    assert f.queued_step_s == pytest.approx(0.0008, rel=0.25)
+    assert f.admit_s == pytest.approx(0.004, rel=0.25)
+    # without the slots the fit has no queue term and puts the queue's cost elsewhere
+    assert fit_insitu(many[1], step, 2048).queued_step_s == 0.0
+    # with slots the queue-free twin's replay gives (about) none
+    assert fit_insitu(many[0], step, 2048, slots=4).queued_step_s < 0.0001

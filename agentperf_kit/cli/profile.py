@@ -124,8 +124,9 @@ def _apply_insitu(args: argparse.Namespace, path) -> None:
         f"{f.other_finish_s:.3g} s, itself {f.own_end_s:.3g} s):"
     )
     print(f"  {'admit_s':16s} {f.admit_s:.4g} +- {f.admit_s_se:.2g}")
-    for name in ("finish_s", "end_s", "release_s"):
+    for name in ("finish_s", "end_s", "release_s", "queued_step_s"):
         print(f"  {name:16s} {getattr(f, name):.4g} +- {getattr(f, name + '_se'):.2g}")
+    print(f"  {'':16s} (queued_step_s: per step while a request waits; {f.queued_steps_share:.0%} of steps)")
     print(f"  left per step    {f.leftover_per_step_s:.3g} s (not used; > 0: slower steps in situ)")
 
 

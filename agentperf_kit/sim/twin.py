@@ -24,6 +24,11 @@ older twin files load with 0. ``release_s`` is engine-loop work after a request'
 (llama.cpp releases the slot after the final chunk is sent): the other streams' next step waits for it,
 the finished request does not. The isolated probes cannot see it apart from ``finish_s``; the in-situ
 fit (:mod:`agentperf_kit.twin.insitu`) can, from the other requests' ends during a stream.
+``queued_step_s`` is added to every step taken while a request that has arrived waits for admission (no
+free slot or KV): llama.cpp's server runs its decode steps slower while requests queue for its slots
+(measured on the real one, ``benchmarks/twin_queue_drag.py``: 4 streams at a median 870 tok/s each with
+no request waiting, 575 with 30 and 502 with 100 waiting, 0.6-0.8 ms more a step; docs/simulator.md).
+Only the in-situ fit sees it (the isolated probes never queue).
 
 ``overlap`` (0..1) is the share of the smaller part hidden under the larger one when a step carries
 both (a GPU streams weights and KV while its tensor cores run the prefill; the roofline engine's
@@ -81,7 +86,8 @@ __all__ = [
 
 TWIN_KIND = "agentperf-twin"
 # coefficient names, in seconds per unit: step, prefill token, decode sequence, context token, prefill pair,
-# admitted request, finished request, a request's own end, a finished request's release (the work amounts
+# admitted request, finished request, a request's own end, a finished request's release, step while a
+# request waits for admission (the work amounts
 # an observation carries, :mod:`agentperf_kit.twin.fit`; ``step_s`` stays first: the fit scales the
 # overlap form's ``mem_s`` by it)
 TERMS = (
@@ -94,6 +100,7 @@ TERMS = (
     "finish_s",
     "end_s",
     "release_s",
+    "queued_step_s",
 )
 # the shape terms of the mixed-step form: memory-side seconds per step, overlap share (0..1)
 SHAPE = ("mem_s", "overlap")
@@ -103,7 +110,8 @@ SHAPE = ("mem_s", "overlap")
 class StepModel:
     """Fitted step-time coefficients (seconds per step / prefill token / decode sequence / context token
     read / prefill attention pair / admitted request / finished request / a request's own end / a
-    finished request's release, memory-side seconds per step, overlap share 0..1);
+    finished request's release / step while a request waits for admission, memory-side seconds per
+    step, overlap share 0..1);
     the form is in the module docstring."""
 
     step_s: float
@@ -115,6 +123,7 @@ class StepModel:
     finish_s: float = 0.0
     end_s: float = 0.0
     release_s: float = 0.0
+    queued_step_s: float = 0.0
     mem_s: float = 0.0
     overlap: float = 0.0
 
@@ -197,10 +206,10 @@ class TwinEngine(Engine):
         """(step seconds, d seconds / d decode context): ``tokens`` = ``n_dec`` decoding sequences x ``q``
         queries each + prefill tokens; ``ctx`` the decode context sum, ``pkv`` the KV tokens the prefill
         chunks read, ``pairs`` their attention pairs (the engine's seam for every step it times); plus
-        ``admit_s`` for each request the step admits (``Engine.step_admits``); times the server-noise
-        factor in force."""
+        ``admit_s`` for each request the step admits (``Engine.step_admits``) and ``queued_step_s`` while
+        a request waits for admission; times the server-noise factor in force."""
         t, slope = self.model.time_slope(max(0.0, tokens - n_dec * q), n_dec, ctx + pkv, pairs)
-        t += self.model.admit_s * self.step_admits
+        t += self.model.admit_s * self.step_admits + self._queued_s()
         if self._noisy:
             f = self._factor()
             return t * f, slope * f
@@ -236,10 +245,22 @@ class TwinEngine(Engine):
             self.now += dt
             self.busy_s += dt
 
+    def _queued_s(self) -> float:
+        """``queued_step_s`` when a request that has arrived waits for admission, else 0 (a decode segment
+        keeps the state it starts with: admissions happen at finishes and arrivals, which end segments)."""
+        q = self.model.queued_step_s
+        if q:
+            w = self.waiting
+            if w and w[0].t_arrival <= self.now:
+                return q
+        return 0.0
+
     def _decode_parts(self, b: int, ctx: float) -> tuple[float, float]:
         """Pure decode of ``b`` sequences at context sum ``ctx``: (step seconds, d seconds / d context),
-        the seam the engine's decode segments and ``decode_step_time`` read (times the noise factor)."""
+        the seam the engine's decode segments and ``decode_step_time`` read (plus ``queued_step_s`` while
+        a request waits; times the noise factor)."""
         t, slope = self.model.time_slope(0.0, b, ctx, 0.0)
+        t += self._queued_s()
         if self._noisy:
             f = self._factor()
             return t * f, slope * f

@@ -52,7 +52,8 @@ from .fit import COLUMNS, _predict
 __all__ = ["InsituFit", "fit_insitu", "insitu_twin", "insitu_work", "replay_file"]
 
 MIN_SPANS = 30  # fewer decode spans than this cannot separate arrivals from finishes
-PER_REQUEST = ("admit_s", "finish_s", "end_s", "release_s")  # the terms the in-situ fit replaces
+# the terms the in-situ fit replaces
+PER_REQUEST = ("admit_s", "finish_s", "end_s", "release_s", "queued_step_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,9 @@ class InsituFit:
     ``other_finish_s`` / ``own_end_s`` are the regression's raw per-finish costs to the others and to the
     finishing stream itself; ``replays`` = the replays pooled; ``leftover_per_step_s`` = mean residual
     per step after the terms (diagnostic); ``arrivals_per_span`` / ``finishes_per_span`` = their means
-    over the spans (others' ends plus its own: how much the data exercise them)."""
+    over the spans (others' ends plus its own: how much the data exercise them); ``queued_step_s`` =
+    seconds added to a step while a request waits for admission, ``queued_steps_share`` = the share of
+    the spans' steps taken so."""
 
     admit_s: float
     admit_s_se: float
@@ -73,6 +76,8 @@ class InsituFit:
     end_s_se: float
     release_s: float
     release_s_se: float
+    queued_step_s: float
+    queued_step_s_se: float
     other_finish_s: float
     own_end_s: float
     spans: int
@@ -80,18 +85,43 @@ class InsituFit:
     leftover_per_step_s: float
     arrivals_per_span: float
     finishes_per_span: float
+    queued_steps_share: float
 
     def as_dict(self) -> dict[str, float]:
         """The fields as a flat dict (for a TOML section)."""
         return {k: getattr(self, k) for k in self.__slots__}
 
 
-def insitu_work(rows: pd.DataFrame, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def queued_share(rows: pd.DataFrame, slots: int, first: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """For each span ``[first[k], end[k]]``: the share of it during which more than ``slots`` of ``rows``'
+    requests were in flight (sent, not ended: a request then waits for admission at a server with
+    ``slots`` sequences at most), from the client's clock."""
+    t_send = rows["t_send_s"].to_numpy(float)
+    t_end = rows["t_end_s"].to_numpy(float)
+    ok = np.isfinite(t_send) & np.isfinite(t_end)
+    times = np.concatenate([t_send[ok], t_end[ok]])
+    steps = np.concatenate([np.ones(ok.sum()), -np.ones(ok.sum())])
+    order = np.argsort(times, kind="stable")
+    times, count = times[order], np.cumsum(steps[order])
+    over = (count > slots).astype(float)  # in force from times[i] to times[i + 1]
+    # F(t): time spent over ``slots`` up to t, piecewise linear between the event times
+    cum = np.concatenate([[0.0], np.cumsum(over[:-1] * np.diff(times))]) if len(times) else np.zeros(0)
+    if len(times) < 2:
+        return np.zeros(len(first))
+    spent = np.interp(end, times, cum) - np.interp(first, times, cum)
+    return np.clip(spent / np.maximum(end - first, 1e-12), 0.0, 1.0)
+
+
+def insitu_work(
+    rows: pd.DataFrame, chunk: int, slots: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The decode spans of ``rows`` (ok requests with >= 2 output tokens), their work amounts (columns
     :data:`~agentperf_kit.twin.fit.COLUMNS`; ``admit_s`` = arrivals, ``finish_s`` = the other finishes
     plus 1, its own end), their
     step counts and whether each is in the steady window (``in_window``; all True without the column),
-    by the module's definitions. ``chunk``: the server's prefill chunk (tokens)."""
+    by the module's definitions. ``chunk``: the server's prefill chunk (tokens); ``slots``: its largest
+    batch, which gives ``queued_step_s`` = steps x the span's share with a request waiting
+    (:func:`queued_share`; none without it)."""
     from .profile import prefill_work
 
     d = rows[rows["ok"].astype(bool) & (rows["output_tokens"] >= 2)]
@@ -128,15 +158,24 @@ def insitu_work(rows: pd.DataFrame, chunk: int) -> tuple[np.ndarray, np.ndarray,
         x[k, col["context_token_s"]] += steps[k] * (ctx[k] + float(w @ ctx))
         x[k, col["admit_s"]] = inside.sum()
         x[k, col["finish_s"]] = 1.0 + ends.sum()
+    if slots is not None:
+        x[:, col["queued_step_s"]] = steps * queued_share(rows, slots, first, end)
     return end - first, x, steps, window
 
 
-def fit_insitu(rows: pd.DataFrame | Sequence[pd.DataFrame], step: dict[str, float], chunk: int) -> InsituFit:
+def fit_insitu(
+    rows: pd.DataFrame | Sequence[pd.DataFrame],
+    step: dict[str, float],
+    chunk: int,
+    slots: int | None = None,
+) -> InsituFit:
     """Fit ``admit_s`` and ``finish_s`` from a replay's ``rows`` given the twin's other coefficients
     ``step`` (its ``[step]`` table; :data:`PER_REQUEST` ignored) and ``end_s`` and ``release_s`` with
     them (the module's mapping). ``rows`` may be several replays (each on its own clock, e.g. at a low and
     a high load): their spans are pooled into one fit, so that the terms hold over the loads replayed
-    rather than at one. Raises :class:`~agentperf_kit.errors.MeasurementError` with fewer than
+    rather than at one. With ``slots`` (the server's largest batch) the steps taken while a request waits
+    for admission get their own cost, ``queued_step_s`` (fitted when at least :data:`MIN_SPANS` spans
+    saw a queue; else 0). Raises :class:`~agentperf_kit.errors.MeasurementError` with fewer than
     :data:`MIN_SPANS` spans in any replay."""
     from scipy.optimize import nnls
 
@@ -145,7 +184,7 @@ def fit_insitu(rows: pd.DataFrame | Sequence[pd.DataFrame], step: dict[str, floa
         raise MeasurementError("the in-situ fit needs at least one replay")
     parts = []
     for i, frame in enumerate(frames):
-        span, x, steps, window = insitu_work(frame, chunk)
+        span, x, steps, window = insitu_work(frame, chunk, slots)
         if window.sum() >= MIN_SPANS:  # the steady window's spans (others in the warm-up still count)
             span, x, steps = span[window], x[window], steps[window]
         if len(span) < MIN_SPANS:
@@ -163,16 +202,22 @@ def fit_insitu(rows: pd.DataFrame | Sequence[pd.DataFrame], step: dict[str, floa
     resid = span - _predict(theta, names, x)
     arrivals = x[:, COLUMNS.index("admit_s")]
     others = x[:, COLUMNS.index("finish_s")] - 1.0  # the other requests' ends inside the span
-    design = np.column_stack([arrivals, others, np.ones(len(span))])
+    queued = x[:, COLUMNS.index("queued_step_s")]
+    cols = [arrivals, others, np.ones(len(span))]
+    if np.count_nonzero(queued) >= MIN_SPANS:  # enough spans saw a queue to tell its cost
+        cols.append(queued)
+    design = np.column_stack(cols)
     coef, _ = nnls(design, resid)
     left = resid - design @ coef
-    s2 = float(left @ left) / max(1, len(span) - 3)
+    k = design.shape[1]
+    s2 = float(left @ left) / max(1, len(span) - k)
     try:
         cov = s2 * np.linalg.inv(design.T @ design)
     except np.linalg.LinAlgError:
-        cov = np.full((3, 3), np.inf)
-    a, o, e = (float(c) for c in coef)
+        cov = np.full((k, k), np.inf)
+    a, o, e = (float(c) for c in coef[:3])
     var = np.diag(cov)
+    q, q_se = (float(coef[3]), float(var[3] ** 0.5)) if k == 4 else (0.0, 0.0)
     diff_se = float(np.sqrt(max(0.0, var[1] + var[2] - 2.0 * cov[1, 2])))
     # others wait finish_s + release_s, the finishing stream finish_s + end_s: the shared part is finish_s
     if e <= o:
@@ -188,6 +233,8 @@ def fit_insitu(rows: pd.DataFrame | Sequence[pd.DataFrame], step: dict[str, floa
         end_s_se=end_se,
         release_s=release,
         release_s_se=release_se,
+        queued_step_s=q,
+        queued_step_s_se=q_se,
         other_finish_s=o,
         own_end_s=e,
         spans=len(span),
@@ -195,6 +242,7 @@ def fit_insitu(rows: pd.DataFrame | Sequence[pd.DataFrame], step: dict[str, floa
         leftover_per_step_s=float(left.sum() / steps.sum()),
         arrivals_per_span=float(arrivals.mean()),
         finishes_per_span=float(others.mean() + 1.0),
+        queued_steps_share=float(queued.sum() / steps.sum()),
     )
 
 
@@ -241,7 +289,7 @@ def insitu_twin(
     step = dict(data.get("step") or {})
     se = dict(data.get("step_se") or {})
     chunk = int(data["engine"]["max_num_batched_tokens"])
-    f = fit_insitu(rows, step, chunk)
+    f = fit_insitu(rows, step, chunk, int(data["engine"]["max_num_seqs"]))
     old = dict(data.get("insitu") or {})
     section = {
         "source": str(replays[0]) if len(replays) == 1 else [str(r) for r in replays],
@@ -251,8 +299,20 @@ def insitu_twin(
         **f.as_dict(),
         "fitted_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    step.update(admit_s=f.admit_s, finish_s=f.finish_s, end_s=f.end_s, release_s=f.release_s)
-    se.update(admit_s=f.admit_s_se, finish_s=f.finish_s_se, end_s=f.end_s_se, release_s=f.release_s_se)
+    step.update(
+        admit_s=f.admit_s,
+        finish_s=f.finish_s,
+        end_s=f.end_s,
+        release_s=f.release_s,
+        queued_step_s=f.queued_step_s,
+    )
+    se.update(
+        admit_s=f.admit_s_se,
+        finish_s=f.finish_s_se,
+        end_s=f.end_s_se,
+        release_s=f.release_s_se,
+        queued_step_s=f.queued_step_s_se,
+    )
     data["step"], data["step_se"], data["insitu"] = step, se, section
     out = Path(dst)
     out.parent.mkdir(parents=True, exist_ok=True)
