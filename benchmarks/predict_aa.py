@@ -1,6 +1,6 @@
 """What the calibrated simulator predicts for AA-AgentPerf's published results, as a band (no tuning).
 
-    python benchmarks/predict_aa.py [--systems H200,B300,MI355X,GB300] [--out benchmarks/results]
+    python benchmarks/predict_aa.py [--systems H200,B300,MI355X,GB300] [--out benchmarks/results] [--jobs 2]
 
 For each published system that has a simulated preset, runs the full default sweep (AA rules, the
 ``aa-dsv4pro`` tiers, default synthetic trajectories) at the ``low``, ``mid`` and ``high`` efficiency
@@ -17,6 +17,7 @@ import argparse
 import pathlib
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import pandas as pd
 
@@ -31,38 +32,55 @@ PRESETS = {
 }
 
 
+EFFICIENCIES = ("low", "mid", "high")
+
+
+def _sweep_rows(job: tuple[str, str, str, int]) -> list[dict]:
+    """One default sweep of ``preset`` at efficiency set ``eff`` (no band of its own: the three sets are
+    the band), as rows per tier."""
+    acc, preset, eff, max_agents = job
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        # max_agents above AA's 4,096 default so that no system's answer is capped
+        cfg = SweepConfig(target=f"sim:{preset}", efficiency=eff, out=tmp, max_agents=max_agents, band=False)
+        res = run_sweep(cfg, progress=False)
+    wall = time.perf_counter() - t0
+    print(f"{preset} {eff}: {wall:.1f} s", flush=True)
+    return [
+        {
+            "accelerator": acc,
+            "deployment": preset,
+            "efficiency": eff,
+            "tier": t["name"],
+            "sim_max_agents": t["max_agents"],
+            "sim_max_agents_is_lower_bound": t["max_agents_is_lower_bound"],
+            "sim_agents_per_gpu": t["agents_per_accelerator"],
+            "sim_agents_per_mw_modelled": t["agents_per_mw"],
+            "sweep_wall_s": round(wall, 1),
+        }
+        for t in res.summary["tiers"]
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--systems", default="H200,B300,MI355X,GB300", help="accelerators to predict")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
     ap.add_argument("--max-agents", type=int, default=16384, help="sweep cap (default 16384)")
+    ap.add_argument("--jobs", type=int, default=1, help="sweeps run at once, one process each (default 1)")
     args = ap.parse_args()
     published = load_published_results()
+    jobs = [
+        (acc, PRESETS[acc], eff, args.max_agents) for acc in args.systems.split(",") for eff in EFFICIENCIES
+    ]
     rows = []
-    for acc in args.systems.split(","):
-        preset = PRESETS[acc]
-        for eff in ("low", "mid", "high"):
-            t0 = time.perf_counter()
-            with tempfile.TemporaryDirectory() as tmp:
-                # max_agents above AA's 4,096 default so that no system's answer is capped
-                cfg = SweepConfig(target=f"sim:{preset}", efficiency=eff, out=tmp, max_agents=args.max_agents)
-                res = run_sweep(cfg, progress=False)
-            wall = time.perf_counter() - t0
-            for t in res.summary["tiers"]:
-                rows.append(
-                    {
-                        "accelerator": acc,
-                        "deployment": preset,
-                        "efficiency": eff,
-                        "tier": t["name"],
-                        "sim_max_agents": t["max_agents"],
-                        "sim_max_agents_is_lower_bound": t["max_agents_is_lower_bound"],
-                        "sim_agents_per_gpu": t["agents_per_accelerator"],
-                        "sim_agents_per_mw_modelled": t["agents_per_mw"],
-                        "sweep_wall_s": round(wall, 1),
-                    }
-                )
-            print(f"{preset} {eff}: {wall:.1f} s", flush=True)
+    if args.jobs > 1:  # each sweep in a process of its own (one core each)
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            for done in pool.map(_sweep_rows, jobs):
+                rows += done
+    else:
+        for job in jobs:
+            rows += _sweep_rows(job)
     sim = pd.DataFrame(rows)
     band = sim.pivot_table(
         index=["accelerator", "deployment", "tier"],
