@@ -203,8 +203,9 @@ def _insitu(twin: Path, base: str, model: str, args: argparse.Namespace, out: Pa
     print(
         f"in situ: {agents} agents pooled, {f.spans} decode spans ({f.arrivals_per_span:.2f} "
         f"arrivals per span): admit_s {f.admit_s * 1e3:.2f} +- {f.admit_s_se * 1e3:.2f} ms, finish_s "
-        f"{f.finish_s * 1e3:.2f}, end_s {f.end_s * 1e3:.2f}, release_s {f.release_s * 1e3:.2f} ms, left per "
-        f"step {f.leftover_per_step_s * 1e3:.3f} ms -> {dst} (load {_load()})"
+        f"{f.finish_s * 1e3:.2f}, end_s {f.end_s * 1e3:.2f}, release_s {f.release_s * 1e3:.2f} ms, "
+        f"queued_step_s {f.queued_step_s * 1e3:.3f} ms ({f.queued_steps_share:.0%} of steps queued), "
+        f"left per step {f.leftover_per_step_s * 1e3:.3f} ms -> {dst} (load {_load()})"
     )
     return dst
 
