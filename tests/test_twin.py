@@ -792,3 +792,14 @@ def test_a_host_prompt_cache_keeps_prefixes_the_kv_cache_evicted(tmp_path):
         hits[host] = run(SimRequest("a", 1, 1100, 1000, 2, eng.now)).hit
         eng.check_conservation()
     assert hits == {0: 0, 100_000: 992}  # 1,000 tokens in 16-token blocks
+
+
+def test_validation_insitu_agent_counts_parse_and_name_a_bad_list():
+    import argparse
+
+    tv = _twin_validate()
+    assert tv._agent_counts("32,96") == [32, 96] and tv._agent_counts("32") == [32]
+    assert tv._agent_counts("0") == []  # off
+    for bad in ("32;96", "-4"):
+        with pytest.raises(argparse.ArgumentTypeError, match="agent counts"):
+            tv._agent_counts(bad)
