@@ -299,20 +299,8 @@ def insitu_twin(
         **f.as_dict(),
         "fitted_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    step.update(
-        admit_s=f.admit_s,
-        finish_s=f.finish_s,
-        end_s=f.end_s,
-        release_s=f.release_s,
-        queued_step_s=f.queued_step_s,
-    )
-    se.update(
-        admit_s=f.admit_s_se,
-        finish_s=f.finish_s_se,
-        end_s=f.end_s_se,
-        release_s=f.release_s_se,
-        queued_step_s=f.queued_step_s_se,
-    )
+    for term in PER_REQUEST:  # the fitted values and their standard errors replace the probes'
+        step[term], se[term] = getattr(f, term), getattr(f, f"{term}_se")
     data["step"], data["step_se"], data["insitu"] = step, se, section
     out = Path(dst)
     out.parent.mkdir(parents=True, exist_ok=True)
