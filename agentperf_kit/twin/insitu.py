@@ -103,11 +103,11 @@ def queued_share(rows: pd.DataFrame, slots: int, first: np.ndarray, end: np.ndar
     steps = np.concatenate([np.ones(ok.sum()), -np.ones(ok.sum())])
     order = np.argsort(times, kind="stable")
     times, count = times[order], np.cumsum(steps[order])
-    over = (count > slots).astype(float)  # in force from times[i] to times[i + 1]
-    # F(t): time spent over ``slots`` up to t, piecewise linear between the event times
-    cum = np.concatenate([[0.0], np.cumsum(over[:-1] * np.diff(times))]) if len(times) else np.zeros(0)
     if len(times) < 2:
         return np.zeros(len(first))
+    over = (count > slots).astype(float)  # in force from times[i] to times[i + 1]
+    # F(t): time spent over ``slots`` up to t, piecewise linear between the event times
+    cum = np.concatenate([[0.0], np.cumsum(over[:-1] * np.diff(times))])
     spent = np.interp(end, times, cum) - np.interp(first, times, cum)
     return np.clip(spent / np.maximum(end - first, 1e-12), 0.0, 1.0)
 
