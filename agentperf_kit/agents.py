@@ -255,6 +255,7 @@ class AgentFleet:
     requests_sent: int = 0
     requests_done: int = 0
     aborted_reason: str | None = None
+    stopped_early_reason: str | None = None
     requests_in_window: int = 0
     usage_mismatch_in_window: int = 0
     _agents: list[_Agent] = field(default_factory=list, repr=False)
@@ -264,6 +265,8 @@ class AgentFleet:
     _closed: bool = False
     _fail_since: float = _NAN  # end of the first failure after the last success
     _fails: int = 0  # failures since then
+    # _reached[k]: agents with at least k trajectories completed in the window (k = 1, 2, ...)
+    _reached: list[int] = field(default_factory=lambda: [0], repr=False)
 
     def __post_init__(self) -> None:
         if self.n_agents < 1:
@@ -409,6 +412,10 @@ class AgentFleet:
         if ended and not self._closed and t_end >= self.window_start_s:  # False while start is NaN
             agent.completed_in_window += 1
             self.completed_in_window += 1
+            k, reached = agent.completed_in_window, self._reached
+            if k == len(reached):
+                reached.append(0)
+            reached[k] += 1
             if self._t_counts_met != self._t_counts_met and self._counts_met_now():
                 self._t_counts_met = t_end
         if self._closed:
@@ -425,6 +432,36 @@ class AgentFleet:
             self.aborted_reason = reason
         if not self._closed:
             self._close(now)
+
+    def stop_early(self, t_end: float, reason: str) -> None:
+        """Close the steady window at ``t_end`` (seconds, not after now) because the level's verdict is
+        already decided (:mod:`agentperf_kit.sweep_early`); ``reason`` goes to the window summary, and the
+        level no longer meets AA's rules (its window is shorter than they ask)."""
+        if not self._closed:
+            self.stopped_early_reason = reason
+            self._close(t_end)
+
+    def min_completed_per_agent(self) -> int:
+        """The fewest trajectories any agent has completed in the window so far (0 before it opens)."""
+        reached, n = self._reached, self.n_agents
+        k = 0
+        while k + 1 < len(reached) and reached[k + 1] >= n:
+            k += 1
+        return k
+
+    def window_share(self, now: float) -> float:
+        """How far the window is, at ``now`` (seconds), toward the rule that will close it last: the least
+        of elapsed / ``duration_s``, trajectories / ``min_trajectories`` and the fewest per agent /
+        ``min_trajectories_per_agent`` (rules at 0 are left out); 0 before the window opens, capped at 1."""
+        start, r = self.window_start_s, self.rules
+        if start != start or now <= start:
+            return 0.0
+        shares = [(now - start) / r.duration_s if r.duration_s > 0 else 1.0]
+        if r.min_trajectories > 0:
+            shares.append(self.completed_in_window / r.min_trajectories)
+        if r.min_trajectories_per_agent > 0:
+            shares.append(self.min_completed_per_agent() / r.min_trajectories_per_agent)
+        return min(1.0, *shares)
 
     def _watch_failures(self, outcome: RequestOutcome) -> None:
         if outcome.ok:
@@ -532,6 +569,8 @@ class AgentFleet:
             reasons.append(f"steady window lasted {length:.1f} s < {AA_RULES.duration_s:g} s")
         if self.aborted_reason is not None:
             reasons.append(f"the level ended early: {self.aborted_reason}")
+        if self.stopped_early_reason is not None:
+            reasons.append(f"the level was stopped early, its verdict decided: {self.stopped_early_reason}")
         n_win, n_bad = self.requests_in_window, self.usage_mismatch_in_window
         if n_bad and n_bad > USAGE_MISMATCH_MAX_SHARE * n_win:
             reasons.append(
@@ -548,6 +587,7 @@ class AgentFleet:
             "min_trajectories_per_agent_in_window": min(per_agent),
             "requests_sent": self.requests_sent,
             "aborted_reason": self.aborted_reason,
+            "stopped_early_reason": self.stopped_early_reason,
             "usage_mismatch_in_window": n_bad,
             "meets_aa_rules": not reasons,
             "aa_rules_reasons": reasons,

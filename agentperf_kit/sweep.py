@@ -43,6 +43,7 @@ from .results import MANIFEST_NAME, RunResult, check_sweep_dir, load_run, toolki
 from .schema import SCHEMA_VERSION, check_schema_version, json_safe, strict_json_dumps
 from .slo import _EVAL_COLUMNS, TierPreset, evaluate_level, get_tier_preset, max_agents
 from .sweep_config import SweepConfig, SweepConfigError
+from .sweep_early import EarlyStop, final_levels, stop_outcomes
 from .sweep_result import SweepResult
 from .targets import Target
 
@@ -246,13 +247,17 @@ class _Sweeper:
     def accelerators(self) -> tuple[int, str | None]:
         return int(self.target.accelerators or 0), self.target.accelerator_type
 
-    def _measure(self, n: int, ext: int, level_index: int) -> RunResult:
+    def _measure(self, n: int, ext: int, level_index: int, early: EarlyStop | None = None) -> RunResult:
         d = self.out / "levels" / f"n{n:05d}_e{ext}"
         if (d / "requests.parquet").exists():
-            return load_run(d)
+            res = load_run(d)
+            if early is not None or not res.window.get("stopped_early_reason"):
+                return res
+            # stopped early, now needed in full (it decides an answer): measured again, in full
         if d.exists():
             shutil.rmtree(d)  # an interrupted level: measure it again from scratch
         self.n_measured_now += 1
+        kw: dict[str, Any] = {"early_stop": early} if early is not None else {}
         return self.target.run_level(
             self.trajectories(),
             n,
@@ -262,11 +267,45 @@ class _Sweeper:
             level=level_index,
             run_id=f"{self.out.name}-n{n}-e{ext}",
             progress=self.progress,
+            **kw,
         )
+
+    def _early_stop(self, n: int) -> EarlyStop | None:
+        """The interim looks a level of ``n`` agents may stop at (agentperf_kit.sweep_early), or None: the
+        sweep runs every level in full (``early_stop`` off, or a target without it), or some tier's answer
+        may depend on this level whatever its verdict."""
+        if not self.cfg.early_stop or not getattr(self.target, "supports_early_stop", False):
+            return None
+        needs = stop_outcomes(
+            n,
+            self.verdicts(),
+            [t.name for t in self.preset.tiers],
+            self.max_agents,
+            resolution=self.cfg.resolution,
+            relative_resolution=self.cfg.relative_resolution,
+        )
+        if needs is None:
+            return None
+        cfg = self.cfg
+        return EarlyStop(
+            self.preset.tiers,
+            needs,
+            confidence=cfg.confidence,
+            ci_method=cfg.ci_method,
+            failure_policy=cfg.failure_policy,
+            max_unmeasured_share=cfg.max_unmeasured_share,
+        )
+
+    def verdicts(self) -> dict[int, dict[str, str]]:
+        """N -> {tier: verdict} of the levels judged so far."""
+        names = [t.name for t in self.preset.tiers]
+        return {n: {t: row[f"verdict_{t}"] for t in names} for n, row in self.rows.items()}
 
     # -- levels -----------------------------------------------------------------------------------------
 
-    def level(self, n: int) -> dict[str, Any]:
+    def level(self, n: int, *, early: bool = False) -> dict[str, Any]:
+        """Level ``n``, judged (measured, or read back when its directory has it). ``early``: it may stop
+        before its full window once the verdicts the search needs are decided (:meth:`_early_stop`)."""
         if n in self.rows:
             return self.rows[n]
         if not self.keep_rows:
@@ -278,8 +317,9 @@ class _Sweeper:
         acc, _ = self.accelerators()
         cfg = self.cfg
         ext = 0
+        looks = self._early_stop(n) if early else None
         while True:
-            res = self._measure(n, ext, len(self.rows))
+            res = self._measure(n, ext, len(self.rows), looks)
             window = res.manifest.get("window", {})
             bounds = (window.get("window_start_s"), window.get("window_end_s"))
             # only the rows and columns the verdicts and statistics read (a level: millions of requests)
@@ -291,6 +331,11 @@ class _Sweeper:
                 verdicts = {t: "fail" for t in verdicts}
                 self.notes.append(f"N={n}: the level ended early, a failed level for every tier ({aborted})")
                 break
+            stopped = window.get("stopped_early_reason")
+            if looks is not None and stopped and "inconclusive" in verdicts.values():
+                looks = None  # decided at a look, not on the whole cut window (rare): measured in full
+                continue
+            looks = None  # an extension runs in full
             if "inconclusive" not in verdicts.values() or ext >= cfg.max_extensions:
                 break
             # the validity rules (trajectory counts) can make the window longer than an extension's
@@ -349,6 +394,7 @@ class _Sweeper:
         row["meets_aa_rules"] = bool(res.manifest.get("meets_aa_rules", window.get("meets_aa_rules", False)))
         row["client_ok"] = bool(res.manifest.get("client_ok", True))
         row["aborted_reason"] = aborted or None
+        row["stopped_early"] = window.get("stopped_early_reason") or None
         row["power_w"] = res.manifest.get("power_w")
         row["power_scope"] = res.manifest.get("power_scope")
         tel = res.manifest.get("telemetry")
@@ -407,17 +453,30 @@ class _Sweeper:
         tiers = [t.name for t in self.preset.tiers]
 
         def measure(n: int) -> dict[str, str]:
-            row = self.level(n)
+            row = self.level(n, early=True)
             return {t: row[f"verdict_{t}"] for t in tiers}
 
-        search_levels(
-            measure,
-            tiers,
-            self.max_agents,
-            resolution=self.cfg.resolution,
-            relative_resolution=self.cfg.relative_resolution,
-            on_ramp_done=on_ramp_done,
-        )
+        ramp_done = on_ramp_done
+        while True:
+            verdicts = search_levels(
+                measure,
+                tiers,
+                self.max_agents,
+                resolution=self.cfg.resolution,
+                relative_resolution=self.cfg.relative_resolution,
+                on_ramp_done=ramp_done,
+            )
+            ramp_done = None  # once: a second search replays the measured levels
+            # a level stopped early while it looked like a step of the search, that now decides an answer,
+            # runs again in full (the search then replays with its full verdict: usually the same path)
+            redo = sorted(m for m in final_levels(verdicts, tiers) if self.rows[m].get("stopped_early"))
+            if not redo:
+                return
+            for m in redo:
+                line = f"N={m}: decides an answer but was stopped early: measured again, in full"
+                self.say(f"  {line}")
+                del self.rows[m]
+                self.notes.append(line + f" ({self.level(m)['n_requests']:,} requests)")
 
 
 #: a level that keeps no request rows (the band's) keeps its levels.csv row here, in its directory
@@ -824,11 +883,20 @@ def _finish_sweep(config: SweepConfig, target: Target, out: Path, sw: _Sweeper, 
     if jobs is not None:
         _add_band(tiers, config, out, sw, acc, acc_type, jobs)
     notes = list(sw.notes) + notes
-    levels["decides_answer"] = _deciding_levels(levels, tiers)
+    stopped = levels["stopped_early"].notna() if "stopped_early" in levels else pd.Series(False, levels.index)
+    levels["decides_answer"] = _deciding_levels(levels, tiers) & ~stopped
     deciding = levels[levels["decides_answer"]]
+    if stopped.any():
+        notes.append(
+            f"{int(stopped.sum())} level(s) stopped early, their verdicts decided at the interim looks (N = "
+            f'{", ".join(str(int(n)) for n in levels.loc[stopped, "concurrency"])}; docs/sweep.md "Early '
+            'stop"): they steered the search and decide no answer (every answer and the failure above it '
+            "ran its full window), so they do not count for meets_aa_rules; --no-early-stop runs every level "
+            "in full"
+        )
     if not deciding["meets_aa_rules"].all():
         notes.append("some levels do not meet AA's validity rules (see meets_aa_rules per level)")
-    above = levels[~levels["decides_answer"] & ~levels["meets_aa_rules"]]
+    above = levels[~levels["decides_answer"] & ~levels["meets_aa_rules"] & ~stopped]
     if len(above):
         notes.append(
             "levels above every tier's lowest failing level do not meet AA's validity rules (N = "
@@ -885,6 +953,7 @@ def _finish_sweep(config: SweepConfig, target: Target, out: Path, sw: _Sweeper, 
         "levels": levels.to_dict(orient="records"),
         "tiers": tiers.to_dict(orient="records"),
         "n_levels": len(levels),
+        "n_levels_stopped_early": int(stopped.sum()),
         "max_agents_cap": sw.max_agents,
         "max_agents_cap_source": cap_source,
         "simulated_requests": n_requests if target.virtual_time else None,

@@ -48,6 +48,8 @@ class SweepConfig:
     drain_timeout_s: float = 120.0
     max_agents: int | None = None  # None: DEFAULT_MAX_AGENTS live, the model's estimate on the simulator
     band: bool = True  # simulator: measure the low-high band around each answer (sweep_band.py)
+    # a level that only steers the search may end once its verdicts are decided (sweep_early.py)
+    early_stop: bool = True
     resolution: int = 1
     # bisection stops within max(resolution, floor(lo x relative_resolution)) agents (docs/sweep.md)
     relative_resolution: float = 1 / 32
@@ -308,6 +310,8 @@ class SweepConfig:
         d.pop("ray_address")  # more workers or on another cluster
         if d.get("band", True):
             d.pop("band", None)  # at its default: left out, so older sweeps' hashes still match
+        if d.get("early_stop", True):
+            d.pop("early_stop", None)  # at its default: left out, so older sweeps' hashes still match
         if d.get("what_if") is None:
             d.pop("what_if", None)  # absent when unused, so older sweeps' hashes still match
         for name, default in (_TELEMETRY_DEFAULTS | _CLIENT_DEFAULTS | _STATS_DEFAULTS).items():

@@ -19,7 +19,10 @@ with these members is a target (e.g. a pool of remote workers driving one server
                       progress) -> RunResult: ...
 
 ``virtual_time`` says whether the level runs on a simulated clock (wall time seconds, figures a model's
-prediction): the sweep's notes and estimates depend on it, never on the spec string.
+prediction): the sweep's notes and estimates depend on it, never on the spec string. A target whose
+``supports_early_stop`` is true (the simulator's) also takes ``early_stop=`` in ``run_level``: interim
+looks that may close a level's window once the sweep's verdicts are decided
+(:mod:`agentperf_kit.sweep_early`).
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ class SimTarget:
     accelerator_type_override: str | None = None
     virtual_time: bool = field(default=True, init=False)
     power_scope: str | None = field(default="modelled", init=False)
+    # run_level takes ``early_stop`` (agentperf_kit.sweep_early); a target without this attribute does not
+    supports_early_stop: bool = field(default=True, init=False)
 
     @property
     def spec(self) -> str:
@@ -135,8 +140,10 @@ class SimTarget:
         level: int = 0,
         run_id: str | None = None,
         progress: bool = False,
+        early_stop: Any = None,
     ) -> RunResult:
-        """:func:`agentperf_kit.sim.virtual.run_sim_level` on this deployment."""
+        """:func:`agentperf_kit.sim.virtual.run_sim_level` on this deployment (``early_stop``: its interim
+        looks, :class:`agentperf_kit.sweep_early.EarlyStop`)."""
         from .sim.virtual import run_sim_level
 
         return run_sim_level(
@@ -149,6 +156,7 @@ class SimTarget:
             level=level,
             run_id=run_id,
             efficiency=self.efficiency,
+            early_stop=early_stop,
         )
 
 

@@ -53,6 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="simulator: skip the low-high band around the answer (docs/sweep.md)",
     )
+    p.add_argument(
+        "--no-early-stop",
+        action="store_true",
+        help="simulator: run every level's full window, also the levels whose verdict is decided early "
+        "and that decide no answer (docs/sweep.md, Early stop)",
+    )
     p.add_argument("--seed", type=count, help="seed (default 0)")
     p.add_argument("--efficiency", choices=["low", "mid", "high"], help="sim efficiency set (default mid)")
     p.add_argument("--endpoint", choices=["chat", "completions"], help="live targets: API (default chat)")
@@ -149,6 +155,7 @@ def _config(args: argparse.Namespace):
         force_output=False if args.no_force_output else None,
         continuous_usage=True if args.continuous_usage else None,
         band=False if args.no_band else None,
+        early_stop=False if args.no_early_stop else None,
         what_if=",".join(args.what_if) if args.what_if else None,
         workers=args.workers,
         ray_address=args.ray_address,

@@ -19,8 +19,8 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..agents import AgentFleet, RequestOutcome, RequestPlan, RunRules
 from ..recorder import RunWriter
@@ -37,6 +37,11 @@ from ..trajectories.model import Trajectory
 from .disagg import make_engine
 from .engine import SimRequest, SimulatorInvariantError
 from .presets import DEFAULT_DEPLOYMENT, Deployment, efficiency, get_deployment
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..sweep_early import EarlyStop
 
 __all__ = ["ACTIVITY_FACTOR", "MARKER_TOKENS", "run_sim_level"]
 
@@ -66,6 +71,7 @@ def run_sim_level(
     efficiency: str = "mid",
     progress: bool = False,
     overwrite: bool = False,
+    early_stop: EarlyStop | None = None,
 ) -> RunResult:
     """Run one level of ``n_agents`` closed-loop agents against the simulated deployment, in virtual time.
 
@@ -73,6 +79,8 @@ def run_sim_level(
     (raw rows streamed to disk while the run goes, so memory stays bounded by the live agents).
     ``out_dir`` must be new or empty; ``overwrite=True`` replaces a previous run there (never other
     files: :func:`~agentperf_kit.results.prepare_run_dir`, :class:`~agentperf_kit.errors.OutputError`).
+    ``early_stop``: interim looks that may close the window early once the verdicts a sweep needs are
+    decided (:mod:`agentperf_kit.sweep_early`); the window summary's ``stopped_early_reason`` says so.
     """
     dep = get_deployment(deployment) if isinstance(deployment, str) else deployment
     eff = _efficiency(efficiency)
@@ -107,6 +115,9 @@ def run_sim_level(
     wall0 = time.perf_counter()
     try:  # an interrupt (Ctrl-C) or an invariant error: the rows written so far stay readable
         sim = _SimLevel(fleet, dep, eff)
+        if early_stop is not None:
+            sim.early_stop = early_stop
+            sim.read_rows = _row_reader(writer, out_dir, rows)
         sim.run(rules.drain_timeout_s)
     except BaseException:
         if writer is not None:
@@ -114,6 +125,8 @@ def run_sim_level(
                 writer.close()
         raise
     window = fleet.window_summary()
+    if early_stop is not None:
+        window["early_stop_looks"] = list(early_stop.looks)
     manifest.update(window_manifest(window))
     manifest.update(sim.manifest_sections(time.perf_counter() - wall0))
     if writer is not None and out_dir is not None:
@@ -138,6 +151,8 @@ class _SimLevel:
         self.t_end = 0.0
         # a twin's fixed request cost (HTTP round trip, set-up; 0 elsewhere) delays the engine's arrival
         self.request_s = getattr(dep, "request_s", 0.0)
+        self.early_stop: EarlyStop | None = None
+        self.read_rows: Callable[[], pd.DataFrame] | None = None  # the raw rows so far (early stop)
 
     def schedule(self, plan: RequestPlan) -> None:
         self.counter += 1
@@ -226,6 +241,8 @@ class _SimLevel:
             if isnan(t_closed):
                 if next_tick <= now:  # the next tick after now (one step may span many ticks)
                     next_tick = (math.floor(now / _TICK_S) + 1) * _TICK_S
+                    if self.early_stop is not None:
+                        self.look(now)
                 if not may_send(now):
                     t_closed = fleet.window_end_s
             elif now >= t_closed + drain_timeout_s:
@@ -248,6 +265,23 @@ class _SimLevel:
                 "never answered, rejected or cancelled (a simulator bug: please report it with the command)"
             )
 
+    def look(self, now: float) -> None:
+        """An interim look of the early stop, if one is due at ``now``: judge the window's requests sent
+        before the earliest one still running (all of them ended), and close the window there if the
+        verdicts the sweep needs are decided (:class:`~agentperf_kit.sweep_early.EarlyStop`)."""
+        fleet, es = self.fleet, self.early_stop
+        assert es is not None and self.read_rows is not None
+        if fleet.window_closed or not es.due(fleet.window_share(now)):
+            return
+        start = fleet.window_start_s
+        t_cut = min([now, *(p.t_send_s for p in self.in_flight.values())])
+        if t_cut <= start:
+            return
+        judged = finalize_frame(self.read_rows(), start, t_cut)
+        reason = es.decide(judged[judged["in_window"].to_numpy()], (start, t_cut))
+        if reason is not None:
+            fleet.stop_early(t_cut, reason)
+
     def manifest_sections(self, wall_s: float) -> dict[str, Any]:
         """``client_ok``, the modelled power and the ``sim`` section of the manifest."""
         engine, t_end = self.engine, self.t_end
@@ -269,6 +303,24 @@ class _SimLevel:
                 "prefix_cache_hit_rate": engine.cached_tokens_total / max(1, engine.prompt_tokens_total),
             },
         }
+
+
+def _row_reader(writer: RunWriter | None, out_dir, rows: list[tuple]) -> Callable[[], pd.DataFrame]:
+    """The raw rows written so far, as a frame (from the stream on disk, flushed first, or from memory)."""
+    import pandas as pd
+
+    from ..recorder import read_raw_rows
+    from ..schema import RAW_COLUMNS, REQUEST_COLUMNS
+
+    def read() -> pd.DataFrame:
+        if writer is not None:
+            writer.flush()
+            return read_raw_rows(out_dir, (writer.path.name,))
+        return pd.DataFrame(rows, columns=list(RAW_COLUMNS)).astype(
+            {c: REQUEST_COLUMNS[c].dtype for c in RAW_COLUMNS}
+        )
+
+    return read
 
 
 def _in_memory_result(rows: list[tuple], manifest: dict[str, Any], window: dict[str, Any]) -> RunResult:

@@ -1,0 +1,194 @@
+"""Early stop of a sweep's levels (agentperf_kit/sweep_early.py): the rule that says which verdicts let a
+level stop, the interim looks on real judged rows, the fleet's window share, and whole sweeps on the
+simulator with and without it (same verdicts and answers, fewer requests, answers measured in full)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from agentperf_kit.agents import AgentFleet, RequestOutcome, RunRules
+from agentperf_kit.slo import Tier
+from agentperf_kit.sweep import SweepConfig, load_sweep, run_sweep
+from agentperf_kit.sweep_early import EarlyStop, final_levels, stop_outcomes
+
+T = ("a", "b")
+
+
+def _v(**levels: str) -> dict[int, dict[str, str]]:
+    """{N: {tier: verdict}} from keywords like n40="pp" (tier a pass, tier b pass; f = fail)."""
+    word = {"p": "pass", "f": "fail", "i": "inconclusive"}
+    return {int(k[1:]): {t: word[c] for t, c in zip(T, v)} for k, v in levels.items()}
+
+
+def test_stop_outcomes_in_the_ramp():
+    # the first level: a failure there decides the answer (0), a pass leaves the ramp going
+    assert stop_outcomes(1, {}, T, 256) == {"a": frozenset({"pass"}), "b": frozenset({"pass"})}
+    # N = 4 after passes at 1 and 2: either verdict leaves both answers open
+    both = frozenset({"pass", "fail"})
+    assert stop_outcomes(4, _v(n1="pp", n2="pp"), T, 256) == {"a": both, "b": both}
+    # N = 2 after a pass at 1: a failure would decide (bracket 1..2 is at the resolution)
+    assert stop_outcomes(2, _v(n1="pp"), T, 256) == {"a": frozenset({"pass"}), "b": frozenset({"pass"})}
+    # a pass at the cap is the answer (a lower bound): only a failure there may stop early
+    fail = frozenset({"fail"})
+    assert stop_outcomes(256, _v(n128="pp"), T, 256) == {"a": fail, "b": fail}
+    assert stop_outcomes(256, _v(n255="pp"), T, 256) is None
+
+
+def test_stop_outcomes_in_the_bisection():
+    both = frozenset({"pass", "fail"})
+    # tier a bracket 40..48 (4 each way > 1), tier b failed at 8: a level of 44 cannot move b's answer
+    v = _v(n8="pf", n40="pf", n48="ff")
+    assert stop_outcomes(44, v, T, 256) == {"a": both}
+    # N = 47 just below the failure at 48: a pass there would be the answer
+    assert stop_outcomes(47, v, T, 256) == {"a": frozenset({"fail"})}
+    # N = 41 just above the pass at 40: a failure there would bound the answer
+    assert stop_outcomes(41, v, T, 256) == {"a": frozenset({"pass"})}
+    # bracket 40..42: N = 41 decides tier a whatever it is
+    assert stop_outcomes(41, _v(n8="pf", n40="pf", n42="ff"), T, 256) is None
+    # the relative resolution widens what counts as "at the resolution": 1/32 of 4096 is 128
+    v = _v(n4096="pf", n4352="ff")
+    assert stop_outcomes(4224, v, T, 8192, relative_resolution=1 / 32) is None
+    assert stop_outcomes(4224, v, T, 8192) == {"a": both}
+
+
+def test_final_levels_are_each_tiers_answer_and_the_failure_above_it():
+    v = _v(n1="pf", n2="pf", n4="pf", n8="ff", n6="pf", n7="ff")
+    assert final_levels(v, T) == {6, 7, 1}  # a: 6 passes, 7 fails; b: nothing passes below its failure at 1
+    assert final_levels(_v(n1="pp", n2="pp"), T) == {2}  # never failed: the highest pass (a lower bound)
+
+
+def _judged(speed_tps: float, n_agents: int = 40, per_agent: int = 30, seed: int = 1) -> pd.DataFrame:
+    """In-window rows of ended requests: ``n_agents`` agents, ``per_agent`` requests each, speeds around
+    ``speed_tps`` (lognormal, 10 % spread), TTFT around 0.5 s, sent over 1,000 s."""
+    rng = np.random.default_rng(seed)
+    n = n_agents * per_agent
+    return pd.DataFrame(
+        {
+            "in_window": np.ones(n, bool),
+            "ok": np.ones(n, bool),
+            "error": [""] * n,
+            "agent": np.repeat(np.arange(n_agents), per_agent),
+            "t_send_s": np.tile(np.linspace(0.0, 1000.0, per_agent, endpoint=False), n_agents),
+            "speed_unmeasurable": np.zeros(n, bool),
+            "output_speed_tps": speed_tps * rng.lognormal(0.0, 0.1, n),
+            "ttft_s": 0.5 * rng.lognormal(0.0, 0.1, n),
+        }
+    )
+
+
+def test_a_look_stops_only_on_the_verdicts_that_leave_the_answers_open():
+    tiers = (Tier("a", "a", 20.0, 10.0), Tier("b", "b", 60.0, 5.0))
+    rows = _judged(40.0)  # tier a passes by far, tier b fails by far
+    es = EarlyStop(tiers, {"a": frozenset({"pass", "fail"}), "b": frozenset({"fail"})})
+    assert es.look_confidence == pytest.approx(0.975)  # 0.95 spread over the two interim looks
+    assert not es.due(0.2) and es.due(0.34)
+    reason = es.decide(rows, (0.0, 1000.0))
+    assert reason is not None and "a pass" in reason and "b fail" in reason
+    assert es.due(0.7) and not es.due(0.5)  # the second look at two thirds
+    # a tier that may stop only on a failure, seen passing: the level goes on
+    es = EarlyStop(tiers, {"a": frozenset({"fail"})})
+    assert es.decide(rows, (0.0, 1000.0)) is None and len(es.looks) == 1
+    # at the threshold: inconclusive, never a stop
+    es = EarlyStop(tiers, {"a": frozenset({"pass", "fail"})})
+    assert es.decide(_judged(20.0 / 0.935), (0.0, 1000.0)) is None
+    assert "inconclusive" in es.looks[0]
+
+
+def _fleet(n_agents: int, rules: RunRules) -> AgentFleet:
+    from agentperf_kit.trajectories import default_trajectories
+
+    return AgentFleet(default_trajectories()[:8], n_agents, rules, seed=3, sink=lambda row: None)
+
+
+def test_the_fleet_reports_its_window_share_and_stops_early():
+    rules = RunRules(warmup_s=0.0, duration_s=100.0, min_trajectories=2, min_trajectories_per_agent=2)
+    fleet = _fleet(2, rules)
+    plans = fleet.start(0.0)
+    for p in plans:
+        fleet.on_send(p, 0.0)
+    assert fleet.window_share(50.0) == 0.0  # no trajectory completed yet: the per-agent rule binds
+    now, done = 0.0, {0: 0, 1: 0}
+    pending = list(plans)
+    while min(done.values()) < 1:  # every agent completes its first trajectory in the window
+        p = pending.pop(0)
+        now += 1.0
+        nxt = fleet.complete(p, RequestOutcome(t_send_s=p.t_send_s, t_end_s=now, ok=True))
+        if p.turn_index == len(fleet.trajectories[p.traj_index].turns) - 1:
+            done[p.agent] += 1
+        fleet.on_send(nxt, now)
+        pending.append(nxt)
+    assert fleet.min_completed_per_agent() == 1
+    assert fleet.window_share(now) == pytest.approx(min(0.5, now / 100.0))
+    fleet.stop_early(now, "decided")
+    assert fleet.window_closed and not fleet.may_send(now + 1.0)
+    summary = fleet.window_summary()
+    assert summary["stopped_early_reason"] == "decided" and summary["window_end_s"] == now
+    assert not summary["meets_aa_rules"]
+    assert any("stopped early" in r for r in summary["aa_rules_reasons"])
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """The default sweep (AA's rules, the default H200 system; no band) with and without early stop."""
+    d = tmp_path_factory.mktemp("early")
+    on = run_sweep(SweepConfig(out=str(d / "on"), band=False), progress=False)
+    off = run_sweep(SweepConfig(out=str(d / "off"), band=False, early_stop=False), progress=False)
+    return on, off
+
+
+def test_early_stop_keeps_every_verdict_and_answer_for_fewer_requests(pair):
+    on, off = pair
+    tiers = ["slo1", "slo2", "slo3"]
+    key = ["concurrency", *(f"verdict_{t}" for t in tiers)]
+    assert on.levels[key].equals(off.levels[key])  # the same search path and verdicts
+    assert [t["max_agents"] for t in on.summary["tiers"]] == [t["max_agents"] for t in off.summary["tiers"]]
+    assert on.summary["simulated_requests"] < 0.8 * off.summary["simulated_requests"]
+    assert off.summary["n_levels_stopped_early"] == 0 and off.levels["stopped_early"].isna().all()
+    stopped = on.levels["stopped_early"].notna()
+    assert on.summary["n_levels_stopped_early"] == int(stopped.sum()) >= 3
+    # every level that decides an answer ran its full window: its rows are those of the full sweep
+    by_n = off.levels.set_index("concurrency")
+    for _, r in on.levels[~stopped].iterrows():
+        assert r["n_requests"] == by_n.loc[r["concurrency"], "n_requests"]
+    for t in on.summary["tiers"]:
+        for n in (t["max_agents"], t["lowest_failing_agents"]):
+            if n and n == n:
+                assert not stopped[on.levels["concurrency"] == n].any()
+    # stopped levels decide nothing and say so; the sweep still meets AA's rules
+    assert not on.levels.loc[stopped, "decides_answer"].any()
+    assert on.summary["meets_aa_rules"] and off.summary["meets_aa_rules"]
+    assert any("stopped early" in n for n in on.summary["notes"])
+
+
+def test_a_stopped_level_that_turns_out_to_decide_is_measured_again_in_full(pair):
+    on, off = pair
+    again = [n for n in on.summary["notes"] if "measured again, in full" in n]
+    assert again, "the default sweep measures its slo2 answer (N = 6) before the failure above it"
+    n = int(again[0].split(":")[0].removeprefix("N="))
+    manifest = json.loads((on.directory / "levels" / f"n{n:05d}_e0" / "manifest.json").read_text())
+    assert manifest["window"]["stopped_early_reason"] is None and manifest["meets_aa_rules"]
+    # in virtual time the full run is the same run as the full sweep's (same seed)
+    a = load_sweep(on.directory).requests
+    b = load_sweep(off.directory).requests
+    cols = ["agent", "t_send_s", "ttft_s", "output_speed_tps"]
+    assert (
+        a[a["concurrency"] == n][cols]
+        .reset_index(drop=True)
+        .equals(b[b["concurrency"] == n][cols].reset_index(drop=True))
+    )
+
+
+def test_a_resumed_sweep_reuses_stopped_levels_and_gives_the_same_result(pair, tmp_path):
+    import shutil
+
+    on, _ = pair
+    out = tmp_path / "resumed"
+    shutil.copytree(on.directory, out)
+    (out / "summary.json").unlink()
+    again = run_sweep(SweepConfig(out=str(out), band=False), progress=False)
+    assert again.levels["n_requests"].equals(on.levels["n_requests"])
+    assert again.summary["n_levels_stopped_early"] == on.summary["n_levels_stopped_early"]
