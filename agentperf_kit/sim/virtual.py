@@ -152,7 +152,8 @@ class _SimLevel:
         # a twin's fixed request cost (HTTP round trip, set-up; 0 elsewhere) delays the engine's arrival
         self.request_s = getattr(dep, "request_s", 0.0)
         self.early_stop: EarlyStop | None = None
-        self.read_rows: Callable[[], pd.DataFrame] | None = None  # the raw rows so far (early stop)
+        # (start, cut) -> the window's rows so far, for the early stop's looks (_row_reader)
+        self.read_rows: Callable[[float, float], pd.DataFrame] | None = None
 
     def schedule(self, plan: RequestPlan) -> None:
         self.counter += 1
@@ -277,8 +278,7 @@ class _SimLevel:
         t_cut = min([now, *(p.t_send_s for p in self.in_flight.values())])
         if t_cut <= start:
             return
-        judged = finalize_frame(self.read_rows(), start, t_cut)
-        reason = es.decide(judged[judged["in_window"].to_numpy()], (start, t_cut))
+        reason = es.decide(self.read_rows(start, t_cut), (start, t_cut))
         if reason is not None:
             fleet.stop_early(t_cut, reason)
 
@@ -305,20 +305,64 @@ class _SimLevel:
         }
 
 
-def _row_reader(writer: RunWriter | None, out_dir, rows: list[tuple]) -> Callable[[], pd.DataFrame]:
-    """The raw rows written so far, as a frame (from the stream on disk, flushed first, or from memory)."""
-    import pandas as pd
+#: the raw columns a look reads: what the verdict's statistics derive from (metrics.add_request_metrics)
+_LOOK_COLUMNS = (
+    "agent",
+    "t_send_s",
+    "t_first_s",
+    "t_first_answer_s",
+    "t_last_s",
+    "t_end_s",
+    "ok",
+    "error",
+    "output_tokens",
+    "first_chunk_tokens",
+    "n_chunks",
+    "usage_mismatch",
+)
 
-    from ..recorder import read_raw_rows
-    from ..schema import RAW_COLUMNS, REQUEST_COLUMNS
 
-    def read() -> pd.DataFrame:
+def _row_reader(
+    writer: RunWriter | None, out_dir, rows: list[tuple]
+) -> Callable[[float, float], pd.DataFrame]:
+    """``read(start, cut)``: the raw rows written so far whose request is in the window [start, cut)
+    (:func:`~agentperf_kit.agents.in_window_mask`), with only :data:`_LOOK_COLUMNS`, their metrics
+    (``ttft_s``, ``output_speed_tps``...) and ``in_window``; from the stream on disk (flushed first) a
+    batch at a time, so a look at a level of millions of requests holds only its window's few columns."""
+    import numpy as np
+    import pyarrow as pa
+
+    from ..agents import in_window_mask
+    from ..metrics import add_request_metrics
+    from ..recorder import RAW_ARROW_SCHEMA, iter_raw_batches
+    from ..schema import RAW_COLUMNS
+
+    idx = [RAW_COLUMNS.index(c) for c in _LOOK_COLUMNS]
+    schema = pa.schema([RAW_ARROW_SCHEMA.field(c) for c in _LOOK_COLUMNS])
+
+    def batches():
         if writer is not None:
             writer.flush()
-            return read_raw_rows(out_dir, (writer.path.name,))
-        return pd.DataFrame(rows, columns=list(RAW_COLUMNS)).astype(
-            {c: REQUEST_COLUMNS[c].dtype for c in RAW_COLUMNS}
-        )
+            for b in iter_raw_batches(out_dir, (writer.path.name,)):
+                yield b.select(list(_LOOK_COLUMNS))
+        elif rows:
+            cols = list(zip(*rows))
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(cols[i], type=f.type) for i, f in zip(idx, schema)], schema=schema
+            )
+
+    def read(start: float, cut: float) -> pd.DataFrame:
+        kept = []
+        for b in batches():
+            t_send = b.column(1).to_numpy(zero_copy_only=False)
+            t_end = b.column(5).to_numpy(zero_copy_only=False)
+            mask = in_window_mask(t_send, t_end, start, cut)
+            if mask.any():
+                kept.append(b.filter(pa.array(mask)))
+        df = pa.Table.from_batches(kept, schema=schema).to_pandas()
+        add_request_metrics(df)
+        df["in_window"] = np.ones(len(df), dtype=bool)
+        return df
 
     return read
 
