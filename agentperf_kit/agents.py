@@ -256,6 +256,7 @@ class AgentFleet:
     requests_done: int = 0
     aborted_reason: str | None = None
     stopped_early_reason: str | None = None
+    early_stop_looks: list[str] | None = None  # a sweep's interim looks (sweep_early), one line each
     requests_in_window: int = 0
     usage_mismatch_in_window: int = 0
     _agents: list[_Agent] = field(default_factory=list, repr=False)
@@ -588,6 +589,9 @@ class AgentFleet:
             "requests_sent": self.requests_sent,
             "aborted_reason": self.aborted_reason,
             "stopped_early_reason": self.stopped_early_reason,
+            **(
+                {"early_stop_looks": list(self.early_stop_looks)} if self.early_stop_looks is not None else {}
+            ),
             "usage_mismatch_in_window": n_bad,
             "meets_aa_rules": not reasons,
             "aa_rules_reasons": reasons,

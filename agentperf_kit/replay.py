@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .client.wire import WirePool
+    from .sweep_early import EarlyStop
 
 __all__ = ["Endpoint", "run_live", "run_live_sync"]
 
@@ -147,6 +148,7 @@ async def run_live(
     fast_parse: bool = True,
     overwrite: bool = False,
     target_info: dict[str, Any] | None = None,
+    early_stop: EarlyStop | None = None,
 ) -> RunResult:
     """Run one level live; returns (and with ``out_dir`` writes) the per-request table and manifest.
 
@@ -182,6 +184,11 @@ async def run_live(
     and/or accelerator power on the run's clock: ``telemetry.parquet``, a ``telemetry`` section in the
     manifest and, with a power source, ``power_w`` (mean over the steady window) with
     ``power_scope = "measured"`` (docs/telemetry.md).
+
+    ``early_stop`` (a sweep's, :class:`~agentperf_kit.sweep_early.EarlyStop`): interim looks that may
+    close the window early once the verdicts the sweep needs are decided; a look reads and judges the
+    rows in a worker thread (the event loop keeps reading streams) and ``window.stopped_early_reason``
+    says why the window closed early.
 
     Progress (``progress=True``): a tqdm bar whose description says what the level is waiting for
     (:meth:`~agentperf_kit.agents.AgentFleet.window_progress`). Notes and the self-check verdict go to
@@ -234,6 +241,9 @@ async def run_live(
         clock={"kind": "perf_counter_ns", "origin_ns": run.origin_ns, "origin_unix_s": time.time()},
     )
     write_manifest(out_dir, run.manifest)
+    run.early_stop = early_stop
+    if early_stop is not None:
+        run.fleet.early_stop_looks = early_stop.looks
     await run.drive()
     return run.finish()
 
@@ -294,6 +304,7 @@ class _LiveLevel:
         self.speeds: list[float] = []
         self.errors = 0
         self.interrupted = False  # a Ctrl-C seen while the level ran (:meth:`_interrupt_seen`)
+        self.early_stop: EarlyStop | None = None  # a sweep's interim looks (:meth:`_look`)
 
     def now(self) -> float:
         return (time.perf_counter_ns() - self.origin_ns) / 1e9
@@ -457,6 +468,8 @@ class _LiveLevel:
                 if self.bar is not None and self.now() - shown >= 1.0:
                     shown = self.now()
                     self.bar.set_description(self.fleet.window_progress(shown), refresh=True)
+                if self.early_stop is not None and not self.fleet.window_closed:
+                    await self._look()
                 if not self.fleet.may_send(self.now()):
                     break
             if not all_done.done():
@@ -468,6 +481,28 @@ class _LiveLevel:
         bug = all_done.exception() if all_done.done() and not all_done.cancelled() else None
         if bug is not None:
             raise bug  # a bug in an agent, not a failed request (those are rows)
+
+    async def _look(self) -> None:
+        """An interim look of the early stop, if one is due: the window's requests sent before the earliest
+        one still running (all of them ended), read from the row stream (flushed here) and judged in a
+        worker thread; the window closes at that cut if the sweep's verdicts are decided."""
+        es, fleet = self.early_stop, self.fleet
+        assert es is not None
+        now = self.now()
+        if not es.due(fleet.window_share(now)):
+            return
+        start = fleet.window_start_s
+        t_cut = min([now, *(p.t_send_s for p in self.in_flight.values())])
+        if t_cut <= start:
+            return
+        from .sweep_early import window_rows_from_stream
+
+        self.writer.flush()
+        names = (self.writer.path.name,)
+        rows = await asyncio.to_thread(window_rows_from_stream, self.out_dir, names, start, t_cut)
+        reason = await asyncio.to_thread(es.decide, rows, (start, t_cut))
+        if reason is not None:
+            fleet.stop_early(t_cut, reason)
 
     async def _agent(self, session: aiohttp.ClientSession, plan: RequestPlan | None) -> None:
         """One closed-loop agent: wait for its plan's time, send, record, next plan."""

@@ -310,8 +310,9 @@ class SweepConfig:
         d.pop("ray_address")  # more workers or on another cluster
         if d.get("band", True):
             d.pop("band", None)  # at its default: left out, so older sweeps' hashes still match
-        if d.get("early_stop", True):
-            d.pop("early_stop", None)  # at its default: left out, so older sweeps' hashes still match
+        # which levels may stop early, not what a level measures: a sweep may resume with it switched (with
+        # it off, the stopped levels are measured again in full; with it on, full levels are reused)
+        d.pop("early_stop")
         if d.get("what_if") is None:
             d.pop("what_if", None)  # absent when unused, so older sweeps' hashes still match
         for name, default in (_TELEMETRY_DEFAULTS | _CLIENT_DEFAULTS | _STATS_DEFAULTS).items():

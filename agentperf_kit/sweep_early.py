@@ -28,14 +28,23 @@ The rule (docs/sweep.md, "Early stop"):
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from .slo import Tier, evaluate_level
 
-__all__ = ["LOOK_SHARES", "EarlyStop", "final_levels", "stop_outcomes"]
+__all__ = [
+    "LOOK_SHARES",
+    "EarlyStop",
+    "final_levels",
+    "stop_outcomes",
+    "window_rows",
+    "window_rows_from_stream",
+]
 
 #: the interim looks, as shares of the way to the rule that closes the window last
 LOOK_SHARES = (1 / 3, 2 / 3)
@@ -155,3 +164,71 @@ class EarlyStop:
         if all(verdicts.get(t) in allowed for t, allowed in self.needs.items()):
             return line
         return None
+
+
+#: the raw columns a look reads: what the verdict's statistics derive from (metrics.add_request_metrics)
+LOOK_COLUMNS = (
+    "agent",
+    "t_send_s",
+    "t_first_s",
+    "t_first_answer_s",
+    "t_last_s",
+    "t_end_s",
+    "ok",
+    "error",
+    "output_tokens",
+    "first_chunk_tokens",
+    "n_chunks",
+    "usage_mismatch",
+)
+
+
+def _look_frame(batches, start: float, cut: float) -> pd.DataFrame:
+    """The rows of ``batches`` (Arrow record batches of :data:`LOOK_COLUMNS`) in the window [start, cut),
+    with their metrics and ``in_window``."""
+    import pyarrow as pa
+
+    from .agents import in_window_mask
+    from .metrics import add_request_metrics
+    from .recorder import RAW_ARROW_SCHEMA
+
+    schema = pa.schema([RAW_ARROW_SCHEMA.field(c) for c in LOOK_COLUMNS])
+    i_send, i_end = LOOK_COLUMNS.index("t_send_s"), LOOK_COLUMNS.index("t_end_s")
+    kept = []
+    for b in batches:
+        t_send = b.column(i_send).to_numpy(zero_copy_only=False)
+        t_end = b.column(i_end).to_numpy(zero_copy_only=False)
+        mask = in_window_mask(t_send, t_end, start, cut)
+        if mask.any():
+            kept.append(b.filter(pa.array(mask)))
+    df = pa.Table.from_batches(kept, schema=schema).to_pandas()
+    add_request_metrics(df)
+    df["in_window"] = np.ones(len(df), dtype=bool)
+    return df
+
+
+def window_rows_from_stream(
+    directory: str | os.PathLike, names: tuple[str, ...] | None, start: float, cut: float
+) -> pd.DataFrame:
+    """What a look judges: the raw rows written so far to ``directory``'s stream (``names``: the files of
+    this run, :func:`agentperf_kit.recorder.read_raw_rows`) whose request is in the window [start, cut)
+    (seconds; :func:`~agentperf_kit.agents.in_window_mask`), with only :data:`LOOK_COLUMNS` and their
+    metrics (``ttft_s``, ``output_speed_tps``...), read a batch at a time: a look at a level of millions of
+    requests holds only its window's few columns. Safe while the writer appends (complete batches only)."""
+    from .recorder import iter_raw_batches
+
+    cols = list(LOOK_COLUMNS)
+    return _look_frame((b.select(cols) for b in iter_raw_batches(directory, names)), start, cut)
+
+
+def window_rows(rows: Sequence[tuple], start: float, cut: float) -> pd.DataFrame:
+    """:func:`window_rows_from_stream` of raw rows held in memory (tuples in ``schema.RAW_COLUMNS`` order)."""
+    import pyarrow as pa
+
+    from .recorder import RAW_ARROW_SCHEMA
+    from .schema import RAW_COLUMNS
+
+    fields = [RAW_ARROW_SCHEMA.field(c) for c in LOOK_COLUMNS]
+    cols = list(zip(*rows)) if rows else [() for _ in RAW_COLUMNS]
+    arrays = [pa.array(cols[RAW_COLUMNS.index(f.name)], type=f.type) for f in fields]
+    return _look_frame([pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))], start, cut)

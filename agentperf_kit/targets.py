@@ -20,8 +20,8 @@ with these members is a target (e.g. a pool of remote workers driving one server
 
 ``virtual_time`` says whether the level runs on a simulated clock (wall time seconds, figures a model's
 prediction): the sweep's notes and estimates depend on it, never on the spec string. A target whose
-``supports_early_stop`` is true (the simulator's) also takes ``early_stop=`` in ``run_level``: interim
-looks that may close a level's window once the sweep's verdicts are decided
+``supports_early_stop`` is true (the simulator; a live target in-process) also takes ``early_stop=`` in
+``run_level``: interim looks that may close a level's window once the sweep's verdicts are decided
 (:mod:`agentperf_kit.sweep_early`).
 """
 
@@ -251,6 +251,11 @@ class LiveTarget:
         acc = f", {self.accelerators} x {self.accelerator_type or 'accelerator'}" if self.accelerators else ""
         return f"{self.endpoint.base_url} (model {self.model}{acc})"
 
+    @property
+    def supports_early_stop(self) -> bool:
+        """Whether :meth:`run_level` takes ``early_stop``: in-process levels (``workers=1``, no Ray)."""
+        return not self.scale_out
+
     def preflight(self, timeout_s: float = 60.0) -> str | None:
         """Check the endpoint answers before any agent starts (:mod:`agentperf_kit.client.preflight`);
         returns the line to show. Raises :class:`~agentperf_kit.errors.TargetError` when it does not."""
@@ -272,9 +277,11 @@ class LiveTarget:
         level: int = 0,
         run_id: str | None = None,
         progress: bool = True,
+        early_stop: Any = None,
     ) -> RunResult:
         """:func:`agentperf_kit.replay.run_live_sync` against this endpoint (a Jupyter cell included), or
-        with ``workers``/``ray_address`` :func:`agentperf_kit.scaleout.run_live_workers`."""
+        with ``workers``/``ray_address`` :func:`agentperf_kit.scaleout.run_live_workers` (``early_stop``,
+        the sweep's interim looks, in-process only: :attr:`supports_early_stop`)."""
         telemetry = self.telemetry if self.telemetry is not None and self.telemetry.active else None
         args = (self.endpoint, trajectories, n_agents, rules)
         kwargs: dict[str, Any] = {
@@ -298,6 +305,8 @@ class LiveTarget:
             )
         from .replay import run_live_sync
 
+        if early_stop is not None:
+            kwargs["early_stop"] = early_stop
         return run_live_sync(*args, record_chunks=self.record_chunks, **kwargs)
 
 

@@ -192,3 +192,90 @@ def test_a_resumed_sweep_reuses_stopped_levels_and_gives_the_same_result(pair, t
     again = run_sweep(SweepConfig(out=str(out), band=False), progress=False)
     assert again.levels["n_requests"].equals(on.levels["n_requests"])
     assert again.summary["n_levels_stopped_early"] == on.summary["n_levels_stopped_early"]
+
+
+def test_a_level_without_an_output_directory_stops_early_too():
+    from agentperf_kit.sim.virtual import run_sim_level
+    from agentperf_kit.slo import get_tier_preset
+    from agentperf_kit.trajectories import default_trajectories
+
+    rules = RunRules()  # AA's: the window closes at 3 trajectories per agent
+    tiers = get_tier_preset("aa-dsv4pro").tiers
+    es = EarlyStop(tiers, {"slo1": frozenset({"pass"})})
+    res = run_sim_level(default_trajectories(), 2, rules, seed=4, early_stop=es)
+    full = run_sim_level(default_trajectories(), 2, rules, seed=4)
+    assert res.window["stopped_early_reason"] == es.looks[0] and len(es.looks) == 1
+    assert res.window["early_stop_looks"] == es.looks
+    assert res.window["window_end_s"] < full.window["window_end_s"]
+    assert res.window["min_trajectories_per_agent_in_window"] >= 1
+    # the cut window holds exactly the requests the look judged, every one of them ended
+    n_judged = int(es.looks[0].split("(")[1].split(" requests")[0].replace(",", ""))
+    assert int(res.requests["in_window"].sum()) == n_judged
+    # up to the cut the run is the full run's (the same seed, the same engine)
+    cut = res.window["window_end_s"]
+    cols = ["agent", "t_send_s", "t_end_s", "ttft_s"]
+    a = res.requests[res.requests["t_end_s"] < cut][cols].sort_values(cols).reset_index(drop=True)
+    b = full.requests[full.requests["t_end_s"] < cut][cols].sort_values(cols).reset_index(drop=True)
+    assert a.equals(b)
+
+
+def test_a_live_sweep_stops_decided_levels_early_and_keeps_every_request(tmp_path):
+    from agentperf_kit.results import load_run
+    from agentperf_kit.trajectories import SynthConfig, fit_context, save_trajectories, synthesize
+    from tests.sse_servers import SSEServer, serving
+
+    synth = SynthConfig(
+        tool_delay_median_s=0.005,
+        tool_delay_range_s=(0.002, 0.01),
+        output_median_tokens=800.0,  # ~20 tokens once the context is scaled to 1,500
+        output_p95_tokens=1500.0,
+        reasoning_share=(0.0, 0.0),
+    )
+    path = save_trajectories(fit_context(synthesize(synth, count=8, seed=2), 1500), tmp_path / "t.jsonl")
+    with serving(SSEServer(ttft_s=0.005, itl_s=0.0005)) as server:
+        cfg = SweepConfig(
+            target=server.base_url,
+            model="m",
+            accelerators=1,
+            trajectories=str(path),
+            level_duration_s=6.0,
+            warmup_s=0.2,
+            min_trajectories=0,
+            min_trajectories_per_agent=0,
+            max_agents=4,
+            drain_timeout_s=2,
+            confidence=0.5,
+            max_extensions=0,
+            power_w=700,
+            power_scope="declared",
+            out=str(tmp_path / "live"),
+            endpoint="completions",
+        )
+        res = run_sweep(cfg, progress=False)
+    # every tier passes by far: N = 1 and 2 only steer the ramp (a pass may stop them), N = 4 is the cap
+    lv = res.levels.set_index("concurrency")
+    assert list(lv.index) == [1, 2, 4]
+    assert pd.isna(lv.loc[4, "stopped_early"])  # a pass at the cap is an answer: full window
+    stopped = lv[lv["stopped_early"].notna()]
+    assert len(stopped) >= 1, lv[["n_requests", "stopped_early"]]
+    for n in stopped.index:
+        m = load_run(tmp_path / "live" / "levels" / f"n{n:05d}_e0").manifest
+        w = m["window"]
+        assert w["stopped_early_reason"].startswith("look 1") and w["window_s"] < 6.0
+        assert w["early_stop_looks"] == [w["stopped_early_reason"]]
+    # nothing lost: every request the server saw is a row of some level
+    level_dirs = sorted((tmp_path / "live" / "levels").iterdir())
+    assert sum(len(load_run(d).requests) for d in level_dirs) == len(server.bodies)
+
+
+def test_resuming_with_early_stop_off_measures_the_stopped_levels_in_full(pair, tmp_path):
+    import shutil
+
+    on, off = pair
+    out = tmp_path / "switched"
+    shutil.copytree(on.directory, out)
+    (out / "summary.json").unlink()
+    full = run_sweep(SweepConfig(out=str(out), band=False, early_stop=False), progress=False)
+    assert full.summary["n_levels_stopped_early"] == 0
+    assert full.levels["n_requests"].equals(off.levels["n_requests"])  # the full sweep's levels, same seeds
+    assert full.summary["levels_measured_this_run"] == on.summary["n_levels_stopped_early"]

@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-early-stop",
         action="store_true",
-        help="simulator: run every level's full window, also the levels whose verdict is decided early "
+        help="run every level's full window, also the levels whose verdict is decided at an interim look "
         "and that decide no answer (docs/sweep.md, Early stop)",
     )
     p.add_argument("--seed", type=count, help="seed (default 0)")

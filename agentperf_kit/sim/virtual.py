@@ -117,6 +117,7 @@ def run_sim_level(
         sim = _SimLevel(fleet, dep, eff)
         if early_stop is not None:
             sim.early_stop = early_stop
+            fleet.early_stop_looks = early_stop.looks
             sim.read_rows = _row_reader(writer, out_dir, rows)
         sim.run(rules.drain_timeout_s)
     except BaseException:
@@ -125,8 +126,6 @@ def run_sim_level(
                 writer.close()
         raise
     window = fleet.window_summary()
-    if early_stop is not None:
-        window["early_stop_looks"] = list(early_stop.looks)
     manifest.update(window_manifest(window))
     manifest.update(sim.manifest_sections(time.perf_counter() - wall0))
     if writer is not None and out_dir is not None:
@@ -305,64 +304,18 @@ class _SimLevel:
         }
 
 
-#: the raw columns a look reads: what the verdict's statistics derive from (metrics.add_request_metrics)
-_LOOK_COLUMNS = (
-    "agent",
-    "t_send_s",
-    "t_first_s",
-    "t_first_answer_s",
-    "t_last_s",
-    "t_end_s",
-    "ok",
-    "error",
-    "output_tokens",
-    "first_chunk_tokens",
-    "n_chunks",
-    "usage_mismatch",
-)
-
-
 def _row_reader(
     writer: RunWriter | None, out_dir, rows: list[tuple]
 ) -> Callable[[float, float], pd.DataFrame]:
-    """``read(start, cut)``: the raw rows written so far whose request is in the window [start, cut)
-    (:func:`~agentperf_kit.agents.in_window_mask`), with only :data:`_LOOK_COLUMNS`, their metrics
-    (``ttft_s``, ``output_speed_tps``...) and ``in_window``; from the stream on disk (flushed first) a
-    batch at a time, so a look at a level of millions of requests holds only its window's few columns."""
-    import numpy as np
-    import pyarrow as pa
-
-    from ..agents import in_window_mask
-    from ..metrics import add_request_metrics
-    from ..recorder import RAW_ARROW_SCHEMA, iter_raw_batches
-    from ..schema import RAW_COLUMNS
-
-    idx = [RAW_COLUMNS.index(c) for c in _LOOK_COLUMNS]
-    schema = pa.schema([RAW_ARROW_SCHEMA.field(c) for c in _LOOK_COLUMNS])
-
-    def batches():
-        if writer is not None:
-            writer.flush()
-            for b in iter_raw_batches(out_dir, (writer.path.name,)):
-                yield b.select(list(_LOOK_COLUMNS))
-        elif rows:
-            cols = list(zip(*rows))
-            yield pa.RecordBatch.from_arrays(
-                [pa.array(cols[i], type=f.type) for i, f in zip(idx, schema)], schema=schema
-            )
+    """``read(start, cut)``: the window's rows so far (:func:`agentperf_kit.sweep_early.window_rows`), from
+    the stream on disk (flushed first) or from the rows kept in memory."""
+    from ..sweep_early import window_rows, window_rows_from_stream
 
     def read(start: float, cut: float) -> pd.DataFrame:
-        kept = []
-        for b in batches():
-            t_send = b.column(1).to_numpy(zero_copy_only=False)
-            t_end = b.column(5).to_numpy(zero_copy_only=False)
-            mask = in_window_mask(t_send, t_end, start, cut)
-            if mask.any():
-                kept.append(b.filter(pa.array(mask)))
-        df = pa.Table.from_batches(kept, schema=schema).to_pandas()
-        add_request_metrics(df)
-        df["in_window"] = np.ones(len(df), dtype=bool)
-        return df
+        if writer is not None:
+            writer.flush()
+            return window_rows_from_stream(out_dir, (writer.path.name,), start, cut)
+        return window_rows(rows, start, cut)
 
     return read
 
