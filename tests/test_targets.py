@@ -130,7 +130,8 @@ QUICK = dict(level_duration_s=30, warmup_s=5, min_trajectories=3, min_trajectori
 
 
 def test_run_sweep_runs_a_custom_target_through_the_same_path(tmp_path):
-    cfg = SweepConfig(out=str(tmp_path / "plain"), **QUICK)
+    # a target without ``supports_early_stop`` runs every level in full: as the plain sweep without it
+    cfg = SweepConfig(out=str(tmp_path / "plain"), early_stop=False, **QUICK)
     plain = run_sweep(cfg, progress=False)
     custom = RelabelledSim(parse_target("sim"))
     assert isinstance(custom, Target)
@@ -147,6 +148,7 @@ def test_run_sweep_runs_a_custom_target_through_the_same_path(tmp_path):
     # the same levels, seeds and verdicts as the sweep of the target it wraps
     cols = ["concurrency", "n_requests", "p25_output_speed_tps", "p95_ttft_s"]
     assert res.levels[cols].equals(plain.levels[cols])
+    assert res.summary["n_levels_stopped_early"] == 0
     assert res.summary["accelerators"] == plain.summary["accelerators"]
 
 
