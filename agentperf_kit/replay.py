@@ -489,7 +489,7 @@ class _LiveLevel:
         es, fleet = self.early_stop, self.fleet
         assert es is not None
         now = self.now()
-        if not es.due(fleet.window_share(now)):
+        if not es.due(now - fleet.window_start_s, fleet.window_share(now)):
             return
         start = fleet.window_start_s
         t_cut = min([now, *(p.t_send_s for p in self.in_flight.values())])

@@ -85,10 +85,11 @@ def test_a_look_stops_only_on_the_verdicts_that_leave_the_answers_open():
     rows = _judged(40.0)  # tier a passes by far, tier b fails by far
     es = EarlyStop(tiers, {"a": frozenset({"pass", "fail"}), "b": frozenset({"fail"})})
     assert es.look_confidence == pytest.approx(0.975)  # 0.95 spread over the two interim looks
-    assert not es.due(0.2) and es.due(0.34)
+    assert not es.due(1e9, 0.2) and es.due(0.0, 0.34)  # no look by time unless min_window_s is set
     reason = es.decide(rows, (0.0, 1000.0))
     assert reason is not None and "a pass" in reason and "b fail" in reason
-    assert es.due(0.7) and not es.due(0.5)  # the second look at two thirds
+    assert es.due(0.0, 0.7) and not es.due(0.0, 0.5)  # the second look at two thirds
+    assert not es.due(0.0, 1.0)  # the window closes now anyway
     # a tier that may stop only on a failure, seen passing: the level goes on
     es = EarlyStop(tiers, {"a": frozenset({"fail"})})
     assert es.decide(rows, (0.0, 1000.0)) is None and len(es.looks) == 1
@@ -96,6 +97,22 @@ def test_a_look_stops_only_on_the_verdicts_that_leave_the_answers_open():
     es = EarlyStop(tiers, {"a": frozenset({"pass", "fail"})})
     assert es.decide(_judged(20.0 / 0.935), (0.0, 1000.0)) is None
     assert "inconclusive" in es.looks[0]
+
+
+def test_the_looks_by_time_and_by_share_are_used_up_together():
+    tiers = (Tier("a", "a", 20.0, 10.0),)
+    es = EarlyStop(tiers, {"a": frozenset({"fail"})}, min_window_s=600.0)
+    assert es.look_confidence == pytest.approx(1 - 0.05 / 3)  # three looks planned
+    assert not es.due(599.0, 0.0) and es.due(600.0, 0.0)
+    assert es.decide(_judged(40.0), (0.0, 600.0)) is None  # a pass, and only a failure may stop it
+    assert not es.due(900.0, 0.2) and es.due(900.0, 0.4)  # the time look is used; the 1/3 look is due
+    # a look when two conditions hold at once uses up both: no third look
+    es = EarlyStop(tiers, {"a": frozenset({"fail"})}, min_window_s=600.0)
+    assert es.due(700.0, 0.4)
+    es.decide(_judged(40.0), (0.0, 700.0))
+    assert es.due(800.0, 0.7) and not es.due(800.0, 0.5)
+    es.decide(_judged(40.0), (0.0, 800.0))
+    assert not es.due(1e9, 0.99) and len(es.looks) == 2
 
 
 def _fleet(n_agents: int, rules: RunRules) -> AgentFleet:

@@ -271,7 +271,7 @@ class _SimLevel:
         verdicts the sweep needs are decided (:class:`~agentperf_kit.sweep_early.EarlyStop`)."""
         fleet, es = self.fleet, self.early_stop
         assert es is not None and self.read_rows is not None
-        if fleet.window_closed or not es.due(fleet.window_share(now)):
+        if fleet.window_closed or not es.due(now - fleet.window_start_s, fleet.window_share(now)):
             return
         start = fleet.window_start_s
         t_cut = min([now, *(p.t_send_s for p in self.in_flight.values())])
