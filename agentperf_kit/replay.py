@@ -489,11 +489,11 @@ class _LiveLevel:
         es, fleet = self.early_stop, self.fleet
         assert es is not None
         now = self.now()
-        if not es.due(now - fleet.window_start_s, fleet.window_share(now)):
+        if not es.due(fleet.window_share(now)):
             return
         start = fleet.window_start_s
         t_cut = min([now, *(p.t_send_s for p in self.in_flight.values())])
-        if t_cut <= start:
+        if not es.covered(start, t_cut, now):  # a long request still running early in the window: later
             return
         from .sweep_early import window_rows_from_stream
 

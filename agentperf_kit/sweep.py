@@ -294,7 +294,6 @@ class _Sweeper:
             ci_method=cfg.ci_method,
             failure_policy=cfg.failure_policy,
             max_unmeasured_share=cfg.max_unmeasured_share,
-            min_window_s=cfg.rules(0).duration_s,
         )
 
     def verdicts(self) -> dict[int, dict[str, str]]:

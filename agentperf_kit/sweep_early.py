@@ -46,9 +46,10 @@ __all__ = [
     "window_rows_from_stream",
 ]
 
-#: the interim looks at shares of the way to the rule that closes the window last (besides the first look,
-#: once the window is as long as its minimum duration: :attr:`EarlyStop.min_window_s`)
+#: the interim looks, as shares of the way to the rule that closes the window last
 LOOK_SHARES = (1 / 3, 2 / 3)
+#: a look waits until its cut (the earliest send still running) covers this share of the elapsed window
+LOOK_MIN_COVER = 0.9
 
 
 def _step(lo: int, resolution: int, relative_resolution: float) -> int:
@@ -113,11 +114,9 @@ class EarlyStop:
     Attributes:
         tiers: the tiers to judge at a look (the preset's, those in ``needs``).
         needs: tier name -> the verdicts that let the level stop (:func:`stop_outcomes`).
-        confidence: the sweep's confidence c; a look uses ``1 - (1 - c) / K``, K the looks planned.
+        confidence: the sweep's confidence c; a look uses ``1 - (1 - c) / len(shares)``.
         ci_method, failure_policy, max_unmeasured_share: as the sweep judges its levels.
-        min_window_s: a look once the window has lasted this long (seconds; the level's ``duration_s``,
-            AA's 10 minutes by default), None for none.
-        shares: looks at these shares of the way to the window's close (:data:`LOOK_SHARES`).
+        shares: the looks, as shares of the way to the window's close (:data:`LOOK_SHARES`).
         looks: what each look found, one line each (for the level's manifest and the sweep's notes).
     """
 
@@ -127,41 +126,30 @@ class EarlyStop:
     ci_method: str = "agent+time"
     failure_policy: str = "miss"
     max_unmeasured_share: float = 0.05
-    min_window_s: float | None = None
     shares: tuple[float, ...] = LOOK_SHARES
     looks: list[str] = field(default_factory=list)
-    _used: set[int] = field(default_factory=set, repr=False)
-    _due: list[int] = field(default_factory=list, repr=False)
-
-    def _planned(self) -> list[tuple[str, float]]:
-        """The looks planned: ("elapsed", seconds) and ("share", share), in no particular order."""
-        out = [("elapsed", float(self.min_window_s))] if self.min_window_s is not None else []
-        return out + [("share", float(x)) for x in self.shares]
 
     @property
     def look_confidence(self) -> float:
-        """The confidence of each interim look's intervals (Bonferroni over the looks planned)."""
-        return 1.0 - (1.0 - self.confidence) / max(1, len(self._planned()))
+        """The confidence of each interim look's intervals (Bonferroni over the looks)."""
+        return 1.0 - (1.0 - self.confidence) / max(1, len(self.shares))
 
-    def due(self, elapsed_s: float, share: float) -> bool:
-        """Whether a look is due now that the window has lasted ``elapsed_s`` seconds and is ``share`` of
-        the way to its close: some planned look not taken yet has its condition met, and the window is
-        not closing anyway (share < 1). A look taken now uses up every look whose condition is met."""
-        if share >= 1.0:
-            return False
-        self._due = [
-            i
-            for i, (kind, x) in enumerate(self._planned())
-            if i not in self._used and (elapsed_s >= x if kind == "elapsed" else share >= x)
-        ]
-        return bool(self._due)
+    def due(self, share: float) -> bool:
+        """Whether a look is due now that the window is ``share`` of the way to its close (one look per
+        share, in order; none once the window closes anyway, ``share`` >= 1)."""
+        return share < 1.0 and len(self.looks) < len(self.shares) and share >= self.shares[len(self.looks)]
+
+    @staticmethod
+    def covered(start: float, cut: float, now: float) -> bool:
+        """Whether a look now may judge the window [start, cut): the cut (the earliest send of a request
+        still running) covers :data:`LOOK_MIN_COVER` of the time elapsed since ``start`` (seconds). A
+        request still running since early in the window would otherwise leave only the window's first
+        minutes, which on a big system still carry the start-up backlog (docs/sweep.md, "Early stop")."""
+        return cut - start >= LOOK_MIN_COVER * (now - start) and cut > start
 
     def decide(self, judged: pd.DataFrame, window: tuple[float, float]) -> str | None:
         """One look at ``judged`` (the tidy rows of the window so far, every one of them ended; ``window`` =
-        (start, cut) in seconds): the reason to stop now, or None to go on. Uses up the looks that
-        :meth:`due` found due (at least one)."""
-        self._used.update(self._due or [min(set(range(len(self._planned()))) - self._used, default=0)])
-        self._due = []
+        (start, cut) in seconds): the reason to stop now, or None to go on. Uses up a look."""
         k = len(self.looks) + 1
         tiers = [t for t in self.tiers if t.name in self.needs]
         if not tiers:  # no tier's answer depends on this level

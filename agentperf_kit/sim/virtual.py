@@ -271,11 +271,11 @@ class _SimLevel:
         verdicts the sweep needs are decided (:class:`~agentperf_kit.sweep_early.EarlyStop`)."""
         fleet, es = self.fleet, self.early_stop
         assert es is not None and self.read_rows is not None
-        if fleet.window_closed or not es.due(now - fleet.window_start_s, fleet.window_share(now)):
+        if fleet.window_closed or not es.due(fleet.window_share(now)):
             return
         start = fleet.window_start_s
         t_cut = min([now, *(p.t_send_s for p in self.in_flight.values())])
-        if t_cut <= start:
+        if not es.covered(start, t_cut, now):  # a long request still running early in the window: later
             return
         reason = es.decide(self.read_rows(start, t_cut), (start, t_cut))
         if reason is not None:
