@@ -49,7 +49,7 @@ __all__ = [
 #: the interim looks, as shares of the way to the rule that closes the window last
 LOOK_SHARES = (1 / 3, 2 / 3)
 #: a look waits until its cut (the earliest send still running) covers this share of the elapsed window
-LOOK_MIN_COVER = 0.9
+LOOK_MIN_COVER = 0.75
 
 
 def _step(lo: int, resolution: int, relative_resolution: float) -> int:

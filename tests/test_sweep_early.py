@@ -103,7 +103,8 @@ def test_a_look_waits_while_a_request_from_early_in_the_window_still_runs():
     # the window opened at 100 s; at 1,000 s the earliest request still running was sent at 150 s: judging
     # [100, 150) would judge the window's first minutes only (a big system's start-up backlog)
     assert not EarlyStop.covered(100.0, 150.0, 1000.0)
-    assert EarlyStop.covered(100.0, 920.0, 1000.0)  # 0.9 of the elapsed window
+    assert EarlyStop.covered(100.0, 775.0, 1000.0)  # 0.75 of the elapsed window
+    assert not EarlyStop.covered(100.0, 760.0, 1000.0)
     assert not EarlyStop.covered(100.0, 100.0, 100.0)
 
 
