@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .results import _METRIC_INPUTS
 from .slo import Tier, evaluate_level
 
 __all__ = [
@@ -177,21 +178,8 @@ class EarlyStop:
         return None
 
 
-#: the raw columns a look reads: what the verdict's statistics derive from (metrics.add_request_metrics)
-LOOK_COLUMNS = (
-    "agent",
-    "t_send_s",
-    "t_first_s",
-    "t_first_answer_s",
-    "t_last_s",
-    "t_end_s",
-    "ok",
-    "error",
-    "output_tokens",
-    "first_chunk_tokens",
-    "n_chunks",
-    "usage_mismatch",
-)
+#: the raw columns a look reads: the agent and what the verdict's statistics derive from
+LOOK_COLUMNS = ("agent", *_METRIC_INPUTS)
 
 
 def _look_frame(batches, start: float, cut: float) -> pd.DataFrame:
