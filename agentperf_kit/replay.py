@@ -486,23 +486,19 @@ class _LiveLevel:
         """An interim look of the early stop, if one is due: the window's requests sent before the earliest
         one still running (all of them ended), read from the row stream (flushed here) and judged in a
         worker thread; the window closes at that cut if the sweep's verdicts are decided."""
-        es, fleet = self.early_stop, self.fleet
+        es = self.early_stop
         assert es is not None
-        now = self.now()
-        if not es.due(fleet.window_share(now)):
-            return
-        start = fleet.window_start_s
-        t_cut = min([now, *(p.t_send_s for p in self.in_flight.values())])
-        if not es.covered(start, t_cut, now):  # a long request still running early in the window: later
+        window = es.window_to_judge(self.fleet, self.now(), self.in_flight.values())
+        if window is None:
             return
         from .sweep_early import window_rows_from_stream
 
         self.writer.flush()
         names = (self.writer.path.name,)
-        rows = await asyncio.to_thread(window_rows_from_stream, self.out_dir, names, start, t_cut)
-        reason = await asyncio.to_thread(es.decide, rows, (start, t_cut))
+        rows = await asyncio.to_thread(window_rows_from_stream, self.out_dir, names, *window)
+        reason = await asyncio.to_thread(es.decide, rows, window)
         if reason is not None:
-            fleet.stop_early(t_cut, reason)
+            self.fleet.stop_early(window[1], reason)
 
     async def _agent(self, session: aiohttp.ClientSession, plan: RequestPlan | None) -> None:
         """One closed-loop agent: wait for its plan's time, send, record, next plan."""

@@ -43,7 +43,7 @@ from .results import MANIFEST_NAME, RunResult, check_sweep_dir, load_run, toolki
 from .schema import SCHEMA_VERSION, check_schema_version, json_safe, strict_json_dumps
 from .slo import _EVAL_COLUMNS, TierPreset, evaluate_level, get_tier_preset, max_agents
 from .sweep_config import SweepConfig, SweepConfigError
-from .sweep_early import EarlyStop, final_levels, stop_outcomes
+from .sweep_early import EarlyStop, _bracket, _step, final_levels, stop_outcomes
 from .sweep_result import SweepResult
 from .targets import Target
 
@@ -130,15 +130,12 @@ def _next_bisection_point(
     relative_resolution: float = 0.0,
 ) -> int | None:
     for t in tiers:
-        fails = [n for n, v in verdicts.items() if v[t] == "fail"]
-        if not fails:
+        lo, hi = _bracket(verdicts, t)
+        if hi is None:
             continue  # still passing at the top of the ramp: a lower bound
-        hi = min(fails)
-        passes = [n for n, v in verdicts.items() if n < hi and v[t] == "pass"]
-        if not passes:
+        if lo is None:
             continue  # nothing passes below the first failure: 0 agents
-        lo = max(passes)
-        if hi - lo <= max(resolution, math.floor(lo * relative_resolution)):
+        if hi - lo <= _step(lo, resolution, relative_resolution):
             continue
         mid = (lo + hi) // 2
         free = [n for n in range(lo + 1, hi) if n not in verdicts]

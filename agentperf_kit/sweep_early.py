@@ -29,14 +29,18 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .results import _METRIC_INPUTS
 from .slo import Tier, evaluate_level
+
+if TYPE_CHECKING:
+    from .agents import AgentFleet, RequestPlan
 
 __all__ = [
     "LOOK_SHARES",
@@ -54,7 +58,8 @@ LOOK_MIN_COVER = 0.75
 
 
 def _step(lo: int, resolution: int, relative_resolution: float) -> int:
-    """The search's resolution above a pass at ``lo`` agents (:func:`agentperf_kit.sweep.search_levels`)."""
+    """The search's resolution above a pass at ``lo`` agents, in agents (the bisection of
+    :func:`agentperf_kit.sweep.search_levels` stops at a bracket this narrow)."""
     return max(resolution, math.floor(lo * relative_resolution))
 
 
@@ -140,6 +145,19 @@ class EarlyStop:
         share, in order; none once the window closes anyway, ``share`` >= 1)."""
         return share < 1.0 and len(self.looks) < len(self.shares) and share >= self.shares[len(self.looks)]
 
+    def window_to_judge(
+        self, fleet: AgentFleet, now: float, in_flight: Iterable[RequestPlan]
+    ) -> tuple[float, float] | None:
+        """The window [start, cut) a look judges now (seconds), or None when no look is due or its cut
+        does not cover enough of the window yet (:meth:`covered`): the cut is the earliest send of the
+        requests ``in_flight`` (so every request sent before it has ended), at most ``now``. What both
+        drivers (simulated and live) ask before a look."""
+        if fleet.window_closed or not self.due(fleet.window_share(now)):
+            return None
+        start = fleet.window_start_s
+        cut = min([now, *(p.t_send_s for p in in_flight)])
+        return (start, cut) if self.covered(start, cut, now) else None
+
     @staticmethod
     def covered(start: float, cut: float, now: float) -> bool:
         """Whether a look now may judge the window [start, cut): the cut (the earliest send of a request
@@ -166,7 +184,7 @@ class EarlyStop:
             window=window,
         )
         verdicts = dict(zip(ev["tier"], ev["tier_verdict"]))
-        n = int(judged["in_window"].sum()) if "in_window" in judged else len(judged)
+        n = len(judged)
         seen = ", ".join(f"{t} {v}" for t, v in verdicts.items())
         line = (
             f"look {k} at {window[1] - window[0]:,.0f} s of window ({n:,} requests, confidence "

@@ -269,17 +269,14 @@ class _SimLevel:
         """An interim look of the early stop, if one is due at ``now``: judge the window's requests sent
         before the earliest one still running (all of them ended), and close the window there if the
         verdicts the sweep needs are decided (:class:`~agentperf_kit.sweep_early.EarlyStop`)."""
-        fleet, es = self.fleet, self.early_stop
+        es = self.early_stop
         assert es is not None and self.read_rows is not None
-        if fleet.window_closed or not es.due(fleet.window_share(now)):
+        window = es.window_to_judge(self.fleet, now, self.in_flight.values())
+        if window is None:
             return
-        start = fleet.window_start_s
-        t_cut = min([now, *(p.t_send_s for p in self.in_flight.values())])
-        if not es.covered(start, t_cut, now):  # a long request still running early in the window: later
-            return
-        reason = es.decide(self.read_rows(start, t_cut), (start, t_cut))
+        reason = es.decide(self.read_rows(*window), window)
         if reason is not None:
-            fleet.stop_early(t_cut, reason)
+            self.fleet.stop_early(window[1], reason)
 
     def manifest_sections(self, wall_s: float) -> dict[str, Any]:
         """``client_ok``, the modelled power and the ``sim`` section of the manifest."""
