@@ -18,8 +18,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import _compiled
 from ._version import __version__
 from .errors import AgentperfError, ConfigError, InputFormatError, MeasurementError, OutputError, TargetError
+
+_compiled._choose()  # the simulator core compiled, or from source if its sources changed since the build
 
 # public name -> module that defines it (relative to this package)
 _LAZY: dict[str, str] = {

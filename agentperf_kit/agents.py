@@ -49,11 +49,12 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from mypy_extensions import mypyc_attr
 
 from .schema import RAW_COLUMNS
 from .trajectories.model import Trajectory, Turn
@@ -120,6 +121,11 @@ class RunRules:
             raise ValueError(
                 f"max_duration_s ({self.max_duration_s}) must be >= duration_s ({self.duration_s})"
             )
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # pickled by its constructor (scale-out ships the rules to worker processes): a frozen dataclass
+        # compiled by mypyc (setup.py) cannot be restored field by field
+        return (RunRules, tuple(getattr(self, f.name) for f in fields(self)))
 
     def ramp_for(self, n_agents: int) -> float:
         """The ramp length in seconds for ``n_agents``."""
@@ -221,6 +227,7 @@ class _Agent:
     completed_in_window: int = 0
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # scaleout/fleets.py's SubFleet and Ledger
 @dataclass
 class AgentFleet:
     """N closed-loop agents over a trajectory set (see the module docstring for the protocol).

@@ -29,6 +29,7 @@ __all__ = [
     "InputFormatError",
     "MeasurementError",
     "OutputError",
+    "SimulatorInvariantError",
     "TargetError",
     "UnknownNameError",
 ]
@@ -69,3 +70,9 @@ class MeasurementError(AgentperfError):
     """A run ended but could not be measured validly; the message says why."""
 
     exit_code = 3
+
+
+class SimulatorInvariantError(AgentperfError, RuntimeError):
+    """An internal invariant of the simulated engine broke (a bug in the simulator, not in the input):
+    e.g. a submitted request that was neither finished, rejected nor cancelled at the end of a run.
+    (Defined here, outside the compiled simulator core, because an exception class cannot be compiled.)"""

@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from ._compiled import core_status
 from ._version import __version__
 from .agents import add_run_columns_inplace
 from .errors import OutputError
@@ -126,7 +127,8 @@ class RunResult:
 
 
 def toolkit_provenance() -> dict[str, Any]:
-    """Toolkit version and, when run from a git checkout, its commit."""
+    """Toolkit version, when run from a git checkout its commit, and whether the simulator's core ran
+    compiled (``simulator_core``: :func:`agentperf_kit._compiled.core_status`; the results are the same)."""
     commit = None
     try:
         here = Path(__file__).resolve().parent
@@ -137,7 +139,7 @@ def toolkit_provenance() -> dict[str, Any]:
             commit = out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"toolkit_version": __version__, "toolkit_commit": commit}
+    return {"toolkit_version": __version__, "toolkit_commit": commit, "simulator_core": core_status()}
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from agentperf_kit._compiled import core_status
 from agentperf_kit.agents import RunRules
 from agentperf_kit.metrics import level_stats
 from agentperf_kit.sim.virtual import run_sim_level
@@ -69,7 +70,7 @@ def main() -> None:
     peak = _rss_mb()
     print(
         f"{args.deployment}  N = {args.agents}  seed {args.seed}  load average (1 min) {load0:.1f} -> "
-        f"{os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)"
+        f"{os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)  simulator core: {core_status()}"
     )
     print(
         f"  requests {n:,} ({n_window:,} in the window)  virtual {res.manifest['sim']['virtual_s']:,.0f} s"

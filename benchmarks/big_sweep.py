@@ -70,7 +70,10 @@ def main() -> None:
             def vs(target, fmt):
                 return f" (target <= {fmt.format(target)})" if target else ""
 
-            print(f"{system}  load average {load0:.1f} -> {load1:.1f} (1 min, {os.cpu_count()} CPUs)")
+            print(
+                f"{system}  load average {load0:.1f} -> {load1:.1f} (1 min, {os.cpu_count()} CPUs)  "
+                f"simulator core: {s.get('simulator_core')}"
+            )
             print(
                 f"  wall time {wall:,.1f} s{vs(want_wall, '{:.0f} s')}, CPU time {cpu:,.1f} s (of which "
                 f"{s.get('side_job_cpu_s') or 0:,.1f} s in {s.get('side_job_workers') or 0} side-job workers)"

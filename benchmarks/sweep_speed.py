@@ -58,7 +58,10 @@ def main() -> None:
     s = res.summary
     ru = resource.getrusage(resource.RUSAGE_SELF)
     load = os.getloadavg()[0]
-    print(f"default sweep: target {s['target']}  tiers {s['tier_preset']}  (AA validity rules)")
+    print(
+        f"default sweep: target {s['target']}  tiers {s['tier_preset']}  (AA validity rules)  "
+        f"simulator core: {s.get('simulator_core')}"
+    )
     print(f"wall time: {', '.join(f'{w:.1f} s' for w in walls)}  (target <= 10 s on 2 cores, issue 12)")
     print(
         f"CPU time (user + system): {ru.ru_utime + ru.ru_stime:.1f} s this process + "

@@ -404,3 +404,10 @@ def serving(*servers: Any) -> Iterator[Any]:
         t.join(10)
         if not t.is_alive():
             loop.close()
+
+
+def comparable(fields: dict) -> dict:
+    """An outcome's fields (``dataclasses.asdict``) with NaN written as ``"nan"``, so that two outcomes
+    compare field by field: NaN equals NaN only as the same object, and a compiled ``RequestOutcome``
+    (setup.py) boxes each float it returns anew."""
+    return {k: "nan" if isinstance(v, float) and v != v else v for k, v in fields.items()}

@@ -91,27 +91,32 @@ def test_start_is_staggered_over_the_ramp_and_every_agent_gets_one_plan():
 
 
 def test_phase_markers_are_fresh_per_phase_instance_and_kept_within_a_phase():
-    fleet, rows = _fleet(
-        rules=RunRules(
+    markers: dict[int, set[str]] = {}
+
+    class SpyFleet(AgentFleet):  # a subclass, not a patched attribute: the fleet may be compiled (mypyc)
+        def _plan(self, agent, t, *, force_fresh=False):
+            plan = super()._plan(agent, t, force_fresh=force_fresh)
+            markers.setdefault(plan.phase_id, set()).add(plan.marker)
+            assert len(plan.marker) == 32 and plan.marker.isdigit()
+            return plan
+
+    rows = []
+    fleet = SpyFleet(
+        [_traj(f"t{i}") for i in range(5)],
+        4,
+        RunRules(
             warmup_s=0,
             duration_s=60,
             min_trajectories=0,
             min_trajectories_per_agent=0,
             random_start_turn=False,
-        )
+        ),
+        seed=1,
+        sink=rows.append,
     )
-    markers: dict[int, set[str]] = {}
-    orig = fleet._plan
-
-    def spy(agent, t, *, force_fresh=False):
-        plan = orig(agent, t, force_fresh=force_fresh)
-        markers.setdefault(plan.phase_id, set()).add(plan.marker)
-        assert len(plan.marker) == 32 and plan.marker.isdigit()
-        return plan
-
-    fleet._plan = spy
     _drive(fleet)
     df = _frame(rows)
+    assert len(markers) == df.phase_id.nunique() > 1  # the override ran for every phase
     assert all(len(m) == 1 for m in markers.values())
     all_markers = [next(iter(m)) for m in markers.values()]
     assert len(set(all_markers)) == len(all_markers)

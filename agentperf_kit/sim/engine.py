@@ -50,17 +50,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import AgentperfError
+from mypy_extensions import mypyc_attr
+
+from ..errors import SimulatorInvariantError
 from .presets import Deployment, Efficiency
 
 __all__ = ["BLOCK_TOKENS", "Engine", "SimRequest", "SimulatorInvariantError"]
 
 BLOCK_TOKENS = 16
-
-
-class SimulatorInvariantError(AgentperfError, RuntimeError):
-    """An internal invariant of the simulated engine broke (a bug in the simulator, not in the input):
-    e.g. a submitted request that was neither finished, rejected nor cancelled at the end of a run."""
 
 
 @dataclass(slots=True, eq=False)
@@ -90,6 +87,7 @@ class SimRequest:
     in_decode: bool = False  # in the decode batch now (False while queued or re-prefilled after preemption)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # TwinEngine (sim/twin.py) is not compiled
 class Engine:
     """The simulated serving engine. ``on_finish(req, t_end)`` is called when a request's last token
     is produced; ``on_reject(req, t, detail)`` when a request can never fit the KV cache."""
