@@ -36,6 +36,7 @@ from typing import Any
 
 import pandas as pd
 
+from ._compiled import core_status
 from ._version import __version__
 from .metrics import _STATS_COLUMNS, level_stats
 from .normalize import PowerSpec, agents_per_accelerator, agents_per_mw, provisioned_power_w
@@ -926,6 +927,7 @@ def _finish_sweep(config: SweepConfig, target: Target, out: Path, sw: _Sweeper, 
     summary = {
         "schema_version": SCHEMA_VERSION,
         "toolkit_version": __version__,
+        "simulator_core": core_status(),  # compiled or pure Python: the same results, not the same speed
         "target": config.target,
         "target_description": target.description,
         "model": config.model

@@ -75,8 +75,9 @@ async def _main(args: argparse.Namespace) -> None:
                 outside.append(out)
             med = statistics.median(outside)
             rows.append((sent, med))
+            total = statistics.median(times)
             print(
-                f"entries sent {sent:6d}  prompt {ntok} tokens  probe median {statistics.median(times) * 1e3:7.2f} ms,"
+                f"entries sent {sent:6d}  prompt {ntok} tokens  probe median {total * 1e3:7.2f} ms,"
                 f" outside the server's prompt and token timings {med * 1e3:6.2f} ms "
                 f"(min {min(outside) * 1e3:.2f}, max {max(outside) * 1e3:.2f})",
                 flush=True,
