@@ -51,15 +51,14 @@ print(json.dumps(out))
 """
 
 
+def _python(code: str, path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter with ``path`` as its first argument (and working directory)."""
+    cmd = [sys.executable, "-c", code, str(path)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=path, timeout=600)
+
+
 def _hashes(env: dict[str, str]) -> dict:
-    got = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(ROOT)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=600,
-    )
+    got = _python(_SCRIPT, ROOT, env)
     assert got.returncode == 0, got.stderr[-3000:]
     return json.loads(got.stdout.strip().splitlines()[-1])
 
@@ -102,13 +101,7 @@ def test_an_edited_source_is_imported_from_source_not_from_its_stale_build(tmp_p
     env = {k: v for k, v in os.environ.items() if k != "AGENTPERF_PURE_PYTHON"}
 
     def run() -> list[str]:
-        got = subprocess.run(
-            [sys.executable, "-c", probe, str(tmp_path)],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-        )
+        got = _python(probe, tmp_path, env)
         assert got.returncode == 0, got.stderr
         return got.stdout.strip().splitlines()
 
