@@ -47,15 +47,11 @@ class BuildCore(build_ext):
             super().run()
         except Exception as exc:
             self._remove_outputs()
-            print(
-                f"agentperf-kit: compiling the simulator core failed ({exc}); installing pure Python",
-                file=sys.stderr,
-            )
+            _say(f"compiling the simulator core failed ({exc}); installing pure Python")
             return
         manifest = {"modules": {p[:-3].replace("/", "."): _sha256(HERE / p) for p in COMPILED}}
-        root = Path(self.build_lib if not self.inplace else HERE)
-        for where in {root, HERE} if self.inplace else {root}:
-            (where / "agentperf_kit" / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        root = HERE if self.inplace else Path(self.build_lib)  # where the compiled modules went
+        (root / "agentperf_kit" / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
     def _remove_outputs(self) -> None:
         for out in self.get_outputs():
@@ -64,9 +60,7 @@ class BuildCore(build_ext):
 
 def _ext_modules() -> list:
     if os.environ.get("AGENTPERF_PURE_PYTHON", "") not in ("", "0"):
-        print(
-            "agentperf-kit: AGENTPERF_PURE_PYTHON set: the simulator core stays pure Python", file=sys.stderr
-        )
+        _say("AGENTPERF_PURE_PYTHON set: the simulator core stays pure Python")
         return []
     try:
         from mypyc.build import mypycify
@@ -75,10 +69,7 @@ def _ext_modules() -> list:
         flags = ["--ignore-missing-imports", "--no-warn-unused-ignores"]
         return mypycify([*flags, *COMPILED], opt_level="3", group_name="agentperf_kit._simcore")
     except BaseException as exc:
-        print(
-            f"agentperf-kit: cannot compile the simulator core ({exc}); installing pure Python",
-            file=sys.stderr,
-        )
+        _say(f"cannot compile the simulator core ({exc}); installing pure Python")
         return []
 
 
