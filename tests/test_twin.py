@@ -794,6 +794,51 @@ def test_a_host_prompt_cache_keeps_prefixes_the_kv_cache_evicted(tmp_path):
     assert hits == {0: 0, 100_000: 992}  # 1,000 tokens in 16-token blocks
 
 
+def test_a_slot_prompt_cache_keeps_one_prompt_per_slot(tmp_path):
+    """A twin with ``slot_prompt_cache`` (llama.cpp without --cache-ram): with 2 slots, a phase's prompt
+    survives one other phase but not two (each new prompt takes the least recently used idle slot's);
+    a block-pool cache of the same size keeps it through both. The closed loop: 8 agents on 2 slots reuse
+    far less than with a pool cache, 1 agent the same."""
+    from agentperf_kit.agents import RunRules
+    from agentperf_kit.sim.virtual import run_sim_level
+    from agentperf_kit.trajectories import default_trajectories
+
+    step = {"step_s": 0.001, "prefill_token_s": 1e-5, "decode_seq_s": 1e-4}
+    hits = {}
+    for slots in (False, True):
+        path = _write_twin(tmp_path / f"s{slots}.toml", step, max_num_seqs=2, kv_capacity_tokens=2_000_000,
+                           slot_prompt_cache=slots)  # fmt: skip
+        dep = get_deployment(path)
+        assert dep.slot_prompt_cache is slots
+        for others in (1, 2):
+            eng = TwinEngine(dep, efficiency("mid"), lambda *a: None, lambda *a: None)
+
+            def run(req, eng=eng):
+                eng.submit(req)
+                while eng.has_work:
+                    eng.advance(math.inf)
+                return req
+
+            run(SimRequest("a", 1, 1000, 0, 2, 0.0))
+            for k in range(2, 2 + others):
+                run(SimRequest("o", k, 1000, 0, 2, eng.now))
+            hits[slots, others] = run(SimRequest("a", 1, 1100, 1000, 2, eng.now)).hit
+            eng.check_conservation()
+            assert len(eng.cache) <= (2 if slots else 3)
+    assert hits == {(False, 1): 992, (False, 2): 992, (True, 1): 992, (True, 2): 0}
+    rules = RunRules(warmup_s=2, duration_s=40, max_duration_s=40, min_trajectories=0,
+                     min_trajectories_per_agent=0, drain_timeout_s=0.5)  # fmt: skip
+    share = {}
+    for slots in (False, True):
+        path = str(tmp_path / f"s{slots}.toml")
+        for n in (1, 8):
+            df = run_sim_level(default_trajectories(), n, rules, deployment=path, seed=3).requests
+            ok = df[df.ok]
+            share[slots, n] = ok.cached_prompt_tokens.sum() / ok.prompt_tokens.sum()
+    assert share[True, 1] == share[False, 1] > 0.5
+    assert share[True, 8] < 0.5 * share[False, 8]
+
+
 def test_validation_insitu_agent_counts_parse_and_name_a_bad_list():
     import argparse
 

@@ -129,6 +129,9 @@ class Engine:
         # entries the device evicts stay reusable there, LRU within its capacity (tokens)
         self._host_cap = int(getattr(dep, "host_cache_tokens", 0) or 0)
         self.host_cache: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        # a server that keeps one prompt per slot (a twin's slot_prompt_cache: llama.cpp without a host
+        # cache): idle entries + running requests <= max_num_seqs, the least recently used entry evicted
+        self._slot_cache = bool(getattr(dep, "slot_prompt_cache", False))
         self.host_tokens = 0
         self.idle_tokens = 0
         self.running_tokens = 0
@@ -454,6 +457,9 @@ class Engine:
             self.prefill_alloc += pe
             prefilling.append(req)
             self.step_admits += 1
+            if self._slot_cache:  # the admitted request takes a slot: an idle prompt there is dropped
+                while cache and len(cache) + self.b + len(prefilling) > max_seqs:
+                    self._evict_lru()
 
     def _mixed_step(self) -> None:
         b = self.b

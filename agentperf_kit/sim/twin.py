@@ -158,6 +158,10 @@ class TwinDeployment(Deployment):
     cache_block_tokens: int = 16  # the server's prefix-cache granularity (tokens; 1: token by token)
     host_cache_tokens: int = 0  # prompts kept in host memory beyond the KV capacity (tokens; 0: none)
     prefix_caching: bool = True  # False: the server reuses no prefix (every prompt prefilled in full)
+    # True: the server keeps one prompt per slot (llama.cpp without --cache-ram): the idle cached prompts and
+    # the running requests together never outnumber its max_num_seqs slots (a new prompt takes the least
+    # recently used idle slot's)
+    slot_prompt_cache: bool = False
     request_s: float = 0.0  # fixed cost of a request the engine does not see (s): delays its arrival
     noise_factors: tuple[float, ...] = ()  # server noise: step-time factors to draw from (module doc)
     noise_hold_s: float = 0.0  # virtual seconds a drawn factor holds
@@ -353,6 +357,7 @@ def load_twin(path: str | Path) -> TwinDeployment:
             cache_block_tokens=max(1, int(eng.get("cache_block_tokens", 16))),
             host_cache_tokens=max(0, int(eng.get("host_cache_tokens", 0))),
             prefix_caching=bool(eng.get("prefix_caching", True)),
+            slot_prompt_cache=bool(eng.get("slot_prompt_cache", False)),
             request_s=float(data.get("fit", {}).get("request_s", 0.0)),
             noise_factors=_noise_factors(data.get("noise") or {}),
             noise_hold_s=float((data.get("noise") or {}).get("hold_s", 0.0)),
