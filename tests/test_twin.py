@@ -768,6 +768,14 @@ def test_a_requests_own_end_delays_only_its_reported_end(tmp_path):
     assert ends[0.006][2] - ends[0.0][2] == pytest.approx(0.006, abs=1e-12)  # its own end only
 
 
+def _serve(eng, req):
+    """Submit ``req`` to the idle engine ``eng`` and run until it is done; returns it."""
+    eng.submit(req)
+    while eng.has_work:
+        eng.advance(math.inf)
+    return req
+
+
 def test_a_host_prompt_cache_keeps_prefixes_the_kv_cache_evicted(tmp_path):
     """A twin with ``host_cache_tokens``: a phase's prompt that other phases pushed out of the KV cache
     is still a prefix hit (kept in host memory); without it, the same prompt is prefilled again."""
@@ -779,17 +787,10 @@ def test_a_host_prompt_cache_keeps_prefixes_the_kv_cache_evicted(tmp_path):
         dep = get_deployment(path)
         assert dep.host_cache_tokens == host
         eng = TwinEngine(dep, efficiency("mid"), lambda *a: None, lambda *a: None)
-
-        def run(req, eng=eng):
-            eng.submit(req)
-            while eng.has_work:
-                eng.advance(math.inf)
-            return req
-
-        run(SimRequest("a", 1, 1000, 0, 2, 0.0))
+        _serve(eng, SimRequest("a", 1, 1000, 0, 2, 0.0))
         for k in range(2, 8):  # six other phases of 1,000 tokens: 6,000 > the 4,096-token KV cache
-            run(SimRequest("o", k, 1000, 0, 2, eng.now))
-        hits[host] = run(SimRequest("a", 1, 1100, 1000, 2, eng.now)).hit
+            _serve(eng, SimRequest("o", k, 1000, 0, 2, eng.now))
+        hits[host] = _serve(eng, SimRequest("a", 1, 1100, 1000, 2, eng.now)).hit
         eng.check_conservation()
     assert hits == {0: 0, 100_000: 992}  # 1,000 tokens in 16-token blocks
 
@@ -812,17 +813,10 @@ def test_a_slot_prompt_cache_keeps_one_prompt_per_slot(tmp_path):
         assert dep.slot_prompt_cache is slots
         for others in (1, 2):
             eng = TwinEngine(dep, efficiency("mid"), lambda *a: None, lambda *a: None)
-
-            def run(req, eng=eng):
-                eng.submit(req)
-                while eng.has_work:
-                    eng.advance(math.inf)
-                return req
-
-            run(SimRequest("a", 1, 1000, 0, 2, 0.0))
+            _serve(eng, SimRequest("a", 1, 1000, 0, 2, 0.0))
             for k in range(2, 2 + others):
-                run(SimRequest("o", k, 1000, 0, 2, eng.now))
-            hits[slots, others] = run(SimRequest("a", 1, 1100, 1000, 2, eng.now)).hit
+                _serve(eng, SimRequest("o", k, 1000, 0, 2, eng.now))
+            hits[slots, others] = _serve(eng, SimRequest("a", 1, 1100, 1000, 2, eng.now)).hit
             eng.check_conservation()
             assert len(eng.cache) <= (2 if slots else 3)
     assert hits == {(False, 1): 992, (False, 2): 992, (True, 1): 992, (True, 2): 0}
