@@ -11,6 +11,7 @@ modules only while their sources are those they were built from (``agentperf_kit
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -20,13 +21,20 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
-# module paths, relative to the project root; agentperf_kit/_compiled.py lists the same modules
-COMPILED = [
-    "agentperf_kit/sim/engine.py",
-    "agentperf_kit/sim/disagg.py",
-    "agentperf_kit/sim/virtual.py",
-    "agentperf_kit/agents.py",
-]
+
+
+def _compiled_modules() -> list[str]:
+    """The modules to compile, as paths: ``COMPILED_MODULES`` of agentperf_kit/_compiled.py (the one list),
+    read without importing the package."""
+    path = HERE / "agentperf_kit" / "_compiled.py"
+    spec = importlib.util.spec_from_file_location("_agentperf_compiled", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return [name.replace(".", "/") + ".py" for name in module.COMPILED_MODULES]
+
+
+COMPILED = _compiled_modules()
 MANIFEST = "_compiled_manifest.json"  # next to agentperf_kit/_compiled.py: the sources' SHA-256
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 __all__ = ["COMPILED_MODULES", "core_status"]
 
-# the same modules as setup.py's COMPILED
+# the modules setup.py compiles (it reads this tuple)
 COMPILED_MODULES = (
     "agentperf_kit.sim.engine",
     "agentperf_kit.sim.disagg",

@@ -14,7 +14,10 @@ Prints, per fill level, the entries sent so far and the median probe time, then 
 slope (ms per 100 entries). Run it on a fresh server (its cache empty) with nothing else running:
 
     python benchmarks/twin_host_scan.py --target http://127.0.0.1:8200/v1 --model tiny-random-llama \
-        --shared 400 --fill 0,100,200,400,800,1600
+        --shared 100 --suffix 150 --fill 0,200,400,800,1600 --probes 9
+
+A prompt that shares more than half of the slot it takes never touches the cache (the slot is reused in
+place), so the shared prefix must be short against the suffix (the defaults).
 
 Measured 2026-12-02 (llama.cpp ``-t 1``, 4 slots, shared/real-servers): docs/simulator.md, "Sixth pass".
 """
@@ -95,10 +98,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="http://127.0.0.1:8200/v1")
     ap.add_argument("--model", default="tiny-random-llama")
-    ap.add_argument("--shared", type=int, default=400, help="words of prefix every prompt shares")
-    ap.add_argument("--suffix", type=int, default=20, help="words of each prompt's own suffix")
-    ap.add_argument("--fill", default="0,100,200,400,800,1600", help="entries at which to probe")
-    ap.add_argument("--probes", type=int, default=7)
+    ap.add_argument("--shared", type=int, default=100, help="words of prefix every prompt shares")
+    ap.add_argument("--suffix", type=int, default=150, help="words of each prompt's own suffix")
+    ap.add_argument("--fill", default="0,200,400,800,1600", help="entries at which to probe")
+    ap.add_argument("--probes", type=int, default=9)
     asyncio.run(_main(ap.parse_args()))
 
 

@@ -121,9 +121,9 @@ def run_sim_level(
             fleet.early_stop_looks = early_stop.looks
             sim.read_rows = _row_reader(writer, out_dir, rows)
         # the cyclic garbage collector pauses while the level runs: its event loop allocates millions of
-        # short-lived objects (plans, engine requests, rows) and makes no reference cycles (a 2,048-agent
-        # GB300 level: ~1,000 objects collected in all), so the collector's passes only cost time (~25 % of
-        # the CPU per request); reference counting still frees everything (docs/simulator.md "Compiled core")
+        # short-lived objects (plans, engine requests, rows) and makes no reference cycles, so the
+        # collector's passes only cost time; reference counting still frees everything (docs/simulator.md
+        # "Compiled core")
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
