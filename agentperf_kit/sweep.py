@@ -197,8 +197,12 @@ class _Sweeper:
         target: Target | None = None,
         *,
         keep_rows: bool = True,
+        steer_only: bool = False,
     ) -> None:
         self.cfg = cfg
+        # True (the band's levels): no answer of this search needs an AA-valid window, so every level may
+        # stop at an interim look once every tier's verdict is decided (docs/sweep.md "Band")
+        self.steer_only = steer_only
         # False (the band's levels): a judged level keeps its manifest and its levels.csv row
         # (LEVEL_ROW_NAME), not its request rows; a resume reuses the row (docs/sweep.md "Disk")
         self.keep_rows = keep_rows
@@ -274,14 +278,19 @@ class _Sweeper:
         may depend on this level whatever its verdict."""
         if not self.cfg.early_stop or not getattr(self.target, "supports_early_stop", False):
             return None
-        needs = stop_outcomes(
-            n,
-            self.verdicts(),
-            [t.name for t in self.preset.tiers],
-            self.max_agents,
-            resolution=self.cfg.resolution,
-            relative_resolution=self.cfg.relative_resolution,
-        )
+        if self.steer_only:
+            needs: dict[str, frozenset[str]] | None = {
+                t.name: frozenset({"pass", "fail"}) for t in self.preset.tiers
+            }
+        else:
+            needs = stop_outcomes(
+                n,
+                self.verdicts(),
+                [t.name for t in self.preset.tiers],
+                self.max_agents,
+                resolution=self.cfg.resolution,
+                relative_resolution=self.cfg.relative_resolution,
+            )
         if needs is None:
             return None
         cfg = self.cfg
@@ -997,8 +1006,12 @@ def _add_band(tiers: pd.DataFrame, config, out: Path, sw, acc, acc_type, jobs: A
         if counts:
             sw.notes.append(
                 "band: "
-                + ", ".join(f"{k} levels under the {e} set" for e, k in counts.items())
-                + " (band/; method: docs/sweep.md)"
+                + ", ".join(
+                    f"{k} levels under the {e} set ({ends[e].get('stopped_early', 0)} stopped early)"
+                    for e, k in counts.items()
+                )
+                + " (band/; its levels stop at the interim looks once every tier is decided, so they do "
+                "not meet AA's rules; method: docs/sweep.md)"
             )
         for end in ("low", "high"):
             tiers[f"band_{end}_agents_per_accelerator"] = [

@@ -27,12 +27,14 @@ levels, and (when two CPUs are free) beside the sweep's own bisection (:mod:`age
    :data:`BAND_RESOLUTION` of its lower end (or 1 agent): the band is an uncertainty range (the sets
    differ by ~2x on the default system), not a figure to the agent.
 
-Each band level is a full level (AA's rules, the same extensions of inconclusive levels) with the same
-seed as the sweep's level of that N (seeds derive from (seed, N, extension)), written under
-``band/low/`` and ``band/high/`` and reused on resume; levels are shared by the tiers. The probes depend
-only on the ramp's levels, so a resumed, an inline and a parallel run measure the same levels. The
-sweep's own set need not be ``mid``: the band is always ``low`` and ``high``, and a sweep at ``low``
-(``high``) uses its own answer as that end.
+Each band level runs under AA's rules (the same extensions of inconclusive levels) with the same seed as
+the sweep's level of that N (seeds derive from (seed, N, extension)), and stops at the interim looks of
+:mod:`agentperf_kit.sweep_early` once every tier's verdict is decided (no band end needs an AA-valid
+window: the band is the model's uncertainty, not an answer; ``early_stop=False`` runs them in full);
+written under ``band/low/`` and ``band/high/`` and reused on resume; levels are shared by the tiers. The
+probes depend only on the ramp's levels, so a resumed, an inline and a parallel run measure the same
+levels. The sweep's own set need not be ``mid``: the band is always ``low`` and ``high``, and a sweep at
+``low`` (``high``) uses its own answer as that end.
 
 **Published figure**: where AA published a result for the same accelerator and model
 (:func:`agentperf_kit.published.load_published_results`, AA's ``aa-dsv4pro`` tiers only), the tier also
@@ -231,17 +233,25 @@ def run_band_end(cfg, out: Path, eff: str, plans: list[EndPlan]) -> dict[str, An
     d = out / "band" / eff
     d.mkdir(parents=True, exist_ok=True)
     # the band's levels keep their judged rows, not their requests (docs/sweep.md "Disk")
-    sw = _Sweeper(dataclasses.replace(cfg, efficiency=eff), d, lines.append, keep_rows=False)
+    # ... and stop at an interim look once every tier is decided (no band end needs an AA-valid window)
+    sw = _Sweeper(dataclasses.replace(cfg, efficiency=eff), d, lines.append, keep_rows=False, steer_only=True)
     sw.say(f"band: the {eff} efficiency set")
     answers: dict[str, tuple[int, bool]] = {}
     for plan in plans:
 
         def probe(n: int, tier: str = plan.tier) -> tuple[bool, float]:
-            row = sw.level(n)
+            row = sw.level(n, early=True)
             return row[f"verdict_{tier}"] == "pass", _margin(row, tier)
 
         answers[plan.tier] = search_end(probe, plan)
-    return {"answers": answers, "levels": len(sw.rows), "measured": sw.n_measured_now, "lines": lines}
+    stopped = sum(1 for r in sw.rows.values() if r.get("stopped_early"))
+    return {
+        "answers": answers,
+        "levels": len(sw.rows),
+        "stopped_early": stopped,
+        "measured": sw.n_measured_now,
+        "lines": lines,
+    }
 
 
 def band_columns(

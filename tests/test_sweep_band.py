@@ -155,3 +155,35 @@ def test_simulated_sweep_carries_its_band_and_prints_it(tmp_path, monkeypatch, s
     plain = run_sweep(SweepConfig(out=str(out), max_agents=32, band=False, **fast), progress=False)
     assert "band_low_agents" not in plain.summary["tiers"][0]
     assert json.loads((out / "summary.json").read_text())["tiers"][0]["published_agents_per_mw"] == 2594
+
+
+def test_band_levels_stop_once_every_tier_is_decided_and_find_the_same_ends(tmp_path, monkeypatch):
+    """The band's levels stop at the interim looks once every tier's verdict is decided (no band end needs
+    an AA-valid window); ``early_stop=False`` runs them in full. On the default system (AA's rules) both
+    find the same ends (within the band's resolution), the stopped way with fewer simulated requests, and
+    the summary says how many stopped."""
+    monkeypatch.setenv("AGENTPERF_SWEEP_WORKERS", "0")
+    runs = {}
+    for early in (True, False):
+        res = run_sweep(SweepConfig(out=str(tmp_path / f"e{int(early)}"), early_stop=early), progress=False)
+        bands = {}
+        for eff in ("low", "high"):
+            lv = pd.read_csv(res.directory / "band" / eff / "levels.csv")
+            requests = 0
+            for d in sorted((res.directory / "band" / eff / "levels").glob("n*_e*")):
+                requests += json.loads((d / "manifest.json").read_text())["sim"]["requests"]
+            bands[eff] = (lv["stopped_early"].notna().sum(), len(lv), requests)
+        ends = [(t["band_low_agents"], t["band_high_agents"]) for t in res.summary["tiers"]]
+        runs[early] = (bands, ends, res.summary["notes"])
+    (stopped, full) = runs[True], runs[False]
+    # the same ends within the band's resolution (the sweep's own ramp, whose margins place the band's first
+    # probes, is also judged on cut windows with early stop: docs/sweep.md)
+    for a, b in zip(sum(stopped[1], ()), sum(full[1], ())):
+        assert abs(a - b) <= max(1, math.floor(min(a, b) * BAND_RESOLUTION)), (stopped[1], full[1])
+    assert all(n == 0 for n, _, _ in full[0].values())  # --no-early-stop: every band level in full
+    assert sum(n for n, _, _ in stopped[0].values()) > 0
+    assert sum(r for _, _, r in stopped[0].values()) < sum(r for _, _, r in full[0].values())
+    note = next(x for x in stopped[2] if x.startswith("band: "))
+    n_low, levels_low, _ = stopped[0]["low"]
+    assert f"{levels_low} levels under the low set ({n_low} stopped early)" in note
+    assert "do not meet AA's rules" in note
