@@ -82,20 +82,30 @@ def search_levels(
     resolution: int = 1,
     relative_resolution: float = 0.0,
     on_ramp_done: Callable[[dict[int, dict[str, str]]], None] | None = None,
+    guide: Callable[[Sequence[int]], int | None] | None = None,
+    aim: Callable[[str, int, int], int | None] | None = None,
 ) -> dict[int, dict[str, str]]:
     """The search policy: which agent counts N to measure, given each level's tier verdicts.
 
     ``measure(n)`` returns ``{tier: "pass" | "fail" | "inconclusive"}`` for a level of ``n`` agents; it is
     called at most once per N. Returns every measured N with its verdicts.
 
-    1. Ramp N = 1, 2, 4, ... (capped at ``max_agents_``) until every tier has a failing level.
+    1. Ramp N = 1, 2, 4, ... (capped at ``max_agents_``) until every tier has a failing level. ``guide(ramp)``
+       (optional; the sweep's is :meth:`_Sweeper.guided_step`; ``ramp``: the ramp's levels so far, in
+       order) may replace the next doubling after the last one, n, by a smaller step when they predict a
+       tier's failure below 2 n: any N strictly between n and the doubling is taken, anything else ignored
+       (the ramp then doubles from there). It sees only the ramp's levels, so a replayed search (resumed,
+       or after a level was measured again) takes the same steps while their verdicts stay the same.
     2. For each tier, bracket [lo, hi] with hi = its lowest failing N and lo = its highest passing N below
        hi; measure a point inside until ``hi - lo <= max(resolution, floor(lo * relative_resolution))``
        (agents; a relative resolution spares big systems levels that only refine the answer by less than
        its own uncertainty: at 1/32, 5 bisection levels instead of 12 between 4,096 and 8,192). The
        point is the midpoint, or the unmeasured N nearest to it when the midpoint was measured and was
-       inconclusive for this tier (inconclusive counts as neither pass nor fail). A tier with no pass
-       below its lowest failure (N = 1 fails) needs no bisection: its result is 0.
+       inconclusive for this tier (inconclusive counts as neither pass nor fail). ``aim(tier, lo, hi)``
+       (optional; the sweep's is :meth:`_Sweeper.aimed_point`) may name the point instead, for the first
+       :data:`AIMED_PROBES` points of each tier: any unmeasured N strictly inside the bracket is taken,
+       anything else ignored (the midpoint then). A tier with no pass below its lowest failure (N = 1
+       fails) needs no bisection: its result is 0.
 
     Every tier is judged on the same levels: a level measured for one tier's bisection moves the others'
     brackets too. The result per tier is :func:`agentperf_kit.slo.max_agents` of these verdicts.
@@ -113,13 +123,21 @@ def search_levels(
         if n not in verdicts:
             verdicts[n] = dict(measure(n))
 
-    for n in plan_levels(max_agents_):
+    n, ramp = 1, []
+    while True:  # plan_levels(max_agents_), unless the guide shortens a step
         at(n)
-        if all(any(v[t] == "fail" for v in verdicts.values()) for t in tiers):
+        ramp.append(n)
+        if n >= max_agents_ or all(any(v[t] == "fail" for v in verdicts.values()) for t in tiers):
             break
+        nxt = min(2 * n, max_agents_)
+        step = guide(list(ramp)) if guide is not None else None
+        n = step if step is not None and n < step < nxt else nxt
     if on_ramp_done is not None:
         on_ramp_done(dict(verdicts))
-    while (mid := _next_bisection_point(verdicts, tiers, resolution, relative_resolution)) is not None:
+    aimed = dict.fromkeys(tiers, 0)  # points named by ``aim`` so far, per tier
+    while (
+        mid := _next_bisection_point(verdicts, tiers, resolution, relative_resolution, aim, aimed)
+    ) is not None:
         at(mid)
     return verdicts
 
@@ -129,6 +147,8 @@ def _next_bisection_point(
     tiers: Sequence[str],
     resolution: int,
     relative_resolution: float = 0.0,
+    aim: Callable[[str, int, int], int | None] | None = None,
+    aimed: dict[str, int] | None = None,
 ) -> int | None:
     for t in tiers:
         lo, hi = _bracket(verdicts, t)
@@ -138,6 +158,11 @@ def _next_bisection_point(
             continue  # nothing passes below the first failure: 0 agents
         if hi - lo <= _step(lo, resolution, relative_resolution):
             continue
+        if aim is not None and aimed is not None and aimed.get(t, 0) < AIMED_PROBES:
+            point = aim(t, lo, hi)
+            if point is not None and lo < point < hi and point not in verdicts:
+                aimed[t] = aimed.get(t, 0) + 1
+                return point
         mid = (lo + hi) // 2
         free = [n for n in range(lo + 1, hi) if n not in verdicts]
         if free:
@@ -147,6 +172,13 @@ def _next_bisection_point(
 
 #: the cap of a live sweep when ``max_agents`` is not set
 DEFAULT_MAX_AGENTS = 4096
+
+#: a guided ramp step (:meth:`_Sweeper.guided_step`) aims this share past the predicted crossing
+GUIDE_AIM = 0.1
+#: bisection points per tier that :meth:`_Sweeper.aimed_point` may name before plain bisection takes over
+AIMED_PROBES = 3
+#: an aimed point with no closing level predicted lands this share of the resolution below the crossing
+_AIM_BELOW = 0.4
 
 
 def resolve_max_agents(cfg: SweepConfig, trajectories=None) -> tuple[int, str]:
@@ -217,6 +249,9 @@ class _Sweeper:
         self.n_measured_now = 0
         self.max_agents = DEFAULT_MAX_AGENTS  # the resolved cap (run_sweep sets it)
         self._trajs = None
+        # levels named by aimed_point: placed to decide an answer, so they run their full window at once
+        # (stopped early, they would be measured again in full when they do)
+        self._aimed: set[int] = set()
 
     def say(self, line: str) -> None:
         """A progress line: to the ``progress`` callable, else (``progress=True``) the
@@ -456,11 +491,58 @@ class _Sweeper:
 
     # -- search -----------------------------------------------------------------------------------------
 
+    def guided_step(self, ramp: Sequence[int]) -> int | None:
+        """The ramp's next level after its levels ``ramp`` (agents, in order; the last is n) when they
+        predict a failure below ``2 n``: :data:`GUIDE_AIM` past the lowest N where a tier none of them
+        failed is predicted to cross its threshold (:func:`agentperf_kit.sweep_band.predicted_crossing`),
+        else None (the ramp doubles). A failure there brackets that tier's answer tighter than the
+        doubling's, for a smaller level; a pass only moves the ramp on (docs/sweep.md, Ramp: guided steps)."""
+        from .sweep_band import predicted_crossing
+
+        rows = {m: self.rows[m] for m in ramp}
+        n = ramp[-1]
+        zeros = [predicted_crossing(rows, t.name) for t in self.preset.tiers]
+        finite = [z for z in zeros if z is not None and z > n]
+        if not finite:
+            return None
+        return math.ceil(min(finite) * (1.0 + GUIDE_AIM))
+
+    def aimed_point(self, tier: str, lo: int, hi: int) -> int | None:
+        """The next bisection point of ``tier``'s bracket [``lo`` pass, ``hi`` failure] (agents) from their
+        binding margins: where the secant in log N predicts the margin crosses 0, the level that would close
+        the bracket if the prediction holds (``lo`` + the resolution when that is predicted to fail, else
+        the lowest N that would close it with ``hi`` when that is predicted to pass), else
+        :data:`_AIM_BELOW` x the resolution below the crossing (a pass expected, after which ``lo`` + the
+        resolution closes it). None where the margins predict nothing (not finite, or not falling). The
+        point runs its full window (no early stop): it is placed to decide the answer."""
+        from .sweep_band import _finite, _margin
+
+        if lo not in self.rows or hi not in self.rows:
+            return None
+        m_lo, m_hi = _margin(self.rows[lo], tier), _margin(self.rows[hi], tier)
+        if not (_finite(m_lo) and _finite(m_hi) and m_lo > 0.0 > m_hi):
+            return None
+        span = math.log(hi) - math.log(lo)
+        root = math.exp(math.log(lo) + span * m_lo / (m_lo - m_hi))
+        res, rel = self.cfg.resolution, self.cfg.relative_resolution
+        up = lo + _step(lo, res, rel)
+        down = hi - 1
+        while down - 1 > lo and hi - (down - 1) <= _step(down - 1, res, rel):
+            down -= 1
+        if up > root:
+            point = up
+        elif hi - down <= _step(down, res, rel) and down < root:
+            point = down
+        else:
+            point = math.floor(root - _AIM_BELOW * _step(math.floor(root), res, rel))
+        self._aimed.add(point)
+        return point
+
     def run(self, on_ramp_done: Callable[[dict[int, dict[str, str]]], None] | None = None) -> None:
         tiers = [t.name for t in self.preset.tiers]
 
         def measure(n: int) -> dict[str, str]:
-            row = self.level(n, early=True)
+            row = self.level(n, early=n not in self._aimed)
             return {t: row[f"verdict_{t}"] for t in tiers}
 
         ramp_done = on_ramp_done
@@ -472,6 +554,8 @@ class _Sweeper:
                 resolution=self.cfg.resolution,
                 relative_resolution=self.cfg.relative_resolution,
                 on_ramp_done=ramp_done,
+                guide=self.guided_step,
+                aim=self.aimed_point,
             )
             ramp_done = None  # once: a second search replays the measured levels
             # a level stopped early while it looked like a step of the search, that now decides an answer,

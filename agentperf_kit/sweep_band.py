@@ -59,6 +59,7 @@ __all__ = [
     "EndPlan",
     "band_columns",
     "plan_band",
+    "predicted_crossing",
     "published_for",
     "ramp_anchor",
     "run_band_end",
@@ -189,6 +190,23 @@ def ramp_anchor(rows: Mapping[int, Mapping[str, Any]], tier: str) -> tuple[float
     if _finite(m_p) and _finite(m_f) and m_p > m_f:
         return math.exp(math.log(p) + span * m_p / (m_p - m_f)), (m_p - m_f) / span, p, f
     return math.sqrt(p * f), DEFAULT_SLOPE, p, f
+
+
+def predicted_crossing(rows: Mapping[int, Mapping[str, Any]], tier: str) -> float | None:
+    """Where ``tier``'s binding margin is predicted to cross 0 (agents) while no level has failed it yet:
+    the secant in log N through the margins of the two highest levels measured (``rows``: N -> level row),
+    both passes with a finite, positive margin that falls between them. None when there is no such pair
+    (fewer than two passes, a failure already, margins that do not fall)."""
+    if any(r[f"verdict_{tier}"] == "fail" for r in rows.values()):
+        return None
+    top = sorted(rows)[-2:]
+    if len(top) < 2 or any(rows[n][f"verdict_{tier}"] != "pass" for n in top):
+        return None
+    (n1, n2), (m1, m2) = top, [_margin(rows[n], tier) for n in top]
+    if not (_finite(m1) and _finite(m2) and m1 > m2 > 0):
+        return None
+    slope = (m1 - m2) / (math.log(n2) - math.log(n1))
+    return n2 * math.exp(m2 / slope)
 
 
 def plan_band(cfg, rows: Mapping[int, Mapping[str, Any]], cap: int, trajectories) -> dict[str, list[EndPlan]]:

@@ -145,3 +145,112 @@ def test_bad_arguments_are_named():
         search_levels(lambda n: {}, TIERS, 8, resolution=0)
     with pytest.raises(ValueError, match="relative_resolution"):
         search_levels(lambda n: {}, TIERS, 8, relative_resolution=1.0)
+
+
+@pytest.mark.parametrize("easy,hard", [(239, 27), (1, 0), (100, 100), (63, 63), (700, 5)])
+def test_a_guide_shortens_ramp_steps_and_finds_the_same_boundaries(easy, hard):
+    """``guide(ramp)`` replaces a doubling by any N strictly between the ramp's last level n and 2 n; a
+    guide aimed just past the easy tier's limit needs no more levels, and every answer stays the same; a
+    guide outside (n, 2 n) is ignored."""
+    plain, plain_calls = _thresholds({"easy": easy, "hard": hard})
+    base = _result(search_levels(plain, TIERS, 4096))
+    aim = math.ceil(max(easy, hard) * 1.1) + 1
+    seen: list[list[int]] = []
+
+    def guide(ramp):
+        seen.append(list(ramp))
+        return aim
+
+    guided, calls = _thresholds({"easy": easy, "hard": hard})
+    res = _result(search_levels(guided, TIERS, 4096, guide=guide))
+    pd.testing.assert_frame_equal(res, base)
+    assert len(calls) == len(set(calls)) and len(calls) <= len(plain_calls)
+    # the ramp: the guide's N where it falls inside (n, 2n), else the doubling, until both tiers fail
+    ramp, n = [], 1
+    while True:
+        ramp.append(n)
+        if n > max(easy, hard):
+            break
+        nxt = min(2 * n, 4096)
+        n = aim if n < aim < nxt else nxt
+    assert calls[: len(ramp)] == ramp
+    assert seen == [ramp[: k + 1] for k in range(len(ramp) - 1)]  # the ramp so far, in order
+    ignored, ignored_calls = _thresholds({"easy": easy, "hard": hard})
+    search_levels(ignored, TIERS, 4096, guide=lambda r: 2 * r[-1] + 5)
+    assert ignored_calls == plain_calls
+
+
+def test_predicted_crossing_is_the_secant_of_the_margins_in_log_n():
+    from agentperf_kit.sweep_band import predicted_crossing
+
+    def row(v, speed, ttft=5.0):
+        return {"verdict_t": v, "t_margin_speed": speed, "t_margin_ttft": ttft}
+
+    # binding margins 0.8 at N = 16 and 0.4 at N = 32: 0.4 per doubling, zero one doubling past 32
+    rows = {8: row("pass", 2.0), 16: row("pass", 0.8), 32: row("pass", 0.4)}
+    assert predicted_crossing(rows, "t") == pytest.approx(64.0)
+    rows[32] = row("pass", 3.0, 0.4)  # the binding (smaller) margin counts, here the TTFT's
+    assert predicted_crossing(rows, "t") == pytest.approx(64.0)
+    assert predicted_crossing({**rows, 64: row("fail", -0.1)}, "t") is None  # failed already
+    assert predicted_crossing({16: row("pass", 0.8)}, "t") is None  # one level
+    assert predicted_crossing({16: row("pass", 0.4), 32: row("pass", 0.8)}, "t") is None  # rising
+    assert predicted_crossing({16: row("pass", 0.8), 32: row("pass", math.nan)}, "t") is None
+
+
+def test_an_aim_names_bisection_points_and_finds_the_same_boundaries():
+    """``aim(tier, lo, hi)`` names the next bisection point of a tier's bracket for its first
+    ``AIMED_PROBES`` points: a point just around the boundary closes the bracket in two levels; points
+    outside the bracket (or already measured) are ignored; a bad aim still ends at the exact boundary."""
+    from agentperf_kit.sweep import AIMED_PROBES
+
+    limits = {"easy": 700, "hard": 27}
+    plain, plain_calls = _thresholds(limits)
+    base = _result(search_levels(plain, TIERS, 4096))
+    asked: list[tuple[str, int, int]] = []
+
+    def exact(t, lo, hi):
+        asked.append((t, lo, hi))
+        return limits[t] if lo < limits[t] else limits[t] + 1  # the last pass, then the first failure
+
+    aimed, calls = _thresholds(limits)
+    pd.testing.assert_frame_equal(_result(search_levels(aimed, TIERS, 4096, aim=exact)), base)
+    ramp = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+    assert calls == [*ramp, 700, 701, 27, 28]  # two points per tier close each bracket
+    assert asked[0] == ("easy", 512, 1024) and len(calls) < len(plain_calls)
+    for bad in (lambda t, lo, hi: lo, lambda t, lo, hi: hi + 3, lambda t, lo, hi: lo + 1):
+        worse, _ = _thresholds(limits)  # at the bracket's ends or beyond: ignored; lo + 1: slow, still exact
+        pd.testing.assert_frame_equal(_result(search_levels(worse, TIERS, 4096, aim=bad)), base)
+    counted: list[str] = []
+
+    def creep(t, lo, hi):
+        counted.append(t)
+        return lo + 1  # moves the bracket by one agent: only AIMED_PROBES times per tier
+
+    search_levels(_thresholds(limits)[0], TIERS, 4096, aim=creep)
+    assert counted.count("easy") == AIMED_PROBES and counted.count("hard") == AIMED_PROBES
+
+
+def test_the_sweeps_aimed_point_closes_a_bracket_from_the_margins(tmp_path):
+    """``_Sweeper.aimed_point``: the secant of the binding margins in log N gives the crossing; the
+    point is the level that would close the bracket if the prediction holds, else just below the
+    crossing; margins that are not finite or do not fall give none."""
+    from agentperf_kit.sweep import SweepConfig, _Sweeper
+
+    sw = _Sweeper(SweepConfig(out=str(tmp_path)), tmp_path, False)  # resolution 1 agent, 1/32 relative
+
+    def row(m):
+        return {"verdict_slo1": "pass" if m > 0 else "fail", "slo1_margin_speed": m, "slo1_margin_ttft": 9.0}
+
+    # margin 0.5 at 1,000, -0.5 at 4,000: crossing at 2,000 (log-linear); nothing closes: 0.4 x 62 below
+    sw.rows = {1000: row(0.5), 4000: row(-0.5)}
+    assert sw.aimed_point("slo1", 1000, 4000) == math.floor(2000 - 0.4 * 62)
+    # a pass just below the crossing: lo + floor(lo / 32) is predicted to fail and would close it
+    sw.rows = {1990: row(0.004), 4000: row(-0.5)}
+    assert sw.aimed_point("slo1", 1990, 4000) == 1990 + 62
+    # a failure just above: the lowest N that would close the bracket with it is predicted to pass
+    sw.rows = {1000: row(0.5), 2010: row(-0.004)}
+    down = sw.aimed_point("slo1", 1000, 2010)
+    assert 2010 - down <= math.floor(down / 32) and 2010 - (down - 1) > math.floor((down - 1) / 32)
+    for m_lo, m_hi in ((0.5, math.nan), (0.5, -math.inf), (-0.1, -0.5), (0.5, 0.2)):
+        sw.rows = {1000: row(m_lo), 4000: row(m_hi)}
+        assert sw.aimed_point("slo1", 1000, 4000) is None
