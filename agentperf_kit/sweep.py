@@ -233,7 +233,8 @@ class _Sweeper:
     ) -> None:
         self.cfg = cfg
         # True (the band's levels): no answer of this search needs an AA-valid window, so every level may
-        # stop at an interim look once every tier's verdict is decided (docs/sweep.md "Band")
+        # stop at an interim look once every tier's verdict is decided, and at its last look in any case;
+        # a tier still inconclusive takes its point verdict instead of an extension (docs/sweep.md, Band)
         self.steer_only = steer_only
         # False (the band's levels): a judged level keeps its manifest and its levels.csv row
         # (LEVEL_ROW_NAME), not its request rows; a resume reuses the row (docs/sweep.md "Disk")
@@ -336,6 +337,7 @@ class _Sweeper:
             ci_method=cfg.ci_method,
             failure_policy=cfg.failure_policy,
             max_unmeasured_share=cfg.max_unmeasured_share,
+            settle_at_last_look=self.steer_only,
         )
 
     def verdicts(self) -> dict[int, dict[str, str]]:
@@ -374,6 +376,8 @@ class _Sweeper:
                 self.notes.append(f"N={n}: the level ended early, a failed level for every tier ({aborted})")
                 break
             stopped = window.get("stopped_early_reason")
+            if self.steer_only:  # the band: an inconclusive tier takes its point verdict, no second run
+                break
             if looks is not None and stopped and "inconclusive" in verdicts.values():
                 looks = None  # decided at a look, not on the whole cut window (rare): measured in full
                 continue
@@ -1094,8 +1098,8 @@ def _add_band(tiers: pd.DataFrame, config, out: Path, sw, acc, acc_type, jobs: A
                     f"{k} levels under the {e} set ({ends[e].get('stopped_early', 0)} stopped early)"
                     for e, k in counts.items()
                 )
-                + " (band/; its levels stop at the interim looks once every tier is decided, so they do "
-                "not meet AA's rules; method: docs/sweep.md)"
+                + " (band/; its levels stop at the interim looks once every tier is decided, or at the "
+                "last look on point verdicts, so they do not meet AA's rules; method: docs/sweep.md)"
             )
         for end in ("low", "high"):
             tiers[f"band_{end}_agents_per_accelerator"] = [

@@ -29,8 +29,10 @@ levels, and (when two CPUs are free) beside the sweep's own bisection (:mod:`age
 
 Each band level runs under AA's rules (the same extensions of inconclusive levels) with the same seed as
 the sweep's level of that N (seeds derive from (seed, N, extension)), and stops at the interim looks of
-:mod:`agentperf_kit.sweep_early` once every tier's verdict is decided (no band end needs an AA-valid
-window: the band is the model's uncertainty, not an answer; ``early_stop=False`` runs them in full);
+:mod:`agentperf_kit.sweep_early` once every tier's verdict is decided, and at its last look in any case,
+where an undecided tier takes its point verdict, as one still inconclusive after a full window does
+instead of an extension (no band end needs an AA-valid window: the band is the model's uncertainty, not an
+answer; ``early_stop=False`` runs them in full);
 written under ``band/low/`` and ``band/high/`` and reused on resume; levels are shared by the tiers. The
 probes depend only on the ramp's levels, so a resumed, an inline and a parallel run measure the same
 levels. The sweep's own set need not be ``mid``: the band is always ``low`` and ``high``, and a sweep at

@@ -123,6 +123,8 @@ class EarlyStop:
         confidence: the sweep's confidence c; a look uses ``1 - (1 - c) / len(shares)``.
         ci_method, failure_policy, max_unmeasured_share: as the sweep judges its levels.
         shares: the looks, as shares of the way to the window's close (:data:`LOOK_SHARES`).
+        settle_at_last_look: stop at the last look even when some tier is not decided (the band's levels,
+            whose inconclusive tiers then take their point verdicts: :mod:`agentperf_kit.sweep_band`).
         looks: what each look found, one line each (for the level's manifest and the sweep's notes).
     """
 
@@ -133,6 +135,7 @@ class EarlyStop:
     failure_policy: str = "miss"
     max_unmeasured_share: float = 0.05
     shares: tuple[float, ...] = LOOK_SHARES
+    settle_at_last_look: bool = False
     looks: list[str] = field(default_factory=list)
 
     @property
@@ -192,6 +195,9 @@ class EarlyStop:
         )
         self.looks.append(line)
         if all(verdicts.get(t) in allowed for t, allowed in self.needs.items()):
+            return line
+        if self.settle_at_last_look and k >= len(self.shares):
+            self.looks[-1] = line = line + " (last look: the undecided tiers take their point verdicts)"
             return line
         return None
 

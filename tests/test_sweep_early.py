@@ -245,6 +245,26 @@ def test_a_level_without_an_output_directory_stops_early_too():
     assert a.equals(b)
 
 
+def test_settling_at_the_last_look_stops_a_level_whose_verdict_is_not_the_one_needed():
+    """``settle_at_last_look`` (the band's levels): a level stops at its last look even when a tier's
+    verdict there is not one that lets it stop; without it the level runs its full window."""
+    from agentperf_kit.sim.virtual import run_sim_level
+    from agentperf_kit.slo import get_tier_preset
+    from agentperf_kit.trajectories import default_trajectories
+
+    tiers = get_tier_preset("aa-dsv4pro").tiers
+    needs = {"slo1": frozenset({"fail"})}  # 2 agents pass slo1 by far: never the verdict needed
+    plain = EarlyStop(tiers, needs)
+    settle = EarlyStop(tiers, needs, settle_at_last_look=True)
+    full = run_sim_level(default_trajectories(), 2, RunRules(), seed=4, early_stop=plain)
+    cut = run_sim_level(default_trajectories(), 2, RunRules(), seed=4, early_stop=settle)
+    assert full.window["stopped_early_reason"] is None and len(plain.looks) == 2
+    assert len(settle.looks) == 2 and cut.window["stopped_early_reason"] == settle.looks[-1]
+    assert settle.looks[-1].startswith("look 2 ") and "slo1 pass" in settle.looks[-1]
+    assert settle.looks[-1].endswith("(last look: the undecided tiers take their point verdicts)")
+    assert cut.window["window_end_s"] < full.window["window_end_s"]
+
+
 def test_a_live_sweep_stops_decided_levels_early_and_keeps_every_request(tmp_path):
     from agentperf_kit.results import load_run
     from agentperf_kit.trajectories import SynthConfig, fit_context, save_trajectories, synthesize
