@@ -880,7 +880,6 @@ def test_the_slot_probe_says_when_it_cannot_tell(tmp_path):
     assert slot is None and "half the KV capacity" in why, why
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("slots", [True, False])
 def test_a_profile_writes_the_slot_prompt_cache_it_found(tmp_path, slots):
     """A whole profile of serve-sim serving a twin with ``slot_prompt_cache = slots`` writes a twin with the
@@ -897,9 +896,9 @@ def test_a_profile_writes_the_slot_prompt_cache_it_found(tmp_path, slots):
     async def go():
         server = await SimServer(served, time_scale=10).start()
         try:
-            cfg = ProfileConfig(server.base_url, server.model, max_context=1024, repeats=1, batch_sizes=(1, 4),
-                                decode_tokens=16, stream_tokens=8, chunk_tokens=512, max_batch=4,
-                                kv_capacity=16384, budget_s=20)  # fmt: skip
+            cfg = ProfileConfig(server.base_url, server.model, max_context=1024, repeats=1,
+                                batch_sizes=(1, 4), decode_tokens=16, stream_tokens=8, chunk_tokens=512,
+                                max_batch=4, kv_capacity=16384, budget_s=20)  # fmt: skip
             return await profile_server(cfg)
         finally:
             await server.stop()

@@ -806,7 +806,7 @@ async def _slot_cache(
     if not kept[seqs - 1]:
         return None, f"dropped by fewer other prompts than the {seqs} slots: {what}"
     if kept[seqs]:
-        return False, f"probed: kept through max_num_seqs = {seqs} other prompts (kept by KV capacity): {what}"
+        return False, f"probed: kept through max_num_seqs = {seqs} other prompts (by KV capacity): {what}"
     return True, (
         f"probed: kept through {seqs - 1} other prompts, dropped by max_num_seqs = {seqs} (one prompt per "
         f"slot): {what}"
