@@ -344,6 +344,8 @@ def test_profile_serve_sim_writes_a_twin_that_a_sweep_runs(tmp_path):
     assert "finish_s" in data["fit"]["identified"]
     assert data["engine"]["cache_block_tokens"] == 16
     assert "inferred" in data["provenance"]["limit_sources"]["cache_block_tokens"]
+    # serve-sim's cache is bounded by the KV capacity, not one prompt per slot
+    assert data["engine"].get("slot_prompt_cache") is False, data["provenance"]["notes"]
 
     answers, single_speed = {}, {}
     for eff in ("low", "mid", "high"):

@@ -404,8 +404,10 @@ async def profile_server(cfg: ProfileConfig) -> ProfileResult:
             if reach is not None:
                 limits["host_cache_tokens"], sources["host_cache_tokens"] = reach
         # one prompt per slot, or as many as the KV capacity holds (llama.cpp without --cache-ram)
-        if limits.get("prefix_caching") != 0 and limits.get("kv_capacity_tokens"):
-            kv = int(limits["kv_capacity_tokens"])
+        # (the KV capacity as known so far: from the server, or the decode streams' usage readings)
+        kv_now = sorted(kv_probe)[len(kv_probe) // 2] if kv_probe else 0
+        kv = int(limits.get("kv_capacity_tokens") or kv_now)
+        if limits.get("prefix_caching") != 0 and kv:
             block = int(limits.get("cache_block_tokens") or 16)
             slot, why = await _slot_cache(p, max_b, kv, max_ctx, block, _small_request_s(obs, scale))
             if slot is not None:
