@@ -344,6 +344,8 @@ def test_profile_serve_sim_writes_a_twin_that_a_sweep_runs(tmp_path):
     assert "finish_s" in data["fit"]["identified"]
     assert data["engine"]["cache_block_tokens"] == 16
     assert "inferred" in data["provenance"]["limit_sources"]["cache_block_tokens"]
+    # serve-sim's cache is bounded by the KV capacity, not one prompt per slot
+    assert data["engine"].get("slot_prompt_cache") is False, data["provenance"]["notes"]
 
     answers, single_speed = {}, {}
     for eff in ("low", "mid", "high"):
@@ -831,6 +833,85 @@ def test_a_slot_prompt_cache_keeps_one_prompt_per_slot(tmp_path):
             share[slots, n] = ok.cached_prompt_tokens.sum() / ok.prompt_tokens.sum()
     assert share[True, 1] == share[False, 1] > 0.5
     assert share[True, 8] < 0.5 * share[False, 8]
+
+
+def _slot_probe(tmp_path, slots: bool, seqs: int, kv: int = 16384):
+    """The profile's slot-cache probe (``seqs`` slots assumed, ``kv`` tokens of KV) against serve-sim serving
+    a twin with 4 slots, a 16,384-token KV cache and ``slot_prompt_cache = slots``."""
+    import asyncio
+
+    from agentperf_kit.client.http import open_session
+    from agentperf_kit.sim.server import SimServer
+    from agentperf_kit.twin.profile import ProfileConfig, _Prober, _slot_cache
+
+    step = {"step_s": 0.001, "prefill_token_s": 1e-6, "decode_seq_s": 1e-4}
+    path = _write_twin(tmp_path / f"slot{slots}.toml", step, max_num_seqs=4, kv_capacity_tokens=16384,
+                       cache_block_tokens=1, slot_prompt_cache=slots)  # fmt: skip
+
+    async def go():
+        server = await SimServer(path, time_scale=10).start()
+        try:
+            async with open_session(16) as session:
+                p = _Prober(ProfileConfig(server.base_url, server.model), session, 10.0)
+                return await _slot_cache(p, seqs, kv, 4096, 1, None)
+        finally:
+            await server.stop()
+
+    return asyncio.run(go())
+
+
+def test_the_profile_finds_one_prompt_per_slot(tmp_path):
+    """``agentperf profile``'s probe: a server that keeps one prompt per slot (serve-sim serving a twin with
+    ``slot_prompt_cache = true``) keeps a prompt through 3 other prompts and loses it to 4 (its 4 slots),
+    though all of them fit the KV cache; one bounded by the KV capacity keeps it through both."""
+    slot, why = _slot_probe(tmp_path, True, 4)
+    assert slot is True, why
+    assert why.startswith("probed:") and "0 tokens cached after k = 4" in why, why
+    assert "256 tokens cached after k = 3" in why, why  # a 256-token base, token by token (block 1)
+    pool, why = _slot_probe(tmp_path, False, 4)
+    assert pool is False, why
+    assert "256 tokens cached after k = 4" in why, why
+
+
+def test_the_slot_probe_says_when_it_cannot_tell(tmp_path):
+    # 8 slots assumed on a server that keeps 4 prompts: dropped before the assumed slots are full
+    slot, why = _slot_probe(tmp_path, True, 8)
+    assert slot is None and "fewer other prompts than the 8 slots" in why, why
+    # the others would not fit in half the KV capacity: a KV-bounded cache could drop the prompt too
+    slot, why = _slot_probe(tmp_path, False, 4, kv=400)
+    assert slot is None and "half the KV capacity" in why, why
+
+
+@pytest.mark.parametrize("slots", [True, False])
+def test_a_profile_writes_the_slot_prompt_cache_it_found(tmp_path, slots):
+    """A whole profile of serve-sim serving a twin with ``slot_prompt_cache = slots`` writes a twin with the
+    same key, its source the probe, and the twin loads with it."""
+    import asyncio
+
+    from agentperf_kit.sim.server import SimServer
+    from agentperf_kit.twin.profile import ProfileConfig, profile_server, write_twin
+
+    step = {"step_s": 0.001, "prefill_token_s": 1e-6, "decode_seq_s": 1e-4}
+    served = _write_twin(tmp_path / "served.toml", step, max_num_seqs=4, kv_capacity_tokens=16384,
+                         cache_block_tokens=1, slot_prompt_cache=slots)  # fmt: skip
+
+    async def go():
+        server = await SimServer(served, time_scale=10).start()
+        try:
+            cfg = ProfileConfig(server.base_url, server.model, max_context=1024, repeats=1,
+                                batch_sizes=(1, 4), decode_tokens=16, stream_tokens=8, chunk_tokens=512,
+                                max_batch=4, kv_capacity=16384, budget_s=20)  # fmt: skip
+            return await profile_server(cfg)
+        finally:
+            await server.stop()
+
+    res = asyncio.run(go())
+    assert res.limits["slot_prompt_cache"] is slots, res.limit_sources
+    out = write_twin(res, tmp_path / "twin.toml")
+    data = tomllib.loads(out.read_text())
+    assert data["engine"]["slot_prompt_cache"] is slots
+    assert data["provenance"]["limit_sources"]["slot_prompt_cache"].startswith("probed:")
+    assert load_twin(out).slot_prompt_cache is slots
 
 
 def test_validation_insitu_agent_counts_parse_and_name_a_bad_list():

@@ -44,6 +44,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import ConfigError
+from .disagg import make_engine
 from .engine import Engine, SimRequest
 from .presets import DEFAULT_DEPLOYMENT, Deployment, efficiency, get_deployment
 from .promtext import E2E_BUCKETS, ITL_BUCKETS, TTFT_BUCKETS, Histogram, render_scalar
@@ -137,7 +138,10 @@ class SimServer:
         self.max_model_len = min(int(max_model_len), cap) if max_model_len else cap
         self.reasoning_share = float(reasoning_share)
         self.default_max_tokens = int(default_max_tokens)
-        self.engine = Engine(self.dep, self.eff, self._on_finish, self._on_reject)
+        # a twin file (agentperf profile) is served with its fitted step time (TwinEngine, an Engine)
+        engine = make_engine(self.dep, self.eff, self._on_finish, self._on_reject)
+        assert isinstance(engine, Engine), "a single-pool deployment (P/D presets are refused above)"
+        self.engine = engine
         self.prefixes = PrefixIndex()
         self.live: set[_Live] = set()
         self.counters = {"requests_ok": 0, "requests_aborted": 0, "requests_rejected": 0, "generated": 0}

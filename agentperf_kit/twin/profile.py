@@ -30,7 +30,9 @@ request, so nothing is cached unless meant to be; every request streamed through
    (vLLM ``cache_config_info`` ``block_size``; else the smallest power of two that explains every cached
    count the server reported in 2.), and whether a prompt stays cached after 4x the KV capacity of other
    prompts went through (a host prompt cache, llama.cpp ``--cache-ram``; probed where that takes at most
-   20 s). Arguments override the first three.
+   20 s), and whether the server keeps one prompt per slot (llama.cpp without a host prompt cache: a
+   prompt dropped after ``max_num_seqs`` other small prompts whose KV fits far within the capacity;
+   :func:`_slot_cache`). Arguments override the first three.
 
 Durations are converted to the server's own seconds where it says it runs scaled time (``agentperf
 serve-sim --time-scale X``: ``/v1/models`` ``agentperf_sim.time_scale``): measured x X.
@@ -401,6 +403,17 @@ async def profile_server(cfg: ProfileConfig) -> ProfileResult:
             reach = await _cache_reach(p, obs, int(limits["kv_capacity_tokens"]), max_ctx, chunk)
             if reach is not None:
                 limits["host_cache_tokens"], sources["host_cache_tokens"] = reach
+        # one prompt per slot, or as many as the KV capacity holds (llama.cpp without --cache-ram)
+        # (the KV capacity as known so far: from the server, or the decode streams' usage readings)
+        kv_now = sorted(kv_probe)[len(kv_probe) // 2] if kv_probe else 0
+        kv = int(limits.get("kv_capacity_tokens") or kv_now)
+        if limits.get("prefix_caching") != 0 and kv:
+            block = int(limits.get("cache_block_tokens") or 16)
+            slot, why = await _slot_cache(p, max_b, kv, max_ctx, block, _small_request_s(obs, scale))
+            if slot is not None:
+                limits["slot_prompt_cache"], sources["slot_prompt_cache"] = slot, why
+            else:
+                notes.append(f"slot_prompt_cache not probed: {why}")
 
         # 4. mixed steps: a prefill arriving while streams decode (how much of the two overlaps)
         top = min(max_b - 1, max(batches))
@@ -711,6 +724,97 @@ async def _cache_reach(
     return 0, f"probed: a prompt was evicted ({after} of {before} cached) after {pushed} tokens of others"
 
 
+SLOT_PROBE_OTHER = 64  # tokens of each other prompt in the slot-cache probe
+SLOT_PROBE_OUT = 8  # ... and its output tokens (so that the ones sent at once run together)
+SLOT_PROBE_EXTRA = 16  # new tokens after the base prompt when it is sent again
+SLOT_PROBE_BUDGET_S = 20.0  # the probe runs where its estimated time is at most this (wall seconds)
+
+
+def _small_request_s(obs: list[Observation], scale: float) -> tuple[float, float] | None:
+    """Wall seconds of the smallest cold prompt's TTFT (median of its repeats) and of one decode step of
+    a short stream alone (median), from the profile's rows; None without both kinds of row."""
+    import statistics
+
+    cold = [o for o in obs if o.kind == "prefill"]
+    streams = [o.seconds / o.x["step_s"] for o in obs if o.kind == "stream" and o.x.get("step_s")]
+    if not cold or not streams:
+        return None
+    n0 = min(o.x["prefill_token_s"] for o in cold)
+    ttft = statistics.median(o.seconds for o in cold if o.x["prefill_token_s"] == n0)
+    return ttft / scale, statistics.median(streams) / scale
+
+
+async def _slot_cache(
+    p: _Prober, seqs: int, kv: int, max_ctx: int, block: int, small: tuple[float, float] | None
+) -> tuple[bool | None, str]:
+    """Whether the server keeps one prompt per slot (llama.cpp without a host prompt cache) or every prompt
+    its KV capacity holds (vLLM's block pool, llama.cpp's host cache, serve-sim's engine).
+
+    Rounds for ``k`` = 0, ``seqs - 1`` and ``seqs`` (``seqs``: the server's ``max_num_seqs``), each on a
+    fresh base prompt of ``n`` tokens (256, at least two cache blocks of ``block`` tokens): the base
+    (2 output tokens), then ``k`` random prompts of :data:`SLOT_PROBE_OTHER` tokens sent at once
+    (:data:`SLOT_PROBE_OUT` output tokens each), then the base plus :data:`SLOT_PROBE_EXTRA` new tokens,
+    whose cached count says whether the base is still cached. With one prompt per slot the base survives
+    ``seqs - 1`` others (they take the other slots: llama.cpp gives a new prompt the least recently used
+    idle slot, and the base's is the most recent) and is dropped by ``seqs`` (one of them takes its slot;
+    sent at once they take every slot, whichever way a slot is chosen), though the base and all the others
+    hold at most half the KV capacity; a cache bounded by the KV capacity keeps the base in every round.
+    No other prompt shares 10 % of its tokens with a slot's prompt (random ids; a shared start token is
+    1/65), so llama.cpp's choice of a slot by shared prefix (``--slot-prompt-similarity``, 0.1 by
+    default) does not apply to them, while the base sent again shares all of its slot's prompt and goes
+    back to it.
+
+    ``small``: wall seconds of a small prompt's TTFT and of one decode step (:func:`_small_request_s`),
+    for the estimate of the probe's time. Returns ``(slot_prompt_cache, source)``, or ``(None, why)``
+    where the probe cannot tell: the others and the base not within half the KV capacity, an estimate
+    over :data:`SLOT_PROBE_BUDGET_S`, no cached counts, the base not cached even when sent again at once,
+    or the base dropped by fewer others than ``seqs`` (neither one prompt per slot nor the KV capacity).
+    """
+    extra, out = SLOT_PROBE_EXTRA, SLOT_PROBE_OUT
+    n = min(max(256, 2 * block), max_ctx - extra - 2)
+    if n < 2 * block or n < 32:
+        return None, f"a base prompt of two {block}-token cache blocks does not fit the context ({max_ctx})"
+    held = seqs * (SLOT_PROBE_OTHER + out) + n + extra + 2
+    if held > kv / 2:
+        return None, (
+            f"{seqs} prompts of {SLOT_PROBE_OTHER + out} tokens and a {n}-token one ({held} tokens) are not "
+            f"within half the KV capacity ({kv}), so a cache bounded by it could drop the prompt too"
+        )
+    rounds = sorted({0, seqs - 1, seqs})
+    if small is not None:
+        ttft, step = small
+        est = sum(2 * (ttft + step) + k * ttft + out * step for k in rounds)
+        if est > SLOT_PROBE_BUDGET_S:
+            return None, f"estimated {est:.0f} s (more than {SLOT_PROBE_BUDGET_S:g} s) for {seqs} slots"
+    t0 = time.perf_counter()
+    cached: dict[int, int] = {}
+    for k in rounds:
+        base = p.ids(n)
+        await p.send(base, 2)
+        if k:
+            await asyncio.gather(*(p.send(p.ids(SLOT_PROBE_OTHER), out) for _ in range(k)))
+        o, _ = await p.send(base + p.ids(extra), 2)
+        if o.cached_prompt_tokens is None:
+            return None, "the server reports no cached prompt tokens"
+        cached[k] = int(o.cached_prompt_tokens)
+        if k == 0 and cached[0] < n // 2:
+            return None, f"a {n}-token prompt sent again at once had {cached[0]} tokens cached"
+    kept = {k: c >= 0.9 * cached[0] for k, c in cached.items()}
+    what = (
+        f"a {n}-token prompt sent again after k other {SLOT_PROBE_OTHER}-token prompts (sent at once) had "
+        + ", ".join(f"{c} tokens cached after k = {k}" for k, c in cached.items())
+        + f" ({held} tokens in all, {held / kv:.1%} of the KV capacity; {time.perf_counter() - t0:.1f} s)"
+    )
+    if not kept[seqs - 1]:
+        return None, f"dropped by fewer other prompts than the {seqs} slots: {what}"
+    if kept[seqs]:
+        return False, f"probed: kept through max_num_seqs = {seqs} other prompts (by KV capacity): {what}"
+    return True, (
+        f"probed: kept through {seqs - 1} other prompts, dropped by max_num_seqs = {seqs} (one prompt per "
+        f"slot): {what}"
+    )
+
+
 def cache_granularity(reported: list[tuple[int, int]], largest: int = 1024) -> int | None:
     """The prefix cache's granularity (tokens) from ``(cacheable prefix, cached tokens reported)`` pairs:
     the smallest power of two ``g`` <= ``largest`` with ``cached == prefix // g * g`` for every pair (1:
@@ -915,6 +1019,11 @@ def write_twin(res: ProfileResult, path: str | os.PathLike, *, z: float = 1.96) 
                 for k in ("cache_block_tokens", "host_cache_tokens", "prefix_caching")
                 if res.limits.get(k) is not None
             },
+            **(
+                {"slot_prompt_cache": bool(res.limits["slot_prompt_cache"])}
+                if res.limits.get("slot_prompt_cache") is not None
+                else {}
+            ),
         },
         "provenance": {
             "tool": f"agentperf-kit {__version__} (agentperf profile)",
