@@ -500,16 +500,38 @@ class _Sweeper:
         predict a failure below ``2 n``: :data:`GUIDE_AIM` past the lowest N where a tier none of them
         failed is predicted to cross its threshold (:func:`agentperf_kit.sweep_band.predicted_crossing`),
         else None (the ramp doubles). A failure there brackets that tier's answer tighter than the
-        doubling's, for a smaller level; a pass only moves the ramp on (docs/sweep.md, Ramp: guided steps)."""
+        doubling's, for a smaller level; a pass only moves the ramp on (docs/sweep.md, Ramp: guided steps).
+        A tier that passed a guided step aimed at it is not aimed at again (its margins mislead: without
+        this, a margin that keeps predicting a crossing just ahead would walk the ramp in small steps)."""
+        aim = self._ramp_aim(ramp, self._misled(ramp))
+        return None if aim is None else aim[1]
+
+    def _ramp_aim(self, ramp: Sequence[int], skip: set[str]) -> tuple[str, int] | None:
+        """(tier aimed at, N) of the guided step after ``ramp``, leaving out the tiers ``skip``; None
+        where no tier's crossing is predicted above the ramp's last level."""
         from .sweep_band import predicted_crossing
 
         rows = {m: self.rows[m] for m in ramp}
         n = ramp[-1]
-        zeros = [predicted_crossing(rows, t.name) for t in self.preset.tiers]
-        finite = [z for z in zeros if z is not None and z > n]
-        if not finite:
+        zeros = [(predicted_crossing(rows, t.name), t.name) for t in self.preset.tiers if t.name not in skip]
+        above = [(z, t) for z, t in zeros if z is not None and z > n]
+        if not above:
             return None
-        return math.ceil(min(finite) * (1.0 + GUIDE_AIM))
+        z, tier = min(above)
+        return tier, math.ceil(z * (1.0 + GUIDE_AIM))
+
+    def _misled(self, ramp: Sequence[int]) -> set[str]:
+        """The tiers that passed a guided step of ``ramp`` aimed at them (recomputed from the ramp's
+        levels, so a replayed search finds the same)."""
+        misled: set[str] = set()
+        for i in range(1, len(ramp)):
+            prev, step = ramp[:i], ramp[i]
+            if step == min(2 * prev[-1], self.max_agents):
+                continue  # a doubling
+            aim = self._ramp_aim(prev, misled)
+            if aim is not None and aim[1] == step and self.rows[step][f"verdict_{aim[0]}"] == "pass":
+                misled.add(aim[0])
+        return misled
 
     def aimed_point(self, tier: str, lo: int, hi: int) -> int | None:
         """The next bisection point of ``tier``'s bracket [``lo`` pass, ``hi`` failure] (agents) from their

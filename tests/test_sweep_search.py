@@ -254,3 +254,28 @@ def test_the_sweeps_aimed_point_closes_a_bracket_from_the_margins(tmp_path):
     for m_lo, m_hi in ((0.5, math.nan), (0.5, -math.inf), (-0.1, -0.5), (0.5, 0.2)):
         sw.rows = {1000: row(m_lo), 4000: row(m_hi)}
         assert sw.aimed_point("slo1", 1000, 4000) is None
+
+
+def test_the_sweeps_guided_step_stops_aiming_at_a_tier_that_passed_its_aim(tmp_path):
+    """``_Sweeper.guided_step``: 10 % past the predicted crossing when below the doubling; a tier that
+    passed a guided step aimed at it is not aimed at again (the ramp doubles), so margins that keep
+    predicting a crossing just ahead cannot walk the ramp in small steps."""
+    from agentperf_kit.sweep import SweepConfig, _Sweeper
+
+    sw = _Sweeper(SweepConfig(out=str(tmp_path)), tmp_path, False)
+    sw.max_agents = 4096
+
+    def row(m):
+        r = {f"verdict_{t}": "fail" for t in ("slo2", "slo3")}  # only slo1 is still open
+        return {**r, "verdict_slo1": "pass", "slo1_margin_speed": m, "slo1_margin_ttft": 9.0}
+
+    # margins 0.8 at 8 and 0.4 at 16: 0.4 per doubling, the crossing predicted at 32: the step, 36, is
+    # above the doubling, which search_levels then takes
+    sw.rows = {8: row(0.8), 16: row(0.4)}
+    assert sw.guided_step([8, 16]) == math.ceil(32 * 1.1)
+    # 0.8 at 8, 0.2 at 16: 0.6 per doubling, the crossing at 16 x 2^(1/3) = 20.2: the step is 23
+    sw.rows = {8: row(0.8), 16: row(0.2)}
+    assert sw.guided_step([8, 16]) == math.ceil(16 * 2 ** (1 / 3) * 1.1)
+    # the step passed slo1 with a margin that again predicts a crossing just ahead: no more aiming
+    sw.rows[23] = row(0.1)
+    assert sw.guided_step([8, 16, 23]) is None
