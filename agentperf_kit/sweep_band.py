@@ -198,7 +198,8 @@ def predicted_crossing(rows: Mapping[int, Mapping[str, Any]], tier: str) -> floa
     """Where ``tier``'s binding margin is predicted to cross 0 (agents) while no level has failed it yet:
     the secant in log N through the margins of the two highest levels measured (``rows``: N -> level row),
     both passes with a finite, positive margin that falls between them. None when there is no such pair
-    (fewer than two passes, a failure already, margins that do not fall)."""
+    (fewer than two passes, a failure already, margins that do not fall) or when the crossing lies more than
+    e^20 (~5e8) times beyond the higher level (margins that barely fall predict nothing a ramp can use)."""
     if any(r[f"verdict_{tier}"] == "fail" for r in rows.values()):
         return None
     top = sorted(rows)[-2:]
@@ -208,6 +209,8 @@ def predicted_crossing(rows: Mapping[int, Mapping[str, Any]], tier: str) -> floa
     if not (_finite(m1) and _finite(m2) and m1 > m2 > 0):
         return None
     slope = (m1 - m2) / (math.log(n2) - math.log(n1))
+    if m2 / slope > 20.0:
+        return None
     return n2 * math.exp(m2 / slope)
 
 

@@ -195,6 +195,9 @@ def test_predicted_crossing_is_the_secant_of_the_margins_in_log_n():
     assert predicted_crossing({16: row("pass", 0.8)}, "t") is None  # one level
     assert predicted_crossing({16: row("pass", 0.4), 32: row("pass", 0.8)}, "t") is None  # rising
     assert predicted_crossing({16: row("pass", 0.8), 32: row("pass", math.nan)}, "t") is None
+    # a margin that barely falls (a crossing far beyond anything a ramp can use): none, not an overflow
+    assert predicted_crossing({16: row("pass", 1.0), 32: row("pass", 1.0 - 1e-6)}, "t") is None  # e^(7e5)
+    assert predicted_crossing({16: row("pass", 1.0), 32: row("pass", 0.99)}, "t") is None  # e^69 x 32
 
 
 def test_an_aim_names_bisection_points_and_finds_the_same_boundaries():
