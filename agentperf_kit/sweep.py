@@ -44,7 +44,7 @@ from .results import MANIFEST_NAME, RunResult, check_sweep_dir, load_run, toolki
 from .schema import SCHEMA_VERSION, check_schema_version, json_safe, strict_json_dumps
 from .slo import _EVAL_COLUMNS, TierPreset, evaluate_level, get_tier_preset, max_agents
 from .sweep_config import SweepConfig, SweepConfigError
-from .sweep_early import EarlyStop, _bracket, _step, final_levels, stop_outcomes
+from .sweep_early import EarlyStop, _bracket, _lowest_closing, _step, final_levels, stop_outcomes
 from .sweep_result import SweepResult
 from .targets import Target
 
@@ -541,23 +541,20 @@ class _Sweeper:
         :data:`_AIM_BELOW` x the resolution below the crossing (a pass expected, after which ``lo`` + the
         resolution closes it). None where the margins predict nothing (not finite, or not falling). The
         point runs its full window (no early stop): it is placed to decide the answer."""
-        from .sweep_band import _finite, _margin
+        from .sweep_band import _finite, _log_secant_zero, _margin
 
         if lo not in self.rows or hi not in self.rows:
             return None
         m_lo, m_hi = _margin(self.rows[lo], tier), _margin(self.rows[hi], tier)
         if not (_finite(m_lo) and _finite(m_hi) and m_lo > 0.0 > m_hi):
             return None
-        span = math.log(hi) - math.log(lo)
-        root = math.exp(math.log(lo) + span * m_lo / (m_lo - m_hi))
+        root = _log_secant_zero(lo, m_lo, hi, m_hi)
         res, rel = self.cfg.resolution, self.cfg.relative_resolution
         up = lo + _step(lo, res, rel)
-        down = hi - 1
-        while down - 1 > lo and hi - (down - 1) <= _step(down - 1, res, rel):
-            down -= 1
+        down = _lowest_closing(hi, res, rel)  # > lo: the bracket is still open
         if up > root:
             point = up
-        elif hi - down <= _step(down, res, rel) and down < root:
+        elif down < root:
             point = down
         else:
             point = math.floor(root - _AIM_BELOW * _step(math.floor(root), res, rel))

@@ -54,6 +54,8 @@ from typing import Any
 
 import pandas as pd
 
+from .sweep_early import _lowest_closing
+
 __all__ = [
     "BAND_MAX_FACTOR",
     "BAND_RESOLUTION",
@@ -108,12 +110,10 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def _lowest_closing(hi: int) -> int:
-    """The lowest N whose pass would close a bracket with the failure ``hi``."""
-    n = max(0, math.floor(hi / (1 + BAND_RESOLUTION)) - 2)
-    while not _close(n, hi):
-        n += 1
-    return n
+def _log_secant_zero(n1: float, m1: float, n2: float, m2: float) -> float:
+    """The N (agents) where the straight line through (log ``n1``, ``m1``) and (log ``n2``, ``m2``) crosses
+    0: a margin interpolated (or extrapolated) linearly in log N. ``m1 != m2``."""
+    return math.exp(math.log(n1) + (math.log(n2) - math.log(n1)) * m1 / (m1 - m2))
 
 
 def _aim(pts: Mapping[int, float], lo: int, hi: int | None, last: int, passed: bool, slope: float):
@@ -124,7 +124,7 @@ def _aim(pts: Mapping[int, float], lo: int, hi: int | None, last: int, passed: b
     if hi is not None and lo in pts and hi in pts and _finite(pts[lo]) and _finite(pts[hi]):
         m_lo, m_hi = pts[lo], pts[hi]
         if m_lo > m_hi:
-            root = math.exp(math.log(lo) + m_lo * (math.log(hi) - math.log(lo)) / (m_lo - m_hi))
+            root = _log_secant_zero(lo, m_lo, hi, m_hi)
     if root is None and _finite(pts[last]):
         root = last * math.exp(pts[last] / slope)
     if root is None or not math.isfinite(root):
@@ -133,7 +133,7 @@ def _aim(pts: Mapping[int, float], lo: int, hi: int | None, last: int, passed: b
         closing = lo + max(1, math.floor(lo * BAND_RESOLUTION))
         return closing if closing > root else math.ceil(root * (1 + _AIM * BAND_RESOLUTION))
     if hi is not None:  # a pass next: the lowest that closes the bracket, if predicted to pass
-        closing = _lowest_closing(hi)
+        closing = _lowest_closing(hi, 1, BAND_RESOLUTION)
         if closing < root:
             return closing
     return math.floor(root * (1 - _AIM * BAND_RESOLUTION))
@@ -190,7 +190,7 @@ def ramp_anchor(rows: Mapping[int, Mapping[str, Any]], tier: str) -> tuple[float
     m_p, m_f = _margin(rows[p], tier), _margin(rows[f], tier)
     span = math.log(f) - math.log(p)
     if _finite(m_p) and _finite(m_f) and m_p > m_f:
-        return math.exp(math.log(p) + span * m_p / (m_p - m_f)), (m_p - m_f) / span, p, f
+        return _log_secant_zero(p, m_p, f, m_f), (m_p - m_f) / span, p, f
     return math.sqrt(p * f), DEFAULT_SLOPE, p, f
 
 

@@ -63,6 +63,15 @@ def _step(lo: int, resolution: int, relative_resolution: float) -> int:
     return max(resolution, math.floor(lo * relative_resolution))
 
 
+def _lowest_closing(hi: int, resolution: int, relative_resolution: float) -> int:
+    """The lowest N whose pass would close a bracket with the failure ``hi`` (agents): ``hi - N`` within
+    :func:`_step` of N (closing is monotone in N, and the scan starts below the lowest)."""
+    n = max(0, min(math.floor(hi / (1 + relative_resolution)) - 2, hi - resolution - 1))
+    while hi - n > _step(n, resolution, relative_resolution):
+        n += 1
+    return n
+
+
 def _bracket(verdicts: Mapping[int, Mapping[str, str]], tier: str) -> tuple[int | None, int | None]:
     """(highest pass below the lowest failure, lowest failure) of ``tier``; None where there is none."""
     fails = [n for n, v in verdicts.items() if v[tier] == "fail"]
